@@ -1,0 +1,280 @@
+//! `connect()` and `sendmsg()` to protected destinations, and the peer-name restore.
+//!
+//! Order of checks on a connect, cheapest and most common first: not protected -> pass; the
+//! agent's own socket -> pass; not TCP -> refuse; agent down -> refuse; workload refused by the
+//! kernel map -> refuse; otherwise record and redirect. A refusal is `EPERM` to the application,
+//! an event to the agent and a counter.
+
+use core::ptr;
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::bpf_sock_addr,
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+    },
+    programs::SockAddrContext,
+};
+use fhirwall_common::{
+    Addr, CONFIG_F_KERNEL_ENFORCEMENT, CONFIG_F_READY, Config, ConnRecord, EVENT_EXEC,
+    EVENT_REDIRECTED, EVENT_REFUSED, Event, KEY_CGROUP, KEY_TGID, KEY_UID, ProtectedKey,
+    REASON_AGENT_DOWN, REASON_NONE, REASON_NOT_TCP, REASON_STORE_FULL, REASON_UNREGISTERED,
+    STAT_AGENT_PASSED, STAT_REDIRECTED, STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED,
+    STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL, STAT_REFUSED_UNREGISTERED, VERDICT_DENY,
+    WorkloadKey, v4_mapped,
+};
+
+use crate::{
+    ALLOW,
+    maps::{FW_CONFIG, FW_CONN_STORE, FW_HEARTBEAT, FW_PROTECTED, FW_WORKLOADS, count, emit},
+};
+
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
+const SOCK_STREAM: u32 = 1;
+const IPPROTO_TCP: u32 = 6;
+
+/// The connect was refused; the program returns `REFUSE` (`EPERM` for the application).
+pub struct Refused;
+
+pub fn connect4(ctx: &SockAddrContext) -> Result<i32, Refused> {
+    // SAFETY: the kernel passes sock_addr programs a valid, writable context.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let dst = v4_mapped(sa.user_ip4);
+    if let Some(cfg) = on_connect(ctx, sa, &dst, AF_INET)? {
+        sa.user_ip4 = cfg.sidecar_v4;
+        sa.user_port = port_to_user(cfg.sidecar_port);
+    }
+    Ok(ALLOW)
+}
+
+pub fn connect6(ctx: &SockAddrContext) -> Result<i32, Refused> {
+    // SAFETY: as in `connect4`.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let dst = sa.user_ip6;
+    if let Some(cfg) = on_connect(ctx, sa, &dst, AF_INET6)? {
+        // A dual-stack socket connecting to an IPv4-mapped address (Java does this) stays on IPv4.
+        sa.user_ip6 = if is_v4_mapped(&dst) { v4_mapped(cfg.sidecar_v4) } else { cfg.sidecar_v6 };
+        sa.user_port = port_to_user(cfg.sidecar_port);
+    }
+    Ok(ALLOW)
+}
+
+pub fn sendmsg4(ctx: &SockAddrContext) -> Result<i32, Refused> {
+    // SAFETY: as in `connect4`.
+    let sa = unsafe { &*ctx.sock_addr };
+    on_datagram(ctx, sa, &v4_mapped(sa.user_ip4), AF_INET)
+}
+
+pub fn sendmsg6(ctx: &SockAddrContext) -> Result<i32, Refused> {
+    // SAFETY: as in `connect4`.
+    let sa = unsafe { &*ctx.sock_addr };
+    on_datagram(ctx, sa, &sa.user_ip6, AF_INET6)
+}
+
+pub fn getpeername4(ctx: &SockAddrContext) {
+    if let Some(record) = stored_record(ctx) {
+        // SAFETY: as in `connect4`.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        sa.user_ip4 = record.orig_addr[3];
+        sa.user_port = port_to_user(record.orig_port);
+    }
+}
+
+pub fn getpeername6(ctx: &SockAddrContext) {
+    if let Some(record) = stored_record(ctx) {
+        // SAFETY: as in `connect4`.
+        let sa = unsafe { &mut *ctx.sock_addr };
+        sa.user_ip6 = record.orig_addr;
+        sa.user_port = port_to_user(record.orig_port);
+    }
+}
+
+/// Tells the agent a process image changed, so it can (re)classify the process before it connects.
+pub fn exec_event() {
+    let mut event = Event { kind: EVENT_EXEC, reason: REASON_NONE, record: current(0) };
+    event.record.family = 0;
+    emit(&event);
+}
+
+/// Returns the configuration to redirect with, `None` to let the connect through untouched.
+fn on_connect(
+    ctx: &SockAddrContext,
+    sa: &bpf_sock_addr,
+    dst: &Addr,
+    family: u16,
+) -> Result<Option<Config>, Refused> {
+    let port = port_from_user(sa.user_port);
+    if !is_protected(dst, port) {
+        return Ok(None);
+    }
+    let mut event = Event { kind: EVENT_REFUSED, reason: REASON_NONE, record: current(cookie(ctx)) };
+    event.record.orig_addr = *dst;
+    event.record.orig_port = port;
+    event.record.family = family;
+    let Some(cfg) = FW_CONFIG.get(0).copied() else {
+        return Err(refuse(&mut event, REASON_AGENT_DOWN, STAT_REFUSED_AGENT_DOWN));
+    };
+    if is_agent(sa, &cfg, event.record.cgroup_id) {
+        count(STAT_AGENT_PASSED);
+        return Ok(None);
+    }
+    check_caller(sa, &cfg, &mut event)?;
+    if !store_record(ctx, &event.record) {
+        return Err(refuse(&mut event, REASON_STORE_FULL, STAT_REFUSED_STORE_FULL));
+    }
+    event.kind = EVENT_REDIRECTED;
+    emit(&event);
+    count(STAT_REDIRECTED);
+    Ok(Some(cfg))
+}
+
+/// Refuses what must not reach the sidecar or must not leave at all.
+fn check_caller(sa: &bpf_sock_addr, cfg: &Config, event: &mut Event) -> Result<(), Refused> {
+    // MPTCP, SCTP and datagram sockets cannot be relayed: refusing keeps them from bypassing.
+    if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
+        return Err(refuse(event, REASON_NOT_TCP, STAT_REFUSED_NOT_TCP));
+    }
+    if !agent_alive(cfg) {
+        return Err(refuse(event, REASON_AGENT_DOWN, STAT_REFUSED_AGENT_DOWN));
+    }
+    if let Some(reason) = workload_refusal(cfg, &event.record) {
+        let stat =
+            if reason == REASON_UNREGISTERED { STAT_REFUSED_UNREGISTERED } else { STAT_REFUSED_DENIED };
+        return Err(refuse(event, reason, stat));
+    }
+    Ok(())
+}
+
+fn on_datagram(
+    ctx: &SockAddrContext,
+    sa: &bpf_sock_addr,
+    dst: &Addr,
+    family: u16,
+) -> Result<i32, Refused> {
+    let port = port_from_user(sa.user_port);
+    if !is_protected(dst, port) {
+        return Ok(ALLOW);
+    }
+    let mut event = Event { kind: EVENT_REFUSED, reason: REASON_NONE, record: current(cookie(ctx)) };
+    if let Some(cfg) = FW_CONFIG.get(0)
+        && is_agent(sa, cfg, event.record.cgroup_id)
+    {
+        return Ok(ALLOW);
+    }
+    event.record.orig_addr = *dst;
+    event.record.orig_port = port;
+    event.record.family = family;
+    Err(refuse(&mut event, REASON_NOT_TCP, STAT_REFUSED_NOT_TCP))
+}
+
+fn refuse(event: &mut Event, reason: u32, stat: u32) -> Refused {
+    event.kind = EVENT_REFUSED;
+    event.reason = reason;
+    emit(event);
+    count(stat);
+    Refused
+}
+
+fn is_protected(addr: &Addr, port: u16) -> bool {
+    let key = ProtectedKey { addr: *addr, port, _pad: 0 };
+    FW_PROTECTED.get_ptr(&key).is_some()
+}
+
+/// The agent's own sockets: in the agent's cgroup AND carrying its mark (never by pid, which a
+/// workload could race for).
+fn is_agent(sa: &bpf_sock_addr, cfg: &Config, cgroup_id: u64) -> bool {
+    if cfg.agent_mark == 0 || cgroup_id != cfg.agent_cgroup {
+        return false;
+    }
+    // SAFETY: `sk` of a sock_addr context is a valid socket pointer for the program's duration.
+    let mark = unsafe { (*sa.__bindgen_anon_1.sk).mark };
+    mark == cfg.agent_mark
+}
+
+fn agent_alive(cfg: &Config) -> bool {
+    if cfg.flags & CONFIG_F_READY == 0 {
+        return false;
+    }
+    let Some(beat) = FW_HEARTBEAT.get(0).copied() else { return false };
+    // SAFETY: helper without arguments.
+    let now = unsafe { bpf_ktime_get_ns() };
+    now.saturating_sub(beat) <= u64::from(cfg.heartbeat_timeout_ms) * 1_000_000
+}
+
+/// The most specific entry wins: process, then cgroup, then user.
+fn workload_refusal(cfg: &Config, record: &ConnRecord) -> Option<u32> {
+    let keys = [
+        WorkloadKey { kind: KEY_TGID, _pad: 0, id: u64::from(record.tgid) },
+        WorkloadKey { kind: KEY_CGROUP, _pad: 0, id: record.cgroup_id },
+        WorkloadKey { kind: KEY_UID, _pad: 0, id: u64::from(record.uid) },
+    ];
+    for key in &keys {
+        if let Some(found) = FW_WORKLOADS.get_ptr(key) {
+            // SAFETY: pointer returned by a successful lookup, valid for this program run.
+            let verdict = unsafe { *found };
+            return (verdict.verdict == VERDICT_DENY).then_some(verdict.reason);
+        }
+    }
+    (cfg.flags & CONFIG_F_KERNEL_ENFORCEMENT != 0).then_some(REASON_UNREGISTERED)
+}
+
+fn store_record(ctx: &SockAddrContext, record: &ConnRecord) -> bool {
+    let mut init = *record;
+    // SAFETY: `ctx` is the sock_addr context the helper expects.
+    let slot = unsafe { FW_CONN_STORE.get_or_insert_ptr_mut(ctx, Some(&mut init)) };
+    if slot.is_null() {
+        return false;
+    }
+    // A socket may connect again after a failed attempt: the newest destination wins.
+    // SAFETY: non-null socket storage of our value type, owned by this socket.
+    unsafe { ptr::write(slot, *record) };
+    true
+}
+
+fn stored_record(ctx: &SockAddrContext) -> Option<ConnRecord> {
+    // SAFETY: `ctx` is the sock_addr context the helper expects.
+    let slot = unsafe { FW_CONN_STORE.get_ptr_mut(ctx) };
+    // SAFETY: non-null socket storage of our value type.
+    (!slot.is_null()).then(|| unsafe { *slot })
+}
+
+/// Who is calling, as far as the kernel knows it without reading task memory.
+fn current(cookie: u64) -> ConnRecord {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let uid_gid = bpf_get_current_uid_gid();
+    ConnRecord {
+        cookie,
+        // SAFETY: helpers without arguments.
+        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        time_ns: unsafe { bpf_ktime_get_ns() },
+        tgid: (pid_tgid >> 32) as u32,
+        pid: pid_tgid as u32,
+        uid: uid_gid as u32,
+        gid: (uid_gid >> 32) as u32,
+        orig_addr: [0; 4],
+        orig_port: 0,
+        family: 0,
+        flags: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    }
+}
+
+fn cookie(ctx: &SockAddrContext) -> u64 {
+    // SAFETY: sock_addr contexts are valid arguments for this helper.
+    unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+fn is_v4_mapped(addr: &Addr) -> bool {
+    addr[0] == 0 && addr[1] == 0 && addr[2] == fhirwall_common::V4_MAPPED_WORD
+}
+
+/// `user_port` holds the port in network byte order in its low 16 bits.
+fn port_from_user(user_port: u32) -> u16 {
+    u16::from_be(user_port as u16)
+}
+
+fn port_to_user(port: u16) -> u32 {
+    u32::from(port.to_be())
+}

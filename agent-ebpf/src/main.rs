@@ -1,0 +1,83 @@
+//! fhirwall kernel programs.
+//!
+//! One request's path starts here: `cgroup/connect4|6` sees the application's `connect()` to a
+//! protected FHIR endpoint, records who made it in the socket's local storage and rewrites the
+//! destination to the sidecar; `sock_ops` re-keys that record by the connection's 4-tuple once
+//! established (so the sidecar can look it up at `accept()`) and deletes it at close;
+//! `cgroup/getpeername4|6` restores the original peer for the application. Datagrams to protected
+//! destinations are refused (`sendmsg4|6`), so HTTP/3 cannot bypass the sidecar, and
+//! `sched_process_exec` tells the agent about new processes so it can classify them quickly.
+//!
+//! Every program is a thin wrapper that maps `Err` to its fail-closed default.
+#![no_std]
+#![no_main]
+
+mod connect;
+mod maps;
+mod sockops;
+
+use aya_ebpf::{
+    macros::{cgroup_sock_addr, sock_ops, tracepoint},
+    programs::{SockAddrContext, SockOpsContext, TracePointContext},
+};
+
+/// `cgroup/*` sock_addr return values.
+const ALLOW: i32 = 1;
+const REFUSE: i32 = 0;
+
+#[cgroup_sock_addr(connect4)]
+pub fn fw_connect4(ctx: SockAddrContext) -> i32 {
+    connect::connect4(&ctx).unwrap_or(REFUSE)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn fw_connect6(ctx: SockAddrContext) -> i32 {
+    connect::connect6(&ctx).unwrap_or(REFUSE)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn fw_sendmsg4(ctx: SockAddrContext) -> i32 {
+    connect::sendmsg4(&ctx).unwrap_or(REFUSE)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn fw_sendmsg6(ctx: SockAddrContext) -> i32 {
+    connect::sendmsg6(&ctx).unwrap_or(REFUSE)
+}
+
+// Restoring the peer name is cosmetic for the application: on any error, leave it as it is.
+#[cgroup_sock_addr(getpeername4)]
+pub fn fw_getpeername4(ctx: SockAddrContext) -> i32 {
+    connect::getpeername4(&ctx);
+    ALLOW
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn fw_getpeername6(ctx: SockAddrContext) -> i32 {
+    connect::getpeername6(&ctx);
+    ALLOW
+}
+
+#[sock_ops]
+pub fn fw_sock_ops(ctx: SockOpsContext) -> u32 {
+    sockops::handle(&ctx);
+    // sock_ops programs must return 1; the verdict lives in the maps, not in the return value.
+    1
+}
+
+#[tracepoint(category = "sched", name = "sched_process_exec")]
+pub fn fw_sched_exec(_ctx: TracePointContext) -> u32 {
+    connect::exec_event();
+    0
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any reachable panic path, so this is never executed.
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

@@ -1,0 +1,78 @@
+//! `sock_ops`: re-key a redirected connection's record by its 4-tuple once it is established,
+//! so the sidecar finds it at `accept()`, and delete it when the connection closes.
+
+use core::ptr;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+    },
+    helpers::generated::bpf_sk_storage_get,
+    programs::SockOpsContext,
+};
+use fhirwall_common::{
+    CONN_F_ESTABLISHED, ConnKey, ConnRecord, EVENT_CONNS_FULL, Event, REASON_NONE,
+    STAT_CONNS_FULL, v4_mapped,
+};
+
+use crate::maps::{FW_CONN_STORE, FW_CONNS, count, emit};
+
+const AF_INET: u32 = 2;
+/// `TCP_CLOSE` from include/net/tcp_states.h.
+const TCP_CLOSE: u32 = 7;
+
+pub fn handle(ctx: &SockOpsContext) {
+    match ctx.op() {
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx),
+        // args[1] is the new state; only sockets we set STATE_CB_FLAG on get here (or sockets
+        // another program flagged: deleting an absent key is harmless).
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
+            let _ = FW_CONNS.remove(conn_key(ctx));
+        }
+        _ => {}
+    }
+}
+
+fn established(ctx: &SockOpsContext) {
+    // SAFETY: the kernel passes a valid sock_ops context; `sk` may be null and is checked.
+    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+    if sk.is_null() {
+        return;
+    }
+    let store = ptr::from_ref(&FW_CONN_STORE).cast_mut().cast();
+    // SAFETY: map and socket pointers as the helper expects; no value, no create flag.
+    let slot = unsafe { bpf_sk_storage_get(store, sk.cast(), ptr::null_mut(), 0) };
+    if slot.is_null() {
+        return; // not a redirected connection
+    }
+    let slot = slot.cast::<ConnRecord>();
+    // SAFETY: non-null socket storage of our value type, owned by this socket.
+    let record = unsafe {
+        (*slot).flags |= CONN_F_ESTABLISHED;
+        *slot
+    };
+    if FW_CONNS.insert(conn_key(ctx), record, 0).is_err() {
+        // The sidecar will find no record and refuse the connection: closed, not bypassed.
+        count(STAT_CONNS_FULL);
+        emit(&Event { kind: EVENT_CONNS_FULL, reason: REASON_NONE, record });
+        return;
+    }
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+}
+
+/// The key as the sidecar sees the accepted connection: (client, sidecar) in mapped form.
+fn conn_key(ctx: &SockOpsContext) -> ConnKey {
+    let (client, sidecar) = if ctx.family() == AF_INET {
+        (v4_mapped(ctx.local_ip4()), v4_mapped(ctx.remote_ip4()))
+    } else {
+        (ctx.local_ip6(), ctx.remote_ip6())
+    };
+    ConnKey {
+        client,
+        sidecar,
+        // local_port is host byte order; remote_port holds the network-order port in its upper
+        // 16 bits on little-endian (net/core/filter.c, sock_ops_convert_ctx_access).
+        client_port: ctx.local_port() as u16,
+        sidecar_port: u32::from_be(ctx.remote_port()) as u16,
+    }
+}

@@ -1,0 +1,42 @@
+//! The identity of a process as fhirwall knows it.
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+/// A process that opened a connection to a protected FHIR endpoint: what the kernel recorded at
+/// `connect()` plus what `/proc` adds. Two processes with the same pid but different start times
+/// are different workloads.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    /// Thread that called `connect()`.
+    pub pid: u32,
+    /// Process (thread group) id.
+    pub tgid: u32,
+    /// Process start time in clock ticks since boot (`/proc/<tgid>/stat` field 22).
+    pub start_time: u64,
+    pub uid: u32,
+    pub gid: u32,
+    /// User name for `uid`, when the host's user database has one.
+    pub user: Option<String>,
+    /// Group name for `gid`.
+    pub group: Option<String>,
+    /// Kernel task name (16 bytes at most), as recorded at connect time.
+    pub comm: String,
+    /// Executable path (`/proc/<tgid>/exe`), `None` when the process is already gone.
+    pub exe: Option<PathBuf>,
+    /// Lowercase hex SHA-256 of the executable; `None` when unreadable or over the size cap.
+    pub exe_sha256: Option<String>,
+    /// Command line arguments. Shown to operators only, never logged: it can carry PHI.
+    pub cmdline: Vec<String>,
+    /// cgroup v2 id recorded by the kernel.
+    pub cgroup_id: u64,
+    /// cgroup v2 path relative to the hierarchy root, e.g. `/system.slice/lab.service`.
+    pub cgroup_path: Option<String>,
+    /// Container id parsed from the cgroup path (containerd, CRI-O, docker).
+    pub container_id: Option<String>,
+    /// Kubernetes pod UID parsed from the cgroup path.
+    pub pod_uid: Option<String>,
+    /// systemd unit (service or scope) parsed from the cgroup path.
+    pub systemd_unit: Option<String>,
+}

@@ -1,0 +1,5 @@
+//! `fhirwall`: the agent and its command line.
+
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("not wired yet")
+}
