@@ -22,11 +22,12 @@ pub const MAP_EVENTS: &str = "FW_EVENTS";
 pub const MAP_STATS: &str = "FW_STATS";
 
 /// Every map the agent pins, in the order `fhirwall uninstall` removes them.
-pub const PINNED_MAPS: [&str; 7] = [
+pub const PINNED_MAPS: [&str; 8] = [
     MAP_CONFIG,
     MAP_HEARTBEAT,
     MAP_PROTECTED,
     MAP_WORKLOADS,
+    MAP_CONN_STORE,
     MAP_CONNS,
     MAP_EVENTS,
     MAP_STATS,
@@ -67,7 +68,7 @@ pub const fn v4_mapped(ip4: u32) -> Addr {
 pub struct ProtectedKey {
     pub addr: Addr,
     pub port: u16,
-    pub _pad: u16,
+    pub pad: u16,
 }
 const _: () = assert!(size_of::<ProtectedKey>() == 20);
 
@@ -82,14 +83,14 @@ pub struct Config {
     /// Where redirected IPv6 connects go.
     pub sidecar_v6: Addr,
     pub sidecar_port: u16,
-    pub _pad0: u16,
+    pub pad0: u16,
     /// `SO_MARK` carried by the agent's own upstream sockets.
     pub agent_mark: u32,
     /// `CONFIG_F_*` bits.
     pub flags: u32,
     /// Connects are refused when the agent's heartbeat is older than this.
     pub heartbeat_timeout_ms: u32,
-    pub _pad1: u32,
+    pub pad1: u32,
 }
 const _: () = assert!(size_of::<Config>() == 48);
 
@@ -110,7 +111,7 @@ pub const KEY_UID: u32 = 3;
 pub struct WorkloadKey {
     /// One of `KEY_*`.
     pub kind: u32,
-    pub _pad: u32,
+    pub pad: u32,
     pub id: u64,
 }
 const _: () = assert!(size_of::<WorkloadKey>() == 16);

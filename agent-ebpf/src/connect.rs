@@ -25,9 +25,8 @@ use fhirwall_common::{
     WorkloadKey, v4_mapped,
 };
 
-use crate::{
-    ALLOW,
-    maps::{FW_CONFIG, FW_CONN_STORE, FW_HEARTBEAT, FW_PROTECTED, FW_WORKLOADS, count, emit},
+use crate::maps::{
+    FW_CONFIG, FW_CONN_STORE, FW_HEARTBEAT, FW_PROTECTED, FW_WORKLOADS, count, emit,
 };
 
 const AF_INET: u16 = 2;
@@ -38,7 +37,7 @@ const IPPROTO_TCP: u32 = 6;
 /// The connect was refused; the program returns `REFUSE` (`EPERM` for the application).
 pub struct Refused;
 
-pub fn connect4(ctx: &SockAddrContext) -> Result<i32, Refused> {
+pub fn connect4(ctx: &SockAddrContext) -> Result<(), Refused> {
     // SAFETY: the kernel passes sock_addr programs a valid, writable context.
     let sa = unsafe { &mut *ctx.sock_addr };
     let dst = v4_mapped(sa.user_ip4);
@@ -46,31 +45,38 @@ pub fn connect4(ctx: &SockAddrContext) -> Result<i32, Refused> {
         sa.user_ip4 = cfg.sidecar_v4;
         sa.user_port = port_to_user(cfg.sidecar_port);
     }
-    Ok(ALLOW)
+    Ok(())
 }
 
-pub fn connect6(ctx: &SockAddrContext) -> Result<i32, Refused> {
+pub fn connect6(ctx: &SockAddrContext) -> Result<(), Refused> {
     // SAFETY: as in `connect4`.
     let sa = unsafe { &mut *ctx.sock_addr };
-    let dst = sa.user_ip6;
+    let dst = read_ip6(sa);
     if let Some(cfg) = on_connect(ctx, sa, &dst, AF_INET6)? {
         // A dual-stack socket connecting to an IPv4-mapped address (Java does this) stays on IPv4.
-        sa.user_ip6 = if is_v4_mapped(&dst) { v4_mapped(cfg.sidecar_v4) } else { cfg.sidecar_v6 };
+        write_ip6(
+            sa,
+            &if is_v4_mapped(&dst) {
+                v4_mapped(cfg.sidecar_v4)
+            } else {
+                cfg.sidecar_v6
+            },
+        );
         sa.user_port = port_to_user(cfg.sidecar_port);
     }
-    Ok(ALLOW)
+    Ok(())
 }
 
-pub fn sendmsg4(ctx: &SockAddrContext) -> Result<i32, Refused> {
+pub fn sendmsg4(ctx: &SockAddrContext) -> Result<(), Refused> {
     // SAFETY: as in `connect4`.
     let sa = unsafe { &*ctx.sock_addr };
     on_datagram(ctx, sa, &v4_mapped(sa.user_ip4), AF_INET)
 }
 
-pub fn sendmsg6(ctx: &SockAddrContext) -> Result<i32, Refused> {
+pub fn sendmsg6(ctx: &SockAddrContext) -> Result<(), Refused> {
     // SAFETY: as in `connect4`.
     let sa = unsafe { &*ctx.sock_addr };
-    on_datagram(ctx, sa, &sa.user_ip6, AF_INET6)
+    on_datagram(ctx, sa, &read_ip6(sa), AF_INET6)
 }
 
 pub fn getpeername4(ctx: &SockAddrContext) {
@@ -86,14 +92,18 @@ pub fn getpeername6(ctx: &SockAddrContext) {
     if let Some(record) = stored_record(ctx) {
         // SAFETY: as in `connect4`.
         let sa = unsafe { &mut *ctx.sock_addr };
-        sa.user_ip6 = record.orig_addr;
+        write_ip6(sa, &record.orig_addr);
         sa.user_port = port_to_user(record.orig_port);
     }
 }
 
 /// Tells the agent a process image changed, so it can (re)classify the process before it connects.
 pub fn exec_event() {
-    let mut event = Event { kind: EVENT_EXEC, reason: REASON_NONE, record: current(0) };
+    let mut event = Event {
+        kind: EVENT_EXEC,
+        reason: REASON_NONE,
+        record: current(0),
+    };
     event.record.family = 0;
     emit(&event);
 }
@@ -109,12 +119,20 @@ fn on_connect(
     if !is_protected(dst, port) {
         return Ok(None);
     }
-    let mut event = Event { kind: EVENT_REFUSED, reason: REASON_NONE, record: current(cookie(ctx)) };
+    let mut event = Event {
+        kind: EVENT_REFUSED,
+        reason: REASON_NONE,
+        record: current(cookie(ctx)),
+    };
     event.record.orig_addr = *dst;
     event.record.orig_port = port;
     event.record.family = family;
     let Some(cfg) = FW_CONFIG.get(0).copied() else {
-        return Err(refuse(&mut event, REASON_AGENT_DOWN, STAT_REFUSED_AGENT_DOWN));
+        return Err(refuse(
+            &mut event,
+            REASON_AGENT_DOWN,
+            STAT_REFUSED_AGENT_DOWN,
+        ));
     };
     if is_agent(sa, &cfg, event.record.cgroup_id) {
         count(STAT_AGENT_PASSED);
@@ -122,7 +140,11 @@ fn on_connect(
     }
     check_caller(sa, &cfg, &mut event)?;
     if !store_record(ctx, &event.record) {
-        return Err(refuse(&mut event, REASON_STORE_FULL, STAT_REFUSED_STORE_FULL));
+        return Err(refuse(
+            &mut event,
+            REASON_STORE_FULL,
+            STAT_REFUSED_STORE_FULL,
+        ));
     }
     event.kind = EVENT_REDIRECTED;
     emit(&event);
@@ -140,8 +162,11 @@ fn check_caller(sa: &bpf_sock_addr, cfg: &Config, event: &mut Event) -> Result<(
         return Err(refuse(event, REASON_AGENT_DOWN, STAT_REFUSED_AGENT_DOWN));
     }
     if let Some(reason) = workload_refusal(cfg, &event.record) {
-        let stat =
-            if reason == REASON_UNREGISTERED { STAT_REFUSED_UNREGISTERED } else { STAT_REFUSED_DENIED };
+        let stat = if reason == REASON_UNREGISTERED {
+            STAT_REFUSED_UNREGISTERED
+        } else {
+            STAT_REFUSED_DENIED
+        };
         return Err(refuse(event, reason, stat));
     }
     Ok(())
@@ -152,16 +177,20 @@ fn on_datagram(
     sa: &bpf_sock_addr,
     dst: &Addr,
     family: u16,
-) -> Result<i32, Refused> {
+) -> Result<(), Refused> {
     let port = port_from_user(sa.user_port);
     if !is_protected(dst, port) {
-        return Ok(ALLOW);
+        return Ok(());
     }
-    let mut event = Event { kind: EVENT_REFUSED, reason: REASON_NONE, record: current(cookie(ctx)) };
+    let mut event = Event {
+        kind: EVENT_REFUSED,
+        reason: REASON_NONE,
+        record: current(cookie(ctx)),
+    };
     if let Some(cfg) = FW_CONFIG.get(0)
         && is_agent(sa, cfg, event.record.cgroup_id)
     {
-        return Ok(ALLOW);
+        return Ok(());
     }
     event.record.orig_addr = *dst;
     event.record.orig_port = port;
@@ -178,8 +207,12 @@ fn refuse(event: &mut Event, reason: u32, stat: u32) -> Refused {
 }
 
 fn is_protected(addr: &Addr, port: u16) -> bool {
-    let key = ProtectedKey { addr: *addr, port, _pad: 0 };
-    FW_PROTECTED.get_ptr(&key).is_some()
+    let key = ProtectedKey {
+        addr: *addr,
+        port,
+        pad: 0,
+    };
+    FW_PROTECTED.get_ptr(key).is_some()
 }
 
 /// The agent's own sockets: in the agent's cgroup AND carrying its mark (never by pid, which a
@@ -197,7 +230,9 @@ fn agent_alive(cfg: &Config) -> bool {
     if cfg.flags & CONFIG_F_READY == 0 {
         return false;
     }
-    let Some(beat) = FW_HEARTBEAT.get(0).copied() else { return false };
+    let Some(beat) = FW_HEARTBEAT.get(0).copied() else {
+        return false;
+    };
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
     now.saturating_sub(beat) <= u64::from(cfg.heartbeat_timeout_ms) * 1_000_000
@@ -206,9 +241,21 @@ fn agent_alive(cfg: &Config) -> bool {
 /// The most specific entry wins: process, then cgroup, then user.
 fn workload_refusal(cfg: &Config, record: &ConnRecord) -> Option<u32> {
     let keys = [
-        WorkloadKey { kind: KEY_TGID, _pad: 0, id: u64::from(record.tgid) },
-        WorkloadKey { kind: KEY_CGROUP, _pad: 0, id: record.cgroup_id },
-        WorkloadKey { kind: KEY_UID, _pad: 0, id: u64::from(record.uid) },
+        WorkloadKey {
+            kind: KEY_TGID,
+            pad: 0,
+            id: u64::from(record.tgid),
+        },
+        WorkloadKey {
+            kind: KEY_CGROUP,
+            pad: 0,
+            id: record.cgroup_id,
+        },
+        WorkloadKey {
+            kind: KEY_UID,
+            pad: 0,
+            id: u64::from(record.uid),
+        },
     ];
     for key in &keys {
         if let Some(found) = FW_WORKLOADS.get_ptr(key) {
@@ -264,6 +311,34 @@ fn current(cookie: u64) -> ConnRecord {
 fn cookie(ctx: &SockAddrContext) -> u64 {
     // SAFETY: sock_addr contexts are valid arguments for this helper.
     unsafe { bpf_get_socket_cookie(ctx.as_ptr()) }
+}
+
+/// Reads `user_ip6` one word at a time: the verifier only accepts 4-byte context loads at a
+/// constant offset from the unmodified context pointer, which a plain array copy does not give.
+#[inline(always)]
+fn read_ip6(sa: &bpf_sock_addr) -> Addr {
+    let words = ptr::addr_of!(sa.user_ip6).cast::<u32>();
+    // SAFETY: four in-bounds u32 fields of the context.
+    unsafe {
+        [
+            ptr::read_volatile(words),
+            ptr::read_volatile(words.add(1)),
+            ptr::read_volatile(words.add(2)),
+            ptr::read_volatile(words.add(3)),
+        ]
+    }
+}
+
+#[inline(always)]
+fn write_ip6(sa: &mut bpf_sock_addr, addr: &Addr) {
+    let words = ptr::addr_of_mut!(sa.user_ip6).cast::<u32>();
+    // SAFETY: four in-bounds, writable u32 fields of the context (as in `read_ip6`).
+    unsafe {
+        ptr::write_volatile(words, addr[0]);
+        ptr::write_volatile(words.add(1), addr[1]);
+        ptr::write_volatile(words.add(2), addr[2]);
+        ptr::write_volatile(words.add(3), addr[3]);
+    }
 }
 
 fn is_v4_mapped(addr: &Addr) -> bool {

@@ -11,8 +11,8 @@ use aya_ebpf::{
     programs::SockOpsContext,
 };
 use fhirwall_common::{
-    CONN_F_ESTABLISHED, ConnKey, ConnRecord, EVENT_CONNS_FULL, Event, REASON_NONE,
-    STAT_CONNS_FULL, v4_mapped,
+    CONN_F_ESTABLISHED, ConnKey, ConnRecord, EVENT_CONNS_FULL, Event, REASON_NONE, STAT_CONNS_FULL,
+    v4_mapped,
 };
 
 use crate::maps::{FW_CONN_STORE, FW_CONNS, count, emit};
@@ -54,25 +54,61 @@ fn established(ctx: &SockOpsContext) {
     if FW_CONNS.insert(conn_key(ctx), record, 0).is_err() {
         // The sidecar will find no record and refuse the connection: closed, not bypassed.
         count(STAT_CONNS_FULL);
-        emit(&Event { kind: EVENT_CONNS_FULL, reason: REASON_NONE, record });
+        emit(&Event {
+            kind: EVENT_CONNS_FULL,
+            reason: REASON_NONE,
+            record,
+        });
         return;
     }
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG).cast_signed());
 }
 
 /// The key as the sidecar sees the accepted connection: (client, sidecar) in mapped form.
+///
+/// Every field is read with its own volatile load at a constant offset: left to itself LLVM
+/// merges the IPv4 and IPv6 branches into a load at a computed context offset, which the
+/// verifier rejects ("dereference of modified ctx ptr").
 fn conn_key(ctx: &SockOpsContext) -> ConnKey {
-    let (client, sidecar) = if ctx.family() == AF_INET {
-        (v4_mapped(ctx.local_ip4()), v4_mapped(ctx.remote_ip4()))
+    let ops = ctx.ops;
+    // SAFETY: in-bounds u32 fields of the sock_ops context, read one at a time.
+    let (family, local4, remote4, local6, remote6, local_port, remote_port) = unsafe {
+        (
+            ptr::read_volatile(ptr::addr_of!((*ops).family)),
+            ptr::read_volatile(ptr::addr_of!((*ops).local_ip4)),
+            ptr::read_volatile(ptr::addr_of!((*ops).remote_ip4)),
+            read_words(ptr::addr_of!((*ops).local_ip6).cast()),
+            read_words(ptr::addr_of!((*ops).remote_ip6).cast()),
+            ptr::read_volatile(ptr::addr_of!((*ops).local_port)),
+            ptr::read_volatile(ptr::addr_of!((*ops).remote_port)),
+        )
+    };
+    let (client, sidecar) = if family == AF_INET {
+        (v4_mapped(local4), v4_mapped(remote4))
     } else {
-        (ctx.local_ip6(), ctx.remote_ip6())
+        (local6, remote6)
     };
     ConnKey {
         client,
         sidecar,
         // local_port is host byte order; remote_port holds the network-order port in its upper
         // 16 bits on little-endian (net/core/filter.c, sock_ops_convert_ctx_access).
-        client_port: ctx.local_port() as u16,
-        sidecar_port: u32::from_be(ctx.remote_port()) as u16,
+        client_port: local_port as u16,
+        sidecar_port: u32::from_be(remote_port) as u16,
+    }
+}
+
+/// # Safety
+/// `words` points at four readable u32 context fields.
+#[inline(always)]
+unsafe fn read_words(words: *const u32) -> [u32; 4] {
+    // SAFETY: as the caller promises.
+    unsafe {
+        [
+            ptr::read_volatile(words),
+            ptr::read_volatile(words.add(1)),
+            ptr::read_volatile(words.add(2)),
+            ptr::read_volatile(words.add(3)),
+        ]
     }
 }

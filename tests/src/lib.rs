@@ -1,1 +1,251 @@
-//! Shared helpers for the integration tests.
+//! Shared helpers for the integration tests: requirement checks that skip on a laptop but fail in
+//! CI, and RAII guards for everything a test creates in the kernel or the system.
+
+use std::{
+    fs,
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::atomic::{AtomicU32, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use serde_json::Value;
+
+static UNIQUE: AtomicU32 = AtomicU32::new(0);
+
+/// A name no other test (or test run) uses.
+#[must_use]
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        UNIQUE.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether this test can run here. Without root or BPF it prints why and returns false, so a
+/// laptop run skips it; when `CI` is set it panics instead, because a skipped kernel test must
+/// never count as a pass in CI.
+#[must_use]
+pub fn kernel_available(test: &str) -> bool {
+    let reason = if !nix_is_root() {
+        Some("needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN)")
+    } else if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+        Some("needs a kernel with BTF (/sys/kernel/btf/vmlinux)")
+    } else {
+        None
+    };
+    match reason {
+        None => true,
+        Some(reason) if std::env::var_os("CI").is_some() => {
+            panic!("{test}: {reason}; CI must run kernel tests, refusing to skip")
+        }
+        Some(reason) => {
+            eprintln!("SKIPPED {test}: {reason}");
+            false
+        }
+    }
+}
+
+fn nix_is_root() -> bool {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// A dedicated cgroup v2 sub-tree for one test: programs attach here, never at the root, so a
+/// bug cannot cut this machine's own network. Removed (its processes killed) on drop.
+pub struct TestCgroup {
+    pub dir: PathBuf,
+}
+
+impl TestCgroup {
+    pub fn new() -> anyhow::Result<Self> {
+        let root = fhirwall::kernel::CgroupRoot::discover().context("finding cgroup v2")?;
+        let dir = root.mount.join(unique("fhirwall-test"));
+        fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self { dir })
+    }
+
+    /// A child cgroup (created on first use).
+    pub fn child(&self, name: &str) -> anyhow::Result<PathBuf> {
+        let dir = self.dir.join(name);
+        if !dir.exists() {
+            fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        Ok(dir)
+    }
+
+    #[must_use]
+    pub fn id(dir: &Path) -> u64 {
+        fhirwall::kernel::cgroup_id(dir).expect("a cgroup this test created")
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let mut dirs: Vec<PathBuf> = fs::read_dir(&self.dir)
+            .map(|rd| {
+                rd.filter_map(Result::ok)
+                    .map(|e| e.path())
+                    .filter(|p| p.is_dir())
+                    .collect()
+            })
+            .unwrap_or_default();
+        dirs.push(self.dir.clone());
+        for dir in &dirs {
+            // cgroup.kill (Linux 5.14) kills everything still inside.
+            let _ = fs::write(dir.join("cgroup.kill"), "1");
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        for dir in &dirs {
+            while fs::remove_dir(dir).is_err() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// A bpffs pin directory for one test; everything under it is detached and unpinned on drop.
+pub struct PinDir {
+    pub path: PathBuf,
+}
+
+impl PinDir {
+    #[must_use]
+    pub fn new() -> Self {
+        Self {
+            path: PathBuf::from("/sys/fs/bpf").join(unique("fhirwall-test")),
+        }
+    }
+}
+
+impl Default for PinDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        if let Err(e) = fhirwall::kernel::uninstall(&self.path) {
+            eprintln!("cleaning {}: {e:#}", self.path.display());
+        }
+    }
+}
+
+/// A running `fw-probe`: a workload process in a test cgroup. Killed on drop.
+pub struct Probe {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+    pub pid: u32,
+}
+
+impl Probe {
+    /// Starts the probe; with `--wait` in `args` it stops before connecting until [`Probe::go`].
+    pub fn spawn(args: &[&str]) -> anyhow::Result<Self> {
+        let mut child = Command::new(target_binary("fw-probe")?)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("spawning fw-probe")?;
+        let stdin = child.stdin.take();
+        let stdout = BufReader::new(child.stdout.take().context("probe stdout")?);
+        let pid = child.id();
+        let mut probe = Self {
+            child,
+            stdin,
+            stdout,
+            pid,
+        };
+        if args.contains(&"--wait") {
+            let line = probe.line()?;
+            if !line.starts_with("ready ") {
+                bail!("probe said {line:?} instead of ready");
+            }
+        }
+        Ok(probe)
+    }
+
+    /// Runs a probe to completion and returns its JSON report.
+    pub fn run(args: &[&str]) -> anyhow::Result<Value> {
+        let mut probe = Self::spawn(args)?;
+        probe.report()
+    }
+
+    /// Lets a `--wait` probe connect, or a `--hold` probe finish.
+    pub fn go(&mut self) -> anyhow::Result<()> {
+        let stdin = self.stdin.as_mut().context("probe stdin closed")?;
+        stdin.write_all(b"go\n").context("signalling the probe")?;
+        Ok(())
+    }
+
+    /// The next JSON report line.
+    pub fn report(&mut self) -> anyhow::Result<Value> {
+        let line = self.line()?;
+        serde_json::from_str(&line).with_context(|| format!("probe printed {line:?}"))
+    }
+
+    fn line(&mut self) -> anyhow::Result<String> {
+        let mut line = String::new();
+        if self
+            .stdout
+            .read_line(&mut line)
+            .context("reading the probe")?
+            == 0
+        {
+            bail!("the probe exited without reporting");
+        }
+        Ok(line.trim_end().to_owned())
+    }
+}
+
+impl Drop for Probe {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A binary of this workspace built next to the running test (`target/<profile>/<name>`).
+pub fn target_binary(name: &str) -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe().context("locating the test binary")?;
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary outside target/")?
+        .join(name);
+    if !path.exists() {
+        bail!(
+            "{} is missing: build the workspace binaries first (cargo xtask test does)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes. For waiting on the kernel or a process,
+/// never for asserting speed.
+pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,387 @@
+//! Loading, attaching, pinning and handing over the kernel programs.
+
+use std::{
+    fs::{self, File},
+    io,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::{Path, PathBuf},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    programs::{
+        CgroupAttachMode, CgroupSockAddr, RawTracePoint, SockOps,
+        links::{FdLink, PinnedLink},
+    },
+};
+use fhirwall_common::{
+    CONFIG_F_KERNEL_ENFORCEMENT, CONFIG_F_READY, Config, LAYOUT_VERSION, PINNED_MAPS,
+    PROG_CONNECT4, PROG_CONNECT6, PROG_EXEC, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SENDMSG4,
+    PROG_SENDMSG6, PROG_SOCK_OPS,
+};
+
+use super::{
+    KernelError, addr,
+    events::EventReader,
+    maps::{ConnTable, ControlMaps},
+};
+
+/// The kernel programs, built by agent/build.rs.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/fhirwall"));
+
+const LINK_MODE: CgroupAttachMode = CgroupAttachMode::Single;
+
+const SOCK_ADDR_PROGRAMS: [&str; 6] = [
+    PROG_CONNECT4,
+    PROG_CONNECT6,
+    PROG_SENDMSG4,
+    PROG_SENDMSG6,
+    PROG_GETPEERNAME4,
+    PROG_GETPEERNAME6,
+];
+
+/// What the kernel programs need to know, from the agent configuration.
+#[derive(Clone, Debug)]
+pub struct KernelSettings {
+    /// bpffs directory for pins, e.g. `/sys/fs/bpf/fhirwall`.
+    pub pin_dir: PathBuf,
+    /// cgroup v2 directory the programs attach to: the hierarchy root in production, a dedicated
+    /// child cgroup in tests.
+    pub attach_cgroup: PathBuf,
+    /// cgroup id and `SO_MARK` that together identify the agent's own upstream sockets.
+    pub agent_cgroup: u64,
+    pub agent_mark: u32,
+    /// The sidecar's transparent listener.
+    pub sidecar_v4: Ipv4Addr,
+    pub sidecar_v6: Ipv6Addr,
+    pub sidecar_port: u16,
+    /// `enforcement: kernel`: refuse workloads no integration registers, in the kernel.
+    pub kernel_enforcement: bool,
+    pub heartbeat_timeout: Duration,
+    /// Size of the established-connection table (`FW_CONNS`); `None` keeps the built-in size.
+    /// Takes effect when the map is created, not when a pinned one is reused.
+    pub conns_capacity: Option<u32>,
+}
+
+/// The loaded kernel programs and their maps. Dropping it leaves the pinned links and maps in
+/// place (enforcement continues, refusing while no heartbeat comes); [`uninstall`] removes them.
+pub struct Kernel {
+    ebpf: Ebpf,
+    settings: KernelSettings,
+    dir: PathBuf,
+    generation: String,
+    maps: ControlMaps,
+    conns: ConnTable,
+    events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
+    links: Vec<PinnedLink>,
+}
+
+impl Kernel {
+    /// Loads the programs (verifier included) and opens the maps, reusing pinned maps left by a
+    /// previous agent so live connections keep their records. Nothing is attached yet.
+    pub fn load(settings: KernelSettings) -> Result<Self, KernelError> {
+        if OBJECT.is_empty() {
+            return Err(KernelError::NoKernelObject);
+        }
+        super::bpffs::ensure_mounted(&settings.pin_dir)?;
+        let dir = settings.pin_dir.join(format!("v{LAYOUT_VERSION}"));
+        for sub in ["maps", "links"] {
+            let path = dir.join(sub);
+            fs::create_dir_all(&path).map_err(|source| KernelError::Pin { path, source })?;
+        }
+        let map_pins: Vec<(&str, PathBuf)> = PINNED_MAPS
+            .iter()
+            .map(|name| (*name, dir.join("maps").join(name)))
+            .collect();
+        let mut loader = EbpfLoader::new();
+        for (name, path) in &map_pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        if let Some(capacity) = settings.conns_capacity {
+            loader.map_max_entries(fhirwall_common::MAP_CONNS, capacity);
+        }
+        let mut ebpf = loader.load(OBJECT).map_err(|e| KernelError::Load {
+            source: Box::new(e),
+        })?;
+        load_programs(&mut ebpf)?;
+        let (maps, conns, events) = ControlMaps::take(&mut ebpf)?;
+        let generation = generation();
+        let mut kernel = Self {
+            ebpf,
+            settings,
+            dir,
+            generation,
+            maps,
+            conns,
+            events: Some(events),
+            links: Vec::new(),
+        };
+        kernel.write_config(false)?;
+        Ok(kernel)
+    }
+
+    /// Marks the configuration complete, starts the heartbeat and attaches the programs; then
+    /// removes the links of any previous agent. Call after the protected set and workload map
+    /// are filled and the sidecar listener is bound.
+    pub fn activate(&mut self) -> Result<(), KernelError> {
+        self.write_config(true)?;
+        self.heartbeat()?;
+        self.attach()?;
+        self.remove_foreign_links()
+    }
+
+    /// Tells the kernel programs the agent is alive; call every heartbeat interval.
+    pub fn heartbeat(&mut self) -> Result<(), KernelError> {
+        self.maps.set_heartbeat(monotonic_ns())
+    }
+
+    /// Makes the kernel refuse protected connects at once (clean shutdown): the agent is going.
+    pub fn mark_down(&mut self) -> Result<(), KernelError> {
+        self.maps.set_heartbeat(0)
+    }
+
+    /// Replaces the set of protected destinations.
+    pub fn set_protected(
+        &mut self,
+        destinations: &std::collections::BTreeSet<std::net::SocketAddr>,
+    ) -> Result<(), KernelError> {
+        self.maps.sync_protected(destinations)
+    }
+
+    /// Replaces the kernel's per-workload verdicts.
+    pub fn set_workloads(
+        &mut self,
+        verdicts: &std::collections::BTreeMap<super::maps::WorkloadEntry, super::maps::Verdict>,
+    ) -> Result<(), KernelError> {
+        self.maps.sync_workloads(verdicts)
+    }
+
+    /// Switches `enforcement: kernel` on or off (policy reload).
+    pub fn set_kernel_enforcement(&mut self, on: bool) -> Result<(), KernelError> {
+        self.settings.kernel_enforcement = on;
+        self.write_config(true)
+    }
+
+    /// The connection table the sidecar consults at `accept()`; cheap to clone.
+    #[must_use]
+    pub fn conns(&self) -> ConnTable {
+        self.conns.clone()
+    }
+
+    /// The ring-buffer reader, registered with the current tokio runtime; `None` once taken.
+    pub fn take_events(&mut self) -> Option<Result<EventReader, KernelError>> {
+        let ring = self.events.take()?;
+        Some(EventReader::new(ring).map_err(|source| KernelError::Io {
+            path: "ring buffer".into(),
+            source,
+        }))
+    }
+
+    /// Kernel-side counters, summed over CPUs.
+    pub fn stats(&self) -> Result<super::KernelStats, KernelError> {
+        self.maps.stats()
+    }
+
+    #[must_use]
+    pub fn settings(&self) -> &KernelSettings {
+        &self.settings
+    }
+
+    fn write_config(&mut self, ready: bool) -> Result<(), KernelError> {
+        let s = &self.settings;
+        let mut flags = 0;
+        if s.kernel_enforcement {
+            flags |= CONFIG_F_KERNEL_ENFORCEMENT;
+        }
+        if ready {
+            flags |= CONFIG_F_READY;
+        }
+        let config = Config {
+            agent_cgroup: s.agent_cgroup,
+            sidecar_v4: addr::ipv4_word(s.sidecar_v4),
+            sidecar_v6: addr::to_addr(s.sidecar_v6.into()),
+            sidecar_port: s.sidecar_port,
+            pad0: 0,
+            agent_mark: s.agent_mark,
+            flags,
+            heartbeat_timeout_ms: u32::try_from(s.heartbeat_timeout.as_millis())
+                .unwrap_or(u32::MAX),
+            pad1: 0,
+        };
+        self.maps.set_config(&config)
+    }
+
+    /// Attaches with `bpf_link` (Linux 5.7+). Cgroup links always coexist with other programs
+    /// on the same cgroup (multi-attach semantics) and the kernel rejects any flag on
+    /// `BPF_LINK_CREATE` for cgroups, hence [`CgroupAttachMode::Single`] (no flags) below.
+    fn attach(&mut self) -> Result<(), KernelError> {
+        let cgroup =
+            File::open(&self.settings.attach_cgroup).map_err(|source| KernelError::Io {
+                path: self.settings.attach_cgroup.clone(),
+                source,
+            })?;
+        for name in SOCK_ADDR_PROGRAMS {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let id = prog.attach(&cgroup, LINK_MODE).map_err(prog_err(name))?;
+            let link = FdLink::try_from(prog.take_link(id).map_err(prog_err(name))?)
+                .map_err(link_err(name))?;
+            self.pin_link(name, link)?;
+        }
+        let prog: &mut SockOps = program(&mut self.ebpf, PROG_SOCK_OPS)?;
+        let id = prog
+            .attach(&cgroup, LINK_MODE)
+            .map_err(prog_err(PROG_SOCK_OPS))?;
+        let link = FdLink::try_from(prog.take_link(id).map_err(prog_err(PROG_SOCK_OPS))?)
+            .map_err(link_err(PROG_SOCK_OPS))?;
+        self.pin_link(PROG_SOCK_OPS, link)?;
+        // Exec events only matter to a running agent: this link lives and dies with it.
+        let exec: &mut RawTracePoint = program(&mut self.ebpf, PROG_EXEC)?;
+        exec.attach("sched_process_exec")
+            .map_err(prog_err(PROG_EXEC))?;
+        Ok(())
+    }
+
+    fn pin_link(&mut self, name: &str, link: FdLink) -> Result<(), KernelError> {
+        let path = self
+            .dir
+            .join("links")
+            .join(format!("{name}-{}", self.generation));
+        let pinned = link.pin(&path).map_err(|e| KernelError::Pin {
+            path,
+            source: io::Error::other(e),
+        })?;
+        self.links.push(pinned);
+        Ok(())
+    }
+
+    /// Detaches every pinned link that is not this agent's (a previous agent's, any layout).
+    /// (bpffs forbids dots in names, hence the `-` separator.)
+    fn remove_foreign_links(&self) -> Result<(), KernelError> {
+        let ours = format!("-{}", self.generation);
+        for path in pinned_links(&self.settings.pin_dir)? {
+            if !path.to_string_lossy().ends_with(&ours) {
+                unpin_link(&path)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Detaches and unpins everything fhirwall left in the kernel under `pin_dir`: after this,
+/// connects to formerly protected destinations go straight out again.
+pub fn uninstall(pin_dir: &Path) -> Result<usize, KernelError> {
+    if !pin_dir.exists() {
+        return Ok(0);
+    }
+    let mut removed = 0;
+    for path in pinned_links(pin_dir)? {
+        unpin_link(&path)?;
+        removed += 1;
+    }
+    let io_err = |path: &Path| {
+        let path = path.to_owned();
+        move |source| KernelError::Pin { path, source }
+    };
+    for version in read_dir(pin_dir)? {
+        let maps = version.join("maps");
+        for map in read_dir(&maps).unwrap_or_default() {
+            fs::remove_file(&map).map_err(io_err(&map))?;
+            removed += 1;
+        }
+        for sub in [maps, version.join("links"), version.clone()] {
+            if sub.exists() {
+                fs::remove_dir(&sub).map_err(io_err(&sub))?;
+            }
+        }
+    }
+    fs::remove_dir(pin_dir).map_err(io_err(pin_dir))?;
+    Ok(removed)
+}
+
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    for name in SOCK_ADDR_PROGRAMS {
+        program::<CgroupSockAddr>(ebpf, name)?
+            .load()
+            .map_err(prog_err(name))?;
+    }
+    program::<SockOps>(ebpf, PROG_SOCK_OPS)?
+        .load()
+        .map_err(prog_err(PROG_SOCK_OPS))?;
+    program::<RawTracePoint>(ebpf, PROG_EXEC)?
+        .load()
+        .map_err(prog_err(PROG_EXEC))
+}
+
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let prog = ebpf.program_mut(name).ok_or(KernelError::Program {
+        program: name,
+        source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+    })?;
+    prog.try_into().map_err(prog_err(name))
+}
+
+fn prog_err(program: &'static str) -> impl Fn(aya::programs::ProgramError) -> KernelError {
+    move |e| KernelError::Program {
+        program,
+        source: Box::new(e),
+    }
+}
+
+fn link_err(program: &'static str) -> impl Fn(aya::programs::links::LinkError) -> KernelError {
+    move |e| KernelError::Link {
+        program,
+        source: Box::new(e),
+    }
+}
+
+fn pinned_links(pin_dir: &Path) -> Result<Vec<PathBuf>, KernelError> {
+    let mut links = Vec::new();
+    for version in read_dir(pin_dir)? {
+        links.extend(read_dir(&version.join("links")).unwrap_or_default());
+    }
+    Ok(links)
+}
+
+fn unpin_link(path: &Path) -> Result<(), KernelError> {
+    let pinned = PinnedLink::from_pin(path).map_err(|e| KernelError::Pin {
+        path: path.to_owned(),
+        source: io::Error::other(e),
+    })?;
+    // Unpinning drops the last reference once the returned link goes out of scope: detached.
+    drop(pinned.unpin().map_err(|source| KernelError::Pin {
+        path: path.to_owned(),
+        source,
+    })?);
+    Ok(())
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<PathBuf>, KernelError> {
+    let entries = fs::read_dir(dir).map_err(|source| KernelError::Io {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    Ok(paths)
+}
+
+/// A suffix that tells this agent's links from earlier ones.
+fn generation() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos}-{}", std::process::id())
+}
+
+/// `CLOCK_MONOTONIC`, the clock of `bpf_ktime_get_ns`.
+#[must_use]
+pub fn monotonic_ns() -> u64 {
+    // CLOCK_MONOTONIC cannot fail on Linux; 0 ("long ago") would only make the kernel refuse.
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
+        ts.tv_sec().cast_unsigned() * 1_000_000_000 + ts.tv_nsec().cast_unsigned()
+    })
+}

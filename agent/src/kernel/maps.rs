@@ -1,0 +1,253 @@
+//! Typed handles on the kernel maps, and keeping them in step with what policy says.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use aya::{
+    Ebpf,
+    maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
+};
+use fhirwall_common::{
+    Config, ConnKey, ConnRecord, KEY_CGROUP, KEY_TGID, KEY_UID, MAP_CONFIG, MAP_CONNS, MAP_EVENTS,
+    MAP_HEARTBEAT, MAP_PROTECTED, MAP_STATS, MAP_WORKLOADS, PROTECTED_CAPACITY, ProtectedKey,
+    REASON_DENIED, STAT_AGENT_PASSED, STAT_CONNS_FULL, STAT_EVENTS_DROPPED, STAT_REDIRECTED,
+    STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED, STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL,
+    STAT_REFUSED_UNREGISTERED, VERDICT_ALLOW, VERDICT_DENY, WORKLOADS_CAPACITY, WorkloadKey,
+    WorkloadVerdict,
+};
+use serde::Serialize;
+
+use super::{KernelError, addr::to_addr};
+
+/// A workload as the kernel can name it at `connect()`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum WorkloadEntry {
+    /// A process (thread group id). The agent removes it when the process is gone.
+    Process(u32),
+    /// A cgroup v2 id (systemd unit, container, pod).
+    Cgroup(u64),
+    /// A user id.
+    User(u32),
+}
+
+/// What the kernel does with a workload's connects to protected destinations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum Verdict {
+    /// Redirect to the sidecar (and, with `enforcement: kernel`, count as registered).
+    Allow,
+    /// Refuse with `EPERM` in the kernel (revoked or suspended integration).
+    Deny,
+}
+
+impl WorkloadEntry {
+    fn key(self) -> WorkloadKey {
+        let (kind, id) = match self {
+            Self::Process(tgid) => (KEY_TGID, u64::from(tgid)),
+            Self::Cgroup(id) => (KEY_CGROUP, id),
+            Self::User(uid) => (KEY_UID, u64::from(uid)),
+        };
+        WorkloadKey { kind, pad: 0, id }
+    }
+}
+
+fn verdict_value(verdict: Verdict) -> WorkloadVerdict {
+    match verdict {
+        Verdict::Allow => WorkloadVerdict {
+            verdict: VERDICT_ALLOW,
+            reason: 0,
+        },
+        Verdict::Deny => WorkloadVerdict {
+            verdict: VERDICT_DENY,
+            reason: REASON_DENIED,
+        },
+    }
+}
+
+/// Counters kept by the kernel programs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KernelStats {
+    pub redirected: u64,
+    pub refused_denied: u64,
+    pub refused_unregistered: u64,
+    pub refused_agent_down: u64,
+    pub refused_store_full: u64,
+    pub refused_not_tcp: u64,
+    pub conns_full: u64,
+    pub events_dropped: u64,
+    pub agent_passed: u64,
+}
+
+/// The established redirected connections, keyed as the sidecar sees them.
+#[derive(Clone)]
+pub struct ConnTable(Arc<HashMap<MapData, ConnKey, ConnRecord>>);
+
+impl ConnTable {
+    /// The kernel's record of the connection the sidecar accepted from `client` on `sidecar`.
+    pub fn lookup(
+        &self,
+        client: SocketAddr,
+        sidecar: SocketAddr,
+    ) -> Result<Option<ConnRecord>, KernelError> {
+        let key = ConnKey {
+            client: to_addr(client.ip()),
+            sidecar: to_addr(sidecar.ip()),
+            client_port: client.port(),
+            sidecar_port: sidecar.port(),
+        };
+        match self.0.get(&key, 0) {
+            Ok(record) => Ok(Some(record)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(map_err(MAP_CONNS)(e)),
+        }
+    }
+
+    /// Entries in the table (walks the map: for tests and metrics, not the request path).
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.0.keys().flatten().count()
+    }
+
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The maps the agent writes.
+pub struct ControlMaps {
+    config: Array<MapData, Config>,
+    heartbeat: Array<MapData, u64>,
+    protected: HashMap<MapData, ProtectedKey, u32>,
+    workloads: HashMap<MapData, WorkloadKey, WorkloadVerdict>,
+    stats: PerCpuArray<MapData, u64>,
+}
+
+impl ControlMaps {
+    pub fn take(ebpf: &mut Ebpf) -> Result<(Self, ConnTable, RingBuf<MapData>), KernelError> {
+        let maps = Self {
+            config: take(ebpf, MAP_CONFIG)?,
+            heartbeat: take(ebpf, MAP_HEARTBEAT)?,
+            protected: take(ebpf, MAP_PROTECTED)?,
+            workloads: take(ebpf, MAP_WORKLOADS)?,
+            stats: take(ebpf, MAP_STATS)?,
+        };
+        let conns = ConnTable(Arc::new(take(ebpf, MAP_CONNS)?));
+        let ring: RingBuf<MapData> = take(ebpf, MAP_EVENTS)?;
+        Ok((maps, conns, ring))
+    }
+
+    pub fn set_config(&mut self, config: &Config) -> Result<(), KernelError> {
+        self.config.set(0, config, 0).map_err(map_err(MAP_CONFIG))
+    }
+
+    pub fn set_heartbeat(&mut self, ns: u64) -> Result<(), KernelError> {
+        self.heartbeat.set(0, ns, 0).map_err(map_err(MAP_HEARTBEAT))
+    }
+
+    pub fn sync_protected(
+        &mut self,
+        destinations: &BTreeSet<SocketAddr>,
+    ) -> Result<(), KernelError> {
+        let wanted: HashSet<ProtectedKey> = destinations
+            .iter()
+            .map(|d| ProtectedKey {
+                addr: to_addr(d.ip()),
+                port: d.port(),
+                pad: 0,
+            })
+            .collect();
+        if wanted.len() > PROTECTED_CAPACITY as usize {
+            return Err(KernelError::MapFull {
+                map: MAP_PROTECTED,
+                capacity: PROTECTED_CAPACITY,
+            });
+        }
+        let present: Vec<ProtectedKey> = self.protected.keys().filter_map(Result::ok).collect();
+        // Insert first, then remove: a destination never drops out during a resync.
+        for key in &wanted {
+            self.protected
+                .insert(key, 1, 0)
+                .map_err(map_err(MAP_PROTECTED))?;
+        }
+        for key in present.iter().filter(|k| !wanted.contains(k)) {
+            remove_if_present(&mut self.protected, key, MAP_PROTECTED)?;
+        }
+        Ok(())
+    }
+
+    pub fn sync_workloads(
+        &mut self,
+        verdicts: &BTreeMap<WorkloadEntry, Verdict>,
+    ) -> Result<(), KernelError> {
+        if verdicts.len() > WORKLOADS_CAPACITY as usize {
+            return Err(KernelError::MapFull {
+                map: MAP_WORKLOADS,
+                capacity: WORKLOADS_CAPACITY,
+            });
+        }
+        let wanted: std::collections::HashMap<WorkloadKey, WorkloadVerdict> = verdicts
+            .iter()
+            .map(|(e, v)| (e.key(), verdict_value(*v)))
+            .collect();
+        let present: Vec<WorkloadKey> = self.workloads.keys().filter_map(Result::ok).collect();
+        for (key, value) in &wanted {
+            self.workloads
+                .insert(key, value, 0)
+                .map_err(map_err(MAP_WORKLOADS))?;
+        }
+        for key in present.iter().filter(|k| !wanted.contains_key(k)) {
+            remove_if_present(&mut self.workloads, key, MAP_WORKLOADS)?;
+        }
+        Ok(())
+    }
+
+    pub fn stats(&self) -> Result<KernelStats, KernelError> {
+        let sum = |index: u32| -> Result<u64, KernelError> {
+            let values = self.stats.get(&index, 0).map_err(map_err(MAP_STATS))?;
+            Ok(values.iter().sum())
+        };
+        Ok(KernelStats {
+            redirected: sum(STAT_REDIRECTED)?,
+            refused_denied: sum(STAT_REFUSED_DENIED)?,
+            refused_unregistered: sum(STAT_REFUSED_UNREGISTERED)?,
+            refused_agent_down: sum(STAT_REFUSED_AGENT_DOWN)?,
+            refused_store_full: sum(STAT_REFUSED_STORE_FULL)?,
+            refused_not_tcp: sum(STAT_REFUSED_NOT_TCP)?,
+            conns_full: sum(STAT_CONNS_FULL)?,
+            events_dropped: sum(STAT_EVENTS_DROPPED)?,
+            agent_passed: sum(STAT_AGENT_PASSED)?,
+        })
+    }
+}
+
+fn remove_if_present<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    key: &K,
+    name: &'static str,
+) -> Result<(), KernelError> {
+    match map.remove(key) {
+        Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(e) => Err(map_err(name)(e)),
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf
+        .take_map(name)
+        .ok_or(KernelError::MissingMap { map: name })?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+fn map_err(map: &'static str) -> impl Fn(MapError) -> KernelError {
+    move |e| KernelError::Map {
+        map,
+        source: Box::new(e),
+    }
+}

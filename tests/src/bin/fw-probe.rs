@@ -1,0 +1,153 @@
+//! A workload for the kernel tests: joins a cgroup, optionally marks its socket, connects (TCP or
+//! UDP) and reports what it saw as one JSON line on stdout. Exit status 0 even on connect
+//! failure: the JSON says what happened.
+//!
+//! fw-probe [--cgroup DIR] [--mark N] [--udp] [--v6] [--wait] [--send TEXT] [--hold] ADDR
+//!   --wait  print `ready <pid>` and wait for a line on stdin before connecting
+//!   --hold  after connecting, print the result and keep the connection until stdin closes,
+//!           then report whether the connection was reset meanwhile
+
+use std::{
+    io::{BufRead as _, Read as _, Write as _},
+    net::{SocketAddr, TcpStream, UdpSocket},
+};
+
+use serde_json::json;
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+#[derive(Default)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "one flag per command-line switch"
+)]
+struct Args {
+    cgroup: Option<String>,
+    mark: Option<u32>,
+    udp: bool,
+    v6: bool,
+    wait: bool,
+    hold: bool,
+    send: Option<String>,
+    addr: Option<SocketAddr>,
+}
+
+fn parse_args() -> Args {
+    let mut args = Args::default();
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        match arg.as_str() {
+            "--cgroup" => args.cgroup = it.next(),
+            "--mark" => args.mark = it.next().and_then(|m| m.parse().ok()),
+            "--udp" => args.udp = true,
+            "--v6" => args.v6 = true,
+            "--wait" => args.wait = true,
+            "--hold" => args.hold = true,
+            "--send" => args.send = it.next(),
+            other => args.addr = other.parse().ok(),
+        }
+    }
+    args
+}
+
+fn main() {
+    let args = parse_args();
+    if let Some(dir) = &args.cgroup {
+        std::fs::write(
+            format!("{dir}/cgroup.procs"),
+            std::process::id().to_string(),
+        )
+        .expect("joining the test cgroup");
+    }
+    if args.wait {
+        println!("ready {}", std::process::id());
+        let _ = std::io::stdout().flush();
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    }
+    let addr = args.addr.expect("usage: fw-probe [options] ADDR");
+    let result = if args.udp {
+        udp(&args, addr)
+    } else {
+        tcp(&args, addr)
+    };
+    println!("{result}");
+}
+
+fn socket(args: &Args, addr: SocketAddr, ty: Type, protocol: Protocol) -> std::io::Result<Socket> {
+    let domain = if args.v6 || addr.is_ipv6() {
+        Domain::IPV6
+    } else {
+        Domain::IPV4
+    };
+    let socket = Socket::new(domain, ty, Some(protocol))?;
+    if let Some(mark) = args.mark {
+        socket.set_mark(mark)?;
+    }
+    Ok(socket)
+}
+
+/// `--v6` with an IPv4 address connects a dual-stack IPv6 socket to its IPv4-mapped form.
+fn target(args: &Args, addr: SocketAddr) -> SockAddr {
+    match addr {
+        SocketAddr::V4(v4) if args.v6 => {
+            SockAddr::from(SocketAddr::new(v4.ip().to_ipv6_mapped().into(), v4.port()))
+        }
+        _ => SockAddr::from(addr),
+    }
+}
+
+fn tcp(args: &Args, addr: SocketAddr) -> String {
+    let socket = match socket(args, addr, Type::STREAM, Protocol::TCP) {
+        Ok(s) => s,
+        Err(e) => return failure("socket", &e),
+    };
+    if let Err(e) = socket.connect(&target(args, addr)) {
+        return failure("connect", &e);
+    }
+    let mut stream: TcpStream = socket.into();
+    let peer = stream
+        .peer_addr()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let local = stream
+        .local_addr()
+        .map(|p| p.to_string())
+        .unwrap_or_default();
+    let mut reply = String::new();
+    if let Some(text) = &args.send {
+        let _ = stream.write_all(text.as_bytes());
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+        let _ = stream.read_to_string(&mut reply);
+    }
+    let connected = json!({"ok": true, "peer": peer, "local": local, "reply": reply});
+    if !args.hold {
+        return connected.to_string();
+    }
+    println!("{connected}");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    let mut buf = [0u8; 16];
+    let after = match stream.read(&mut buf) {
+        Ok(0) => "eof".to_owned(),
+        Ok(_) => "data".to_owned(),
+        Err(e) => format!("error:{}", e.raw_os_error().unwrap_or(0)),
+    };
+    json!({"ok": true, "after": after}).to_string()
+}
+
+fn udp(args: &Args, addr: SocketAddr) -> String {
+    let socket = match socket(args, addr, Type::DGRAM, Protocol::UDP) {
+        Ok(s) => s,
+        Err(e) => return failure("socket", &e),
+    };
+    let udp: UdpSocket = socket.into();
+    match udp.send_to(b"probe", addr) {
+        Ok(_) => json!({"ok": true}).to_string(),
+        Err(e) => failure("sendto", &e),
+    }
+}
+
+fn failure(call: &str, e: &std::io::Error) -> String {
+    json!({"ok": false, "call": call, "errno": e.raw_os_error().unwrap_or(0)}).to_string()
+}

@@ -1,0 +1,519 @@
+//! Kernel tests: the real eBPF programs attached to a dedicated test cgroup, real processes
+//! (`fw-probe`) connecting from inside it. Need root and BTF; skipped with a reason on a laptop,
+//! failing in CI.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    io::{Read as _, Write as _},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    thread,
+    time::Duration,
+};
+
+use fhirwall::kernel::{
+    ConnTable, Kernel, KernelEvent, KernelSettings, Refusal, Verdict, WorkloadEntry,
+    destroy_connections_to,
+};
+use fhirwall_tests::{PinDir, Probe, TestCgroup, eventually, kernel_available};
+use serde_json::{Value, json};
+
+const MARK: u32 = 0xf1f0;
+const EPERM: i64 = 1;
+
+/// A test cgroup with `agent` and `work` children, a kernel instance attached to it, a sidecar
+/// that answers with the kernel's record of each connection, and a real destination.
+struct Fixture {
+    kernel: Kernel,
+    protected_v4: SocketAddr,
+    protected_v6: SocketAddr,
+    work: PathBuf,
+    agent: PathBuf,
+    _pins: PinDir,
+    _cgroup: TestCgroup,
+}
+
+impl Fixture {
+    fn new(kernel_enforcement: bool) -> Self {
+        Self::with_capacity(kernel_enforcement, None)
+    }
+
+    fn with_capacity(kernel_enforcement: bool, conns_capacity: Option<u32>) -> Self {
+        let cgroup = TestCgroup::new().expect("test cgroup");
+        let work = cgroup.child("work").expect("work cgroup");
+        let agent = cgroup.child("agent").expect("agent cgroup");
+        let pins = PinDir::new();
+        let (v4, v6) = sidecar_listeners();
+        let sidecar_port = v4.local_addr().expect("bound").port();
+        let protected_v4 = echo_server(Ipv4Addr::new(127, 0, 0, 3).into());
+        let protected_v6 = echo_server(Ipv6Addr::LOCALHOST.into());
+        let settings = KernelSettings {
+            pin_dir: pins.path.clone(),
+            attach_cgroup: cgroup.dir.clone(),
+            agent_cgroup: TestCgroup::id(&agent),
+            agent_mark: MARK,
+            sidecar_v4: Ipv4Addr::LOCALHOST,
+            sidecar_v6: Ipv6Addr::LOCALHOST,
+            sidecar_port,
+            kernel_enforcement,
+            heartbeat_timeout: Duration::from_secs(30),
+            conns_capacity,
+        };
+        let mut kernel = Kernel::load(settings).expect("loading the kernel programs");
+        kernel
+            .set_protected(&BTreeSet::from([protected_v4, protected_v6]))
+            .expect("protected set");
+        let conns = kernel.conns();
+        for listener in [v4, v6] {
+            let conns = conns.clone();
+            thread::spawn(move || sidecar(&listener, &conns));
+        }
+        kernel.activate().expect("attaching");
+        Self {
+            kernel,
+            protected_v4,
+            protected_v6,
+            work,
+            agent,
+            _pins: pins,
+            _cgroup: cgroup,
+        }
+    }
+
+    fn probe(cgroup: &Path, extra: &[&str], dst: SocketAddr) -> Value {
+        let dst = dst.to_string();
+        let mut args = vec![
+            "--cgroup",
+            cgroup.to_str().expect("utf-8 path"),
+            "--send",
+            "hello",
+        ];
+        args.extend_from_slice(extra);
+        args.push(&dst);
+        Probe::run(&args).expect("probe run")
+    }
+
+    fn events(&mut self) -> Vec<KernelEvent> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let _guard = rt.enter();
+        let mut reader = self
+            .kernel
+            .take_events()
+            .expect("events not taken")
+            .expect("reader");
+        let mut out = Vec::new();
+        reader.drain(&mut out);
+        out
+    }
+}
+
+fn sidecar_listeners() -> (TcpListener, TcpListener) {
+    for _ in 0..20 {
+        let v4 = TcpListener::bind("127.0.0.1:0").expect("bind v4");
+        let port = v4.local_addr().expect("bound").port();
+        if let Ok(v6) = TcpListener::bind(SocketAddr::new(Ipv6Addr::LOCALHOST.into(), port)) {
+            return (v4, v6);
+        }
+    }
+    panic!("no port free on both 127.0.0.1 and ::1");
+}
+
+/// The sidecar's part: look each accepted connection up, answer with what the kernel recorded.
+fn sidecar(listener: &TcpListener, conns: &ConnTable) {
+    for stream in listener.incoming().flatten() {
+        let conns = conns.clone();
+        thread::spawn(move || answer(stream, &conns));
+    }
+}
+
+fn answer(mut stream: TcpStream, conns: &ConnTable) {
+    {
+        let (peer, local) = (
+            stream.peer_addr().expect("peer"),
+            stream.local_addr().expect("local"),
+        );
+        let record = eventually(Duration::from_millis(500), || {
+            conns.lookup(peer, local).ok().flatten()
+        });
+        let mut request = Vec::new();
+        let _ = stream.read_to_end(&mut request);
+        let answer = record.map_or(json!({"found": false}), |r| {
+            json!({
+                "found": true,
+                "tgid": r.tgid,
+                "uid": r.uid,
+                "cgroup": r.cgroup_id,
+                "comm": fhirwall::kernel::comm(&r.comm),
+                "dst": SocketAddr::new(fhirwall::kernel::from_addr(&r.orig_addr), r.orig_port).to_string(),
+                "request": String::from_utf8_lossy(&request),
+            })
+        });
+        let _ = stream.write_all(answer.to_string().as_bytes());
+    }
+}
+
+/// A destination that answers `direct` (proving the connection was NOT redirected).
+fn echo_server(ip: std::net::IpAddr) -> SocketAddr {
+    let listener = TcpListener::bind(SocketAddr::new(ip, 0)).expect("bind destination");
+    let addr = listener.local_addr().expect("bound");
+    thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut sink = Vec::new();
+            let _ = stream.read_to_end(&mut sink);
+            let _ = stream.write_all(b"direct");
+        }
+    });
+    addr
+}
+
+fn sidecar_answer(report: &Value) -> Value {
+    assert_eq!(report["ok"], true, "connect failed: {report}");
+    serde_json::from_str(report["reply"].as_str().expect("reply"))
+        .unwrap_or_else(|_| json!({"raw": report["reply"]}))
+}
+
+#[test]
+fn redirects_ipv4_and_attributes_the_process() {
+    if !kernel_available("redirects_ipv4_and_attributes_the_process") {
+        return;
+    }
+    let fx = Fixture::new(false);
+    let baseline = fx.kernel.conns().len();
+    let mut probe = Probe::spawn(&[
+        "--cgroup",
+        fx.work.to_str().expect("utf-8"),
+        "--wait",
+        "--send",
+        "hello",
+        &fx.protected_v4.to_string(),
+    ])
+    .expect("probe");
+    let pid = probe.pid;
+    probe.go().expect("go");
+    let report = probe.report().expect("report");
+    let answer = sidecar_answer(&report);
+    assert_eq!(answer["found"], true, "{answer}");
+    assert_eq!(answer["tgid"], pid);
+    assert_eq!(answer["uid"], 0);
+    assert_eq!(answer["cgroup"], TestCgroup::id(&fx.work));
+    assert_eq!(answer["comm"], "fw-probe");
+    assert_eq!(answer["dst"], fx.protected_v4.to_string());
+    assert_eq!(answer["request"], "hello");
+    // getpeername shows the original destination, not the sidecar.
+    assert_eq!(report["peer"], fx.protected_v4.to_string());
+    drop(probe);
+    let settled = eventually(Duration::from_secs(5), || {
+        (fx.kernel.conns().len() == baseline).then_some(())
+    });
+    assert!(
+        settled.is_some(),
+        "the connection table did not return to its baseline"
+    );
+    assert_eq!(fx.kernel.stats().expect("stats").redirected, 1);
+}
+
+#[test]
+fn redirects_ipv6_and_ipv4_mapped_connects() {
+    if !kernel_available("redirects_ipv6_and_ipv4_mapped_connects") {
+        return;
+    }
+    let fx = Fixture::new(false);
+    let v6 = Fixture::probe(&fx.work, &[], fx.protected_v6);
+    let answer = sidecar_answer(&v6);
+    assert_eq!(answer["dst"], fx.protected_v6.to_string());
+    assert_eq!(v6["peer"], fx.protected_v6.to_string());
+    // A dual-stack IPv6 socket to ::ffff:127.0.0.3, as Java clients connect.
+    let mapped = Fixture::probe(&fx.work, &["--v6"], fx.protected_v4);
+    let answer = sidecar_answer(&mapped);
+    assert_eq!(answer["found"], true, "{answer}");
+    assert_eq!(answer["dst"], fx.protected_v4.to_string());
+    let expected_peer = format!("[::ffff:127.0.0.3]:{}", fx.protected_v4.port());
+    assert_eq!(mapped["peer"], expected_peer);
+}
+
+#[test]
+fn leaves_unprotected_destinations_and_the_agents_own_sockets_alone() {
+    if !kernel_available("leaves_unprotected_destinations_and_the_agents_own_sockets_alone") {
+        return;
+    }
+    let fx = Fixture::new(false);
+    let other = echo_server(Ipv4Addr::new(127, 0, 0, 4).into());
+    assert_eq!(Fixture::probe(&fx.work, &[], other)["reply"], "direct");
+    // The agent: its cgroup AND its mark.
+    let mark = MARK.to_string();
+    assert_eq!(
+        Fixture::probe(&fx.agent, &["--mark", &mark], fx.protected_v4)["reply"],
+        "direct"
+    );
+    // Either one alone is not the agent.
+    assert_eq!(
+        sidecar_answer(&Fixture::probe(&fx.agent, &[], fx.protected_v4))["found"],
+        true
+    );
+    assert_eq!(
+        sidecar_answer(&Fixture::probe(
+            &fx.work,
+            &["--mark", &mark],
+            fx.protected_v4
+        ))["found"],
+        true
+    );
+    assert_eq!(fx.kernel.stats().expect("stats").agent_passed, 1);
+}
+
+#[test]
+fn refuses_denied_workloads_with_eperm_and_an_event() {
+    if !kernel_available("refuses_denied_workloads_with_eperm_and_an_event") {
+        return;
+    }
+    let mut fx = Fixture::new(false);
+    let work_id = TestCgroup::id(&fx.work);
+    fx.kernel
+        .set_workloads(&BTreeMap::from([(
+            WorkloadEntry::Cgroup(work_id),
+            Verdict::Deny,
+        )]))
+        .expect("deny map");
+    let report = Fixture::probe(&fx.work, &[], fx.protected_v4);
+    assert_eq!(report["ok"], false);
+    assert_eq!(report["errno"], EPERM);
+    // A process-level allow is more specific than the cgroup deny.
+    let mut probe = Probe::spawn(&[
+        "--cgroup",
+        fx.work.to_str().expect("utf-8"),
+        "--wait",
+        "--send",
+        "x",
+        &fx.protected_v4.to_string(),
+    ])
+    .expect("probe");
+    fx.kernel
+        .set_workloads(&BTreeMap::from([
+            (WorkloadEntry::Cgroup(work_id), Verdict::Deny),
+            (WorkloadEntry::Process(probe.pid), Verdict::Allow),
+        ]))
+        .expect("allow the process");
+    probe.go().expect("go");
+    assert_eq!(
+        sidecar_answer(&probe.report().expect("report"))["found"],
+        true
+    );
+    let refused: Vec<_> = fx
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            KernelEvent::Refused {
+                caller,
+                destination,
+                refusal,
+            } => Some((caller, destination, refusal)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(refused.len(), 1, "{refused:?}");
+    assert_eq!(refused[0].1, fx.protected_v4);
+    assert_eq!(refused[0].2, Refusal::Denied);
+    assert_eq!(refused[0].0.cgroup_id, work_id);
+    assert_eq!(fx.kernel.stats().expect("stats").refused_denied, 1);
+}
+
+#[test]
+fn kernel_enforcement_refuses_unregistered_workloads() {
+    if !kernel_available("kernel_enforcement_refuses_unregistered_workloads") {
+        return;
+    }
+    let mut fx = Fixture::new(true);
+    let report = Fixture::probe(&fx.work, &[], fx.protected_v4);
+    assert_eq!(report["errno"], EPERM, "{report}");
+    let registered = BTreeMap::from([(
+        WorkloadEntry::Cgroup(TestCgroup::id(&fx.work)),
+        Verdict::Allow,
+    )]);
+    fx.kernel.set_workloads(&registered).expect("register");
+    assert_eq!(
+        sidecar_answer(&Fixture::probe(&fx.work, &[], fx.protected_v4))["found"],
+        true
+    );
+    let unregistered = fx.events().into_iter().any(|e| {
+        matches!(
+            e,
+            KernelEvent::Refused {
+                refusal: Refusal::Unregistered,
+                ..
+            }
+        )
+    });
+    assert!(unregistered);
+}
+
+#[test]
+fn refuses_while_the_agent_is_down_and_datagrams_always() {
+    if !kernel_available("refuses_while_the_agent_is_down_and_datagrams_always") {
+        return;
+    }
+    let mut fx = Fixture::new(false);
+    let udp = Fixture::probe(&fx.work, &["--udp"], fx.protected_v4);
+    assert_eq!(udp["errno"], EPERM, "{udp}");
+    let other_udp = Fixture::probe(
+        &fx.work,
+        &["--udp"],
+        "127.0.0.4:9".parse().expect("literal"),
+    );
+    assert_eq!(other_udp["ok"], true);
+    fx.kernel.mark_down().expect("mark down");
+    assert_eq!(
+        Fixture::probe(&fx.work, &[], fx.protected_v4)["errno"],
+        EPERM
+    );
+    fx.kernel.heartbeat().expect("heartbeat");
+    assert_eq!(
+        sidecar_answer(&Fixture::probe(&fx.work, &[], fx.protected_v4))["found"],
+        true
+    );
+    let stats = fx.kernel.stats().expect("stats");
+    assert_eq!((stats.refused_not_tcp, stats.refused_agent_down), (1, 1));
+}
+
+#[test]
+fn enforcement_survives_the_agent_and_uninstall_removes_it() {
+    if !kernel_available("enforcement_survives_the_agent_and_uninstall_removes_it") {
+        return;
+    }
+    let mut fx = Fixture::new(false);
+    let pin_dir = fx.kernel.settings().pin_dir.clone();
+    // The agent exits cleanly: the pinned programs keep refusing.
+    fx.kernel.mark_down().expect("mark down");
+    let Fixture {
+        kernel,
+        work,
+        protected_v4,
+        _pins,
+        _cgroup,
+        ..
+    } = fx;
+    drop(kernel);
+    let report = Probe::run(&[
+        "--cgroup",
+        work.to_str().expect("utf-8"),
+        &protected_v4.to_string(),
+    ])
+    .expect("probe");
+    assert_eq!(report["errno"], EPERM, "{report}");
+    let removed = fhirwall::kernel::uninstall(&pin_dir).expect("uninstall");
+    assert!(removed >= 7, "removed only {removed} pins");
+    assert!(!pin_dir.exists());
+    let report = Probe::run(&[
+        "--cgroup",
+        work.to_str().expect("utf-8"),
+        "--send",
+        "x",
+        &protected_v4.to_string(),
+    ])
+    .expect("probe");
+    assert_eq!(report["reply"], "direct");
+}
+
+#[test]
+fn a_new_agent_takes_over_without_a_gap() {
+    if !kernel_available("a_new_agent_takes_over_without_a_gap") {
+        return;
+    }
+    let fx = Fixture::new(false);
+    let links_dir = fx
+        .kernel
+        .settings()
+        .pin_dir
+        .join(format!("v{}/links", fhirwall_common::LAYOUT_VERSION));
+    let first: BTreeSet<_> = std::fs::read_dir(&links_dir)
+        .expect("links")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let mut second = Kernel::load(fx.kernel.settings().clone()).expect("second load");
+    second
+        .set_protected(&BTreeSet::from([fx.protected_v4]))
+        .expect("protected");
+    second.activate().expect("takeover");
+    let after: BTreeSet<_> = std::fs::read_dir(&links_dir)
+        .expect("links")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(after.len(), first.len());
+    assert!(after.is_disjoint(&first), "old links were not removed");
+    assert_eq!(
+        sidecar_answer(&Fixture::probe(&fx.work, &[], fx.protected_v4))["found"],
+        true
+    );
+}
+
+#[test]
+fn a_full_connection_table_fails_closed() {
+    if !kernel_available("a_full_connection_table_fails_closed") {
+        return;
+    }
+    let fx = Fixture::with_capacity(false, Some(1));
+    let work = fx.work.to_str().expect("utf-8");
+    let mut holder =
+        Probe::spawn(&["--cgroup", work, "--hold", &fx.protected_v4.to_string()]).expect("probe");
+    assert_eq!(holder.report().expect("report")["ok"], true);
+    // The table is full: the next connection is established but has no record, so the sidecar
+    // cannot attribute it and refuses it. Nothing is let through to the destination.
+    let second = Probe::run(&[
+        "--cgroup",
+        work,
+        "--send",
+        "x",
+        &fx.protected_v4.to_string(),
+    ])
+    .expect("probe");
+    assert_eq!(second["ok"], true);
+    assert_eq!(sidecar_answer(&second)["found"], false);
+    assert_eq!(fx.kernel.stats().expect("stats").conns_full, 1);
+}
+
+#[test]
+fn tears_down_connections_opened_before_the_agent() {
+    if !kernel_available("tears_down_connections_opened_before_the_agent") {
+        return;
+    }
+    let cgroup = TestCgroup::new().expect("cgroup");
+    let work = cgroup.child("work").expect("work");
+    let destination = echo_server(Ipv4Addr::new(127, 0, 0, 5).into());
+    let mut probe = Probe::spawn(&[
+        "--cgroup",
+        work.to_str().expect("utf-8"),
+        "--hold",
+        &destination.to_string(),
+    ])
+    .expect("probe");
+    assert_eq!(probe.report().expect("report")["ok"], true);
+    // A connection of the agent itself (mark + cgroup) survives; this test process plays the agent.
+    let own_cgroup = fhirwall::kernel::own_cgroup_path().expect("own cgroup");
+    let root = fhirwall::kernel::CgroupRoot::discover().expect("root");
+    let own_id = fhirwall::kernel::cgroup_id(&root.dir(&own_cgroup)).expect("own id");
+    let agent_socket =
+        socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).expect("socket");
+    agent_socket.set_mark(MARK).expect("mark");
+    agent_socket
+        .connect(&destination.into())
+        .expect("agent connect");
+    let destroyed =
+        destroy_connections_to(&BTreeSet::from([destination]), MARK, own_id).expect("destroy");
+    assert_eq!(destroyed, 1);
+    probe.go().expect("go");
+    let after = probe.report().expect("after");
+    assert!(
+        after["after"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("error:")),
+        "{after}"
+    );
+    let mut agent_stream: TcpStream = agent_socket.into();
+    agent_stream
+        .write_all(b"still here")
+        .expect("the agent's connection must survive");
+}
