@@ -20,4 +20,6 @@
 //! `app` wires it together; `main.rs` is only the command line.
 
 pub mod attribution;
+pub mod config;
 pub mod kernel;
+pub mod policy;

@@ -1,0 +1,235 @@
+//! The agent's own configuration (`fhirwall run --config FILE`): where things live and how the
+//! kernel and the sidecar are set up. What is allowed lives in the policy directory instead.
+
+use std::{
+    fs,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::policy::Enforcement;
+
+/// Default transparent listener port. Below 1024 on purpose: while the agent is down, only a
+/// privileged process could bind it and catch redirected connections.
+pub const DEFAULT_TRANSPARENT_PORT: u16 = 944;
+/// `SO_MARK` of the agent's upstream sockets (0x6677 "fw").
+pub const DEFAULT_AGENT_MARK: u32 = 0x0066_7700;
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Name of this node in audit records; the host name by default.
+    pub node_name: String,
+    /// Directory of policy files.
+    pub policies: PathBuf,
+    /// Where unregistered workloads are stopped: `sidecar` (default) or `kernel`.
+    pub enforcement: Enforcement,
+    /// Persistent state: audit store, local CA.
+    pub state_dir: PathBuf,
+    pub sidecar: SidecarConfig,
+    pub kernel: KernelConfig,
+    pub admin: AdminConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SidecarConfig {
+    /// Address of the transparent listener for redirected IPv4 connections. Loopback by default;
+    /// on Kubernetes the node address, so pods reach it from their own network namespace.
+    pub listen_v4: Ipv4Addr,
+    /// Address for redirected IPv6 connections; `null` when the node has no IPv6.
+    pub listen_v6: Option<Ipv6Addr>,
+    pub transparent_port: u16,
+    /// `SO_MARK` on the agent's upstream sockets, which the kernel lets through.
+    pub agent_mark: u32,
+    /// Worker threads of the data plane runtime.
+    pub worker_threads: usize,
+    /// Upstream connect timeout in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    /// bpffs directory for pinned programs and maps.
+    pub pin_dir: PathBuf,
+    /// cgroup v2 directory to attach to; the root of the hierarchy when absent.
+    pub cgroup: Option<PathBuf>,
+    pub heartbeat_interval_ms: u64,
+    /// Protected connects are refused once the heartbeat is older than this.
+    pub heartbeat_timeout_ms: u64,
+    /// Re-resolve upstream host names this often.
+    pub resolve_interval_s: u64,
+    /// Reset connections to protected destinations that predate the agent.
+    pub teardown_existing: bool,
+    /// Size of the established-connection table.
+    pub conns_capacity: Option<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdminConfig {
+    /// Unix socket of the admin API (mode 0600): revoke, break-glass, workloads.
+    pub socket: PathBuf,
+    /// Plain-HTTP address for Prometheus `/metrics` and `/healthz`; `null` to disable.
+    pub metrics: Option<SocketAddr>,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            node_name: hostname(),
+            policies: "/etc/fhirwall/policies".into(),
+            enforcement: Enforcement::default(),
+            state_dir: "/var/lib/fhirwall".into(),
+            sidecar: SidecarConfig::default(),
+            kernel: KernelConfig::default(),
+            admin: AdminConfig::default(),
+        }
+    }
+}
+
+impl Default for SidecarConfig {
+    fn default() -> Self {
+        Self {
+            listen_v4: Ipv4Addr::LOCALHOST,
+            listen_v6: Some(Ipv6Addr::LOCALHOST),
+            transparent_port: DEFAULT_TRANSPARENT_PORT,
+            agent_mark: DEFAULT_AGENT_MARK,
+            worker_threads: 1,
+            connect_timeout_ms: 5_000,
+        }
+    }
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            pin_dir: "/sys/fs/bpf/fhirwall".into(),
+            cgroup: None,
+            heartbeat_interval_ms: 1_000,
+            heartbeat_timeout_ms: 5_000,
+            resolve_interval_s: 30,
+            teardown_existing: true,
+            conns_capacity: None,
+        }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            socket: "/run/fhirwall/admin.sock".into(),
+            metrics: Some(SocketAddr::from(([127, 0, 0, 1], 9944))),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+    #[error("{path}: {message}")]
+    Invalid { path: PathBuf, message: String },
+}
+
+impl AgentConfig {
+    /// Reads a YAML config file; fields left out take their defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let config: Self = serde_saphyr::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            line: e.location().map_or(0, |l| l.line()),
+            message: e.without_snippet().to_string(),
+        })?;
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let k = &self.kernel;
+        if self.sidecar.agent_mark == 0 {
+            return Err(
+                "sidecar.agent_mark must not be 0 (unmarked sockets would count as the agent's)"
+                    .into(),
+            );
+        }
+        if self.sidecar.transparent_port == 0 || self.sidecar.worker_threads == 0 {
+            return Err(
+                "sidecar.transparent_port and sidecar.worker_threads must be positive".into(),
+            );
+        }
+        if k.heartbeat_interval_ms == 0 || k.heartbeat_timeout_ms < 2 * k.heartbeat_interval_ms {
+            return Err(
+                "kernel.heartbeat_timeout_ms must be at least twice heartbeat_interval_ms".into(),
+            );
+        }
+        Ok(())
+    }
+
+    #[must_use]
+    pub fn heartbeat_interval(&self) -> Duration {
+        Duration::from_millis(self.kernel.heartbeat_interval_ms)
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("agent.yaml");
+        fs::write(&path, text).expect("write");
+        AgentConfig::load(&path)
+    }
+
+    #[test]
+    fn fields_left_out_take_defaults() {
+        let config =
+            parse("node_name: ehr-1\nsidecar:\n  transparent_port: 15001\n").expect("valid");
+        assert_eq!(config.node_name, "ehr-1");
+        assert_eq!(config.sidecar.transparent_port, 15001);
+        assert_eq!(config.sidecar.agent_mark, DEFAULT_AGENT_MARK);
+        assert_eq!(config.kernel.pin_dir, PathBuf::from("/sys/fs/bpf/fhirwall"));
+    }
+
+    #[test]
+    fn typos_and_unsafe_values_are_errors() {
+        let err = parse("sidecar:\n  transparent_prot: 1\n").expect_err("typo");
+        assert!(matches!(err, ConfigError::Parse { line: 2, .. }), "{err}");
+        assert!(parse("sidecar:\n  agent_mark: 0\n").is_err());
+        assert!(
+            parse("kernel:\n  heartbeat_interval_ms: 1000\n  heartbeat_timeout_ms: 1500\n")
+                .is_err()
+        );
+        assert!(parse("enforcement: kernel\n").is_ok());
+        assert!(parse("enforcement: both\n").is_err());
+    }
+}

@@ -1,0 +1,185 @@
+//! The policy documents as typed values. Every struct denies unknown fields, so a typo is a load
+//! error that names the file and line, never a silently ignored setting.
+
+use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
+
+use serde::{Deserialize, Serialize};
+
+use super::selector::WorkloadSelector;
+
+/// `host:port` of a protected FHIR endpoint; the host may be a name, resolved by the agent.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if let Ok(addr) = s.parse::<SocketAddr>() {
+            return Ok(Self {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+            });
+        }
+        let (host, port) = s
+            .rsplit_once(':')
+            .ok_or_else(|| format!("`{s}` is not host:port"))?;
+        let port = port
+            .parse::<u16>()
+            .map_err(|_| format!("`{port}` is not a port number"))?;
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            });
+        if !valid_host || port == 0 {
+            return Err(format!("`{s}` is not a valid host:port"));
+        }
+        Ok(Self {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
+    }
+}
+
+impl TryFrom<String> for HostPort {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
+}
+
+impl From<HostPort> for String {
+    fn from(hp: HostPort) -> Self {
+        hp.to_string()
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// How the sidecar talks to an upstream.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TlsMode {
+    /// TLS with certificate verification (the default).
+    #[default]
+    Tls,
+    /// Plain HTTP, for internal endpoints that have no TLS.
+    Plain,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// PEM bundle of CAs that sign the upstream's certificate; the system roots when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Name to verify and send as SNI; the host of the first address when absent.
+    #[serde(default)]
+    pub server_name: Option<String>,
+}
+
+/// A protected FHIR endpoint: every connection to one of its addresses goes through the sidecar.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    pub name: String,
+    /// At least one `host:port`; names are resolved at load and re-resolved periodically.
+    pub addresses: Vec<HostPort>,
+    /// FHIR base path, e.g. `/fhir/R4`.
+    #[serde(default = "root_path")]
+    pub base_path: String,
+    #[serde(default)]
+    pub tls: UpstreamTls,
+}
+
+fn root_path() -> String {
+    "/".to_owned()
+}
+
+/// Lifecycle state of an integration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IntegrationStatus {
+    Active,
+    /// Temporarily stopped; its workloads are refused like revoked ones.
+    Suspended,
+    /// Permanently withdrawn.
+    Revoked,
+}
+
+/// Whether policy denials are enforced or only audited (rollout).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    #[default]
+    Enforce,
+    /// Audit "would deny" and let the request through.
+    Observe,
+}
+
+/// Where unregistered workloads are stopped.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Enforcement {
+    /// In the sidecar, with an OperationOutcome and an audit record (the default).
+    #[default]
+    Sidecar,
+    /// Already at `connect()`, in the kernel (`EPERM`).
+    Kernel,
+}
+
+/// A named non-human identity: one API integration with its owner, purpose and scope.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Integration {
+    pub name: String,
+    /// Accountable team or person, with a contact.
+    pub owner: String,
+    /// The approved use case, in words.
+    pub purpose: String,
+    /// Change or approval reference.
+    #[serde(default)]
+    pub ticket: Option<String>,
+    /// Classes of data the integration handles (e.g. `laboratory`, `claims`).
+    pub data_classes: Vec<String>,
+    /// FHIR resource types it is expected to touch.
+    pub expected_resources: Vec<String>,
+    pub status: IntegrationStatus,
+    /// End of validity (UTC); after it the integration is refused like a revoked one.
+    #[serde(default)]
+    pub expires: Option<jiff::Timestamp>,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Which processes are this integration.
+    pub workload: WorkloadSelector,
+    /// Names of the upstreams it may call.
+    pub upstreams: Vec<String>,
+}
+
+impl Integration {
+    /// Active and not expired at `now`.
+    #[must_use]
+    pub fn is_live(&self, now: jiff::Timestamp) -> bool {
+        self.status == IntegrationStatus::Active && self.expires.is_none_or(|e| now < e)
+    }
+}
