@@ -21,7 +21,7 @@ pub use addr::{from_addr, to_addr};
 pub use cgroup::{CgroupRoot, cgroup_id, own_cgroup_path};
 pub use events::{EventReader, KernelCaller, KernelEvent, Refusal, comm};
 pub use load::{Kernel, KernelSettings, uninstall};
-pub use maps::{ConnTable, KernelStats, Verdict, WorkloadEntry};
+pub use maps::{ConnTable, KernelStats, StatsReader, Verdict, WorkloadEntry};
 pub use teardown::destroy_connections_to;
 
 /// Errors of the kernel subsystem. Each names the object it was working on.

@@ -19,7 +19,10 @@
 //!
 //! `app` wires it together; `main.rs` is only the command line.
 
+pub mod admin;
 pub mod attribution;
 pub mod config;
 pub mod kernel;
+pub mod metrics;
 pub mod policy;
+pub mod proxy;

@@ -2,12 +2,12 @@
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A process that opened a connection to a protected FHIR endpoint: what the kernel recorded at
 /// `connect()` plus what `/proc` adds. Two processes with the same pid but different start times
 /// are different workloads.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     /// Thread that called `connect()`.
     pub pid: u32,

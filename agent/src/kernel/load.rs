@@ -183,6 +183,11 @@ impl Kernel {
         self.maps.stats()
     }
 
+    /// A separate handle on the counters for the admin runtime.
+    pub fn stats_reader(&self) -> Result<super::StatsReader, KernelError> {
+        super::StatsReader::open(&self.dir.join("maps").join(fhirwall_common::MAP_STATS))
+    }
+
     #[must_use]
     pub fn settings(&self) -> &KernelSettings {
         &self.settings

@@ -67,7 +67,7 @@ fn verdict_value(verdict: Verdict) -> WorkloadVerdict {
 }
 
 /// Counters kept by the kernel programs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct KernelStats {
     pub redirected: u64,
     pub refused_denied: u64,
@@ -113,6 +113,23 @@ impl ConnTable {
     #[must_use]
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// A read-only handle on the kernel counters, opened from the pin, for the admin runtime.
+pub struct StatsReader(PerCpuArray<MapData, u64>);
+
+impl StatsReader {
+    pub fn open(pin: &std::path::Path) -> Result<Self, KernelError> {
+        let data = MapData::from_pin(pin).map_err(map_err(MAP_STATS))?;
+        let map = aya::maps::Map::PerCpuArray(data);
+        Ok(Self(
+            PerCpuArray::try_from(map).map_err(map_err(MAP_STATS))?,
+        ))
+    }
+
+    pub fn read(&self) -> Result<KernelStats, KernelError> {
+        read_stats(&self.0)
     }
 }
 
@@ -205,22 +222,26 @@ impl ControlMaps {
     }
 
     pub fn stats(&self) -> Result<KernelStats, KernelError> {
-        let sum = |index: u32| -> Result<u64, KernelError> {
-            let values = self.stats.get(&index, 0).map_err(map_err(MAP_STATS))?;
-            Ok(values.iter().sum())
-        };
-        Ok(KernelStats {
-            redirected: sum(STAT_REDIRECTED)?,
-            refused_denied: sum(STAT_REFUSED_DENIED)?,
-            refused_unregistered: sum(STAT_REFUSED_UNREGISTERED)?,
-            refused_agent_down: sum(STAT_REFUSED_AGENT_DOWN)?,
-            refused_store_full: sum(STAT_REFUSED_STORE_FULL)?,
-            refused_not_tcp: sum(STAT_REFUSED_NOT_TCP)?,
-            conns_full: sum(STAT_CONNS_FULL)?,
-            events_dropped: sum(STAT_EVENTS_DROPPED)?,
-            agent_passed: sum(STAT_AGENT_PASSED)?,
-        })
+        read_stats(&self.stats)
     }
+}
+
+fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, KernelError> {
+    let sum = |index: u32| -> Result<u64, KernelError> {
+        let values = stats.get(&index, 0).map_err(map_err(MAP_STATS))?;
+        Ok(values.iter().sum())
+    };
+    Ok(KernelStats {
+        redirected: sum(STAT_REDIRECTED)?,
+        refused_denied: sum(STAT_REFUSED_DENIED)?,
+        refused_unregistered: sum(STAT_REFUSED_UNREGISTERED)?,
+        refused_agent_down: sum(STAT_REFUSED_AGENT_DOWN)?,
+        refused_store_full: sum(STAT_REFUSED_STORE_FULL)?,
+        refused_not_tcp: sum(STAT_REFUSED_NOT_TCP)?,
+        conns_full: sum(STAT_CONNS_FULL)?,
+        events_dropped: sum(STAT_EVENTS_DROPPED)?,
+        agent_passed: sum(STAT_AGENT_PASSED)?,
+    })
 }
 
 fn remove_if_present<K: aya::Pod, V: aya::Pod>(

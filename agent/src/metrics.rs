@@ -1,0 +1,175 @@
+//! Prometheus metrics. Counters are bumped on the data plane (atomics, no locks); the kernel's
+//! per-CPU counters are read at scrape time on the admin runtime.
+
+use prometheus::{
+    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::kernel::KernelStats;
+
+/// Every metric fhirwall exports, registered once.
+pub struct Metrics {
+    registry: Registry,
+    /// Connections accepted by the sidecar, by outcome (`attributed`, `unattributed`).
+    pub connections: IntCounterVec,
+    /// Connections currently relayed.
+    pub connections_live: IntGauge,
+    /// Upstream connection failures, by upstream address kind of error.
+    pub upstream_errors: IntCounterVec,
+    /// Bytes relayed, by direction (`upstream`, `downstream`).
+    pub bytes: IntCounterVec,
+    /// Kernel counters (redirected, refused by reason, ...), as of the last scrape.
+    kernel: IntGaugeVec,
+    /// Kernel events received, by kind.
+    pub kernel_events: IntCounterVec,
+    /// Policy reloads, by result (`ok`, `error`).
+    pub policy_reloads: IntCounterVec,
+    /// 1 while the last policy reload failed and an older policy is in force.
+    pub policy_stale: IntGauge,
+    /// Protected destinations in the kernel map.
+    pub protected_destinations: IntGauge,
+    /// Workload entries in the kernel map, by verdict.
+    pub kernel_workloads: IntGaugeVec,
+    /// Heartbeats the agent failed to write.
+    pub heartbeat_failures: IntCounter,
+}
+
+impl Metrics {
+    #[must_use]
+    pub fn new() -> Self {
+        let registry =
+            Registry::new_custom(Some("fhirwall".into()), None).expect("static prefix is valid");
+        let m = Self {
+            connections: counter_vec(
+                "connections_total",
+                "Connections accepted by the sidecar",
+                &["outcome"],
+            ),
+            connections_live: IntGauge::new("connections_live", "Connections being relayed now")
+                .expect("static"),
+            upstream_errors: counter_vec(
+                "upstream_errors_total",
+                "Upstream connection failures",
+                &["kind"],
+            ),
+            bytes: counter_vec("bytes_total", "Bytes relayed", &["direction"]),
+            kernel: IntGaugeVec::new(Opts::new("kernel", "Kernel program counters"), &["counter"])
+                .expect("static"),
+            kernel_events: counter_vec(
+                "kernel_events_total",
+                "Events from the kernel programs",
+                &["kind"],
+            ),
+            policy_reloads: counter_vec(
+                "policy_reloads_total",
+                "Policy loads and reloads",
+                &["result"],
+            ),
+            policy_stale: IntGauge::new("policy_stale", "1 while the newest policy failed to load")
+                .expect("static"),
+            protected_destinations: IntGauge::new(
+                "protected_destinations",
+                "Protected destinations in the kernel",
+            )
+            .expect("static"),
+            kernel_workloads: IntGaugeVec::new(
+                Opts::new("kernel_workloads", "Workload entries in the kernel map"),
+                &["verdict"],
+            )
+            .expect("static"),
+            heartbeat_failures: IntCounter::new(
+                "heartbeat_failures_total",
+                "Failed kernel heartbeats",
+            )
+            .expect("static"),
+            registry,
+        };
+        m.register_all();
+        m
+    }
+
+    fn register_all(&self) {
+        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+            Box::new(self.connections.clone()),
+            Box::new(self.connections_live.clone()),
+            Box::new(self.upstream_errors.clone()),
+            Box::new(self.bytes.clone()),
+            Box::new(self.kernel.clone()),
+            Box::new(self.kernel_events.clone()),
+            Box::new(self.policy_reloads.clone()),
+            Box::new(self.policy_stale.clone()),
+            Box::new(self.protected_destinations.clone()),
+            Box::new(self.kernel_workloads.clone()),
+            Box::new(self.heartbeat_failures.clone()),
+        ];
+        for collector in collectors {
+            // Names are static and distinct: registration cannot collide.
+            self.registry
+                .register(collector)
+                .expect("distinct static metric names");
+        }
+    }
+
+    /// Copies the kernel's counters into the exported gauges.
+    pub fn set_kernel(&self, stats: &KernelStats) {
+        let pairs = [
+            ("redirected", stats.redirected),
+            ("refused_denied", stats.refused_denied),
+            ("refused_unregistered", stats.refused_unregistered),
+            ("refused_agent_down", stats.refused_agent_down),
+            ("refused_store_full", stats.refused_store_full),
+            ("refused_not_tcp", stats.refused_not_tcp),
+            ("conns_full", stats.conns_full),
+            ("events_dropped", stats.events_dropped),
+            ("agent_passed", stats.agent_passed),
+        ];
+        for (name, value) in pairs {
+            self.kernel
+                .with_label_values(&[name])
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The text exposition format.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_prefixed_metrics_with_kernel_counters() {
+        let metrics = Metrics::new();
+        metrics.connections.with_label_values(&["attributed"]).inc();
+        metrics.set_kernel(&KernelStats {
+            redirected: 7,
+            ..KernelStats::default()
+        });
+        let text = metrics.render();
+        assert!(
+            text.contains("fhirwall_connections_total{outcome=\"attributed\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fhirwall_kernel{counter=\"redirected\"} 7"),
+            "{text}"
+        );
+    }
+}
