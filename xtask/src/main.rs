@@ -1,1 +1,63 @@
-fn main() {}
+//! `cargo xtask`: the project's own commands. Each installs what it needs first (idempotently),
+//! so a fresh machine needs nothing by hand.
+//!
+//!   setup   install the toolchain pieces and test peers that are missing
+//!   build   setup if needed, then build the workspace (release)
+//!   test    setup if needed, then run every test, kernel tests included (root)
+//!   demo    setup if needed, then run the end-to-end demo
+//!   bench   run the criterion benchmarks
+
+mod setup;
+mod sh;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "fhirwall project commands")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker, the FHIR server, test peers.
+    Setup,
+    /// Build the workspace in release mode.
+    Build,
+    /// Run the whole test suite, kernel tests included (needs root).
+    Test {
+        /// Extra arguments passed to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Run criterion benchmarks: all, or one of proxy, policy, audit, kernel.
+    Bench { which: Option<String> },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(setup::Scope::Everything),
+        Command::Build => {
+            setup::run(setup::Scope::Build)?;
+            sh::cargo(&[
+                "build",
+                "--release",
+                "--workspace",
+                "--exclude",
+                "fhirwall-ebpf",
+            ])
+        }
+        Command::Test { args } => test::run(&args),
+        Command::Bench { which } => {
+            setup::run(setup::Scope::Build)?;
+            let mut args = vec!["bench", "-p", "fhirwall"];
+            if let Some(which) = &which {
+                args.extend(["--bench", which.as_str()]);
+            }
+            sh::cargo(&args)
+        }
+    }
+}

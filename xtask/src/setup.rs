@@ -1,0 +1,120 @@
+//! Idempotent installation of everything the build, the tests and the demo need. Each step
+//! checks first and does nothing when its piece is present, so repeated runs cost seconds.
+
+use anyhow::{Context as _, bail};
+
+use crate::sh;
+
+/// How much to install.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// What building the agent needs (kernel programs included).
+    Build,
+    /// Also the real FHIR server and the peers the tests and the demo use.
+    Everything,
+}
+
+pub fn run(scope: Scope) -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    llvm()?;
+    bpf_linker()?;
+    if scope == Scope::Everything {
+        fhir_server()?;
+        debian_packages(&["nginx"])?;
+    }
+    Ok(())
+}
+
+fn nightly_rust_src() -> anyhow::Result<()> {
+    let installed = sh::output(
+        "rustup",
+        &["component", "list", "--toolchain", "nightly", "--installed"],
+    );
+    if installed
+        .as_deref()
+        .is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src")))
+    {
+        return Ok(());
+    }
+    if installed.is_none() {
+        sh::run(
+            "rustup",
+            &["toolchain", "install", "nightly", "--profile", "minimal"],
+        )?;
+    }
+    sh::run(
+        "rustup",
+        &["component", "add", "rust-src", "--toolchain", "nightly"],
+    )
+}
+
+fn llvm() -> anyhow::Result<()> {
+    debian_packages(&["llvm-22-dev", "libpolly-22-dev"])
+}
+
+/// bpf-linker against LLVM 22: the default llvm-23 feature fails to link on these machines.
+fn bpf_linker() -> anyhow::Result<()> {
+    if sh::succeeds("bpf-linker", &["--version"]) {
+        return Ok(());
+    }
+    sh::run_env(
+        "cargo",
+        &[
+            "install",
+            "--locked",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ],
+        &[("LLVM_PREFIX", "/usr/lib/llvm-22")],
+    )
+    .context("installing bpf-linker")
+}
+
+/// The real FHIR server the demo and end-to-end tests use (helios-hfs, R4, SQLite). Its build
+/// takes about 24 minutes on two cores, so it is skipped whenever `hfs` is already installed.
+fn fhir_server() -> anyhow::Result<()> {
+    if sh::succeeds("hfs", &["--version"]) || sh::succeeds("hfs", &["--help"]) {
+        return Ok(());
+    }
+    sh::run(
+        "cargo",
+        &[
+            "install",
+            "--locked",
+            "helios-hfs",
+            "--no-default-features",
+            "--features",
+            "R4,sqlite",
+        ],
+    )
+    .context("installing the helios-hfs FHIR server")
+}
+
+fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {
+    let installed = |p: &&str| {
+        sh::output("dpkg-query", &["-W", "-f=${Status}", p])
+            .is_some_and(|s| s.contains("install ok installed"))
+    };
+    let missing: Vec<&str> = packages.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!("missing Debian packages {missing:?}: run `cargo xtask setup` as root");
+    }
+    let mut args = vec!["install", "-y", "--no-install-recommends"];
+    args.extend(&missing);
+    let env = [("DEBIAN_FRONTEND", "noninteractive")];
+    if sh::run_env("apt-get", &args, &env).is_err() {
+        // A fresh machine may have no package lists yet.
+        sh::run_env("apt-get", &["update"], &env)?;
+        sh::run_env("apt-get", &args, &env)?;
+    }
+    Ok(())
+}
+
+pub fn is_root() -> bool {
+    sh::output("id", &["-u"]).is_some_and(|uid| uid.trim() == "0")
+}

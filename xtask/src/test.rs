@@ -1,0 +1,80 @@
+//! `cargo xtask test`: the whole suite, kernel tests included.
+
+use std::{fs, path::Path};
+
+use anyhow::bail;
+
+use crate::{setup, sh};
+
+pub fn run(extra: &[String]) -> anyhow::Result<()> {
+    setup::run(setup::Scope::Everything)?;
+    if !setup::is_root() {
+        if std::env::var_os("CI").is_some() {
+            bail!("CI must run the kernel tests: run `cargo xtask test` as root");
+        }
+        eprintln!("not root: kernel and end-to-end tests will report themselves SKIPPED");
+    }
+    remove_stale_test_objects();
+    // The tests start workspace binaries (fw-probe, fhirwall): build them first.
+    sh::cargo(&[
+        "build",
+        "--workspace",
+        "--exclude",
+        "fhirwall-ebpf",
+        "--bins",
+    ])?;
+    let mut args = vec!["test", "--workspace", "--exclude", "fhirwall-ebpf"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    sh::cargo(&args)
+}
+
+/// Test cgroups and bpffs pins left by a test run that was killed (guards could not run).
+/// Only objects whose creating process is gone are removed.
+fn remove_stale_test_objects() {
+    let cgroup_root = fs::read_to_string("/proc/mounts").ok().and_then(|mounts| {
+        mounts.lines().find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| f[1].to_owned())
+        })
+    });
+    for dir in [cgroup_root.as_deref(), Some("/sys/fs/bpf")]
+        .into_iter()
+        .flatten()
+    {
+        let Ok(entries) = fs::read_dir(dir) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("fhirwall-test-")
+                .and_then(|r| r.split('-').next())
+            else {
+                continue;
+            };
+            if !Path::new("/proc").join(pid).exists() {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+}
+
+/// Removes a stale test tree: pinned objects are files (unlinking unpins and, for links,
+/// detaches); cgroups are directories removed bottom-up once their processes are killed.
+fn remove_tree(path: &Path) {
+    let _ = fs::write(path.join("cgroup.kill"), "1");
+    if let Ok(entries) = fs::read_dir(path) {
+        for entry in entries.flatten() {
+            let p = entry.path();
+            if p.is_dir() {
+                remove_tree(&p);
+            } else if p.starts_with("/sys/fs/bpf") {
+                let _ = fs::remove_file(&p);
+            }
+        }
+    }
+    let _ = fs::remove_dir(path);
+}
