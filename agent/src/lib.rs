@@ -21,7 +21,9 @@
 
 pub mod admin;
 pub mod attribution;
+pub mod cli;
 pub mod config;
+pub mod enforce;
 pub mod kernel;
 pub mod metrics;
 pub mod policy;

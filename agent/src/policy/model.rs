@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::selector::WorkloadSelector;
 
 /// `host:port` of a protected FHIR endpoint; the host may be a name, resolved by the agent.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct HostPort {
     pub host: String,

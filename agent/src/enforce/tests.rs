@@ -1,0 +1,147 @@
+use super::*;
+use crate::policy::IntegrationStatus;
+
+fn policy(yaml_selectors: &[(&str, IntegrationStatus, &str)]) -> Policy {
+    let integrations = yaml_selectors
+        .iter()
+        .map(|(name, status, selector)| {
+            let workload: WorkloadSelector =
+                serde_saphyr::from_str(selector).expect("test selector");
+            Integration {
+                name: (*name).into(),
+                owner: "o".into(),
+                purpose: "p".into(),
+                ticket: None,
+                data_classes: vec!["x".into()],
+                expected_resources: vec!["Observation".into()],
+                status: *status,
+                expires: None,
+                mode: crate::policy::Mode::Enforce,
+                workload,
+                upstreams: vec!["ehr".into()],
+            }
+        })
+        .collect();
+    Policy {
+        upstreams: Vec::new(),
+        integrations,
+    }
+}
+
+fn process(tgid: u32, exe: &str, uid: u32) -> Workload {
+    Workload {
+        tgid,
+        uid,
+        exe: Some(exe.into()),
+        ..Workload::default()
+    }
+}
+
+fn cgroup(id: u64, path: &str, unit: Option<&str>) -> HostCgroup {
+    HostCgroup {
+        id,
+        identity: Workload {
+            cgroup_path: Some(path.into()),
+            systemd_unit: unit.map(Into::into),
+            ..Workload::default()
+        },
+    }
+}
+
+const NOW: &str = "2026-06-01T00:00:00Z";
+
+#[test]
+fn sidecar_mode_only_refuses_what_is_not_live() {
+    use IntegrationStatus::{Active, Revoked};
+    let p = policy(&[
+        ("lab", Active, "exe: /opt/lab"),
+        ("old", Revoked, "exe: /opt/old"),
+    ]);
+    let procs = [
+        process(10, "/opt/lab", 0),
+        process(11, "/opt/old", 0),
+        process(12, "/usr/bin/curl", 0),
+    ];
+    let v = verdicts(
+        &p,
+        &procs,
+        &[],
+        Enforcement::Sidecar,
+        NOW.parse().expect("ts"),
+    );
+    assert_eq!(
+        v,
+        BTreeMap::from([(WorkloadEntry::Process(11), Verdict::Deny)])
+    );
+}
+
+#[test]
+fn kernel_mode_allows_registered_processes_only() {
+    use IntegrationStatus::{Active, Suspended};
+    let p = policy(&[
+        ("lab", Active, "exe: /opt/lab"),
+        ("paused", Suspended, "exe: /opt/paused"),
+    ]);
+    let procs = [
+        process(10, "/opt/lab", 0),
+        process(11, "/opt/paused", 0),
+        process(12, "/usr/bin/curl", 0),
+    ];
+    let v = verdicts(
+        &p,
+        &procs,
+        &[],
+        Enforcement::Kernel,
+        NOW.parse().expect("ts"),
+    );
+    assert_eq!(
+        v,
+        BTreeMap::from([
+            (WorkloadEntry::Process(10), Verdict::Allow),
+            (WorkloadEntry::Process(11), Verdict::Deny)
+        ])
+    );
+}
+
+#[test]
+fn expired_integrations_are_refused_like_revoked_ones() {
+    let mut p = policy(&[("lab", IntegrationStatus::Active, "exe: /opt/lab")]);
+    p.integrations[0].expires = Some("2026-05-01T00:00:00Z".parse().expect("ts"));
+    let v = verdicts(
+        &p,
+        &[process(10, "/opt/lab", 0)],
+        &[],
+        Enforcement::Sidecar,
+        NOW.parse().expect("ts"),
+    );
+    assert_eq!(v.get(&WorkloadEntry::Process(10)), Some(&Verdict::Deny));
+}
+
+#[test]
+fn unit_and_uid_selectors_get_entries_before_any_process_is_seen() {
+    use IntegrationStatus::{Active, Revoked};
+    let p = policy(&[
+        ("lab", Active, "systemd_unit: lab.service"),
+        ("batch", Revoked, "uid: 1500"),
+        ("mixed", Revoked, "uid: 1600\nexe: /opt/mixed"),
+    ]);
+    let cgroups = [
+        cgroup(100, "/system.slice/lab.service", Some("lab.service")),
+        cgroup(101, "/system.slice/other.service", Some("other.service")),
+    ];
+    let v = verdicts(
+        &p,
+        &[],
+        &cgroups,
+        Enforcement::Kernel,
+        NOW.parse().expect("ts"),
+    );
+    assert_eq!(
+        v,
+        BTreeMap::from([
+            (WorkloadEntry::Cgroup(100), Verdict::Allow),
+            (WorkloadEntry::User(1500), Verdict::Deny)
+        ]),
+        "a uid+exe selector cannot be decided by uid alone"
+    );
+}
