@@ -1,6 +1,99 @@
 //! Attribution: from the peer 4-tuple of an accepted sidecar connection to the [`Workload`] that
 //! opened it.
+//!
+//! ```text
+//! accept() -> (peer, local) -> ConnTable (kernel record: tgid, pid, uid, gid, cgroup id, comm,
+//!             original destination, connect time)
+//!          -> /proc/<tgid>/task/<tgid>/stat: start time -> cache (tgid, start time) -> hit: done
+//!          -> miss: /proc exe, cmdline, cgroup (off the async threads) + SHA-256 of the running
+//!             image (cached per file) + user/group names (NSS, cached) -> Workload
+//! ```
+//!
+//! The start time is read at every accept because it is what makes a cached identity safe: a
+//! reused pid has a different start time, so it can never inherit an old process's identity, and
+//! a process that started after the connect cannot be the one that made it. When the process is
+//! already gone the workload is built from the kernel record alone and marked `partial`.
+//!
+//! The command line is returned to the admin API only: it can carry patient identifiers, so it is
+//! never logged.
 
+mod attributor;
+mod cgroup_path;
+mod cgroups;
+mod exe_hash;
+mod names;
+mod process_cache;
+mod procfs;
 mod workload;
 
-pub use workload::Workload;
+use std::{
+    io,
+    net::SocketAddr,
+    path::PathBuf,
+    sync::{Mutex, MutexGuard, PoisonError},
+};
+
+pub use attributor::{
+    Attribution, AttributionSettings, Attributor, ConnLookup, Hashing, SweepReport,
+};
+pub use cgroup_path::{CgroupIdentity, parse_cgroup_path};
+pub use exe_hash::{ExeDigest, ExeHasher};
+pub use process_cache::ProcessKey;
+pub use procfs::{ProcStat, parse_stat, split_cmdline};
+pub use workload::{ContainerRuntime, Workload};
+
+use crate::kernel::KernelError;
+
+/// Errors of the attribution subsystem. A connection whose attribution fails is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum AttributionError {
+    /// The kernel has no record of this connection: it did not come through the redirect (a
+    /// direct connect to the sidecar port, or the kernel's table was full). Fail closed.
+    #[error("no kernel record for the connection from {peer} to {local}: not redirected")]
+    NotRedirected { peer: SocketAddr, local: SocketAddr },
+    #[error("looking up the kernel's connection record failed")]
+    Kernel {
+        #[source]
+        source: KernelError,
+    },
+    #[error("reading {path} failed")]
+    Proc {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{path} is malformed: {reason}")]
+    ProcFormat { path: PathBuf, reason: &'static str },
+    #[error("hashing the executable {path} failed")]
+    Hash {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    /// The executable changed while it was being hashed; the digest would describe neither
+    /// version, so there is none.
+    #[error("the executable {path} changed while it was hashed")]
+    ExeChanged { path: PathBuf },
+    #[error("a blocking attribution task failed")]
+    Blocking {
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl AttributionError {
+    /// Whether the error only says that the process no longer exists (`ENOENT` / `ESRCH`).
+    #[must_use]
+    pub fn is_process_gone(&self) -> bool {
+        match self {
+            Self::Proc { source, .. } => procfs::is_gone(source),
+            _ => false,
+        }
+    }
+}
+
+/// Locks a cache. A poisoned lock only means a panic elsewhere while it was held; the caches here
+/// (LRU maps, an `Option<Instant>`) have no invariant a panic could break half-way, so carry on.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}

@@ -23,8 +23,12 @@ pub struct Workload {
     pub group: Option<String>,
     /// Kernel task name (16 bytes at most), as recorded at connect time.
     pub comm: String,
-    /// Executable path (`/proc/<tgid>/exe`), `None` when the process is already gone.
+    /// Executable path (`/proc/<tgid>/exe`), `None` when the process is already gone. Without the
+    /// kernel's ` (deleted)` suffix; see [`Workload::exe_deleted`].
     pub exe: Option<PathBuf>,
+    /// The running executable was unlinked or replaced after it started (or is a memfd): `exe`
+    /// names what the file was called, `exe_sha256` is still the digest of what actually runs.
+    pub exe_deleted: bool,
     /// Lowercase hex SHA-256 of the executable; `None` when unreadable or over the size cap.
     pub exe_sha256: Option<String>,
     /// Command line arguments. Shown to operators only, never logged: it can carry PHI.
@@ -33,10 +37,28 @@ pub struct Workload {
     pub cgroup_id: u64,
     /// cgroup v2 path relative to the hierarchy root, e.g. `/system.slice/lab.service`.
     pub cgroup_path: Option<String>,
-    /// Container id parsed from the cgroup path (containerd, CRI-O, docker).
+    /// Container id parsed from the cgroup path (containerd, CRI-O, docker, podman).
     pub container_id: Option<String>,
+    /// The runtime whose cgroup naming gave `container_id`.
+    pub container_runtime: Option<ContainerRuntime>,
     /// Kubernetes pod UID parsed from the cgroup path.
     pub pod_uid: Option<String>,
-    /// systemd unit (service or scope) parsed from the cgroup path.
+    /// systemd unit (service or scope) parsed from the cgroup path; `None` for container scopes,
+    /// whose identity is the container.
     pub systemd_unit: Option<String>,
+    /// Only what the kernel recorded is known (tgid, pid, uid, gid, comm, cgroup): the process
+    /// had exited, its pid was reused, or `/proc` refused to show its start time or executable.
+    /// `start_time` is then 0 and `exe` is `None`. Policy decides what a partial identity may do
+    /// (fail closed unless a selector uses kernel-known fields only).
+    pub partial: bool,
+}
+
+/// Container runtimes recognised by their cgroup naming.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ContainerRuntime {
+    Containerd,
+    Crio,
+    Docker,
+    Podman,
 }

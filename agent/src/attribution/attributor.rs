@@ -1,0 +1,332 @@
+//! The attributor: accepted connection -> kernel record -> [`Workload`], with the caches that
+//! keep the accept path to one map lookup, one small procfs read and one hash-map hit.
+
+mod build;
+mod scan;
+
+use std::{
+    net::SocketAddr,
+    num::{NonZeroU32, NonZeroUsize},
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use fhirwall_common::ConnRecord;
+use nix::{
+    time::{ClockId, clock_gettime},
+    unistd::{SysconfVar, sysconf},
+};
+use serde::Serialize;
+
+use super::{
+    AttributionError, Workload, cgroups::CgroupPaths, exe_hash::ExeHasher, names::Names,
+    process_cache::ProcessCache, procfs::ProcFs,
+};
+use crate::kernel::{ConnTable, KernelError, from_addr};
+
+/// Where kernel records come from: the kernel's [`ConnTable`], or a stand-in in tests and benches.
+pub trait ConnLookup: Send + Sync {
+    fn lookup(
+        &self,
+        client: SocketAddr,
+        sidecar: SocketAddr,
+    ) -> Result<Option<ConnRecord>, KernelError>;
+}
+
+impl ConnLookup for ConnTable {
+    fn lookup(
+        &self,
+        client: SocketAddr,
+        sidecar: SocketAddr,
+    ) -> Result<Option<ConnRecord>, KernelError> {
+        ConnTable::lookup(self, client, sidecar)
+    }
+}
+
+/// Whether to hash executables. Hashing is what lets a `sha256` selector match; a startup scan
+/// may skip it and leave it to the first connection (the digest cache makes that a one-off per
+/// binary).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hashing {
+    Compute,
+    Skip,
+}
+
+/// One accepted connection, attributed.
+#[derive(Clone, Debug)]
+pub struct Attribution {
+    pub workload: Arc<Workload>,
+    /// Where the application was connecting before the kernel redirected it to the sidecar.
+    pub destination: SocketAddr,
+    /// The socket cookie of the application's socket.
+    pub cookie: u64,
+    /// Wall-clock time of the `connect()`.
+    pub connected_at: SystemTime,
+}
+
+/// What a sweep of the process cache did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SweepReport {
+    pub checked: usize,
+    pub removed: usize,
+}
+
+/// Attribution settings; [`Default`] suits a host with procfs at `/proc` and cgroup v2 at
+/// `/sys/fs/cgroup` (set `cgroup_mount` from `CgroupRoot::discover` otherwise).
+#[derive(Clone, Debug)]
+pub struct AttributionSettings {
+    /// procfs of the host's pid namespace: kernel records carry host pids (the agent runs with
+    /// hostPID in Kubernetes).
+    pub proc_root: PathBuf,
+    /// Mount point of the cgroup v2 hierarchy, in the host's cgroup namespace.
+    pub cgroup_mount: PathBuf,
+    /// Executables larger than this are not hashed (`exe_sha256` stays `None`).
+    pub hash_max_bytes: u64,
+    /// Bytes of `/proc/<tgid>/cmdline` kept.
+    pub cmdline_max_bytes: usize,
+    /// Processes cached (LRU).
+    pub process_capacity: NonZeroUsize,
+    /// Executable digests cached (LRU, one per file version).
+    pub digest_capacity: NonZeroUsize,
+    /// User and group names cached, each (LRU).
+    pub name_capacity: NonZeroUsize,
+    /// cgroup id -> path entries cached (LRU); also bounds one walk of the hierarchy.
+    pub cgroup_capacity: NonZeroUsize,
+    /// Kernel record lookups per accepted connection, `lookup_interval` apart; see
+    /// [`Attributor::attribute`] for why a few milliseconds are enough.
+    pub lookup_attempts: NonZeroU32,
+    pub lookup_interval: Duration,
+}
+
+const fn non_zero(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => NonZeroUsize::MIN,
+    }
+}
+
+impl Default for AttributionSettings {
+    fn default() -> Self {
+        Self {
+            proc_root: PathBuf::from("/proc"),
+            cgroup_mount: PathBuf::from("/sys/fs/cgroup"),
+            hash_max_bytes: 512 << 20,
+            cmdline_max_bytes: 16 << 10,
+            process_capacity: non_zero(16_384),
+            digest_capacity: non_zero(1024),
+            name_capacity: non_zero(4096),
+            cgroup_capacity: non_zero(65_536),
+            lookup_attempts: NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN),
+            lookup_interval: Duration::from_millis(1),
+        }
+    }
+}
+
+/// Converts a CLOCK_MONOTONIC timestamp (`bpf_ktime_get_ns`) to wall-clock time.
+fn wall_time(monotonic_ns: u64) -> SystemTime {
+    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
+        u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(ts.tv_nsec()).unwrap_or(0)
+    });
+    let age = Duration::from_nanos(now.saturating_sub(monotonic_ns));
+    SystemTime::now()
+        .checked_sub(age)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
+/// Attributes connections to workloads. Cheap to clone; clones share the caches.
+#[derive(Clone)]
+pub struct Attributor {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conns: Box<dyn ConnLookup>,
+    settings: AttributionSettings,
+    proc: ProcFs,
+    processes: ProcessCache,
+    hasher: ExeHasher,
+    names: Names,
+    cgroups: CgroupPaths,
+    ticks_per_second: u64,
+}
+
+/// What the kernel knows about a caller (or, for a scanned process, what `/proc` says).
+#[derive(Clone, Debug)]
+struct Caller {
+    tgid: u32,
+    pid: u32,
+    uid: u32,
+    gid: u32,
+    cgroup_id: u64,
+    comm: String,
+}
+
+impl Caller {
+    fn from_record(record: &ConnRecord) -> Self {
+        Self {
+            tgid: record.tgid,
+            pid: record.pid,
+            uid: record.uid,
+            gid: record.gid,
+            cgroup_id: record.cgroup_id,
+            comm: crate::kernel::comm(&record.comm),
+        }
+    }
+}
+
+impl Attributor {
+    #[must_use]
+    pub fn new(conns: impl ConnLookup + 'static, settings: AttributionSettings) -> Self {
+        // USER_HZ is 100 on every architecture Linux supports today; sysconf confirms it.
+        let ticks_per_second = sysconf(SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .and_then(|t| u64::try_from(t).ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(100);
+        let inner = Inner {
+            conns: Box::new(conns),
+            proc: ProcFs::new(settings.proc_root.clone()),
+            processes: ProcessCache::new(settings.process_capacity),
+            hasher: ExeHasher::new(settings.hash_max_bytes, settings.digest_capacity),
+            names: Names::new(settings.name_capacity),
+            cgroups: CgroupPaths::new(settings.cgroup_mount.clone(), settings.cgroup_capacity),
+            settings,
+            ticks_per_second,
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// Attributes the connection the sidecar accepted from `peer` on `local`.
+    ///
+    /// The kernel re-keys its record by 4-tuple in `sock_ops` `ACTIVE_ESTABLISHED_CB`, which runs
+    /// on the client side in `tcp_finish_connect()` before the client sends the handshake's final
+    /// ACK; the listener queues the connection for `accept()` only once that ACK arrives, and a
+    /// BPF hash-map update is visible to lookups as soon as it returns. So the record is normally
+    /// there at the first lookup. It can lag only when the sidecar's listener accepts before the
+    /// handshake completes (TCP Fast Open creates the child socket at the SYN) or the client's CPU
+    /// is starved between the two steps: one loopback round trip, microseconds. Hence a short,
+    /// bounded retry: `lookup_attempts` lookups `lookup_interval` apart (5 x 1 ms by default;
+    /// tokio's timer rounds each sleep up to its 1 ms tick, so a connection that was never
+    /// redirected is refused after at most about 8 ms plus scheduling delay).
+    pub async fn attribute(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<Attribution, AttributionError> {
+        let record = self.lookup_record(peer, local).await?;
+        let workload = self.workload_of(&record).await?;
+        Ok(Attribution {
+            workload,
+            destination: SocketAddr::new(from_addr(&record.orig_addr), record.orig_port),
+            cookie: record.cookie,
+            connected_at: wall_time(record.time_ns),
+        })
+    }
+
+    async fn lookup_record(
+        &self,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<ConnRecord, AttributionError> {
+        let settings = &self.inner.settings;
+        for attempt in 0..settings.lookup_attempts.get() {
+            if attempt > 0 {
+                tokio::time::sleep(settings.lookup_interval).await;
+            }
+            let found = self
+                .inner
+                .conns
+                .lookup(peer, local)
+                .map_err(|source| AttributionError::Kernel { source })?;
+            if let Some(record) = found {
+                return Ok(record);
+            }
+        }
+        Err(AttributionError::NotRedirected { peer, local })
+    }
+
+    /// The workload that made the connection the kernel recorded in `record`. A process that is
+    /// gone, or whose pid now belongs to a process started after the connect, gives a partial
+    /// workload built from the record alone.
+    pub async fn workload_of(
+        &self,
+        record: &ConnRecord,
+    ) -> Result<Arc<Workload>, AttributionError> {
+        let caller = Caller::from_record(record);
+        let stat = match self.inner.proc.stat(caller.tgid) {
+            Ok(stat) => stat,
+            Err(e) if e.is_process_gone() => return self.partial(caller).await,
+            Err(e) => return Err(e),
+        };
+        if self.started_after(stat.start_time, record.time_ns) {
+            return self.partial(caller).await;
+        }
+        let key = super::ProcessKey {
+            tgid: caller.tgid,
+            start_time: stat.start_time,
+        };
+        if let Some(hit) = self.inner.processes.get(key, &stat.comm)
+            && hit.hashed
+        {
+            return self.personalize(key, hit.workload, caller).await;
+        }
+        match self
+            .build(key, &stat.comm, caller.clone(), Hashing::Compute)
+            .await?
+        {
+            Some(workload) => Ok(workload),
+            None => self.partial(caller).await,
+        }
+    }
+
+    /// Whether a process that started `start_ticks` after boot started after a connect at
+    /// `connect_ns` (CLOCK_MONOTONIC, `bpf_ktime_get_ns`): then its pid was reused and it is not
+    /// the caller. Start times count CLOCK_BOOTTIME, which runs ahead of CLOCK_MONOTONIC by the
+    /// time spent suspended. A start time is truncated to its tick, so the true caller always
+    /// passes; a reused pid could only slip through if the caller exited and its pid came round
+    /// again within one tick (10 ms) of the connect. If the clocks cannot be read, say yes: a
+    /// partial identity fails closed.
+    fn started_after(&self, start_ticks: u64, connect_ns: u64) -> bool {
+        const SLACK_NS: u128 = 1_000_000;
+        let (Ok(boot), Ok(mono)) = (
+            clock_gettime(ClockId::CLOCK_BOOTTIME),
+            clock_gettime(ClockId::CLOCK_MONOTONIC),
+        ) else {
+            return true;
+        };
+        let ns = |ts: nix::sys::time::TimeSpec| {
+            i128::from(ts.tv_sec()) * 1_000_000_000 + i128::from(ts.tv_nsec())
+        };
+        let offset = u128::try_from(ns(boot) - ns(mono)).unwrap_or(0);
+        let start_ns =
+            u128::from(start_ticks) * 1_000_000_000 / u128::from(self.inner.ticks_per_second);
+        start_ns > u128::from(connect_ns) + offset + SLACK_NS
+    }
+
+    /// Forgets every cached process and name. Call it when the kernel reports dropped events
+    /// (an exec may have gone unseen) or after a user database change.
+    pub fn invalidate_all(&self) {
+        self.inner.processes.clear();
+        self.inner.names.clear();
+    }
+
+    /// Processes cached now.
+    #[must_use]
+    pub fn cached_processes(&self) -> usize {
+        self.inner.processes.len()
+    }
+
+    /// Executable hash computations started so far (the rest were cache hits).
+    #[must_use]
+    pub fn digests_computed(&self) -> u64 {
+        self.inner.hasher.computed()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,256 @@
+//! Reading a process from procfs: `stat`, `status`, `exe`, `cmdline`, `cgroup`.
+//!
+//! Everything a process controls is hostile input here: `comm` may hold spaces, parentheses and
+//! newlines, the command line any bytes. Parsers are pure functions, tested at the bottom.
+
+use std::{
+    fs::{self, File},
+    io::{self, Read as _},
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
+};
+
+use super::AttributionError;
+
+/// `PF_KTHREAD` from include/linux/sched.h: kernel threads have no executable and no user identity.
+const PF_KTHREAD: u32 = 0x0020_0000;
+
+/// The kernel appends this to the link text of an unlinked file (fs/d_path.c, `d_path`).
+const DELETED_SUFFIX: &str = " (deleted)";
+
+/// The fields of `/proc/<pid>/stat` attribution needs (proc(5)).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcStat {
+    /// Field 2, without its parentheses: the thread group leader's task name.
+    pub comm: String,
+    /// Field 3: `R`, `S`, `Z`, ...
+    pub state: char,
+    /// Field 9: `PF_*` flags.
+    pub flags: u32,
+    /// Field 22: start time in clock ticks since boot.
+    pub start_time: u64,
+}
+
+impl ProcStat {
+    #[must_use]
+    pub fn is_kernel_thread(&self) -> bool {
+        self.flags & PF_KTHREAD != 0
+    }
+}
+
+/// Parses a `/proc/<pid>/stat` line. `comm` is whatever lies between the first `(` and the LAST
+/// `)`: the kernel prints it raw, so it may itself contain `)`, spaces or newlines, but nothing
+/// after it can contain `)`.
+pub fn parse_stat(text: &[u8]) -> Result<ProcStat, &'static str> {
+    let open = text
+        .iter()
+        .position(|&b| b == b'(')
+        .ok_or("no '(' before comm")?;
+    let close = text
+        .iter()
+        .rposition(|&b| b == b')')
+        .ok_or("no ')' after comm")?;
+    if close < open {
+        return Err("')' before '('");
+    }
+    let comm = String::from_utf8_lossy(&text[open + 1..close]).into_owned();
+    let rest = std::str::from_utf8(&text[close + 1..]).map_err(|_| "fields are not ASCII")?;
+    // rest[0] is field 3 (state), so field N is rest[N - 3].
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).copied().ok_or("too few fields");
+    let mut state = field(3)?.chars();
+    let (Some(state), None) = (state.next(), state.next()) else {
+        return Err("state is not one character");
+    };
+    let flags = field(9)?.parse().map_err(|_| "flags is not a number")?;
+    let start_time = field(22)?
+        .parse()
+        .map_err(|_| "start time is not a number")?;
+    Ok(ProcStat {
+        comm,
+        state,
+        flags,
+        start_time,
+    })
+}
+
+/// Splits `/proc/<pid>/cmdline` at NULs. The final NUL terminates the last argument rather than
+/// starting an empty one; arguments that are not UTF-8 are converted lossily. A process that
+/// rewrote its arguments (setproctitle) may show them as one space-separated string: it is kept
+/// as it is.
+#[must_use]
+pub fn split_cmdline(bytes: &[u8]) -> Vec<String> {
+    if bytes.is_empty() {
+        return Vec::new();
+    }
+    bytes
+        .strip_suffix(&[0])
+        .unwrap_or(bytes)
+        .split(|&b| b == 0)
+        .map(|arg| String::from_utf8_lossy(arg).into_owned())
+        .collect()
+}
+
+/// The real uid and gid in a `/proc/<pid>/status` text: the same ids the kernel programs record
+/// (`bpf_get_current_uid_gid` returns the real ones).
+#[must_use]
+pub fn parse_status_ids(text: &str) -> Option<(u32, u32)> {
+    let first = |key: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(key))
+            .and_then(|rest| rest.split_ascii_whitespace().next())
+            .and_then(|id| id.parse().ok())
+    };
+    Some((first("Uid:")?, first("Gid:")?))
+}
+
+/// The cgroup v2 path in a `/proc/<pid>/cgroup` text: the `0::` line (cgroups(7)).
+#[must_use]
+pub fn parse_cgroup_v2_line(text: &str) -> Option<&str> {
+    text.lines().find_map(|line| line.strip_prefix("0::"))
+}
+
+/// The path an `exe` link names, and whether the file was deleted. The suffix alone is not
+/// proof: a file may really be called `x (deleted)`, so it only counts when the open file has no
+/// links left.
+#[must_use]
+pub fn strip_deleted(link: PathBuf, nlink: Option<u64>) -> (PathBuf, bool) {
+    if nlink != Some(0) {
+        return (link, false);
+    }
+    match link.to_str().and_then(|s| s.strip_suffix(DELETED_SUFFIX)) {
+        Some(stripped) => (PathBuf::from(stripped), true),
+        None => (link, true),
+    }
+}
+
+/// Whether an error means the process is gone (or going: a reaped task answers `ESRCH`).
+#[must_use]
+pub fn is_gone(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESRCH)
+}
+
+/// A procfs mount (`/proc`; tests point it at a directory of their own).
+#[derive(Clone, Debug)]
+pub struct ProcFs {
+    root: PathBuf,
+}
+
+/// What the slow path reads about a process, each part on its own: one unreadable part does not
+/// hide the others.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub exe: Option<(PathBuf, bool)>,
+    /// The running image, opened through `/proc/<tgid>/exe` so a replaced file is hashed as what
+    /// actually runs.
+    pub exe_file: Option<File>,
+    pub cmdline: Vec<String>,
+    pub cgroup_path: Option<String>,
+}
+
+impl ProcFs {
+    #[must_use]
+    pub fn new(root: PathBuf) -> Self {
+        Self { root }
+    }
+
+    fn path(&self, tgid: u32, leaf: &str) -> PathBuf {
+        self.root.join(tgid.to_string()).join(leaf)
+    }
+
+    /// `stat` of the thread group leader. Read from `task/<tgid>/stat`, which has the same start
+    /// time, comm and flags as `/proc/<tgid>/stat` but skips summing the CPU times of every
+    /// thread (fs/proc/array.c, `do_task_stat` with `whole = 0`): a Java interface engine with
+    /// hundreds of threads would otherwise pay for each at every accept.
+    pub fn stat(&self, tgid: u32) -> Result<ProcStat, AttributionError> {
+        let path = self.root.join(format!("{tgid}/task/{tgid}/stat"));
+        let mut buf = [0u8; 2048];
+        let len = read_into(&path, &mut buf).map_err(|source| AttributionError::Proc {
+            path: path.clone(),
+            source,
+        })?;
+        parse_stat(&buf[..len]).map_err(|reason| AttributionError::ProcFormat { path, reason })
+    }
+
+    /// Real uid and gid from `status`.
+    pub fn ids(&self, tgid: u32) -> Result<(u32, u32), AttributionError> {
+        let path = self.path(tgid, "status");
+        let text = fs::read_to_string(&path).map_err(|source| AttributionError::Proc {
+            path: path.clone(),
+            source,
+        })?;
+        parse_status_ids(&text).ok_or(AttributionError::ProcFormat {
+            path,
+            reason: "no Uid: or Gid: line",
+        })
+    }
+
+    /// Reads exe, cmdline and cgroup. Blocking: reading `cmdline` takes the target's mmap lock,
+    /// which a hostile process can hold for long, so call this off the async threads.
+    pub fn snapshot(&self, tgid: u32, cmdline_max: usize) -> Snapshot {
+        let exe_file = File::open(self.path(tgid, "exe")).ok();
+        let nlink = exe_file
+            .as_ref()
+            .and_then(|f| f.metadata().ok())
+            .map(|m| m.nlink());
+        let exe = fs::read_link(self.path(tgid, "exe"))
+            .ok()
+            .map(|link| strip_deleted(link, nlink));
+        let cmdline = read_capped(&self.path(tgid, "cmdline"), cmdline_max)
+            .map(|bytes| split_cmdline(&bytes))
+            .unwrap_or_default();
+        let cgroup_path = self.cgroup_path(tgid).ok().flatten();
+        Snapshot {
+            exe,
+            exe_file,
+            cmdline,
+            cgroup_path,
+        }
+    }
+
+    /// The cgroup v2 path from the `0::` line of `cgroup`.
+    pub fn cgroup_path(&self, tgid: u32) -> Result<Option<String>, AttributionError> {
+        let path = self.path(tgid, "cgroup");
+        let text =
+            fs::read_to_string(&path).map_err(|source| AttributionError::Proc { path, source })?;
+        Ok(parse_cgroup_v2_line(&text).map(str::to_owned))
+    }
+
+    /// Every process (thread group) id listed at the root.
+    pub fn tgids(&self) -> Result<Vec<u32>, AttributionError> {
+        let entries = fs::read_dir(&self.root).map_err(|source| AttributionError::Proc {
+            path: self.root.clone(),
+            source,
+        })?;
+        Ok(entries
+            .filter_map(Result::ok)
+            .filter_map(|e| e.file_name().to_str()?.parse().ok())
+            .collect())
+    }
+}
+
+/// Reads a whole small file into `buf`, returning its length; longer files are cut at the
+/// buffer's size (a stat line is under 1 KiB).
+fn read_into(path: &Path, buf: &mut [u8]) -> io::Result<usize> {
+    let mut file = File::open(path)?;
+    let mut len = 0;
+    while len < buf.len() {
+        match file.read(&mut buf[len..])? {
+            0 => break,
+            n => len += n,
+        }
+    }
+    Ok(len)
+}
+
+/// Reads at most `max` bytes.
+fn read_capped(path: &Path, max: usize) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    File::open(path)?
+        .take(u64::try_from(max).unwrap_or(u64::MAX))
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
+}
+
+#[cfg(test)]
+mod tests;

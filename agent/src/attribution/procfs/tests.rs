@@ -1,0 +1,156 @@
+use std::path::PathBuf;
+
+use super::*;
+
+/// A stat line as the kernel prints it, with `comm` spliced in raw.
+fn stat_line(comm: &str, flags: u32, start: u64) -> Vec<u8> {
+    format!(
+        "4242 ({comm}) S 1 4242 4242 0 -1 {flags} 120 0 0 0 3 1 0 0 20 0 1 0 {start} 6012928 \
+         512 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0 0 0 0 0 0 0 0 0 0 0 0\n"
+    )
+    .into_bytes()
+}
+
+#[test]
+fn parses_stat_with_hostile_comm_values() {
+    let cases: &[(&str, &str)] = &[
+        ("plain", "fw-probe"),
+        ("space", "my app"),
+        ("paren close", "a) S 1 2 3"),
+        ("paren both", "(x)(y)"),
+        ("only parens", ")))"),
+        ("newline", "evil\n1 (fake) R"),
+        ("numbers like fields", "1 2 3 4 5 6 7"),
+        ("empty", ""),
+        ("unicode", "lab-ü"),
+    ];
+    for (name, comm) in cases {
+        let parsed = parse_stat(&stat_line(comm, 0x40_0040, 987_654)).expect(name);
+        assert_eq!(parsed.comm, *comm, "{name}");
+        assert_eq!(parsed.state, 'S', "{name}");
+        assert_eq!(parsed.flags, 0x40_0040, "{name}");
+        assert_eq!(parsed.start_time, 987_654, "{name}");
+        assert!(!parsed.is_kernel_thread(), "{name}");
+    }
+}
+
+#[test]
+fn recognises_kernel_threads() {
+    let parsed = parse_stat(&stat_line("kworker/0:1", 0x0420_8040, 5)).expect("kthread line");
+    assert!(parsed.is_kernel_thread());
+}
+
+#[test]
+fn rejects_malformed_stat() {
+    let cases: &[(&str, &[u8])] = &[
+        ("empty", b""),
+        ("no parens", b"42 comm S 1 2"),
+        ("close before open", b"42 )x( S 1"),
+        ("truncated", b"42 (x) S 1 42 42 0 -1 0"),
+        (
+            "long state",
+            b"42 (x) SS 1 42 42 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 77 0",
+        ),
+        (
+            "bad start",
+            b"42 (x) S 1 42 42 0 -1 0 0 0 0 0 0 0 0 0 20 0 1 0 7x 0",
+        ),
+        (
+            "bad flags",
+            b"42 (x) S 1 42 42 0 -1 -4 0 0 0 0 0 0 0 0 20 0 1 0 7 0",
+        ),
+    ];
+    for (name, text) in cases {
+        assert!(parse_stat(text).is_err(), "{name} should not parse");
+    }
+}
+
+#[test]
+fn parses_this_process_stat() {
+    let tgid = std::process::id();
+    let procfs = ProcFs::new(PathBuf::from("/proc"));
+    let stat = procfs.stat(tgid).expect("own stat");
+    let text = std::fs::read(format!("/proc/{tgid}/stat")).expect("own stat");
+    assert_eq!(parse_stat(&text).expect("parses"), stat);
+    assert!(stat.start_time > 0);
+}
+
+#[test]
+fn splits_cmdline() {
+    let cases: &[(&str, &[u8], &[&str])] = &[
+        ("empty (kernel thread, zombie)", b"", &[]),
+        ("one arg", b"/usr/bin/java\0", &["/usr/bin/java"]),
+        (
+            "several",
+            b"java\0-jar\0mirth.jar\0",
+            &["java", "-jar", "mirth.jar"],
+        ),
+        ("empty argument kept", b"a\0\0b\0", &["a", "", "b"]),
+        (
+            "no final NUL (setproctitle)",
+            b"postgres: writer",
+            &["postgres: writer"],
+        ),
+        ("not UTF-8", b"a\xff\0", &["a\u{fffd}"]),
+        ("only NUL", b"\0", &[""]),
+    ];
+    for (name, bytes, want) in cases {
+        assert_eq!(split_cmdline(bytes), *want, "{name}");
+    }
+}
+
+#[test]
+fn parses_status_ids_as_the_real_ones() {
+    let text = "Name:\tx\nUid:\t1000\t0\t0\t0\nGid:\t50\t51\t52\t53\n";
+    assert_eq!(parse_status_ids(text), Some((1000, 50)));
+    assert_eq!(parse_status_ids("Name:\tx\nUid:\t1\n"), None);
+    assert_eq!(parse_status_ids("Uid:\tx\nGid:\t1\n"), None);
+}
+
+#[test]
+fn strips_deleted_only_when_the_file_has_no_links() {
+    let cases: &[(&str, Option<u64>, &str, bool)] = &[
+        ("/usr/bin/lab (deleted)", Some(0), "/usr/bin/lab", true),
+        ("/memfd:payload (deleted)", Some(0), "/memfd:payload", true),
+        ("/opt/x (deleted)", Some(1), "/opt/x (deleted)", false),
+        ("/opt/x (deleted)", None, "/opt/x (deleted)", false),
+        ("/usr/bin/lab", Some(1), "/usr/bin/lab", false),
+        ("/usr/bin/odd", Some(0), "/usr/bin/odd", true),
+    ];
+    for (link, nlink, path, deleted) in cases {
+        let got = strip_deleted(PathBuf::from(link), *nlink);
+        assert_eq!(got, (PathBuf::from(path), *deleted), "{link} {nlink:?}");
+    }
+}
+
+#[test]
+fn reads_the_cgroup_v2_line() {
+    let text = "12:cpu,cpuacct:/x\n0::/system.slice/lab.service\n";
+    assert_eq!(
+        parse_cgroup_v2_line(text),
+        Some("/system.slice/lab.service")
+    );
+    assert_eq!(parse_cgroup_v2_line("1:name=systemd:/\n"), None);
+}
+
+#[test]
+fn snapshot_of_this_process() {
+    let procfs = ProcFs::new(PathBuf::from("/proc"));
+    let snapshot = procfs.snapshot(std::process::id(), 1 << 16);
+    let (exe, deleted) = snapshot.exe.expect("own exe");
+    assert_eq!(exe, std::env::current_exe().expect("current exe"));
+    assert!(!deleted);
+    assert!(snapshot.exe_file.is_some());
+    let args: Vec<String> = std::env::args().collect();
+    assert_eq!(snapshot.cmdline, args);
+    assert!(snapshot.cgroup_path.is_some_and(|p| p.starts_with('/')));
+}
+
+#[test]
+fn caps_the_command_line() {
+    let procfs = ProcFs::new(PathBuf::from("/proc"));
+    let snapshot = procfs.snapshot(std::process::id(), 4);
+    let first: String = std::env::args().next().expect("argv[0]");
+    assert!(first.len() > 4, "cargo runs tests by absolute path");
+    assert_eq!(snapshot.cmdline, vec![first[..4].to_owned()]);
+}
