@@ -39,16 +39,7 @@ pub fn verdicts(
     enforcement: Enforcement,
     now: jiff::Timestamp,
 ) -> BTreeMap<WorkloadEntry, Verdict> {
-    let kernel_mode = enforcement == Enforcement::Kernel;
-    let verdict = |i: &Integration| {
-        if !i.is_live(now) {
-            Some(Verdict::Deny)
-        } else if kernel_mode {
-            Some(Verdict::Allow)
-        } else {
-            None
-        }
-    };
+    let verdict = |i: &Integration| integration_verdict(i, enforcement, now);
     let mut out = BTreeMap::new();
     for integration in &policy.integrations {
         let Some(v) = verdict(integration) else {
@@ -65,8 +56,82 @@ pub fn verdicts(
         }
     }
     for process in processes {
-        if let Some(v) = policy.integration_for(process).and_then(verdict) {
+        if let Some(v) = process_verdict(policy, process, enforcement, now) {
             out.insert(WorkloadEntry::Process(process.tgid), v);
+        }
+    }
+    out
+}
+
+/// The kernel's verdict for one process (`None`: no entry, the default applies).
+#[must_use]
+pub fn process_verdict(
+    policy: &Policy,
+    process: &Workload,
+    enforcement: Enforcement,
+    now: jiff::Timestamp,
+) -> Option<Verdict> {
+    policy
+        .integration_for(process)
+        .and_then(|i| integration_verdict(i, enforcement, now))
+}
+
+fn integration_verdict(
+    i: &Integration,
+    enforcement: Enforcement,
+    now: jiff::Timestamp,
+) -> Option<Verdict> {
+    if !i.is_live(now) {
+        Some(Verdict::Deny)
+    } else if enforcement == Enforcement::Kernel {
+        Some(Verdict::Allow)
+    } else {
+        None
+    }
+}
+
+/// Whether any selector can be decided per cgroup, i.e. whether [`host_cgroups`] is needed.
+#[must_use]
+pub fn needs_cgroups(policy: &Policy) -> bool {
+    policy.integrations.iter().any(|i| cgroup_only(&i.workload))
+}
+
+/// Every cgroup under `mount` (breadth-first, at most `limit`), identified as a workload in it
+/// would be.
+#[must_use]
+pub fn host_cgroups(mount: &std::path::Path, limit: usize) -> Vec<HostCgroup> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut out = Vec::new();
+    let mut queue = std::collections::VecDeque::from([mount.to_path_buf()]);
+    while let Some(dir) = queue.pop_front() {
+        if out.len() >= limit {
+            break;
+        }
+        let Ok(meta) = std::fs::metadata(&dir) else {
+            continue;
+        };
+        let rel = dir
+            .strip_prefix(mount)
+            .map(|r| format!("/{}", r.display()))
+            .unwrap_or_default();
+        let id = crate::attribution::parse_cgroup_path(&rel);
+        out.push(HostCgroup {
+            id: meta.ino(),
+            identity: Workload {
+                cgroup_path: Some(rel),
+                container_id: id.container_id,
+                pod_uid: id.pod_uid,
+                systemd_unit: id.systemd_unit,
+                ..Workload::default()
+            },
+        });
+        if let Ok(entries) = std::fs::read_dir(&dir) {
+            queue.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                    .map(|e| e.path()),
+            );
         }
     }
     out

@@ -20,6 +20,7 @@
 //! `app` wires it together; `main.rs` is only the command line.
 
 pub mod admin;
+pub mod app;
 pub mod attribution;
 pub mod cli;
 pub mod config;

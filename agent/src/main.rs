@@ -1,5 +1,73 @@
-//! `fhirwall`: the agent and its command line.
+//! `fhirwall`: the agent and its command line. Everything here parses arguments and hands over;
+//! the work happens in the library (`app::run` for the agent itself).
 
-fn main() -> anyhow::Result<()> {
-    anyhow::bail!("not wired yet")
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::{Parser, Subcommand};
+use fhirwall::{cli, config::AgentConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "fhirwall",
+    version,
+    about = "Named, purpose-bound identities for FHIR API integrations, enforced per request"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the agent: kernel programs, sidecar and admin API.
+    Run {
+        /// Agent configuration (YAML); built-in defaults when absent.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate and explain policies.
+    #[command(subcommand)]
+    Policy(cli::policy::PolicyCommand),
+    /// Live connections attributed to their workloads (asks the running agent).
+    Workloads(cli::workloads::WorkloadsArgs),
+    /// Detach and unpin every kernel program and map fhirwall installed.
+    Uninstall {
+        /// bpffs directory of the pins.
+        #[arg(long, default_value = "/sys/fs/bpf/fhirwall")]
+        pin_dir: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config } => run(config),
+        Command::Policy(command) => cli::policy::run(&command),
+        Command::Workloads(args) => cli::workloads::run(&args),
+        Command::Uninstall { pin_dir } => cli::uninstall(&pin_dir),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fhirwall: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(config: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    // Logs go to stderr (journald / container logs). They never carry PHI: request values,
+    // bodies and command lines are kept out of every log line by the modules that see them.
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match config {
+        Some(path) => AgentConfig::load(&path)?,
+        None => AgentConfig::default(),
+    };
+    fhirwall::app::run(&config)?;
+    Ok(ExitCode::SUCCESS)
 }

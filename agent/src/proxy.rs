@@ -2,3 +2,4 @@
 //! strict HTTP/1.1.
 
 pub mod live;
+pub mod relay;

@@ -157,6 +157,21 @@ impl Kernel {
         self.maps.sync_workloads(verdicts)
     }
 
+    /// Sets or clears one workload's verdict.
+    pub fn set_workload(
+        &mut self,
+        entry: super::maps::WorkloadEntry,
+        verdict: Option<super::maps::Verdict>,
+    ) -> Result<(), KernelError> {
+        self.maps.set_workload(entry, verdict)
+    }
+
+    /// Workload entries in the kernel map: (allow, deny).
+    #[must_use]
+    pub fn workload_counts(&self) -> (usize, usize) {
+        self.maps.workload_counts()
+    }
+
     /// Switches `enforcement: kernel` on or off (policy reload).
     pub fn set_kernel_enforcement(&mut self, on: bool) -> Result<(), KernelError> {
         self.settings.kernel_enforcement = on;

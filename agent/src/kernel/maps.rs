@@ -133,13 +133,16 @@ impl StatsReader {
     }
 }
 
-/// The maps the agent writes.
+/// The maps the agent writes. Protected and workload maps are mirrored in memory after the
+/// first sync, so later syncs touch only what changed instead of walking the kernel map.
 pub struct ControlMaps {
     config: Array<MapData, Config>,
     heartbeat: Array<MapData, u64>,
     protected: HashMap<MapData, ProtectedKey, u32>,
     workloads: HashMap<MapData, WorkloadKey, WorkloadVerdict>,
     stats: PerCpuArray<MapData, u64>,
+    protected_mirror: Option<HashSet<ProtectedKey>>,
+    workloads_mirror: Option<std::collections::HashMap<WorkloadKey, WorkloadVerdict>>,
 }
 
 impl ControlMaps {
@@ -150,6 +153,8 @@ impl ControlMaps {
             protected: take(ebpf, MAP_PROTECTED)?,
             workloads: take(ebpf, MAP_WORKLOADS)?,
             stats: take(ebpf, MAP_STATS)?,
+            protected_mirror: None,
+            workloads_mirror: None,
         };
         let conns = ConnTable(Arc::new(take(ebpf, MAP_CONNS)?));
         let ring: RingBuf<MapData> = take(ebpf, MAP_EVENTS)?;
@@ -182,16 +187,20 @@ impl ControlMaps {
                 capacity: PROTECTED_CAPACITY,
             });
         }
-        let present: Vec<ProtectedKey> = self.protected.keys().filter_map(Result::ok).collect();
+        let present = match self.protected_mirror.take() {
+            Some(mirror) => mirror,
+            None => self.protected.keys().filter_map(Result::ok).collect(),
+        };
         // Insert first, then remove: a destination never drops out during a resync.
-        for key in &wanted {
+        for key in wanted.difference(&present) {
             self.protected
                 .insert(key, 1, 0)
                 .map_err(map_err(MAP_PROTECTED))?;
         }
-        for key in present.iter().filter(|k| !wanted.contains(k)) {
+        for key in present.difference(&wanted) {
             remove_if_present(&mut self.protected, key, MAP_PROTECTED)?;
         }
+        self.protected_mirror = Some(wanted);
         Ok(())
     }
 
@@ -209,16 +218,59 @@ impl ControlMaps {
             .iter()
             .map(|(e, v)| (e.key(), verdict_value(*v)))
             .collect();
-        let present: Vec<WorkloadKey> = self.workloads.keys().filter_map(Result::ok).collect();
-        for (key, value) in &wanted {
+        let present = match self.workloads_mirror.take() {
+            Some(mirror) => mirror,
+            None => self.workloads.iter().filter_map(Result::ok).collect(),
+        };
+        for (key, value) in wanted.iter().filter(|(k, v)| present.get(k) != Some(v)) {
             self.workloads
                 .insert(key, value, 0)
                 .map_err(map_err(MAP_WORKLOADS))?;
         }
-        for key in present.iter().filter(|k| !wanted.contains_key(k)) {
+        for key in present.keys().filter(|k| !wanted.contains_key(k)) {
             remove_if_present(&mut self.workloads, key, MAP_WORKLOADS)?;
         }
+        self.workloads_mirror = Some(wanted);
         Ok(())
+    }
+
+    /// Sets or clears one workload's verdict (an exec or an exit), without a full resync.
+    pub fn set_workload(
+        &mut self,
+        entry: WorkloadEntry,
+        verdict: Option<Verdict>,
+    ) -> Result<(), KernelError> {
+        let key = entry.key();
+        let mirror = self.workloads_mirror.get_or_insert_with(Default::default);
+        match verdict.map(verdict_value) {
+            Some(value) if mirror.get(&key) == Some(&value) => Ok(()),
+            Some(value) => {
+                if !mirror.contains_key(&key) && mirror.len() >= WORKLOADS_CAPACITY as usize {
+                    return Err(KernelError::MapFull {
+                        map: MAP_WORKLOADS,
+                        capacity: WORKLOADS_CAPACITY,
+                    });
+                }
+                self.workloads
+                    .insert(key, value, 0)
+                    .map_err(map_err(MAP_WORKLOADS))?;
+                mirror.insert(key, value);
+                Ok(())
+            }
+            None if mirror.remove(&key).is_some() => {
+                remove_if_present(&mut self.workloads, &key, MAP_WORKLOADS)
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Workload entries per verdict, from the mirror.
+    #[must_use]
+    pub fn workload_counts(&self) -> (usize, usize) {
+        self.workloads_mirror.as_ref().map_or((0, 0), |m| {
+            let allow = m.values().filter(|v| v.verdict == VERDICT_ALLOW).count();
+            (allow, m.len() - allow)
+        })
     }
 
     pub fn stats(&self) -> Result<KernelStats, KernelError> {

@@ -1,0 +1,370 @@
+//! The control loop: owns the kernel programs and keeps them in step with policy, DNS and the
+//! processes on the host; serves the admin API. Runs on the control runtime, never on the data
+//! plane.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
+
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::watch,
+};
+use tracing::{error, info, warn};
+
+use super::AppError;
+use crate::{
+    admin::{self, AdminState},
+    attribution::{Attributor, Hashing, Workload},
+    config::{AdminConfig, AgentConfig},
+    enforce,
+    kernel::{CgroupRoot, EventReader, Kernel, KernelEvent, WorkloadEntry, destroy_connections_to},
+    metrics::Metrics,
+    policy::{HostPort, Policy},
+};
+
+/// How often policy files are checked for changes (SIGHUP reloads at once).
+const POLICY_POLL: Duration = Duration::from_secs(2);
+/// Cgroups walked at most per verdict refresh.
+const CGROUP_LIMIT: usize = 100_000;
+
+pub struct Control {
+    config: AgentConfig,
+    kernel: Kernel,
+    attributor: Attributor,
+    policy: watch::Sender<Arc<Policy>>,
+    metrics: Arc<Metrics>,
+    cgroups: CgroupRoot,
+    resolved: BTreeMap<HostPort, BTreeSet<SocketAddr>>,
+    processes: BTreeMap<u32, Arc<Workload>>,
+    policy_stamp: Vec<(std::path::PathBuf, SystemTime)>,
+    events: Option<EventReader>,
+}
+
+impl Control {
+    pub fn new(
+        config: AgentConfig,
+        kernel: Kernel,
+        attributor: Attributor,
+        policy: watch::Sender<Arc<Policy>>,
+        metrics: Arc<Metrics>,
+        cgroups: CgroupRoot,
+    ) -> Self {
+        let policy_stamp = stamp(&config.policies);
+        Self {
+            config,
+            kernel,
+            attributor,
+            policy,
+            metrics,
+            cgroups,
+            resolved: BTreeMap::new(),
+            processes: BTreeMap::new(),
+            policy_stamp,
+            events: None,
+        }
+    }
+
+    /// Fills the kernel maps, attaches the programs and resets connections that predate us.
+    pub async fn start(&mut self) -> Result<(), AppError> {
+        self.events = self.kernel.take_events().transpose()?;
+        self.refresh_destinations().await?;
+        self.rescan().await?;
+        self.kernel.activate()?;
+        if self.config.kernel.teardown_existing {
+            let destinations = enforce::destinations(&self.resolved);
+            let s = self.kernel.settings();
+            match destroy_connections_to(&destinations, s.agent_mark, s.agent_cgroup) {
+                Ok(0) => {}
+                Ok(n) => info!(
+                    connections = n,
+                    "reset connections that bypassed the sidecar before it started"
+                ),
+                Err(e) => warn!(error = %e, "could not reset pre-existing connections"),
+            }
+        }
+        self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+        Ok(())
+    }
+
+    /// Runs until SIGTERM or SIGINT.
+    pub async fn run(
+        &mut self,
+        admin: Arc<AdminState>,
+        admin_config: &AdminConfig,
+    ) -> Result<(), AppError> {
+        spawn_admin(admin, admin_config).await?;
+        let io = |what| move |source| AppError::Io { what, source };
+        let mut term = signal(SignalKind::terminate()).map_err(io("signal handlers"))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(io("signal handlers"))?;
+        let mut hup = signal(SignalKind::hangup()).map_err(io("signal handlers"))?;
+        let mut heartbeat = tokio::time::interval(self.config.heartbeat_interval());
+        let mut resolve = tokio::time::interval(Duration::from_secs(
+            self.config.kernel.resolve_interval_s.max(1),
+        ));
+        let mut poll = tokio::time::interval(POLICY_POLL);
+        let mut events = Vec::new();
+        let mut reader = self.events.take();
+        loop {
+            tokio::select! {
+                _ = heartbeat.tick() => self.beat(),
+                _ = resolve.tick() => self.periodic().await,
+                _ = poll.tick() => if stamp(&self.config.policies) != self.policy_stamp { self.reload().await },
+                _ = hup.recv() => self.reload().await,
+                result = next_events(reader.as_mut(), &mut events) => {
+                    if let Err(e) = result {
+                        error!(error = %e, "kernel event stream failed; exec events are no longer seen");
+                        reader = None;
+                    }
+                    self.on_events(&mut events).await;
+                }
+                _ = term.recv() => break,
+                _ = int.recv() => break,
+            }
+        }
+        info!("stopping: no new connections; draining open ones");
+        Ok(())
+    }
+
+    /// Clean exit: the kernel refuses protected connects until an agent runs again.
+    pub fn stop(&mut self) {
+        if let Err(e) = self.kernel.mark_down() {
+            error!(error = %e, "could not mark the agent down; connects are refused after the heartbeat timeout");
+        }
+    }
+
+    fn beat(&mut self) {
+        if let Err(e) = self.kernel.heartbeat() {
+            self.metrics.heartbeat_failures.inc();
+            error!(error = %e, "heartbeat failed");
+        }
+    }
+
+    async fn periodic(&mut self) {
+        if let Err(e) = self.refresh_destinations().await {
+            error!(error = %e, "updating protected destinations failed");
+        }
+        let _ = self.attributor.sweep().await;
+        self.processes.retain(|tgid, _| {
+            std::path::Path::new("/proc")
+                .join(tgid.to_string())
+                .exists()
+        });
+        if let Err(e) = self.apply_verdicts() {
+            error!(error = %e, "updating workload verdicts failed");
+        }
+    }
+
+    async fn reload(&mut self) {
+        self.policy_stamp = stamp(&self.config.policies);
+        match Policy::load(&self.config.policies) {
+            Ok(policy) => {
+                info!(integrations = policy.integrations.len(), "policy reloaded");
+                self.policy.send_replace(Arc::new(policy));
+                self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+                self.metrics.policy_stale.set(0);
+                let refreshed = match self.refresh_destinations().await {
+                    Ok(()) => self.rescan().await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = refreshed {
+                    error!(error = %e, "applying the reloaded policy to the kernel failed");
+                }
+            }
+            Err(e) => {
+                self.metrics
+                    .policy_reloads
+                    .with_label_values(&["error"])
+                    .inc();
+                self.metrics.policy_stale.set(1);
+                error!("policy reload failed, the last good policy stays in force:\n{e}");
+            }
+        }
+    }
+
+    async fn refresh_destinations(&mut self) -> Result<(), AppError> {
+        let policy = self.policy.borrow().clone();
+        let (resolved, failures) = enforce::resolve(&policy, &self.resolved).await;
+        for (host, e) in failures {
+            warn!(%host, error = %e, "upstream name did not resolve; keeping its last addresses");
+        }
+        self.resolved = resolved;
+        let destinations = enforce::destinations(&self.resolved);
+        self.kernel.set_protected(&destinations)?;
+        self.metrics
+            .protected_destinations
+            .set(i64::try_from(destinations.len()).unwrap_or(i64::MAX));
+        Ok(())
+    }
+
+    /// Classifies every running process and rewrites the verdict map.
+    async fn rescan(&mut self) -> Result<(), AppError> {
+        let hashing = self.hashing();
+        match self.attributor.scan_processes(hashing).await {
+            Ok(found) => self.processes = found.into_iter().map(|w| (w.tgid, w)).collect(),
+            Err(e) => warn!(error = %e, "process scan failed; verdicts use what is known"),
+        }
+        self.apply_verdicts()
+    }
+
+    fn apply_verdicts(&mut self) -> Result<(), AppError> {
+        let policy = self.policy.borrow().clone();
+        let cgroups = if enforce::needs_cgroups(&policy) {
+            enforce::host_cgroups(&self.cgroups.mount, CGROUP_LIMIT)
+        } else {
+            Vec::new()
+        };
+        let processes: Vec<Workload> = self.processes.values().map(|w| (**w).clone()).collect();
+        let verdicts = enforce::verdicts(
+            &policy,
+            &processes,
+            &cgroups,
+            self.config.enforcement,
+            jiff::Timestamp::now(),
+        );
+        self.kernel.set_workloads(&verdicts)?;
+        self.record_counts();
+        Ok(())
+    }
+
+    async fn on_events(&mut self, events: &mut Vec<KernelEvent>) {
+        for event in events.drain(..) {
+            match &event {
+                KernelEvent::Exec { caller } => {
+                    self.metrics
+                        .kernel_events
+                        .with_label_values(&["exec"])
+                        .inc();
+                    let workload = self
+                        .attributor
+                        .on_exec(caller, self.hashing())
+                        .await
+                        .ok()
+                        .flatten();
+                    self.set_process(caller.tgid, workload);
+                }
+                KernelEvent::Refused {
+                    caller,
+                    destination,
+                    refusal,
+                } => {
+                    self.metrics
+                        .kernel_events
+                        .with_label_values(&["refused"])
+                        .inc();
+                    warn!(tgid = caller.tgid, comm = %caller.comm, %destination, ?refusal, "kernel refused a connect");
+                }
+                KernelEvent::ConnsFull { destination, .. } => {
+                    self.metrics
+                        .kernel_events
+                        .with_label_values(&["conns_full"])
+                        .inc();
+                    error!(%destination, "kernel connection table full: connections are refused, raise kernel.conns_capacity");
+                }
+                KernelEvent::Redirected { .. } => self
+                    .metrics
+                    .kernel_events
+                    .with_label_values(&["redirected"])
+                    .inc(),
+                KernelEvent::Unknown { kind } => warn!(kind, "unknown kernel event"),
+            }
+        }
+    }
+
+    /// Updates one process's verdict after an exec.
+    fn set_process(&mut self, tgid: u32, workload: Option<Arc<Workload>>) {
+        let policy = self.policy.borrow().clone();
+        let now = jiff::Timestamp::now();
+        let verdict = workload
+            .as_ref()
+            .and_then(|w| enforce::process_verdict(&policy, w, self.config.enforcement, now));
+        match workload {
+            Some(w) => self.processes.insert(tgid, w),
+            None => self.processes.remove(&tgid),
+        };
+        if let Err(e) = self
+            .kernel
+            .set_workload(WorkloadEntry::Process(tgid), verdict)
+        {
+            error!(tgid, error = %e, "updating a process verdict failed");
+        }
+        self.record_counts();
+    }
+
+    fn record_counts(&self) {
+        let (allow, deny) = self.kernel.workload_counts();
+        let set = |label: &str, n: usize| {
+            self.metrics
+                .kernel_workloads
+                .with_label_values(&[label])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        };
+        set("allow", allow);
+        set("deny", deny);
+    }
+
+    /// Executables are hashed only when a selector needs their digest.
+    fn hashing(&self) -> Hashing {
+        let needed = self
+            .policy
+            .borrow()
+            .integrations
+            .iter()
+            .any(|i| i.workload.sha256.is_some());
+        if needed {
+            Hashing::Compute
+        } else {
+            Hashing::Skip
+        }
+    }
+}
+
+async fn next_events(
+    reader: Option<&mut EventReader>,
+    out: &mut Vec<KernelEvent>,
+) -> std::io::Result<()> {
+    match reader {
+        Some(reader) => reader.next_batch(out).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn spawn_admin(admin: Arc<AdminState>, config: &AdminConfig) -> Result<(), AppError> {
+    let socket = config.socket.clone();
+    let state = Arc::clone(&admin);
+    tokio::spawn(async move {
+        if let Err(e) = admin::serve_unix(&socket, state).await {
+            error!(socket = %socket.display(), error = %e, "admin socket failed");
+        }
+    });
+    if let Some(addr) = config.metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|source| AppError::Io {
+                what: "the metrics listener",
+                source,
+            })?;
+        tokio::spawn(async move {
+            if let Err(e) = admin::serve_metrics(listener, admin).await {
+                error!(error = %e, "metrics listener failed");
+            }
+        });
+    }
+    Ok(())
+}
+
+/// Modification times of the policy files, to notice edits without inotify.
+fn stamp(dir: &std::path::Path) -> Vec<(std::path::PathBuf, SystemTime)> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.flatten()
+                .filter_map(|e| Some((e.path(), e.metadata().ok()?.modified().ok()?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    files.sort();
+    files
+}
