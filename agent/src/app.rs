@@ -74,7 +74,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     };
     let cgroups = CgroupRoot::discover()?;
     let agent_cgroup = listen::own_cgroup_id(&cgroups)?;
-    let kernel = Kernel::load(kernel_settings(&config, &cgroups, agent_cgroup))?;
+    let kernel = Kernel::load(kernel_settings(config, &cgroups, agent_cgroup))?;
     let metrics = Arc::new(Metrics::new());
     let attributor = Attributor::new(
         kernel.conns(),
