@@ -1,0 +1,159 @@
+//! Batch and transaction Bundles (<http://hl7.org/fhir/R4/http.html#transaction>,
+//! <http://hl7.org/fhir/R4/bundle.html>): each entry becomes its own [`FhirRequest`].
+//!
+//! Limits, so a hostile body cannot exhaust memory or stack:
+//! - JSON depth is checked by a byte scan before parsing (`body::check_depth`).
+//! - Entries are first counted without being kept (serde's `IgnoredAny`: a zero-sized element,
+//!   so even millions of `{}` entries allocate nothing) and refused above
+//!   `max_bundle_entries`; only then are they deserialized. Two passes cost some parse time on
+//!   the path where bodies are buffered anyway, and keep the limit independent of serde internals.
+//! - Only `resourceType`, `type` and per entry `request` and `resource` are read; unknown
+//!   fields are skipped, duplicate known fields are an error (serde's derive refuses them).
+//! - Nested batches and transactions (an entry that POSTs to the base) are refused rather than
+//!   classified recursively: servers disagree on whether they are processed, no legitimate
+//!   integration needs them, and refusing keeps classification one level deep.
+
+use serde::{Deserialize, de::IgnoredAny};
+use serde_json::Value;
+
+use super::{
+    ClassifyError, EntryProblem, FhirRequest, Interaction, Method, body,
+    classify::{Body, Context, classify_parts},
+    path,
+};
+
+#[derive(Deserialize)]
+struct BundleHead {
+    #[serde(rename = "resourceType")]
+    resource_type: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    entry: Option<Vec<IgnoredAny>>,
+}
+
+#[derive(Deserialize)]
+struct BundleEntries {
+    #[serde(default)]
+    entry: Vec<RawEntry>,
+}
+
+#[derive(Deserialize)]
+struct RawEntry {
+    request: Option<RawEntryRequest>,
+    resource: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct RawEntryRequest {
+    method: Option<String>,
+    url: Option<String>,
+    #[serde(rename = "ifNoneExist")]
+    if_none_exist: Option<String>,
+}
+
+/// Parses a Bundle body and classifies its entries. Returns batch or transaction.
+pub(super) fn classify_bundle(
+    ctx: &Context<'_>,
+    bytes: &[u8],
+) -> Result<(Interaction, Vec<FhirRequest>), ClassifyError> {
+    let depth = ctx.config.json_depth();
+    let head: BundleHead = body::parse_json(bytes, depth)?;
+    let interaction = match (head.resource_type.as_deref(), head.kind.as_deref()) {
+        (Some("Bundle"), Some("batch")) => Interaction::Batch,
+        (Some("Bundle"), Some("transaction")) => Interaction::Transaction,
+        _ => return Err(ClassifyError::NotBatchOrTransaction {}),
+    };
+    let max = ctx.config.max_bundle_entries;
+    if head.entry.as_ref().is_some_and(|e| e.len() > max) {
+        return Err(ClassifyError::TooManyEntries { max });
+    }
+    let entries: BundleEntries = body::parse_json(bytes, depth)?;
+    let classified = entries
+        .entry
+        .iter()
+        .enumerate()
+        .map(|(index, entry)| {
+            classify_entry(ctx, entry).map_err(|e| ClassifyError::Entry {
+                index,
+                source: Box::new(e),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((interaction, classified))
+}
+
+/// One entry: `request.method` + `request.url` (+ `ifNoneExist`, + `resource`).
+fn classify_entry(ctx: &Context<'_>, entry: &RawEntry) -> Result<FhirRequest, ClassifyError> {
+    let shape = |problem| ClassifyError::EntryShape { problem };
+    let (Some(method), Some(url)) = entry
+        .request
+        .as_ref()
+        .map_or((None, None), |r| (r.method.as_deref(), r.url.as_deref()))
+    else {
+        return Err(shape(EntryProblem::MissingRequest));
+    };
+    let method = Method::parse(method).ok_or(ClassifyError::UnsupportedMethod {})?;
+    let if_none_exist = entry
+        .request
+        .as_ref()
+        .and_then(|r| r.if_none_exist.as_deref());
+    let target = entry_target(ctx, url)?;
+    let split = path::split_target(&target)?;
+    let request = classify_parts(
+        ctx,
+        method,
+        split.path,
+        split.query,
+        if_none_exist,
+        Body::Entry(entry.resource.as_ref()),
+    )?;
+    if matches!(
+        request.interaction,
+        Interaction::Batch | Interaction::Transaction
+    ) {
+        return Err(shape(EntryProblem::Nested));
+    }
+    Ok(request)
+}
+
+/// The origin-form target an entry URL stands for. Relative URLs are relative to the base (and
+/// tenant); they may not start with `/` (R4 says relative to [base], and a leading slash would
+/// make them relative to the server root instead). Absolute URLs must name this server; their
+/// path is then checked against base and tenant like any request's.
+fn entry_target(ctx: &Context<'_>, url: &str) -> Result<String, ClassifyError> {
+    let shape = |problem| ClassifyError::EntryShape { problem };
+    // A scheme is letters, digits, `+-.` (RFC 3986 section 3.1); `Patient?system=http://x` is a
+    // relative URL whose query holds a URL.
+    let scheme = url
+        .split_once("://")
+        .map(|(scheme, _)| scheme)
+        .filter(|s| s.starts_with(|c: char| c.is_ascii_alphabetic()))
+        .filter(|s| {
+            s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"+-.".contains(&b))
+        })
+        .map(str::to_ascii_lowercase);
+    match scheme.as_deref() {
+        Some(scheme @ ("http" | "https")) => {
+            let split = path::split_target(url)?;
+            let authority = split.authority.as_deref().unwrap_or_default();
+            if !ctx.accepts_authority(scheme, authority) {
+                return Err(shape(EntryProblem::ForeignUrl));
+            }
+            Ok(match split.query {
+                Some(query) => format!("{}?{query}", split.path),
+                None => split.path.to_owned(),
+            })
+        }
+        Some(_) => Err(shape(EntryProblem::Url)),
+        None if url.starts_with('/') => Err(shape(EntryProblem::Url)),
+        None => {
+            let prefix = ctx.entry_prefix();
+            Ok(if url.is_empty() {
+                format!("{prefix}/")
+            } else {
+                format!("{prefix}/{url}")
+            })
+        }
+    }
+}
