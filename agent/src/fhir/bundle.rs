@@ -8,7 +8,8 @@
 //!   `max_bundle_entries`; only then are they deserialized. Two passes cost some parse time on
 //!   the path where bodies are buffered anyway, and keep the limit independent of serde internals.
 //! - Only `resourceType`, `type` and per entry `request` and `resource` are read; unknown
-//!   fields are skipped, duplicate known fields are an error (serde's derive refuses them).
+//!   fields are skipped. A repeated `resourceType`, `type` or `entry` is an error (serde's
+//!   derive refuses it); inside entries `serde_json` keeps the last of repeated keys.
 //! - Nested batches and transactions (an entry that POSTs to the base) are refused rather than
 //!   classified recursively: servers disagree on whether they are processed, no legitimate
 //!   integration needs them, and refusing keeps classification one level deep.
@@ -34,21 +35,7 @@ struct BundleHead {
 #[derive(Deserialize)]
 struct BundleEntries {
     #[serde(default)]
-    entry: Vec<RawEntry>,
-}
-
-#[derive(Deserialize)]
-struct RawEntry {
-    request: Option<RawEntryRequest>,
-    resource: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct RawEntryRequest {
-    method: Option<String>,
-    url: Option<String>,
-    #[serde(rename = "ifNoneExist")]
-    if_none_exist: Option<String>,
+    entry: Vec<Value>,
 }
 
 /// Parses a Bundle body and classifies its entries. Returns batch or transaction.
@@ -56,6 +43,10 @@ pub(super) fn classify_bundle(
     ctx: &Context<'_>,
     bytes: &[u8],
 ) -> Result<(Interaction, Vec<FhirRequest>), ClassifyError> {
+    // serde's derive also accepts a JSON array for a struct (positionally); a Bundle is an object.
+    if bytes.trim_ascii_start().first() != Some(&b'{') {
+        return Err(ClassifyError::NotBatchOrTransaction {});
+    }
     let depth = ctx.config.json_depth();
     let head: BundleHead = body::parse_json(bytes, depth)?;
     let interaction = match (head.resource_type.as_deref(), head.kind.as_deref()) {
@@ -82,21 +73,26 @@ pub(super) fn classify_bundle(
     Ok((interaction, classified))
 }
 
-/// One entry: `request.method` + `request.url` (+ `ifNoneExist`, + `resource`).
-fn classify_entry(ctx: &Context<'_>, entry: &RawEntry) -> Result<FhirRequest, ClassifyError> {
+/// One entry: `request.method` + `request.url` (+ `ifNoneExist`, + `resource`). Read from the
+/// JSON tree by hand rather than by derive, so an array can never stand in for an object.
+fn classify_entry(ctx: &Context<'_>, entry: &Value) -> Result<FhirRequest, ClassifyError> {
     let shape = |problem| ClassifyError::EntryShape { problem };
-    let (Some(method), Some(url)) = entry
-        .request
-        .as_ref()
-        .map_or((None, None), |r| (r.method.as_deref(), r.url.as_deref()))
-    else {
+    let request = entry.get("request").filter(|r| r.is_object());
+    let field = |name| request.and_then(|r| r.get(name)).and_then(Value::as_str);
+    let (Some(method), Some(url)) = (field("method"), field("url")) else {
         return Err(shape(EntryProblem::MissingRequest));
     };
+    let if_none_exist = match request.and_then(|r| r.get("ifNoneExist")) {
+        None | Some(Value::Null) => None,
+        Some(Value::String(criteria)) => Some(criteria.as_str()),
+        Some(_) => return Err(shape(EntryProblem::Malformed)),
+    };
+    let resource = match entry.get("resource") {
+        None | Some(Value::Null) => None,
+        Some(resource @ Value::Object(_)) => Some(resource),
+        Some(_) => return Err(shape(EntryProblem::Malformed)),
+    };
     let method = Method::parse(method).ok_or(ClassifyError::UnsupportedMethod {})?;
-    let if_none_exist = entry
-        .request
-        .as_ref()
-        .and_then(|r| r.if_none_exist.as_deref());
     let target = entry_target(ctx, url)?;
     let split = path::split_target(&target)?;
     let request = classify_parts(
@@ -105,7 +101,7 @@ fn classify_entry(ctx: &Context<'_>, entry: &RawEntry) -> Result<FhirRequest, Cl
         split.path,
         split.query,
         if_none_exist,
-        Body::Entry(entry.resource.as_ref()),
+        Body::Entry(resource),
     )?;
     if matches!(
         request.interaction,

@@ -407,6 +407,8 @@ pub enum JsonProblem {
 pub enum EntryProblem {
     #[error("entry has no request.method and request.url")]
     MissingRequest,
+    #[error("entry request.ifNoneExist or resource has the wrong JSON type")]
+    Malformed,
     #[error(
         "entry request.url must be relative to the base without a leading slash, or an absolute URL under this base"
     )]

@@ -229,7 +229,7 @@ fn instance(
             let mut route = match tail {
                 [] if method.is_read() => Route::new(Interaction::Vread, Some(resource_type)),
                 [] => return Err(not_allowed(method, PathShape::History)),
-                [op] => operation_route(
+                [op] if op.starts_with('$') => operation_route(
                     method,
                     Some(resource_type),
                     operation(op, OperationLevel::Instance)?,
