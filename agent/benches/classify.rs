@@ -13,6 +13,15 @@ const JSON: &[(&str, &[u8])] = &[
 ];
 const FORM: &[(&str, &[u8])] = &[("Content-Type", b"application/x-www-form-urlencoded")];
 
+/// (name, method, target, headers, body)
+type Case<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a [(&'a str, &'a [u8])],
+    Option<&'a [u8]>,
+);
+
 fn transaction(entries: usize) -> String {
     let entry = r#"{"fullUrl":"urn:uuid:x","resource":{"resourceType":"Observation","status":"final",
         "code":{"coding":[{"system":"http://loinc.org","code":"8867-4"}]},"subject":{"reference":"Patient/123"},
@@ -29,7 +38,7 @@ fn bench(c: &mut Criterion) {
     let tx100 = transaction(100);
     let create =
         r#"{"resourceType":"Observation","status":"final","subject":{"reference":"Patient/123"}}"#;
-    let cases: [(&str, &str, &str, &[(&str, &[u8])], Option<&[u8]>); 8] = [
+    let cases: [Case<'_>; 8] = [
         ("read", "GET", "/fhir/R4/Patient/123", &[], None),
         ("vread", "GET", "/fhir/R4/Patient/123/_history/4", &[], None),
         (
@@ -97,7 +106,7 @@ fn bench(c: &mut Criterion) {
         "transaction_100 classifies"
     );
     group.bench_function("transaction_100", |b| {
-        b.iter(|| classify(black_box(&request), &config))
+        b.iter(|| classify(black_box(&request), &config));
     });
     group.finish();
 }

@@ -82,20 +82,23 @@ pub(super) fn parse_json<T: DeserializeOwned>(
     max_depth: usize,
 ) -> Result<T, ClassifyError> {
     check_depth(bytes, max_depth)?;
-    serde_json::from_slice(bytes).map_err(|e| {
-        let problem = match e.classify() {
-            serde_json::error::Category::Eof => JsonProblem::Eof,
-            serde_json::error::Category::Data => JsonProblem::Data,
-            serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
-                JsonProblem::Syntax
-            }
-        };
-        ClassifyError::Json {
-            problem,
-            line: e.line(),
-            column: e.column(),
+    serde_json::from_slice(bytes).map_err(|e| json_error(&e))
+}
+
+/// A `serde_json` error without its message (which may quote the input).
+pub(super) fn json_error(e: &serde_json::Error) -> ClassifyError {
+    let problem = match e.classify() {
+        serde_json::error::Category::Eof => JsonProblem::Eof,
+        serde_json::error::Category::Data => JsonProblem::Data,
+        serde_json::error::Category::Syntax | serde_json::error::Category::Io => {
+            JsonProblem::Syntax
         }
-    })
+    };
+    ClassifyError::Json {
+        problem,
+        line: e.line(),
+        column: e.column(),
+    }
 }
 
 /// Checks a create/update resource against the URL: `resourceType` must be the URL's type and,

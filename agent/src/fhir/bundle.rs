@@ -3,64 +3,42 @@
 //!
 //! Limits, so a hostile body cannot exhaust memory or stack:
 //! - JSON depth is checked by a byte scan before parsing (`body::check_depth`).
-//! - Entries are first counted without being kept (serde's `IgnoredAny`: a zero-sized element,
-//!   so even millions of `{}` entries allocate nothing) and refused above
-//!   `max_bundle_entries`; only then are they deserialized. Two passes cost some parse time on
-//!   the path where bodies are buffered anyway, and keep the limit independent of serde internals.
-//! - Only `resourceType`, `type` and per entry `request` and `resource` are read; unknown
-//!   fields are skipped. A repeated `resourceType`, `type` or `entry` is an error (serde's
-//!   derive refuses it); inside entries `serde_json` keeps the last of repeated keys.
+//! - The envelope is parsed in one streaming pass (`envelope.rs`) that stops at entry
+//!   `max_bundle_entries + 1`, so millions of `{}` entries never become millions of values.
+//! - Only `resourceType`, `type` and per entry `request` and `resource` are read; other fields
+//!   are skipped unparsed. A repeated `resourceType`, `type` or `entry` is an error; inside
+//!   entries `serde_json` keeps the last of repeated keys.
 //! - Nested batches and transactions (an entry that POSTs to the base) are refused rather than
 //!   classified recursively: servers disagree on whether they are processed, no legitimate
 //!   integration needs them, and refusing keeps classification one level deep.
 
-use serde::{Deserialize, de::IgnoredAny};
+mod envelope;
+
 use serde_json::Value;
 
 use super::{
-    ClassifyError, EntryProblem, FhirRequest, Interaction, Method, body,
+    ClassifyError, EntryProblem, FhirRequest, Interaction, Method,
     classify::{Body, Context, classify_parts},
     path,
 };
-
-#[derive(Deserialize)]
-struct BundleHead {
-    #[serde(rename = "resourceType")]
-    resource_type: Option<String>,
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    entry: Option<Vec<IgnoredAny>>,
-}
-
-#[derive(Deserialize)]
-struct BundleEntries {
-    #[serde(default)]
-    entry: Vec<Value>,
-}
 
 /// Parses a Bundle body and classifies its entries. Returns batch or transaction.
 pub(super) fn classify_bundle(
     ctx: &Context<'_>,
     bytes: &[u8],
 ) -> Result<(Interaction, Vec<FhirRequest>), ClassifyError> {
-    // serde's derive also accepts a JSON array for a struct (positionally); a Bundle is an object.
-    if bytes.trim_ascii_start().first() != Some(&b'{') {
-        return Err(ClassifyError::NotBatchOrTransaction {});
-    }
-    let depth = ctx.config.json_depth();
-    let head: BundleHead = body::parse_json(bytes, depth)?;
-    let interaction = match (head.resource_type.as_deref(), head.kind.as_deref()) {
+    let envelope = envelope::parse(
+        bytes,
+        ctx.config.json_depth(),
+        ctx.config.max_bundle_entries,
+    )?;
+    let interaction = match (envelope.resource_type.as_deref(), envelope.kind.as_deref()) {
         (Some("Bundle"), Some("batch")) => Interaction::Batch,
         (Some("Bundle"), Some("transaction")) => Interaction::Transaction,
         _ => return Err(ClassifyError::NotBatchOrTransaction {}),
     };
-    let max = ctx.config.max_bundle_entries;
-    if head.entry.as_ref().is_some_and(|e| e.len() > max) {
-        return Err(ClassifyError::TooManyEntries { max });
-    }
-    let entries: BundleEntries = body::parse_json(bytes, depth)?;
-    let classified = entries
-        .entry
+    let classified = envelope
+        .entries
         .iter()
         .enumerate()
         .map(|(index, entry)| {
