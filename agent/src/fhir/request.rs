@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use super::{Query, ResourceType};
 
@@ -23,7 +23,7 @@ pub struct HttpRequest<'a> {
 }
 
 /// The HTTP methods FHIR R4 uses (<http://hl7.org/fhir/R4/http.html>).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
 pub enum Method {
     Get,
@@ -78,7 +78,7 @@ impl fmt::Display for Method {
 
 /// FHIR restful interaction codes (<http://hl7.org/fhir/R4/valueset-restful-interaction.html>),
 /// serialized as those codes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Interaction {
     Read,
@@ -149,7 +149,7 @@ impl Serialize for Compartment {
 }
 
 /// The level an operation is invoked at (<http://hl7.org/fhir/R4/operations.html>).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationLevel {
     /// `[base]/$op`
@@ -205,4 +205,12 @@ pub struct FhirRequest {
     /// `Patient/x` values, references in bodies and entries), deduplicated in order of first
     /// appearance. For the audit store only: never log them.
     pub patient_refs: Vec<String>,
+}
+
+impl FhirRequest {
+    /// This request followed by its Bundle entries: what a policy decides on. A batch or
+    /// transaction is allowed only if every entry is.
+    pub fn with_entries(&self) -> impl Iterator<Item = &FhirRequest> {
+        std::iter::once(self).chain(&self.entries)
+    }
 }

@@ -8,7 +8,7 @@
 
 use std::fmt;
 
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 /// Declares [`ResourceType`] with its variants named exactly like the FHIR type codes, so the
 /// string form is `stringify!` of the variant and cannot drift from it.
@@ -223,5 +223,18 @@ impl fmt::Display for ResourceType {
 impl Serialize for ResourceType {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.as_str())
+    }
+}
+
+/// Policy files name types as strings; an unknown or wrong-case name is a load error.
+impl<'de> Deserialize<'de> for ResourceType {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let code = String::deserialize(deserializer)?;
+        ResourceType::parse(&code).ok_or_else(|| {
+            de::Error::invalid_value(
+                de::Unexpected::Str(&code),
+                &"an R4 resource type (case-sensitive)",
+            )
+        })
     }
 }

@@ -365,3 +365,60 @@ fn json_output_has_the_cli_keys() {
         serde_json::json!({"name": "$everything", "level": "instance"})
     );
 }
+
+#[test]
+fn with_entries_walks_the_request_then_each_entry() {
+    let body = r#"{"resourceType":"Bundle","type":"batch","entry":[
+        {"request":{"method":"GET","url":"Patient/1"}},{"request":{"method":"DELETE","url":"Observation/2"}}]}"#;
+    let r = ok("POST", "/fhir/R4", JSON, Some(body));
+    let walked: Vec<Interaction> = r.with_entries().map(|e| e.interaction).collect();
+    assert_eq!(
+        walked,
+        [Interaction::Batch, Interaction::Read, Interaction::Delete]
+    );
+    let read = ok("GET", "/fhir/R4/Patient/1", &[], None);
+    assert_eq!(read.with_entries().count(), 1);
+}
+
+#[test]
+fn policy_files_can_name_types_interactions_and_methods() {
+    let parsed: (ResourceType, Interaction, crate::fhir::Method) =
+        serde_json::from_str(r#"["Observation", "history-instance", "PATCH"]"#)
+            .expect("valid names");
+    assert_eq!(
+        parsed,
+        (
+            ResourceType::Observation,
+            Interaction::HistoryInstance,
+            crate::fhir::Method::Patch
+        )
+    );
+    assert!(serde_json::from_str::<ResourceType>(r#""observation""#).is_err());
+    assert!(serde_json::from_str::<Interaction>(r#""historyInstance""#).is_err());
+    assert_eq!(ResourceType::ALL.len(), 146);
+    assert!(
+        ResourceType::ALL
+            .windows(2)
+            .all(|w| w[0].as_str() < w[1].as_str()),
+        "sorted, no duplicates"
+    );
+    assert!(
+        ResourceType::ALL
+            .iter()
+            .all(|t| ResourceType::parse(t.as_str()) == Some(*t))
+    );
+    assert!(
+        crate::fhir::PATIENT_COMPARTMENT
+            .windows(2)
+            .all(|w| w[0].0 < w[1].0),
+        "binary-searchable"
+    );
+    assert_eq!(
+        crate::fhir::patient_compartment_params(ResourceType::Observation),
+        Some(&["subject", "performer"][..])
+    );
+    assert_eq!(
+        crate::fhir::patient_compartment_params(ResourceType::Medication),
+        None
+    );
+}
