@@ -50,9 +50,11 @@ impl Query {
         !self.params.is_empty()
     }
 
-    /// Every resource type the query reaches beyond the searched type: `_include` and
+    /// Every resource type the query names beyond the searched type: `_include` and
     /// `_revinclude` sources and targets, chain type qualifiers, `_has` types and `_type`.
-    /// A policy must allow reading each of them.
+    /// A policy must allow reading each of them. Wildcards are not expanded: an include with
+    /// `search_param: None` (`*`, `Type:*`) or without `target_type`, and a chain link without a
+    /// type qualifier, can reach any type the reference allows; deny or check those explicitly.
     #[must_use]
     pub fn reached_types(&self) -> Vec<ResourceType> {
         let mut out: Vec<ResourceType> = self.types.clone();
