@@ -22,6 +22,7 @@ pub(in crate::fhir) fn raw_pairs(
         if position > max_params {
             return Err(ClassifyError::TooManyParams { max: max_params });
         }
+        // `eq` is an index into `piece`, so both slices are in bounds.
         let (name, value) = match piece.iter().position(|&b| b == b'=') {
             Some(eq) => (&piece[..eq], &piece[eq + 1..]),
             None => (piece, &b""[..]),

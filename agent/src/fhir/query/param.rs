@@ -202,7 +202,8 @@ fn parse_has(name: &str, values: Vec<String>) -> ParamResult<SearchParam> {
 fn parse_chain(full: &str) -> ParamResult<(String, Option<Modifier>, Vec<ChainLink>)> {
     let mut links = Vec::new();
     let parts: Vec<&str> = full.split('.').collect();
-    let last = parts.len() - 1;
+    // `split` yields at least one part, so this cannot underflow.
+    let last = parts.len().saturating_sub(1);
     for (i, part) in parts.iter().enumerate() {
         let (name, modifier) = match part.split_once(':') {
             Some((name, modifier)) => (name, Some(modifier)),
