@@ -29,3 +29,4 @@ pub mod kernel;
 pub mod metrics;
 pub mod policy;
 pub mod proxy;
+pub mod fhir;
