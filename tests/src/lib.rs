@@ -13,6 +13,8 @@ use std::{
 use anyhow::{Context as _, bail};
 use serde_json::Value;
 
+pub mod agent;
+
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
 /// A name no other test (or test run) uses.

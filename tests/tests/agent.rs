@@ -1,0 +1,375 @@
+//! The whole agent, as an operator runs it: `fhirwall run` with a config and a policy directory,
+//! attached to a dedicated test cgroup; real workload processes (`fw-probe`) connect to a
+//! protected destination and are relayed, refused or closed; `fhirwall workloads` lists them.
+//! Needs root and BTF; skipped with a reason on a laptop, failing in CI.
+
+use std::{
+    io::{Read as _, Write as _},
+    net::{SocketAddr, TcpListener},
+    path::Path,
+    process::Command,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use fhirwall_tests::{
+    PinDir, Probe, TestCgroup,
+    agent::{Agent, AgentFiles, http_get},
+    eventually, kernel_available, target_binary,
+};
+use serde_json::Value;
+
+const MARK: u32 = 0x00f1_f1f1;
+const EPERM: i64 = 1;
+
+/// A destination that counts the connections it receives and answers `direct` after EOF.
+struct Destination {
+    addr: SocketAddr,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Destination {
+    fn start(ip: [u8; 4]) -> Self {
+        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).expect("bind destination");
+        let addr = listener.local_addr().expect("bound");
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = Arc::clone(&accepted);
+        thread::spawn(move || {
+            for mut stream in listener.incoming().flatten() {
+                count.fetch_add(1, Ordering::SeqCst);
+                thread::spawn(move || {
+                    let mut sink = Vec::new();
+                    let _ = stream.read_to_end(&mut sink);
+                    let _ = stream.write_all(b"direct");
+                });
+            }
+        });
+        Self { addr, accepted }
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
+/// The agent's world: test cgroup (`agent` and `work` children), pins, config, destination.
+struct World {
+    files: AgentFiles,
+    destination: Destination,
+    work: std::path::PathBuf,
+    agent_cgroup: std::path::PathBuf,
+    _dir: tempfile_dir::TempDir,
+    pins: PinDir,
+    cgroup: TestCgroup,
+}
+
+mod tempfile_dir {
+    /// A temporary directory removed on drop (std has none; the tests crate avoids a dependency).
+    pub struct TempDir(pub std::path::PathBuf);
+
+    impl TempDir {
+        pub fn new() -> Self {
+            let dir = std::env::temp_dir().join(fhirwall_tests::unique("fhirwall-agent-test"));
+            std::fs::create_dir_all(&dir).expect("temp dir");
+            Self(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl World {
+    fn new(status: &str) -> Self {
+        let cgroup = TestCgroup::new().expect("cgroup");
+        let work = cgroup.child("work").expect("work");
+        let agent_cgroup = cgroup.child("agent").expect("agent");
+        let pins = PinDir::new();
+        let dir = tempfile_dir::TempDir::new();
+        let files = AgentFiles::new(&dir.0, &cgroup, &pins.path, MARK).expect("agent files");
+        let destination = Destination::start([127, 0, 0, 8]);
+        let world = Self {
+            files,
+            destination,
+            work,
+            agent_cgroup,
+            _dir: dir,
+            pins,
+            cgroup,
+        };
+        world.write_policy(status, &probe_exe());
+        world
+    }
+
+    fn write_policy(&self, status: &str, exe: &str) {
+        let text = format!(
+            "kind: Upstream\nname: ehr\naddresses: [\"{dst}\"]\n---\n\
+             kind: Integration\nname: probe-integration\nowner: Test <test@example.test>\n\
+             purpose: kernel attribution tests\ndata_classes: [test]\nexpected_resources: [Patient]\n\
+             status: {status}\nworkload:\n  exe: {exe}\nupstreams: [ehr]\n",
+            dst = self.destination.addr,
+        );
+        self.files
+            .write_policy("policy.yaml", &text)
+            .expect("policy");
+    }
+
+    fn start(&self) -> Agent {
+        Agent::start(&self.files, &self.agent_cgroup).expect("agent start")
+    }
+
+    fn probe(&self, extra: &[&str]) -> Value {
+        let dst = self.destination.addr.to_string();
+        let mut args = vec!["--cgroup", self.work.to_str().expect("utf-8")];
+        args.extend_from_slice(extra);
+        args.push(&dst);
+        Probe::run(&args).expect("probe")
+    }
+
+    fn metric(&self, name: &str) -> Option<f64> {
+        let text = http_get(self.files.metrics, "/metrics").ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    fn workloads(&self) -> Value {
+        let out = Command::new(target_binary("fhirwall").expect("fhirwall"))
+            .args([
+                "workloads",
+                "--json",
+                "--socket",
+                self.files.socket.to_str().expect("utf-8"),
+            ])
+            .output()
+            .expect("fhirwall workloads");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("json")
+    }
+}
+
+fn probe_exe() -> String {
+    target_binary("fw-probe")
+        .expect("fw-probe")
+        .display()
+        .to_string()
+}
+
+#[test]
+fn relays_registered_workloads_and_lists_them() {
+    if !kernel_available("relays_registered_workloads_and_lists_them") {
+        return;
+    }
+    let world = World::new("active");
+    let _agent = world.start();
+    let report = world.probe(&["--send", "ping"]);
+    assert_eq!(report["reply"], "direct", "{report}");
+    assert_eq!(
+        report["peer"],
+        world.destination.addr.to_string(),
+        "getpeername shows the original destination"
+    );
+    assert_eq!(world.destination.accepted(), 1);
+
+    let dst = world.destination.addr.to_string();
+    let mut held = Probe::spawn(&[
+        "--cgroup",
+        world.work.to_str().expect("utf-8"),
+        "--hold",
+        &dst,
+    ])
+    .expect("probe");
+    assert_eq!(held.report().expect("connected")["ok"], true);
+    let listed = eventually(Duration::from_secs(5), || {
+        let live = world.workloads();
+        live.as_array().filter(|a| !a.is_empty()).cloned()
+    })
+    .expect("the held connection is listed");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["workload"]["tgid"], held.pid);
+    assert_eq!(listed[0]["workload"]["exe"], probe_exe());
+    assert_eq!(listed[0]["integration"], "probe-integration");
+    assert_eq!(listed[0]["destination"], dst);
+    drop(held);
+    let table = Command::new(target_binary("fhirwall").expect("fhirwall"))
+        .args([
+            "workloads",
+            "--socket",
+            world.files.socket.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("table");
+    assert!(String::from_utf8_lossy(&table.stdout).starts_with("PID"));
+    assert!(
+        world
+            .metric("fhirwall_connections_total{outcome=\"attributed\"}")
+            .is_some_and(|n| n >= 2.0)
+    );
+}
+
+#[test]
+fn unregistered_workloads_are_closed_without_reaching_the_destination() {
+    if !kernel_available("unregistered_workloads_are_closed_without_reaching_the_destination") {
+        return;
+    }
+    let world = World::new("active");
+    world.write_policy("active", "/opt/someone-else/bin/app");
+    let _agent = world.start();
+    let report = world.probe(&["--send", "ping"]);
+    assert_eq!(
+        report["ok"], true,
+        "sidecar mode: the connect succeeds, the sidecar closes it"
+    );
+    assert_eq!(report["reply"], "", "{report}");
+    assert_eq!(
+        world.destination.accepted(),
+        0,
+        "nothing reached the destination"
+    );
+    let refused = eventually(Duration::from_secs(3), || {
+        world
+            .metric("fhirwall_connections_total{outcome=\"unregistered\"}")
+            .filter(|n| *n >= 1.0)
+    });
+    assert!(refused.is_some());
+}
+
+#[test]
+fn revoked_workloads_are_refused_in_the_kernel() {
+    if !kernel_available("revoked_workloads_are_refused_in_the_kernel") {
+        return;
+    }
+    let world = World::new("revoked");
+    let _agent = world.start();
+    let dst = world.destination.addr.to_string();
+    let mut probe = Probe::spawn(&[
+        "--cgroup",
+        world.work.to_str().expect("utf-8"),
+        "--wait",
+        &dst,
+    ])
+    .expect("probe");
+    // The exec event made the agent classify the probe: wait for its deny entry in the kernel.
+    let denied = eventually(Duration::from_secs(5), || {
+        world
+            .metric("fhirwall_kernel_workloads{verdict=\"deny\"}")
+            .filter(|n| *n >= 1.0)
+    });
+    assert!(denied.is_some(), "no deny entry appeared");
+    probe.go().expect("go");
+    let report = probe.report().expect("report");
+    assert_eq!(report["errno"], EPERM, "{report}");
+    assert_eq!(world.destination.accepted(), 0);
+}
+
+#[test]
+fn refuses_while_down_recovers_on_restart_and_uninstalls() {
+    if !kernel_available("refuses_while_down_recovers_on_restart_and_uninstalls") {
+        return;
+    }
+    let world = World::new("active");
+    let mut agent = world.start();
+    assert_eq!(world.probe(&["--send", "a"])["reply"], "direct");
+    assert!(
+        agent.stop(),
+        "clean exit on SIGTERM; log:\n{}",
+        agent.log_text()
+    );
+    let down = world.probe(&["--send", "b"]);
+    assert_eq!(down["errno"], EPERM, "while the agent is down: {down}");
+    let again = world.start();
+    assert_eq!(world.probe(&["--send", "c"])["reply"], "direct");
+    drop(again);
+    let uninstall = Command::new(target_binary("fhirwall").expect("fhirwall"))
+        .args([
+            "uninstall",
+            "--pin-dir",
+            world.pins.path.to_str().expect("utf-8"),
+        ])
+        .output()
+        .expect("uninstall");
+    assert!(
+        uninstall.status.success(),
+        "{}",
+        String::from_utf8_lossy(&uninstall.stderr)
+    );
+    assert!(!Path::new(&world.pins.path).exists());
+    assert_eq!(
+        world.probe(&["--send", "d"])["reply"],
+        "direct",
+        "uninstalled: nothing redirects"
+    );
+    assert_eq!(
+        world.destination.accepted(),
+        3,
+        "a, c and d reached the destination; b did not"
+    );
+    let _ = &world.cgroup;
+}
+
+#[test]
+fn resets_connections_that_predate_the_agent() {
+    if !kernel_available("resets_connections_that_predate_the_agent") {
+        return;
+    }
+    let world = World::new("active");
+    let dst = world.destination.addr.to_string();
+    let mut early = Probe::spawn(&[
+        "--cgroup",
+        world.work.to_str().expect("utf-8"),
+        "--hold",
+        &dst,
+    ])
+    .expect("probe");
+    assert_eq!(early.report().expect("connected")["ok"], true);
+    let _agent = world.start();
+    early.go().expect("go");
+    let after = early.report().expect("after");
+    assert!(
+        after["after"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("error:")),
+        "{after}"
+    );
+}
+
+#[test]
+fn a_policy_edit_is_applied_without_restart() {
+    if !kernel_available("a_policy_edit_is_applied_without_restart") {
+        return;
+    }
+    let world = World::new("active");
+    let _agent = world.start();
+    assert_eq!(world.probe(&["--send", "a"])["reply"], "direct");
+    world.write_policy("revoked", &probe_exe());
+    let reloaded = eventually(Duration::from_secs(10), || {
+        world
+            .metric("fhirwall_policy_reloads_total{result=\"ok\"}")
+            .filter(|n| *n >= 2.0)
+    });
+    assert!(reloaded.is_some(), "policy not reloaded");
+    let report = world.probe(&["--send", "b"]);
+    assert_ne!(report["reply"], "direct", "revoked after reload: {report}");
+    // An invalid edit keeps the last good policy.
+    world
+        .files
+        .write_policy("policy.yaml", "kind: Integration\nname: broken\n")
+        .expect("write");
+    let stale = eventually(Duration::from_secs(10), || {
+        world.metric("fhirwall_policy_stale").filter(|n| *n >= 1.0)
+    });
+    assert!(stale.is_some(), "invalid policy not reported");
+    assert_ne!(world.probe(&["--send", "c"])["reply"], "direct");
+    assert_eq!(world.destination.accepted(), 1);
+}
