@@ -302,7 +302,11 @@ async fn a_reused_pid_never_inherits_the_old_identity() {
     assert_eq!(second.exe.as_deref(), Some(billing.as_path()));
     assert_eq!(second.exe_sha256, Some(sha256_hex(b"billing v7")));
     assert_eq!(second.systemd_unit.as_deref(), Some("billing.service"));
-    assert_eq!(attributor.cached_processes(), 2);
+    assert_eq!(
+        attributor.cached_processes(),
+        1,
+        "the new process replaced the dead one"
+    );
 }
 
 #[tokio::test]
@@ -438,4 +442,35 @@ async fn sweeps_processes_that_are_gone() {
         }
     );
     assert_eq!(attributor.cached_processes(), 1);
+}
+
+#[tokio::test]
+async fn a_cached_process_that_exits_is_noticed_through_its_pidfd() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep");
+    let attributor = Attributor::new(
+        Arc::new(FakeConns::new(None, 0)),
+        AttributionSettings::default(),
+    );
+    let rec = record(child.id(), 0, 0, "sleep");
+    let alive = attributor.workload_of(&rec).await.expect("attributed");
+    assert!(!alive.partial);
+    assert_eq!(alive.comm, "sleep");
+    assert!(alive.exe.as_ref().is_some_and(|e| e.ends_with("sleep")));
+    assert_eq!(attributor.cached_processes(), 1);
+    let again = attributor.workload_of(&rec).await.expect("attributed");
+    assert!(Arc::ptr_eq(&alive, &again), "served from the cache");
+
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let gone = attributor.workload_of(&rec).await.expect("partial");
+    assert!(gone.partial);
+    assert_eq!(gone.exe, None);
+    assert_eq!(
+        attributor.cached_processes(),
+        0,
+        "the dead process left the cache"
+    );
 }
