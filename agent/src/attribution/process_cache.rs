@@ -4,8 +4,9 @@
 //! process's entry.
 //!
 //! Bounded as an LRU of `capacity` processes; `Attributor::sweep` also drops processes that are
-//! gone. An `execve` keeps pid and start time but changes the image, so an entry also remembers
-//! the leader's comm (which exec resets to the new file name) and `on_exec` drops the entry. An
+//! gone. An `execve` keeps pid and start time but changes the image: `Attributor::on_exec` drops
+//! the entry when the kernel reports it, and an entry also remembers the leader's comm (which
+//! exec resets to the new file name), checked whenever the process's stat is read anyway. An
 //! epoch, bumped by every exec and every invalidation, keeps a build that started before one
 //! from caching what it read.
 
@@ -37,7 +38,8 @@ pub struct Cached {
     pub start_time: u64,
     /// The thread group leader's comm when the entry was built.
     pub leader_comm: Arc<str>,
-    /// Whether the executable's digest was attempted (scans may skip it).
+    /// Whether the executable's digest is settled: computed, or over the size cap. Scans may
+    /// skip hashing, and a failed hash is tried again at the next connection.
     pub hashed: bool,
     /// A pidfd on the process, once it has connected (scanned processes get theirs at their
     /// first connection, so open descriptors track processes that talk to FHIR endpoints).

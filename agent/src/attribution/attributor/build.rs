@@ -40,9 +40,15 @@ impl Attributor {
         })
         .await
         .map_err(|source| AttributionError::Blocking { source })?;
-        let exe_sha256 = match (hashing, snapshot.exe_file, &snapshot.exe) {
+        let digest = match (hashing, snapshot.exe_file, &snapshot.exe) {
             (Hashing::Compute, Some(file), Some((path, _))) => self.digest(file, path).await,
             _ => None,
+        };
+        // A failed hash is not cached with the process: the next connection tries again.
+        let hashed = digest.is_some();
+        let exe_sha256 = match digest {
+            Some(ExeDigest::Sha256(hex)) => Some(hex),
+            Some(ExeDigest::TooLarge { .. }) | None => None,
         };
         let handle = match origin {
             Origin::Connection => self.open_handle(tgid),
@@ -74,7 +80,7 @@ impl Attributor {
                 workload: Arc::clone(&workload),
                 start_time: key.start_time,
                 leader_comm: Arc::from(leader_comm),
-                hashed: hashing == Hashing::Compute,
+                hashed,
                 handle,
             };
             self.inner.processes.insert(key, cached, epoch);
@@ -172,13 +178,13 @@ impl Attributor {
     }
 
     /// The digest, or `None` with the reason logged (the path is not PHI; the cmdline would be).
-    async fn digest(&self, file: File, path: &Path) -> Option<String> {
+    async fn digest(&self, file: File, path: &Path) -> Option<ExeDigest> {
         match self.inner.hasher.digest(file, path).await {
-            Ok(ExeDigest::Sha256(hex)) => Some(hex),
             Ok(ExeDigest::TooLarge { size }) => {
                 tracing::debug!(exe = %path.display(), size, "executable over the hash size cap");
-                None
+                Some(ExeDigest::TooLarge { size })
             }
+            Ok(digest) => Some(digest),
             Err(e) => {
                 tracing::warn!(exe = %path.display(), error = %e, "executable not hashed");
                 None

@@ -38,10 +38,11 @@ impl Attributor {
     /// and start time stayed, so the cached identity is dropped first. `None` when the process is
     /// already gone.
     ///
-    /// Until the event arrives (milliseconds), a connection from the exec'd image is served the
-    /// cached identity if the leader's comm did not change (exec sets it to the new file name, so
-    /// only an image with the same name can). That gains nothing: only code already running in the
-    /// process can exec, and it could have used the connection itself.
+    /// Until the event is handled (normally well under a millisecond), a connection from the new
+    /// image is attributed to the identity cached before the exec. That hands the new image
+    /// nothing the process did not already have: only code running in the process can exec, and
+    /// it chose the new image and its arguments. If the kernel drops events (ring buffer full),
+    /// call [`Attributor::invalidate_all`].
     pub async fn on_exec(
         &self,
         caller: &KernelCaller,

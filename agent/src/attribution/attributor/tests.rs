@@ -474,3 +474,47 @@ async fn a_cached_process_that_exits_is_noticed_through_its_pidfd() {
         "the dead process left the cache"
     );
 }
+
+#[test]
+fn futures_can_be_spawned_on_a_multi_threaded_runtime() {
+    fn send<T: Send>(_: &T) {}
+    let attributor = Attributor::new(
+        Arc::new(FakeConns::new(None, 0)),
+        AttributionSettings::default(),
+    );
+    let rec = record(1, 0, 0, "x");
+    let caller = crate::kernel::KernelCaller::from_record(&rec);
+    send(&attributor);
+    send(&attributor.attribute(addr(PEER), addr(LOCAL)));
+    send(&attributor.workload_of(&rec));
+    send(&attributor.on_exec(&caller, Hashing::Skip));
+    send(&attributor.scan_processes(Hashing::Skip));
+    send(&attributor.sweep());
+}
+
+#[tokio::test]
+async fn a_failed_hash_is_tried_again_at_the_next_connection() {
+    let host = FakeHost::new();
+    let attributor = Attributor::new(Arc::new(FakeConns::new(None, 0)), host.settings());
+    // A directory opens but cannot be read: hashing fails with EISDIR.
+    let odd = host.bins.path().join("odd");
+    fs::create_dir(&odd).expect("mkdir");
+    host.process(600, "odd", EARLY, &odd, "/system.slice/lab.service");
+    let rec = record(600, 0, host.cgroup_id("/system.slice/lab.service"), "odd");
+    let first = attributor.workload_of(&rec).await.expect("attributed");
+    assert_eq!(first.exe_sha256, None);
+    assert!(!first.partial);
+    let _ = attributor.workload_of(&rec).await.expect("attributed");
+    assert_eq!(
+        attributor.digests_computed(),
+        2,
+        "the failure was not cached"
+    );
+
+    fs::remove_dir(&odd).expect("rmdir");
+    fs::write(&odd, b"odd v2").expect("now a file");
+    let fixed = attributor.workload_of(&rec).await.expect("attributed");
+    assert_eq!(fixed.exe_sha256, Some(sha256_hex(b"odd v2")));
+    let _ = attributor.workload_of(&rec).await.expect("attributed");
+    assert_eq!(attributor.digests_computed(), 3, "a digest is cached");
+}
