@@ -518,3 +518,37 @@ async fn a_failed_hash_is_tried_again_at_the_next_connection() {
     let _ = attributor.workload_of(&rec).await.expect("attributed");
     assert_eq!(attributor.digests_computed(), 3, "a digest is cached");
 }
+
+#[tokio::test]
+async fn hashes_what_runs_even_after_its_file_was_replaced() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("lab-sender");
+    fs::copy("/bin/sleep", &bin).expect("copy sleep");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let running = fs::read(&bin).expect("read");
+    let mut child = std::process::Command::new(&bin)
+        .arg("30")
+        .spawn()
+        .expect("spawn");
+    // An upgrade (or an attacker) puts other content at the path while the old image runs.
+    let staged = dir.path().join("staged");
+    fs::write(&staged, b"not what runs").expect("write");
+    fs::rename(&staged, &bin).expect("replace");
+
+    let attributor = Attributor::new(
+        Arc::new(FakeConns::new(None, 0)),
+        AttributionSettings::default(),
+    );
+    let workload = attributor
+        .workload_of(&record(child.id(), 0, 0, "lab-sender"))
+        .await
+        .expect("attributed");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(workload.exe_deleted);
+    assert_eq!(workload.exe.as_deref(), Some(bin.as_path()));
+    assert_eq!(workload.exe_sha256, Some(sha256_hex(&running)));
+    assert_ne!(workload.exe_sha256, Some(sha256_hex(b"not what runs")));
+}
