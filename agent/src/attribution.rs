@@ -4,15 +4,18 @@
 //! ```text
 //! accept() -> (peer, local) -> ConnTable (kernel record: tgid, pid, uid, gid, cgroup id, comm,
 //!             original destination, connect time)
-//!          -> /proc/<tgid>/task/<tgid>/stat: start time -> cache (tgid, start time) -> hit: done
-//!          -> miss: /proc exe, cmdline, cgroup (off the async threads) + SHA-256 of the running
-//!             image (cached per file) + user/group names (NSS, cached) -> Workload
+//!          -> process cache by tgid -> its pidfd still running, started before the connect?
+//!             -> cached workload, fitted to the connecting thread            (the usual case)
+//!          -> else /proc/<tgid>/task/<tgid>/stat: start time -> (tgid, start time)
+//!             -> /proc exe, cmdline, cgroup (off the async threads) + SHA-256 of the running
+//!                image (cached per file version) + user/group names (NSS, cached)
+//!                + cgroup id -> path -> container / pod / systemd unit -> Workload, cached
 //! ```
 //!
-//! The start time is read at every accept because it is what makes a cached identity safe: a
-//! reused pid has a different start time, so it can never inherit an old process's identity, and
-//! a process that started after the connect cannot be the one that made it. When the process is
-//! already gone the workload is built from the kernel record alone and marked `partial`.
+//! A cached identity belongs to one process, (tgid, start time), never to a pid: the pidfd held
+//! for it reports the process's exit even after its pid has been reused, and a process that
+//! started after the connect cannot be the one that made it. When the process is already gone
+//! the workload is built from the kernel record alone and marked `partial`.
 //!
 //! The command line is returned to the admin API only: it can carry patient identifiers, so it is
 //! never logged.
@@ -22,6 +25,7 @@ mod cgroup_path;
 mod cgroups;
 mod exe_hash;
 mod names;
+mod pidfd;
 mod process_cache;
 mod procfs;
 mod workload;

@@ -1,5 +1,5 @@
 //! The attributor: accepted connection -> kernel record -> [`Workload`], with the caches that
-//! keep the accept path to one map lookup, one small procfs read and one hash-map hit.
+//! keep the accept path to one kernel map lookup, one hash-map hit and one `poll` of a pidfd.
 
 mod build;
 mod scan;
@@ -12,6 +12,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use build::Origin;
 use fhirwall_common::ConnRecord;
 use nix::{
     time::{ClockId, clock_gettime},
@@ -20,8 +21,8 @@ use nix::{
 use serde::Serialize;
 
 use super::{
-    AttributionError, Workload, cgroups::CgroupPaths, exe_hash::ExeHasher, names::Names,
-    process_cache::ProcessCache, procfs::ProcFs,
+    AttributionError, ProcessKey, Workload, cgroups::CgroupPaths, exe_hash::ExeHasher,
+    names::Names, pidfd::ProcessHandle, process_cache::ProcessCache, procfs::ProcFs,
 };
 use crate::kernel::{ConnTable, KernelError, from_addr};
 
@@ -150,6 +151,8 @@ struct Inner {
     names: Names,
     cgroups: CgroupPaths,
     ticks_per_second: u64,
+    /// Whether to hold pidfds: only when `proc_root` is this pid namespace's `/proc`.
+    handles: bool,
 }
 
 /// What the kernel knows about a caller (or, for a scanned process, what `/proc` says).
@@ -187,6 +190,7 @@ impl Attributor {
             .filter(|&t| t > 0)
             .unwrap_or(100);
         let inner = Inner {
+            handles: settings.proc_root == std::path::Path::new("/proc"),
             conns: Box::new(conns),
             proc: ProcFs::new(settings.proc_root.clone()),
             processes: ProcessCache::new(settings.process_capacity),
@@ -258,6 +262,24 @@ impl Attributor {
         record: &ConnRecord,
     ) -> Result<Arc<Workload>, AttributionError> {
         let caller = Caller::from_record(record);
+        let cached = self.inner.processes.get(caller.tgid);
+        // Fast path: the cached process's pidfd says whether it still runs. If it does, it has
+        // held this pid since it started, so it made the connection unless it started after.
+        if let Some(hit) = &cached
+            && let Some(handle) = &hit.handle
+        {
+            if matches!(handle.has_exited(), Ok(false)) {
+                if self.started_after(hit.start_time, record.time_ns) {
+                    return self.partial(caller).await;
+                }
+                if hit.hashed {
+                    let key = hit.key(caller.tgid);
+                    return self.personalize(key, hit.clone(), caller, None).await;
+                }
+            } else {
+                self.inner.processes.remove(hit.key(caller.tgid));
+            }
+        }
         let stat = match self.inner.proc.stat(caller.tgid) {
             Ok(stat) => stat,
             Err(e) if e.is_process_gone() => return self.partial(caller).await,
@@ -266,22 +288,49 @@ impl Attributor {
         if self.started_after(stat.start_time, record.time_ns) {
             return self.partial(caller).await;
         }
-        let key = super::ProcessKey {
+        let key = ProcessKey {
             tgid: caller.tgid,
             start_time: stat.start_time,
         };
-        if let Some(hit) = self.inner.processes.get(key, &stat.comm)
-            && hit.hashed
-        {
-            return self.personalize(key, hit.workload, caller).await;
+        if let Some(hit) = cached.filter(|c| c.hashed && c.matches(key, &stat.comm)) {
+            let handle = if hit.handle.is_none() {
+                self.confirmed_handle(key)
+            } else {
+                None
+            };
+            return self.personalize(key, hit, caller, handle.as_ref()).await;
         }
-        match self
-            .build(key, &stat.comm, caller.clone(), Hashing::Compute)
-            .await?
-        {
+        let built = self
+            .build(
+                key,
+                &stat.comm,
+                caller.clone(),
+                Hashing::Compute,
+                Origin::Connection,
+            )
+            .await?;
+        match built {
             Some(workload) => Ok(workload),
             None => self.partial(caller).await,
         }
+    }
+
+    /// Opens a pidfd on the process `key` names. pidfds name processes of the agent's own pid
+    /// namespace, which is the one at `/proc`; another `proc_root` (tests) gets none and its
+    /// processes are checked through their stat files instead.
+    fn open_handle(&self, tgid: u32) -> Option<Arc<ProcessHandle>> {
+        if !self.inner.handles {
+            return None;
+        }
+        ProcessHandle::open(tgid).ok().map(Arc::new)
+    }
+
+    /// A handle on `key`'s process: the pidfd names whatever held the pid when it was opened,
+    /// and the same start time read after that proves it is that process.
+    fn confirmed_handle(&self, key: ProcessKey) -> Option<Arc<ProcessHandle>> {
+        let handle = self.open_handle(key.tgid)?;
+        let stat = self.inner.proc.stat(key.tgid).ok()?;
+        (stat.start_time == key.start_time).then_some(handle)
     }
 
     /// Whether a process that started `start_ticks` after boot started after a connect at

@@ -1,9 +1,12 @@
-//! Workloads cached per process: (tgid, start time). A reused pid has another start time, so it
-//! finds nothing here and is looked at afresh; it never inherits an old identity.
+//! Workloads cached per process: (tgid, start time). One entry per tgid; an entry answers only
+//! for the process whose start time it holds, so a reused pid (another start time) finds nothing
+//! and is looked at afresh: it never inherits an old identity. Its arrival replaces the dead
+//! process's entry.
 //!
 //! Bounded as an LRU of `capacity` processes; `Attributor::sweep` also drops processes that are
-//! gone. An `execve` keeps pid and start time but changes the image, so an entry also remembers
-//! the leader's comm (which exec resets to the new file name) and `on_exec` drops the entry. An
+//! gone. An `execve` keeps pid and start time but changes the image: `Attributor::on_exec` drops
+//! the entry when the kernel reports it, and an entry also remembers the leader's comm (which
+//! exec resets to the new file name), checked whenever the process's stat is read anyway. An
 //! epoch, bumped by every exec and every invalidation, keeps a build that started before one
 //! from caching what it read.
 
@@ -18,7 +21,7 @@ use std::{
 use lru::LruCache;
 use serde::Serialize;
 
-use super::Workload;
+use super::{Workload, pidfd::ProcessHandle};
 
 /// A process, as opposed to a pid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -28,18 +31,39 @@ pub struct ProcessKey {
     pub start_time: u64,
 }
 
-/// One cached process.
+/// One cached process. Cloning it is a few reference-count increments.
 #[derive(Clone, Debug)]
 pub struct Cached {
     pub workload: Arc<Workload>,
+    pub start_time: u64,
     /// The thread group leader's comm when the entry was built.
-    pub leader_comm: String,
-    /// Whether the executable's digest was attempted (scans may skip it).
+    pub leader_comm: Arc<str>,
+    /// Whether the executable's digest is settled: computed, or over the size cap. Scans may
+    /// skip hashing, and a failed hash is tried again at the next connection.
     pub hashed: bool,
+    /// A pidfd on the process, once it has connected (scanned processes get theirs at their
+    /// first connection, so open descriptors track processes that talk to FHIR endpoints).
+    pub handle: Option<Arc<ProcessHandle>>,
+}
+
+impl Cached {
+    #[must_use]
+    pub fn key(&self, tgid: u32) -> ProcessKey {
+        ProcessKey {
+            tgid,
+            start_time: self.start_time,
+        }
+    }
+
+    /// Whether this entry describes the process now at `key` with leader comm `comm`.
+    #[must_use]
+    pub fn matches(&self, key: ProcessKey, comm: &str) -> bool {
+        self.start_time == key.start_time && *self.leader_comm == *comm
+    }
 }
 
 pub struct ProcessCache {
-    entries: Mutex<LruCache<ProcessKey, Cached>>,
+    entries: Mutex<LruCache<u32, Cached>>,
     epoch: AtomicU64,
 }
 
@@ -58,44 +82,48 @@ impl ProcessCache {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// The entry for `key`, if the leader's comm is still the cached one (otherwise the process
-    /// has exec'd or renamed itself: the entry is dropped).
+    /// The entry for `tgid`, whichever process it describes: check it with [`Cached::matches`]
+    /// against what the process's stat says now.
     #[must_use]
-    pub fn get(&self, key: ProcessKey, leader_comm: &str) -> Option<Cached> {
-        let mut entries = self.lock();
-        match entries.get(&key) {
-            Some(cached) if cached.leader_comm == leader_comm => Some(cached.clone()),
-            Some(_) => {
-                entries.pop(&key);
-                None
-            }
-            None => None,
-        }
+    pub fn get(&self, tgid: u32) -> Option<Cached> {
+        self.lock().get(&tgid).cloned()
     }
 
-    /// Caches `cached` unless an exec or invalidation happened since `epoch` was taken.
-    pub fn insert(&self, key: ProcessKey, cached: Cached, epoch: u64) -> bool {
+    /// Caches `cached` for `key` unless an exec or invalidation happened since `epoch` was taken.
+    pub fn insert(&self, key: ProcessKey, mut cached: Cached, epoch: u64) -> bool {
         let mut entries = self.lock();
         if self.epoch.load(Ordering::Acquire) != epoch {
             return false;
         }
-        entries.put(key, cached);
+        cached.start_time = key.start_time;
+        entries.put(key.tgid, cached);
         true
     }
 
-    /// Replaces the workload of an entry still present (a later connection of the same process
-    /// with other per-connection fields); never creates one.
-    pub fn refresh(&self, key: ProcessKey, workload: Arc<Workload>) {
-        if let Some(entry) = self.lock().peek_mut(&key) {
+    /// Replaces the workload of the entry for `key` (a later connection of the same process
+    /// with other per-connection fields) and gives it a handle if it had none; never creates an
+    /// entry.
+    pub fn refresh(
+        &self,
+        key: ProcessKey,
+        workload: Arc<Workload>,
+        handle: Option<&Arc<ProcessHandle>>,
+    ) {
+        if let Some(entry) = self.lock().peek_mut(&key.tgid)
+            && entry.start_time == key.start_time
+        {
             entry.workload = workload;
+            if let Some(handle) = handle {
+                entry.handle.get_or_insert_with(|| Arc::clone(handle));
+            }
         }
     }
 
-    /// Forgets `key` and makes builds in flight not cache their result.
-    pub fn invalidate(&self, key: ProcessKey) {
+    /// Forgets process `tgid` (it exec'd) and makes builds in flight not cache their result.
+    pub fn invalidate(&self, tgid: u32) {
         let mut entries = self.lock();
         self.epoch.fetch_add(1, Ordering::AcqRel);
-        entries.pop(&key);
+        entries.pop(&tgid);
     }
 
     /// Forgets everything (the kernel dropped events, so an exec may have gone unseen).
@@ -107,11 +135,24 @@ impl ProcessCache {
 
     #[must_use]
     pub fn keys(&self) -> Vec<ProcessKey> {
-        self.lock().iter().map(|(k, _)| *k).collect()
+        self.lock()
+            .iter()
+            .map(|(&tgid, c)| ProcessKey {
+                tgid,
+                start_time: c.start_time,
+            })
+            .collect()
     }
 
+    /// Drops the entry for `key` if it still describes that process (it is gone).
     pub fn remove(&self, key: ProcessKey) {
-        self.lock().pop(&key);
+        let mut entries = self.lock();
+        if entries
+            .peek(&key.tgid)
+            .is_some_and(|c| c.start_time == key.start_time)
+        {
+            entries.pop(&key.tgid);
+        }
     }
 
     #[must_use]
@@ -119,7 +160,7 @@ impl ProcessCache {
         self.lock().len()
     }
 
-    fn lock(&self) -> MutexGuard<'_, LruCache<ProcessKey, Cached>> {
+    fn lock(&self) -> MutexGuard<'_, LruCache<u32, Cached>> {
         super::lock(&self.entries)
     }
 }
@@ -136,8 +177,10 @@ mod tests {
                 exe: Some(PathBuf::from(exe)),
                 ..Workload::default()
             }),
+            start_time: 0,
             leader_comm: comm.into(),
             hashed: true,
+            handle: None,
         }
     }
 
@@ -150,35 +193,41 @@ mod tests {
     }
 
     #[test]
-    fn a_reused_pid_never_finds_the_old_process() {
+    fn a_reused_pid_never_matches_the_old_process() {
         let cache = ProcessCache::new(NonZeroUsize::new(8).expect("non-zero"));
         let epoch = cache.epoch();
         assert!(cache.insert(key(4242, 100), cached("/usr/bin/lab", "lab"), epoch));
-        assert!(cache.get(key(4242, 101), "lab").is_none());
+        let old = cache.get(4242).expect("entry");
+        assert!(old.matches(key(4242, 100), "lab"));
+        assert!(!old.matches(key(4242, 101), "lab"), "same pid, later start");
+        // The new process's entry replaces the dead one's.
         assert!(cache.insert(key(4242, 101), cached("/tmp/other", "lab"), epoch));
-        let old = cache.get(key(4242, 100), "lab").expect("old entry");
-        let new = cache.get(key(4242, 101), "lab").expect("new entry");
-        assert_eq!(exe(&old), Some("/usr/bin/lab"));
+        let new = cache.get(4242).expect("entry");
+        assert!(new.matches(key(4242, 101), "lab"));
+        assert!(!new.matches(key(4242, 100), "lab"));
         assert_eq!(exe(&new), Some("/tmp/other"));
-        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.len(), 1);
+        // Removing the dead process does not remove its successor.
+        cache.remove(key(4242, 100));
+        assert_eq!(cache.len(), 1);
+        cache.remove(key(4242, 101));
+        assert_eq!(cache.len(), 0);
     }
 
     #[test]
-    fn a_changed_leader_comm_drops_the_entry() {
+    fn a_changed_leader_comm_does_not_match() {
         let cache = ProcessCache::new(NonZeroUsize::new(8).expect("non-zero"));
         cache.insert(key(7, 1), cached("/bin/sh", "run.sh"), cache.epoch());
-        assert!(cache.get(key(7, 1), "java").is_none());
-        assert!(
-            cache.get(key(7, 1), "run.sh").is_none(),
-            "dropped, not kept"
-        );
+        let entry = cache.get(7).expect("entry");
+        assert!(!entry.matches(key(7, 1), "java"));
+        assert!(entry.matches(key(7, 1), "run.sh"));
     }
 
     #[test]
     fn builds_older_than_an_invalidation_are_not_cached() {
         let cache = ProcessCache::new(NonZeroUsize::new(8).expect("non-zero"));
         let before = cache.epoch();
-        cache.invalidate(key(7, 1));
+        cache.invalidate(7);
         assert!(!cache.insert(key(7, 1), cached("/bin/old", "x"), before));
         assert!(cache.insert(key(7, 1), cached("/bin/new", "x"), cache.epoch()));
         let stale = cache.epoch();
@@ -193,20 +242,29 @@ mod tests {
         let epoch = cache.epoch();
         cache.insert(key(1, 1), cached("/a", "a"), epoch);
         cache.insert(key(2, 1), cached("/b", "b"), epoch);
-        assert!(cache.get(key(1, 1), "a").is_some());
+        assert!(cache.get(1).is_some());
         cache.insert(key(3, 1), cached("/c", "c"), epoch);
         assert_eq!(cache.len(), 2);
-        assert!(
-            cache.get(key(2, 1), "b").is_none(),
-            "least recently used went"
-        );
-        assert!(cache.get(key(1, 1), "a").is_some());
+        assert!(cache.get(2).is_none(), "least recently used went");
+        assert!(cache.get(1).is_some());
     }
 
     #[test]
-    fn refresh_never_creates_an_entry() {
+    fn refresh_only_touches_the_same_process() {
         let cache = ProcessCache::new(NonZeroUsize::new(2).expect("non-zero"));
-        cache.refresh(key(1, 1), Arc::new(Workload::default()));
-        assert_eq!(cache.len(), 0);
+        let handle = Arc::new(ProcessHandle::open(std::process::id()).expect("pidfd"));
+        let other = Arc::new(Workload {
+            pid: 9,
+            ..Workload::default()
+        });
+        cache.refresh(key(1, 1), Arc::clone(&other), Some(&handle));
+        assert_eq!(cache.len(), 0, "never creates");
+        cache.insert(key(1, 1), cached("/a", "a"), cache.epoch());
+        cache.refresh(key(1, 2), Arc::clone(&other), Some(&handle));
+        assert_eq!(cache.get(1).expect("entry").workload.pid, 0);
+        cache.refresh(key(1, 1), other, Some(&handle));
+        let entry = cache.get(1).expect("entry");
+        assert_eq!(entry.workload.pid, 9);
+        assert!(entry.handle.is_some());
     }
 }

@@ -6,7 +6,7 @@
 use std::{
     fs::{self, File},
     io::{self, Read as _},
-    os::unix::fs::MetadataExt as _,
+    os::unix::fs::{FileExt as _, MetadataExt as _},
     path::{Path, PathBuf},
 };
 
@@ -53,19 +53,24 @@ pub fn parse_stat(text: &[u8]) -> Result<ProcStat, &'static str> {
     if close < open {
         return Err("')' before '('");
     }
-    let comm = String::from_utf8_lossy(&text[open + 1..close]).into_owned();
     let rest = std::str::from_utf8(&text[close + 1..]).map_err(|_| "fields are not ASCII")?;
-    // rest[0] is field 3 (state), so field N is rest[N - 3].
-    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).copied().ok_or("too few fields");
-    let mut state = field(3)?.chars();
+    // The first field after comm is field 3 (state): field N is the (N - 3)th from here.
+    let mut fields = rest.split_ascii_whitespace();
+    let mut state = fields.next().ok_or("too few fields")?.chars();
     let (Some(state), None) = (state.next(), state.next()) else {
         return Err("state is not one character");
     };
-    let flags = field(9)?.parse().map_err(|_| "flags is not a number")?;
-    let start_time = field(22)?
+    let flags = fields
+        .nth(9 - 4)
+        .ok_or("too few fields")?
+        .parse()
+        .map_err(|_| "flags is not a number")?;
+    let start_time = fields
+        .nth(22 - 10)
+        .ok_or("too few fields")?
         .parse()
         .map_err(|_| "start time is not a number")?;
+    let comm = String::from_utf8_lossy(&text[open + 1..close]).into_owned();
     Ok(ProcStat {
         comm,
         state,
@@ -158,18 +163,26 @@ impl ProcFs {
         self.root.join(tgid.to_string()).join(leaf)
     }
 
-    /// `stat` of the thread group leader. Read from `task/<tgid>/stat`, which has the same start
-    /// time, comm and flags as `/proc/<tgid>/stat` but skips summing the CPU times of every
-    /// thread (fs/proc/array.c, `do_task_stat` with `whole = 0`): a Java interface engine with
-    /// hundreds of threads would otherwise pay for each at every accept.
+    /// `stat` of the thread group leader, from `task/<tgid>/stat`. It has the same start time,
+    /// comm and flags as `/proc/<tgid>/stat` but skips summing the CPU times of every thread
+    /// (fs/proc/array.c, `do_task_stat` with `whole = 0`): a Java interface engine with hundreds
+    /// of threads would otherwise pay for each.
     pub fn stat(&self, tgid: u32) -> Result<ProcStat, AttributionError> {
-        let path = self.root.join(format!("{tgid}/task/{tgid}/stat"));
+        let path = self.stat_path(tgid);
+        let file = File::open(&path).map_err(|source| AttributionError::Proc {
+            path: path.clone(),
+            source,
+        })?;
         let mut buf = [0u8; 2048];
-        let len = read_into(&path, &mut buf).map_err(|source| AttributionError::Proc {
+        let len = pread_once(&file, &mut buf).map_err(|source| AttributionError::Proc {
             path: path.clone(),
             source,
         })?;
         parse_stat(&buf[..len]).map_err(|reason| AttributionError::ProcFormat { path, reason })
+    }
+
+    fn stat_path(&self, tgid: u32) -> PathBuf {
+        self.root.join(format!("{tgid}/task/{tgid}/stat"))
     }
 
     /// Real uid and gid from `status`.
@@ -229,18 +242,17 @@ impl ProcFs {
     }
 }
 
-/// Reads a whole small file into `buf`, returning its length; longer files are cut at the
-/// buffer's size (a stat line is under 1 KiB).
-fn read_into(path: &Path, buf: &mut [u8]) -> io::Result<usize> {
-    let mut file = File::open(path)?;
-    let mut len = 0;
-    while len < buf.len() {
-        match file.read(&mut buf[len..])? {
-            0 => break,
-            n => len += n,
+/// Reads a small file from offset 0 into `buf` with ONE `pread`, returning its length. procfs
+/// regenerates the whole text for a read at offset 0 and hands over all that fits, so a second
+/// call would only return 0 at twice the cost. A stat line is under 1 KiB; were one longer than
+/// `buf`, it is cut, and the fields attribution needs (up to 22) come first.
+fn pread_once(file: &File, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        match file.read_at(buf, 0) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            result => return result,
         }
     }
-    Ok(len)
 }
 
 /// Reads at most `max` bytes.

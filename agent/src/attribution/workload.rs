@@ -46,10 +46,12 @@ pub struct Workload {
     /// systemd unit (service or scope) parsed from the cgroup path; `None` for container scopes,
     /// whose identity is the container.
     pub systemd_unit: Option<String>,
-    /// Only what the kernel recorded is known (tgid, pid, uid, gid, comm, cgroup): the process
-    /// had exited, its pid was reused, or `/proc` refused to show its start time or executable.
-    /// `start_time` is then 0 and `exe` is `None`. Policy decides what a partial identity may do
-    /// (fail closed unless a selector uses kernel-known fields only).
+    /// The process could not be examined in full, so only what the kernel recorded is certain
+    /// (tgid, pid, uid, gid, comm, cgroup id and what the cgroup path names): it had exited, its
+    /// pid had been reused (then `start_time` is 0), or `/proc` would not show its executable
+    /// (a zombie, or no ptrace access). `exe` and `exe_sha256` are then `None`. Policy
+    /// decides what a partial identity may do (fail closed unless a selector uses kernel-known
+    /// fields only).
     pub partial: bool,
 }
 

@@ -5,18 +5,28 @@ use std::{fs::File, path::Path, sync::Arc};
 
 use super::{Attributor, Caller, Hashing};
 use crate::attribution::{
-    AttributionError, ExeDigest, ProcessKey, Workload, parse_cgroup_path, process_cache::Cached,
+    AttributionError, ExeDigest, ProcessKey, Workload, parse_cgroup_path, pidfd::ProcessHandle,
+    process_cache::Cached,
 };
 
+/// Why a process is being looked at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Origin {
+    Connection,
+    Scan,
+}
+
 impl Attributor {
-    /// Reads the process from `/proc` and caches it. `None` when it turned out to be gone, or its
-    /// pid reused, while it was being read.
+    /// Reads the process from `/proc` and caches it, with a pidfd when `origin` is a connection
+    /// (so open descriptors track processes that talk to FHIR endpoints, not every process a
+    /// scan saw). `None` when it turned out to be gone, or its pid reused, while being read.
     pub(super) async fn build(
         &self,
         key: ProcessKey,
         leader_comm: &str,
         caller: Caller,
         hashing: Hashing,
+        origin: Origin,
     ) -> Result<Option<Arc<Workload>>, AttributionError> {
         let epoch = self.inner.processes.epoch();
         let inner = Arc::clone(&self.inner);
@@ -30,12 +40,22 @@ impl Attributor {
         })
         .await
         .map_err(|source| AttributionError::Blocking { source })?;
-        let exe_sha256 = match (hashing, snapshot.exe_file, &snapshot.exe) {
+        let digest = match (hashing, snapshot.exe_file, &snapshot.exe) {
             (Hashing::Compute, Some(file), Some((path, _))) => self.digest(file, path).await,
             _ => None,
         };
-        // Everything above must describe the process whose start time keyed it: if the pid
-        // was reused meanwhile, none of it can be trusted.
+        // A failed hash is not cached with the process: the next connection tries again.
+        let hashed = digest.is_some();
+        let exe_sha256 = match digest {
+            Some(ExeDigest::Sha256(hex)) => Some(hex),
+            Some(ExeDigest::TooLarge { .. }) | None => None,
+        };
+        let handle = match origin {
+            Origin::Connection => self.open_handle(tgid),
+            Origin::Scan => None,
+        };
+        // Everything above (and the handle) must describe the process whose start time keyed
+        // it: if the pid was reused meanwhile, none of it can be trusted.
         match self.inner.proc.stat(tgid) {
             Ok(stat) if stat.start_time == key.start_time => {}
             Ok(_) => return Ok(None),
@@ -58,8 +78,10 @@ impl Attributor {
         if !workload.partial {
             let cached = Cached {
                 workload: Arc::clone(&workload),
-                leader_comm: leader_comm.to_owned(),
-                hashed: hashing == Hashing::Compute,
+                start_time: key.start_time,
+                leader_comm: Arc::from(leader_comm),
+                hashed,
+                handle,
             };
             self.inner.processes.insert(key, cached, epoch);
         }
@@ -96,15 +118,22 @@ impl Attributor {
     pub(super) async fn personalize(
         &self,
         key: ProcessKey,
-        cached: Arc<Workload>,
+        hit: Cached,
         caller: Caller,
+        handle: Option<&Arc<ProcessHandle>>,
     ) -> Result<Arc<Workload>, AttributionError> {
+        let cached = hit.workload;
         let same = cached.pid == caller.pid
             && cached.comm == caller.comm
             && cached.uid == caller.uid
             && cached.gid == caller.gid
             && cached.cgroup_id == caller.cgroup_id;
         if same {
+            if handle.is_some() {
+                self.inner
+                    .processes
+                    .refresh(key, Arc::clone(&cached), handle);
+            }
             return Ok(cached);
         }
         let mut workload = Workload::clone(&cached);
@@ -121,7 +150,9 @@ impl Attributor {
         }
         self.apply_caller(&mut workload, &caller).await?;
         let workload = Arc::new(workload);
-        self.inner.processes.refresh(key, Arc::clone(&workload));
+        self.inner
+            .processes
+            .refresh(key, Arc::clone(&workload), handle);
         Ok(workload)
     }
 
@@ -147,13 +178,13 @@ impl Attributor {
     }
 
     /// The digest, or `None` with the reason logged (the path is not PHI; the cmdline would be).
-    async fn digest(&self, file: File, path: &Path) -> Option<String> {
+    async fn digest(&self, file: File, path: &Path) -> Option<ExeDigest> {
         match self.inner.hasher.digest(file, path).await {
-            Ok(ExeDigest::Sha256(hex)) => Some(hex),
             Ok(ExeDigest::TooLarge { size }) => {
                 tracing::debug!(exe = %path.display(), size, "executable over the hash size cap");
-                None
+                Some(ExeDigest::TooLarge { size })
             }
+            Ok(digest) => Some(digest),
             Err(e) => {
                 tracing::warn!(exe = %path.display(), error = %e, "executable not hashed");
                 None

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::{Attributor, Caller, Hashing, SweepReport};
+use super::{Attributor, Caller, Hashing, SweepReport, build::Origin};
 use crate::{
     attribution::{AttributionError, ProcessKey, Workload},
     kernel::KernelCaller,
@@ -37,19 +37,18 @@ impl Attributor {
     /// (Re)classifies a process after the kernel reported an exec: the image changed while pid
     /// and start time stayed, so the cached identity is dropped first. `None` when the process is
     /// already gone.
+    ///
+    /// Until the event is handled (normally well under a millisecond), a connection from the new
+    /// image is attributed to the identity cached before the exec. That hands the new image
+    /// nothing the process did not already have: only code running in the process can exec, and
+    /// it chose the new image and its arguments. If the kernel drops events (ring buffer full),
+    /// call [`Attributor::invalidate_all`].
     pub async fn on_exec(
         &self,
         caller: &KernelCaller,
         hashing: Hashing,
     ) -> Result<Option<Arc<Workload>>, AttributionError> {
-        match self.inner.proc.stat(caller.tgid) {
-            Ok(stat) => self.inner.processes.invalidate(ProcessKey {
-                tgid: caller.tgid,
-                start_time: stat.start_time,
-            }),
-            Err(e) if e.is_process_gone() => return Ok(None),
-            Err(e) => return Err(e),
-        }
+        self.inner.processes.invalidate(caller.tgid);
         self.classify(caller.tgid, hashing).await
     }
 
@@ -76,9 +75,12 @@ impl Attributor {
             tgid,
             start_time: stat.start_time,
         };
-        if let Some(hit) = self.inner.processes.get(key, &stat.comm)
-            && (hit.hashed || hashing == Hashing::Skip)
-        {
+        let hit = self
+            .inner
+            .processes
+            .get(tgid)
+            .filter(|c| c.matches(key, &stat.comm) && (c.hashed || hashing == Hashing::Skip));
+        if let Some(hit) = hit {
             return Ok(Some(hit.workload));
         }
         let (uid, gid) = match self.inner.proc.ids(tgid) {
@@ -101,7 +103,8 @@ impl Attributor {
             cgroup_id,
             comm: stat.comm.clone(),
         };
-        self.build(key, &stat.comm, caller, hashing).await
+        self.build(key, &stat.comm, caller, hashing, Origin::Scan)
+            .await
     }
 
     /// Drops cached processes that are gone (or whose pid now runs another process). The LRU

@@ -302,7 +302,11 @@ async fn a_reused_pid_never_inherits_the_old_identity() {
     assert_eq!(second.exe.as_deref(), Some(billing.as_path()));
     assert_eq!(second.exe_sha256, Some(sha256_hex(b"billing v7")));
     assert_eq!(second.systemd_unit.as_deref(), Some("billing.service"));
-    assert_eq!(attributor.cached_processes(), 2);
+    assert_eq!(
+        attributor.cached_processes(),
+        1,
+        "the new process replaced the dead one"
+    );
 }
 
 #[tokio::test]
@@ -438,4 +442,113 @@ async fn sweeps_processes_that_are_gone() {
         }
     );
     assert_eq!(attributor.cached_processes(), 1);
+}
+
+#[tokio::test]
+async fn a_cached_process_that_exits_is_noticed_through_its_pidfd() {
+    let mut child = std::process::Command::new("sleep")
+        .arg("30")
+        .spawn()
+        .expect("spawn sleep");
+    let attributor = Attributor::new(
+        Arc::new(FakeConns::new(None, 0)),
+        AttributionSettings::default(),
+    );
+    let rec = record(child.id(), 0, 0, "sleep");
+    let alive = attributor.workload_of(&rec).await.expect("attributed");
+    assert!(!alive.partial);
+    assert_eq!(alive.comm, "sleep");
+    assert!(alive.exe.as_ref().is_some_and(|e| e.ends_with("sleep")));
+    assert_eq!(attributor.cached_processes(), 1);
+    let again = attributor.workload_of(&rec).await.expect("attributed");
+    assert!(Arc::ptr_eq(&alive, &again), "served from the cache");
+
+    child.kill().expect("kill");
+    child.wait().expect("reap");
+    let gone = attributor.workload_of(&rec).await.expect("partial");
+    assert!(gone.partial);
+    assert_eq!(gone.exe, None);
+    assert_eq!(
+        attributor.cached_processes(),
+        0,
+        "the dead process left the cache"
+    );
+}
+
+#[test]
+fn futures_can_be_spawned_on_a_multi_threaded_runtime() {
+    fn send<T: Send>(_: &T) {}
+    let attributor = Attributor::new(
+        Arc::new(FakeConns::new(None, 0)),
+        AttributionSettings::default(),
+    );
+    let rec = record(1, 0, 0, "x");
+    let caller = crate::kernel::KernelCaller::from_record(&rec);
+    send(&attributor);
+    send(&attributor.attribute(addr(PEER), addr(LOCAL)));
+    send(&attributor.workload_of(&rec));
+    send(&attributor.on_exec(&caller, Hashing::Skip));
+    send(&attributor.scan_processes(Hashing::Skip));
+    send(&attributor.sweep());
+}
+
+#[tokio::test]
+async fn a_failed_hash_is_tried_again_at_the_next_connection() {
+    let host = FakeHost::new();
+    let attributor = Attributor::new(Arc::new(FakeConns::new(None, 0)), host.settings());
+    // A directory opens but cannot be read: hashing fails with EISDIR.
+    let odd = host.bins.path().join("odd");
+    fs::create_dir(&odd).expect("mkdir");
+    host.process(600, "odd", EARLY, &odd, "/system.slice/lab.service");
+    let rec = record(600, 0, host.cgroup_id("/system.slice/lab.service"), "odd");
+    let first = attributor.workload_of(&rec).await.expect("attributed");
+    assert_eq!(first.exe_sha256, None);
+    assert!(!first.partial);
+    let _ = attributor.workload_of(&rec).await.expect("attributed");
+    assert_eq!(
+        attributor.digests_computed(),
+        2,
+        "the failure was not cached"
+    );
+
+    fs::remove_dir(&odd).expect("rmdir");
+    fs::write(&odd, b"odd v2").expect("now a file");
+    let fixed = attributor.workload_of(&rec).await.expect("attributed");
+    assert_eq!(fixed.exe_sha256, Some(sha256_hex(b"odd v2")));
+    let _ = attributor.workload_of(&rec).await.expect("attributed");
+    assert_eq!(attributor.digests_computed(), 3, "a digest is cached");
+}
+
+#[tokio::test]
+async fn hashes_what_runs_even_after_its_file_was_replaced() {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bin = dir.path().join("lab-sender");
+    fs::copy("/bin/sleep", &bin).expect("copy sleep");
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let running = fs::read(&bin).expect("read");
+    let mut child = std::process::Command::new(&bin)
+        .arg("30")
+        .spawn()
+        .expect("spawn");
+    // An upgrade (or an attacker) puts other content at the path while the old image runs.
+    let staged = dir.path().join("staged");
+    fs::write(&staged, b"not what runs").expect("write");
+    fs::rename(&staged, &bin).expect("replace");
+
+    let attributor = Attributor::new(
+        Arc::new(FakeConns::new(None, 0)),
+        AttributionSettings::default(),
+    );
+    let workload = attributor
+        .workload_of(&record(child.id(), 0, 0, "lab-sender"))
+        .await
+        .expect("attributed");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(workload.exe_deleted);
+    assert_eq!(workload.exe.as_deref(), Some(bin.as_path()));
+    assert_eq!(workload.exe_sha256, Some(sha256_hex(&running)));
+    assert_ne!(workload.exe_sha256, Some(sha256_hex(b"not what runs")));
 }
