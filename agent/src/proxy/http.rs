@@ -36,7 +36,7 @@ pub use driver::{ConnectionEnd, ConnectionSummary, serve_connection};
 pub use error::{ErrorSource, HttpError};
 pub use framing::BodyFraming;
 pub use handler::{BodyMode, Decision, ExchangeId, Handler, LocalResponse, Outcome};
-pub use headers::{Header, Headers};
+pub use headers::{Header, Headers, is_field_value, is_token};
 pub use limits::{Limits, MAX_HEADERS};
 pub use pool::{Checkout, Connector, Pool, PoolConfig, Upstreams};
 pub use request::{Method, RequestHead, RequestParser, Version};

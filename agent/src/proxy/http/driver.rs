@@ -4,27 +4,25 @@
 //! desync.
 
 mod forward;
+mod head;
+mod local;
 mod write;
 
-use std::{
-    future::Future,
-    pin::Pin,
-    task::{Context, Poll, Waker},
-};
+use std::future::Future;
 
 use bytes::BytesMut;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    time::{Instant, timeout, timeout_at},
+    io::{AsyncRead, AsyncWrite, AsyncWriteExt},
+    time::{Instant, timeout},
 };
 
+use self::head::{HeadRead, Shutdown};
 use super::{
-    BodyFraming, BodyMode, Decision, ExchangeId, Handler, HttpError, Limits, LocalResponse, Method,
-    Outcome, RequestHead, RequestParser, ResponseHead, Upstreams,
+    BodyFraming, BodyMode, Decision, ExchangeId, Handler, HttpError, Limits, Method, RequestHead,
+    RequestParser, ResponseHead, Upstreams,
     body::{self, Decoder, IoFail, RelayError, Staged, Transfer},
     chunked::ChunkedDecoder,
 };
-use crate::proxy::outcome;
 
 /// How a connection ended.
 #[derive(Debug)]
@@ -106,31 +104,6 @@ where
     }
 }
 
-/// The graceful-stop signal, polled without being consumed twice.
-struct Shutdown<'s, F> {
-    fut: Pin<&'s mut F>,
-    fired: bool,
-}
-
-impl<F: Future<Output = ()>> Shutdown<'_, F> {
-    /// Whether the signal fired, without waiting.
-    fn requested(&mut self) -> bool {
-        if !self.fired {
-            let mut cx = Context::from_waker(Waker::noop());
-            self.fired = self.fut.as_mut().poll(&mut cx) == Poll::Ready(());
-        }
-        self.fired
-    }
-
-    /// Completes when the signal fires (at once if it already did).
-    async fn wait(&mut self) {
-        if !self.fired {
-            self.fut.as_mut().await;
-            self.fired = true;
-        }
-    }
-}
-
 /// The state of one exchange, for [`Outcome`] and for the keep-alive decision.
 #[derive(Debug)]
 #[expect(
@@ -163,12 +136,6 @@ impl Exchange {
             close: false,
         }
     }
-}
-
-enum HeadRead {
-    Request(Instant),
-    Closed(ConnectionEnd),
-    Refused(HttpError, Instant),
 }
 
 struct Conn<'a, 's, D, H, U, F> {
@@ -221,6 +188,7 @@ where
             }
             self.report(&ex, None);
             self.head.release();
+            self.trim();
             if ex.close {
                 return ConnectionEnd::Closed;
             }
@@ -228,10 +196,29 @@ where
     }
 
     fn next_id(&mut self) -> ExchangeId {
-        self.sequence += 1;
+        self.sequence = self.sequence.wrapping_add(1);
         ExchangeId {
             connection: self.connection_id,
             sequence: self.sequence,
+        }
+    }
+
+    /// Gives back buffers that grew past their working size (a big buffered Bundle, a large
+    /// local answer), so an idle keep-alive connection holds a few kilobytes, not its peak.
+    fn trim(&mut self) {
+        let keep = 2 * self.limits.io_buffer;
+        self.body.clear();
+        if self.body.capacity() > keep {
+            self.body = BytesMut::new();
+        }
+        if self.out.buf.capacity() > keep {
+            self.out.buf = BytesMut::new();
+        }
+        if self.up.capacity() > keep {
+            self.up = BytesMut::new();
+        }
+        if self.down.is_empty() && self.down.capacity() > keep {
+            self.down = BytesMut::new();
         }
     }
 
@@ -242,54 +229,6 @@ where
 
     fn sample(&mut self) {
         self.peak = self.peak.max(self.held());
-    }
-
-    /// Reads until a complete request head is parsed. The first request must arrive within the
-    /// header timeout from accept; later ones may wait the idle timeout for their first byte,
-    /// then have the header timeout from that byte.
-    async fn read_head(&mut self, first: bool, accepted: Instant) -> HeadRead {
-        let mut started = first.then_some(accepted);
-        let idle_deadline = Instant::now() + self.limits.idle_timeout;
-        loop {
-            let partial = self.parser.has_partial(&self.down);
-            if started.is_none() && partial {
-                started = Some(Instant::now());
-            }
-            match self
-                .parser
-                .parse(&mut self.down, self.limits, &mut self.head)
-            {
-                Ok(true) => return HeadRead::Request(started.unwrap_or_else(Instant::now)),
-                Ok(false) => {}
-                Err(err) => return HeadRead::Refused(err, started.unwrap_or_else(Instant::now)),
-            }
-            let deadline = started.map_or(idle_deadline, |t| t + self.limits.header_timeout);
-            self.down.reserve(self.limits.io_buffer);
-            self.sample();
-            let read = tokio::select! {
-                biased;
-                () = self.shutdown.wait(), if !partial => return HeadRead::Closed(ConnectionEnd::Shutdown),
-                read = timeout_at(deadline, self.io.read_buf(&mut self.down)) => read,
-            };
-            let at = started.unwrap_or_else(Instant::now);
-            match read {
-                Err(_) if !partial => return HeadRead::Closed(ConnectionEnd::IdleTimeout),
-                Ok(Ok(0)) if !partial => return HeadRead::Closed(ConnectionEnd::ClientClosed),
-                Err(_) => {
-                    return HeadRead::Refused(
-                        HttpError::HeaderTimeout {
-                            after: self.limits.header_timeout,
-                        },
-                        at,
-                    );
-                }
-                Ok(Ok(0)) => return HeadRead::Refused(HttpError::DownstreamClosed, at),
-                Ok(Err(source)) => {
-                    return HeadRead::Refused(HttpError::DownstreamIo { source }, at);
-                }
-                Ok(Ok(_)) => {}
-            }
-        }
     }
 
     /// One exchange, after its head was parsed. `Err` closes the connection.
@@ -366,102 +305,6 @@ where
             encoding,
             others: self.up.capacity() + self.body.capacity(),
         }
-    }
-
-    /// Answers with the handler's response. An unread body is drained when small, else the
-    /// connection closes after the answer.
-    async fn respond_local(
-        &mut self,
-        ex: &mut Exchange,
-        response: &LocalResponse,
-        mut decoder: Decoder,
-    ) -> Result<(), HttpError> {
-        if !(200..=599).contains(&response.status) {
-            return Err(HttpError::InvalidStatus {
-                status: response.status,
-            });
-        }
-        let unread = !decoder.is_done();
-        // A client still waiting for `100 Continue` will not send its body: do not wait for it.
-        let client_sends_body = ex.sent_continue || !self.head.expects_continue();
-        let small = match decoder {
-            Decoder::Length(n) => n <= self.limits.max_drain,
-            _ => true,
-        };
-        let drain = unread && client_sends_body && small;
-        ex.close = !self.head.keep_alive() || self.shutdown.requested() || (unread && !drain);
-        self.write_local(response, ex.close, ex.is_head).await?;
-        ex.status = Some(response.status);
-        ex.response_bytes = if ex.is_head {
-            0
-        } else {
-            response.body.len() as u64
-        };
-        if drain {
-            let t = self.transfer(body::Encoding::Identity);
-            if !body::discard(
-                &mut self.io,
-                &mut self.down,
-                &mut decoder,
-                self.limits.max_drain,
-                t,
-            )
-            .await
-            {
-                ex.close = true;
-            }
-        }
-        if ex.close && unread {
-            self.linger().await;
-        }
-        Ok(())
-    }
-
-    /// Ends the connection after `err`: answers when nothing was sent yet, reports, lingers.
-    async fn fail(&mut self, ex: &mut Exchange, err: HttpError) -> ConnectionEnd {
-        // Whatever was staged for the upstream must never reach the client.
-        self.out.buf.clear();
-        let mut answered = false;
-        if ex.status.is_none()
-            && let Some(response) = outcome::for_error(&err, ex.id)
-            && self.write_local(&response, true, ex.is_head).await.is_ok()
-        {
-            ex.status = Some(response.status);
-            answered = true;
-        }
-        self.report(ex, Some(&err));
-        if answered {
-            self.linger().await;
-        }
-        ConnectionEnd::Failed(err)
-    }
-
-    fn report(&mut self, ex: &Exchange, error: Option<&HttpError>) {
-        self.handler.finish(&Outcome {
-            id: ex.id,
-            status: ex.status,
-            forwarded: ex.forwarded,
-            request_body_bytes: ex.request_bytes,
-            response_body_bytes: ex.response_bytes,
-            duration: ex.started.elapsed(),
-            error,
-        });
-    }
-
-    /// Lingering close: stop sending, then read and drop what the client still sends for a
-    /// bounded time, so the answer is not lost to a connection reset.
-    async fn linger(&mut self) {
-        let deadline = Instant::now() + self.limits.linger_timeout;
-        let _ = timeout_at(deadline, self.io.shutdown()).await;
-        let mut dropped = 0u64;
-        while dropped <= self.limits.max_drain {
-            self.down.clear();
-            match timeout_at(deadline, self.io.read_buf(&mut self.down)).await {
-                Ok(Ok(n)) if n > 0 => dropped += n as u64,
-                _ => break,
-            }
-        }
-        self.down.clear();
     }
 }
 

@@ -162,6 +162,34 @@ impl RequestHead {
         self.expect_continue
     }
 
+    /// Replaces the `Host` field, e.g. with the upstream's own authority. The value must be a
+    /// valid `uri-host [ ":" port ]` (no userinfo).
+    pub fn set_host(&mut self, host: impl Into<Bytes>) -> Result<(), HttpError> {
+        let host = host.into();
+        if !is_authority(&host) {
+            return Err(HttpError::InvalidHeader {
+                reason: "Host is not a valid authority",
+            });
+        }
+        self.headers.remove("host");
+        self.headers.push_parsed(Bytes::from_static(b"Host"), host);
+        Ok(())
+    }
+
+    /// Replaces the request target, e.g. to map the client's base path onto the upstream's. It
+    /// must be an origin-form target: `/`, then visible ASCII without `#`.
+    pub fn set_target(&mut self, target: impl Into<Bytes>) -> Result<(), HttpError> {
+        let target = target.into();
+        let visible = target.iter().all(|&b| b.is_ascii_graphic() && b != b'#');
+        if target.first() != Some(&b'/') || !visible {
+            return Err(HttpError::InvalidHeader {
+                reason: "target is not in origin-form",
+            });
+        }
+        self.target = target;
+        Ok(())
+    }
+
     /// Drops the references into the connection's read buffer, so the buffer can be reused.
     pub(crate) fn release(&mut self) {
         self.headers.clear();

@@ -131,3 +131,26 @@ fn skips_leading_empty_lines_and_partial_heads_wait() {
     );
     assert!(buf.is_empty());
 }
+
+#[test]
+fn handler_rewrites_of_host_and_target_are_validated() {
+    let (mut head, _) =
+        parse(b"GET /fhir/Patient/1 HTTP/1.1\r\nHost: localhost:8080\r\n\r\n").expect("valid");
+    head.set_host("fhir.ehr.example:443")
+        .expect("valid authority");
+    head.set_target("/R4/Patient/1").expect("origin-form");
+    assert_eq!(head.host(), Some(&b"fhir.ehr.example:443"[..]));
+    assert_eq!(head.headers.count("host"), 1);
+    assert_eq!(head.target(), b"/R4/Patient/1");
+    for bad in ["", "a b", "u@h", "h\r\nX: 1"] {
+        assert!(head.set_host(bad).is_err(), "host {bad:?}");
+    }
+    for bad in ["", "R4/x", "/a b", "/a\r\nX: 1", "/a#f", "/\u{e9}"] {
+        assert!(head.set_target(bad).is_err(), "target {bad:?}");
+    }
+    assert_eq!(
+        head.target(),
+        b"/R4/Patient/1",
+        "a refused rewrite changes nothing"
+    );
+}
