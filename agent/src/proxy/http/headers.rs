@@ -134,8 +134,12 @@ impl Headers {
     /// Removes hop-by-hop fields (RFC 9110 section 7.6.1): the fixed list, and every field named
     /// in a `Connection` field, except `Host`, which a client must not be able to strip this way.
     pub(crate) fn strip_hop_by_hop(&mut self) {
-        let has_connection = self.entries.iter().any(|h| h.is("connection"));
-        if !has_connection {
+        // `Connection: keep-alive` / `close` (the usual values) name no field to remove.
+        let names_fields = self
+            .get_all("connection")
+            .flat_map(list_elements)
+            .any(|t| !t.eq_ignore_ascii_case(b"keep-alive") && !t.eq_ignore_ascii_case(b"close"));
+        if !names_fields {
             self.entries.retain(|h| !is_hop_by_hop(&h.name));
             return;
         }
@@ -172,9 +176,10 @@ impl Headers {
 }
 
 fn is_hop_by_hop(name: &[u8]) -> bool {
+    // Most fields are not hop-by-hop: the length check rejects them without comparing bytes.
     HOP_BY_HOP
         .iter()
-        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        .any(|h| h.len() == name.len() && name.eq_ignore_ascii_case(h.as_bytes()))
 }
 
 fn checked(name: Bytes, value: Bytes) -> Result<Header, HttpError> {
