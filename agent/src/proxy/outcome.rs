@@ -18,6 +18,8 @@ pub enum IssueType {
     Invalid,
     /// Malformed message structure (framing, syntax).
     Structure,
+    /// The message ended before it was complete.
+    Incomplete,
     /// A size limit was exceeded.
     TooLong,
     /// Policy denied the request.
@@ -129,6 +131,7 @@ pub fn for_error(err: &HttpError, id: ExchangeId) -> Option<LocalResponse> {
         HttpError::MethodNotAllowed { .. } | HttpError::ExpectationFailed => {
             IssueType::NotSupported
         }
+        HttpError::DownstreamClosed => IssueType::Incomplete,
         HttpError::HeaderTimeout { .. }
         | HttpError::BodyTimeout { .. }
         | HttpError::UpstreamConnectTimeout { .. }
@@ -221,6 +224,7 @@ mod tests {
                 405,
                 "not-supported",
             ),
+            (HttpError::DownstreamClosed, 400, "incomplete"),
         ];
         for (err, status, code) in cases {
             let response = for_error(&err, ID).expect("answerable");

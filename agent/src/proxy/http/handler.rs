@@ -88,7 +88,8 @@ pub trait Handler: Send {
     /// Key of the upstream a request is forwarded to.
     type Upstream: Send + Sync;
 
-    /// Whether the body must be read before [`Handler::decide`]. Called once the head is valid.
+    /// Whether the body must be read before [`Handler::decide`]. Called once the head is valid,
+    /// and only for requests that have a body.
     fn body_mode(&mut self, id: ExchangeId, head: &RequestHead) -> BodyMode;
 
     /// Decides the request. The head is mutable: rewrite fields here (replace `Authorization`
