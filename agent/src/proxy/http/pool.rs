@@ -98,6 +98,11 @@ impl<C: Connector> Pool<C> {
         }
     }
 
+    /// The connector new connections come from.
+    pub fn connector(&self) -> &C {
+        &self.connector
+    }
+
     /// Idle connections currently held for `key`.
     pub fn idle_count(&self, key: &C::Key) -> usize {
         self.lock().get(key).map_or(0, Vec::len)

@@ -8,13 +8,18 @@
 //! 3. the rest of the body streams through a fixed-size buffer; a framing error in it aborts the
 //!    upstream connection mid-request (it is never reused, so the upstream never sees a complete
 //!    request) and answers the client 400;
-//! 4. the response head is read under the response timeout; interim 1xx responses are dropped
+//! 4. a request sent whole (no body left to stream) on a pooled connection that the upstream
+//!    closed meanwhile is sent again on another connection, if its method is idempotent and no
+//!    response byte came back;
+//! 5. the response head is read under the response timeout; interim 1xx responses are dropped
 //!    (the proxy answered `Expect` itself), 101 is refused (no upgrade was asked);
-//! 5. the connection goes back to the pool only after a complete, length-delimited response with
+//! 6. the connection goes back to the pool only after a complete, length-delimited response with
 //!    keep-alive and no extra bytes behind it.
 
+use std::time::Duration;
+
 use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     time::{Instant, timeout, timeout_at},
 };
 
@@ -23,13 +28,16 @@ use super::{
     write::{Framing, put_request_head, put_response_head},
 };
 use crate::proxy::http::{
-    Handler, HttpError, ResponseBody, ResponseParser, Upstreams, Version,
-    body::{self, Decoder, Encoding},
+    Checkout, Handler, HttpError, ResponseBody, ResponseParser, Upstreams, Version,
+    body::{self, Decoder, Encoding, RelayError},
     chunked::ChunkedDecoder,
 };
 
 /// Interim responses tolerated before the final one.
 const MAX_INTERIM: usize = 8;
+
+/// Connections tried for one request when pooled ones turn out to be stale.
+const MAX_ATTEMPTS: usize = 3;
 
 impl<D, H, U, F> Conn<'_, '_, D, H, U, F>
 where
@@ -62,40 +70,80 @@ where
                 body::stage_buffered(&mut self.down, &mut decoder, &mut self.out, encoding)
                     .map_err(|e| HttpError::BadRequest { reason: e.reason })?;
         }
-        let checkout =
-            match timeout(self.limits.connect_timeout, self.upstreams.checkout(key)).await {
-                Err(_) => {
-                    return Err(HttpError::UpstreamConnectTimeout {
-                        after: self.limits.connect_timeout,
-                    });
-                }
-                Ok(Err(source)) => return Err(HttpError::UpstreamConnect { source }),
-                Ok(Ok(checkout)) => checkout,
+        let mut up = if decoder.is_done() && self.head.method().is_idempotent() {
+            self.send_whole(ex, key).await?
+        } else {
+            let mut up = connect(self.upstreams, key, self.limits.connect_timeout)
+                .await?
+                .stream;
+            self.send_streaming(ex, &mut up, &mut decoder, encoding)
+                .await?;
+            self.read_response_head(&mut up).await?;
+            up
+        };
+        let reusable = self.relay_response(ex, &mut up).await?;
+        if reusable {
+            self.upstreams.checkin(key, up);
+        }
+        Ok(())
+    }
+
+    /// Sends a request whose body (if any) is all staged, and reads the response head. A pooled
+    /// connection the upstream closed while it sat idle fails before any response byte: then,
+    /// and only then, the request goes again on another connection. Idempotent methods only
+    /// (RFC 9110 section 9.2.2), and the staged bytes are kept until a response head arrives.
+    async fn send_whole(
+        &mut self,
+        ex: &mut Exchange,
+        key: &U::Key,
+    ) -> Result<U::Stream, HttpError> {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let checkout = connect(self.upstreams, key, self.limits.connect_timeout).await?;
+            let mut up = checkout.stream;
+            ex.forwarded = true;
+            let t = self.limits.body_timeout;
+            let sent = body::write_all(&mut up, &self.out.buf, t).await;
+            let result = match sent {
+                Ok(()) => match timeout(t, up.flush()).await {
+                    Ok(Ok(())) => self.read_response_head(&mut up).await,
+                    Ok(Err(source)) => Err(HttpError::UpstreamIo { source }),
+                    Err(_) => Err(HttpError::UpstreamTimeout { after: t }),
+                },
+                Err(fail) => Err(request_relay_error(RelayError::Write(fail), self.limits)),
             };
-        let mut up = checkout.stream;
+            match result {
+                Ok(()) => {
+                    self.out.buf.clear();
+                    return Ok(up);
+                }
+                Err(HttpError::UpstreamClosed | HttpError::UpstreamIo { .. })
+                    if checkout.reused && self.up.is_empty() && attempts < MAX_ATTEMPTS => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+
+    /// Sends the staged head and streams the rest of the body.
+    async fn send_streaming(
+        &mut self,
+        ex: &mut Exchange,
+        up: &mut U::Stream,
+        decoder: &mut Decoder,
+        encoding: Encoding,
+    ) -> Result<(), HttpError> {
         if self.head.expects_continue() && !decoder.is_done() && !ex.sent_continue {
             self.send_continue(ex).await?;
         }
         ex.forwarded = true;
         let mut t = self.transfer(encoding);
         t.others = self.body.capacity() + self.up.capacity();
-        let moved = body::relay(
-            &mut self.io,
-            &mut self.down,
-            &mut decoder,
-            &mut up,
-            &mut self.out,
-            t,
-        )
-        .await
-        .map_err(|e| request_relay_error(e, self.limits))?;
+        let moved = body::relay(&mut self.io, &mut self.down, decoder, up, &mut self.out, t)
+            .await
+            .map_err(|e| request_relay_error(e, self.limits))?;
         ex.request_bytes += moved.bytes;
         self.peak = self.peak.max(moved.peak);
-        self.read_response_head(&mut up).await?;
-        let reusable = self.relay_response(ex, &mut up).await?;
-        if reusable {
-            self.upstreams.checkin(key, up);
-        }
         Ok(())
     }
 
@@ -196,5 +244,19 @@ where
         ex.response_bytes = moved.bytes;
         self.peak = self.peak.max(moved.peak);
         Ok(self.resp.keep_alive() && kind != ResponseBody::UntilClose && self.up.is_empty())
+    }
+}
+
+/// An upstream connection within the connect timeout. A free function: a `&self` held across the
+/// await would make the whole connection state `Sync`-bound.
+async fn connect<U: Upstreams>(
+    upstreams: &U,
+    key: &U::Key,
+    after: Duration,
+) -> Result<Checkout<U::Stream>, HttpError> {
+    match timeout(after, upstreams.checkout(key)).await {
+        Err(_) => Err(HttpError::UpstreamConnectTimeout { after }),
+        Ok(Err(source)) => Err(HttpError::UpstreamConnect { source }),
+        Ok(Ok(checkout)) => Ok(checkout),
     }
 }

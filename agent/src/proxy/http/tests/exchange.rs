@@ -579,3 +579,68 @@ async fn shutdown_finishes_in_flight_request_then_closes() {
         ConnectionEnd::Shutdown
     ));
 }
+
+/// Connections whose upstream answers one request, then closes when the next one arrives (the
+/// race of an upstream closing an idle keep-alive connection as the proxy reuses it).
+#[derive(Default)]
+struct ClosesAfterOne {
+    made: std::sync::atomic::AtomicUsize,
+}
+
+impl crate::proxy::http::Connector for ClosesAfterOne {
+    type Key = std::net::SocketAddr;
+    type Stream = tokio::io::DuplexStream;
+
+    async fn connect(
+        &self,
+        _key: &std::net::SocketAddr,
+    ) -> std::io::Result<tokio::io::DuplexStream> {
+        self.made.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let (near, mut far) = tokio::io::duplex(64 * 1024);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = Vec::new();
+            for answered in 0.. {
+                while super::support::find(&buf, b"\r\n\r\n").is_none() {
+                    if !matches!(far.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                        return;
+                    }
+                }
+                if answered == 1 {
+                    return; // drops the connection without answering
+                }
+                let end = super::support::find(&buf, b"\r\n\r\n").unwrap_or_default() + 4;
+                buf.drain(..end);
+                let _ = far
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                    .await;
+            }
+        });
+        Ok(near)
+    }
+}
+
+#[tokio::test]
+async fn idempotent_requests_are_retried_once_when_a_pooled_connection_went_stale() {
+    let addr = "127.0.0.1:9".parse().expect("addr");
+    let pool = Arc::new(pool(ClosesAfterOne::default()));
+    let (io, driver) = spawn_driver(Arc::clone(&pool), TestHandler::new(addr), test_limits());
+    let mut client = Client::new(io);
+    for _ in 0..2 {
+        client.send(GET).await;
+        assert_eq!(client.response(false).await.expect("response").status, 200);
+    }
+    // A POST is not idempotent: on a stale connection it fails rather than being sent twice.
+    client
+        .send(b"POST /Observation HTTP/1.1\r\nHost: fhir.local\r\nContent-Length: 2\r\n\r\n{}")
+        .await;
+    assert_eq!(client.response(false).await.expect("response").status, 502);
+    driver.await.expect("driver");
+    // GET (new), GET (stale reused, then new), POST (stale reused, not retried).
+    assert_eq!(
+        pool.connector()
+            .made
+            .load(std::sync::atomic::Ordering::SeqCst),
+        2
+    );
+}
