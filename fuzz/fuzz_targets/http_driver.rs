@@ -38,6 +38,8 @@ const ANSWERS: [&[u8]; 4] = [
 
 struct Upstream {
     answer: &'static [u8],
+    /// Upstream tasks, awaited at the end of each input so none outlives it.
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 impl Connector for Upstream {
@@ -46,14 +48,22 @@ impl Connector for Upstream {
 
     async fn connect(&self, _key: &u8) -> io::Result<DuplexStream> {
         let (near, far) = duplex(1 << 20);
-        tokio::spawn(strict_upstream(far, self.answer));
+        let task = tokio::spawn(strict_upstream(far, self.answer));
+        self.tasks.lock().expect("not poisoned").push(task);
         Ok(near)
     }
 }
 
 /// Parses what the proxy sends as strictly as the proxy parses clients, answering each request.
 async fn strict_upstream(mut io: DuplexStream, answer: &'static [u8]) {
-    let limits = Limits { max_head: 1 << 20, max_request_line: 1 << 20, max_buffered_body: 1 << 20, ..Limits::default() };
+    // Generous limits: the proxy may add fields (credential, framing) to what it accepted.
+    let limits = Limits {
+        max_head: 1 << 20,
+        max_request_line: 1 << 20,
+        max_headers: fhirwall::proxy::http::MAX_HEADERS,
+        max_buffered_body: 1 << 20,
+        ..Limits::default()
+    };
     let mut buf = BytesMut::new();
     let mut parser = RequestParser::default();
     let mut head = RequestHead::default();
@@ -146,7 +156,7 @@ fuzz_target!(|data: &[u8]| {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen_by_client = Arc::clone(&seen);
     runtime().block_on(async move {
-        let pool = Pool::new(Upstream { answer }, PoolConfig::default());
+        let pool = Pool::new(Upstream { answer, tasks: Mutex::default() }, PoolConfig::default());
         let (mut client, server) = duplex(1 << 20);
         let client_task = tokio::spawn(async move {
             let _ = client.write_all(&client_bytes).await;
@@ -160,6 +170,11 @@ fuzz_target!(|data: &[u8]| {
         let summary = tokio::time::timeout(Duration::from_secs(10), serve).await.expect("driver hangs");
         assert!(summary.forwarded <= summary.requests);
         tokio::time::timeout(Duration::from_secs(10), client_task).await.expect("client hangs").expect("client task");
+        let tasks = std::mem::take(&mut *pool.connector().tasks.lock().expect("not poisoned"));
+        drop(pool);
+        for task in tasks {
+            tokio::time::timeout(Duration::from_secs(10), task).await.expect("upstream hangs").expect("upstream task");
+        }
     });
     let out = seen.lock().expect("not poisoned");
     // Everything the client got is a sequence of well-formed response heads (bodies skipped by
