@@ -1,5 +1,7 @@
-//! The sidecar proxy: listeners, the connections it carries, and (next) TLS termination and
-//! strict HTTP/1.1.
+//! The sidecar proxy: listeners, TLS termination, strict HTTP/1.1 framing, upstream pools, the
+//! connections it carries and the responses the proxy makes itself.
 
+pub mod http;
 pub mod live;
+pub mod outcome;
 pub mod relay;

@@ -1,0 +1,108 @@
+//! The boundary between the HTTP engine and the rest of the sidecar (FHIR classification, policy,
+//! audit). It is narrow on purpose: a handler sees one parsed request at a time and returns a
+//! decision, so classification and policy can be tested without any socket.
+
+use std::{fmt, future::Future, time::Duration};
+
+use bytes::Bytes;
+
+use super::{Headers, HttpError, RequestHead};
+
+/// Identifies one exchange: the connection (an id the caller chose at accept) and the request's
+/// position on it. Carried in logs, audit records and `OperationOutcome` diagnostics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ExchangeId {
+    /// The id passed to [`serve_connection`](super::serve_connection).
+    pub connection: u64,
+    /// 1 for the first request on the connection, then 2, 3, ...
+    pub sequence: u32,
+}
+
+impl fmt::Display for ExchangeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:016x}-{}", self.connection, self.sequence)
+    }
+}
+
+/// Whether the handler needs the request body before deciding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyMode {
+    /// Decide on the head alone; if forwarded, the body streams through a fixed-size buffer.
+    Stream,
+    /// Read the whole body first (FHIR Bundles, form-encoded `_search`, PATCH), up to
+    /// [`Limits::max_buffered_body`](super::Limits::max_buffered_body); beyond it the client gets
+    /// 413. With `Expect: 100-continue` the proxy sends `100 Continue` to obtain the body.
+    Buffer,
+}
+
+/// A response the proxy makes itself (see [`crate::proxy::outcome`] for the FHIR ones).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalResponse {
+    /// Status code, 200 to 599.
+    pub status: u16,
+    /// Fields to send; framing fields are the proxy's and cannot be set here.
+    pub headers: Headers,
+    /// The whole body (sent with `Content-Length`, omitted for HEAD requests).
+    pub body: Bytes,
+}
+
+/// What the handler decided for one request.
+#[derive(Debug)]
+pub enum Decision<U> {
+    /// Send the (possibly rewritten) request to this upstream.
+    Forward {
+        /// Passed to [`Upstreams::checkout`](super::Upstreams::checkout).
+        upstream: U,
+    },
+    /// Answer locally; nothing is forwarded.
+    Respond(LocalResponse),
+}
+
+/// How an exchange ended, reported to [`Handler::finish`] once per request the proxy read (also
+/// for requests refused before the handler saw them).
+#[derive(Debug)]
+pub struct Outcome<'a> {
+    /// The exchange.
+    pub id: ExchangeId,
+    /// Status sent to the client, if a response head went out.
+    pub status: Option<u16>,
+    /// Whether the request head was sent upstream.
+    pub forwarded: bool,
+    /// Request body bytes read from the client (decoded, without chunk framing).
+    pub request_body_bytes: u64,
+    /// Response body bytes written to the client (without chunk framing).
+    pub response_body_bytes: u64,
+    /// From the first byte of the request head to the end of the exchange.
+    pub duration: Duration,
+    /// What went wrong, if anything; [`HttpError::error_source`] says which side.
+    pub error: Option<&'a HttpError>,
+}
+
+/// Decides what happens to each request on one connection.
+///
+/// A connection's requests are handled strictly in order and one at a time, so a handler may
+/// keep per-request state (an audit record id, a correlation id) between [`Handler::decide`] and
+/// [`Handler::finish`]. One handler value serves one connection: build it at accept with the
+/// connection's attribution (workload) and shared references to policy and audit.
+pub trait Handler: Send {
+    /// Key of the upstream a request is forwarded to.
+    type Upstream: Send + Sync;
+
+    /// Whether the body must be read before [`Handler::decide`]. Called once the head is valid,
+    /// and only for requests that have a body.
+    fn body_mode(&mut self, id: ExchangeId, head: &RequestHead) -> BodyMode;
+
+    /// Decides the request. The head is mutable: rewrite fields here (replace `Authorization`
+    /// with the integration's credential, add a correlation id). `body` is the whole decoded body
+    /// when [`BodyMode::Buffer`] was asked and the request has one. The audit record must be
+    /// committed before this returns a [`Decision::Forward`].
+    fn decide(
+        &mut self,
+        id: ExchangeId,
+        head: &mut RequestHead,
+        body: Option<&[u8]>,
+    ) -> impl Future<Output = Decision<Self::Upstream>> + Send;
+
+    /// Told how the exchange ended (for audit completion and metrics). Must not block.
+    fn finish(&mut self, outcome: &Outcome<'_>);
+}

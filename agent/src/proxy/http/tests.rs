@@ -1,0 +1,7 @@
+//! Driver tests: every request goes through [`serve_connection`] for real, against a real test
+//! upstream that counts what reaches it.
+
+mod exchange;
+mod load;
+mod smuggling;
+mod support;
