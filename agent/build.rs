@@ -17,10 +17,16 @@ fn main() -> anyhow::Result<()> {
     }
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
     let ebpf_dir = PathBuf::from(manifest_dir).join("../agent-ebpf");
-    let ebpf_dir = ebpf_dir.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
+    let ebpf_dir = ebpf_dir
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
     println!("cargo:rerun-if-changed={ebpf_dir}/../agent-common/src");
     aya_build::build_ebpf(
-        [Package { name: "fhirwall-ebpf", root_dir: ebpf_dir, ..Package::default() }],
+        [Package {
+            name: "fhirwall-ebpf",
+            root_dir: ebpf_dir,
+            ..Package::default()
+        }],
         Toolchain::default(),
     )
 }

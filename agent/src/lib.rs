@@ -20,3 +20,4 @@
 //! `app` wires it together; `main.rs` is only the command line.
 
 pub mod attribution;
+pub mod audit;
