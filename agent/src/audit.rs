@@ -11,9 +11,9 @@
 //! ```
 //!
 //! Files, in the order an entry travels: `record` (what is stored), `index` (queryable columns),
-//! `chain` (hashing), `store` (SQLite schema, append, retention), `writer` (group commit, health),
+//! `chain` (hashing), `store` (`SQLite` schema, append, retention), `writer` (group commit, health),
 //! then the readers: `verify`, `query`, `report`, `render` (table / JSON lines), `balp` (FHIR
-//! AuditEvents), `export` (cursors, JSON lines and FHIR push) with its small `http` client.
+//! `AuditEvents`), `export` (cursors, JSON lines and FHIR push) with its small `http` client.
 
 mod balp;
 mod chain;
@@ -124,9 +124,9 @@ pub enum AuditError {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum WriteFailure {
-    /// No space left on the device (SQLITE_FULL).
+    /// No space left on the device (`SQLITE_FULL`).
     DiskFull,
-    /// Another connection holds the write lock past the busy timeout (SQLITE_BUSY / LOCKED).
+    /// Another connection holds the write lock past the busy timeout (`SQLITE_BUSY` / LOCKED).
     Locked,
     /// The operating system reported an I/O error.
     Io,
@@ -161,6 +161,7 @@ impl AuditError {
     }
 
     /// The write failure behind this error, if it is one (looks through `Unavailable`).
+    #[must_use]
     pub fn write_failure(&self) -> Option<WriteFailure> {
         match self {
             Self::Write { kind, .. } => Some(*kind),

@@ -1,6 +1,6 @@
-//! FHIR R4 AuditEvents following IHE Basic Audit Log Patterns (BALP).
+//! FHIR R4 `AuditEvents` following IHE Basic Audit Log Patterns (BALP).
 //!
-//! One request record becomes one RESTful-activity AuditEvent
+//! One request record becomes one RESTful-activity `AuditEvent`
 //! (<https://profiles.ihe.net/ITI/BALP/content.html#3573-restful-activities>): type `rest`, subtype
 //! the restful interaction, action C/R/U/D/E, outcome 0/4/8/12
 //! (<http://hl7.org/fhir/R4/valueset-audit-event-outcome.html>), the client workload as the source
@@ -11,6 +11,8 @@
 //! break-glass also yields a Security Alert (DICOM 110113 / 110127 "Emergency Override Started"),
 //! as the FHIR break-glass example does (<http://hl7.org/fhir/R4/auditevent-example-breakglass-start.json.html>),
 //! with purpose of use `BTG`.
+
+use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
@@ -24,7 +26,7 @@ const ACT_REASON: &str = "http://terminology.hl7.org/CodeSystem/v3-ActReason";
 const BALP_ENTITY: &str = "https://profiles.ihe.net/ITI/BALP/CodeSystem/BasicAuditEntityType";
 const BALP_PROFILE: &str = "https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.BasicAudit.";
 
-/// A Bundle (type `collection`) of the AuditEvents for `rows`.
+/// A Bundle (type `collection`) of the `AuditEvents` for `rows`.
 pub fn bundle(rows: &[QueryRow]) -> Value {
     let entries: Vec<Value> = rows
         .iter()
@@ -39,8 +41,9 @@ pub fn bundle(rows: &[QueryRow]) -> Value {
     })
 }
 
-/// The AuditEvents for one row: the RESTful-activity event, plus a Security Alert when the
+/// The `AuditEvents` for one row: the RESTful-activity event, plus a Security Alert when the
 /// request was made under break-glass.
+#[must_use]
 pub fn audit_events(row: &QueryRow) -> Vec<Value> {
     let mut out = vec![audit_event(row)];
     if row.record.break_glass.is_some() {
@@ -49,7 +52,7 @@ pub fn audit_events(row: &QueryRow) -> Vec<Value> {
     out
 }
 
-/// The RESTful-activity AuditEvent for one row.
+/// The RESTful-activity `AuditEvent` for one row.
 pub fn audit_event(row: &QueryRow) -> Value {
     let r = &row.record;
     let interaction = r.interaction.as_deref().map(restful_interaction);
@@ -186,7 +189,7 @@ fn outcome_desc(row: &QueryRow) -> String {
     let r = &row.record;
     let mut desc = format!("fhirwall decision {}", r.decision.as_str());
     if let Some(rule) = &r.rule {
-        desc.push_str(&format!(" by rule {rule}"));
+        let _ = write!(desc, " by rule {rule}");
     }
     if let Some(reason) = row
         .completion
@@ -194,10 +197,10 @@ fn outcome_desc(row: &QueryRow) -> String {
         .and_then(|c| c.reason.as_ref())
         .or(r.reason.as_ref())
     {
-        desc.push_str(&format!(": {reason}"));
+        let _ = write!(desc, ": {reason}");
     }
     if let Some(e) = &r.exception {
-        desc.push_str(&format!(" (exception {e})"));
+        let _ = write!(desc, " (exception {e})");
     }
     desc
 }

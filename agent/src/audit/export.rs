@@ -10,7 +10,7 @@
 //!   where `<body>` is the stored body byte for byte, so a collector can recompute the chain and
 //!   so holds the external anchor `verify` needs. Writing to a file resumes after the file's last
 //!   line, so a crash between writing and saving the cursor repeats nothing.
-//! - FHIR: each request as BALP AuditEvents POSTed to an AuditEvent endpoint, in chain order,
+//! - FHIR: each request as BALP `AuditEvents` `POSTed` to an `AuditEvent` endpoint, in chain order,
 //!   retried with exponential backoff until the collector accepts it (2xx).
 
 use std::{
@@ -141,8 +141,8 @@ pub fn export_jsonl(cfg: &JsonlExport) -> Result<u64, AuditError> {
             std::thread::sleep(cfg.poll);
             continue;
         };
-        let text: String = lines.iter().map(|(_, l)| format!("{l}\n")).collect();
-        write_out(file.as_mut(), text.as_bytes())?;
+        let text: String = lines.iter().flat_map(|(_, l)| [l.as_str(), "\n"]).collect();
+        write_out(&mut file, text.as_bytes())?;
         cursor.save(&conn, last)?;
         total += lines.len() as u64;
     }
@@ -162,21 +162,18 @@ fn open_output(path: &Path) -> Result<(PathBuf, File), AuditError> {
 }
 
 /// Writes and makes durable before the cursor moves.
-fn write_out(file: Option<&mut (PathBuf, File)>, bytes: &[u8]) -> Result<(), AuditError> {
+fn write_out(file: &mut Option<(PathBuf, File)>, bytes: &[u8]) -> Result<(), AuditError> {
     let io = |what: String| move |source| AuditError::Io { what, source };
-    match file {
-        Some((path, f)) => {
-            f.write_all(bytes)
-                .map_err(io(format!("writing {}", path.display())))?;
-            f.sync_data()
-                .map_err(io(format!("syncing {}", path.display())))
-        }
-        None => {
-            let mut out = std::io::stdout().lock();
-            out.write_all(bytes)
-                .and_then(|()| out.flush())
-                .map_err(io("writing stdout".to_owned()))
-        }
+    if let Some((path, f)) = file {
+        f.write_all(bytes)
+            .map_err(io(format!("writing {}", path.display())))?;
+        f.sync_data()
+            .map_err(io(format!("syncing {}", path.display())))
+    } else {
+        let mut out = std::io::stdout().lock();
+        out.write_all(bytes)
+            .and_then(|()| out.flush())
+            .map_err(io("writing stdout".to_owned()))
     }
 }
 
@@ -223,19 +220,19 @@ fn entries_after(conn: &Connection, after: u64) -> Result<Vec<(u64, String)>, Au
 pub struct FhirExport {
     pub db: PathBuf,
     pub cursor: String,
-    /// The AuditEvent endpoint, e.g. `https://siem.example/fhir/AuditEvent`.
+    /// The `AuditEvent` endpoint, e.g. `https://siem.example/fhir/AuditEvent`.
     pub url: String,
     pub follow: bool,
     pub poll: Duration,
     /// In follow mode, wait this long for a forwarded request's completion before sending its
-    /// AuditEvent without one.
+    /// `AuditEvent` without one.
     pub settle: Duration,
     pub max_backoff: Duration,
     /// Give up on an event after this many failed attempts (`None`: never, for `--follow`).
     pub max_attempts: Option<u32>,
 }
 
-/// POSTs AuditEvents for requests after the cursor; returns how many requests were delivered.
+/// POSTs `AuditEvents` for requests after the cursor; returns how many requests were delivered.
 pub async fn export_fhir(cfg: &FhirExport) -> Result<u64, AuditError> {
     let conn = open_for_export(&cfg.db)?;
     let mut cursor = Cursor::load(&conn, &cfg.cursor)?;

@@ -1,4 +1,4 @@
-//! A minimal HTTP/1.1 client for pushing AuditEvents: one POST at a time on a kept-alive
+//! A minimal HTTP/1.1 client for pushing `AuditEvents`: one POST at a time on a kept-alive
 //! connection, TLS via rustls (ring provider) with the system's trust roots. Only what the
 //! exporter needs; the response body is read (to keep the connection usable) and discarded.
 
@@ -20,7 +20,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest status line or header we accept from the collector.
 const MAX_HEADER_BYTES: usize = 64 * 1024;
 
-/// Where events are POSTed.
+/// Where events are `POSTed`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
     pub url: String,

@@ -1,5 +1,7 @@
 //! Filtered reads of request records, each joined with its completion.
 
+use std::fmt::Write as _;
+
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension as _, params_from_iter, types::Value};
 use serde::Serialize;
@@ -113,7 +115,7 @@ fn build_sql(f: &Filter) -> (String, Vec<Value>) {
     let mut eq = |column: &str, value: Option<Value>| {
         if let Some(v) = value {
             values.push(v);
-            sql.push_str(&format!(" AND {column} ?{}", values.len()));
+            let _ = write!(sql, " AND {column} ?{}", values.len());
         }
     };
     let text = |s: &Option<String>| s.clone().map(Value::Text);
@@ -154,7 +156,7 @@ fn build_sql(f: &Filter) -> (String, Vec<Value>) {
         Order::NewestFirst => " ORDER BY seq DESC",
     });
     if let Some(limit) = f.limit {
-        sql.push_str(&format!(" LIMIT {limit}"));
+        let _ = write!(sql, " LIMIT {limit}");
     }
     (sql, values)
 }

@@ -12,6 +12,10 @@ use crate::attribution::Workload;
 /// One link of the chain. The tag (`"kind"`) is the first JSON field of the stored body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case")]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "built once per request and serialized at once; boxing buys nothing"
+)]
 pub enum Entry {
     /// The decision taken for one request (or one refused connection), committed before forwarding.
     Request(Record),
@@ -97,7 +101,7 @@ pub struct Record {
 pub enum Decision {
     /// Policy allowed it; it was (or is about to be) forwarded.
     Allow,
-    /// Policy denied it; the sidecar answered 403 with an OperationOutcome.
+    /// Policy denied it; the sidecar answered 403 with an `OperationOutcome`.
     Deny,
     /// Observe mode: policy would have denied it, but it was forwarded.
     WouldDeny,
@@ -116,6 +120,7 @@ impl Decision {
         Self::Malformed,
     ];
 
+    #[must_use]
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Allow => "allow",
@@ -126,11 +131,13 @@ impl Decision {
         }
     }
 
+    #[must_use]
     pub fn parse(s: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|d| d.as_str() == s)
     }
 
     /// Whether the request left the node.
+    #[must_use]
     pub fn forwarded(self) -> bool {
         matches!(self, Self::Allow | Self::WouldDeny)
     }
@@ -296,6 +303,7 @@ impl Completion {
 }
 
 /// The current time at the precision the store keeps.
+#[must_use]
 pub fn now() -> Timestamp {
     truncate_us(Timestamp::now())
 }
@@ -308,6 +316,7 @@ pub(crate) fn truncate_us(t: Timestamp) -> Timestamp {
 /// Removes query parameter values, keeping names and modifiers: `?name=Smith&_count=10` becomes
 /// `?name&_count`. Search values are PHI (names, birth dates, identifiers) and never belong in
 /// the audit trail, whatever the caller passed.
+#[must_use]
 pub fn strip_query_values(path: &str) -> String {
     let Some((base, query)) = path.split_once('?') else {
         return path.to_owned();

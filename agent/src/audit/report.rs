@@ -56,6 +56,7 @@ impl BusinessHours {
     }
 
     /// Monday to Friday, `start <= local time < end`.
+    #[must_use]
     pub fn contains(&self, t: Timestamp) -> bool {
         let local = t.to_zoned_datetime(self.tz.clone());
         let weekday = !matches!(local.weekday(), Weekday::Saturday | Weekday::Sunday);
@@ -153,6 +154,10 @@ pub fn report<'a>(rows: impl IntoIterator<Item = &'a QueryRow>, hours: &Business
     out
 }
 
+#[expect(
+    clippy::ref_option,
+    reason = "the signature serde's serialize_with requires"
+)]
 fn opt_time<S: serde::Serializer>(t: &Option<Timestamp>, s: S) -> Result<S::Ok, S::Error> {
     match t {
         Some(t) => rfc3339::serialize(t, s),

@@ -1,7 +1,7 @@
-//! The SQLite store: schema, connection settings, chained appends and retention.
+//! The `SQLite` store: schema, connection settings, chained appends and retention.
 //!
 //! Only the writer thread appends. Durability: WAL with `synchronous=FULL` fsyncs the WAL at every
-//! commit, so a transaction SQLite reports committed survives power loss. `NORMAL` would only
+//! commit, so a transaction `SQLite` reports committed survives power loss. `NORMAL` would only
 //! fsync at checkpoints and could lose the last acknowledged transactions on power loss, which
 //! breaks "no request is forwarded without its audit record committed". Group commit pays that
 //! fsync once per batch instead of once per record (<https://www.sqlite.org/pragma.html#pragma_synchronous>,

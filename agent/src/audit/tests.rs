@@ -1,4 +1,4 @@
-//! Tests against real SQLite stores in temporary directories.
+//! Tests against real `SQLite` stores in temporary directories.
 
 mod support;
 

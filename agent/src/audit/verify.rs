@@ -68,6 +68,7 @@ pub struct Verification {
 }
 
 impl Verification {
+    #[must_use]
     pub fn is_intact(&self) -> bool {
         self.findings.is_empty()
     }
@@ -203,9 +204,9 @@ pub fn verify(conn: &Connection, anchors: &[Anchor]) -> Result<Verification, Aud
             }
             if let Some(Ok((_, p))) = patients.next() {
                 if seq == row.seq {
-                    mine.push(p)
+                    mine.push(p);
                 } else {
-                    walk.orphans += 1
+                    walk.orphans += 1;
                 }
             }
         }

@@ -1,4 +1,4 @@
-//! The writer: one std thread owns the SQLite connection and commits records in groups.
+//! The writer: one std thread owns the `SQLite` connection and commits records in groups.
 //!
 //! Callers on the tokio runtime serialize their record, queue it on a bounded channel and await a
 //! oneshot reply. The thread takes the first queued record, drains whatever else is queued (up to
@@ -52,7 +52,7 @@ impl AuditConfig {
                 max_batch: 20_000,
                 ..Retention::default()
             },
-            retention_interval: Duration::from_secs(60),
+            retention_interval: Duration::from_mins(1),
             queue_capacity: 65_536,
             max_batch: 4_096,
         }
@@ -105,6 +105,10 @@ pub struct AuditWriter {
 type Reply = oneshot::Sender<Result<CommittedSeq, AuditError>>;
 
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "appends are nearly every job; boxing would add an allocation each"
+)]
 enum Job {
     Append {
         entry: Prepared,
@@ -197,6 +201,7 @@ impl AuditSink {
             .clone()
     }
 
+    #[must_use]
     pub fn stats(&self) -> AuditStats {
         let s = &self.shared;
         AuditStats {
@@ -343,13 +348,12 @@ impl Writer {
         }
         tracing::error!(records = batch.len(), error = %error_chain(&err), "audit store write failed; refusing requests");
         for (_, reply) in batch.drain(..) {
-            match reply {
-                Some(reply) => {
-                    let _ = reply.send(Err(AuditError::Unavailable {
-                        source: Arc::clone(&err),
-                    }));
-                }
-                None => tracing::warn!("an unawaited completion entry was not committed"),
+            if let Some(reply) = reply {
+                let _ = reply.send(Err(AuditError::Unavailable {
+                    source: Arc::clone(&err),
+                }));
+            } else {
+                tracing::warn!("an unawaited completion entry was not committed");
             }
         }
     }
@@ -362,12 +366,11 @@ impl Writer {
         if !self.broken {
             return Ok(());
         }
-        let head = match store::head(&self.conn) {
-            Ok(head) => head,
-            Err(_) => {
-                self.conn = store::open(&self.config.path, &self.config.store)?;
-                store::head(&self.conn).map_err(|source| AuditError::Read { source })?
-            }
+        let head = if let Ok(head) = store::head(&self.conn) {
+            head
+        } else {
+            self.conn = store::open(&self.config.path, &self.config.store)?;
+            store::head(&self.conn).map_err(|source| AuditError::Read { source })?
         };
         self.head = head;
         self.shared.head.store(head.seq, Ordering::Relaxed);

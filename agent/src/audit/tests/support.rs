@@ -52,7 +52,14 @@ pub fn record(n: u64, time: Timestamp) -> Record {
     r.credential_fingerprint = Some(format!("sha256:{:08x}", n % 2));
     r.upstream = Some("epic".to_owned());
     r.interaction = Some("search-type".to_owned());
-    r.resource_type = Some(if n % 2 == 0 { "Observation" } else { "Patient" }.to_owned());
+    r.resource_type = Some(
+        if n.is_multiple_of(2) {
+            "Observation"
+        } else {
+            "Patient"
+        }
+        .to_owned(),
+    );
     r.patients = vec![format!("Patient/p{}", n % 5)];
     r.purpose_of_use = Some("TREAT".to_owned());
     if n % 4 == 3 {

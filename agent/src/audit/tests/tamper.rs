@@ -40,10 +40,12 @@ fn shift_up(conn: &Connection, from: i64) {
 
 /// Each case tampers with a fresh 10-entry store and names a finding `verify` must report.
 type Tamper = fn(&Connection);
+type Expect = fn(&Problem) -> bool;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
 async fn verify_names_each_kind_of_tampering() {
-    let cases: [(&str, Tamper, u64, fn(&Problem) -> bool); 9] = [
+    let cases: [(&str, Tamper, u64, Expect); 9] = [
         (
             "edit a body field",
             |c| {
