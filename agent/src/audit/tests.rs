@@ -4,5 +4,6 @@ mod support;
 
 mod disk_full;
 mod group_commit;
+mod query_report;
 mod retention;
 mod tamper;

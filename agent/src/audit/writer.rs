@@ -114,7 +114,10 @@ enum Job {
         entry: Prepared,
         reply: Option<Reply>,
     },
-    Prune,
+    /// Apply retention; the reply (if any) gets the number of entries pruned.
+    Prune {
+        reply: Option<oneshot::Sender<Result<u64, AuditError>>>,
+    },
 }
 
 #[derive(Debug)]
@@ -214,12 +217,15 @@ impl AuditSink {
         }
     }
 
-    /// Asks the writer to apply retention now (it also does so every `retention_interval`).
-    pub async fn prune_now(&self) -> Result<(), AuditError> {
+    /// Applies retention now (the writer also does so every `retention_interval`) and returns
+    /// how many entries were pruned. At most ten pruning transactions run per call.
+    pub async fn prune_now(&self) -> Result<u64, AuditError> {
+        let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job::Prune)
+            .send(Job::Prune { reply: Some(reply) })
             .await
-            .map_err(|_| AuditError::WriterGone)
+            .map_err(|_| AuditError::WriterGone)?;
+        rx.await.map_err(|_| AuditError::WriterGone)?
     }
 }
 
@@ -242,7 +248,7 @@ fn spawn_ticker(tx: mpsc::WeakSender<Job>, interval: Duration) -> Result<(), Aud
                 thread::sleep(interval);
                 let Some(tx) = tx.upgrade() else { return };
                 // A full queue means the writer is busy; the next tick will do.
-                let _ = tx.try_send(Job::Prune);
+                let _ = tx.try_send(Job::Prune { reply: None });
             }
         })
         .map(drop)
@@ -261,13 +267,17 @@ struct Writer {
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>) {
         let mut batch: Vec<(Prepared, Option<Reply>)> = Vec::with_capacity(self.config.max_batch);
-        let mut prune = false;
         while let Some(job) = rx.blocking_recv() {
             let mut next = Some(job);
+            // Jobs are handled in queue order: a prune ends the group before it.
+            let mut prune = None;
             while let Some(job) = next.take() {
                 match job {
                     Job::Append { entry, reply } => batch.push((entry, reply)),
-                    Job::Prune => prune = true,
+                    Job::Prune { reply } => {
+                        prune = Some(reply);
+                        break;
+                    }
                 }
                 if batch.len() < self.config.max_batch {
                     next = rx.try_recv().ok();
@@ -276,8 +286,11 @@ impl Writer {
             if !batch.is_empty() {
                 self.commit_batch(&mut batch);
             }
-            if std::mem::take(&mut prune) {
-                self.prune();
+            if let Some(reply) = prune {
+                let result = self.prune();
+                if let Some(reply) = reply {
+                    let _ = reply.send(result);
+                }
             }
         }
     }
@@ -292,6 +305,8 @@ impl Writer {
                 let first = self.head.seq + 1;
                 let count = batch.len() as u64;
                 self.head = head;
+                // Counters first, so a caller that sees its acknowledgement also sees them.
+                self.succeeded(head, count);
                 for (i, (_, reply)) in (0u64..).zip(batch.drain(..)) {
                     if let Some(reply) = reply {
                         // A caller that stopped waiting (request cancelled) is fine: the
@@ -299,7 +314,6 @@ impl Writer {
                         let _ = reply.send(Ok(CommittedSeq(first + i)));
                     }
                 }
-                self.succeeded(head, count);
             }
             Err(err) => self.failed(batch, err),
         }
@@ -378,12 +392,11 @@ impl Writer {
         Ok(())
     }
 
-    fn prune(&mut self) {
+    fn prune(&mut self) -> Result<u64, AuditError> {
+        let mut pruned = 0;
         // Bounded per tick so a large backlog never holds up commits for long.
         for _ in 0..10 {
-            if self.recover().is_err() {
-                return;
-            }
+            self.recover()?;
             match store::prune(&mut self.conn, self.head, &self.config.retention) {
                 Ok(Some((head, marker))) => {
                     self.head = head;
@@ -391,20 +404,22 @@ impl Writer {
                     self.shared
                         .pruned
                         .fetch_add(marker.count, Ordering::Relaxed);
+                    pruned += marker.count;
                     tracing::info!(
                         first = marker.first_seq,
                         last = marker.last_seq,
                         "audit retention pruned"
                     );
                 }
-                Ok(None) => return,
+                Ok(None) => return Ok(pruned),
                 Err(err) => {
                     self.broken = true;
                     tracing::warn!(error = %error_chain(&err), "audit retention failed; will retry");
-                    return;
+                    return Err(err);
                 }
             }
         }
+        Ok(pruned)
     }
 }
 
