@@ -3,6 +3,8 @@
 mod support;
 
 mod disk_full;
+mod export;
+mod fhir;
 mod group_commit;
 mod query_report;
 mod retention;

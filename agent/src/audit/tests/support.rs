@@ -76,6 +76,26 @@ pub fn record(n: u64, time: Timestamp) -> Record {
     r
 }
 
+/// Monday 2026-11-23 00:00 UTC plus `hours`.
+pub fn monday_plus(hours: i64) -> Timestamp {
+    let monday: Timestamp = "2026-11-23T00:00:00Z".parse().unwrap();
+    monday + hours.hours()
+}
+
+/// Commits records `1..=n`, record `i` at [`monday_plus`]`(i)`, and waits for the writer.
+pub async fn seed_fixed(path: &Path, n: u64) {
+    let (sink, writer) = AuditSink::start(AuditConfig::new(path)).unwrap();
+    for i in 1..=n {
+        sink.commit(record(i, monday_plus(i64::try_from(i).unwrap())))
+            .await
+            .unwrap();
+    }
+    drop(sink);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+}
+
 /// A fresh store path in a temporary directory (kept alive by the returned guard).
 pub fn temp_store() -> (TempDir, PathBuf) {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
