@@ -31,7 +31,6 @@ mod writer;
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests;
-
 use std::{path::PathBuf, sync::Arc};
 
 pub use balp::{audit_event, audit_events, bundle};
@@ -47,6 +46,8 @@ pub use record::{
 pub use render::{jsonl_line, report_text, table};
 pub use report::{BusinessHours, Report, WorkloadSeen, report};
 pub use store::{Head, Retention, StoreOptions, open, open_read_only};
+#[cfg(test)]
+pub(crate) use tests::support as tests_support;
 pub use verify::{Anchor, Finding, Problem, Verification, verify};
 pub use writer::{AuditConfig, AuditSink, AuditStats, AuditWriter, CommittedSeq, Health};
 

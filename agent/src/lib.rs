@@ -21,3 +21,4 @@
 
 pub mod attribution;
 pub mod audit;
+pub mod cli;

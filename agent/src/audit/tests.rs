@@ -1,6 +1,6 @@
 //! Tests against real `SQLite` stores in temporary directories.
 
-mod support;
+pub(crate) mod support;
 
 mod disk_full;
 mod export;
