@@ -15,6 +15,8 @@ pub struct IndexCols {
     pub kind: String,
     pub time_us: i64,
     pub correlation_id: Option<String>,
+    /// For a completion: the seq of its request.
+    pub ref_seq: Option<i64>,
     pub integration: Option<String>,
     pub exe: Option<String>,
     pub exe_sha256: Option<String>,
@@ -28,7 +30,7 @@ pub struct IndexCols {
 }
 
 /// The column list matching [`IndexCols::read`].
-pub const COLUMNS: &str = "kind, time_us, correlation_id, integration, exe, exe_sha256, pid, \
+pub const COLUMNS: &str = "kind, time_us, correlation_id, ref_seq, integration, exe, exe_sha256, pid, \
     container_id, pod_uid, systemd_unit, credential_fp, resource_type, decision";
 
 impl IndexCols {
@@ -42,6 +44,7 @@ impl IndexCols {
             Entry::Request(r) => Self::of_record(base, r),
             Entry::Completion(c) => Self {
                 correlation_id: Some(c.correlation_id.clone()),
+                ref_seq: Some(i64::try_from(c.request_seq).unwrap_or(i64::MAX)),
                 ..base
             },
             Entry::Pruned(_) => base,
@@ -72,16 +75,17 @@ impl IndexCols {
             kind: row.get(at)?,
             time_us: row.get(at + 1)?,
             correlation_id: row.get(at + 2)?,
-            integration: row.get(at + 3)?,
-            exe: row.get(at + 4)?,
-            exe_sha256: row.get(at + 5)?,
-            pid: row.get(at + 6)?,
-            container_id: row.get(at + 7)?,
-            pod_uid: row.get(at + 8)?,
-            systemd_unit: row.get(at + 9)?,
-            credential_fp: row.get(at + 10)?,
-            resource_type: row.get(at + 11)?,
-            decision: row.get(at + 12)?,
+            ref_seq: row.get(at + 3)?,
+            integration: row.get(at + 4)?,
+            exe: row.get(at + 5)?,
+            exe_sha256: row.get(at + 6)?,
+            pid: row.get(at + 7)?,
+            container_id: row.get(at + 8)?,
+            pod_uid: row.get(at + 9)?,
+            systemd_unit: row.get(at + 10)?,
+            credential_fp: row.get(at + 11)?,
+            resource_type: row.get(at + 12)?,
+            decision: row.get(at + 13)?,
         })
     }
 }

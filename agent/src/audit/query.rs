@@ -76,7 +76,7 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<QueryRow>, AuditE
         .map_err(read)?;
     let mut completion = conn
         .prepare_cached(
-            "SELECT body FROM entries WHERE correlation_id = ?1 AND kind = 'completion' AND seq > ?2 ORDER BY seq LIMIT 1",
+            "SELECT body FROM entries WHERE ref_seq = ?1 AND kind = 'completion' ORDER BY seq LIMIT 1",
         )
         .map_err(read)?;
     let mut out = Vec::new();
@@ -87,7 +87,7 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<QueryRow>, AuditE
             continue;
         };
         let done: Option<String> = completion
-            .query_row((&record.correlation_id, seq_i64(seq)), |r| r.get(0))
+            .query_row([seq_i64(seq)], |r| r.get(0))
             .optional()
             .map_err(read)?;
         let completion = match done.map(|b| parse(seq, &b)).transpose()? {

@@ -2,7 +2,8 @@
 //!
 //! Everything here is plain data with serde derives; the store serializes an [`Entry`] once, hashes
 //! those exact bytes into the chain and keeps them verbatim, so the JSON field order of these
-//! structs is part of the stored format (see `chain.rs`).
+//! structs is part of the stored format (see `chain.rs`). Absent optional fields are left out of
+//! the JSON (smaller bodies to hash, store and ship) and read back as `None`.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -56,42 +57,60 @@ pub struct Record {
     /// Name of the node (host) whose sidecar decided.
     pub node: String,
     /// The registered integration the workload matched; `None` when unattributed or unregistered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integration: Option<String>,
     pub workload: WorkloadRecord,
     /// Network address of the client as the sidecar saw it, e.g. `10.0.0.7:51234`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_addr: Option<String>,
     /// Who the request is made for when a token says so (OAuth `sub` / client id). Never a secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_behalf_of: Option<String>,
     /// A fingerprint of the presented credential (e.g. a SHA-256 prefix), never the credential.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_fingerprint: Option<String>,
     /// Name of the protected upstream the request was for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
     pub method: String,
     /// Normalized request path; query values are removed on commit (see [`strip_query_values`]).
     pub path: String,
     /// FHIR interaction code (<http://hl7.org/fhir/R4/valueset-type-restful-interaction.html>),
     /// e.g. `read`, `search-type`, `create`, or an operation name such as `$everything`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interaction: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resource_id: Option<String>,
     /// Patients the request touches, as `Patient/<id>` references. Sorted and deduplicated on
     /// commit. Stored in an indexed table for per-patient queries; never logged.
     pub patients: Vec<String>,
     /// Purpose of use code (<http://terminology.hl7.org/CodeSystem/v3-ActReason>), e.g. `TREAT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose_of_use: Option<String>,
     pub decision: Decision,
     /// The policy rule that decided.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// Response status when the sidecar answered itself (denials); forwarded requests get theirs
     /// from the [`Completion`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_out: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub break_glass: Option<BreakGlassUse>,
     /// Name of the policy exception that allowed the request, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
 }
 
@@ -157,14 +176,19 @@ pub struct BreakGlassUse {
 pub struct Completion {
     #[serde(with = "rfc3339")]
     pub time: Timestamp,
+    /// The seq [`AuditSink::commit`](super::AuditSink::commit) returned for the request; the
+    /// store joins on it (an append-only index, unlike a random correlation id).
+    pub request_seq: u64,
     pub correlation_id: String,
     pub outcome: Outcome,
     /// Status sent to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
     pub bytes_in: u64,
     pub bytes_out: u64,
     /// From accepting the request to the last response byte.
     pub latency_us: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
 
@@ -205,15 +229,22 @@ pub struct WorkloadRecord {
     pub tgid: u32,
     /// Process start time in clock ticks since boot; with `tgid` it names one process.
     pub start_time: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe_sha256: Option<String>,
     pub uid: u32,
     pub gid: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
     pub comm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cgroup_path: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub systemd_unit: Option<String>,
 }
 
@@ -288,9 +319,14 @@ impl Record {
 }
 
 impl Completion {
-    pub fn new(correlation_id: impl Into<String>, outcome: Outcome) -> Self {
+    pub fn new(
+        request_seq: super::CommittedSeq,
+        correlation_id: impl Into<String>,
+        outcome: Outcome,
+    ) -> Self {
         Self {
             time: now(),
+            request_seq: request_seq.0,
             correlation_id: correlation_id.into(),
             outcome,
             status: None,

@@ -188,9 +188,9 @@ pub fn verify(conn: &Connection, anchors: &[Anchor]) -> Result<Verification, Aud
             Ok(Stored {
                 seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
                 cols: IndexCols::read(r, 1)?,
-                body: r.get(14)?,
-                prev_hash: r.get(15)?,
-                hash: r.get(16)?,
+                body: r.get(15)?,
+                prev_hash: r.get(16)?,
+                hash: r.get(17)?,
             })
         })
         .map_err(read)?;
@@ -415,6 +415,7 @@ fn column_differences(want: &IndexCols, got: &IndexCols) -> Vec<&'static str> {
         ("kind", want.kind == got.kind),
         ("time_us", want.time_us == got.time_us),
         ("correlation_id", want.correlation_id == got.correlation_id),
+        ("ref_seq", want.ref_seq == got.ref_seq),
         ("integration", want.integration == got.integration),
         ("exe", want.exe == got.exe),
         ("exe_sha256", want.exe_sha256 == got.exe_sha256),

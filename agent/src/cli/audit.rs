@@ -1,7 +1,6 @@
 //! `fhirwall audit query|report|verify|export`: the incident responder's side of the audit trail.
 
 use std::{
-    io::Write as _,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,

@@ -84,7 +84,7 @@ async fn completions_are_chained_and_joined_to_their_request() {
         .commit(record(1, jiff::Timestamp::now()))
         .await
         .unwrap();
-    let mut done = Completion::new("req-1", Outcome::Completed);
+    let mut done = Completion::new(seq, "req-1", Outcome::Completed);
     done.status = Some(200);
     done.bytes_out = 512;
     done.latency_us = 900;
