@@ -89,6 +89,10 @@ async fn run(sink: &Arc<AuditSink>, submitters: u64, total: u64) {
     }
 }
 
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "iteration counts far below 2^52"
+)]
 fn commit(c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
     let dir = bench_dir();
@@ -118,6 +122,7 @@ fn commit(c: &mut Criterion) {
 }
 
 /// Per-commit latency percentiles while 64 submitters keep the writer saturated.
+#[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
 fn latency_under_load(_c: &mut Criterion) {
     let rt = Runtime::new().expect("tokio runtime");
     let dir = bench_dir();

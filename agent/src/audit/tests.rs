@@ -6,6 +6,7 @@ mod disk_full;
 mod export;
 mod fhir;
 mod group_commit;
+mod locked;
 mod query_report;
 mod retention;
 mod tamper;

@@ -1,6 +1,7 @@
 //! `fhirwall audit query|report|verify|export`: the incident responder's side of the audit trail.
 
 use std::{
+    fmt::Write as _,
     path::{Path, PathBuf},
     process::ExitCode,
     time::Duration,
@@ -31,7 +32,7 @@ pub enum AuditCommand {
     Report(ReportArgs),
     /// Check the hash chain; exit 1 and say where if anything was tampered with.
     Verify(VerifyArgs),
-    /// Stream entries for central collection (JSON lines or FHIR AuditEvents), resuming from a
+    /// Stream entries for central collection (JSON lines or FHIR `AuditEvents`), resuming from a
     /// durable cursor.
     Export(ExportArgs),
 }
@@ -42,7 +43,7 @@ pub enum Format {
     Table,
     /// One JSON object per line.
     Json,
-    /// A FHIR R4 Bundle of IHE BALP AuditEvents.
+    /// A FHIR R4 Bundle of IHE BALP `AuditEvents`.
     Fhir,
 }
 
@@ -153,7 +154,7 @@ pub struct ExportArgs {
     /// Write JSON lines to FILE (`-` for stdout).
     #[arg(long, group = "target", value_name = "FILE")]
     pub jsonl: Option<PathBuf>,
-    /// POST BALP AuditEvents to this FHIR AuditEvent endpoint (http:// or https://).
+    /// POST BALP `AuditEvents` to this FHIR `AuditEvent` endpoint (http:// or https://).
     #[arg(long, group = "target", value_name = "URL")]
     pub fhir: Option<String>,
     /// Keep running and export new entries as they are committed.
@@ -260,7 +261,7 @@ fn run_verify(a: &VerifyArgs, w: &mut dyn std::io::Write) -> Result<ExitCode, Au
     let v = audit::verify(&audit::open_read_only(&a.db.db)?, &a.anchor)?;
     let mut text = String::new();
     for f in &v.findings {
-        text.push_str(&format!("TAMPERED: {f}\n"));
+        let _ = writeln!(text, "TAMPERED: {f}");
     }
     let span = match (v.first_seq, &v.head) {
         (Some(first), Some(head)) => format!("seq {first}..={}", head.seq),
@@ -270,21 +271,24 @@ fn run_verify(a: &VerifyArgs, w: &mut dyn std::io::Write) -> Result<ExitCode, Au
         format!(", seq 1..={p} pruned by retention")
     });
     if v.is_intact() {
-        text.push_str(&format!(
-            "ok: {} entries ({span}{pruned}), chain intact\n",
+        let _ = writeln!(
+            text,
+            "ok: {} entries ({span}{pruned}), chain intact",
             v.entries
-        ));
+        );
     } else {
-        text.push_str(&format!(
-            "FAILED: {} problem(s) in {} entries ({span})\n",
+        let _ = writeln!(
+            text,
+            "FAILED: {} problem(s) in {} entries ({span})",
             v.findings.len(),
             v.entries
-        ));
+        );
     }
     if let Some(head) = &v.head {
-        text.push_str(&format!(
-            "head {head}  (keep this elsewhere; pass it back with --anchor)\n"
-        ));
+        let _ = writeln!(
+            text,
+            "head {head}  (keep this elsewhere; pass it back with --anchor)"
+        );
     }
     out(w, &text)?;
     Ok(if v.is_intact() {
@@ -328,7 +332,7 @@ fn run_export(a: ExportArgs) -> Result<ExitCode, AuditError> {
         follow: a.follow,
         poll,
         settle: Duration::from_secs(30),
-        max_backoff: Duration::from_secs(60),
+        max_backoff: Duration::from_mins(1),
         max_attempts: (!a.follow).then_some(a.max_attempts.max(1)),
     };
     let rt = tokio::runtime::Builder::new_current_thread()

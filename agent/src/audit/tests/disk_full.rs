@@ -78,7 +78,7 @@ async fn full_disk_fails_commits_loses_nothing_and_recovers() {
     let (sink, writer) = AuditSink::start(AuditConfig::new(&db)).unwrap();
     let mut acked = Vec::new();
     let mut n = 0u64;
-    let mut commit = |sink: AuditSink, n: u64| async move {
+    let commit = |sink: AuditSink, n: u64| async move {
         let mut r = record(n, jiff::Timestamp::now());
         r.correlation_id = format!("c{n}");
         (sink.commit(r).await, n)

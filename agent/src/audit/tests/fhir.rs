@@ -11,6 +11,8 @@ use serde_json::Value;
 use super::support::{seed_fixed, temp_store};
 use crate::audit::{Filter, bundle, open_read_only, query};
 
+type Breakage = fn(&mut Value);
+
 const VALIDATE: &str = r#"
 import json, sys
 import fhir.resources
@@ -125,15 +127,15 @@ async fn bundle_of_balp_audit_events_validates_as_r4() {
 
     // The validator does reject what is not valid R4 (it checks structure, types and
     // cardinality; it does not check code values against value sets).
-    let breakages: [(&str, fn(&mut Value)); 3] = [
+    let breakages: [(&str, Breakage); 3] = [
         ("a bad instant", |e| {
-            e["recorded"] = Value::from("yesterday")
+            e["recorded"] = Value::from("yesterday");
         }),
         ("a missing required element", |e| {
-            drop(e.as_object_mut().unwrap().remove("source"))
+            drop(e.as_object_mut().unwrap().remove("source"));
         }),
         ("an unknown element", |e| {
-            e["verdict"] = Value::from("allow")
+            e["verdict"] = Value::from("allow");
         }),
     ];
     for (what, breakage) in breakages {

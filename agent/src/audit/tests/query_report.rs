@@ -12,11 +12,16 @@ fn seqs(rows: &[QueryRow]) -> Vec<u64> {
     rows.iter().map(|r| r.seq).collect()
 }
 
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "reads like the optional Filter fields it fills"
+)]
 fn text(s: &str) -> Option<String> {
     Some(s.to_owned())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
 async fn filters_select_the_right_rows() {
     let (_dir, path) = temp_store();
     seed_fixed(&path, 30).await;

@@ -12,7 +12,7 @@ use crate::audit::{
 async fn store_with_old_and_new(path: &std::path::Path, retention: Retention) -> AuditSink {
     let mut config = AuditConfig::new(path);
     config.retention = retention;
-    config.retention_interval = Duration::from_secs(3600);
+    config.retention_interval = Duration::from_hours(1);
     let (sink, writer) = AuditSink::start(config).unwrap();
     for i in 1..=20 {
         sink.commit(record(i, Timestamp::now() - 240.hours()))
@@ -31,7 +31,7 @@ async fn store_with_old_and_new(path: &std::path::Path, retention: Retention) ->
 async fn pruning_by_age_leaves_a_verifiable_chain() {
     let (_dir, path) = temp_store();
     let retention = Retention {
-        max_age: Some(Duration::from_secs(7 * 86_400)),
+        max_age: Some(Duration::from_hours(168)),
         max_bytes: None,
         max_batch: 1000,
     };
@@ -81,7 +81,7 @@ async fn pruning_by_age_leaves_a_verifiable_chain() {
 async fn pruning_waits_for_registered_exporters() {
     let (_dir, path) = temp_store();
     let retention = Retention {
-        max_age: Some(Duration::from_secs(7 * 86_400)),
+        max_age: Some(Duration::from_hours(168)),
         max_bytes: None,
         max_batch: 1000,
     };
