@@ -361,6 +361,7 @@ pub fn strip_query_values(path: &str) -> String {
         .split('&')
         .filter(|p| !p.is_empty())
         .map(|p| p.split_once('=').map_or(p, |(name, _)| name))
+        .filter(|name| !name.is_empty())
         .collect();
     if names.is_empty() {
         base.to_owned()
@@ -386,5 +387,105 @@ pub(crate) mod rfc3339 {
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Timestamp, D::Error> {
         let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
         s.parse().map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    #[test]
+    fn query_values_never_survive() {
+        let cases = [
+            ("/Patient/123", "/Patient/123"),
+            (
+                "/Patient?name=Smith&birthdate=1970-01-01",
+                "/Patient?name&birthdate",
+            ),
+            (
+                "/Observation?patient=Patient/9&_count=10&",
+                "/Observation?patient&_count",
+            ),
+            ("/Patient?_summary", "/Patient?_summary"),
+            ("/Patient?", "/Patient"),
+            ("/Patient?=x&&name:exact=Jo=e", "/Patient?name:exact"),
+        ];
+        for (input, want) in cases {
+            assert_eq!(strip_query_values(input), want, "{input}");
+        }
+    }
+
+    #[test]
+    fn sanitize_orders_patients_and_truncates_time() {
+        let mut r = Record::new(
+            "c",
+            "n",
+            WorkloadRecord::default(),
+            "GET",
+            "/Patient?name=Smith",
+            Decision::Allow,
+        );
+        r.patients = vec!["Patient/b".into(), "Patient/a".into(), "Patient/b".into()];
+        r.time = "2026-01-01T00:00:00.123456789Z".parse().unwrap_or(r.time);
+        r.sanitize();
+        assert_eq!(r.path, "/Patient?name");
+        assert_eq!(r.patients, ["Patient/a", "Patient/b"]);
+        assert_eq!(rfc3339::format(&r.time), "2026-01-01T00:00:00.123456Z");
+    }
+
+    #[test]
+    fn workload_record_keeps_identity_and_drops_the_command_line() {
+        let w = Workload {
+            pid: 7,
+            tgid: 6,
+            start_time: 99,
+            uid: 1000,
+            gid: 1000,
+            user: Some("lab".into()),
+            comm: "lab-sync".into(),
+            exe: Some(PathBuf::from("/usr/bin/lab-sync")),
+            exe_sha256: Some("ab".repeat(32)),
+            cmdline: vec!["lab-sync".into(), "--patient=Smith".into()],
+            systemd_unit: Some("lab.service".into()),
+            ..Workload::default()
+        };
+        let r = WorkloadRecord::from(&w);
+        assert_eq!((r.pid, r.tgid, r.start_time, r.uid), (7, 6, 99, 1000));
+        assert_eq!(r.exe.as_deref(), Some("/usr/bin/lab-sync"));
+        assert_eq!(r.systemd_unit.as_deref(), Some("lab.service"));
+        let json = serde_json::to_string(&r).unwrap_or_default();
+        assert!(
+            !json.contains("Smith"),
+            "the command line must not be recorded: {json}"
+        );
+    }
+
+    #[test]
+    fn entries_round_trip_through_json() {
+        let mut r = Record::new(
+            "c",
+            "n",
+            WorkloadRecord::default(),
+            "GET",
+            "/x",
+            Decision::WouldDeny,
+        );
+        r.break_glass = Some(BreakGlassUse {
+            justification_id: "INC-1".into(),
+        });
+        let entry = Entry::Request(r);
+        let json = serde_json::to_string(&entry).unwrap_or_default();
+        assert!(json.starts_with(r#"{"kind":"request","#), "{json}");
+        assert!(!json.contains("null"), "absent fields are omitted: {json}");
+        assert_eq!(serde_json::from_str::<Entry>(&json).ok(), Some(entry));
+        for d in Decision::ALL {
+            assert_eq!(Decision::parse(d.as_str()), Some(d));
+            assert_eq!(
+                serde_json::to_string(&d).unwrap_or_default(),
+                format!("\"{}\"", d.as_str())
+            );
+        }
     }
 }
