@@ -10,6 +10,34 @@
 //! responders: query / report / verify / export  (read the same file; export keeps a cursor)
 //! ```
 //!
+//! How the proxy uses it (the only calls on the request path are `commit` and `complete`):
+//!
+//! ```no_run
+//! # async fn demo(workload: &fhirwall::attribution::Workload) -> Result<(), fhirwall::audit::AuditError> {
+//! use fhirwall::audit::{AuditConfig, AuditSink, Completion, Decision, Outcome, Record};
+//!
+//! // At startup (fails if the store cannot be opened: refuse to start rather than to serve).
+//! let (sink, writer) = AuditSink::start(AuditConfig::new("/var/lib/fhirwall/audit.db"))?;
+//!
+//! // Per request, after the policy decision and before forwarding:
+//! let mut record = Record::new("req-42", "node-1", workload.into(), "GET", "/Patient/123", Decision::Allow);
+//! record.integration = Some("lab-sync".into());
+//! record.patients = vec!["Patient/123".into()];
+//! let seq = match sink.commit(record).await {
+//!     Ok(seq) => seq,
+//!     Err(_) => return Ok(()), // answer 503, do not forward
+//! };
+//! // ... forward, stream the response back, then (not awaited):
+//! let mut done = Completion::new(seq, "req-42", Outcome::Completed);
+//! done.status = Some(200);
+//! let _ = sink.complete(done);
+//!
+//! // For /health and metrics: sink.health(), sink.stats(). At shutdown:
+//! drop(sink);
+//! let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+//! # Ok(()) }
+//! ```
+//!
 //! Files, in the order an entry travels: `record` (what is stored), `index` (queryable columns),
 //! `chain` (hashing), `store` (`SQLite` schema, append, retention), `writer` (group commit, health),
 //! then the readers: `verify`, `query`, `report`, `render` (table / JSON lines), `balp` (FHIR
