@@ -132,9 +132,13 @@ pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection, AuditError> 
             version,
         });
     }
-    conn.execute_batch(SCHEMA).map_err(err)?;
-    conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-        .map_err(err)?;
+    // Only a new store is written to here: reopening after a failure (a full disk) must not
+    // need space.
+    if version < SCHEMA_VERSION {
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err)?;
+    }
     Ok(conn)
 }
 
