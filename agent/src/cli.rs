@@ -1,6 +1,7 @@
 //! Command-line front ends of the library, one module per subcommand. They print for people
 //! (tables) or machines (`--json`) and return the exit code.
 
+pub mod audit;
 pub mod policy;
 pub mod workloads;
 

@@ -19,14 +19,27 @@
 //!
 //! `app` wires it together; `main.rs` is only the command line.
 
-pub mod admin;
-pub mod app;
+// The request path, in order.
+pub mod kernel;
+
 pub mod attribution;
+
+pub mod proxy;
+
+pub mod fhir;
+
+pub mod policy;
+
+pub mod audit;
+
+// Beside the request path: operators and the control plane.
+pub mod metrics;
+
+pub mod admin;
+
+pub mod enforce;
+
+// Wiring and the command line.
+pub mod app;
 pub mod cli;
 pub mod config;
-pub mod enforce;
-pub mod fhir;
-pub mod kernel;
-pub mod metrics;
-pub mod policy;
-pub mod proxy;

@@ -28,6 +28,8 @@ enum Command {
     /// Validate and explain policies.
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
+    /// Query, report on, verify and export the audit trail.
+    Audit(cli::audit::AuditArgs),
     /// Live connections attributed to their workloads (asks the running agent).
     Workloads(cli::workloads::WorkloadsArgs),
     /// Detach and unpin every kernel program and map fhirwall installed.
@@ -43,6 +45,13 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config } => run(config),
         Command::Policy(command) => cli::policy::run(&command),
+        // Exit 1 is reserved for a verdict ("tampered"); errors exit 2.
+        Command::Audit(args) => {
+            return cli::audit::run(args).unwrap_or_else(|e| {
+                eprintln!("fhirwall: {e:#}");
+                ExitCode::from(2)
+            });
+        }
         Command::Workloads(args) => cli::workloads::run(&args),
         Command::Uninstall { pin_dir } => cli::uninstall(&pin_dir),
     };

@@ -1,0 +1,201 @@
+//! The tamper-evident audit trail: every decision is committed here before anything is forwarded.
+//!
+//! ```text
+//! proxy ── AuditSink::commit(Record).await ──► queue ──► writer thread (owns SQLite)
+//!                                                         group commit: one txn + one fsync
+//!                                                         per batch, hash chain per entry
+//!       ◄── Ok(CommittedSeq) after the txn is durable ◄──
+//! proxy ── AuditSink::complete(Completion) ──► queue (not awaited; chained like any entry)
+//!
+//! responders: query / report / verify / export  (read the same file; export keeps a cursor)
+//! ```
+//!
+//! How the proxy uses it (the only calls on the request path are `commit` and `complete`):
+//!
+//! ```no_run
+//! # async fn demo(workload: &fhirwall::attribution::Workload) -> Result<(), fhirwall::audit::AuditError> {
+//! use fhirwall::audit::{AuditConfig, AuditSink, Completion, Decision, Outcome, Record};
+//!
+//! // At startup (fails if the store cannot be opened: refuse to start rather than to serve).
+//! let (sink, writer) = AuditSink::start(AuditConfig::new("/var/lib/fhirwall/audit.db"))?;
+//!
+//! // Per request, after the policy decision and before forwarding:
+//! let mut record = Record::new("req-42", "node-1", workload.into(), "GET", "/Patient/123", Decision::Allow);
+//! record.integration = Some("lab-sync".into());
+//! record.patients = vec!["Patient/123".into()];
+//! let seq = match sink.commit(record).await {
+//!     Ok(seq) => seq,
+//!     Err(_) => return Ok(()), // answer 503, do not forward
+//! };
+//! // ... forward, stream the response back, then (not awaited):
+//! let mut done = Completion::new(seq, "req-42", Outcome::Completed);
+//! done.status = Some(200);
+//! let _ = sink.complete(done);
+//!
+//! // For /health and metrics: sink.health(), sink.stats(). At shutdown:
+//! drop(sink);
+//! let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+//! # Ok(()) }
+//! ```
+//!
+//! Files, in the order an entry travels: `record` (what is stored), `index` (queryable columns),
+//! `chain` (hashing), `store` (`SQLite` schema, append, retention), `writer` (group commit, health),
+//! then the readers: `verify`, `query`, `report`, `render` (table / JSON lines), `balp` (FHIR
+//! `AuditEvents`), `export` (cursors, JSON lines and FHIR push) with its small `http` client.
+
+mod balp;
+mod chain;
+mod export;
+mod http;
+mod index;
+mod query;
+mod record;
+mod render;
+mod report;
+mod store;
+mod verify;
+mod writer;
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests;
+use std::{path::PathBuf, sync::Arc};
+
+pub use balp::{audit_event, audit_events, bundle};
+pub use chain::Hash;
+pub use export::{
+    Cursor, FhirExport, JsonlExport, JsonlTarget, cursor_position, export_fhir, export_jsonl,
+};
+pub use query::{Filter, Order, QueryRow, query};
+pub use record::{
+    BreakGlassUse, Completion, Decision, Entry, Outcome, PruneMarker, Record, WorkloadRecord, now,
+    strip_query_values,
+};
+pub use render::{jsonl_line, report_text, table};
+pub use report::{BusinessHours, Report, WorkloadSeen, report};
+pub use store::{Head, Retention, StoreOptions, open, open_read_only};
+#[cfg(test)]
+pub(crate) use tests::support as tests_support;
+pub use verify::{Anchor, Finding, Problem, Verification, verify};
+pub use writer::{AuditConfig, AuditSink, AuditStats, AuditWriter, CommittedSeq, Health};
+
+/// Everything that can go wrong in the audit subsystem.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    #[error("cannot open the audit store {}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("the audit store {} is in journal mode {mode:?}, not WAL", path.display())]
+    NotWal { path: PathBuf, mode: String },
+    #[error("the audit store {} has schema version {version}, newer than this fhirwall", path.display())]
+    SchemaTooNew { path: PathBuf, version: i64 },
+    #[error("writing the audit store failed ({kind})")]
+    Write {
+        kind: WriteFailure,
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// The batch holding this record did not commit. Shared by every record of the batch.
+    #[error("the audit store is unavailable; the record was not committed")]
+    Unavailable {
+        #[source]
+        source: Arc<AuditError>,
+    },
+    #[error("reading the audit store failed")]
+    Read {
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("serializing an audit entry failed")]
+    Serialize {
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("audit entry seq {seq} is not readable")]
+    Corrupt {
+        seq: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("the audit writer has stopped")]
+    WriterGone,
+    #[error("the audit queue is full")]
+    QueueFull,
+    #[error("cannot start an audit thread")]
+    Thread {
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bad export target {url:?}: {reason}")]
+    BadUrl { url: String, reason: &'static str },
+    #[error("TLS setup for {host} failed")]
+    Tls {
+        host: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{url} answered HTTP {status}")]
+    HttpStatus { url: String, status: u16 },
+    #[error("{url} sent a malformed HTTP response: {reason}")]
+    HttpResponse { url: String, reason: String },
+}
+
+/// Why a write failed, for alerts and metrics labels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WriteFailure {
+    /// No space left on the device (`SQLITE_FULL`).
+    DiskFull,
+    /// Another connection holds the write lock past the busy timeout (`SQLITE_BUSY` / LOCKED).
+    Locked,
+    /// The operating system reported an I/O error.
+    Io,
+    /// The database is read-only (permissions, read-only mount).
+    ReadOnly,
+    Other,
+}
+
+impl std::fmt::Display for WriteFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::DiskFull => "disk full",
+            Self::Locked => "database locked",
+            Self::Io => "I/O error",
+            Self::ReadOnly => "read-only",
+            Self::Other => "other",
+        })
+    }
+}
+
+impl AuditError {
+    pub(crate) fn write(source: rusqlite::Error) -> Self {
+        use rusqlite::ErrorCode as C;
+        let kind = match source.sqlite_error_code() {
+            Some(C::DiskFull) => WriteFailure::DiskFull,
+            Some(C::DatabaseBusy | C::DatabaseLocked) => WriteFailure::Locked,
+            Some(C::SystemIoFailure) => WriteFailure::Io,
+            Some(C::ReadOnly) => WriteFailure::ReadOnly,
+            _ => WriteFailure::Other,
+        };
+        Self::Write { kind, source }
+    }
+
+    /// The write failure behind this error, if it is one (looks through `Unavailable`).
+    #[must_use]
+    pub fn write_failure(&self) -> Option<WriteFailure> {
+        match self {
+            Self::Write { kind, .. } => Some(*kind),
+            Self::Unavailable { source } => source.write_failure(),
+            _ => None,
+        }
+    }
+}

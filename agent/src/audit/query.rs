@@ -1,0 +1,162 @@
+//! Filtered reads of request records, each joined with its completion.
+
+use std::fmt::Write as _;
+
+use jiff::Timestamp;
+use rusqlite::{Connection, OptionalExtension as _, params_from_iter, types::Value};
+use serde::Serialize;
+
+use super::{
+    AuditError, chain,
+    record::{Completion, Decision, Entry, Record},
+    store::seq_i64,
+};
+
+/// Which records to return. Every set field must match; `None` matches anything.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    pub integration: Option<String>,
+    /// Only records no integration matched.
+    pub unattributed: bool,
+    pub exe: Option<String>,
+    pub exe_sha256: Option<String>,
+    /// Process id (thread group id).
+    pub pid: Option<u32>,
+    pub container_id: Option<String>,
+    pub pod_uid: Option<String>,
+    pub systemd_unit: Option<String>,
+    pub credential_fingerprint: Option<String>,
+    /// A `Patient/<id>` reference.
+    pub patient: Option<String>,
+    pub resource_type: Option<String>,
+    pub decision: Option<Decision>,
+    /// Inclusive lower bound on the record time.
+    pub from: Option<Timestamp>,
+    /// Exclusive upper bound on the record time.
+    pub to: Option<Timestamp>,
+    /// Only entries after this seq (export cursors, paging).
+    pub after_seq: Option<u64>,
+    pub limit: Option<u32>,
+    pub order: Order,
+}
+
+/// Chain order, which is commit order.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Order {
+    #[default]
+    OldestFirst,
+    NewestFirst,
+}
+
+/// A request record with where it sits in the chain and how it ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct QueryRow {
+    pub seq: u64,
+    /// Chain hash (hex) of the entry.
+    pub hash: String,
+    #[serde(flatten)]
+    pub record: Record,
+    pub completion: Option<Completion>,
+}
+
+/// Runs `filter` against the store.
+pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<QueryRow>, AuditError> {
+    let read = |source| AuditError::Read { source };
+    let (sql, values) = build_sql(filter);
+    let mut stmt = conn.prepare(&sql).map_err(read)?;
+    let rows = stmt
+        .query_map(params_from_iter(values), |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, String>(2)?,
+            ))
+        })
+        .map_err(read)?;
+    let mut completion = conn
+        .prepare_cached(
+            "SELECT body FROM entries WHERE ref_seq = ?1 AND kind = 'completion' ORDER BY seq LIMIT 1",
+        )
+        .map_err(read)?;
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, hash, body) = row.map_err(read)?;
+        let seq = u64::try_from(seq).unwrap_or(0);
+        let Entry::Request(record) = parse(seq, &body)? else {
+            continue;
+        };
+        let done: Option<String> = completion
+            .query_row([seq_i64(seq)], |r| r.get(0))
+            .optional()
+            .map_err(read)?;
+        let completion = match done.map(|b| parse(seq, &b)).transpose()? {
+            Some(Entry::Completion(c)) => Some(c),
+            _ => None,
+        };
+        out.push(QueryRow {
+            seq,
+            hash: chain::to_hex(&hash),
+            record,
+            completion,
+        });
+    }
+    Ok(out)
+}
+
+fn parse(seq: u64, body: &str) -> Result<Entry, AuditError> {
+    serde_json::from_str(body).map_err(|source| AuditError::Corrupt { seq, source })
+}
+
+/// The SQL and its parameters for `filter`. Values are always bound, never spliced into the SQL.
+fn build_sql(f: &Filter) -> (String, Vec<Value>) {
+    let mut sql = String::from("SELECT seq, hash, body FROM entries WHERE kind = 'request'");
+    let mut values = Vec::new();
+    let mut eq = |column: &str, value: Option<Value>| {
+        if let Some(v) = value {
+            values.push(v);
+            let _ = write!(sql, " AND {column} ?{}", values.len());
+        }
+    };
+    let text = |s: &Option<String>| s.clone().map(Value::Text);
+    eq("integration =", text(&f.integration));
+    eq("exe =", text(&f.exe));
+    eq("exe_sha256 =", text(&f.exe_sha256));
+    eq("pid =", f.pid.map(|p| Value::Integer(i64::from(p))));
+    eq("container_id =", text(&f.container_id));
+    eq("pod_uid =", text(&f.pod_uid));
+    eq("systemd_unit =", text(&f.systemd_unit));
+    eq("credential_fp =", text(&f.credential_fingerprint));
+    eq("resource_type =", text(&f.resource_type));
+    eq(
+        "decision =",
+        f.decision.map(|d| Value::Text(d.as_str().to_owned())),
+    );
+    eq(
+        "time_us >=",
+        f.from.map(|t| Value::Integer(t.as_microsecond())),
+    );
+    eq(
+        "time_us <",
+        f.to.map(|t| Value::Integer(t.as_microsecond())),
+    );
+    eq("seq >", f.after_seq.map(|s| Value::Integer(seq_i64(s))));
+    eq(
+        "seq IN (SELECT seq FROM patients WHERE patient =",
+        text(&f.patient),
+    );
+    if f.patient.is_some() {
+        sql.push(')');
+    }
+    if f.unattributed {
+        sql.push_str(" AND integration IS NULL");
+    }
+    sql.push_str(match f.order {
+        Order::OldestFirst => " ORDER BY seq ASC",
+        Order::NewestFirst => " ORDER BY seq DESC",
+    });
+    if let Some(limit) = f.limit {
+        let _ = write!(sql, " LIMIT {limit}");
+    }
+    (sql, values)
+}

@@ -1,0 +1,380 @@
+//! The `SQLite` store: schema, connection settings, chained appends and retention.
+//!
+//! Only the writer thread appends. Durability: WAL with `synchronous=FULL` fsyncs the WAL at every
+//! commit, so a transaction `SQLite` reports committed survives power loss. `NORMAL` would only
+//! fsync at checkpoints and could lose the last acknowledged transactions on power loss, which
+//! breaks "no request is forwarded without its audit record committed". Group commit pays that
+//! fsync once per batch instead of once per record (<https://www.sqlite.org/pragma.html#pragma_synchronous>,
+//! <https://www.sqlite.org/wal.html>).
+
+use std::{path::Path, time::Duration};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
+
+use super::{
+    AuditError,
+    chain::{self, GENESIS, Hash},
+    index::Prepared,
+    record::{self, Entry, PruneMarker},
+};
+
+/// Bumped when the schema changes; `open` refuses a store from a newer fhirwall.
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS entries (
+    seq            INTEGER PRIMARY KEY,
+    kind           TEXT NOT NULL,
+    time_us        INTEGER NOT NULL,
+    correlation_id TEXT,
+    ref_seq        INTEGER,
+    integration    TEXT,
+    exe            TEXT,
+    exe_sha256     TEXT,
+    pid            INTEGER,
+    container_id   TEXT,
+    pod_uid        TEXT,
+    systemd_unit   TEXT,
+    credential_fp  TEXT,
+    resource_type  TEXT,
+    decision       TEXT,
+    body           TEXT NOT NULL,
+    prev_hash      BLOB NOT NULL,
+    hash           BLOB NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_time ON entries (time_us);
+CREATE INDEX IF NOT EXISTS entries_integration ON entries (integration, time_us);
+CREATE INDEX IF NOT EXISTS entries_ref ON entries (ref_seq) WHERE ref_seq IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_exe ON entries (exe) WHERE exe IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_sha256 ON entries (exe_sha256) WHERE exe_sha256 IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_container ON entries (container_id) WHERE container_id IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_pod ON entries (pod_uid) WHERE pod_uid IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_unit ON entries (systemd_unit) WHERE systemd_unit IS NOT NULL;
+CREATE INDEX IF NOT EXISTS entries_credential ON entries (credential_fp) WHERE credential_fp IS NOT NULL;
+CREATE TABLE IF NOT EXISTS patients (
+    seq     INTEGER NOT NULL,
+    patient TEXT NOT NULL,
+    PRIMARY KEY (seq, patient)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS patients_patient ON patients (patient);
+CREATE TABLE IF NOT EXISTS export_cursors (
+    name       TEXT PRIMARY KEY,
+    seq        INTEGER NOT NULL,
+    updated_us INTEGER NOT NULL
+);
+";
+
+const INSERT_ENTRY: &str = "INSERT INTO entries (seq, kind, time_us, correlation_id, ref_seq,
+    integration, exe, exe_sha256, pid, container_id, pod_uid, systemd_unit, credential_fp,
+    resource_type, decision, body, prev_hash, hash)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+
+/// How the store is opened.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// How long a write waits for a lock held by another connection before failing. Kept short:
+    /// a caller is waiting to forward a request, and a lock held longer (an attacker, a stuck
+    /// process) must turn into a prompt error and a 503, not a hung request.
+    pub busy_timeout: Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self {
+            busy_timeout: Duration::from_millis(200),
+        }
+    }
+}
+
+/// The last entry of the chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// 0 for an empty store.
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+/// Opens (creating if needed) the store for reading and writing.
+pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection, AuditError> {
+    let err = |source| AuditError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(err)?;
+    conn.busy_timeout(opts.busy_timeout).map_err(err)?;
+    let mode: String = conn
+        .pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))
+        .map_err(err)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(AuditError::NotWal {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(err)?;
+    // The patient index takes random inserts; a 32 MiB page cache keeps its hot pages in memory.
+    conn.pragma_update(None, "cache_size", -32 * 1024)
+        .map_err(err)?;
+    // Checkpoint every ~16 MiB of WAL rather than 4 MiB: a page rewritten by many group commits
+    // is copied into the database once per checkpoint, so fewer checkpoints write less.
+    conn.pragma_update(None, "wal_autocheckpoint", 4000)
+        .map_err(err)?;
+    // Keep the WAL from staying huge after a burst; checkpoints truncate it to this size.
+    conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
+        .map_err(err)?;
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |r| r.get(0))
+        .map_err(err)?;
+    if version > SCHEMA_VERSION {
+        return Err(AuditError::SchemaTooNew {
+            path: path.to_owned(),
+            version,
+        });
+    }
+    // Only a new store is written to here: reopening after a failure (a full disk) must not
+    // need space.
+    if version < SCHEMA_VERSION {
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(err)?;
+    }
+    Ok(conn)
+}
+
+/// Opens an existing store without creating or migrating anything (queries, verify).
+pub fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
+    let err = |source| AuditError::Open {
+        path: path.to_owned(),
+        source,
+    };
+    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags).map_err(err)?;
+    conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    Ok(conn)
+}
+
+/// Reads the chain head.
+pub fn head(conn: &Connection) -> Result<Head, rusqlite::Error> {
+    let row = conn
+        .query_row(
+            "SELECT seq, hash FROM entries ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        None => Head {
+            seq: 0,
+            hash: GENESIS,
+        },
+        // A head whose hash BLOB was mangled still gets a successor; `verify` reports the damage.
+        Some((seq, hash)) => Head {
+            seq: u64::try_from(seq).unwrap_or(0),
+            hash: chain::from_blob(&hash).unwrap_or(GENESIS),
+        },
+    })
+}
+
+/// Appends `batch` after `head` in one transaction and returns the new head. Nothing is
+/// appended when it fails (the transaction rolls back on drop).
+pub fn append(
+    conn: &mut Connection,
+    head: Head,
+    batch: &[&Prepared],
+) -> Result<Head, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let mut next = head;
+    {
+        let mut insert = tx.prepare_cached(INSERT_ENTRY)?;
+        let mut patient =
+            tx.prepare_cached("INSERT INTO patients (seq, patient) VALUES (?1, ?2)")?;
+        for entry in batch {
+            next = insert_one(&mut insert, &mut patient, next, entry)?;
+        }
+    }
+    tx.commit()?;
+    Ok(next)
+}
+
+fn insert_one(
+    insert: &mut rusqlite::CachedStatement<'_>,
+    patient: &mut rusqlite::CachedStatement<'_>,
+    prev: Head,
+    entry: &Prepared,
+) -> Result<Head, rusqlite::Error> {
+    let seq = prev.seq + 1;
+    let hash = chain::link(&prev.hash, seq, entry.body.as_bytes());
+    let seq_sql =
+        i64::try_from(seq).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, i64::MAX))?;
+    let c = &entry.cols;
+    insert.execute(params![
+        seq_sql,
+        c.kind,
+        c.time_us,
+        c.correlation_id,
+        c.ref_seq,
+        c.integration,
+        c.exe,
+        c.exe_sha256,
+        c.pid,
+        c.container_id,
+        c.pod_uid,
+        c.systemd_unit,
+        c.credential_fp,
+        c.resource_type,
+        c.decision,
+        entry.body,
+        &prev.hash[..],
+        &hash[..],
+    ])?;
+    for p in &entry.patients {
+        patient.execute(params![seq_sql, p])?;
+    }
+    Ok(Head { seq, hash })
+}
+
+/// Retention limits. Whichever limit removes more wins, but never past what a registered
+/// exporter has yet to send (see `export.rs`): an exporter that falls behind holds records back
+/// rather than losing them, and `health()` shows the store growing.
+#[derive(Clone, Debug, Default)]
+pub struct Retention {
+    /// Remove entries older than this.
+    pub max_age: Option<Duration>,
+    /// Keep the live data of the database file under this many bytes.
+    pub max_bytes: Option<u64>,
+    /// At most this many entries per pruning transaction, so a big prune never stalls commits.
+    pub max_batch: u64,
+}
+
+/// Prunes the oldest entries per `retention` after `head`, in one transaction that also appends
+/// the chained [`PruneMarker`]. Returns the new head and the marker, or `None` if nothing was due.
+pub fn prune(
+    conn: &mut Connection,
+    head: Head,
+    retention: &Retention,
+) -> Result<Option<(Head, PruneMarker)>, AuditError> {
+    let read = |source| AuditError::Read { source };
+    let Some(first) = first_seq(conn).map_err(read)? else {
+        return Ok(None);
+    };
+    let Some(last) = prune_bound(conn, first, head, retention)? else {
+        return Ok(None);
+    };
+    let last_hash: Vec<u8> = conn
+        .query_row(
+            "SELECT hash FROM entries WHERE seq = ?1",
+            [seq_i64(last)],
+            |r| r.get(0),
+        )
+        .map_err(read)?;
+    let reason = if retention.max_age.is_some() {
+        "max-age"
+    } else {
+        "max-bytes"
+    };
+    let marker = PruneMarker {
+        time: record::now(),
+        first_seq: first,
+        last_seq: last,
+        count: last - first + 1,
+        last_hash: chain::to_hex(&last_hash),
+        reason: reason.to_owned(),
+    };
+    let prepared = Prepared::new(&Entry::Pruned(marker.clone()))?;
+    let write = |source| AuditError::write(source);
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(write)?;
+    tx.execute(
+        "DELETE FROM patients WHERE seq BETWEEN ?1 AND ?2",
+        [seq_i64(first), seq_i64(last)],
+    )
+    .map_err(write)?;
+    tx.execute(
+        "DELETE FROM entries WHERE seq BETWEEN ?1 AND ?2",
+        [seq_i64(first), seq_i64(last)],
+    )
+    .map_err(write)?;
+    let new_head = {
+        let mut insert = tx.prepare_cached(INSERT_ENTRY).map_err(write)?;
+        let mut patient = tx
+            .prepare_cached("INSERT INTO patients (seq, patient) VALUES (?1, ?2)")
+            .map_err(write)?;
+        insert_one(&mut insert, &mut patient, head, &prepared).map_err(write)?
+    };
+    tx.commit().map_err(write)?;
+    Ok(Some((new_head, marker)))
+}
+
+/// The last seq retention may remove, or `None`.
+fn prune_bound(
+    conn: &Connection,
+    first: u64,
+    head: Head,
+    retention: &Retention,
+) -> Result<Option<u64>, AuditError> {
+    let read = |source| AuditError::Read { source };
+    let mut bound: Option<u64> = None;
+    if let Some(age) = retention.max_age {
+        let age_us = i64::try_from(age.as_micros()).unwrap_or(i64::MAX);
+        let cutoff = record::now().as_microsecond().saturating_sub(age_us);
+        // Entries are appended in time order except for small clock skew between callers; the
+        // first recent entry ends the prunable prefix.
+        let first_recent: Option<i64> = conn
+            .query_row(
+                "SELECT min(seq) FROM entries WHERE time_us >= ?1",
+                [cutoff],
+                |r| r.get(0),
+            )
+            .map_err(read)?;
+        let last_old = first_recent.map_or(head.seq, |s| {
+            u64::try_from(s).unwrap_or(0).saturating_sub(1)
+        });
+        bound = bound.max((last_old >= first).then_some(last_old));
+    }
+    if let Some(max_bytes) = retention.max_bytes {
+        bound = bound.max(size_bound(conn, first, head, max_bytes).map_err(read)?);
+    }
+    let exporters: Option<i64> = conn
+        .query_row("SELECT min(seq) FROM export_cursors", [], |r| r.get(0))
+        .map_err(read)?;
+    if let Some(sent) = exporters {
+        bound = bound.map(|b| b.min(u64::try_from(sent).unwrap_or(0)));
+    }
+    let cap = first.saturating_add(retention.max_batch.max(1)) - 1;
+    Ok(bound.map(|b| b.min(cap)).filter(|b| *b >= first))
+}
+
+/// Removing entries in proportion to the excess brings the live size under the limit (with 10%
+/// headroom so the next prune is not due right away).
+fn size_bound(
+    conn: &Connection,
+    first: u64,
+    head: Head,
+    max_bytes: u64,
+) -> Result<Option<u64>, rusqlite::Error> {
+    let page_size: i64 = conn.pragma_query_value(None, "page_size", |r| r.get(0))?;
+    let pages: i64 = conn.pragma_query_value(None, "page_count", |r| r.get(0))?;
+    let free: i64 = conn.pragma_query_value(None, "freelist_count", |r| r.get(0))?;
+    let used = u64::try_from((pages - free) * page_size).unwrap_or(0);
+    if used <= max_bytes || head.seq < first {
+        return Ok(None);
+    }
+    let count = head.seq - first + 1;
+    let target = max_bytes / 10 * 9;
+    let excess = u128::from(used - target);
+    let remove = (excess * u128::from(count)).div_ceil(u128::from(used));
+    let remove = u64::try_from(remove).unwrap_or(count).clamp(1, count);
+    Ok(Some(first + remove - 1))
+}
+
+pub(crate) fn first_seq(conn: &Connection) -> Result<Option<u64>, rusqlite::Error> {
+    let s: Option<i64> = conn.query_row("SELECT min(seq) FROM entries", [], |r| r.get(0))?;
+    Ok(s.and_then(|s| u64::try_from(s).ok()))
+}
+
+pub(crate) fn seq_i64(seq: u64) -> i64 {
+    // Sequence numbers come from this store, which starts at 1 and adds 1 per entry.
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,12 @@
+//! Tests against real `SQLite` stores in temporary directories.
+
+pub(crate) mod support;
+
+mod disk_full;
+mod export;
+mod fhir;
+mod group_commit;
+mod locked;
+mod query_report;
+mod retention;
+mod tamper;

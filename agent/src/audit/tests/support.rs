@@ -1,0 +1,125 @@
+//! Shared fixtures: sample records and seeded stores.
+
+use std::path::{Path, PathBuf};
+
+use jiff::{Timestamp, ToSpan as _};
+use tempfile::TempDir;
+
+use crate::audit::{AuditConfig, AuditSink, BreakGlassUse, Decision, Record, WorkloadRecord};
+
+pub const NODE: &str = "ehr-node-1";
+
+/// A workload like the ones on an EHR host: `n` picks one of three.
+pub fn workload(n: u64) -> WorkloadRecord {
+    let (exe, unit, container) = match n % 3 {
+        0 => ("/opt/mirth/bin/mirth", Some("mirth.service"), None),
+        1 => ("/usr/local/bin/lab-sync", Some("lab-sync.service"), None),
+        _ => ("/app/portal-backend", None, Some("c0ffee00")),
+    };
+    WorkloadRecord {
+        pid: u32::try_from(1000 + n % 3).unwrap_or(0),
+        tgid: u32::try_from(1000 + n % 3).unwrap_or(0),
+        start_time: 42,
+        exe: Some(exe.to_owned()),
+        exe_sha256: Some(format!("{:064x}", n % 3)),
+        uid: 998,
+        gid: 998,
+        user: Some(format!("svc{}", n % 3)),
+        comm: "worker".to_owned(),
+        cgroup_path: Some("/system.slice/x.service".to_owned()),
+        container_id: container.map(str::to_owned),
+        pod_uid: container.map(|_| "pod-1234".to_owned()),
+        systemd_unit: unit.map(str::to_owned),
+    }
+}
+
+/// Record `n`: integration `lab` for workload 1, `mirth` for 0, none (unattributed) for 2.
+pub fn record(n: u64, time: Timestamp) -> Record {
+    let mut r = Record::new(
+        format!("req-{n}"),
+        NODE,
+        workload(n),
+        "GET",
+        format!("/Observation?patient=Patient%2F{n}"),
+        Decision::Allow,
+    );
+    r.time = time;
+    r.integration = match n % 3 {
+        0 => Some("mirth".to_owned()),
+        1 => Some("lab".to_owned()),
+        _ => None,
+    };
+    r.credential_fingerprint = Some(format!("sha256:{:08x}", n % 2));
+    r.upstream = Some("epic".to_owned());
+    r.interaction = Some("search-type".to_owned());
+    r.resource_type = Some(
+        if n.is_multiple_of(2) {
+            "Observation"
+        } else {
+            "Patient"
+        }
+        .to_owned(),
+    );
+    r.patients = vec![format!("Patient/p{}", n % 5)];
+    r.purpose_of_use = Some("TREAT".to_owned());
+    if n % 4 == 3 {
+        r.decision = Decision::Deny;
+        r.reason = Some(if n % 8 == 3 { "scope" } else { "revoked" }.to_owned());
+        r.rule = Some("integration.lab.scopes".to_owned());
+        r.status = Some(403);
+    }
+    if n == 7 {
+        r.break_glass = Some(BreakGlassUse {
+            justification_id: "INC-7".to_owned(),
+        });
+    }
+    r
+}
+
+/// Monday 2026-11-23 00:00 UTC plus `hours`.
+pub fn monday_plus(hours: i64) -> Timestamp {
+    let monday: Timestamp = "2026-11-23T00:00:00Z".parse().unwrap();
+    monday + hours.hours()
+}
+
+/// Commits records `1..=n`, record `i` at [`monday_plus`]`(i)`, and waits for the writer.
+pub async fn seed_fixed(path: &Path, n: u64) {
+    let (sink, writer) = AuditSink::start(AuditConfig::new(path)).unwrap();
+    for i in 1..=n {
+        sink.commit(record(i, monday_plus(i64::try_from(i).unwrap())))
+            .await
+            .unwrap();
+    }
+    drop(sink);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+}
+
+/// A fresh store path in a temporary directory (kept alive by the returned guard).
+pub fn temp_store() -> (TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let path = dir.path().join("audit.db");
+    (dir, path)
+}
+
+/// Commits records `1..=n`, one minute apart ending now, and waits for the writer to exit.
+pub async fn seed(path: &Path, n: u64) {
+    let (sink, writer) =
+        AuditSink::start(AuditConfig::new(path)).unwrap_or_else(|e| panic!("start: {e}"));
+    let start = Timestamp::now() - (i64::try_from(n).unwrap_or(0)).minutes();
+    for i in 1..=n {
+        let t = start + i64::try_from(i).unwrap_or(0).minutes();
+        sink.commit(record(i, t))
+            .await
+            .unwrap_or_else(|e| panic!("commit {i}: {e}"));
+    }
+    drop(sink);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap_or_else(|e| panic!("join: {e}"));
+}
+
+pub fn rw(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
+}

@@ -1,0 +1,271 @@
+//! `verify` against every kind of tampering, done the way an attacker with the file would: SQL.
+
+use rusqlite::{Connection, params};
+
+use super::support::{rw, seed, temp_store};
+use crate::audit::{Anchor, Problem, Verification, chain, open_read_only, verify};
+
+const N: u64 = 10;
+
+fn check(path: &std::path::Path, anchors: &[Anchor]) -> Verification {
+    verify(&open_read_only(path).unwrap(), anchors).unwrap()
+}
+
+fn hash_at(conn: &Connection, seq: i64) -> [u8; 32] {
+    let blob: Vec<u8> = conn
+        .query_row("SELECT hash FROM entries WHERE seq = ?1", [seq], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    chain::from_blob(&blob).unwrap()
+}
+
+/// Moves rows `from..` up by one seq (through a scratch range, as the primary key is unique).
+fn shift_up(conn: &Connection, from: i64) {
+    conn.execute(
+        "UPDATE entries SET seq = seq + 1000 WHERE seq >= ?1",
+        [from],
+    )
+    .unwrap();
+    conn.execute("UPDATE entries SET seq = seq - 999 WHERE seq >= 1000", [])
+        .unwrap();
+    conn.execute(
+        "UPDATE patients SET seq = seq + 1000 WHERE seq >= ?1",
+        [from],
+    )
+    .unwrap();
+    conn.execute("UPDATE patients SET seq = seq - 999 WHERE seq >= 1000", [])
+        .unwrap();
+}
+
+/// Each case tampers with a fresh 10-entry store and names a finding `verify` must report.
+type Tamper = fn(&Connection);
+type Expect = fn(&Problem) -> bool;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
+async fn verify_names_each_kind_of_tampering() {
+    let cases: [(&str, Tamper, u64, Expect); 9] = [
+        (
+            "edit a body field",
+            |c| {
+                c.execute(r#"UPDATE entries SET body = replace(body, '"upstream":"epic"', '"upstream":"evil"') WHERE seq = 4"#, []).unwrap();
+            },
+            4,
+            |p| *p == Problem::ContentMismatch,
+        ),
+        (
+            "edit an index column",
+            |c| {
+                c.execute(
+                    "UPDATE entries SET integration = 'someone-else' WHERE seq = 5",
+                    [],
+                )
+                .unwrap();
+            },
+            5,
+            |p| matches!(p, Problem::ColumnEdited { column } if column == "integration"),
+        ),
+        (
+            "remove a patient index row",
+            |c| {
+                c.execute("DELETE FROM patients WHERE seq = 6", []).unwrap();
+            },
+            6,
+            |p| *p == Problem::PatientsEdited,
+        ),
+        (
+            "add a patient index row",
+            |c| {
+                c.execute(
+                    "INSERT INTO patients (seq, patient) VALUES (2, 'Patient/forged')",
+                    [],
+                )
+                .unwrap();
+            },
+            2,
+            |p| *p == Problem::PatientsEdited,
+        ),
+        (
+            "delete a row",
+            |c| {
+                c.execute("DELETE FROM entries WHERE seq = 7", []).unwrap();
+            },
+            8,
+            |p| *p == Problem::Missing { from: 7, to: 7 },
+        ),
+        (
+            "append a forged row",
+            |c| {
+                let prev = hash_at(c, 10);
+                let body: String = c
+                    .query_row("SELECT body FROM entries WHERE seq = 3", [], |r| r.get(0))
+                    .unwrap();
+                c.execute(
+                "INSERT INTO entries (seq, kind, time_us, body, prev_hash, hash) VALUES (11, 'request', 0, ?1, ?2, ?3)",
+                params![body, &prev[..], &[7u8; 32][..]],
+            ).unwrap();
+            },
+            11,
+            |p| *p == Problem::ContentMismatch,
+        ),
+        (
+            "insert a forged row in the middle with a correct own hash",
+            |c| {
+                shift_up(c, 6);
+                let prev = hash_at(c, 5);
+                let body: String = c
+                    .query_row("SELECT body FROM entries WHERE seq = 5", [], |r| r.get(0))
+                    .unwrap();
+                let hash = chain::link(&prev, 6, body.as_bytes());
+                c.execute(
+                "INSERT INTO entries (seq, kind, time_us, body, prev_hash, hash) SELECT 6, kind, time_us, body, ?1, ?2 FROM entries WHERE seq = 5",
+                params![&prev[..], &hash[..]],
+            ).unwrap();
+            },
+            7,
+            |p| *p == Problem::ContentMismatch,
+        ),
+        (
+            "swap two rows",
+            |c| {
+                c.execute("UPDATE entries SET seq = -1 WHERE seq = 3", [])
+                    .unwrap();
+                c.execute("UPDATE entries SET seq = 3 WHERE seq = 4", [])
+                    .unwrap();
+                c.execute("UPDATE entries SET seq = 4 WHERE seq = -1", [])
+                    .unwrap();
+            },
+            3,
+            |p| *p == Problem::ContentMismatch,
+        ),
+        (
+            "delete the oldest rows",
+            |c| {
+                c.execute("DELETE FROM entries WHERE seq <= 2", []).unwrap();
+                c.execute("DELETE FROM patients WHERE seq <= 2", [])
+                    .unwrap();
+            },
+            3,
+            |p| *p == Problem::UnaccountedStart,
+        ),
+    ];
+    for (name, tamper, seq, expected) in cases {
+        let (_dir, path) = temp_store();
+        seed(&path, N).await;
+        let before = check(&path, &[]);
+        assert!(
+            before.is_intact(),
+            "{name}: untouched store must verify: {:?}",
+            before.findings
+        );
+        tamper(&rw(&path));
+        let after = check(&path, &[]);
+        assert!(
+            after
+                .findings
+                .iter()
+                .any(|f| f.seq == seq && expected(&f.problem)),
+            "{name}: expected a finding at seq {seq}, got {:?}",
+            after
+                .findings
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn truncated_tail_is_caught_only_with_an_anchor() {
+    let (_dir, path) = temp_store();
+    seed(&path, N).await;
+    let head = check(&path, &[]).head.unwrap();
+    assert_eq!(head.seq, N);
+    // A careful attacker removes the patient index rows too (else they show up as orphans).
+    rw(&path)
+        .execute_batch("DELETE FROM entries WHERE seq > 8; DELETE FROM patients WHERE seq > 8;")
+        .unwrap();
+
+    // Without outside knowledge a shorter chain is still a valid chain.
+    assert!(check(&path, &[]).is_intact());
+    let with_anchor = check(&path, &[head]);
+    assert!(
+        with_anchor
+            .findings
+            .iter()
+            .any(|f| f.seq == N && matches!(f.problem, Problem::Truncated { head: 8, .. }))
+    );
+    let message = with_anchor.findings[0].to_string();
+    assert!(message.contains("truncated"), "{message}");
+
+    // An export cursor that already sent seq 10 is an anchor kept inside the store.
+    rw(&path)
+        .execute(
+            "INSERT INTO export_cursors (name, seq, updated_us) VALUES ('siem', 10, 0)",
+            [],
+        )
+        .unwrap();
+    assert!(
+        check(&path, &[]).findings.iter().any(
+            |f| matches!(&f.problem, Problem::Truncated { known, .. } if known.contains("siem"))
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rewritten_history_is_caught_only_with_an_anchor() {
+    let (_dir, path) = temp_store();
+    seed(&path, N).await;
+    let head = check(&path, &[]).head.unwrap();
+    let mid = {
+        let c = rw(&path);
+        Anchor {
+            seq: 5,
+            hash: hash_at(&c, 5),
+        }
+    };
+    // An attacker who knows the algorithm edits seq 5 and recomputes every hash after it.
+    let c = rw(&path);
+    c.execute(r#"UPDATE entries SET body = replace(body, '"upstream":"epic"', '"upstream":"evil"') WHERE seq = 5"#, []).unwrap();
+    let mut prev = hash_at(&c, 4);
+    for seq in 5..=i64::try_from(N).unwrap() {
+        let body: String = c
+            .query_row("SELECT body FROM entries WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        let hash = chain::link(&prev, u64::try_from(seq).unwrap(), body.as_bytes());
+        c.execute(
+            "UPDATE entries SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            params![&prev[..], &hash[..], seq],
+        )
+        .unwrap();
+        prev = hash;
+    }
+    assert!(
+        check(&path, &[]).is_intact(),
+        "a full rewrite is invisible to the chain alone"
+    );
+    for anchor in [head, mid] {
+        let v = check(&path, &[anchor]);
+        assert!(
+            v.findings
+                .iter()
+                .any(|f| f.seq == anchor.seq && f.problem == Problem::AnchorMismatch),
+            "{anchor}"
+        );
+    }
+}
+
+#[test]
+fn anchor_parses_what_verify_prints() {
+    let a = Anchor {
+        seq: 42,
+        hash: chain::link(&chain::GENESIS, 42, b"x"),
+    };
+    assert_eq!(a.to_string().parse::<Anchor>(), Ok(a));
+    for bad in ["", "42", "x:00", "42:zz", "42:00"] {
+        assert!(bad.parse::<Anchor>().is_err(), "{bad:?}");
+    }
+}

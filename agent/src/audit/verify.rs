@@ -1,0 +1,435 @@
+//! `fhirwall audit verify`: walks the chain and names every entry that does not fit.
+//!
+//! What is caught, and how:
+//! - an edited body: its hash no longer matches `link(prev_hash, seq, body)`;
+//! - an edited index column or patient row: it no longer matches what the body says;
+//! - a deleted entry: a gap in the gapless sequence numbers (and a broken link after it);
+//! - an inserted entry: its hash or its link does not fit its neighbours;
+//! - reordered entries: the seq is hashed, so an entry moved to another seq no longer matches;
+//! - a pruned prefix without its chained marker: the first entry's predecessor is unaccounted for.
+//!
+//! What a hash chain alone cannot catch: removing the newest entries (truncating the tail), or
+//! rewriting the chain from some point on with freshly computed hashes. Both need an anchor kept
+//! outside this database: the `seq:hash` head that `verify` prints (store it elsewhere and pass it
+//! back with `--anchor`), or the exported stream, whose lines carry seq and hash. An export
+//! cursor in the store that is ahead of the head is reported as truncation too.
+
+use std::fmt;
+
+use rusqlite::Connection;
+
+use super::{
+    AuditError,
+    chain::{self, GENESIS, Hash},
+    index::{COLUMNS, IndexCols},
+    record::Entry,
+    store::Head,
+};
+
+/// Stop listing after this many findings; the first ones say where the damage starts.
+const MAX_FINDINGS: usize = 1_000;
+
+/// A chain position known from outside the store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Anchor {
+    pub seq: u64,
+    pub hash: Hash,
+}
+
+impl std::str::FromStr for Anchor {
+    type Err = String;
+
+    /// `SEQ:HEX`, as printed by `verify`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (seq, hash) = s.split_once(':').ok_or("expected SEQ:SHA256HEX")?;
+        let seq = seq
+            .parse()
+            .map_err(|_| format!("bad sequence number {seq:?}"))?;
+        let hash = chain::from_hex(hash).ok_or("expected 64 hex digits after ':'")?;
+        Ok(Self { seq, hash })
+    }
+}
+
+impl fmt::Display for Anchor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.seq, chain::to_hex(&self.hash))
+    }
+}
+
+/// The result of a walk over the chain.
+#[derive(Clone, Debug, Default)]
+pub struct Verification {
+    pub entries: u64,
+    pub first_seq: Option<u64>,
+    pub head: Option<Anchor>,
+    /// Entries before this seq were removed by retention, as a chained marker attests.
+    pub pruned_through: Option<u64>,
+    pub findings: Vec<Finding>,
+}
+
+impl Verification {
+    #[must_use]
+    pub fn is_intact(&self) -> bool {
+        self.findings.is_empty()
+    }
+}
+
+/// One problem, at one place in the chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Finding {
+    pub seq: u64,
+    pub problem: Problem,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Problem {
+    /// The stored content does not hash to the stored hash.
+    ContentMismatch,
+    /// The entry does not name the previous entry's hash as its predecessor.
+    BrokenLink { previous: Option<u64> },
+    /// Sequence numbers `from..=to` are missing.
+    Missing { from: u64, to: u64 },
+    /// The first entry is not seq 1 and no retention marker accounts for what came before.
+    UnaccountedStart,
+    /// An index column differs from the body.
+    ColumnEdited { column: String },
+    /// The patient index differs from the body.
+    PatientsEdited,
+    /// Patient index rows without an entry.
+    OrphanPatients { count: u64 },
+    /// The body is not a valid entry.
+    Unreadable { detail: String },
+    /// The anchor's position holds a different hash: rewritten history.
+    AnchorMismatch,
+    /// The chain ends before a position known from outside (anchor or export cursor): truncated.
+    Truncated { head: u64, known: String },
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let seq = self.seq;
+        match &self.problem {
+            Problem::ContentMismatch => {
+                write!(
+                    f,
+                    "seq {seq}: content does not match its hash (edited, forged, or moved from another position)"
+                )
+            }
+            Problem::BrokenLink { previous: Some(p) } => {
+                write!(
+                    f,
+                    "seq {seq}: chain broken, does not follow seq {p} (entry inserted, deleted or reordered)"
+                )
+            }
+            Problem::BrokenLink { previous: None } => {
+                write!(f, "seq {seq}: first entry does not start the chain")
+            }
+            Problem::Missing { from, to } => {
+                write!(f, "seq {from}..={to}: missing (deleted) before seq {seq}")
+            }
+            Problem::UnaccountedStart => {
+                write!(
+                    f,
+                    "seq {seq}: chain starts here but no retention marker accounts for earlier entries (deleted)"
+                )
+            }
+            Problem::ColumnEdited { column } => {
+                write!(f, "seq {seq}: index column {column} edited")
+            }
+            Problem::PatientsEdited => write!(f, "seq {seq}: patient index edited"),
+            Problem::OrphanPatients { count } => {
+                write!(f, "{count} patient index rows with no entry (inserted)")
+            }
+            Problem::Unreadable { detail } => write!(f, "seq {seq}: unreadable entry: {detail}"),
+            Problem::AnchorMismatch => write!(
+                f,
+                "seq {seq}: hash differs from the external anchor (history rewritten)"
+            ),
+            Problem::Truncated { head, known } => {
+                write!(
+                    f,
+                    "seq {seq}: missing, the chain ends at seq {head} but {known} (tail truncated)"
+                )
+            }
+        }
+    }
+}
+
+/// One stored row, as read for verification.
+struct Stored {
+    seq: u64,
+    cols: IndexCols,
+    body: String,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+/// Walks the whole chain. `anchors` are positions known from outside the store.
+pub fn verify(conn: &Connection, anchors: &[Anchor]) -> Result<Verification, AuditError> {
+    let read = |source| AuditError::Read { source };
+    let mut sorted = anchors.to_vec();
+    sorted.sort_by_key(|a| a.seq);
+    let mut walk = Walk {
+        anchor_seen: vec![false; sorted.len()],
+        anchors: sorted,
+        ..Walk::default()
+    };
+    let sql = format!("SELECT seq, {COLUMNS}, body, prev_hash, hash FROM entries ORDER BY seq");
+    let mut stmt = conn.prepare(&sql).map_err(read)?;
+    let mut patients_stmt = conn
+        .prepare("SELECT seq, patient FROM patients ORDER BY seq, patient")
+        .map_err(read)?;
+    let mut patients = patients_stmt
+        .query_map([], |r| Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?)))
+        .map_err(read)?
+        .peekable();
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(Stored {
+                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                cols: IndexCols::read(r, 1)?,
+                body: r.get(15)?,
+                prev_hash: r.get(16)?,
+                hash: r.get(17)?,
+            })
+        })
+        .map_err(read)?;
+    for row in rows {
+        let row = row.map_err(read)?;
+        let mut mine = Vec::new();
+        while let Some(Ok((seq, _))) = patients.peek() {
+            let seq = u64::try_from(*seq).unwrap_or(0);
+            if seq > row.seq {
+                break;
+            }
+            if let Some(Ok((_, p))) = patients.next() {
+                if seq == row.seq {
+                    mine.push(p);
+                } else {
+                    walk.orphans += 1;
+                }
+            }
+        }
+        walk.entry(&row, &mine);
+    }
+    walk.orphans += patients.count() as u64;
+    let cursors = export_cursors(conn).map_err(read)?;
+    Ok(walk.finish(&cursors))
+}
+
+fn export_cursors(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {
+    let mut stmt = conn.prepare("SELECT name, seq FROM export_cursors")?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, String>(0)?,
+            u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0),
+        ))
+    })?;
+    rows.collect()
+}
+
+#[derive(Default)]
+struct Walk {
+    out: Verification,
+    prev: Option<Head>,
+    first_prev_hash: Option<Vec<u8>>,
+    /// (last pruned seq, hash of it) for every retention marker seen.
+    markers: Vec<(u64, Option<Hash>)>,
+    /// Sorted by seq; `anchor_seen` marks those whose position the walk reached.
+    anchors: Vec<Anchor>,
+    anchor_seen: Vec<bool>,
+    orphans: u64,
+}
+
+impl Walk {
+    fn find(&mut self, seq: u64, problem: Problem) {
+        if self.out.findings.len() < MAX_FINDINGS {
+            self.out.findings.push(Finding { seq, problem });
+        }
+    }
+
+    fn entry(&mut self, row: &Stored, patients: &[String]) {
+        self.out.entries += 1;
+        let seq = row.seq;
+        let stored_hash = chain::from_blob(&row.hash);
+        let prev_hash = chain::from_blob(&row.prev_hash);
+        let recomputed = prev_hash.map(|p| chain::link(&p, seq, row.body.as_bytes()));
+        if recomputed.is_none() || recomputed != stored_hash {
+            self.find(seq, Problem::ContentMismatch);
+        }
+        match self.prev {
+            None => {
+                self.out.first_seq = Some(seq);
+                self.first_prev_hash = Some(row.prev_hash.clone());
+            }
+            Some(prev) => {
+                if seq != prev.seq + 1 {
+                    self.find(
+                        seq,
+                        Problem::Missing {
+                            from: prev.seq + 1,
+                            to: seq - 1,
+                        },
+                    );
+                }
+                if prev_hash != Some(prev.hash) {
+                    self.find(
+                        seq,
+                        Problem::BrokenLink {
+                            previous: Some(prev.seq),
+                        },
+                    );
+                }
+            }
+        }
+        self.check_body(row, patients);
+        let hash = stored_hash.unwrap_or(GENESIS);
+        if let Ok(i) = self.anchors.binary_search_by_key(&seq, |a| a.seq) {
+            self.anchor_seen[i] = true;
+            if self.anchors[i].hash != hash {
+                self.find(seq, Problem::AnchorMismatch);
+            }
+        }
+        self.prev = Some(Head { seq, hash });
+    }
+
+    fn check_body(&mut self, row: &Stored, patients: &[String]) {
+        let entry: Entry = match serde_json::from_str(&row.body) {
+            Ok(e) => e,
+            Err(e) => {
+                return self.find(
+                    row.seq,
+                    Problem::Unreadable {
+                        detail: e.to_string(),
+                    },
+                );
+            }
+        };
+        for column in column_differences(&IndexCols::of(&entry), &row.cols) {
+            self.find(
+                row.seq,
+                Problem::ColumnEdited {
+                    column: column.to_owned(),
+                },
+            );
+        }
+        let expected: &[String] = match &entry {
+            Entry::Request(r) => &r.patients,
+            Entry::Completion(_) | Entry::Pruned(_) => &[],
+        };
+        let mut expected = expected.to_vec();
+        expected.sort_unstable();
+        if expected != patients {
+            self.find(row.seq, Problem::PatientsEdited);
+        }
+        if let Entry::Pruned(m) = entry {
+            self.markers
+                .push((m.last_seq, chain::from_hex(&m.last_hash)));
+        }
+    }
+
+    fn finish(mut self, cursors: &[(String, u64)]) -> Verification {
+        if self.orphans > 0 {
+            let orphans = self.orphans;
+            self.find(0, Problem::OrphanPatients { count: orphans });
+        }
+        self.check_start();
+        let head_seq = self.prev.map_or(0, |h| h.seq);
+        let unseen: Vec<Anchor> = self
+            .anchors
+            .iter()
+            .zip(&self.anchor_seen)
+            .filter(|(_, seen)| !**seen)
+            .map(|(a, _)| *a)
+            .collect();
+        for anchor in &unseen {
+            self.check_unseen_anchor(anchor, head_seq);
+        }
+        for (name, seq) in cursors {
+            if *seq > head_seq {
+                self.find(
+                    *seq,
+                    Problem::Truncated {
+                        head: head_seq,
+                        known: format!("exporter {name:?} already sent it"),
+                    },
+                );
+            }
+        }
+        self.out.head = self.prev.map(|h| Anchor {
+            seq: h.seq,
+            hash: h.hash,
+        });
+        self.out.findings.sort_by_key(|f| f.seq);
+        self.out
+    }
+
+    fn check_start(&mut self) {
+        let (Some(first), Some(prev_hash)) = (self.out.first_seq, self.first_prev_hash.take())
+        else {
+            return;
+        };
+        let prev_hash = chain::from_blob(&prev_hash);
+        if first == 1 {
+            if prev_hash != Some(GENESIS) {
+                self.find(first, Problem::BrokenLink { previous: None });
+            }
+            return;
+        }
+        let accounted = self
+            .markers
+            .iter()
+            .any(|(last, hash)| *last == first - 1 && hash.is_some() && *hash == prev_hash);
+        if accounted {
+            self.out.pruned_through = Some(first - 1);
+        } else {
+            self.find(first, Problem::UnaccountedStart);
+        }
+    }
+
+    /// An anchor whose position is not in the store: past the head (truncated), or pruned (then
+    /// a marker that recorded that position must agree), or in a gap (already reported missing).
+    fn check_unseen_anchor(&mut self, anchor: &Anchor, head_seq: u64) {
+        if anchor.seq > head_seq {
+            self.find(
+                anchor.seq,
+                Problem::Truncated {
+                    head: head_seq,
+                    known: format!("the anchor {anchor} names it"),
+                },
+            );
+            return;
+        }
+        let disagrees = self
+            .markers
+            .iter()
+            .any(|(last, hash)| *last == anchor.seq && *hash != Some(anchor.hash));
+        if disagrees {
+            self.find(anchor.seq, Problem::AnchorMismatch);
+        }
+    }
+}
+
+fn column_differences(want: &IndexCols, got: &IndexCols) -> Vec<&'static str> {
+    let checks = [
+        ("kind", want.kind == got.kind),
+        ("time_us", want.time_us == got.time_us),
+        ("correlation_id", want.correlation_id == got.correlation_id),
+        ("ref_seq", want.ref_seq == got.ref_seq),
+        ("integration", want.integration == got.integration),
+        ("exe", want.exe == got.exe),
+        ("exe_sha256", want.exe_sha256 == got.exe_sha256),
+        ("pid", want.pid == got.pid),
+        ("container_id", want.container_id == got.container_id),
+        ("pod_uid", want.pod_uid == got.pod_uid),
+        ("systemd_unit", want.systemd_unit == got.systemd_unit),
+        ("credential_fp", want.credential_fp == got.credential_fp),
+        ("resource_type", want.resource_type == got.resource_type),
+        ("decision", want.decision == got.decision),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, same)| !same)
+        .map(|(name, _)| name)
+        .collect()
+}
