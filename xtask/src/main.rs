@@ -32,7 +32,7 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
-    /// Run criterion benchmarks: all, or one of proxy, policy, audit, kernel.
+    /// Run benchmarks: all, or one of kernel, classify, attribution, http, audit.
     Bench { which: Option<String> },
 }
 
@@ -51,13 +51,21 @@ fn main() -> anyhow::Result<()> {
             ])
         }
         Command::Test { args } => test::run(&args),
-        Command::Bench { which } => {
-            setup::run(setup::Scope::Build)?;
-            let mut args = vec!["bench", "-p", "fhirwall"];
-            if let Some(which) = &which {
-                args.extend(["--bench", which.as_str()]);
-            }
-            sh::cargo(&args)
-        }
+        Command::Bench { which } => bench(which.as_deref()),
+    }
+}
+
+/// Criterion benchmarks of the agent library, and the kernel benchmark (a binary: it needs root
+/// and the kernel's own accounting rather than criterion's timer).
+fn bench(which: Option<&str>) -> anyhow::Result<()> {
+    setup::run(setup::Scope::Build)?;
+    if which.is_none_or(|w| w == "kernel") {
+        sh::cargo(&["build", "--release", "-p", "fhirwall-tests", "--bins"])?;
+        sh::run("target/release/fw-kernel-bench", &[])?;
+    }
+    match which {
+        Some("kernel") => Ok(()),
+        Some(name) => sh::cargo(&["bench", "-p", "fhirwall", "--bench", name]),
+        None => sh::cargo(&["bench", "-p", "fhirwall"]),
     }
 }

@@ -64,6 +64,14 @@ pub struct KernelSettings {
     pub conns_capacity: Option<u32>,
 }
 
+/// Kernel accounting of one program (`bpf_prog_info.run_cnt`, `run_time_ns`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProgramStats {
+    pub name: String,
+    pub run_count: u64,
+    pub run_time: Duration,
+}
+
 /// The loaded kernel programs and their maps. Dropping it leaves the pinned links and maps in
 /// place (enforcement continues, refusing while no heartbeat comes); [`uninstall`] removes them.
 pub struct Kernel {
@@ -196,6 +204,24 @@ impl Kernel {
     /// Kernel-side counters, summed over CPUs.
     pub fn stats(&self) -> Result<super::KernelStats, KernelError> {
         self.maps.stats()
+    }
+
+    /// Per-program run counts and total run time, as the kernel accounts them while
+    /// `kernel.bpf_stats_enabled` (or a `BPF_ENABLE_STATS` fd) is on; zero otherwise.
+    pub fn program_stats(&self) -> Result<Vec<ProgramStats>, KernelError> {
+        let mut out = Vec::new();
+        for (name, program) in self.ebpf.programs() {
+            let info = program.info().map_err(|e| KernelError::Load {
+                source: Box::new(e.into()),
+            })?;
+            out.push(ProgramStats {
+                name: name.to_owned(),
+                run_count: info.run_count(),
+                run_time: info.run_time(),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
     }
 
     /// A separate handle on the counters for the admin runtime.

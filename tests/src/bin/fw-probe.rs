@@ -6,6 +6,7 @@
 //!   --wait  print `ready <pid>` and wait for a line on stdin before connecting
 //!   --hold  after connecting, print the result and keep the connection until stdin closes,
 //!           then report whether the connection was reset meanwhile
+//!   --repeat N  connect and close N times; report the median and p99 connect() latency
 
 use std::{
     io::{BufRead as _, Read as _, Write as _},
@@ -28,6 +29,7 @@ struct Args {
     wait: bool,
     hold: bool,
     send: Option<String>,
+    repeat: Option<usize>,
     addr: Option<SocketAddr>,
 }
 
@@ -43,6 +45,7 @@ fn parse_args() -> Args {
             "--wait" => args.wait = true,
             "--hold" => args.hold = true,
             "--send" => args.send = it.next(),
+            "--repeat" => args.repeat = it.next().and_then(|n| n.parse().ok()),
             other => args.addr = other.parse().ok(),
         }
     }
@@ -65,10 +68,10 @@ fn main() {
         let _ = std::io::stdin().lock().read_line(&mut line);
     }
     let addr = args.addr.expect("usage: fw-probe [options] ADDR");
-    let result = if args.udp {
-        udp(&args, addr)
-    } else {
-        tcp(&args, addr)
+    let result = match args.repeat {
+        Some(n) => repeat(&args, addr, n),
+        None if args.udp => udp(&args, addr),
+        None => tcp(&args, addr),
     };
     println!("{result}");
 }
@@ -134,6 +137,30 @@ fn tcp(args: &Args, addr: SocketAddr) -> String {
         Err(e) => format!("error:{}", e.raw_os_error().unwrap_or(0)),
     };
     json!({"ok": true, "after": after}).to_string()
+}
+
+/// Connect latency over `n` connects (each closed at once), for the kernel benchmark.
+fn repeat(args: &Args, addr: SocketAddr, n: usize) -> String {
+    let mut nanos = Vec::with_capacity(n);
+    for _ in 0..n {
+        let socket = match socket(args, addr, Type::STREAM, Protocol::TCP) {
+            Ok(s) => s,
+            Err(e) => return failure("socket", &e),
+        };
+        let start = std::time::Instant::now();
+        if let Err(e) = socket.connect(&target(args, addr)) {
+            return failure("connect", &e);
+        }
+        nanos.push(u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
+    nanos.sort_unstable();
+    let at = |percent: usize| {
+        nanos
+            .get((nanos.len().saturating_sub(1)) * percent / 100)
+            .copied()
+            .unwrap_or(0)
+    };
+    json!({"ok": true, "n": n, "median_ns": at(50), "p99_ns": at(99)}).to_string()
 }
 
 fn udp(args: &Args, addr: SocketAddr) -> String {
