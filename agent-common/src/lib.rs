@@ -16,7 +16,7 @@ pub const MAP_CONFIG: &str = "FW_CONFIG";
 pub const MAP_HEARTBEAT: &str = "FW_HEARTBEAT";
 pub const MAP_PROTECTED: &str = "FW_PROTECTED";
 pub const MAP_WORKLOADS: &str = "FW_WORKLOADS";
-pub const MAP_CONN_STORE: &str = "FW_CONN_STORE";
+pub const MAP_SOCKETS: &str = "FW_SOCKETS";
 pub const MAP_CONNS: &str = "FW_CONNS";
 pub const MAP_EVENTS: &str = "FW_EVENTS";
 pub const MAP_STATS: &str = "FW_STATS";
@@ -27,7 +27,7 @@ pub const PINNED_MAPS: [&str; 8] = [
     MAP_HEARTBEAT,
     MAP_PROTECTED,
     MAP_WORKLOADS,
-    MAP_CONN_STORE,
+    MAP_SOCKETS,
     MAP_CONNS,
     MAP_EVENTS,
     MAP_STATS,
@@ -47,7 +47,9 @@ pub const PROG_EXIT: &str = "fw_sched_exit";
 /// Capacity of the maps whose size bounds what the node can do at once.
 pub const PROTECTED_CAPACITY: u32 = 4096;
 pub const WORKLOADS_CAPACITY: u32 = 65_536;
-pub const CONNS_CAPACITY: u32 = 262_144;
+/// Redirected connections open at once, per node. Both per-connection maps are preallocated
+/// (an update is then a free-list pop, not an allocation on the connect path): about 9 MiB each.
+pub const CONNS_CAPACITY: u32 = 65_536;
 pub const EVENTS_BYTES: u32 = 1 << 22;
 
 /// The word that prefixes an IPv4 address in its IPv4-mapped IPv6 form, as it sits in memory.
@@ -99,6 +101,10 @@ const _: () = assert!(size_of::<Config>() == 48);
 pub const CONFIG_F_KERNEL_ENFORCEMENT: u32 = 1;
 /// Set once the agent has written a complete configuration; until then everything protected is refused.
 pub const CONFIG_F_READY: u32 = 1 << 1;
+/// `FW_WORKLOADS` holds entries of this kind: the hook skips lookups of kinds that have none.
+pub const CONFIG_F_HAS_TGID: u32 = 1 << 2;
+pub const CONFIG_F_HAS_CGROUP: u32 = 1 << 3;
+pub const CONFIG_F_HAS_UID: u32 = 1 << 4;
 
 /// What a workload key names: the kernel checks them in this order, most specific first.
 pub const KEY_TGID: u32 = 1;
@@ -167,7 +173,8 @@ pub struct ConnKey {
 }
 const _: () = assert!(size_of::<ConnKey>() == 36);
 
-pub const EVENT_REDIRECTED: u32 = 1;
+// Redirects are counted (`STAT_REDIRECTED`), not evented: a ring-buffer wakeup per connect
+// would cost more than the rest of the hook. Kind 1 stays unused so old and new agree.
 pub const EVENT_REFUSED: u32 = 2;
 pub const EVENT_CONNS_FULL: u32 = 3;
 pub const EVENT_EXEC: u32 = 4;

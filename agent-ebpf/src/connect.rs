@@ -17,17 +17,15 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use fhirwall_common::{
-    Addr, CONFIG_F_KERNEL_ENFORCEMENT, CONFIG_F_READY, Config, ConnRecord, EVENT_EXEC,
-    EVENT_REDIRECTED, EVENT_REFUSED, Event, KEY_CGROUP, KEY_TGID, KEY_UID, ProtectedKey,
-    REASON_AGENT_DOWN, REASON_NONE, REASON_NOT_TCP, REASON_STORE_FULL, REASON_UNREGISTERED,
-    STAT_AGENT_PASSED, STAT_REDIRECTED, STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED,
-    STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL, STAT_REFUSED_UNREGISTERED, VERDICT_DENY,
-    WorkloadKey, v4_mapped,
+    Addr, CONFIG_F_HAS_CGROUP, CONFIG_F_HAS_TGID, CONFIG_F_HAS_UID, CONFIG_F_KERNEL_ENFORCEMENT,
+    CONFIG_F_READY, Config, ConnRecord, EVENT_EXEC, EVENT_REFUSED, Event, KEY_CGROUP, KEY_TGID,
+    KEY_UID, ProtectedKey, REASON_AGENT_DOWN, REASON_NONE, REASON_NOT_TCP, REASON_STORE_FULL,
+    REASON_UNREGISTERED, STAT_AGENT_PASSED, STAT_REDIRECTED, STAT_REFUSED_AGENT_DOWN,
+    STAT_REFUSED_DENIED, STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL, STAT_REFUSED_UNREGISTERED,
+    VERDICT_DENY, WorkloadKey, v4_mapped,
 };
 
-use crate::maps::{
-    FW_CONFIG, FW_CONN_STORE, FW_HEARTBEAT, FW_PROTECTED, FW_WORKLOADS, count, emit,
-};
+use crate::maps::{FW_CONFIG, FW_HEARTBEAT, FW_PROTECTED, FW_SOCKETS, FW_WORKLOADS, count, emit};
 
 const AF_INET: u16 = 2;
 const AF_INET6: u16 = 10;
@@ -139,15 +137,13 @@ fn on_connect(
         return Ok(None);
     }
     check_caller(sa, &cfg, &mut event)?;
-    if !store_record(ctx, &event.record) {
+    if !store_record(&event.record) {
         return Err(refuse(
             &mut event,
             REASON_STORE_FULL,
             STAT_REFUSED_STORE_FULL,
         ));
     }
-    event.kind = EVENT_REDIRECTED;
-    emit(&event);
     count(STAT_REDIRECTED);
     Ok(Some(cfg))
 }
@@ -158,7 +154,7 @@ fn check_caller(sa: &bpf_sock_addr, cfg: &Config, event: &mut Event) -> Result<(
     if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
         return Err(refuse(event, REASON_NOT_TCP, STAT_REFUSED_NOT_TCP));
     }
-    if !agent_alive(cfg) {
+    if !agent_alive(cfg, event.record.time_ns) {
         return Err(refuse(event, REASON_AGENT_DOWN, STAT_REFUSED_AGENT_DOWN));
     }
     if let Some(reason) = workload_refusal(cfg, &event.record) {
@@ -226,39 +222,30 @@ fn is_agent(sa: &bpf_sock_addr, cfg: &Config, cgroup_id: u64) -> bool {
     mark == cfg.agent_mark
 }
 
-fn agent_alive(cfg: &Config) -> bool {
+/// `now` is the record's timestamp: one clock read per connect (clock reads are not free in a VM).
+fn agent_alive(cfg: &Config, now: u64) -> bool {
     if cfg.flags & CONFIG_F_READY == 0 {
         return false;
     }
     let Some(beat) = FW_HEARTBEAT.get(0).copied() else {
         return false;
     };
-    // SAFETY: helper without arguments.
-    let now = unsafe { bpf_ktime_get_ns() };
     now.saturating_sub(beat) <= u64::from(cfg.heartbeat_timeout_ms) * 1_000_000
 }
 
-/// The most specific entry wins: process, then cgroup, then user.
+/// The most specific entry wins: process, then cgroup, then user. Kinds of which the agent
+/// holds no entries (`CONFIG_F_HAS_*` clear) are not looked up.
 fn workload_refusal(cfg: &Config, record: &ConnRecord) -> Option<u32> {
     let keys = [
-        WorkloadKey {
-            kind: KEY_TGID,
-            pad: 0,
-            id: u64::from(record.tgid),
-        },
-        WorkloadKey {
-            kind: KEY_CGROUP,
-            pad: 0,
-            id: record.cgroup_id,
-        },
-        WorkloadKey {
-            kind: KEY_UID,
-            pad: 0,
-            id: u64::from(record.uid),
-        },
+        (CONFIG_F_HAS_TGID, KEY_TGID, u64::from(record.tgid)),
+        (CONFIG_F_HAS_CGROUP, KEY_CGROUP, record.cgroup_id),
+        (CONFIG_F_HAS_UID, KEY_UID, u64::from(record.uid)),
     ];
-    for key in &keys {
-        if let Some(found) = FW_WORKLOADS.get_ptr(key) {
+    for (flag, kind, id) in keys {
+        if cfg.flags & flag == 0 {
+            continue;
+        }
+        if let Some(found) = FW_WORKLOADS.get_ptr(WorkloadKey { kind, pad: 0, id }) {
             // SAFETY: pointer returned by a successful lookup, valid for this program run.
             let verdict = unsafe { *found };
             return (verdict.verdict == VERDICT_DENY).then_some(verdict.reason);
@@ -267,24 +254,16 @@ fn workload_refusal(cfg: &Config, record: &ConnRecord) -> Option<u32> {
     (cfg.flags & CONFIG_F_KERNEL_ENFORCEMENT != 0).then_some(REASON_UNREGISTERED)
 }
 
-fn store_record(ctx: &SockAddrContext, record: &ConnRecord) -> bool {
-    let mut init = *record;
-    // SAFETY: `ctx` is the sock_addr context the helper expects.
-    let slot = unsafe { FW_CONN_STORE.get_or_insert_ptr_mut(ctx, Some(&mut init)) };
-    if slot.is_null() {
-        return false;
-    }
+fn store_record(record: &ConnRecord) -> bool {
     // A socket may connect again after a failed attempt: the newest destination wins.
-    // SAFETY: non-null socket storage of our value type, owned by this socket.
-    unsafe { ptr::write(slot, *record) };
-    true
+    FW_SOCKETS.insert(record.cookie, *record, 0).is_ok()
 }
 
 fn stored_record(ctx: &SockAddrContext) -> Option<ConnRecord> {
-    // SAFETY: `ctx` is the sock_addr context the helper expects.
-    let slot = unsafe { FW_CONN_STORE.get_ptr_mut(ctx) };
-    // SAFETY: non-null socket storage of our value type.
-    (!slot.is_null()).then(|| unsafe { *slot })
+    FW_SOCKETS.get_ptr(cookie(ctx)).map(|slot| {
+        // SAFETY: pointer returned by a successful lookup, valid for this program run.
+        unsafe { *slot }
+    })
 }
 
 /// Who is calling, as far as the kernel knows it without reading task memory.

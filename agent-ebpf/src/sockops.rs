@@ -1,21 +1,22 @@
 //! `sock_ops`: re-key a redirected connection's record by its 4-tuple once it is established,
-//! so the sidecar finds it at `accept()`, and delete it when the connection closes.
+//! so the sidecar finds it at `accept()`, and delete its records when the connection closes or
+//! the connect fails.
 
 use core::ptr;
 
 use aya_ebpf::{
     bindings::{
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_TCP_CONNECT_CB,
     },
-    helpers::generated::bpf_sk_storage_get,
+    helpers::generated::bpf_get_socket_cookie,
     programs::SockOpsContext,
 };
 use fhirwall_common::{
-    CONN_F_ESTABLISHED, ConnKey, ConnRecord, EVENT_CONNS_FULL, Event, REASON_NONE, STAT_CONNS_FULL,
-    v4_mapped,
+    CONN_F_ESTABLISHED, ConnKey, EVENT_CONNS_FULL, Event, REASON_NONE, STAT_CONNS_FULL, v4_mapped,
 };
 
-use crate::maps::{FW_CONN_STORE, FW_CONNS, count, emit};
+use crate::maps::{FW_CONFIG, FW_CONNS, FW_SOCKETS, count, emit};
 
 const AF_INET: u32 = 2;
 /// `TCP_CLOSE` from include/net/tcp_states.h.
@@ -23,34 +24,50 @@ const TCP_CLOSE: u32 = 7;
 
 pub fn handle(ctx: &SockOpsContext) {
     match ctx.op() {
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => established(ctx),
+        BPF_SOCK_OPS_TCP_CONNECT_CB if to_sidecar(ctx) => connecting(ctx),
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB if to_sidecar(ctx) => established(ctx),
         // args[1] is the new state; only sockets we set STATE_CB_FLAG on get here (or sockets
         // another program flagged: deleting an absent key is harmless).
-        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => {
-            let _ = FW_CONNS.remove(conn_key(ctx));
-        }
+        BPF_SOCK_OPS_STATE_CB if ctx.arg(1) == TCP_CLOSE => closed(ctx),
         _ => {}
     }
 }
 
+/// Only connections to the sidecar's port can be redirected ones: every other TCP connection on
+/// the host skips the cookie and map lookups.
+fn to_sidecar(ctx: &SockOpsContext) -> bool {
+    let Some(cfg) = FW_CONFIG.get(0) else {
+        return false;
+    };
+    // SAFETY: in-bounds u32 field of the sock_ops context.
+    let remote_port = unsafe { ptr::read_volatile(ptr::addr_of!((*ctx.ops).remote_port)) };
+    u32::from_be(remote_port) as u16 == cfg.sidecar_port
+}
+
+/// The SYN is about to leave: ask for state changes on redirected sockets now, so a connect
+/// that fails (refused, timed out) still reaches `closed` and leaves no record behind.
+fn connecting(ctx: &SockOpsContext) {
+    // SAFETY: sock_ops contexts are valid arguments for this helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    if FW_SOCKETS.get_ptr(cookie).is_some() {
+        let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG).cast_signed());
+    }
+}
+
 fn established(ctx: &SockOpsContext) {
-    // SAFETY: the kernel passes a valid sock_ops context; `sk` may be null and is checked.
-    let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
-    if sk.is_null() {
-        return;
-    }
-    let store = ptr::from_ref(&FW_CONN_STORE).cast_mut().cast();
-    // SAFETY: map and socket pointers as the helper expects; no value, no create flag.
-    let slot = unsafe { bpf_sk_storage_get(store, sk.cast(), ptr::null_mut(), 0) };
-    if slot.is_null() {
+    // SAFETY: sock_ops contexts are valid arguments for this helper.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
+    let Some(slot) = FW_SOCKETS.get_ptr_mut(cookie) else {
         return; // not a redirected connection
-    }
-    let slot = slot.cast::<ConnRecord>();
-    // SAFETY: non-null socket storage of our value type, owned by this socket.
+    };
+    // SAFETY: pointer returned by a successful lookup, valid for this program run.
     let record = unsafe {
         (*slot).flags |= CONN_F_ESTABLISHED;
         *slot
     };
+    // Close events are needed for every established redirected socket, also when the table is
+    // full below: they delete the socket's entry.
+    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG).cast_signed());
     if FW_CONNS.insert(conn_key(ctx), record, 0).is_err() {
         // The sidecar will find no record and refuse the connection: closed, not bypassed.
         count(STAT_CONNS_FULL);
@@ -59,9 +76,13 @@ fn established(ctx: &SockOpsContext) {
             reason: REASON_NONE,
             record,
         });
-        return;
     }
-    let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG).cast_signed());
+}
+
+fn closed(ctx: &SockOpsContext) {
+    let _ = FW_CONNS.remove(conn_key(ctx));
+    // SAFETY: sock_ops contexts are valid arguments for this helper.
+    let _ = FW_SOCKETS.remove(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
 }
 
 /// The key as the sidecar sees the accepted connection: (client, sidecar) in mapped form.

@@ -29,7 +29,7 @@ enum Command {
     #[command(subcommand)]
     Policy(cli::policy::PolicyCommand),
     /// Query, report on, verify and export the audit trail.
-    Audit(cli::audit::AuditArgs),
+    Audit(Box<cli::audit::AuditArgs>),
     /// Live connections attributed to their workloads (asks the running agent).
     Workloads(cli::workloads::WorkloadsArgs),
     /// Detach and unpin every kernel program and map fhirwall installed.
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
         Command::Policy(command) => cli::policy::run(&command),
         // Exit 1 is reserved for a verdict ("tampered"); errors exit 2.
         Command::Audit(args) => {
-            return cli::audit::run(args).unwrap_or_else(|e| {
+            return cli::audit::run(*args).unwrap_or_else(|e| {
                 eprintln!("fhirwall: {e:#}");
                 ExitCode::from(2)
             });

@@ -219,22 +219,22 @@ impl Drop for Probe {
     }
 }
 
-/// A binary of this workspace built next to the running test (`target/<profile>/<name>`).
+/// A binary of this workspace built next to the running test (`target/<profile>/<name>`), or
+/// next to the running binary itself (the benchmark binaries live there).
 pub fn target_binary(name: &str) -> anyhow::Result<PathBuf> {
-    let exe = std::env::current_exe().context("locating the test binary")?;
-    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary outside target/")?
-        .join(name);
-    if !path.exists() {
-        bail!(
-            "{} is missing: build the workspace binaries first (cargo xtask test does)",
-            path.display()
-        );
+    let exe = std::env::current_exe().context("locating the running binary")?;
+    // target/<profile>/deps/<test>-<hash> -> target/<profile>/<name>; target/<profile>/<bin> -> same dir
+    let candidates = [exe.parent(), exe.parent().and_then(Path::parent)];
+    for dir in candidates.into_iter().flatten() {
+        let path = dir.join(name);
+        if path.is_file() {
+            return Ok(path);
+        }
     }
-    Ok(path)
+    bail!(
+        "{name} is missing next to {}: build the workspace binaries first (cargo xtask test does)",
+        exe.display()
+    )
 }
 
 /// Polls `f` until it returns `Some` or `timeout` passes. For waiting on the kernel or a process,

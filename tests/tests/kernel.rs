@@ -181,7 +181,7 @@ fn redirects_ipv4_and_attributes_the_process() {
         return;
     }
     let fx = Fixture::new(false);
-    let baseline = fx.kernel.conns().len();
+    let baseline = (fx.kernel.conns().len(), fx.kernel.sockets_len());
     let mut probe = Probe::spawn(&[
         "--cgroup",
         fx.work.to_str().expect("utf-8"),
@@ -206,11 +206,11 @@ fn redirects_ipv4_and_attributes_the_process() {
     assert_eq!(report["peer"], fx.protected_v4.to_string());
     drop(probe);
     let settled = eventually(Duration::from_secs(5), || {
-        (fx.kernel.conns().len() == baseline).then_some(())
+        ((fx.kernel.conns().len(), fx.kernel.sockets_len()) == baseline).then_some(())
     });
     assert!(
         settled.is_some(),
-        "the connection table did not return to its baseline"
+        "the connection and socket tables did not return to their baseline"
     );
     assert_eq!(fx.kernel.stats().expect("stats").redirected, 1);
 }
@@ -516,4 +516,56 @@ fn tears_down_connections_opened_before_the_agent() {
     agent_stream
         .write_all(b"still here")
         .expect("the agent's connection must survive");
+}
+
+#[test]
+fn a_failed_connect_leaves_no_record() {
+    if !kernel_available("a_failed_connect_leaves_no_record") {
+        return;
+    }
+    let cgroup = TestCgroup::new().expect("cgroup");
+    let work = cgroup.child("work").expect("work");
+    let agent = cgroup.child("agent").expect("agent");
+    let pins = PinDir::new();
+    let protected = echo_server(Ipv4Addr::new(127, 0, 0, 6).into());
+    // Nothing listens on the sidecar port: every redirected connect is refused by the stack.
+    let closed_port = TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let mut kernel = Kernel::load(KernelSettings {
+        pin_dir: pins.path.clone(),
+        attach_cgroup: cgroup.dir.clone(),
+        agent_cgroup: TestCgroup::id(&agent),
+        agent_mark: MARK,
+        sidecar_v4: Ipv4Addr::LOCALHOST,
+        sidecar_v6: Ipv6Addr::LOCALHOST,
+        sidecar_port: closed_port,
+        kernel_enforcement: false,
+        heartbeat_timeout: Duration::from_secs(30),
+        conns_capacity: None,
+    })
+    .expect("load");
+    kernel
+        .set_protected(&BTreeSet::from([protected]))
+        .expect("protected");
+    kernel.activate().expect("attach");
+    for _ in 0..3 {
+        let report = Fixture::probe(&work, &[], protected);
+        assert_eq!(report["ok"], false, "{report}");
+        assert_eq!(
+            report["errno"], 111,
+            "ECONNREFUSED from the sidecar port: {report}"
+        );
+    }
+    let empty = eventually(Duration::from_secs(5), || {
+        (kernel.sockets_len() == 0).then_some(())
+    });
+    assert!(
+        empty.is_some(),
+        "{} socket records left behind",
+        kernel.sockets_len()
+    );
+    assert_eq!(kernel.stats().expect("stats").redirected, 3);
 }

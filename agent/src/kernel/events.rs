@@ -8,8 +8,8 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use fhirwall_common::{
-    ConnRecord, EVENT_CONNS_FULL, EVENT_EXEC, EVENT_REDIRECTED, EVENT_REFUSED, Event,
-    REASON_AGENT_DOWN, REASON_DENIED, REASON_NOT_TCP, REASON_STORE_FULL, REASON_UNREGISTERED,
+    ConnRecord, EVENT_CONNS_FULL, EVENT_EXEC, EVENT_REFUSED, Event, REASON_AGENT_DOWN,
+    REASON_DENIED, REASON_NOT_TCP, REASON_STORE_FULL, REASON_UNREGISTERED,
 };
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
@@ -80,10 +80,6 @@ impl KernelCaller {
 /// One event from the kernel programs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum KernelEvent {
-    Redirected {
-        caller: KernelCaller,
-        destination: SocketAddr,
-    },
     Refused {
         caller: KernelCaller,
         destination: SocketAddr,
@@ -112,10 +108,6 @@ impl KernelEvent {
         let destination =
             SocketAddr::new(from_addr(&event.record.orig_addr), event.record.orig_port);
         match event.kind {
-            EVENT_REDIRECTED => Self::Redirected {
-                caller,
-                destination,
-            },
             EVENT_REFUSED => Self::Refused {
                 caller,
                 destination,

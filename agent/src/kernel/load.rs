@@ -16,9 +16,9 @@ use aya::{
     },
 };
 use fhirwall_common::{
-    CONFIG_F_KERNEL_ENFORCEMENT, CONFIG_F_READY, Config, LAYOUT_VERSION, PINNED_MAPS,
-    PROG_CONNECT4, PROG_CONNECT6, PROG_EXEC, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SENDMSG4,
-    PROG_SENDMSG6, PROG_SOCK_OPS,
+    CONFIG_F_HAS_CGROUP, CONFIG_F_HAS_TGID, CONFIG_F_HAS_UID, CONFIG_F_KERNEL_ENFORCEMENT,
+    CONFIG_F_READY, Config, LAYOUT_VERSION, PINNED_MAPS, PROG_CONNECT4, PROG_CONNECT6, PROG_EXEC,
+    PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS,
 };
 
 use super::{
@@ -83,6 +83,10 @@ pub struct Kernel {
     conns: ConnTable,
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
     links: Vec<PinnedLink>,
+    /// `CONFIG_F_READY` once activated.
+    ready: bool,
+    /// `CONFIG_F_HAS_*` for the kinds of workload entries the kernel map may hold.
+    kinds: u32,
 }
 
 impl Kernel {
@@ -124,8 +128,11 @@ impl Kernel {
             conns,
             events: Some(events),
             links: Vec::new(),
+            ready: false,
+            // Until the first sync says otherwise, whatever a previous agent left may be there.
+            kinds: CONFIG_F_HAS_TGID | CONFIG_F_HAS_CGROUP | CONFIG_F_HAS_UID,
         };
-        kernel.write_config(false)?;
+        kernel.write_config()?;
         Ok(kernel)
     }
 
@@ -133,7 +140,8 @@ impl Kernel {
     /// removes the links of any previous agent. Call after the protected set and workload map
     /// are filled and the sidecar listener is bound.
     pub fn activate(&mut self) -> Result<(), KernelError> {
-        self.write_config(true)?;
+        self.ready = true;
+        self.write_config()?;
         self.heartbeat()?;
         self.attach()?;
         self.remove_foreign_links()
@@ -162,7 +170,22 @@ impl Kernel {
         &mut self,
         verdicts: &std::collections::BTreeMap<super::maps::WorkloadEntry, super::maps::Verdict>,
     ) -> Result<(), KernelError> {
-        self.maps.sync_workloads(verdicts)
+        let wanted = verdicts
+            .keys()
+            .fold(0, |kinds, entry| kinds | entry.config_flag());
+        // A kind's lookups are switched on before its entries arrive and off after they left,
+        // so no entry is ever in the map while the hook skips its kind.
+        self.set_kinds(self.kinds | wanted)?;
+        self.maps.sync_workloads(verdicts)?;
+        self.set_kinds(wanted)
+    }
+
+    fn set_kinds(&mut self, kinds: u32) -> Result<(), KernelError> {
+        if kinds == self.kinds {
+            return Ok(());
+        }
+        self.kinds = kinds;
+        self.write_config()
     }
 
     /// Sets or clears one workload's verdict.
@@ -171,7 +194,22 @@ impl Kernel {
         entry: super::maps::WorkloadEntry,
         verdict: Option<super::maps::Verdict>,
     ) -> Result<(), KernelError> {
+        if verdict.is_some() {
+            self.set_kinds(self.kinds | entry.config_flag())?;
+        }
         self.maps.set_workload(entry, verdict)
+    }
+
+    /// Drops socket records of connects that never completed, older than `max_age`.
+    pub fn collect_stale_sockets(&mut self, max_age: Duration) -> Result<usize, KernelError> {
+        let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
+        self.maps.collect_stale_sockets(monotonic_ns(), max_age)
+    }
+
+    /// Socket records in the kernel map (walks it: tests and metrics only).
+    #[must_use]
+    pub fn sockets_len(&self) -> usize {
+        self.maps.sockets_len()
     }
 
     /// Workload entries in the kernel map: (allow, deny).
@@ -183,7 +221,7 @@ impl Kernel {
     /// Switches `enforcement: kernel` on or off (policy reload).
     pub fn set_kernel_enforcement(&mut self, on: bool) -> Result<(), KernelError> {
         self.settings.kernel_enforcement = on;
-        self.write_config(true)
+        self.write_config()
     }
 
     /// The connection table the sidecar consults at `accept()`; cheap to clone.
@@ -234,13 +272,13 @@ impl Kernel {
         &self.settings
     }
 
-    fn write_config(&mut self, ready: bool) -> Result<(), KernelError> {
+    fn write_config(&mut self) -> Result<(), KernelError> {
         let s = &self.settings;
-        let mut flags = 0;
+        let mut flags = self.kinds;
         if s.kernel_enforcement {
             flags |= CONFIG_F_KERNEL_ENFORCEMENT;
         }
-        if ready {
+        if self.ready {
             flags |= CONFIG_F_READY;
         }
         let config = Config {

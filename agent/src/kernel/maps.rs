@@ -11,12 +11,12 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use fhirwall_common::{
-    Config, ConnKey, ConnRecord, KEY_CGROUP, KEY_TGID, KEY_UID, MAP_CONFIG, MAP_CONNS, MAP_EVENTS,
-    MAP_HEARTBEAT, MAP_PROTECTED, MAP_STATS, MAP_WORKLOADS, PROTECTED_CAPACITY, ProtectedKey,
-    REASON_DENIED, STAT_AGENT_PASSED, STAT_CONNS_FULL, STAT_EVENTS_DROPPED, STAT_REDIRECTED,
-    STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED, STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL,
-    STAT_REFUSED_UNREGISTERED, VERDICT_ALLOW, VERDICT_DENY, WORKLOADS_CAPACITY, WorkloadKey,
-    WorkloadVerdict,
+    CONN_F_ESTABLISHED, Config, ConnKey, ConnRecord, KEY_CGROUP, KEY_TGID, KEY_UID, MAP_CONFIG,
+    MAP_CONNS, MAP_EVENTS, MAP_HEARTBEAT, MAP_PROTECTED, MAP_SOCKETS, MAP_STATS, MAP_WORKLOADS,
+    PROTECTED_CAPACITY, ProtectedKey, REASON_DENIED, STAT_AGENT_PASSED, STAT_CONNS_FULL,
+    STAT_EVENTS_DROPPED, STAT_REDIRECTED, STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED,
+    STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL, STAT_REFUSED_UNREGISTERED, VERDICT_ALLOW,
+    VERDICT_DENY, WORKLOADS_CAPACITY, WorkloadKey, WorkloadVerdict,
 };
 use serde::Serialize;
 
@@ -43,6 +43,16 @@ pub enum Verdict {
 }
 
 impl WorkloadEntry {
+    /// The `CONFIG_F_HAS_*` flag that makes the hook look this kind up.
+    #[must_use]
+    pub fn config_flag(self) -> u32 {
+        match self {
+            Self::Process(_) => fhirwall_common::CONFIG_F_HAS_TGID,
+            Self::Cgroup(_) => fhirwall_common::CONFIG_F_HAS_CGROUP,
+            Self::User(_) => fhirwall_common::CONFIG_F_HAS_UID,
+        }
+    }
+
     fn key(self) -> WorkloadKey {
         let (kind, id) = match self {
             Self::Process(tgid) => (KEY_TGID, u64::from(tgid)),
@@ -141,6 +151,7 @@ pub struct ControlMaps {
     protected: HashMap<MapData, ProtectedKey, u32>,
     workloads: HashMap<MapData, WorkloadKey, WorkloadVerdict>,
     stats: PerCpuArray<MapData, u64>,
+    sockets: HashMap<MapData, u64, ConnRecord>,
     protected_mirror: Option<HashSet<ProtectedKey>>,
     workloads_mirror: Option<std::collections::HashMap<WorkloadKey, WorkloadVerdict>>,
 }
@@ -153,6 +164,7 @@ impl ControlMaps {
             protected: take(ebpf, MAP_PROTECTED)?,
             workloads: take(ebpf, MAP_WORKLOADS)?,
             stats: take(ebpf, MAP_STATS)?,
+            sockets: take(ebpf, MAP_SOCKETS)?,
             protected_mirror: None,
             workloads_mirror: None,
         };
@@ -262,6 +274,35 @@ impl ControlMaps {
             }
             None => Ok(()),
         }
+    }
+
+    /// Removes socket records of connects that never got established and are older than
+    /// `max_age_ns` (a connect that failed before its handshake leaves one behind; sock_ops
+    /// deletes all others at close). Returns how many were removed.
+    pub fn collect_stale_sockets(
+        &mut self,
+        now_ns: u64,
+        max_age_ns: u64,
+    ) -> Result<usize, KernelError> {
+        let stale: Vec<u64> = self
+            .sockets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(_, r)| {
+                r.flags & CONN_F_ESTABLISHED == 0 && now_ns.saturating_sub(r.time_ns) > max_age_ns
+            })
+            .map(|(cookie, _)| cookie)
+            .collect();
+        for cookie in &stale {
+            remove_if_present(&mut self.sockets, cookie, MAP_SOCKETS)?;
+        }
+        Ok(stale.len())
+    }
+
+    /// Socket records in the kernel (walks the map: tests and metrics only).
+    #[must_use]
+    pub fn sockets_len(&self) -> usize {
+        self.sockets.keys().flatten().count()
     }
 
     /// Workload entries per verdict, from the mirror.

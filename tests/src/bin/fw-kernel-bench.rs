@@ -45,6 +45,8 @@ fn main() -> anyhow::Result<()> {
         conns_capacity: None,
     })?;
     kernel.set_protected(&BTreeSet::from([protected]))?;
+    // As the agent does at start: no workload entries, so the hook skips those lookups.
+    kernel.set_workloads(&std::collections::BTreeMap::new())?;
     kernel.activate()?;
     let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
 
