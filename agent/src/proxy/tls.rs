@@ -25,6 +25,8 @@ mod error;
 mod files;
 mod leaf;
 mod name;
+mod server;
+mod stream;
 
 use std::sync::Arc;
 
@@ -32,9 +34,14 @@ pub use ca::{CA_CERT_FILE, CA_KEY_FILE, CaSpec, DEFAULT_CA_DIR, InitOutcome, Lea
 pub use error::{TlsError, TlsErrorSource};
 pub use leaf::{LeafCache, LeafPolicy, SniResolver};
 pub use name::LeafName;
+pub use server::{ALPN_HTTP11, Protocol, TerminatorConfig, TlsTerminator, detect};
+pub use stream::{Downstream, MaybeTls, UpstreamStream};
 
 /// The crypto provider of both sides: ring, as the rest of the agent uses.
 #[must_use]
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
+
+#[cfg(test)]
+mod tests;
