@@ -27,6 +27,7 @@ mod leaf;
 mod name;
 mod server;
 mod stream;
+mod upstream;
 
 use std::sync::Arc;
 
@@ -36,6 +37,9 @@ pub use leaf::{LeafCache, LeafPolicy, SniResolver};
 pub use name::LeafName;
 pub use server::{ALPN_HTTP11, Protocol, TerminatorConfig, TlsTerminator, detect};
 pub use stream::{Downstream, MaybeTls, UpstreamStream};
+pub use upstream::{
+    ClientIdentity, ConnectorConfig, UpstreamConnector, UpstreamKey, UpstreamSpec, UpstreamTable,
+};
 
 /// The crypto provider of both sides: ring, as the rest of the agent uses.
 #[must_use]

@@ -3,6 +3,7 @@
 
 mod clients;
 mod termination;
+mod upstream;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
