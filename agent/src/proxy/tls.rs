@@ -31,7 +31,9 @@ mod upstream;
 
 use std::sync::Arc;
 
-pub use ca::{CA_CERT_FILE, CA_KEY_FILE, CaSpec, DEFAULT_CA_DIR, InitOutcome, Leaf, LocalCa};
+pub use ca::{
+    CA_CERT_FILE, CA_KEY_FILE, CaCertificate, CaSpec, DEFAULT_CA_DIR, InitOutcome, Leaf, LocalCa,
+};
 pub use error::{TlsError, TlsErrorSource};
 pub use leaf::{LeafCache, LeafPolicy, SniResolver};
 pub use name::LeafName;

@@ -81,6 +81,45 @@ pub struct Leaf {
     pub not_after: SystemTime,
 }
 
+/// The CA certificate alone, as `ca export` reads it: no key needed, so any user who can read
+/// `ca.pem` can export it.
+#[derive(Clone, Debug)]
+pub struct CaCertificate {
+    pub der: CertificateDer<'static>,
+    /// The certificate block only, newline-terminated.
+    pub pem: String,
+    pub not_after: SystemTime,
+}
+
+impl CaCertificate {
+    /// Reads and checks `dir/ca.pem` (it must parse and be a CA certificate).
+    pub fn read(dir: &Path) -> Result<Self, TlsError> {
+        let path = dir.join(CA_CERT_FILE);
+        let text = files::read_public(&path)?;
+        let der =
+            CertificateDer::from_pem_slice(text.as_bytes()).map_err(|_| TlsError::BadPem {
+                path: path.clone(),
+                reason: "no PEM CERTIFICATE block",
+            })?;
+        let not_after =
+            check_ca(&der, None).map_err(|reason| TlsError::CaMismatch { path, reason })?;
+        Ok(Self {
+            pem: first_certificate_block(&text),
+            der,
+            not_after,
+        })
+    }
+
+    /// SHA-256 fingerprint, colon-separated upper-case hex (as `openssl x509 -fingerprint
+    /// -sha256` and `keytool -list` print it), for checking a copy on an EHR host.
+    #[must_use]
+    pub fn sha256_fingerprint(&self) -> String {
+        let digest = ring::digest::digest(&ring::digest::SHA256, self.der.as_ref());
+        let hex: Vec<String> = digest.as_ref().iter().map(|b| format!("{b:02X}")).collect();
+        hex.join(":")
+    }
+}
+
 /// The node-local CA, loaded and ready to mint.
 pub struct LocalCa {
     dir: PathBuf,
@@ -159,7 +198,7 @@ impl LocalCa {
                 path: cert_path.clone(),
                 reason: "no PEM CERTIFICATE block",
             })?;
-        let not_after = check_ca(&cert, &key).map_err(|reason| TlsError::CaMismatch {
+        let not_after = check_ca(&cert, Some(&key)).map_err(|reason| TlsError::CaMismatch {
             path: cert_path.clone(),
             reason,
         })?;
@@ -290,8 +329,8 @@ fn common_name(node: &str) -> String {
     name.trim_end().to_owned()
 }
 
-/// Checks the stored certificate is a CA certificate for `key`; returns its expiry.
-fn check_ca(cert: &CertificateDer<'_>, key: &KeyPair) -> Result<SystemTime, &'static str> {
+/// Checks the stored certificate is a CA certificate (for `key`, if given); returns its expiry.
+fn check_ca(cert: &CertificateDer<'_>, key: Option<&KeyPair>) -> Result<SystemTime, &'static str> {
     use rcgen::PublicKeyData;
 
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
@@ -304,7 +343,7 @@ fn check_ca(cert: &CertificateDer<'_>, key: &KeyPair) -> Result<SystemTime, &'st
     if !is_ca {
         return Err("certificate is not a CA certificate (basicConstraints CA:TRUE missing)");
     }
-    if parsed.public_key().subject_public_key.data.as_ref() != key.der_bytes() {
+    if key.is_some_and(|k| parsed.public_key().subject_public_key.data.as_ref() != k.der_bytes()) {
         return Err("certificate does not belong to the key in ca.key");
     }
     let secs = u64::try_from(parsed.validity().not_after.timestamp())
