@@ -1,5 +1,6 @@
-//! Reading and writing the CA's files so that a private key is never readable by anyone but its
-//! owner, not even for the instant between creating a file and restricting it.
+//! Certificate and key files: written so that a private key is never readable by anyone but its
+//! owner, not even for the instant between creating a file and restricting it; read with a
+//! permission check on keys and PEM parsing (rustls-pki-types) for certificates.
 
 use std::{
     fs::{self, File, OpenOptions, Permissions},
@@ -9,6 +10,7 @@ use std::{
 };
 
 use ring::rand::{SecureRandom, SystemRandom};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use super::TlsError;
 
@@ -99,6 +101,31 @@ pub(super) fn read_private(path: &Path) -> Result<String, TlsError> {
 /// Reads a certificate (public) file.
 pub(super) fn read_public(path: &Path) -> Result<String, TlsError> {
     read_text(path, open(path)?)
+}
+
+/// A PEM file of one or more certificates (a chain leaf first, or a CA bundle).
+pub(super) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let text = read_public(path)?;
+    let bad = |reason| TlsError::BadPem {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad("malformed PEM"))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM CERTIFICATE block"));
+    }
+    Ok(certs)
+}
+
+/// A PEM private key (PKCS#8, SEC1 or PKCS#1), with the permission check of [`read_private`].
+pub(super) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let text = read_private(path)?;
+    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|_| TlsError::BadPem {
+        path: path.to_owned(),
+        reason: "no PEM private key",
+    })
 }
 
 fn open(path: &Path) -> Result<File, TlsError> {

@@ -19,10 +19,8 @@ use std::{
 };
 
 use rustls::{
-    ClientConfig, RootCertStore,
-    client::WebPkiServerVerifier,
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject},
+    ClientConfig, RootCertStore, client::WebPkiServerVerifier, crypto::CryptoProvider,
+    pki_types::ServerName,
 };
 use tokio::{net::TcpStream, time::timeout};
 use tokio_rustls::TlsConnector;
@@ -342,8 +340,8 @@ fn build_client_config(
     let mut config = match identity {
         None => builder.with_no_client_auth(),
         Some(id) => {
-            let chain = certificates(&id.cert_file)?;
-            let key = private_key(&id.key_file)?;
+            let chain = files::read_certificates(&id.cert_file)?;
+            let key = files::read_private_key(&id.key_file)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .map_err(|source| TlsError::Rustls {
@@ -360,7 +358,7 @@ fn build_client_config(
 
 fn roots_from_file(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
-    let (added, _) = roots.add_parsable_certificates(certificates(path)?);
+    let (added, _) = roots.add_parsable_certificates(files::read_certificates(path)?);
     if added == 0 {
         return Err(TlsError::BadPem {
             path: path.to_owned(),
@@ -368,29 +366,6 @@ fn roots_from_file(path: &Path) -> Result<RootCertStore, TlsError> {
         });
     }
     Ok(roots)
-}
-
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let text = files::read_public(path)?;
-    let bad = |reason| TlsError::BadPem {
-        path: path.to_owned(),
-        reason,
-    };
-    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|_| bad("malformed PEM"))?;
-    if certs.is_empty() {
-        return Err(bad("no PEM CERTIFICATE block"));
-    }
-    Ok(certs)
-}
-
-fn private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let text = files::read_private(path)?;
-    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|_| TlsError::BadPem {
-        path: path.to_owned(),
-        reason: "no PEM private key",
-    })
 }
 
 /// Tells a certificate the upstream should not be trusted with from other handshake failures.
