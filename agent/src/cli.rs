@@ -2,6 +2,7 @@
 //! (tables) or machines (`--json`) and return the exit code.
 
 pub mod audit;
+pub mod ca;
 pub mod policy;
 pub mod workloads;
 

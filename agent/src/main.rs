@@ -30,6 +30,9 @@ enum Command {
     Policy(cli::policy::PolicyCommand),
     /// Query, report on, verify and export the audit trail.
     Audit(Box<cli::audit::AuditArgs>),
+    /// Create or export the node CA the sidecar mints its TLS certificates from.
+    #[command(subcommand)]
+    Ca(cli::ca::CaCommand),
     /// Live connections attributed to their workloads (asks the running agent).
     Workloads(cli::workloads::WorkloadsArgs),
     /// Detach and unpin every kernel program and map fhirwall installed.
@@ -52,6 +55,7 @@ fn main() -> ExitCode {
                 ExitCode::from(2)
             });
         }
+        Command::Ca(command) => cli::ca::run(&command),
         Command::Workloads(args) => cli::workloads::run(&args),
         Command::Uninstall { pin_dir } => cli::uninstall(&pin_dir),
     };

@@ -5,3 +5,4 @@ pub mod http;
 pub mod live;
 pub mod outcome;
 pub mod relay;
+pub mod tls;

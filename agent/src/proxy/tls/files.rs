@@ -1,0 +1,203 @@
+//! Certificate and key files: written so that a private key is never readable by anyone but its
+//! owner, not even for the instant between creating a file and restricting it; read with a
+//! permission check on keys and PEM parsing (rustls-pki-types) for certificates.
+
+use std::{
+    fs::{self, File, OpenOptions, Permissions},
+    io::{Read, Write},
+    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    path::Path,
+};
+
+use ring::rand::{SecureRandom, SystemRandom};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
+
+use super::TlsError;
+
+/// Mode of the private key: owner read/write only.
+pub(super) const KEY_MODE: u32 = 0o600;
+/// Mode of the certificate: it is public, and `ca export` may run as another user.
+pub(super) const CERT_MODE: u32 = 0o644;
+/// Certificates and keys are small; anything bigger is not one of ours.
+const MAX_FILE: u64 = 1 << 20;
+
+/// Creates `dir` (and parents) if missing. 0755: the directory only has to keep others from
+/// replacing files, which its ownership does; the key's own mode keeps it secret.
+pub(super) fn create_dir(dir: &Path) -> Result<(), TlsError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+        .map_err(|source| TlsError::File {
+            path: dir.to_owned(),
+            action: "create directory",
+            source,
+        })
+}
+
+/// Writes `dir/name` atomically with `mode`. The temporary file is created with `O_EXCL` and
+/// `mode` in the same `open(2)`, so the umask can only narrow it and no wider-mode file ever
+/// exists; it is then set to exactly `mode` (fchmod), synced, and renamed over the target, and
+/// the directory is synced so the rename survives a crash.
+pub(super) fn write_atomic(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> Result<(), TlsError> {
+    let target = dir.join(name);
+    let temp = dir.join(format!(".{name}.{}.tmp", random_suffix()?));
+    let err = |action, source| TlsError::File {
+        path: temp.clone(),
+        action,
+        source,
+    };
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+            .map_err(|e| err("create", e))?;
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(|e| err("chmod", e))?;
+        file.write_all(contents).map_err(|e| err("write", e))?;
+        file.sync_all().map_err(|e| err("sync", e))?;
+        fs::rename(&temp, &target).map_err(|e| err("rename", e))
+    })();
+    if written.is_err() {
+        // Best effort: a leftover temporary file holds nothing the target would not.
+        let _ = fs::remove_file(&temp);
+    }
+    written?;
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| TlsError::File {
+            path: dir.to_owned(),
+            action: "sync directory",
+            source,
+        })
+}
+
+/// Reads a private key file, refusing one that group or others can read or write (checked on
+/// the opened file, so a swap between check and read cannot slip past).
+pub(super) fn read_private(path: &Path) -> Result<String, TlsError> {
+    let file = open(path)?;
+    let meta = file.metadata().map_err(|source| TlsError::File {
+        path: path.to_owned(),
+        action: "stat",
+        source,
+    })?;
+    let mode = meta.mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(TlsError::KeyPermissions {
+            path: path.to_owned(),
+            mode,
+        });
+    }
+    read_text(path, file)
+}
+
+/// Reads a certificate (public) file.
+pub(super) fn read_public(path: &Path) -> Result<String, TlsError> {
+    read_text(path, open(path)?)
+}
+
+/// A PEM file of one or more certificates (a chain leaf first, or a CA bundle).
+pub(super) fn read_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let text = read_public(path)?;
+    let bad = |reason| TlsError::BadPem {
+        path: path.to_owned(),
+        reason,
+    };
+    let certs = CertificateDer::pem_slice_iter(text.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| bad("malformed PEM"))?;
+    if certs.is_empty() {
+        return Err(bad("no PEM CERTIFICATE block"));
+    }
+    Ok(certs)
+}
+
+/// A PEM private key (PKCS#8, SEC1 or PKCS#1), with the permission check of [`read_private`].
+pub(super) fn read_private_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let text = read_private(path)?;
+    PrivateKeyDer::from_pem_slice(text.as_bytes()).map_err(|_| TlsError::BadPem {
+        path: path.to_owned(),
+        reason: "no PEM private key",
+    })
+}
+
+fn open(path: &Path) -> Result<File, TlsError> {
+    File::open(path).map_err(|source| TlsError::File {
+        path: path.to_owned(),
+        action: "open",
+        source,
+    })
+}
+
+fn read_text(path: &Path, file: File) -> Result<String, TlsError> {
+    let mut text = String::new();
+    file.take(MAX_FILE)
+        .read_to_string(&mut text)
+        .map_err(|source| TlsError::File {
+            path: path.to_owned(),
+            action: "read",
+            source,
+        })?;
+    Ok(text)
+}
+
+fn random_suffix() -> Result<String, TlsError> {
+    let mut bytes = [0u8; 8];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| TlsError::File {
+            path: "/dev/urandom".into(),
+            action: "read random bytes",
+            source: std::io::Error::other("system random generator failed"),
+        })?;
+    Ok(format!("{:016x}", u64::from_ne_bytes(bytes)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_with_exact_mode_whatever_the_umask() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        write_atomic(dir.path(), "k", b"secret", KEY_MODE).expect("write");
+        write_atomic(dir.path(), "c", b"public", CERT_MODE).expect("write");
+        let mode = |n| fs::metadata(dir.path().join(n)).expect("stat").mode() & 0o7777;
+        assert_eq!(mode("k"), 0o600);
+        assert_eq!(mode("c"), 0o644);
+        assert_eq!(read_private(&dir.path().join("k")).expect("read"), "secret");
+        // Rewriting replaces the content; no temporary file is left behind.
+        write_atomic(dir.path(), "k", b"other", KEY_MODE).expect("rewrite");
+        assert_eq!(read_private(&dir.path().join("k")).expect("read"), "other");
+        let names: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+    }
+
+    #[test]
+    fn refuses_keys_others_can_access() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("k");
+        for mode in [0o644, 0o640, 0o604, 0o660, 0o606, 0o700 | 0o004] {
+            fs::write(&path, "key").expect("write");
+            fs::set_permissions(&path, Permissions::from_mode(mode)).expect("chmod");
+            match read_private(&path) {
+                Err(TlsError::KeyPermissions { mode: got, .. }) => assert_eq!(got, mode),
+                other => panic!("mode {mode:o}: expected KeyPermissions, got {other:?}"),
+            }
+        }
+        for mode in [0o600, 0o400] {
+            fs::set_permissions(&path, Permissions::from_mode(mode)).expect("chmod");
+            assert_eq!(read_private(&path).expect("owner-only key"), "key");
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! Leaf certificates per server name, minted by the [`LocalCa`] on first use and kept in a bounded
+//! LRU until shortly before they expire, so a handshake normally finds its certificate in the
+//! cache. Concurrent first requests for one name wait for a single mint.
+
+use std::{
+    fmt,
+    num::NonZeroUsize,
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime},
+};
+
+use lru::LruCache;
+use rustls::{
+    crypto::CryptoProvider,
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+};
+use tracing::warn;
+
+use super::{LeafName, LocalCa, TlsError};
+
+/// How leaves are minted and kept.
+#[derive(Clone, Copy, Debug)]
+pub struct LeafPolicy {
+    /// Validity of a new leaf (capped at the CA's expiry).
+    pub validity: Duration,
+    /// A cached leaf is replaced once it has less than this left.
+    pub renew_before: Duration,
+    /// Names kept; the least recently used go first. Bounds what a client sending random SNI
+    /// values can make the sidecar hold.
+    pub capacity: NonZeroUsize,
+}
+
+impl Default for LeafPolicy {
+    fn default() -> Self {
+        Self {
+            validity: Duration::from_hours(7 * 24),
+            renew_before: Duration::from_hours(2 * 24),
+            capacity: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+        }
+    }
+}
+
+/// A minted leaf ready for rustls, and when to replace it.
+struct Minted {
+    key: Arc<CertifiedKey>,
+    renew_at: SystemTime,
+}
+
+/// One name's leaf. Its own lock makes concurrent first requests (and renewals) mint once: the
+/// first holder mints, the others wait and take its result.
+#[derive(Default)]
+struct Slot(Mutex<Option<Minted>>);
+
+/// Leaves per name, minted on demand.
+pub struct LeafCache {
+    ca: Arc<LocalCa>,
+    provider: Arc<CryptoProvider>,
+    policy: LeafPolicy,
+    slots: Mutex<LruCache<LeafName, Arc<Slot>>>,
+    mints: AtomicU64,
+}
+
+impl fmt::Debug for LeafCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeafCache")
+            .field("policy", &self.policy)
+            .field("mints", &self.mints())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeafCache {
+    /// A cache minting from `ca`; `provider` loads the leaf keys (the ring provider).
+    #[must_use]
+    pub fn new(ca: Arc<LocalCa>, provider: Arc<CryptoProvider>, policy: LeafPolicy) -> Self {
+        Self {
+            ca,
+            provider,
+            slots: Mutex::new(LruCache::new(policy.capacity)),
+            policy,
+            mints: AtomicU64::new(0),
+        }
+    }
+
+    /// The leaf for `name`: cached, or minted now.
+    pub fn get(&self, name: &LeafName) -> Result<Arc<CertifiedKey>, TlsError> {
+        self.get_at(name, SystemTime::now())
+    }
+
+    /// Leaves minted so far (a cache miss or a renewal each).
+    #[must_use]
+    pub fn mints(&self) -> u64 {
+        self.mints.load(Ordering::Relaxed)
+    }
+
+    /// The CA the leaves come from.
+    #[must_use]
+    pub fn ca(&self) -> &Arc<LocalCa> {
+        &self.ca
+    }
+
+    /// [`get`](Self::get) as of `now`: tests move the clock to see renewal.
+    pub(super) fn get_at(
+        &self,
+        name: &LeafName,
+        now: SystemTime,
+    ) -> Result<Arc<CertifiedKey>, TlsError> {
+        let slot = self.slot(name);
+        let mut minted = lock(&slot.0);
+        if let Some(m) = minted.as_ref().filter(|m| now < m.renew_at) {
+            return Ok(Arc::clone(&m.key));
+        }
+        let fresh = self.mint(name, now)?;
+        let key = Arc::clone(&fresh.key);
+        *minted = Some(fresh);
+        Ok(key)
+    }
+
+    fn slot(&self, name: &LeafName) -> Arc<Slot> {
+        let mut slots = lock(&self.slots);
+        if let Some(slot) = slots.get(name) {
+            return Arc::clone(slot);
+        }
+        let slot = Arc::new(Slot::default());
+        slots.put(name.clone(), Arc::clone(&slot));
+        slot
+    }
+
+    fn mint(&self, name: &LeafName, now: SystemTime) -> Result<Minted, TlsError> {
+        let leaf = self.ca.mint(name, self.policy.validity, now)?;
+        self.mints.fetch_add(1, Ordering::Relaxed);
+        let signing_key = self
+            .provider
+            .key_provider
+            .load_private_key(leaf.key.into())
+            .map_err(|source| TlsError::Rustls {
+                what: "a leaf key",
+                source,
+            })?;
+        let renew_at = leaf
+            .not_after
+            .checked_sub(self.policy.renew_before)
+            .unwrap_or(now);
+        Ok(Minted {
+            key: Arc::new(CertifiedKey::new(vec![leaf.cert], signing_key)),
+            // A leaf capped by a CA close to expiry is re-minted at most once a minute rather
+            // than on every handshake.
+            renew_at: renew_at.max(now + Duration::from_mins(1)),
+        })
+    }
+}
+
+/// Both locks guard plain values replaced whole; a panic elsewhere cannot leave them half
+/// written, so a poisoned lock is used as is.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Picks the leaf for the client's SNI, or for `fallback` when the client sent none.
+#[derive(Debug)]
+pub struct SniResolver {
+    leaves: Arc<LeafCache>,
+    fallback: Option<LeafName>,
+}
+
+impl SniResolver {
+    /// A resolver over `leaves`; without `fallback`, a client without SNI is refused.
+    #[must_use]
+    pub fn new(leaves: Arc<LeafCache>, fallback: Option<LeafName>) -> Self {
+        Self { leaves, fallback }
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = match hello.server_name() {
+            // rustls has already checked the SNI is a DNS name; parse only normalises it.
+            Some(sni) => LeafName::parse(sni).ok()?,
+            None => self.fallback.clone()?,
+        };
+        match self.leaves.get(&name) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                // No certificate: rustls aborts the handshake with an alert.
+                warn!(error = %e, %name, "no leaf certificate for the client");
+                None
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{sync::Barrier, thread};
+
+    use super::*;
+    use crate::proxy::tls::CaSpec;
+
+    fn cache(dir: &std::path::Path, policy: LeafPolicy) -> LeafCache {
+        let (ca, _) = LocalCa::init(dir, &CaSpec::new("test")).expect("init");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        LeafCache::new(Arc::new(ca), provider, policy)
+    }
+
+    #[test]
+    fn the_same_name_is_minted_once_and_other_names_apart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leaves = cache(dir.path(), LeafPolicy::default());
+        let name = LeafName::parse("fhir.ehr.example").expect("name");
+        let first = leaves.get(&name).expect("mint");
+        let second = leaves.get(&name).expect("cached");
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(leaves.mints(), 1);
+        let other = leaves
+            .get(&LeafName::parse("10.0.0.1").expect("ip"))
+            .expect("mint");
+        assert_ne!(other.cert, first.cert);
+        assert_eq!(leaves.mints(), 2);
+    }
+
+    #[test]
+    fn concurrent_first_requests_mint_once() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leaves = cache(dir.path(), LeafPolicy::default());
+        let name = LeafName::parse("fhir.ehr.example").expect("name");
+        let threads = 8;
+        let barrier = Barrier::new(threads);
+        let certs: Vec<_> = thread::scope(|s| {
+            let handles: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        barrier.wait();
+                        leaves.get(&name).expect("leaf")
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("thread"))
+                .collect()
+        });
+        assert_eq!(leaves.mints(), 1);
+        assert!(certs.iter().all(|c| Arc::ptr_eq(c, &certs[0])));
+    }
+
+    #[test]
+    fn leaves_are_renewed_before_expiry_and_evicted_by_lru() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = LeafPolicy {
+            capacity: NonZeroUsize::new(2).expect("non-zero"),
+            ..LeafPolicy::default()
+        };
+        let leaves = cache(dir.path(), policy);
+        let a = LeafName::parse("a.example").expect("name");
+        let now = SystemTime::now();
+        let first = leaves.get_at(&a, now).expect("mint");
+        let day = Duration::from_hours(24);
+        assert!(Arc::ptr_eq(
+            &first,
+            &leaves.get_at(&a, now + 4 * day).expect("hit")
+        ));
+        // Two days before the week is up, the leaf is replaced.
+        let renewed = leaves
+            .get_at(&a, now + 5 * day + Duration::from_secs(1))
+            .expect("renew");
+        assert!(!Arc::ptr_eq(&first, &renewed));
+        assert_eq!(leaves.mints(), 2);
+
+        for name in ["b.example", "c.example"] {
+            leaves
+                .get_at(&LeafName::parse(name).expect("name"), now)
+                .expect("mint");
+        }
+        // `a` was least recently used and is gone.
+        leaves.get_at(&a, now).expect("mint");
+        assert_eq!(leaves.mints(), 5);
+    }
+}
