@@ -45,8 +45,8 @@ pub use self::{
         ClientCertificate, Credentials, Fingerprint, HeaderName, InjectCredential, SecretPath,
     },
     decide::{
-        Confinement, Decision, HeaderValue, Part, Presented, Reach, Reason, Rule, Subject, Why,
-        decide,
+        Confinement, Decision, HeaderValue, Need, Part, Presented, Reach, Reason, Rule, Subject,
+        Why, decide,
     },
     exception::{
         BreakGlass, BreakGlassError, BreakGlassSession, Exception, Invokers, SessionTarget,

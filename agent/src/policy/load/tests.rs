@@ -272,6 +272,25 @@ fn integration_field_errors_name_line_and_field() {
             "unknown field `value`",
         ),
         (
+            "relative client key",
+            base.clone()
+                + "credentials:\n  client_certificate:\n    cert_file: /etc/x.crt\n    key_file: x.key\n",
+            "20:credentials.client_certificate.key_file:",
+            "absolute path",
+        ),
+        (
+            "no patient constraint",
+            base.replace("patient:\n  mode: any\n", ""),
+            "",
+            ":patient:missing field `patient`",
+        ),
+        (
+            "unknown patient mode",
+            base.replace("  mode: any", "  mode: everyone"),
+            "16:patient.mode:",
+            "everyone",
+        ),
+        (
             "operation not in URL form",
             base.clone() + "operations: [everything]\n",
             "17:operations:",
