@@ -29,7 +29,7 @@ pub use self::{
 };
 use super::{
     Policy,
-    exception::{BreakGlass, BreakGlassSession, SessionTarget},
+    exception::{BreakGlass, SessionTarget},
     integration::Integration,
     model::{IntegrationStatus, Mode},
     purpose::{PurposeOfUse, RequestedPurpose},

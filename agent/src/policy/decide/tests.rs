@@ -15,7 +15,7 @@ use std::sync::OnceLock;
 use super::*;
 use crate::{
     fhir::{HttpRequest, classify},
-    policy::{RateLimiter, RateOutcome, exception::SessionTarget},
+    policy::{BreakGlassSession, RateLimiter, RateOutcome, exception::SessionTarget},
 };
 
 /// "Today" for the example policies.
