@@ -380,3 +380,51 @@ fn reasons_never_carry_patient_ids_or_search_values() {
         );
     }
 }
+
+#[test]
+fn tenants_come_from_the_classifier_and_must_be_listed() {
+    let upstream = "kind: Upstream\nname: cloud\naddresses: [\"fhir.cloud.test:443\"]\n\
+                    base_path: /fhir\ntenant:\n  mode: path-segment\n";
+    let integration = "kind: Integration\nname: lab\nowner: o\npurpose: p\n\
+                       data_classes: [x]\nexpected_resources: [Observation]\nstatus: active\n\
+                       workload:\n  uid: 1\nupstreams: [cloud]\ntenants: [north, south]\n\
+                       scopes: [system/Observation.rs]\npurposes_of_use: [TREAT]\n\
+                       default_purpose: TREAT\npatient:\n  mode: any\n";
+    let policy = Policy::from_sources(
+        [
+            (std::path::Path::new("u.yaml"), upstream),
+            (std::path::Path::new("i.yaml"), integration),
+        ],
+        ts(NOW),
+    )
+    .expect("valid");
+    let config = policy.classify_config("cloud").expect("config");
+    let decide_target = |target: &str| {
+        let http = HttpRequest {
+            method: "GET",
+            target,
+            headers: &[],
+            body: None,
+        };
+        let fhir = classify(&http, config).expect("classifies");
+        let subject =
+            Subject::from_headers(&policy, policy.integration("lab"), "cloud", &[], ts(NOW));
+        let d = decide(&policy, &subject, &fhir);
+        (
+            d.label(),
+            d.rule().to_string(),
+            d.reason().map(ToString::to_string),
+        )
+    };
+    assert_eq!(
+        decide_target("/fhir/north/Observation?code=x"),
+        ("allow", "integration/lab/scope[0]".into(), None)
+    );
+    let (label, rule, reason) = decide_target("/fhir/east/Observation?code=x");
+    assert_eq!((label, rule.as_str()), ("deny", "integration/lab/tenants"));
+    assert!(
+        reason.is_some_and(
+            |r| r.contains("not one the integration may address") && !r.contains("east")
+        )
+    );
+}

@@ -316,6 +316,10 @@ fn identity_purpose_and_operations() {
         lab("lower-case purpose", "GET /ServiceRequest/sr-1")
             .purpose("treat")
             .deny(rule("purposes_of_use"), "not one v3 PurposeOfUse code"),
+        lab("two purposes", "GET /ServiceRequest/sr-1")
+            .purpose("TREAT")
+            .purpose("TREAT")
+            .deny(rule("purposes_of_use"), "not one v3 PurposeOfUse code"),
         lab("purpose with its system", "GET /ServiceRequest/sr-1")
             .purpose("http://terminology.hl7.org/CodeSystem/v3-ActReason|TREAT")
             .allow(rule("scope[4]")),
