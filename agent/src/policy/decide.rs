@@ -203,7 +203,7 @@ pub fn decide<'a>(
             reason,
         };
     }
-    let outcome = admit(integration, subject, request);
+    let outcome = admit(policy, integration, subject, request);
     let (part, reason) = match outcome {
         Ok(decision) => return decision,
         Err(denied) => denied,
@@ -230,6 +230,7 @@ pub fn decide<'a>(
 
 /// The checks of a live integration, in order; `Err` names the part that denied.
 fn admit<'a>(
+    policy: &'a Policy,
     integration: &'a Integration,
     subject: &Subject<'a>,
     request: &'a FhirRequest,
@@ -250,14 +251,19 @@ fn admit<'a>(
             return Err((Part::Credentials, reason));
         }
     }
-    if !integration.tenants.is_empty() {
-        let tenant = request.tenant.as_deref();
-        if !tenant.is_some_and(|t| integration.tenants.iter().any(|a| a.as_str() == t)) {
-            let reason = Reason::Tenant {
-                present: tenant.is_some(),
-            };
-            return Err((Part::Tenants, reason));
-        }
+    // The classifier sets a tenant exactly when the upstream has tenants (it refuses a request
+    // without one there); a request without a tenant is checked against the upstream's mode.
+    let tenant_ok = match request.tenant.as_deref() {
+        Some(t) => integration.tenants.iter().any(|a| a.as_str() == t),
+        None => policy
+            .upstream(subject.upstream)
+            .is_some_and(|u| u.tenant.is_none()),
+    };
+    if !tenant_ok {
+        let reason = Reason::Tenant {
+            present: request.tenant.is_some(),
+        };
+        return Err((Part::Tenants, reason));
     }
     if request.interaction == Interaction::Capabilities {
         return Ok(Decision::Allow {

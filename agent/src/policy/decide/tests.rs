@@ -384,10 +384,11 @@ fn reasons_never_carry_patient_ids_or_search_values() {
 #[test]
 fn tenants_come_from_the_classifier_and_must_be_listed() {
     let upstream = "kind: Upstream\nname: cloud\naddresses: [\"fhir.cloud.test:443\"]\n\
-                    base_path: /fhir\ntenant:\n  mode: path-segment\n";
+                    base_path: /fhir\ntenant:\n  mode: path-segment\n---\n\
+                    kind: Upstream\nname: local\naddresses: [\"fhir.local.test:443\"]\n";
     let integration = "kind: Integration\nname: lab\nowner: o\npurpose: p\n\
                        data_classes: [x]\nexpected_resources: [Observation]\nstatus: active\n\
-                       workload:\n  uid: 1\nupstreams: [cloud]\ntenants: [north, south]\n\
+                       workload:\n  uid: 1\nupstreams: [cloud, local]\ntenants: [north, south]\n\
                        scopes: [system/Observation.rs]\npurposes_of_use: [TREAT]\n\
                        default_purpose: TREAT\npatient:\n  mode: any\n";
     let policy = Policy::from_sources(
@@ -398,8 +399,8 @@ fn tenants_come_from_the_classifier_and_must_be_listed() {
         ts(NOW),
     )
     .expect("valid");
-    let config = policy.classify_config("cloud").expect("config");
-    let decide_target = |target: &str| {
+    let decide_target = |upstream: &str, target: &str| {
+        let config = policy.classify_config(upstream).expect("config");
         let http = HttpRequest {
             method: "GET",
             target,
@@ -408,7 +409,7 @@ fn tenants_come_from_the_classifier_and_must_be_listed() {
         };
         let fhir = classify(&http, config).expect("classifies");
         let subject =
-            Subject::from_headers(&policy, policy.integration("lab"), "cloud", &[], ts(NOW));
+            Subject::from_headers(&policy, policy.integration("lab"), upstream, &[], ts(NOW));
         let d = decide(&policy, &subject, &fhir);
         (
             d.label(),
@@ -417,10 +418,15 @@ fn tenants_come_from_the_classifier_and_must_be_listed() {
         )
     };
     assert_eq!(
-        decide_target("/fhir/north/Observation?code=x"),
+        decide_target("cloud", "/fhir/north/Observation?code=x"),
         ("allow", "integration/lab/scope[0]".into(), None)
     );
-    let (label, rule, reason) = decide_target("/fhir/east/Observation?code=x");
+    assert_eq!(
+        decide_target("local", "/Observation?code=x"),
+        ("allow", "integration/lab/scope[0]".into(), None),
+        "the upstream without tenants needs none"
+    );
+    let (label, rule, reason) = decide_target("cloud", "/fhir/east/Observation?code=x");
     assert_eq!((label, rule.as_str()), ("deny", "integration/lab/tenants"));
     assert!(
         reason.is_some_and(
