@@ -43,7 +43,8 @@ pub struct ExplainArgs {
     /// The upstream the request is sent to; the integration's first one by default.
     #[arg(long)]
     pub upstream: Option<String>,
-    /// Decide as of this time (RFC 3339); now by default. The policy is loaded as of it too.
+    /// Decide as of this time (RFC 3339); now by default. The policy itself is validated as of
+    /// now, as the agent would load it.
     #[arg(long)]
     pub at: Option<jiff::Timestamp>,
     /// Print a JSON object instead of text.

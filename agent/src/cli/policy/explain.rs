@@ -16,8 +16,10 @@ use crate::{
 const USAGE: u8 = 2;
 
 pub(super) fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
+    // The policy is validated as of now, as the agent would load it; the decision is made as
+    // of --at, to ask what happens when an exception or an integration expires.
     let now = args.at.unwrap_or_else(jiff::Timestamp::now);
-    let policy = match Policy::load_at(&args.dir, now) {
+    let policy = match Policy::load(&args.dir) {
         Ok(policy) => policy,
         Err(LoadError::Invalid { problems }) => {
             for problem in &problems {
