@@ -1,34 +1,123 @@
-//! Policy: who may call which FHIR endpoint, as typed values loaded strictly from YAML files.
+//! Policy: who may call which FHIR endpoint, for what, on which data, as typed values loaded
+//! strictly from YAML files, and the pure [`decide`] function that applies them per request.
 //!
 //! A policy directory holds `*.yaml` / `*.yml` files, each one or more documents separated by
-//! `---` lines, each document naming its `kind`: `Upstream` (a protected FHIR endpoint) or
-//! `Integration` (a named non-human identity with owner, purpose, workload selector, status and
-//! expiry). Loading is all-or-nothing: every problem is reported with file, line and field, and a
-//! reload that fails keeps the last good policy.
+//! `---` lines, each naming its `kind`:
+//!
+//! - `Upstream`: a protected FHIR endpoint (addresses, base path, TLS, tenant mode).
+//! - `Integration`: a named non-human identity: owner, purpose, workload selector, status and
+//!   expiry, SMART scopes, operations, purposes of use, patient constraint, tenants, rate limit,
+//!   credentials.
+//! - `Exception`: extra scopes for one integration, approved, until a required expiry.
+//! - `BreakGlass`: who may be covered by an emergency session, for how long, with what.
+//! - `Settings`: policy-wide settings (the purpose-of-use header); at most one.
+//!
+//! Loading is all-or-nothing: every problem is reported with file, line and field, and a
+//! reload that fails keeps the last good policy. `policies/` at the repository root is a
+//! commented example for one EHR host.
+//!
+//! ```text
+//! load.rs        files -> documents -> typed values -> cross-document checks -> Policy
+//! scope.rs       SMART v1/v2 scopes;  grants.rs  scopes compiled into per-type tables
+//! integration.rs, credential.rs, operation.rs, purpose.rs, exception.rs: the model
+//! decide.rs      Subject + FhirRequest -> Decision (pure); rate.rs: token buckets (not pure)
+//! ```
 
+mod credential;
+mod decide;
+mod exception;
+mod grants;
+mod integration;
 mod load;
 mod model;
+mod operation;
+mod purpose;
+mod rate;
+mod scope;
 mod selector;
 
-pub use load::{LoadError, Problem};
-pub use model::{
-    Enforcement, HostPort, Integration, IntegrationStatus, Mode, TlsMode, Upstream, UpstreamTls,
-};
-pub use selector::WorkloadSelector;
+use std::path::Path;
 
-use crate::attribution::Workload;
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    credential::{
+        ClientCertificate, Credentials, Fingerprint, HeaderName, InjectCredential, SecretPath,
+    },
+    decide::{
+        Confinement, Decision, HeaderValue, Need, Part, Presented, Reach, Reason, Rule, Subject,
+        Why, decide,
+    },
+    exception::{
+        BreakGlass, BreakGlassError, BreakGlassSession, Exception, Invokers, SessionTarget,
+    },
+    grants::Scopes,
+    integration::{Integration, PatientConstraint, PatientMode, RateLimit, Tenant},
+    load::{LoadError, Problem},
+    model::{
+        Enforcement, HostPort, IntegrationStatus, Mode, TlsMode, Upstream, UpstreamTenant,
+        UpstreamTls,
+    },
+    operation::OperationRule,
+    purpose::{ACT_REASON_SYSTEM, PurposeOfUse, PurposeSet, RequestedPurpose},
+    rate::{RateLimiter, RateOutcome},
+    scope::{Perm, Perms, Scope, ScopeContext, ScopeParam},
+    selector::WorkloadSelector,
+};
+use crate::{attribution::Workload, fhir::ClassifyConfig};
+
+/// Policy-wide settings (`kind: Settings`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// The request header that states the purpose of use (default `X-Purpose-Of-Use`).
+    #[serde(default = "default_purpose_header")]
+    pub purpose_header: HeaderName,
+}
+
+fn default_purpose_header() -> HeaderName {
+    // A valid token, so the conversion cannot fail.
+    HeaderName::try_from("X-Purpose-Of-Use".to_owned()).unwrap_or_else(|_| unreachable!())
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            purpose_header: default_purpose_header(),
+        }
+    }
+}
 
 /// A validated policy: every cross-reference resolved, no overlapping selectors.
 #[derive(Clone, Debug, Default)]
 pub struct Policy {
+    pub settings: Settings,
     pub upstreams: Vec<Upstream>,
     pub integrations: Vec<Integration>,
+    pub exceptions: Vec<Exception>,
+    pub break_glass: Vec<BreakGlass>,
+    /// Classifier settings of each upstream, same order.
+    pub(crate) classify: Vec<ClassifyConfig>,
 }
 
 impl Policy {
-    /// Loads and validates every policy file in `dir`.
-    pub fn load(dir: &std::path::Path) -> Result<Self, LoadError> {
-        load::load_dir(dir, jiff::Timestamp::now())
+    /// Loads and validates every policy file in `dir`, as of now.
+    pub fn load(dir: &Path) -> Result<Self, LoadError> {
+        Self::load_at(dir, jiff::Timestamp::now())
+    }
+
+    /// Loads `dir` as of `now` (expiries are checked against it).
+    pub fn load_at(dir: &Path, now: jiff::Timestamp) -> Result<Self, LoadError> {
+        load::load_dir(dir, now)
+    }
+
+    /// Parses policy files given as (name, text), without touching the file system (CA files
+    /// are not checked).
+    pub fn from_sources<'s>(
+        sources: impl IntoIterator<Item = (&'s Path, &'s str)>,
+        now: jiff::Timestamp,
+    ) -> Result<Self, LoadError> {
+        load::parse_sources(sources, now)
     }
 
     /// The integration whose selector matches the workload. Selectors never overlap (checked at
@@ -41,7 +130,19 @@ impl Policy {
     }
 
     #[must_use]
+    pub fn integration(&self, name: &str) -> Option<&Integration> {
+        self.integrations.iter().find(|i| i.name == name)
+    }
+
+    #[must_use]
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
         self.upstreams.iter().find(|u| u.name == name)
+    }
+
+    /// The classifier settings for an upstream, built once at load.
+    #[must_use]
+    pub fn classify_config(&self, upstream: &str) -> Option<&ClassifyConfig> {
+        let index = self.upstreams.iter().position(|u| u.name == upstream)?;
+        self.classify.get(index)
     }
 }

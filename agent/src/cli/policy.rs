@@ -1,8 +1,10 @@
-//! `fhirwall policy check DIR`.
+//! `fhirwall policy check DIR` and `fhirwall policy explain DIR ...`.
+
+mod explain;
 
 use std::{path::PathBuf, process::ExitCode};
 
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 
 use crate::policy::{LoadError, Policy};
 
@@ -10,11 +12,50 @@ use crate::policy::{LoadError, Policy};
 pub enum PolicyCommand {
     /// Validate a policy directory: exit 0 when valid, 1 with every problem as file:line.
     Check { dir: PathBuf },
+    /// Classify one request as an integration would send it and show the decision.
+    ///
+    /// Exit status: 0 when the request would be forwarded (allow, or would-deny in observe
+    /// mode), 1 when it would be denied (by policy, or because it cannot be classified),
+    /// 2 when the policy is invalid or the arguments are wrong.
+    Explain(ExplainArgs),
+}
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// Policy directory.
+    pub dir: PathBuf,
+    /// The integration sending the request.
+    #[arg(long)]
+    pub integration: String,
+    /// "METHOD TARGET", e.g. "GET /Observation?patient=123". A target without a leading / is
+    /// taken relative to the upstream's base path.
+    #[arg(long)]
+    pub request: String,
+    /// File holding the request body (a Bundle, a resource, a form-encoded _search).
+    #[arg(long)]
+    pub body: Option<PathBuf>,
+    /// A request header, "Name: value"; repeat for several.
+    #[arg(long = "header", value_name = "K:V")]
+    pub headers: Vec<String>,
+    /// Purpose of use to state (sets the policy's purpose header).
+    #[arg(long)]
+    pub purpose: Option<String>,
+    /// The upstream the request is sent to; the integration's first one by default.
+    #[arg(long)]
+    pub upstream: Option<String>,
+    /// Decide as of this time (RFC 3339); now by default. The policy itself is validated as of
+    /// now, as the agent would load it.
+    #[arg(long)]
+    pub at: Option<jiff::Timestamp>,
+    /// Print a JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn run(command: &PolicyCommand) -> anyhow::Result<ExitCode> {
     match command {
         PolicyCommand::Check { dir } => check(dir),
+        PolicyCommand::Explain(args) => explain::run(args),
     }
 }
 
@@ -22,10 +63,12 @@ fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     match Policy::load(dir) {
         Ok(policy) => {
             println!(
-                "{}: ok ({} upstreams, {} integrations)",
+                "{}: ok ({} upstreams, {} integrations, {} exceptions, {} break-glass policies)",
                 dir.display(),
                 policy.upstreams.len(),
-                policy.integrations.len()
+                policy.integrations.len(),
+                policy.exceptions.len(),
+                policy.break_glass.len()
             );
             Ok(ExitCode::SUCCESS)
         }

@@ -1,30 +1,29 @@
 use super::*;
 use crate::policy::IntegrationStatus;
 
+/// An integration with just enough fields to load; tests set name, status and workload.
+const MINIMAL: &str = "name: x\nowner: o\npurpose: p\ndata_classes: [x]\n\
+    expected_resources: [Observation]\nstatus: active\nworkload:\n  uid: 1\n\
+    upstreams: [ehr]\nscopes: [system/Observation.rs]\npurposes_of_use: [TREAT]\n\
+    patient:\n  mode: any\n";
+
 fn policy(yaml_selectors: &[(&str, IntegrationStatus, &str)]) -> Policy {
     let integrations = yaml_selectors
         .iter()
         .map(|(name, status, selector)| {
             let workload: WorkloadSelector =
                 serde_saphyr::from_str(selector).expect("test selector");
-            Integration {
-                name: (*name).into(),
-                owner: "o".into(),
-                purpose: "p".into(),
-                ticket: None,
-                data_classes: vec!["x".into()],
-                expected_resources: vec!["Observation".into()],
-                status: *status,
-                expires: None,
-                mode: crate::policy::Mode::Enforce,
-                workload,
-                upstreams: vec!["ehr".into()],
-            }
+            let mut integration: Integration =
+                serde_saphyr::from_str(MINIMAL).expect("test integration");
+            integration.name = (*name).into();
+            integration.status = *status;
+            integration.workload = workload;
+            integration
         })
         .collect();
     Policy {
-        upstreams: Vec::new(),
         integrations,
+        ..Policy::default()
     }
 }
 

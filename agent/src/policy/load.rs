@@ -1,5 +1,12 @@
 //! Reading a policy directory: strict parsing, then cross-document checks. Every problem found
-//! is reported with its file and line; nothing is half-loaded.
+//! is reported with its file, line and field; nothing is half-loaded.
+//!
+//! The parsing half is pure ([`parse_sources`]: file names and texts in, a policy or problems
+//! out), so it can be fuzzed and tested without a file system; [`load_dir`] adds reading the
+//! directory and checking that referenced CA files exist.
+
+mod check;
+mod lines;
 
 use std::{
     fmt, fs, io,
@@ -8,9 +15,12 @@ use std::{
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
+use self::lines::{field_at, field_line};
 use super::{
-    Policy,
-    model::{Integration, IntegrationStatus, TlsMode, Upstream},
+    Policy, Settings,
+    exception::{BreakGlass, Exception},
+    integration::Integration,
+    model::Upstream,
 };
 
 /// One thing wrong with the policy, where it is.
@@ -60,19 +70,20 @@ struct Located<T> {
     file: PathBuf,
     /// Line of the document's first line.
     line: u64,
-    /// The document's text, padded so line numbers are the file's.
+    /// The document's text; its line 1 is the file's line `line`.
     text: String,
 }
 
 impl<T> Located<T> {
-    fn problem(&self, field: Option<&str>, message: String) -> Problem {
-        let line = field
-            .and_then(|f| field_line(&self.text, f))
-            .unwrap_or(self.line);
+    /// A problem with `field` (a path like `scopes[2]` or `credentials.inject`), placed on the
+    /// field's line when it can be found.
+    fn problem(&self, field: &str, message: String) -> Problem {
+        let line =
+            field_line(&self.text, field).map_or(self.line, |r| (self.line + r).saturating_sub(1));
         Problem {
             file: self.file.clone(),
             line,
-            field: field.map(str::to_owned),
+            field: Some(field.to_owned()),
             message,
         }
     }
@@ -82,9 +93,14 @@ impl<T> Located<T> {
 struct Documents {
     upstreams: Vec<Located<Upstream>>,
     integrations: Vec<Located<Integration>>,
+    exceptions: Vec<Located<Exception>>,
+    break_glass: Vec<Located<BreakGlass>>,
+    settings: Vec<Located<Settings>>,
     problems: Vec<Problem>,
 }
 
+/// Reads every `*.yaml` / `*.yml` file of `dir` (sorted by name), parses them and checks that
+/// the CA files upstreams name exist.
 pub(super) fn load_dir(dir: &Path, now: jiff::Timestamp) -> Result<Policy, LoadError> {
     let entries = fs::read_dir(dir).map_err(|source| LoadError::Dir {
         path: dir.to_owned(),
@@ -96,11 +112,12 @@ pub(super) fn load_dir(dir: &Path, now: jiff::Timestamp) -> Result<Policy, LoadE
         .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
         .collect();
     files.sort();
-    let mut docs = Documents::default();
+    let mut sources = Vec::new();
+    let mut unreadable = Vec::new();
     for file in files {
         match fs::read_to_string(&file) {
-            Ok(text) => parse_file(&file, &text, &mut docs),
-            Err(e) => docs.problems.push(Problem {
+            Ok(text) => sources.push((file, text)),
+            Err(e) => unreadable.push(Problem {
                 file,
                 line: 0,
                 field: None,
@@ -108,17 +125,69 @@ pub(super) fn load_dir(dir: &Path, now: jiff::Timestamp) -> Result<Policy, LoadE
             }),
         }
     }
-    check(&mut docs, now);
-    if docs.problems.is_empty() {
-        Ok(Policy {
-            upstreams: docs.upstreams.into_iter().map(|d| d.value).collect(),
-            integrations: docs.integrations.into_iter().map(|d| d.value).collect(),
-        })
-    } else {
-        Err(LoadError::Invalid {
-            problems: docs.problems,
-        })
+    let mut docs = Documents {
+        problems: unreadable,
+        ..Documents::default()
+    };
+    for (file, text) in &sources {
+        parse_file(file, text, &mut docs);
     }
+    check::all(&mut docs, now);
+    check::files(&mut docs);
+    finish(docs)
+}
+
+/// Parses and checks policy files given as (name, text): no file system.
+pub(super) fn parse_sources<'s>(
+    sources: impl IntoIterator<Item = (&'s Path, &'s str)>,
+    now: jiff::Timestamp,
+) -> Result<Policy, LoadError> {
+    let mut docs = Documents::default();
+    for (file, text) in sources {
+        parse_file(file, text, &mut docs);
+    }
+    check::all(&mut docs, now);
+    finish(docs)
+}
+
+fn finish(docs: Documents) -> Result<Policy, LoadError> {
+    if !docs.problems.is_empty() {
+        return Err(LoadError::Invalid {
+            problems: docs.problems,
+        });
+    }
+    let upstreams: Vec<Upstream> = docs.upstreams.into_iter().map(|d| d.value).collect();
+    // Base paths and tenant headers were checked, so building the configs cannot fail; an
+    // upstream whose config fails anyway is reported rather than skipped.
+    let mut classify = Vec::with_capacity(upstreams.len());
+    for u in &upstreams {
+        match u.classify_config() {
+            Ok(config) => classify.push(config),
+            Err(e) => {
+                return Err(LoadError::Invalid {
+                    problems: vec![Problem {
+                        file: PathBuf::new(),
+                        line: 0,
+                        field: Some("base_path".into()),
+                        message: format!("upstream `{}`: {e}", u.name),
+                    }],
+                });
+            }
+        }
+    }
+    Ok(Policy {
+        settings: docs
+            .settings
+            .into_iter()
+            .next()
+            .map(|d| d.value)
+            .unwrap_or_default(),
+        upstreams,
+        integrations: docs.integrations.into_iter().map(|d| d.value).collect(),
+        exceptions: docs.exceptions.into_iter().map(|d| d.value).collect(),
+        break_glass: docs.break_glass.into_iter().map(|d| d.value).collect(),
+        classify,
+    })
 }
 
 #[derive(Deserialize)]
@@ -141,18 +210,21 @@ fn parse_file(file: &Path, text: &str, docs: &mut Documents) {
                 docs.problems.push(problem(
                     line,
                     Some("kind"),
-                    "missing: say Upstream or Integration".into(),
+                    "missing: say Upstream, Integration, Exception, BreakGlass or Settings".into(),
                 ));
                 continue;
             }
             Err(e) => {
-                docs.problems.push(yaml_problem(file, line, &e));
+                docs.problems.push(yaml_problem(file, line, &doc, &e));
                 continue;
             }
         };
         match kind.as_str() {
             "Upstream" => parse_as(file, line, doc, &mut docs.upstreams, &mut docs.problems),
             "Integration" => parse_as(file, line, doc, &mut docs.integrations, &mut docs.problems),
+            "Exception" => parse_as(file, line, doc, &mut docs.exceptions, &mut docs.problems),
+            "BreakGlass" => parse_as(file, line, doc, &mut docs.break_glass, &mut docs.problems),
+            "Settings" => parse_as(file, line, doc, &mut docs.settings, &mut docs.problems),
             other => docs.problems.push(problem(
                 line,
                 Some("kind"),
@@ -162,8 +234,9 @@ fn parse_file(file: &Path, text: &str, docs: &mut Documents) {
     }
 }
 
-/// The documents of a YAML stream with the line each starts on, each padded with empty lines so
-/// that parser errors carry the file's line numbers.
+/// The documents of a YAML stream with the line each starts on. Documents are parsed alone
+/// and their line numbers shifted by `start - 1`; padding each with empty lines instead would
+/// cost quadratic time on a file of many `---`.
 fn split_documents(text: &str) -> Vec<(u64, String)> {
     let mut docs = Vec::new();
     let mut current = String::new();
@@ -174,7 +247,6 @@ fn split_documents(text: &str) -> Vec<(u64, String)> {
         if trimmed == "---" || trimmed.starts_with("--- ") || trimmed == "..." {
             push_document(&mut docs, start, &mut current);
             start = number + 1;
-            current = "\n".repeat(i + 1);
         } else {
             current.push_str(line);
             current.push('\n');
@@ -189,8 +261,9 @@ fn push_document(docs: &mut Vec<(u64, String)>, start: u64, text: &mut String) {
         let l = l.trim();
         !l.is_empty() && !l.starts_with('#')
     });
+    let text = std::mem::take(text);
     if has_content {
-        docs.push((start, std::mem::take(text)));
+        docs.push((start, text));
     }
 }
 
@@ -216,180 +289,36 @@ fn parse_as<T: DeserializeOwned>(
             line,
             text,
         }),
-        Err(e) => problems.push(yaml_problem(file, line, &e)),
+        Err(e) => problems.push(yaml_problem(file, line, &text, &e)),
     }
 }
 
-fn yaml_problem(file: &Path, doc_line: u64, e: &serde_saphyr::Error) -> Problem {
-    let line = e.location().map_or(doc_line, |l| l.line());
-    let message = e.without_snippet().to_string();
+/// A parser error, on the file's line, with the field named from the keys enclosing it.
+fn yaml_problem(file: &Path, doc_line: u64, text: &str, e: &serde_saphyr::Error) -> Problem {
+    let relative = e.location().map(|l| l.line());
+    let mut message = e.without_snippet().to_string();
+    // The parser's position is relative to the document; the problem carries the file's.
+    if let Some(at) = message.rfind(" at line ") {
+        message.truncate(at);
+    }
+    // `missing field `x``, `unknown field `x``, `duplicate field `x``: name that field.
+    let named = message
+        .split_once("field `")
+        .and_then(|(_, rest)| rest.split_once('`'))
+        .map(|(name, _)| name.to_owned());
+    let enclosing = relative.and_then(|r| field_at(text, r));
+    // A missing field has no line of its own (the parser points past the document); an
+    // unknown one is best named with the keys around it.
+    let field = if message.starts_with("missing") {
+        named.or(enclosing)
+    } else {
+        enclosing.or(named)
+    };
     Problem {
         file: file.to_owned(),
-        line,
-        field: None,
+        line: relative.map_or(doc_line, |r| (doc_line + r).saturating_sub(1)),
+        field,
         message,
-    }
-}
-
-/// The line of a top-level `field:` key in a document, for pointing at cross-document problems.
-fn field_line(text: &str, field: &str) -> Option<u64> {
-    text.lines()
-        .position(|l| {
-            l.strip_prefix(field)
-                .is_some_and(|rest| rest.starts_with(':'))
-        })
-        .map(|i| i as u64 + 1)
-}
-
-fn check(docs: &mut Documents, now: jiff::Timestamp) {
-    let mut problems = std::mem::take(&mut docs.problems);
-    for (i, u) in docs.upstreams.iter().enumerate() {
-        check_name(
-            u,
-            &u.value.name,
-            "upstream",
-            docs.upstreams[..i].iter().map(|o| &o.value.name),
-            &mut problems,
-        );
-        check_upstream(u, &mut problems);
-    }
-    for (i, d) in docs.integrations.iter().enumerate() {
-        let earlier = &docs.integrations[..i];
-        check_name(
-            d,
-            &d.value.name,
-            "integration",
-            earlier.iter().map(|o| &o.value.name),
-            &mut problems,
-        );
-        check_integration(d, &docs.upstreams, now, &mut problems);
-        for other in earlier
-            .iter()
-            .filter(|o| o.value.workload.may_overlap(&d.value.workload))
-        {
-            problems.push(d.problem(
-                Some("workload"),
-                format!(
-                    "selector may overlap integration `{}` ({}:{}): give both a field that tells them apart",
-                    other.value.name,
-                    other.file.display(),
-                    other.line
-                ),
-            ));
-        }
-    }
-    docs.problems = problems;
-}
-
-fn check_name<'a, T>(
-    doc: &Located<T>,
-    name: &str,
-    what: &str,
-    mut earlier: impl Iterator<Item = &'a String>,
-    problems: &mut Vec<Problem>,
-) {
-    let valid = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-');
-    if !valid {
-        problems.push(doc.problem(
-            Some("name"),
-            format!("`{name}`: use 1-63 lowercase letters, digits and -"),
-        ));
-    }
-    if earlier.any(|n| n == name) {
-        problems.push(doc.problem(Some("name"), format!("duplicate {what} name `{name}`")));
-    }
-}
-
-fn check_upstream(doc: &Located<Upstream>, problems: &mut Vec<Problem>) {
-    let u = &doc.value;
-    if u.addresses.is_empty() {
-        problems.push(doc.problem(
-            Some("addresses"),
-            "at least one host:port is required".into(),
-        ));
-    }
-    let base = &u.base_path;
-    let base_ok = base.starts_with('/')
-        && (base == "/" || !base.ends_with('/'))
-        && !base.split('/').any(|s| s == "." || s == "..")
-        && !base.contains(['?', '#', '%', ';', ' ']);
-    if !base_ok {
-        problems.push(doc.problem(
-            Some("base_path"),
-            format!(
-                "`{base}` must be an absolute path without a trailing /, dot segments, ?, #, % or ;"
-            ),
-        ));
-    }
-    if u.tls.mode == TlsMode::Plain && (u.tls.ca_file.is_some() || u.tls.server_name.is_some()) {
-        problems.push(doc.problem(
-            Some("tls"),
-            "ca_file and server_name mean nothing with mode: plain".into(),
-        ));
-    }
-    if let Some(ca) = &u.tls.ca_file
-        && let Err(e) = fs::metadata(ca)
-    {
-        problems.push(doc.problem(Some("tls"), format!("ca_file {}: {e}", ca.display())));
-    }
-}
-
-fn check_integration(
-    doc: &Located<Integration>,
-    upstreams: &[Located<Upstream>],
-    now: jiff::Timestamp,
-    problems: &mut Vec<Problem>,
-) {
-    let i = &doc.value;
-    for (field, value) in [("owner", &i.owner), ("purpose", &i.purpose)] {
-        if value.trim().is_empty() {
-            problems.push(doc.problem(
-                Some(field),
-                "must say who / what for: an empty value is not accepted".into(),
-            ));
-        }
-    }
-    if i.data_classes.is_empty() {
-        problems.push(doc.problem(
-            Some("data_classes"),
-            "list at least one class of data".into(),
-        ));
-    }
-    if i.expected_resources.is_empty() {
-        problems.push(doc.problem(
-            Some("expected_resources"),
-            "list at least one FHIR resource type".into(),
-        ));
-    }
-    if i.workload.is_empty() {
-        problems.push(doc.problem(
-            Some("workload"),
-            "an empty selector would match every process".into(),
-        ));
-    }
-    if i.upstreams.is_empty() {
-        problems.push(doc.problem(Some("upstreams"), "name at least one upstream".into()));
-    }
-    for name in i
-        .upstreams
-        .iter()
-        .filter(|n| !upstreams.iter().any(|u| &u.value.name == *n))
-    {
-        problems.push(doc.problem(Some("upstreams"), format!("unknown upstream `{name}`")));
-    }
-    if let Some(expires) = i.expires
-        && i.status == IntegrationStatus::Active
-        && expires <= now
-    {
-        problems.push(doc.problem(
-            Some("expires"),
-            format!("expired at {expires}: renew it, or set status: revoked to keep the record"),
-        ));
     }
 }
 

@@ -5,7 +5,8 @@ use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
 use serde::{Deserialize, Serialize};
 
-use super::selector::WorkloadSelector;
+use super::credential::HeaderName;
+use crate::fhir::{ClassifyConfig, ClassifyError, TenantMode};
 
 /// `host:port` of a protected FHIR endpoint; the host may be a name, resolved by the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -110,6 +111,96 @@ pub struct Upstream {
     pub base_path: String,
     #[serde(default)]
     pub tls: UpstreamTls,
+    /// How requests name a tenant, for multi-tenant FHIR servers; none when absent.
+    #[serde(default)]
+    pub tenant: Option<UpstreamTenant>,
+}
+
+impl Upstream {
+    /// The classifier settings for this endpoint: base path, tenant mode, and the names it is
+    /// reachable under (for absolute URLs in Bundle entries).
+    pub fn classify_config(&self) -> Result<ClassifyConfig, ClassifyError> {
+        let mut config = ClassifyConfig::new(&self.base_path)?;
+        config.tenant = match &self.tenant {
+            None => TenantMode::None,
+            Some(UpstreamTenant::PathSegment) => TenantMode::PathSegment,
+            Some(UpstreamTenant::Header(name)) => TenantMode::Header(name.as_str().to_owned()),
+        };
+        let default_port = if self.tls.mode == TlsMode::Plain {
+            80
+        } else {
+            443
+        };
+        for address in &self.addresses {
+            config.authorities.push(if address.port == default_port {
+                address.host.clone()
+            } else {
+                address.to_string()
+            });
+        }
+        if let Some(name) = &self.tls.server_name {
+            config.authorities.push(name.to_ascii_lowercase());
+        }
+        Ok(config)
+    }
+}
+
+/// Where a multi-tenant server reads the tenant from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "TenantDoc", into = "TenantDoc")]
+pub enum UpstreamTenant {
+    /// `[base]/[tenant]/Patient/1`.
+    PathSegment,
+    /// A request header.
+    Header(HeaderName),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum TenantModeName {
+    PathSegment,
+    Header,
+}
+
+/// The YAML form of [`UpstreamTenant`]: `{ mode: path-segment }` or `{ mode: header, header: X-Tenant }`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TenantDoc {
+    mode: TenantModeName,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header: Option<HeaderName>,
+}
+
+impl TryFrom<TenantDoc> for UpstreamTenant {
+    type Error = String;
+
+    fn try_from(doc: TenantDoc) -> Result<Self, Self::Error> {
+        match (doc.mode, doc.header) {
+            (TenantModeName::PathSegment, None) => Ok(UpstreamTenant::PathSegment),
+            (TenantModeName::Header, Some(h)) => Ok(UpstreamTenant::Header(h)),
+            (TenantModeName::PathSegment, Some(_)) => {
+                Err("`header` only goes with mode: header".into())
+            }
+            (TenantModeName::Header, None) => {
+                Err("mode: header needs `header:` naming the request header".into())
+            }
+        }
+    }
+}
+
+impl From<UpstreamTenant> for TenantDoc {
+    fn from(t: UpstreamTenant) -> Self {
+        match t {
+            UpstreamTenant::PathSegment => TenantDoc {
+                mode: TenantModeName::PathSegment,
+                header: None,
+            },
+            UpstreamTenant::Header(h) => TenantDoc {
+                mode: TenantModeName::Header,
+                header: Some(h),
+            },
+        }
+    }
 }
 
 fn root_path() -> String {
@@ -146,40 +237,4 @@ pub enum Enforcement {
     Sidecar,
     /// Already at `connect()`, in the kernel (`EPERM`).
     Kernel,
-}
-
-/// A named non-human identity: one API integration with its owner, purpose and scope.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Integration {
-    pub name: String,
-    /// Accountable team or person, with a contact.
-    pub owner: String,
-    /// The approved use case, in words.
-    pub purpose: String,
-    /// Change or approval reference.
-    #[serde(default)]
-    pub ticket: Option<String>,
-    /// Classes of data the integration handles (e.g. `laboratory`, `claims`).
-    pub data_classes: Vec<String>,
-    /// FHIR resource types it is expected to touch.
-    pub expected_resources: Vec<String>,
-    pub status: IntegrationStatus,
-    /// End of validity (UTC); after it the integration is refused like a revoked one.
-    #[serde(default)]
-    pub expires: Option<jiff::Timestamp>,
-    #[serde(default)]
-    pub mode: Mode,
-    /// Which processes are this integration.
-    pub workload: WorkloadSelector,
-    /// Names of the upstreams it may call.
-    pub upstreams: Vec<String>,
-}
-
-impl Integration {
-    /// Active and not expired at `now`.
-    #[must_use]
-    pub fn is_live(&self, now: jiff::Timestamp) -> bool {
-        self.status == IntegrationStatus::Active && self.expires.is_none_or(|e| now < e)
-    }
 }
