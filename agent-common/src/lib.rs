@@ -64,6 +64,12 @@ pub const fn v4_mapped(ip4: u32) -> Addr {
     [0, 0, V4_MAPPED_WORD, ip4]
 }
 
+/// `FW_PROTECTED` value: connects are recorded and redirected to the sidecar.
+pub const PROTECTED_REDIRECT: u32 = 1;
+/// `FW_PROTECTED` value: the sidecar's own explicit listener. Connects are recorded (so the
+/// sidecar can attribute them) but keep their destination.
+pub const PROTECTED_RECORD_ONLY: u32 = 2;
+
 /// A protected destination: a FHIR endpoint whose connections must go through the sidecar.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -19,10 +19,10 @@ use aya_ebpf::{
 use fhirwall_common::{
     Addr, CONFIG_F_HAS_CGROUP, CONFIG_F_HAS_TGID, CONFIG_F_HAS_UID, CONFIG_F_KERNEL_ENFORCEMENT,
     CONFIG_F_READY, Config, ConnRecord, EVENT_EXEC, EVENT_REFUSED, Event, KEY_CGROUP, KEY_TGID,
-    KEY_UID, ProtectedKey, REASON_AGENT_DOWN, REASON_NONE, REASON_NOT_TCP, REASON_STORE_FULL,
-    REASON_UNREGISTERED, STAT_AGENT_PASSED, STAT_REDIRECTED, STAT_REFUSED_AGENT_DOWN,
-    STAT_REFUSED_DENIED, STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL, STAT_REFUSED_UNREGISTERED,
-    VERDICT_DENY, WorkloadKey, v4_mapped,
+    KEY_UID, PROTECTED_RECORD_ONLY, ProtectedKey, REASON_AGENT_DOWN, REASON_NONE, REASON_NOT_TCP,
+    REASON_STORE_FULL, REASON_UNREGISTERED, STAT_AGENT_PASSED, STAT_REDIRECTED,
+    STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED, STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL,
+    STAT_REFUSED_UNREGISTERED, VERDICT_DENY, WorkloadKey, v4_mapped,
 };
 
 use crate::maps::{FW_CONFIG, FW_HEARTBEAT, FW_PROTECTED, FW_SOCKETS, FW_WORKLOADS, count, emit};
@@ -114,9 +114,9 @@ fn on_connect(
     family: u16,
 ) -> Result<Option<Config>, Refused> {
     let port = port_from_user(sa.user_port);
-    if !is_protected(dst, port) {
+    let Some(protection) = protection(dst, port) else {
         return Ok(None);
-    }
+    };
     let mut event = Event {
         kind: EVENT_REFUSED,
         reason: REASON_NONE,
@@ -145,7 +145,8 @@ fn on_connect(
         ));
     }
     count(STAT_REDIRECTED);
-    Ok(Some(cfg))
+    // The explicit listener: recorded for attribution, destination kept.
+    Ok((protection != PROTECTED_RECORD_ONLY).then_some(cfg))
 }
 
 /// Refuses what must not reach the sidecar or must not leave at all.
@@ -175,7 +176,7 @@ fn on_datagram(
     family: u16,
 ) -> Result<(), Refused> {
     let port = port_from_user(sa.user_port);
-    if !is_protected(dst, port) {
+    if protection(dst, port).is_none() {
         return Ok(());
     }
     let mut event = Event {
@@ -202,13 +203,15 @@ fn refuse(event: &mut Event, reason: u32, stat: u32) -> Refused {
     Refused
 }
 
-fn is_protected(addr: &Addr, port: u16) -> bool {
+/// `PROTECTED_*` of a destination, `None` when it is not protected.
+fn protection(addr: &Addr, port: u16) -> Option<u32> {
     let key = ProtectedKey {
         addr: *addr,
         port,
         pad: 0,
     };
-    FW_PROTECTED.get_ptr(key).is_some()
+    // SAFETY: pointer returned by a successful lookup, valid for this program run.
+    FW_PROTECTED.get_ptr(key).map(|value| unsafe { *value })
 }
 
 /// The agent's own sockets: in the agent's cgroup AND carrying its mark (never by pid, which a

@@ -1,20 +1,24 @@
 //! Wiring: two runtimes, the data plane apart from everything else.
 //!
-//! - The data-plane runtime (`sidecar.worker_threads` threads) accepts redirected connections and
-//!   carries them. Nothing else runs there, so its latency does not depend on admin traffic.
-//! - The control runtime (one thread) owns the kernel programs: heartbeat, events, policy
-//!   reloads, re-resolution, the verdict map; and it serves the admin API and metrics.
+//! - The data-plane runtime (`sidecar.worker_threads` threads, its own OS thread) accepts
+//!   connections and carries requests. Nothing else runs there, so its latency does not depend
+//!   on admin traffic.
+//! - The control runtime (the main thread) owns the kernel programs: heartbeat, events, policy
+//!   reloads, re-resolution, the verdict map, routes and upstream configs; it serves the admin
+//!   API and metrics.
+//! - The audit writer is a std thread of its own (SQLite).
 //!
 //! Startup order matters for fail-closed behaviour: the sidecar's listeners are bound before the
-//! kernel starts redirecting to them, the protected set and verdict map are filled before the
+//! kernel redirects to them, the protected set, verdicts and routes are filled before the
 //! programs are attached, and connections that predate the agent are reset last.
 
 mod control;
 mod listen;
 
 use std::{
+    collections::BTreeMap,
     path::PathBuf,
-    sync::Arc,
+    sync::{Arc, atomic::AtomicU64},
     time::{Duration, Instant},
 };
 
@@ -24,11 +28,21 @@ use tracing::{info, warn};
 use crate::{
     admin::AdminState,
     attribution::{AttributionSettings, Attributor},
+    audit::{AuditConfig, AuditError, AuditSink},
     config::AgentConfig,
     kernel::{CgroupRoot, Kernel, KernelError, KernelSettings},
     metrics::Metrics,
-    policy::{LoadError, Policy},
-    proxy::{live::LiveConnections, relay::Relay},
+    policy::{LoadError, Policy, RateLimiter},
+    proxy::{
+        http::{Pool, PoolConfig},
+        listener::{Routes, Sidecar},
+        live::LiveConnections,
+        sidecar::{BreakGlassSessions, PolicyState, Secrets, Shared},
+        tls::{
+            self, CaSpec, ConnectorConfig, LeafCache, LeafPolicy, LocalCa, TerminatorConfig,
+            TlsError, TlsTerminator, UpstreamConnector, UpstreamTable,
+        },
+    },
 };
 
 /// How long in-flight connections may take to finish after SIGTERM.
@@ -42,16 +56,20 @@ pub enum AppError {
         #[source]
         source: LoadError,
     },
+    #[error("sidecar.explicit names upstream `{upstream}`, which the policy does not define")]
+    ExplicitUpstream { upstream: String },
     #[error("kernel programs")]
     Kernel(#[from] KernelError),
+    #[error("TLS (local CA, termination or upstream)")]
+    Tls(#[from] TlsError),
+    #[error("the audit store")]
+    Audit(#[from] AuditError),
     #[error("starting {what}")]
     Io {
         what: &'static str,
         #[source]
         source: std::io::Error,
     },
-    #[error("the control thread failed")]
-    Control(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// Runs the agent until SIGTERM or SIGINT.
@@ -60,6 +78,13 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         dir: config.policies.clone(),
         source,
     })?;
+    if let Some(explicit) = &config.sidecar.explicit
+        && policy.upstream(&explicit.upstream).is_none()
+    {
+        return Err(AppError::ExplicitUpstream {
+            upstream: explicit.upstream.clone(),
+        });
+    }
     info!(
         upstreams = policy.upstreams.len(),
         integrations = policy.integrations.len(),
@@ -76,6 +101,9 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     let agent_cgroup = listen::own_cgroup_id(&cgroups)?;
     let kernel = Kernel::load(kernel_settings(config, &cgroups, agent_cgroup))?;
     let metrics = Arc::new(Metrics::new());
+    state_dir(&config.state_dir)?;
+    let (audit, audit_writer) =
+        AuditSink::start(AuditConfig::new(config.state_dir.join("audit.db")))?;
     let attributor = Attributor::new(
         kernel.conns(),
         AttributionSettings {
@@ -83,35 +111,48 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
             ..AttributionSettings::default()
         },
     );
-    let (policy_tx, policy_rx) = watch::channel(Arc::new(policy));
+    let state = PolicyState {
+        limiter: RateLimiter::new(&policy, Instant::now()),
+        policy: Arc::new(policy),
+    };
+    let (policy_tx, policy_rx) = watch::channel(Arc::new(state));
+    let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let live = Arc::new(LiveConnections::default());
+    let sidecar = sidecar(
+        config,
+        &attributor,
+        policy_rx,
+        routes_rx,
+        &audit,
+        &metrics,
+        &live,
+    )?;
     let admin = Arc::new(AdminState {
         node: config.node_name.clone(),
         metrics: Arc::clone(&metrics),
         live: Arc::clone(&live),
         kernel_stats: kernel.stats_reader().ok(),
     });
-    let mut control = control::Control::new(
-        config.clone(),
+    let mut control = control::Control {
+        config: config.clone(),
         kernel,
-        attributor.clone(),
-        policy_tx,
-        Arc::clone(&metrics),
+        attributor,
+        policy: policy_tx,
+        routes: routes_tx,
+        sidecar: Arc::clone(&sidecar),
+        metrics,
+        audit,
         cgroups,
-    );
+        resolved: BTreeMap::default(),
+        processes: BTreeMap::default(),
+        policy_stamp: control::stamp(&config.policies),
+        events: None,
+    };
     control_rt.block_on(control.start())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let relay = Arc::new(Relay {
-        attributor,
-        policy: policy_rx,
-        live: Arc::clone(&live),
-        metrics,
-        agent_mark: config.sidecar.agent_mark,
-        connect_timeout: Duration::from_millis(config.sidecar.connect_timeout_ms),
-    });
     let data_plane = std::thread::Builder::new()
         .name("fhirwall-data".into())
-        .spawn(move || data_rt.block_on(serve_data_plane(relay, listeners, shutdown_rx, live)))
+        .spawn(move || data_rt.block_on(serve_data_plane(sidecar, listeners, shutdown_rx, live)))
         .map_err(|source| AppError::Io {
             what: "the data-plane thread",
             source,
@@ -123,19 +164,54 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         warn!("the data-plane thread panicked");
     }
     control.stop();
+    drop(control);
+    // Every sink is gone now: the writer commits what is queued and stops.
+    audit_writer.join();
     outcome
+}
+
+/// The sidecar and what its connections share.
+fn sidecar(
+    config: &AgentConfig,
+    attributor: &Attributor,
+    policy: watch::Receiver<Arc<PolicyState>>,
+    routes: watch::Receiver<Arc<Routes>>,
+    audit: &AuditSink,
+    metrics: &Arc<Metrics>,
+    live: &Arc<LiveConnections>,
+) -> Result<Arc<Sidecar>, AppError> {
+    let shared = Arc::new(Shared {
+        node: config.node_name.clone(),
+        policy,
+        audit: audit.clone(),
+        metrics: Arc::clone(metrics),
+        secrets: Secrets::default(),
+        sessions: Arc::new(BreakGlassSessions::default()),
+    });
+    Ok(Arc::new(Sidecar {
+        attributor: attributor.clone(),
+        exchange: shared,
+        terminator: terminator(config)?,
+        pool: Pool::new(connector(config), PoolConfig::default()),
+        routes,
+        live: Arc::clone(live),
+        metrics: Arc::clone(metrics),
+        limits: config.http_limits(),
+        next_id: AtomicU64::new(1),
+    }))
 }
 
 /// The data plane: accept loops, then after shutdown a bounded drain of open connections.
 async fn serve_data_plane(
-    relay: Arc<Relay>,
+    sidecar: Arc<Sidecar>,
     listeners: Vec<tokio::net::TcpListener>,
     mut shutdown: watch::Receiver<bool>,
     live: Arc<LiveConnections>,
 ) {
     for listener in listeners {
-        tokio::spawn(Arc::clone(&relay).serve(listener, shutdown.clone()));
+        tokio::spawn(Arc::clone(&sidecar).serve(listener, shutdown.clone()));
     }
+    drop(sidecar);
     let _ = shutdown.changed().await;
     let deadline = Instant::now() + DRAIN;
     while !live.is_empty() && Instant::now() < deadline {
@@ -147,6 +223,54 @@ async fn serve_data_plane(
             "connections still open at the end of the drain period"
         );
     }
+}
+
+/// The state directory (audit store, CA): created root-only when missing.
+fn state_dir(dir: &std::path::Path) -> Result<(), AppError> {
+    use std::os::unix::fs::DirBuilderExt as _;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| AppError::Io {
+            what: "the state directory",
+            source,
+        })
+}
+
+/// TLS termination with leaves from the node CA (created on first start, kept afterwards).
+fn terminator(config: &AgentConfig) -> Result<TlsTerminator, AppError> {
+    let (ca, created) = LocalCa::init(
+        &config.state_dir.join("ca"),
+        &CaSpec::new(&config.node_name),
+    )?;
+    info!(created = ?created, "node CA ready; trust it on EHR hosts with `fhirwall ca export`");
+    let provider = tls::provider();
+    let leaves = Arc::new(LeafCache::new(
+        Arc::new(ca),
+        Arc::clone(&provider),
+        LeafPolicy::default(),
+    ));
+    let handshake_timeout = Duration::from_millis(config.sidecar.header_timeout_ms);
+    Ok(TlsTerminator::new(
+        leaves,
+        provider,
+        TerminatorConfig {
+            handshake_timeout,
+            ..TerminatorConfig::default()
+        },
+    )?)
+}
+
+/// Upstream connections; the table of upstreams is filled by the control loop.
+fn connector(config: &AgentConfig) -> UpstreamConnector {
+    let timeout = Duration::from_millis(config.sidecar.connect_timeout_ms);
+    let settings = ConnectorConfig {
+        mark: config.sidecar.agent_mark,
+        connect_timeout: timeout,
+        handshake_timeout: timeout,
+    };
+    UpstreamConnector::new(settings, tls::provider(), UpstreamTable::default())
 }
 
 fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime, AppError> {

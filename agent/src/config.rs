@@ -49,6 +49,27 @@ pub struct SidecarConfig {
     pub worker_threads: usize,
     /// Upstream connect timeout in milliseconds.
     pub connect_timeout_ms: u64,
+    /// A listener for applications configured to talk plain HTTP to the sidecar (loopback),
+    /// forwarding to one configured upstream. Their connections are attributed like redirected
+    /// ones (the kernel records them without redirecting).
+    pub explicit: Option<ExplicitListener>,
+    /// Largest request body buffered for classification (Bundles, `_search` forms, PATCH,
+    /// creates and updates); larger ones are answered 413.
+    pub max_body_bytes: usize,
+    /// Time to receive a request head, and to finish a TLS handshake, in milliseconds.
+    pub header_timeout_ms: u64,
+    /// Time an idle keep-alive connection is kept, in milliseconds.
+    pub idle_timeout_ms: u64,
+    /// Time from the end of a forwarded request to the upstream's response head, in milliseconds.
+    pub response_timeout_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExplicitListener {
+    pub listen: SocketAddr,
+    /// Name of the policy upstream its requests go to.
+    pub upstream: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +122,11 @@ impl Default for SidecarConfig {
             agent_mark: DEFAULT_AGENT_MARK,
             worker_threads: 1,
             connect_timeout_ms: 5_000,
+            explicit: None,
+            max_body_bytes: 16 << 20,
+            header_timeout_ms: 10_000,
+            idle_timeout_ms: 60_000,
+            response_timeout_ms: 60_000,
         }
     }
 }
@@ -184,6 +210,20 @@ impl AgentConfig {
             );
         }
         Ok(())
+    }
+
+    /// The HTTP engine's limits from this configuration.
+    #[must_use]
+    pub fn http_limits(&self) -> crate::proxy::http::Limits {
+        let s = &self.sidecar;
+        crate::proxy::http::Limits {
+            max_buffered_body: s.max_body_bytes,
+            header_timeout: Duration::from_millis(s.header_timeout_ms),
+            idle_timeout: Duration::from_millis(s.idle_timeout_ms),
+            connect_timeout: Duration::from_millis(s.connect_timeout_ms),
+            response_timeout: Duration::from_millis(s.response_timeout_ms),
+            ..crate::proxy::http::Limits::default()
+        }
     }
 
     #[must_use]

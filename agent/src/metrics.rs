@@ -2,7 +2,8 @@
 //! per-CPU counters are read at scrape time on the admin runtime.
 
 use prometheus::{
-    Encoder as _, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 use crate::kernel::KernelStats;
@@ -12,11 +13,11 @@ pub struct Metrics {
     registry: Registry,
     /// Connections accepted by the sidecar, by outcome (`attributed`, `unattributed`).
     pub connections: IntCounterVec,
-    /// Connections currently relayed.
+    /// Connections the sidecar is serving now.
     pub connections_live: IntGauge,
-    /// Upstream connection failures, by upstream address kind of error.
+    /// Exchanges that failed on the upstream side, by reason.
     pub upstream_errors: IntCounterVec,
-    /// Bytes relayed, by direction (`upstream`, `downstream`).
+    /// Body bytes carried, by direction (`upstream`, `downstream`).
     pub bytes: IntCounterVec,
     /// Kernel counters (redirected, refused by reason, ...), as of the last scrape.
     kernel: IntGaugeVec,
@@ -32,6 +33,16 @@ pub struct Metrics {
     pub kernel_workloads: IntGaugeVec,
     /// Heartbeats the agent failed to write.
     pub heartbeat_failures: IntCounter,
+    /// Requests decided by the sidecar, by decision (allow, deny, would-deny, malformed).
+    pub requests: IntCounterVec,
+    /// Time from the first byte of a request to the end of its response.
+    pub request_seconds: Histogram,
+    /// Audit records that could not be written (each one a request refused with 503).
+    pub audit_failures: IntCounter,
+    /// Requests allowed under break-glass.
+    pub break_glass: IntCounter,
+    /// Connections the sidecar refused before HTTP (unattributed, TLS handshake failures).
+    pub connections_refused: IntCounterVec,
 }
 
 impl Metrics {
@@ -45,14 +56,17 @@ impl Metrics {
                 "Connections accepted by the sidecar",
                 &["outcome"],
             ),
-            connections_live: IntGauge::new("connections_live", "Connections being relayed now")
-                .expect("static"),
+            connections_live: IntGauge::new(
+                "connections_live",
+                "Connections the sidecar is serving now",
+            )
+            .expect("static"),
             upstream_errors: counter_vec(
                 "upstream_errors_total",
-                "Upstream connection failures",
+                "Exchanges that failed on the upstream side",
                 &["kind"],
             ),
-            bytes: counter_vec("bytes_total", "Bytes relayed", &["direction"]),
+            bytes: counter_vec("body_bytes_total", "Body bytes carried", &["direction"]),
             kernel: IntGaugeVec::new(Opts::new("kernel", "Kernel program counters"), &["counter"])
                 .expect("static"),
             kernel_events: counter_vec(
@@ -82,6 +96,34 @@ impl Metrics {
                 "Failed kernel heartbeats",
             )
             .expect("static"),
+            requests: counter_vec(
+                "requests_total",
+                "Requests decided by the sidecar",
+                &["decision"],
+            ),
+            request_seconds: Histogram::with_opts(
+                HistogramOpts::new("request_seconds", "Request duration through the sidecar")
+                    .buckets(vec![
+                        0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                        0.5, 1.0, 2.5, 10.0,
+                    ]),
+            )
+            .expect("static"),
+            audit_failures: IntCounter::new(
+                "audit_failures_total",
+                "Audit records that could not be written",
+            )
+            .expect("static"),
+            break_glass: IntCounter::new(
+                "break_glass_requests_total",
+                "Requests allowed under break-glass",
+            )
+            .expect("static"),
+            connections_refused: counter_vec(
+                "connections_refused_total",
+                "Connections refused before HTTP",
+                &["reason"],
+            ),
             registry,
         };
         m.register_all();
@@ -89,7 +131,12 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 11] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+            Box::new(self.requests.clone()),
+            Box::new(self.request_seconds.clone()),
+            Box::new(self.audit_failures.clone()),
+            Box::new(self.break_glass.clone()),
+            Box::new(self.connections_refused.clone()),
             Box::new(self.connections.clone()),
             Box::new(self.connections_live.clone()),
             Box::new(self.upstream_errors.clone()),

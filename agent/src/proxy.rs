@@ -2,7 +2,9 @@
 //! connections it carries and the responses the proxy makes itself.
 
 pub mod http;
+pub mod listener;
 pub mod live;
 pub mod outcome;
-pub mod relay;
+pub mod sidecar;
+pub mod socket;
 pub mod tls;

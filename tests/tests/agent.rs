@@ -26,7 +26,8 @@ use serde_json::Value;
 const MARK: u32 = 0x00f1_f1f1;
 const EPERM: i64 = 1;
 
-/// A destination that counts the connections it receives and answers `direct` after EOF.
+/// A plain-HTTP FHIR stand-in that counts the requests it receives and answers each with a
+/// small Patient resource, closing the connection after each answer.
 struct Destination {
     addr: SocketAddr,
     accepted: Arc<AtomicUsize>,
@@ -39,21 +40,54 @@ impl Destination {
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = Arc::clone(&accepted);
         thread::spawn(move || {
-            for mut stream in listener.incoming().flatten() {
-                count.fetch_add(1, Ordering::SeqCst);
-                thread::spawn(move || {
-                    let mut sink = Vec::new();
-                    let _ = stream.read_to_end(&mut sink);
-                    let _ = stream.write_all(b"direct");
-                });
+            for stream in listener.incoming().flatten() {
+                let count = Arc::clone(&count);
+                thread::spawn(move || answer(stream, &count));
             }
         });
         Self { addr, accepted }
     }
 
+    /// Requests (or, for raw connections, connections) that reached the destination.
     fn accepted(&self) -> usize {
         self.accepted.load(Ordering::SeqCst)
     }
+}
+
+fn answer(mut stream: std::net::TcpStream, count: &AtomicUsize) {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => break,
+        }
+    }
+    count.fetch_add(1, Ordering::SeqCst);
+    if !head.starts_with(b"GET ") && !head.starts_with(b"POST ") {
+        let _ = stream.write_all(b"direct");
+        return;
+    }
+    let body = br#"{"resourceType":"Patient","id":"1"}"#;
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let _ = stream.write_all(response.as_bytes());
+    let _ = stream.write_all(body);
+}
+
+const READ: &str = "GET /Patient/1 HTTP/1.1\r\nHost: ehr.test\r\nConnection: close\r\n\r\n";
+const OUT_OF_SCOPE: &str =
+    "GET /Observation?patient=Patient/1 HTTP/1.1\r\nHost: ehr.test\r\nConnection: close\r\n\r\n";
+
+fn status(report: &Value) -> Option<u16> {
+    report["reply"]
+        .as_str()?
+        .strip_prefix("HTTP/1.1 ")?
+        .get(..3)?
+        .parse()
+        .ok()
 }
 
 /// The agent's world: test cgroup (`agent` and `work` children), pins, config, destination.
@@ -110,10 +144,11 @@ impl World {
 
     fn write_policy(&self, status: &str, exe: &str) {
         let text = format!(
-            "kind: Upstream\nname: ehr\naddresses: [\"{dst}\"]\n---\n\
+            "kind: Upstream\nname: ehr\naddresses: [\"{dst}\"]\nbase_path: /\ntls:\n  mode: plain\n---\n\
              kind: Integration\nname: probe-integration\nowner: Test <test@example.test>\n\
-             purpose: kernel attribution tests\ndata_classes: [test]\nexpected_resources: [Patient]\n\
-             status: {status}\nworkload:\n  exe: {exe}\nupstreams: [ehr]\n",
+             purpose: agent end-to-end tests\ndata_classes: [test]\nexpected_resources: [Patient]\n\
+             status: {status}\nworkload:\n  exe: {exe}\nupstreams: [ehr]\nscopes: [system/Patient.rs]\n\
+             purposes_of_use: [TREAT]\ndefault_purpose: TREAT\npatient:\n  mode: any\n",
             dst = self.destination.addr,
         );
         self.files
@@ -138,6 +173,32 @@ impl World {
         text.lines()
             .find(|l| l.starts_with(name))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// `fhirwall audit query --format json` against this agent's store, filtered by `args`.
+    fn audit(&self, args: &[&str]) -> Vec<Value> {
+        let db = self.files.dir.join("state/audit.db");
+        let out = Command::new(target_binary("fhirwall").expect("fhirwall"))
+            .args([
+                "audit",
+                "query",
+                "--db",
+                db.to_str().expect("utf-8"),
+                "--format",
+                "json",
+            ])
+            .args(args)
+            .output()
+            .expect("fhirwall audit query");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     fn workloads(&self) -> Value {
@@ -167,14 +228,19 @@ fn probe_exe() -> String {
 }
 
 #[test]
-fn relays_registered_workloads_and_lists_them() {
-    if !kernel_available("relays_registered_workloads_and_lists_them") {
+fn forwards_allowed_requests_audits_them_and_lists_the_workload() {
+    if !kernel_available("forwards_allowed_requests_audits_them_and_lists_the_workload") {
         return;
     }
     let world = World::new("active");
     let _agent = world.start();
-    let report = world.probe(&["--send", "ping"]);
-    assert_eq!(report["reply"], "direct", "{report}");
+    let report = world.probe(&["--send", READ]);
+    assert_eq!(status(&report), Some(200), "{report}");
+    assert!(
+        report["reply"]
+            .as_str()
+            .is_some_and(|r| r.contains(r#""resourceType":"Patient""#))
+    );
     assert_eq!(
         report["peer"],
         world.destination.addr.to_string(),
@@ -192,8 +258,11 @@ fn relays_registered_workloads_and_lists_them() {
     .expect("probe");
     assert_eq!(held.report().expect("connected")["ok"], true);
     let listed = eventually(Duration::from_secs(5), || {
-        let live = world.workloads();
-        live.as_array().filter(|a| !a.is_empty()).cloned()
+        world
+            .workloads()
+            .as_array()
+            .filter(|a| !a.is_empty())
+            .cloned()
     })
     .expect("the held connection is listed");
     assert_eq!(listed.len(), 1, "{listed:?}");
@@ -202,52 +271,59 @@ fn relays_registered_workloads_and_lists_them() {
     assert_eq!(listed[0]["integration"], "probe-integration");
     assert_eq!(listed[0]["destination"], dst);
     drop(held);
-    let table = Command::new(target_binary("fhirwall").expect("fhirwall"))
-        .args([
-            "workloads",
-            "--socket",
-            world.files.socket.to_str().expect("utf-8"),
-        ])
-        .output()
-        .expect("table");
-    assert!(String::from_utf8_lossy(&table.stdout).starts_with("PID"));
-    assert!(
-        world
-            .metric("fhirwall_connections_total{outcome=\"attributed\"}")
-            .is_some_and(|n| n >= 2.0)
-    );
+
+    let audit = world.audit(&["--decision", "allow"]);
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0]["integration"], "probe-integration");
+    assert_eq!(audit[0]["workload"]["exe"], probe_exe());
+    assert_eq!(audit[0]["interaction"], "read");
+    assert_eq!(audit[0]["resourceType"], "Patient");
+    assert_eq!(audit[0]["rule"], "integration/probe-integration/scope[0]");
 }
 
 #[test]
-fn unregistered_workloads_are_closed_without_reaching_the_destination() {
-    if !kernel_available("unregistered_workloads_are_closed_without_reaching_the_destination") {
+fn denies_out_of_scope_and_unregistered_requests_with_an_operation_outcome() {
+    if !kernel_available("denies_out_of_scope_and_unregistered_requests_with_an_operation_outcome")
+    {
         return;
     }
     let world = World::new("active");
-    world.write_policy("active", "/opt/someone-else/bin/app");
-    let _agent = world.start();
-    let report = world.probe(&["--send", "ping"]);
-    assert_eq!(
-        report["ok"], true,
-        "sidecar mode: the connect succeeds, the sidecar closes it"
+    let mut agent = world.start();
+    let report = world.probe(&["--send", OUT_OF_SCOPE]);
+    assert_eq!(status(&report), Some(403), "{report}");
+    let reply = report["reply"].as_str().unwrap_or_default();
+    assert!(
+        reply.contains(r#""resourceType":"OperationOutcome""#),
+        "{reply}"
     );
-    assert_eq!(report["reply"], "", "{report}");
+    assert!(reply.contains("forbidden"), "{reply}");
+    assert!(
+        !reply.contains("Patient/1"),
+        "no request value echoed: {reply}"
+    );
     assert_eq!(
         world.destination.accepted(),
         0,
         "nothing reached the destination"
     );
-    let refused = eventually(Duration::from_secs(3), || {
-        world
-            .metric("fhirwall_connections_total{outcome=\"unregistered\"}")
-            .filter(|n| *n >= 1.0)
-    });
-    assert!(refused.is_some());
+    assert!(agent.stop());
+
+    world.write_policy("active", "/opt/someone-else/bin/app");
+    let _agent = world.start();
+    let report = world.probe(&["--send", READ]);
+    assert_eq!(status(&report), Some(403), "unregistered: {report}");
+    assert_eq!(world.destination.accepted(), 0);
+    let denied = world.audit(&["--decision", "deny"]);
+    assert_eq!(denied.len(), 2, "{denied:?}");
+    assert!(
+        denied.iter().any(|r| r["rule"] == "default/unregistered"),
+        "{denied:?}"
+    );
 }
 
 #[test]
-fn revoked_workloads_are_refused_in_the_kernel() {
-    if !kernel_available("revoked_workloads_are_refused_in_the_kernel") {
+fn revoked_workloads_are_refused_in_the_kernel_and_audited() {
+    if !kernel_available("revoked_workloads_are_refused_in_the_kernel_and_audited") {
         return;
     }
     let world = World::new("revoked");
@@ -271,6 +347,13 @@ fn revoked_workloads_are_refused_in_the_kernel() {
     let report = probe.report().expect("report");
     assert_eq!(report["errno"], EPERM, "{report}");
     assert_eq!(world.destination.accepted(), 0);
+    let refused = eventually(Duration::from_secs(5), || {
+        let rows = world.audit(&["--decision", "kernel-refused"]);
+        (!rows.is_empty()).then_some(rows)
+    })
+    .expect("the kernel refusal is in the audit trail");
+    assert_eq!(refused[0]["workload"]["tgid"], probe.pid);
+    assert_eq!(refused[0]["upstream"], "ehr");
 }
 
 #[test]
@@ -280,16 +363,16 @@ fn refuses_while_down_recovers_on_restart_and_uninstalls() {
     }
     let world = World::new("active");
     let mut agent = world.start();
-    assert_eq!(world.probe(&["--send", "a"])["reply"], "direct");
+    assert_eq!(status(&world.probe(&["--send", READ])), Some(200));
     assert!(
         agent.stop(),
         "clean exit on SIGTERM; log:\n{}",
         agent.log_text()
     );
-    let down = world.probe(&["--send", "b"]);
+    let down = world.probe(&["--send", READ]);
     assert_eq!(down["errno"], EPERM, "while the agent is down: {down}");
     let again = world.start();
-    assert_eq!(world.probe(&["--send", "c"])["reply"], "direct");
+    assert_eq!(status(&world.probe(&["--send", READ])), Some(200));
     drop(again);
     let uninstall = Command::new(target_binary("fhirwall").expect("fhirwall"))
         .args([
@@ -305,15 +388,16 @@ fn refuses_while_down_recovers_on_restart_and_uninstalls() {
         String::from_utf8_lossy(&uninstall.stderr)
     );
     assert!(!Path::new(&world.pins.path).exists());
+    let direct = world.probe(&["--send", READ]);
     assert_eq!(
-        world.probe(&["--send", "d"])["reply"],
-        "direct",
-        "uninstalled: nothing redirects"
+        status(&direct),
+        Some(200),
+        "uninstalled: straight to the destination: {direct}"
     );
     assert_eq!(
         world.destination.accepted(),
         3,
-        "a, c and d reached the destination; b did not"
+        "the request while down never arrived"
     );
     let _ = &world.cgroup;
 }
@@ -351,7 +435,7 @@ fn a_policy_edit_is_applied_without_restart() {
     }
     let world = World::new("active");
     let _agent = world.start();
-    assert_eq!(world.probe(&["--send", "a"])["reply"], "direct");
+    assert_eq!(status(&world.probe(&["--send", READ])), Some(200));
     world.write_policy("revoked", &probe_exe());
     let reloaded = eventually(Duration::from_secs(10), || {
         world
@@ -359,8 +443,8 @@ fn a_policy_edit_is_applied_without_restart() {
             .filter(|n| *n >= 2.0)
     });
     assert!(reloaded.is_some(), "policy not reloaded");
-    let report = world.probe(&["--send", "b"]);
-    assert_ne!(report["reply"], "direct", "revoked after reload: {report}");
+    let report = world.probe(&["--send", READ]);
+    assert_ne!(status(&report), Some(200), "revoked after reload: {report}");
     // An invalid edit keeps the last good policy.
     world
         .files
@@ -370,6 +454,6 @@ fn a_policy_edit_is_applied_without_restart() {
         world.metric("fhirwall_policy_stale").filter(|n| *n >= 1.0)
     });
     assert!(stale.is_some(), "invalid policy not reported");
-    assert_ne!(world.probe(&["--send", "c"])["reply"], "direct");
+    assert_ne!(status(&world.probe(&["--send", READ])), Some(200));
     assert_eq!(world.destination.accepted(), 1);
 }

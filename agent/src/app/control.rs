@@ -19,12 +19,22 @@ use super::AppError;
 use crate::{
     admin::{self, AdminState},
     attribution::{Attributor, Hashing, Workload},
+    audit::AuditSink,
     config::{AdminConfig, AgentConfig},
     enforce,
-    kernel::{CgroupRoot, EventReader, Kernel, KernelEvent, WorkloadEntry, destroy_connections_to},
+    kernel::{
+        CgroupRoot, EventReader, Kernel, KernelCaller, KernelEvent, Refusal, WorkloadEntry,
+        destroy_connections_to,
+    },
     metrics::Metrics,
     policy::{HostPort, Policy},
+    proxy::{
+        listener::{Routes, Sidecar},
+        sidecar::PolicyState,
+    },
 };
+
+mod routes;
 
 /// How often policy files are checked for changes (SIGHUP reloads at once).
 const POLICY_POLL: Duration = Duration::from_secs(2);
@@ -32,45 +42,27 @@ const POLICY_POLL: Duration = Duration::from_secs(2);
 const CGROUP_LIMIT: usize = 100_000;
 
 pub struct Control {
-    config: AgentConfig,
-    kernel: Kernel,
-    attributor: Attributor,
-    policy: watch::Sender<Arc<Policy>>,
-    metrics: Arc<Metrics>,
-    cgroups: CgroupRoot,
-    resolved: BTreeMap<HostPort, BTreeSet<SocketAddr>>,
-    processes: BTreeMap<u32, Arc<Workload>>,
-    policy_stamp: Vec<(std::path::PathBuf, SystemTime)>,
-    events: Option<EventReader>,
+    pub config: AgentConfig,
+    pub kernel: Kernel,
+    pub attributor: Attributor,
+    pub policy: watch::Sender<Arc<PolicyState>>,
+    pub routes: watch::Sender<Arc<Routes>>,
+    pub sidecar: Arc<Sidecar>,
+    pub metrics: Arc<Metrics>,
+    pub audit: AuditSink,
+    pub cgroups: CgroupRoot,
+    pub resolved: BTreeMap<HostPort, BTreeSet<SocketAddr>>,
+    pub processes: BTreeMap<u32, Arc<Workload>>,
+    pub policy_stamp: Vec<(std::path::PathBuf, SystemTime)>,
+    pub events: Option<EventReader>,
 }
 
 impl Control {
-    pub fn new(
-        config: AgentConfig,
-        kernel: Kernel,
-        attributor: Attributor,
-        policy: watch::Sender<Arc<Policy>>,
-        metrics: Arc<Metrics>,
-        cgroups: CgroupRoot,
-    ) -> Self {
-        let policy_stamp = stamp(&config.policies);
-        Self {
-            config,
-            kernel,
-            attributor,
-            policy,
-            metrics,
-            cgroups,
-            resolved: BTreeMap::new(),
-            processes: BTreeMap::new(),
-            policy_stamp,
-            events: None,
-        }
-    }
-
     /// Fills the kernel maps, attaches the programs and resets connections that predate us.
     pub async fn start(&mut self) -> Result<(), AppError> {
         self.events = self.kernel.take_events().transpose()?;
+        let explicit = self.config.sidecar.explicit.as_ref().map(|e| e.listen);
+        self.kernel.set_explicit_listener(explicit)?;
         self.refresh_destinations().await?;
         self.rescan().await?;
         self.kernel.activate()?;
@@ -172,7 +164,15 @@ impl Control {
         match Policy::load(&self.config.policies) {
             Ok(policy) => {
                 info!(integrations = policy.integrations.len(), "policy reloaded");
-                self.policy.send_replace(Arc::new(policy));
+                let limiter = self
+                    .policy
+                    .borrow()
+                    .limiter
+                    .updated(&policy, std::time::Instant::now());
+                self.policy.send_replace(Arc::new(PolicyState {
+                    policy: Arc::new(policy),
+                    limiter,
+                }));
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.policy_stale.set(0);
                 let refreshed = match self.refresh_destinations().await {
@@ -195,13 +195,26 @@ impl Control {
     }
 
     async fn refresh_destinations(&mut self) -> Result<(), AppError> {
-        let policy = self.policy.borrow().clone();
+        let policy = Arc::clone(&self.policy.borrow().policy);
         let (resolved, failures) = enforce::resolve(&policy, &self.resolved).await;
         for (host, e) in failures {
             warn!(%host, error = %e, "upstream name did not resolve; keeping its last addresses");
         }
         self.resolved = resolved;
         let destinations = enforce::destinations(&self.resolved);
+        // Routes and upstream configs first: a connection the kernel redirects must find them.
+        let explicit = self
+            .config
+            .sidecar
+            .explicit
+            .as_ref()
+            .map(|e| (e.listen, e.upstream.as_str()));
+        self.routes
+            .send_replace(Arc::new(routes::routes(&policy, &self.resolved, explicit)));
+        self.sidecar
+            .pool
+            .connector()
+            .replace_table(routes::upstream_table(&policy, &self.resolved));
         self.kernel.set_protected(&destinations)?;
         self.metrics
             .protected_destinations
@@ -220,7 +233,7 @@ impl Control {
     }
 
     fn apply_verdicts(&mut self) -> Result<(), AppError> {
-        let policy = self.policy.borrow().clone();
+        let policy = Arc::clone(&self.policy.borrow().policy);
         let cgroups = if enforce::needs_cgroups(&policy) {
             enforce::host_cgroups(&self.cgroups.mount, CGROUP_LIMIT)
         } else {
@@ -265,6 +278,7 @@ impl Control {
                         .with_label_values(&["refused"])
                         .inc();
                     warn!(tgid = caller.tgid, comm = %caller.comm, %destination, ?refusal, "kernel refused a connect");
+                    self.audit_refusal(caller, *destination, *refusal);
                 }
                 KernelEvent::ConnsFull { destination, .. } => {
                     self.metrics
@@ -278,9 +292,29 @@ impl Control {
         }
     }
 
+    /// Every kernel refusal is an audit record too: who was stopped, where they were going, why.
+    /// Committed in the background: nothing waits on it.
+    fn audit_refusal(&self, caller: &KernelCaller, destination: SocketAddr, refusal: Refusal) {
+        let record = routes::kernel_refusal(
+            &self.config.node_name,
+            caller,
+            destination,
+            refusal,
+            &self.routes.borrow(),
+        );
+        let audit = self.audit.clone();
+        let metrics = Arc::clone(&self.metrics);
+        tokio::spawn(async move {
+            if let Err(e) = audit.commit(record).await {
+                metrics.audit_failures.inc();
+                warn!(error = %e, "kernel refusal not recorded");
+            }
+        });
+    }
+
     /// Updates one process's verdict after an exec.
     fn set_process(&mut self, tgid: u32, workload: Option<Arc<Workload>>) {
-        let policy = self.policy.borrow().clone();
+        let policy = Arc::clone(&self.policy.borrow().policy);
         let now = jiff::Timestamp::now();
         let verdict = workload
             .as_ref()
@@ -315,6 +349,7 @@ impl Control {
         let needed = self
             .policy
             .borrow()
+            .policy
             .integrations
             .iter()
             .any(|i| i.workload.sha256.is_some());
@@ -361,7 +396,7 @@ async fn spawn_admin(admin: Arc<AdminState>, config: &AdminConfig) -> Result<(),
 }
 
 /// Modification times of the policy files, to notice edits without inotify.
-fn stamp(dir: &std::path::Path) -> Vec<(std::path::PathBuf, SystemTime)> {
+pub fn stamp(dir: &std::path::Path) -> Vec<(std::path::PathBuf, SystemTime)> {
     let mut files: Vec<_> = std::fs::read_dir(dir)
         .map(|rd| {
             rd.flatten()

@@ -14,7 +14,8 @@ use crate::{
     kernel::{CgroupRoot, KernelError, cgroup_id, own_cgroup_path},
 };
 
-/// Binds the transparent listener on IPv4 and (when configured) IPv6, same port. Call inside
+/// Binds the transparent listener on IPv4 and (when configured) IPv6, same port, and the
+/// explicit listener when there is one. Call inside
 /// the runtime that will serve them.
 pub fn bind(config: &SidecarConfig) -> Result<Vec<TcpListener>, AppError> {
     let mut addrs = vec![SocketAddr::new(

@@ -87,6 +87,8 @@ pub struct Kernel {
     ready: bool,
     /// `CONFIG_F_HAS_*` for the kinds of workload entries the kernel map may hold.
     kinds: u32,
+    protected: std::collections::BTreeSet<std::net::SocketAddr>,
+    explicit: Option<std::net::SocketAddr>,
 }
 
 impl Kernel {
@@ -131,6 +133,8 @@ impl Kernel {
             ready: false,
             // Until the first sync says otherwise, whatever a previous agent left may be there.
             kinds: CONFIG_F_HAS_TGID | CONFIG_F_HAS_CGROUP | CONFIG_F_HAS_UID,
+            protected: std::collections::BTreeSet::new(),
+            explicit: None,
         };
         kernel.write_config()?;
         Ok(kernel)
@@ -157,12 +161,35 @@ impl Kernel {
         self.maps.set_heartbeat(0)
     }
 
-    /// Replaces the set of protected destinations.
+    /// Replaces the set of protected destinations (their connects are redirected to the sidecar).
     pub fn set_protected(
         &mut self,
         destinations: &std::collections::BTreeSet<std::net::SocketAddr>,
     ) -> Result<(), KernelError> {
-        self.maps.sync_protected(destinations)
+        self.protected.clone_from(destinations);
+        self.sync_protected()
+    }
+
+    /// The sidecar's explicit listener, whose connects are recorded for attribution but not
+    /// redirected; `None` when there is none.
+    pub fn set_explicit_listener(
+        &mut self,
+        listener: Option<std::net::SocketAddr>,
+    ) -> Result<(), KernelError> {
+        self.explicit = listener;
+        self.sync_protected()
+    }
+
+    fn sync_protected(&mut self) -> Result<(), KernelError> {
+        let mut all: std::collections::BTreeMap<_, _> = self
+            .protected
+            .iter()
+            .map(|d| (*d, fhirwall_common::PROTECTED_REDIRECT))
+            .collect();
+        if let Some(listener) = self.explicit {
+            all.insert(listener, fhirwall_common::PROTECTED_RECORD_ONLY);
+        }
+        self.maps.sync_protected(&all)
     }
 
     /// Replaces the kernel's per-workload verdicts.

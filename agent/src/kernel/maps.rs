@@ -1,10 +1,6 @@
 //! Typed handles on the kernel maps, and keeping them in step with what policy says.
 
-use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
-    net::SocketAddr,
-    sync::Arc,
-};
+use std::{collections::BTreeMap, net::SocketAddr, sync::Arc};
 
 use aya::{
     Ebpf,
@@ -152,7 +148,7 @@ pub struct ControlMaps {
     workloads: HashMap<MapData, WorkloadKey, WorkloadVerdict>,
     stats: PerCpuArray<MapData, u64>,
     sockets: HashMap<MapData, u64, ConnRecord>,
-    protected_mirror: Option<HashSet<ProtectedKey>>,
+    protected_mirror: Option<std::collections::HashMap<ProtectedKey, u32>>,
     workloads_mirror: Option<std::collections::HashMap<WorkloadKey, WorkloadVerdict>>,
 }
 
@@ -181,16 +177,23 @@ impl ControlMaps {
         self.heartbeat.set(0, ns, 0).map_err(map_err(MAP_HEARTBEAT))
     }
 
+    /// Replaces the protected destinations: each with `PROTECTED_REDIRECT` or
+    /// `PROTECTED_RECORD_ONLY`.
     pub fn sync_protected(
         &mut self,
-        destinations: &BTreeSet<SocketAddr>,
+        destinations: &BTreeMap<SocketAddr, u32>,
     ) -> Result<(), KernelError> {
-        let wanted: HashSet<ProtectedKey> = destinations
+        let wanted: std::collections::HashMap<ProtectedKey, u32> = destinations
             .iter()
-            .map(|d| ProtectedKey {
-                addr: to_addr(d.ip()),
-                port: d.port(),
-                pad: 0,
+            .map(|(d, v)| {
+                (
+                    ProtectedKey {
+                        addr: to_addr(d.ip()),
+                        port: d.port(),
+                        pad: 0,
+                    },
+                    *v,
+                )
             })
             .collect();
         if wanted.len() > PROTECTED_CAPACITY as usize {
@@ -201,15 +204,15 @@ impl ControlMaps {
         }
         let present = match self.protected_mirror.take() {
             Some(mirror) => mirror,
-            None => self.protected.keys().filter_map(Result::ok).collect(),
+            None => self.protected.iter().filter_map(Result::ok).collect(),
         };
         // Insert first, then remove: a destination never drops out during a resync.
-        for key in wanted.difference(&present) {
+        for (key, value) in wanted.iter().filter(|(k, v)| present.get(k) != Some(v)) {
             self.protected
-                .insert(key, 1, 0)
+                .insert(key, value, 0)
                 .map_err(map_err(MAP_PROTECTED))?;
         }
-        for key in present.difference(&wanted) {
+        for key in present.keys().filter(|k| !wanted.contains_key(k)) {
             remove_if_present(&mut self.protected, key, MAP_PROTECTED)?;
         }
         self.protected_mirror = Some(wanted);

@@ -36,6 +36,10 @@ pub enum IssueType {
     Timeout,
     /// A transient problem; retrying later may work.
     Transient,
+    /// A rate limit was exceeded.
+    Throttled,
+    /// The request would cost too much (too many entries, too deep).
+    TooCostly,
 }
 
 #[derive(Serialize)]

@@ -28,7 +28,7 @@ use tokio_rustls::TlsConnector;
 use super::{ALPN_HTTP11, TlsError, UpstreamStream, files, stream::MaybeTls};
 use crate::{
     policy::TlsMode,
-    proxy::{http::Connector, relay::marked_socket},
+    proxy::{http::Connector, socket::marked_socket},
 };
 
 /// Identifies a pool of upstream connections: one per (upstream, integration), so an upstream

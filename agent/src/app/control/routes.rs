@@ -1,0 +1,143 @@
+//! What the data plane needs to know about upstreams, built from policy and resolution: which
+//! upstream a destination belongs to, what certificate name to present, how to connect.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    sync::Arc,
+};
+
+use crate::{
+    audit::{Decision, Record, WorkloadRecord},
+    kernel::{KernelCaller, Refusal},
+    policy::{HostPort, Policy},
+    proxy::{
+        listener::Routes,
+        tls::{ClientIdentity, LeafName, UpstreamSpec, UpstreamTable},
+    },
+};
+
+/// Destinations -> upstream names, certificate names, and the explicit listener's upstream.
+#[must_use]
+pub fn routes(
+    policy: &Policy,
+    resolved: &BTreeMap<HostPort, BTreeSet<SocketAddr>>,
+    explicit: Option<(SocketAddr, &str)>,
+) -> Routes {
+    let mut routes = Routes::default();
+    for upstream in &policy.upstreams {
+        let name: Arc<str> = Arc::from(upstream.name.as_str());
+        for addr in addresses(upstream, resolved) {
+            routes.by_destination.insert(addr, Arc::clone(&name));
+        }
+        let host = upstream
+            .tls
+            .server_name
+            .clone()
+            .or_else(|| upstream.addresses.first().map(|a| a.host.clone()));
+        if let Some(leaf) = host.and_then(|h| LeafName::parse(&h).ok()) {
+            routes.leaf_names.insert(name, leaf);
+        }
+    }
+    routes.explicit = explicit.map(|(listen, upstream)| (listen, Arc::from(upstream)));
+    routes
+}
+
+/// How to connect to each upstream, and each integration's client certificate.
+#[must_use]
+pub fn upstream_table(
+    policy: &Policy,
+    resolved: &BTreeMap<HostPort, BTreeSet<SocketAddr>>,
+) -> UpstreamTable {
+    let upstreams = policy
+        .upstreams
+        .iter()
+        .map(|u| {
+            (
+                u.name.clone(),
+                UpstreamSpec::from_policy(u, addresses(u, resolved)),
+            )
+        })
+        .collect();
+    let identities = policy
+        .integrations
+        .iter()
+        .filter_map(|i| {
+            let cert = i.credentials.client_certificate.as_ref()?;
+            let identity = ClientIdentity {
+                cert_file: cert.cert_file.path().to_owned(),
+                key_file: cert.key_file.path().to_owned(),
+            };
+            Some((i.name.clone(), identity))
+        })
+        .collect();
+    UpstreamTable {
+        upstreams,
+        identities,
+    }
+}
+
+fn addresses(
+    upstream: &crate::policy::Upstream,
+    resolved: &BTreeMap<HostPort, BTreeSet<SocketAddr>>,
+) -> Vec<SocketAddr> {
+    upstream
+        .addresses
+        .iter()
+        .filter_map(|hp| resolved.get(hp))
+        .flatten()
+        .copied()
+        .collect()
+}
+
+/// The audit record of a connect the kernel refused: no HTTP was seen, the workload is what the
+/// kernel knew (the process may be gone by now).
+#[must_use]
+pub fn kernel_refusal(
+    node: &str,
+    caller: &KernelCaller,
+    destination: SocketAddr,
+    refusal: Refusal,
+    routes: &Routes,
+) -> Record {
+    let workload = WorkloadRecord {
+        pid: caller.pid,
+        tgid: caller.tgid,
+        start_time: 0,
+        exe: None,
+        exe_sha256: None,
+        uid: caller.uid,
+        gid: caller.gid,
+        user: None,
+        comm: caller.comm.clone(),
+        cgroup_path: None,
+        container_id: None,
+        pod_uid: None,
+        systemd_unit: None,
+    };
+    let mut record = Record::new(
+        format!("kernel-{:x}", caller.cookie),
+        node,
+        workload,
+        "CONNECT",
+        destination.to_string(),
+        Decision::KernelRefused,
+    );
+    record.upstream = routes
+        .by_destination
+        .get(&destination)
+        .map(ToString::to_string);
+    record.rule = Some("kernel/connect".into());
+    record.reason = Some(
+        match refusal {
+            Refusal::Denied => "the workload's integration is revoked, suspended or expired",
+            Refusal::Unregistered => "no integration registers this workload (enforcement: kernel)",
+            Refusal::AgentDown => "the agent was down or not yet configured",
+            Refusal::StoreFull => "the kernel's socket table was full",
+            Refusal::NotTcp => "only TCP to a protected destination is allowed",
+            Refusal::Other(_) => "refused by the kernel",
+        }
+        .into(),
+    );
+    record
+}

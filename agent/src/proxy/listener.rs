@@ -1,0 +1,153 @@
+//! Accepting connections: attribution first (no kernel record, no service), then TLS
+//! termination or plain HTTP, then the HTTP engine with one [`Exchange`] per connection.
+
+use std::{
+    collections::HashMap,
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::watch,
+};
+use tracing::{debug, warn};
+
+use super::{
+    http::{Limits, Pool, serve_connection},
+    live::LiveConnections,
+    sidecar::{Exchange, Shared},
+    tls::{LeafName, TlsTerminator, UpstreamConnector},
+};
+use crate::{attribution::Attributor, metrics::Metrics};
+
+/// Which upstream a connection is for, from where the application was connecting.
+#[derive(Clone, Debug, Default)]
+pub struct Routes {
+    /// Resolved upstream addresses.
+    pub by_destination: HashMap<SocketAddr, Arc<str>>,
+    /// Certificate name to present when a client sends no SNI, per upstream.
+    pub leaf_names: HashMap<Arc<str>, LeafName>,
+    /// The upstream of the explicit listener (applications that talk plain HTTP to the sidecar).
+    pub explicit: Option<(SocketAddr, Arc<str>)>,
+}
+
+impl Routes {
+    fn upstream_for(&self, destination: SocketAddr) -> Option<&Arc<str>> {
+        match &self.explicit {
+            Some((listener, upstream)) if *listener == destination => Some(upstream),
+            _ => self.by_destination.get(&destination),
+        }
+    }
+}
+
+/// Everything the accept loop needs; one per agent.
+pub struct Sidecar {
+    pub attributor: Attributor,
+    pub exchange: Arc<Shared>,
+    pub terminator: TlsTerminator,
+    pub pool: Pool<UpstreamConnector>,
+    pub routes: watch::Receiver<Arc<Routes>>,
+    pub live: Arc<LiveConnections>,
+    pub metrics: Arc<Metrics>,
+    pub limits: Limits,
+    pub next_id: AtomicU64,
+}
+
+impl Sidecar {
+    /// Accepts until `shutdown` turns true; connections already accepted finish their requests.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => {
+                        let sidecar = Arc::clone(&self);
+                        let shutdown = shutdown.clone();
+                        tokio::spawn(async move { sidecar.connection(stream, shutdown).await });
+                    }
+                    // EMFILE and friends: back off rather than spin.
+                    Err(e) => {
+                        warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn connection(&self, tcp: TcpStream, mut shutdown: watch::Receiver<bool>) {
+        let (Ok(peer), Ok(local)) = (tcp.peer_addr(), tcp.local_addr()) else {
+            return;
+        };
+        let attribution = match self.attributor.attribute(peer, local).await {
+            Ok(a) => a,
+            Err(e) => return self.refuse("unattributed", &e),
+        };
+        let routes = Arc::clone(&self.routes.borrow());
+        let Some(upstream) = routes.upstream_for(attribution.destination).cloned() else {
+            return self.refuse(
+                "unknown-destination",
+                &"the destination is not a protected upstream",
+            );
+        };
+        let workload = attribution.workload;
+        let mut exchange = Exchange::new(
+            Arc::clone(&self.exchange),
+            Arc::clone(&workload),
+            peer,
+            Arc::clone(&upstream),
+        );
+        // Listed from attribution on, handshake included: an idle client is still a live one.
+        let integration = exchange.integration_name();
+        let _live = self
+            .live
+            .register((*workload).clone(), integration, attribution.destination);
+        let fallback = routes
+            .leaf_names
+            .get(&upstream)
+            .cloned()
+            .unwrap_or(LeafName::Ip(attribution.destination.ip()));
+        let downstream = match self.terminator.accept_detect(tcp, &fallback).await {
+            Ok(d) => d,
+            Err(e) => return self.refuse(e.error_source().as_str(), &e),
+        };
+        self.metrics
+            .connections
+            .with_label_values(&["attributed"])
+            .inc();
+        self.metrics.connections_live.inc();
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let stop = async move {
+            let _ = shutdown.wait_for(|stop| *stop).await;
+        };
+        let summary = serve_connection(
+            downstream,
+            &mut exchange,
+            &self.pool,
+            &self.limits,
+            id,
+            stop,
+        )
+        .await;
+        self.metrics.connections_live.dec();
+        debug!(connection = id, requests = summary.requests, end = ?summary.end, "connection closed");
+    }
+
+    /// Closes a connection before any HTTP: fail closed, counted and logged (no PHI here).
+    fn refuse(&self, reason: &str, error: &dyn std::fmt::Display) {
+        self.metrics
+            .connections_refused
+            .with_label_values(&[reason])
+            .inc();
+        warn!(reason, error = %error, "connection refused by the sidecar");
+    }
+}

@@ -1,0 +1,140 @@
+//! Audit records of the sidecar's decisions. Only normalized paths, types, ids and patient
+//! references go in: never a query value, a body or a credential (its fingerprint only).
+
+use std::net::SocketAddr;
+
+use super::super::http::{ExchangeId, Outcome, RequestHead};
+use crate::{
+    attribution::Workload,
+    audit::{self, BreakGlassUse, CommittedSeq, Completion, Decision, Record},
+    fhir::{self, FhirRequest},
+    policy::{self, BreakGlassSession, Presented, Rule, Subject},
+    proxy::outcome::IssueType,
+};
+
+/// A record of what arrived, before anything is decided (decision `Deny` until said otherwise).
+pub fn base(
+    node: &str,
+    id: &ExchangeId,
+    workload: &Workload,
+    client: SocketAddr,
+    upstream: &str,
+    head: &RequestHead,
+) -> Record {
+    let mut record = Record::new(
+        id.to_string(),
+        node,
+        workload.into(),
+        String::from_utf8_lossy(head.method().as_bytes()).into_owned(),
+        String::from_utf8_lossy(head.path()).into_owned(),
+        Decision::Deny,
+    );
+    record.client_addr = Some(client.to_string());
+    record.upstream = Some(upstream.to_owned());
+    record
+}
+
+pub fn unknown_upstream(record: &mut Record) {
+    record.rule = Some("default/upstream".into());
+    record.reason = Some("the destination is no longer a protected upstream in the policy".into());
+    record.status = Some(403);
+}
+
+pub fn malformed(record: &mut Record, status: u16, reason: &str) {
+    record.decision = Decision::Malformed;
+    record.rule = Some(Rule::Unclassifiable.to_string());
+    record.reason = Some(reason.to_owned());
+    record.status = Some(status);
+}
+
+pub fn limited(record: &mut Record, integration: &str) {
+    record.decision = Decision::Deny;
+    record.rule = Some(format!("integration/{integration}/rate_limit"));
+    record.reason = Some("rate limit exceeded".into());
+    record.status = Some(429);
+}
+
+pub fn internal_failure(record: &mut Record, reason: &str) {
+    record.decision = Decision::Deny;
+    record.rule = Some("default/internal".into());
+    record.reason = Some(reason.to_owned());
+    record.status = Some(503);
+}
+
+/// Fills in the FHIR meaning and the decision.
+pub fn decided(
+    record: &mut Record,
+    fhir: &FhirRequest,
+    subject: &Subject<'_>,
+    decision: &policy::Decision<'_>,
+    session: Option<&BreakGlassSession>,
+) {
+    record.tenant.clone_from(&fhir.tenant);
+    record.interaction = Some(match &fhir.operation {
+        Some(op) => op.name.clone(),
+        None => fhir.interaction.code().to_owned(),
+    });
+    record.resource_type = fhir.resource_type.map(|t| t.as_str().to_owned());
+    record.resource_id.clone_from(&fhir.id);
+    record.patients = fhir
+        .with_entries()
+        .flat_map(|r| r.patient_refs.iter().cloned())
+        .collect();
+    if let Presented::Credential(fingerprint) = subject.credential {
+        record.credential_fingerprint = Some(fingerprint.to_string());
+    }
+    record.decision = match decision {
+        policy::Decision::Allow { .. } => Decision::Allow,
+        policy::Decision::Deny { .. } => Decision::Deny,
+        policy::Decision::WouldDeny { .. } => Decision::WouldDeny,
+    };
+    if let policy::Decision::Allow {
+        purpose: Some(purpose),
+        ..
+    } = decision
+    {
+        record.purpose_of_use = Some(purpose.to_string());
+    }
+    let rule = decision.rule();
+    record.rule = Some(rule.to_string());
+    record.reason = decision.reason().map(ToString::to_string);
+    if let Rule::Exception { name } = rule {
+        record.exception = Some(name.to_owned());
+    }
+    if decision.is_break_glass() {
+        record.break_glass = session.map(|s| BreakGlassUse {
+            justification_id: s.justification.clone(),
+        });
+    }
+}
+
+/// How a request the sidecar committed ended.
+pub fn completion(seq: CommittedSeq, correlation: String, outcome: &Outcome<'_>) -> Completion {
+    let result = match (outcome.forwarded, outcome.error) {
+        (_, Some(e)) if e.error_source() == crate::proxy::http::ErrorSource::Downstream => {
+            audit::Outcome::ClientAborted
+        }
+        (true, Some(_)) => audit::Outcome::UpstreamFailure,
+        _ => audit::Outcome::Completed,
+    };
+    let mut completion = Completion::new(seq, correlation, result);
+    completion.status = outcome.status;
+    completion.bytes_in = outcome.request_body_bytes;
+    completion.bytes_out = outcome.response_body_bytes;
+    completion.latency_us = u64::try_from(outcome.duration.as_micros()).unwrap_or(u64::MAX);
+    completion.reason = outcome.error.map(|e| e.reason().to_owned());
+    completion
+}
+
+/// The OperationOutcome issue type for a classification error.
+pub fn issue_type(t: fhir::IssueType) -> IssueType {
+    match t {
+        fhir::IssueType::Invalid | fhir::IssueType::Required | fhir::IssueType::NotFound => {
+            IssueType::Invalid
+        }
+        fhir::IssueType::Structure => IssueType::Structure,
+        fhir::IssueType::Incomplete => IssueType::Incomplete,
+        fhir::IssueType::NotSupported => IssueType::NotSupported,
+        fhir::IssueType::TooCostly => IssueType::TooCostly,
+    }
+}
