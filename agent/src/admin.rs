@@ -1,16 +1,18 @@
 //! The admin API, on its own runtime so a slow scrape or query never stalls a request.
 //!
 //! Two listeners: a Unix socket (mode 0600, root only) for the operator commands (`fhirwall
-//! workloads`, later revoke and break-glass), and an optional TCP address with read-only
+//! workloads`, `revoke`, `reinstate`, `break-glass`), and an optional TCP address with read-only
 //! `/metrics` and `/healthz` for Prometheus. Requests are tiny HTTP/1.1 exchanges, one per
 //! connection, answered with JSON.
 
 mod client;
+mod operator;
 mod server;
 
 use std::sync::Arc;
 
 pub use client::{AdminClient, ClientError};
+pub use operator::{Command, Envelope};
 use serde::Serialize;
 pub use server::{serve_metrics, serve_unix};
 
@@ -26,6 +28,8 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     pub live: Arc<LiveConnections>,
     pub kernel_stats: Option<StatsReader>,
+    /// Where operator commands go (the control loop); `None` refuses them.
+    pub commands: Option<tokio::sync::mpsc::Sender<Envelope>>,
 }
 
 /// `GET /v1/health` and `/healthz`.

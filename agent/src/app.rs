@@ -64,6 +64,8 @@ pub enum AppError {
     Tls(#[from] TlsError),
     #[error("the audit store")]
     Audit(#[from] AuditError),
+    #[error("operator overrides")]
+    Overrides(#[from] control::OverrideError),
     #[error("starting {what}")]
     Io {
         what: &'static str,
@@ -74,22 +76,8 @@ pub enum AppError {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: &AgentConfig) -> Result<(), AppError> {
-    let policy = Policy::load(&config.policies).map_err(|source| AppError::Policy {
-        dir: config.policies.clone(),
-        source,
-    })?;
-    if let Some(explicit) = &config.sidecar.explicit
-        && policy.upstream(&explicit.upstream).is_none()
-    {
-        return Err(AppError::ExplicitUpstream {
-            upstream: explicit.upstream.clone(),
-        });
-    }
-    info!(
-        upstreams = policy.upstreams.len(),
-        integrations = policy.integrations.len(),
-        "policy loaded"
-    );
+    state_dir(&config.state_dir)?;
+    let (policy, overrides) = load_policy(config)?;
     let data_rt = runtime(config.sidecar.worker_threads, "fhirwall-data")?;
     let control_rt = runtime(1, "fhirwall-control")?;
     let listeners = {
@@ -101,7 +89,6 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     let agent_cgroup = listen::own_cgroup_id(&cgroups)?;
     let kernel = Kernel::load(kernel_settings(config, &cgroups, agent_cgroup))?;
     let metrics = Arc::new(Metrics::new());
-    state_dir(&config.state_dir)?;
     let (audit, audit_writer) =
         AuditSink::start(AuditConfig::new(config.state_dir.join("audit.db")))?;
     let attributor = Attributor::new(
@@ -127,11 +114,13 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         &metrics,
         &live,
     )?;
+    let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(16);
     let admin = Arc::new(AdminState {
         node: config.node_name.clone(),
         metrics: Arc::clone(&metrics),
         live: Arc::clone(&live),
         kernel_stats: kernel.stats_reader().ok(),
+        commands: Some(commands_tx),
     });
     let mut control = control::Control {
         config: config.clone(),
@@ -147,6 +136,9 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         processes: BTreeMap::default(),
         policy_stamp: control::stamp(&config.policies),
         events: None,
+        overrides,
+        commands: commands_rx,
+        refusals: tokio::task::JoinSet::new(),
     };
     control_rt.block_on(control.start())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -164,10 +156,35 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         warn!("the data-plane thread panicked");
     }
     control.stop();
+    control_rt.block_on(control.finish_audit());
     drop(control);
     // Every sink is gone now: the writer commits what is queued and stops.
     audit_writer.join();
     outcome
+}
+
+/// The policy as enforced at start: the files, checked against the agent config, with the
+/// operator's revocations applied.
+fn load_policy(config: &AgentConfig) -> Result<(Policy, control::Overrides), AppError> {
+    let mut policy = Policy::load(&config.policies).map_err(|source| AppError::Policy {
+        dir: config.policies.clone(),
+        source,
+    })?;
+    if let Some(explicit) = &config.sidecar.explicit
+        && policy.upstream(&explicit.upstream).is_none()
+    {
+        return Err(AppError::ExplicitUpstream {
+            upstream: explicit.upstream.clone(),
+        });
+    }
+    let overrides = control::Overrides::load(&config.state_dir.join("overrides.json"))?;
+    overrides.apply(&mut policy);
+    info!(
+        upstreams = policy.upstreams.len(),
+        integrations = policy.integrations.len(),
+        "policy loaded"
+    );
+    Ok((policy, overrides))
 }
 
 /// The sidecar and what its connections share.

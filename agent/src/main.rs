@@ -33,6 +33,14 @@ enum Command {
     /// Create or export the node CA the sidecar mints its TLS certificates from.
     #[command(subcommand)]
     Ca(cli::ca::CaCommand),
+    /// Revoke an integration now: its requests are denied and its processes' connects refused
+    /// in the kernel, until `reinstate` (survives reloads and restarts).
+    Revoke(cli::operator::RevokeArgs),
+    /// Undo an operator revocation.
+    Reinstate(cli::operator::ReinstateArgs),
+    /// Emergency access sessions (alerted and audited).
+    #[command(subcommand, name = "break-glass")]
+    BreakGlass(cli::operator::BreakGlassCommand),
     /// Live connections attributed to their workloads (asks the running agent).
     Workloads(cli::workloads::WorkloadsArgs),
     /// Detach and unpin every kernel program and map fhirwall installed.
@@ -57,6 +65,9 @@ fn main() -> ExitCode {
         }
         Command::Ca(command) => cli::ca::run(&command),
         Command::Workloads(args) => cli::workloads::run(&args),
+        Command::Revoke(args) => cli::operator::revoke(&args),
+        Command::Reinstate(args) => cli::operator::reinstate(&args),
+        Command::BreakGlass(command) => cli::operator::break_glass(&command),
         Command::Uninstall { pin_dir } => cli::uninstall(&pin_dir),
     };
     match result {

@@ -41,6 +41,8 @@ pub struct Metrics {
     pub audit_failures: IntCounter,
     /// Requests allowed under break-glass.
     pub break_glass: IntCounter,
+    /// Break-glass sessions opened.
+    pub break_glass_sessions: IntCounter,
     /// Connections the sidecar refused before HTTP (unattributed, TLS handshake failures).
     pub connections_refused: IntCounterVec,
 }
@@ -119,6 +121,11 @@ impl Metrics {
                 "Requests allowed under break-glass",
             )
             .expect("static"),
+            break_glass_sessions: IntCounter::new(
+                "break_glass_sessions_total",
+                "Break-glass sessions opened",
+            )
+            .expect("static"),
             connections_refused: counter_vec(
                 "connections_refused_total",
                 "Connections refused before HTTP",
@@ -131,7 +138,8 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 16] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+            Box::new(self.break_glass_sessions.clone()),
             Box::new(self.requests.clone()),
             Box::new(self.request_seconds.clone()),
             Box::new(self.audit_failures.clone()),

@@ -457,3 +457,101 @@ fn a_policy_edit_is_applied_without_restart() {
     assert_ne!(status(&world.probe(&["--send", READ])), Some(200));
     assert_eq!(world.destination.accepted(), 1);
 }
+
+#[test]
+fn operators_revoke_reinstate_and_break_glass() {
+    if !kernel_available("operators_revoke_reinstate_and_break_glass") {
+        return;
+    }
+    let world = World::new("active");
+    world
+        .files
+        .write_policy(
+            "break-glass.yaml",
+            "kind: BreakGlass\nname: ed\nowner: Safety <safety@example.test>\n\
+             description: emergency reads\ninvokers:\n  integrations: [probe-integration]\n\
+             max_duration: 1h\nmin_justification: 10\nscopes:\n  - system/*.rs\n",
+        )
+        .expect("break-glass policy");
+    let mut agent = world.start();
+    let fhirwall = |args: &[&str]| {
+        let out = Command::new(target_binary("fhirwall").expect("fhirwall"))
+            .args(args)
+            .args(["--socket", world.files.socket.to_str().expect("utf-8")])
+            .output()
+            .expect("fhirwall");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+
+    // Break-glass lifts a scope denial while the session lasts, and every use is marked.
+    assert_eq!(status(&world.probe(&["--send", OUT_OF_SCOPE])), Some(403));
+    let (ok, out) = fhirwall(&[
+        "break-glass",
+        "start",
+        "--policy",
+        "ed",
+        "--integration",
+        "probe-integration",
+        "--justification",
+        "INC-4711 mass casualty event",
+        "--duration",
+        "30m",
+    ]);
+    assert!(ok, "{out}");
+    let (ok, out) = fhirwall(&[
+        "break-glass",
+        "start",
+        "--policy",
+        "ed",
+        "--integration",
+        "probe-integration",
+        "--justification",
+        "short",
+        "--duration",
+        "30m",
+    ]);
+    assert!(
+        !ok && out.contains("justification"),
+        "too short a justification is refused: {out}"
+    );
+    assert_eq!(status(&world.probe(&["--send", OUT_OF_SCOPE])), Some(200));
+    let marked = world.audit(&["--decision", "allow"]);
+    assert!(
+        marked
+            .iter()
+            .any(|r| r["breakGlass"]["justificationId"] == "INC-4711 mass casualty event"),
+        "{marked:?}"
+    );
+    let (ok, out) = fhirwall(&["break-glass", "stop", "--integration", "probe-integration"]);
+    assert!(ok && out.contains("closed 1"), "{out}");
+    assert_eq!(status(&world.probe(&["--send", OUT_OF_SCOPE])), Some(403));
+
+    // Revocation: immediate, kept across a restart, undone by reinstate.
+    assert_eq!(status(&world.probe(&["--send", READ])), Some(200));
+    let (ok, out) = fhirwall(&["revoke", "probe-integration", "--reason", "token leaked"]);
+    assert!(ok, "{out}");
+    let (ok, out) = fhirwall(&["revoke", "no-such-integration"]);
+    assert!(!ok && out.contains("no integration named"), "{out}");
+    let before = world.destination.accepted();
+    assert_ne!(status(&world.probe(&["--send", READ])), Some(200));
+    assert!(agent.stop(), "clean exit; log:\n{}", agent.log_text());
+    let again = world.start();
+    assert_ne!(
+        status(&world.probe(&["--send", READ])),
+        Some(200),
+        "still revoked after a restart"
+    );
+    assert_eq!(
+        world.destination.accepted(),
+        before,
+        "nothing reached the destination while revoked"
+    );
+    let (ok, out) = fhirwall(&["reinstate", "probe-integration"]);
+    assert!(ok, "{out}");
+    assert_eq!(status(&world.probe(&["--send", READ])), Some(200));
+    drop(again);
+}

@@ -8,9 +8,9 @@ use tokio::{
     net::{TcpListener, UnixListener},
 };
 
-use super::AdminState;
+use super::{AdminState, operator};
 
-/// Requests larger than this are refused: the admin API takes no bodies of note.
+/// Requests larger than this are refused: the admin API takes small JSON bodies at most.
 const MAX_REQUEST: usize = 16 * 1024;
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -25,8 +25,13 @@ pub async fn serve_unix(path: &Path, state: Arc<AdminState>) -> io::Result<()> {
     std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
     loop {
         let (stream, _) = listener.accept().await?;
+        // Who is asking, for the record of revocations and break-glass sessions.
+        let operator = stream
+            .peer_cred()
+            .ok()
+            .map_or_else(|| "unknown".to_owned(), |c| operator_name(c.uid()));
         let state = Arc::clone(&state);
-        tokio::spawn(async move { handle(stream, &state, Surface::Operator).await });
+        tokio::spawn(async move { handle(stream, &state, Surface::Operator(operator)).await });
     }
 }
 
@@ -39,10 +44,18 @@ pub async fn serve_metrics(listener: TcpListener, state: Arc<AdminState>) -> io:
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Surface {
-    Operator,
+/// Which listener a request came in on: the operator socket may change things, the metrics
+/// address only reads.
+pub(super) enum Surface {
+    Operator(String),
     Metrics,
+}
+
+/// One parsed request.
+pub(super) struct Request {
+    pub method: String,
+    pub path: String,
+    pub body: Vec<u8>,
 }
 
 async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
@@ -50,8 +63,8 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     state: &AdminState,
     surface: Surface,
 ) {
-    let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some((method, path)))) => route(state, surface, &method, &path),
+    let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(Some(request))) => route(state, &surface, &request).await,
         Ok(Ok(None)) => Response::text(400, "malformed request\n"),
         Ok(Err(_)) | Err(_) => return,
     };
@@ -59,7 +72,8 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
 }
 
-fn route(state: &AdminState, surface: Surface, method: &str, path: &str) -> Response {
+async fn route(state: &AdminState, surface: &Surface, request: &Request) -> Response {
+    let (method, path) = (request.method.as_str(), request.path.as_str());
     match (surface, method, path) {
         (_, "GET", "/healthz" | "/v1/health") => Response::json(200, &state.health()),
         (Surface::Metrics, "GET", "/metrics") => Response {
@@ -67,15 +81,17 @@ fn route(state: &AdminState, surface: Surface, method: &str, path: &str) -> Resp
             content_type: "text/plain; version=0.0.4",
             body: state.metrics_text().into_bytes(),
         },
-        (Surface::Operator, "GET", "/v1/workloads") => Response::json(200, &state.live.snapshot()),
-        (Surface::Operator, "GET", "/v1/kernel") => Response::json(200, &state.kernel()),
-        (_, "GET", _) => Response::text(404, "not found\n"),
-        _ => Response::text(405, "method not allowed\n"),
+        (Surface::Metrics, _, _) => Response::text(404, "not found\n"),
+        (Surface::Operator(_), "GET", "/v1/workloads") => {
+            Response::json(200, &state.live.snapshot())
+        }
+        (Surface::Operator(_), "GET", "/v1/kernel") => Response::json(200, &state.kernel()),
+        (Surface::Operator(who), _, _) => operator::route(state, who, request).await,
     }
 }
 
-/// Reads the request head; returns (method, path) or `None` when it is not HTTP.
-async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<(String, String)>> {
+/// Reads the request head and its `Content-Length` body; `None` when it is not HTTP we accept.
+async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<Request>> {
     let mut buf = Vec::with_capacity(1024);
     loop {
         let mut chunk = [0u8; 1024];
@@ -85,18 +101,30 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<(S
         }
         buf.extend_from_slice(&chunk[..n]);
         let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut request = httparse::Request::new(&mut headers);
-        match request.parse(&buf) {
-            Ok(httparse::Status::Complete(_)) => {
-                let method = request.method.unwrap_or_default().to_owned();
-                let path = request
-                    .path
-                    .unwrap_or_default()
-                    .split('?')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                return Ok(Some((method, path)));
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(head_len)) => {
+                let length = content_length(parsed.headers);
+                let (Some(method), Some(target), Some(length)) =
+                    (parsed.method, parsed.path, length)
+                else {
+                    return Ok(None);
+                };
+                let path = target.split('?').next().unwrap_or_default().to_owned();
+                let method = method.to_owned();
+                if head_len + length > MAX_REQUEST {
+                    return Ok(None);
+                }
+                let mut body = buf[head_len..].to_vec();
+                while body.len() < length {
+                    let n = stream.read(&mut chunk).await?;
+                    if n == 0 {
+                        return Ok(None);
+                    }
+                    body.extend_from_slice(&chunk[..n]);
+                }
+                body.truncate(length);
+                return Ok(Some(Request { method, path, body }));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST => {}
             _ => return Ok(None),
@@ -104,14 +132,33 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<(S
     }
 }
 
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
+/// The body length: 0 without the header, `None` (refuse) when it is repeated or not a number.
+fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
+    let mut values = headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("content-length"));
+    match (values.next(), values.next()) {
+        (None, _) => Some(0),
+        (Some(h), None) => std::str::from_utf8(h.value).ok()?.trim().parse().ok(),
+        (Some(_), Some(_)) => None,
+    }
+}
+
+fn operator_name(uid: u32) -> String {
+    nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+        .ok()
+        .flatten()
+        .map_or_else(|| format!("uid:{uid}"), |u| u.name)
+}
+
+pub(super) struct Response {
+    pub status: u16,
+    pub content_type: &'static str,
+    pub body: Vec<u8>,
 }
 
 impl Response {
-    fn json<T: Serialize>(status: u16, value: &T) -> Self {
+    pub(super) fn json<T: Serialize>(status: u16, value: &T) -> Self {
         match serde_json::to_vec_pretty(value) {
             Ok(body) => Self {
                 status,
@@ -122,7 +169,7 @@ impl Response {
         }
     }
 
-    fn text(status: u16, body: &str) -> Self {
+    pub(super) fn text(status: u16, body: &str) -> Self {
         Self {
             status,
             content_type: "text/plain",
@@ -136,6 +183,8 @@ impl Response {
             400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            409 => "Conflict",
+            503 => "Service Unavailable",
             _ => "Internal Server Error",
         };
         let mut out = format!(

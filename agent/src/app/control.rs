@@ -34,7 +34,11 @@ use crate::{
     },
 };
 
+mod commands;
+mod overrides;
 mod routes;
+
+pub use overrides::{OverrideError, Overrides};
 
 /// How often policy files are checked for changes (SIGHUP reloads at once).
 const POLICY_POLL: Duration = Duration::from_secs(2);
@@ -55,6 +59,10 @@ pub struct Control {
     pub processes: BTreeMap<u32, Arc<Workload>>,
     pub policy_stamp: Vec<(std::path::PathBuf, SystemTime)>,
     pub events: Option<EventReader>,
+    pub overrides: Overrides,
+    pub commands: tokio::sync::mpsc::Receiver<crate::admin::Envelope>,
+    /// Audit commits of kernel refusals in flight; awaited before the agent exits.
+    pub refusals: tokio::task::JoinSet<()>,
 }
 
 impl Control {
@@ -106,6 +114,10 @@ impl Control {
                 _ = resolve.tick() => self.periodic().await,
                 _ = poll.tick() => if stamp(&self.config.policies) != self.policy_stamp { self.reload().await },
                 _ = hup.recv() => self.reload().await,
+                Some(envelope) = self.commands.recv() => {
+                    let answer = self.command(envelope.command).await;
+                    let _ = envelope.reply.send(answer);
+                }
                 result = next_events(reader.as_mut(), &mut events) => {
                     if let Err(e) = result {
                         error!(error = %e, "kernel event stream failed; exec events are no longer seen");
@@ -119,6 +131,17 @@ impl Control {
         }
         info!("stopping: no new connections; draining open ones");
         Ok(())
+    }
+
+    /// Waits (bounded) for the kernel refusals still being recorded.
+    pub async fn finish_audit(&mut self) {
+        let all = async { while self.refusals.join_next().await.is_some() {} };
+        if tokio::time::timeout(Duration::from_secs(10), all)
+            .await
+            .is_err()
+        {
+            warn!("some kernel refusals were not recorded before exit");
+        }
     }
 
     /// Clean exit: the kernel refuses protected connects until an agent runs again.
@@ -294,7 +317,7 @@ impl Control {
 
     /// Every kernel refusal is an audit record too: who was stopped, where they were going, why.
     /// Committed in the background: nothing waits on it.
-    fn audit_refusal(&self, caller: &KernelCaller, destination: SocketAddr, refusal: Refusal) {
+    fn audit_refusal(&mut self, caller: &KernelCaller, destination: SocketAddr, refusal: Refusal) {
         let record = routes::kernel_refusal(
             &self.config.node_name,
             caller,
@@ -304,7 +327,8 @@ impl Control {
         );
         let audit = self.audit.clone();
         let metrics = Arc::clone(&self.metrics);
-        tokio::spawn(async move {
+        while self.refusals.try_join_next().is_some() {}
+        self.refusals.spawn(async move {
             if let Err(e) = audit.commit(record).await {
                 metrics.audit_failures.inc();
                 warn!(error = %e, "kernel refusal not recorded");
