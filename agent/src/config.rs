@@ -232,7 +232,9 @@ impl AgentConfig {
     }
 }
 
-fn hostname() -> String {
+/// This host's name, `localhost` when it has none.
+#[must_use]
+pub fn hostname() -> String {
     nix::unistd::gethostname()
         .ok()
         .and_then(|h| h.into_string().ok())

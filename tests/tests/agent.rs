@@ -538,6 +538,19 @@ fn operators_revoke_reinstate_and_break_glass() {
     assert!(!ok && out.contains("no integration named"), "{out}");
     let before = world.destination.accepted();
     assert_ne!(status(&world.probe(&["--send", READ])), Some(200));
+    // A reload of the (unchanged, active) policy files keeps the operator's revocation.
+    world.write_policy("active", &probe_exe());
+    let reloaded = eventually(Duration::from_secs(10), || {
+        world
+            .metric("fhirwall_policy_reloads_total{result=\"ok\"}")
+            .filter(|n| *n >= 2.0)
+    });
+    assert!(reloaded.is_some(), "policy not reloaded");
+    assert_ne!(
+        status(&world.probe(&["--send", READ])),
+        Some(200),
+        "still revoked after a reload"
+    );
     assert!(agent.stop(), "clean exit; log:\n{}", agent.log_text());
     let again = world.start();
     assert_ne!(

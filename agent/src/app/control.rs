@@ -187,15 +187,8 @@ impl Control {
         match Policy::load(&self.config.policies) {
             Ok(policy) => {
                 info!(integrations = policy.integrations.len(), "policy reloaded");
-                let limiter = self
-                    .policy
-                    .borrow()
-                    .limiter
-                    .updated(&policy, std::time::Instant::now());
-                self.policy.send_replace(Arc::new(PolicyState {
-                    policy: Arc::new(policy),
-                    limiter,
-                }));
+                // Operator revocations stay in force over whatever the files say.
+                self.publish(policy);
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
                 self.metrics.policy_stale.set(0);
                 let refreshed = match self.refresh_destinations().await {

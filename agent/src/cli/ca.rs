@@ -77,7 +77,7 @@ pub fn run(command: &CaCommand) -> anyhow::Result<ExitCode> {
 
 /// Creates or keeps the CA; returns what happened, for people.
 fn init(args: &InitArgs) -> anyhow::Result<String> {
-    let node = args.node.clone().unwrap_or_else(hostname);
+    let node = args.node.clone().unwrap_or_else(crate::config::hostname);
     let spec = CaSpec {
         node,
         validity: std::time::Duration::from_hours(args.days.saturating_mul(24)),
@@ -143,13 +143,6 @@ destination, or point them at the sidecar's plain-HTTP listener on loopback.
 ",
         describe(cert).replace('\n', ", ")
     )
-}
-
-fn hostname() -> String {
-    nix::unistd::gethostname()
-        .ok()
-        .and_then(|h| h.into_string().ok())
-        .unwrap_or_else(|| "localhost".into())
 }
 
 #[cfg(test)]
