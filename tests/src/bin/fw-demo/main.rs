@@ -189,7 +189,14 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         }
     };
     if !args.once {
-        live(&fhirwall, &state, &files)?;
+        let try_it = format!(
+            "sh -c 'echo $$ > {}/cgroup.procs && exec curl -s --cacert {} -H \"Authorization: {}\" {}/Claim'",
+            cgroup.child("adhoc-shell")?.display(),
+            share.node_ca.display(),
+            scenario::SHARED_CREDENTIAL,
+            share.base_url
+        );
+        live(&fhirwall, &state, &files, &try_it)?;
     }
     drop(agent);
     println!(
@@ -304,7 +311,7 @@ fn total(ehr: &EhrServer, kind: &str) -> anyhow::Result<u64> {
 }
 
 /// Keeps everything up, printing new audit records as they arrive, until Ctrl-C.
-fn live(fhirwall: &Path, state: &Path, files: &AgentFiles) -> anyhow::Result<()> {
+fn live(fhirwall: &Path, state: &Path, files: &AgentFiles, try_it: &str) -> anyhow::Result<()> {
     let db = state.join("audit.db");
     println!("\n===== fhirwall is running: try it while the demo waits =====");
     println!("   metrics:   curl http://{}/metrics", files.metrics);
@@ -328,10 +335,9 @@ fn live(fhirwall: &Path, state: &Path, files: &AgentFiles) -> anyhow::Result<()>
         fhirwall.display(),
         files.socket.display()
     );
-    println!(
-        "   new audit records appear below (only processes in the demo cgroup are redirected)"
-    );
-    println!("   press Ctrl-C to stop and clean up");
+    println!("   a request from the demo cgroup (only its processes are redirected):");
+    println!("     {try_it}");
+    println!("   new audit records appear below; press Ctrl-C to stop and clean up");
     let mut seen = report::audit_records(fhirwall, &db)?.len();
     while !INTERRUPTED.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(500));

@@ -56,12 +56,12 @@ pub fn render(workload: &Workload, ran: &Ran, records: &[&Value]) -> String {
         .iter()
         .find_map(|r| r["credentialFingerprint"].as_str())
         .map_or_else(
-            || "-".to_owned(),
-            |c| format!("{}...", &c[..c.len().min(15)]),
+            || "none seen (no request was made)".to_owned(),
+            |c| format!("{}... (the host's shared one)", &c[..c.len().min(15)]),
         );
     let _ = writeln!(
         out,
-        "   integration: {integration}   credential: {credential} (the host's shared one)"
+        "   integration: {integration}   credential: {credential}"
     );
     for (i, step) in ran.steps.iter().enumerate() {
         let record = records.get(i);
