@@ -293,11 +293,36 @@ fn upstream_checks(
         .flat_map(|w| &w.expect)
         .filter(|(_, s)| (200..300).contains(s))
         .count();
-    let seen = ehr.access_log().lines().count();
+    let log = ehr.access_log();
+    let seen = log.lines().count();
     if seen != expected || allowed != expected {
         failures.push(format!(
             "nginx saw {seen} requests and workloads got {allowed} successes, expected {expected} \
              (only allowed requests reach the EHR)"
+        ));
+    }
+    // The lab interface's requests carry its own client certificate (policy
+    // credentials.client_certificate), the others none: the EHR can tell integrations apart.
+    let lab = workloads
+        .iter()
+        .find(|w| w.integration == Some("lab-results-interface"))
+        .map_or(0, |w| {
+            w.expect
+                .iter()
+                .filter(|(_, s)| (200..300).contains(s))
+                .count()
+        });
+    let with_cert = log
+        .lines()
+        .filter(|l| l.contains("client_cert=\"CN=lab-results-interface\""))
+        .count();
+    println!(
+        "\n   the EHR (nginx) saw {seen} requests, {with_cert} of them with the lab interface's own \
+         client certificate (mTLS per integration)"
+    );
+    if with_cert != lab {
+        failures.push(format!(
+            "nginx saw {with_cert} requests with the lab interface's client certificate, expected {lab}"
         ));
     }
     Ok(failures)
