@@ -16,6 +16,7 @@
 //! programs, users, files under /opt) is removed on exit, on failure and on Ctrl-C.
 
 mod host;
+mod live;
 mod report;
 mod scenario;
 mod setup;
@@ -26,7 +27,7 @@ use std::{
     path::{Path, PathBuf},
     process::ExitCode,
     sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use anyhow::{Context as _, bail};
@@ -196,7 +197,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
             scenario::SHARED_CREDENTIAL,
             share.base_url
         );
-        live(&fhirwall, &state, &files, &try_it)?;
+        live::live(&fhirwall, &state, &files, &try_it)?;
     }
     drop(agent);
     println!(
@@ -218,7 +219,7 @@ fn scenario_and_summary(
     files: &AgentFiles,
     ehr: &EhrServer,
 ) -> anyhow::Result<bool> {
-    let observations_before = total(ehr, "Observation")?;
+    let observations_before = report::total(ehr, "Observation")?;
     let mut ran = Vec::new();
     for w in workloads {
         interrupted()?;
@@ -238,7 +239,12 @@ fn scenario_and_summary(
         print!("{}", report::render(w, r, &mine));
         failures.extend(report::check(w, r, &mine));
     }
-    failures.extend(upstream_checks(ehr, workloads, &ran, observations_before)?);
+    failures.extend(report::upstream_checks(
+        ehr,
+        workloads,
+        &ran,
+        observations_before,
+    )?);
     println!("\n===== audit trail =====");
     match report::verify(fhirwall, &db) {
         Ok(text) => println!("   fhirwall audit verify: {text}"),
@@ -261,126 +267,6 @@ fn scenario_and_summary(
         println!("   FAILED: {f}");
     }
     Ok(failures.is_empty())
-}
-
-/// What reached the EHR: the lab interface's two results were stored; nginx saw exactly the
-/// allowed requests and nothing that was denied.
-fn upstream_checks(
-    ehr: &EhrServer,
-    workloads: &[scenario::Workload],
-    ran: &[scenario::Ran],
-    observations_before: u64,
-) -> anyhow::Result<Vec<String>> {
-    let mut failures = Vec::new();
-    let after = total(ehr, "Observation")?;
-    if after != observations_before + 2 {
-        failures.push(format!(
-            "the EHR holds {after} Observations, expected {} (the lab interface's two results)",
-            observations_before + 2
-        ));
-    }
-    let allowed = ran
-        .iter()
-        .flat_map(|r| &r.steps)
-        .filter(|s| {
-            s["status"]
-                .as_u64()
-                .is_some_and(|c| (200..300).contains(&c))
-        })
-        .count();
-    let expected: usize = workloads
-        .iter()
-        .flat_map(|w| &w.expect)
-        .filter(|(_, s)| (200..300).contains(s))
-        .count();
-    let log = ehr.access_log();
-    let seen = log.lines().count();
-    if seen != expected || allowed != expected {
-        failures.push(format!(
-            "nginx saw {seen} requests and workloads got {allowed} successes, expected {expected} \
-             (only allowed requests reach the EHR)"
-        ));
-    }
-    // The lab interface's requests carry its own client certificate (policy
-    // credentials.client_certificate), the others none: the EHR can tell integrations apart.
-    let lab = workloads
-        .iter()
-        .find(|w| w.integration == Some("lab-results-interface"))
-        .map_or(0, |w| {
-            w.expect
-                .iter()
-                .filter(|(_, s)| (200..300).contains(s))
-                .count()
-        });
-    let with_cert = log
-        .lines()
-        .filter(|l| l.contains("client_cert=\"CN=lab-results-interface\""))
-        .count();
-    println!(
-        "\n   the EHR (nginx) saw {seen} requests, {with_cert} of them with the lab interface's own \
-         client certificate (mTLS per integration)"
-    );
-    if with_cert != lab {
-        failures.push(format!(
-            "nginx saw {with_cert} requests with the lab interface's client certificate, expected {lab}"
-        ));
-    }
-    Ok(failures)
-}
-
-fn total(ehr: &EhrServer, kind: &str) -> anyhow::Result<u64> {
-    let bundle = ehr.get(&format!("/{kind}?_summary=count"))?;
-    bundle["total"]
-        .as_u64()
-        .with_context(|| format!("hfs gave no total for {kind}"))
-}
-
-/// Keeps everything up, printing new audit records as they arrive, until Ctrl-C.
-fn live(fhirwall: &Path, state: &Path, files: &AgentFiles, try_it: &str) -> anyhow::Result<()> {
-    let db = state.join("audit.db");
-    println!("\n===== fhirwall is running: try it while the demo waits =====");
-    println!("   metrics:   curl http://{}/metrics", files.metrics);
-    println!(
-        "   workloads: {} workloads --socket {}",
-        fhirwall.display(),
-        files.socket.display()
-    );
-    println!(
-        "   audit:     {} audit query --db {} --decision deny",
-        fhirwall.display(),
-        db.display()
-    );
-    println!(
-        "   report:    {} audit report --db {} --integration payer-claims-batch --since 1h",
-        fhirwall.display(),
-        db.display()
-    );
-    println!(
-        "   revoke:    {} revoke payer-claims-batch --reason 'credential leaked' --socket {}",
-        fhirwall.display(),
-        files.socket.display()
-    );
-    println!("   a request from the demo cgroup (only its processes are redirected):");
-    println!("     {try_it}");
-    println!("   new audit records appear below; press Ctrl-C to stop and clean up");
-    let mut seen = report::audit_records(fhirwall, &db)?.len();
-    while !INTERRUPTED.load(Ordering::SeqCst) {
-        std::thread::sleep(Duration::from_millis(500));
-        let records = report::audit_records(fhirwall, &db)?;
-        for r in records.iter().skip(seen) {
-            println!(
-                "   {} {} {} {} -> {} ({})",
-                r["decision"].as_str().unwrap_or("?"),
-                r["workload"]["exe"].as_str().unwrap_or("?"),
-                r["method"].as_str().unwrap_or("?"),
-                r["resourceType"].as_str().unwrap_or("-"),
-                r["integration"].as_str().unwrap_or("unregistered"),
-                r["reason"].as_str().unwrap_or("allowed")
-            );
-        }
-        seen = records.len();
-    }
-    Ok(())
 }
 
 fn say(text: &str) {

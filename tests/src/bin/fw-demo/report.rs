@@ -4,9 +4,10 @@
 use std::{fmt::Write as _, path::Path, process::Command};
 
 use anyhow::{Context as _, bail};
+use fhirwall_tests::ehr::EhrServer;
 use serde_json::Value;
 
-use crate::scenario::{Ran, SHARED_CREDENTIAL, Workload};
+use crate::scenario::{self, Ran, SHARED_CREDENTIAL, Workload};
 
 /// `fhirwall audit query --format json` (every record, oldest first).
 pub fn audit_records(fhirwall: &Path, db: &Path) -> anyhow::Result<Vec<Value>> {
@@ -222,4 +223,76 @@ pub fn metrics_excerpt(text: &str) -> String {
             let _ = writeln!(out, "   {l}");
             out
         })
+}
+
+/// What reached the EHR: the lab interface's two results were stored; nginx saw exactly the
+/// allowed requests and nothing that was denied.
+pub fn upstream_checks(
+    ehr: &EhrServer,
+    workloads: &[scenario::Workload],
+    ran: &[scenario::Ran],
+    observations_before: u64,
+) -> anyhow::Result<Vec<String>> {
+    let mut failures = Vec::new();
+    let after = total(ehr, "Observation")?;
+    if after != observations_before + 2 {
+        failures.push(format!(
+            "the EHR holds {after} Observations, expected {} (the lab interface's two results)",
+            observations_before + 2
+        ));
+    }
+    let allowed = ran
+        .iter()
+        .flat_map(|r| &r.steps)
+        .filter(|s| {
+            s["status"]
+                .as_u64()
+                .is_some_and(|c| (200..300).contains(&c))
+        })
+        .count();
+    let expected: usize = workloads
+        .iter()
+        .flat_map(|w| &w.expect)
+        .filter(|(_, s)| (200..300).contains(s))
+        .count();
+    let log = ehr.access_log();
+    let seen = log.lines().count();
+    if seen != expected || allowed != expected {
+        failures.push(format!(
+            "nginx saw {seen} requests and workloads got {allowed} successes, expected {expected} \
+             (only allowed requests reach the EHR)"
+        ));
+    }
+    // The lab interface's requests carry its own client certificate (policy
+    // credentials.client_certificate), the others none: the EHR can tell integrations apart.
+    let lab = workloads
+        .iter()
+        .find(|w| w.integration == Some("lab-results-interface"))
+        .map_or(0, |w| {
+            w.expect
+                .iter()
+                .filter(|(_, s)| (200..300).contains(s))
+                .count()
+        });
+    let with_cert = log
+        .lines()
+        .filter(|l| l.contains("client_cert=\"CN=lab-results-interface\""))
+        .count();
+    println!(
+        "\n   the EHR (nginx) saw {seen} requests, {with_cert} of them with the lab interface's own \
+         client certificate (mTLS per integration)"
+    );
+    if with_cert != lab {
+        failures.push(format!(
+            "nginx saw {with_cert} requests with the lab interface's client certificate, expected {lab}"
+        ));
+    }
+    Ok(failures)
+}
+
+pub fn total(ehr: &EhrServer, kind: &str) -> anyhow::Result<u64> {
+    let bundle = ehr.get(&format!("/{kind}?_summary=count"))?;
+    bundle["total"]
+        .as_u64()
+        .with_context(|| format!("hfs gave no total for {kind}"))
 }
