@@ -29,6 +29,7 @@ mod error;
 mod path;
 mod patient;
 mod query;
+mod reference_targets;
 mod request;
 mod resource_type;
 mod route;
@@ -45,6 +46,7 @@ pub use self::{
         ChainLink, Include, Modifier, Query, RawParam, ReverseChainLink, SearchParam, SortKey,
         Summary, Total, comparator_prefix,
     },
+    reference_targets::reference_targets,
     request::{
         Compartment, FhirRequest, HttpRequest, Interaction, Method, Operation, OperationLevel,
     },

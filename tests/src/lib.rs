@@ -14,6 +14,11 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 pub mod agent;
+pub mod client_libs;
+pub mod confined;
+pub mod ehr;
+pub mod http1;
+pub mod synthetic;
 
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
@@ -70,8 +75,13 @@ pub struct TestCgroup {
 
 impl TestCgroup {
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_prefix("fhirwall-test")
+    }
+
+    /// A cgroup named `<prefix>-<pid>-<n>` under the cgroup v2 root (the demo uses its own).
+    pub fn with_prefix(prefix: &str) -> anyhow::Result<Self> {
         let root = fhirwall::kernel::CgroupRoot::discover().context("finding cgroup v2")?;
-        let dir = root.mount.join(unique("fhirwall-test"));
+        let dir = root.mount.join(unique(prefix));
         fs::create_dir(&dir).with_context(|| format!("creating {}", dir.display()))?;
         Ok(Self { dir })
     }
@@ -123,8 +133,14 @@ pub struct PinDir {
 impl PinDir {
     #[must_use]
     pub fn new() -> Self {
+        Self::with_prefix("fhirwall-test")
+    }
+
+    /// `/sys/fs/bpf/<prefix>-<pid>-<n>`.
+    #[must_use]
+    pub fn with_prefix(prefix: &str) -> Self {
         Self {
-            path: PathBuf::from("/sys/fs/bpf").join(unique("fhirwall-test")),
+            path: PathBuf::from("/sys/fs/bpf").join(unique(prefix)),
         }
     }
 }

@@ -7,6 +7,7 @@
 //!   demo    setup if needed, then run the end-to-end demo
 //!   bench   run the criterion benchmarks
 
+mod demo;
 mod setup;
 mod sh;
 mod test;
@@ -32,6 +33,16 @@ enum Command {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Run the end-to-end demo: a real FHIR server, the agent with policies/, sample workloads
+    /// sharing one credential (root).
+    Demo {
+        /// Run the scenario once, check every expectation, exit non-zero if one fails.
+        #[arg(long)]
+        once: bool,
+        /// Unregistered processes are refused at connect() instead of answered 403.
+        #[arg(long)]
+        kernel_enforcement: bool,
+    },
     /// Run benchmarks: all, or one of kernel, classify, attribution, http, audit.
     Bench { which: Option<String> },
 }
@@ -51,6 +62,10 @@ fn main() -> anyhow::Result<()> {
             ])
         }
         Command::Test { args } => test::run(&args),
+        Command::Demo {
+            once,
+            kernel_enforcement,
+        } => demo::run(once, kernel_enforcement),
         Command::Bench { which } => bench(which.as_deref()),
     }
 }

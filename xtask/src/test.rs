@@ -14,7 +14,7 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
         }
         eprintln!("not root: kernel and end-to-end tests will report themselves SKIPPED");
     }
-    remove_stale_test_objects();
+    remove_stale_objects("fhirwall-test-");
     // The tests start workspace binaries (fw-probe, fhirwall): build them first.
     sh::cargo(&[
         "build",
@@ -31,9 +31,9 @@ pub fn run(extra: &[String]) -> anyhow::Result<()> {
     sh::cargo(&args)
 }
 
-/// Test cgroups and bpffs pins left by a test run that was killed (guards could not run).
-/// Only objects whose creating process is gone are removed.
-fn remove_stale_test_objects() {
+/// Test (or demo) cgroups and bpffs pins left by a run that was killed (guards could not run):
+/// `<prefix><pid>-...`. Only objects whose creating process is gone are removed.
+pub fn remove_stale_objects(prefix: &str) {
     let cgroup_root = fs::read_to_string("/proc/mounts").ok().and_then(|mounts| {
         mounts.lines().find_map(|l| {
             let f: Vec<&str> = l.split_whitespace().collect();
@@ -49,10 +49,7 @@ fn remove_stale_test_objects() {
         };
         for entry in entries.flatten() {
             let name = entry.file_name().to_string_lossy().into_owned();
-            let Some(pid) = name
-                .strip_prefix("fhirwall-test-")
-                .and_then(|r| r.split('-').next())
-            else {
+            let Some(pid) = name.strip_prefix(prefix).and_then(|r| r.split('-').next()) else {
                 continue;
             };
             if !Path::new("/proc").join(pid).exists() {

@@ -251,8 +251,10 @@ impl<'a> Checker<'a> {
     }
 
     /// Types a search reaches beyond its own: `_include` targets and `:iterate` sources need
-    /// `r`, `_revinclude` sources need `r`, `_has` and chain types need `s`. An include or
-    /// chain that does not name its type could reach any type and is refused.
+    /// `r`, `_revinclude` sources need `r`, `_has` and chain types need `s`. An include without
+    /// a target type reaches every type its parameter can reference (`fhir::reference_targets`);
+    /// one of an unknown parameter, or a chain that does not name its type, could reach any type
+    /// and is refused.
     fn reached(
         &self,
         searched: Option<ResourceType>,
@@ -277,15 +279,26 @@ impl<'a> Checker<'a> {
             } else {
                 Reach::Include
             };
-            let (Some(source), Some(_)) = (include.source_type, &include.search_param) else {
+            let (Some(source), Some(param)) =
+                (include.source_type, include.search_param.as_deref())
+            else {
                 return Err(Why::Unnamed { via });
             };
             if include.reverse {
                 reach(via, source, Perm::Read)?;
                 continue;
             }
-            let target = include.target_type.ok_or(Why::Unnamed { via })?;
-            reach(via, target, Perm::Read)?;
+            // Without a target type the include returns whatever the parameter references:
+            // every type it can point at must be readable (unknown parameters stay refused).
+            let targets = match &include.target_type {
+                Some(target) => std::slice::from_ref(target),
+                None => {
+                    crate::fhir::reference_targets(source, param).ok_or(Why::Unnamed { via })?
+                }
+            };
+            for target in targets {
+                reach(via, *target, Perm::Read)?;
+            }
             if Some(source) != searched {
                 reach(via, source, Perm::Read)?;
             }

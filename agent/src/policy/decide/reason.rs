@@ -264,8 +264,8 @@ impl fmt::Display for Why<'_> {
             ),
             Why::Unnamed { via } => write!(
                 f,
-                "{} without a source parameter and target type can reach any type: write \
-                 Type:param:Target",
+                "{} without a target type, of `*` or of a parameter whose targets fhirwall does \
+                 not know, can reach any type: write Type:param:Target",
                 via.as_str()
             ),
             Why::Opaque { param } => write!(

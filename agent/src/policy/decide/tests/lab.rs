@@ -162,13 +162,15 @@ fn reached_types_need_their_own_scopes() {
         )
         .deny(rule("scopes"), "a chained parameter reaches Practitioner"),
         lab(
-            "include without a target type",
+            "include without a target type reaches the subject's types",
             format!("{q}&_include=Observation:subject"),
         )
-        .deny(
-            rule("scopes"),
-            "_include without a source parameter and target type",
-        ),
+        .deny(rule("scopes"), "_include reaches Patient"),
+        lab(
+            "include without a target type of an unknown parameter",
+            format!("{q}&_include=Observation:based-on"),
+        )
+        .deny(rule("scopes"), "without a target type"),
         lab("include of everything", format!("{q}&_include=*"))
             .deny(rule("scopes"), "can reach any type"),
         lab(

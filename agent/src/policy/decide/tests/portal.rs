@@ -56,6 +56,15 @@ fn confined_to_the_signed_in_patient() {
             .allow(rule("scope[1]")),
         portal("revinclude of provenance", format!("GET /Patient/{ME}/Observation?_revinclude=Provenance:target"))
             .deny(rule("patient"), "_revinclude and :iterate"),
+        // Without a target type, an include needs read on every type the parameter references.
+        portal("include of the patient without a target type", format!("GET /Patient/{ME}/Observation?_include=Observation:patient"))
+            .allow(rule("scope[1]")),
+        portal("include of the subject without a target type", format!("GET /Patient/{ME}/Observation?_include=Observation:subject"))
+            .deny(rule("scopes"), "_include reaches Group, which needs permission `r`"),
+        portal("include of a medication without a target type", format!("GET /Patient/{ME}/MedicationRequest?_include=MedicationRequest:medication"))
+            .allow(rule("scope[3]")),
+        portal("include of an unknown parameter without a target type", format!("GET /Patient/{ME}/Observation?_include=Observation:derived-from"))
+            .deny(rule("scopes"), "can reach any type"),
         portal("include of specimens", format!("GET /Patient/{ME}/Observation?_include=Observation:specimen:Specimen"))
             .deny(rule("scopes"), "_include reaches Specimen, which needs permission `r`"),
         portal("chain to the patient's name", format!("GET /Patient/{ME}/Observation?subject:Patient.name=x"))
