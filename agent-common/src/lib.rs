@@ -130,6 +130,10 @@ const _: () = assert!(size_of::<WorkloadKey>() == 16);
 
 pub const VERDICT_ALLOW: u32 = 1;
 pub const VERDICT_DENY: u32 = 2;
+/// Written by the exec hook with `enforcement: kernel`: a process the agent has not classified
+/// yet. Its connects go to the sidecar, which decides (and refuses unregistered workloads) until
+/// the agent replaces the entry. Less specific entries (cgroup, uid) still apply.
+pub const VERDICT_PENDING: u32 = 3;
 
 /// `FW_WORKLOADS` value: what the kernel does with a workload's connects to protected destinations.
 #[repr(C)]

@@ -22,7 +22,8 @@ use fhirwall_common::{
     KEY_UID, PROTECTED_RECORD_ONLY, ProtectedKey, REASON_AGENT_DOWN, REASON_NONE, REASON_NOT_TCP,
     REASON_STORE_FULL, REASON_UNREGISTERED, STAT_AGENT_PASSED, STAT_REDIRECTED,
     STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED, STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL,
-    STAT_REFUSED_UNREGISTERED, VERDICT_DENY, WorkloadKey, v4_mapped,
+    STAT_REFUSED_UNREGISTERED, VERDICT_DENY, VERDICT_PENDING, WorkloadKey, WorkloadVerdict,
+    v4_mapped,
 };
 
 use crate::maps::{FW_CONFIG, FW_HEARTBEAT, FW_PROTECTED, FW_SOCKETS, FW_WORKLOADS, count, emit};
@@ -103,6 +104,23 @@ pub fn exec_event() {
         record: current(0),
     };
     event.record.family = 0;
+    // With `enforcement: kernel`, a new image is unknown until the agent classifies it: until
+    // then its connects go to the sidecar (which decides) instead of being refused outright.
+    if let Some(cfg) = FW_CONFIG.get(0)
+        && cfg.flags & CONFIG_F_KERNEL_ENFORCEMENT != 0
+    {
+        let key = WorkloadKey {
+            kind: KEY_TGID,
+            pad: 0,
+            id: u64::from(event.record.tgid),
+        };
+        let pending = WorkloadVerdict {
+            verdict: VERDICT_PENDING,
+            reason: REASON_NONE,
+        };
+        // A full map leaves the process unregistered: refused, not let through.
+        let _ = FW_WORKLOADS.insert(key, pending, 0);
+    }
     emit(&event);
 }
 
@@ -244,6 +262,7 @@ fn workload_refusal(cfg: &Config, record: &ConnRecord) -> Option<u32> {
         (CONFIG_F_HAS_CGROUP, KEY_CGROUP, record.cgroup_id),
         (CONFIG_F_HAS_UID, KEY_UID, u64::from(record.uid)),
     ];
+    let mut pending = false;
     for (flag, kind, id) in keys {
         if cfg.flags & flag == 0 {
             continue;
@@ -251,10 +270,14 @@ fn workload_refusal(cfg: &Config, record: &ConnRecord) -> Option<u32> {
         if let Some(found) = FW_WORKLOADS.get_ptr(WorkloadKey { kind, pad: 0, id }) {
             // SAFETY: pointer returned by a successful lookup, valid for this program run.
             let verdict = unsafe { *found };
+            if verdict.verdict == VERDICT_PENDING {
+                pending = true;
+                continue;
+            }
             return (verdict.verdict == VERDICT_DENY).then_some(verdict.reason);
         }
     }
-    (cfg.flags & CONFIG_F_KERNEL_ENFORCEMENT != 0).then_some(REASON_UNREGISTERED)
+    (!pending && cfg.flags & CONFIG_F_KERNEL_ENFORCEMENT != 0).then_some(REASON_UNREGISTERED)
 }
 
 fn store_record(record: &ConnRecord) -> bool {

@@ -326,7 +326,20 @@ fn kernel_enforcement_refuses_unregistered_workloads() {
         return;
     }
     let mut fx = Fixture::new(true);
-    let report = Fixture::probe(&fx.work, &[], fx.protected_v4);
+    // A process the agent has not classified yet (the exec hook marked it pending) goes to the
+    // sidecar, which decides: never refused just for being new.
+    let fresh = Fixture::probe(&fx.work, &[], fx.protected_v4);
+    assert_eq!(sidecar_answer(&fresh)["found"], true, "{fresh}");
+    // Once the agent has found it unregistered (no entry), the kernel refuses it.
+    let work = fx.work.to_str().expect("utf-8").to_owned();
+    let dst = fx.protected_v4.to_string();
+    let mut probe =
+        Probe::spawn(&["--cgroup", &work, "--wait", "--send", "x", &dst]).expect("probe");
+    fx.kernel
+        .set_workload(WorkloadEntry::Process(probe.pid), None)
+        .expect("classified");
+    probe.go().expect("go");
+    let report = probe.report().expect("report");
     assert_eq!(report["errno"], EPERM, "{report}");
     let registered = BTreeMap::from([(
         WorkloadEntry::Cgroup(TestCgroup::id(&fx.work)),

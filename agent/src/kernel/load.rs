@@ -303,7 +303,8 @@ impl Kernel {
         let s = &self.settings;
         let mut flags = self.kinds;
         if s.kernel_enforcement {
-            flags |= CONFIG_F_KERNEL_ENFORCEMENT;
+            // The exec hook writes pending process entries in this mode: look them up.
+            flags |= CONFIG_F_KERNEL_ENFORCEMENT | CONFIG_F_HAS_TGID;
         }
         if self.ready {
             flags |= CONFIG_F_READY;

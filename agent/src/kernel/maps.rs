@@ -233,32 +233,38 @@ impl ControlMaps {
             .iter()
             .map(|(e, v)| (e.key(), verdict_value(*v)))
             .collect();
-        let present = match self.workloads_mirror.take() {
-            Some(mirror) => mirror,
-            None => self.workloads.iter().filter_map(Result::ok).collect(),
-        };
+        // Read back from the kernel rather than the mirror: the exec hook writes pending entries
+        // of its own, and those of processes that have exited must go.
+        let present: std::collections::HashMap<WorkloadKey, WorkloadVerdict> =
+            self.workloads.iter().filter_map(Result::ok).collect();
         for (key, value) in wanted.iter().filter(|(k, v)| present.get(k) != Some(v)) {
             self.workloads
                 .insert(key, value, 0)
                 .map_err(map_err(MAP_WORKLOADS))?;
         }
-        for key in present.keys().filter(|k| !wanted.contains_key(k)) {
+        for (key, value) in present.iter().filter(|(k, _)| !wanted.contains_key(k)) {
+            if is_pending_for_a_live_process(key, value) {
+                continue; // its exec event is still on its way: the agent will decide it then
+            }
             remove_if_present(&mut self.workloads, key, MAP_WORKLOADS)?;
         }
         self.workloads_mirror = Some(wanted);
         Ok(())
     }
 
-    /// Sets or clears one workload's verdict (an exec or an exit), without a full resync.
+    /// Sets or clears one workload's verdict (an exec or an exit), without a full resync. Process
+    /// entries are always written: the exec hook may have put a pending entry there that the
+    /// mirror does not know.
     pub fn set_workload(
         &mut self,
         entry: WorkloadEntry,
         verdict: Option<Verdict>,
     ) -> Result<(), KernelError> {
         let key = entry.key();
+        let is_process = matches!(entry, WorkloadEntry::Process(_));
         let mirror = self.workloads_mirror.get_or_insert_with(Default::default);
         match verdict.map(verdict_value) {
-            Some(value) if mirror.get(&key) == Some(&value) => Ok(()),
+            Some(value) if !is_process && mirror.get(&key) == Some(&value) => Ok(()),
             Some(value) => {
                 if !mirror.contains_key(&key) && mirror.len() >= WORKLOADS_CAPACITY as usize {
                     return Err(KernelError::MapFull {
@@ -272,7 +278,7 @@ impl ControlMaps {
                 mirror.insert(key, value);
                 Ok(())
             }
-            None if mirror.remove(&key).is_some() => {
+            None if mirror.remove(&key).is_some() || is_process => {
                 remove_if_present(&mut self.workloads, &key, MAP_WORKLOADS)
             }
             None => Ok(()),
@@ -338,6 +344,15 @@ fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, KernelEr
         events_dropped: sum(STAT_EVENTS_DROPPED)?,
         agent_passed: sum(STAT_AGENT_PASSED)?,
     })
+}
+
+/// A pending entry the exec hook wrote for a process that still runs.
+fn is_pending_for_a_live_process(key: &WorkloadKey, value: &WorkloadVerdict) -> bool {
+    value.verdict == fhirwall_common::VERDICT_PENDING
+        && key.kind == KEY_TGID
+        && std::path::Path::new("/proc")
+            .join(key.id.to_string())
+            .exists()
 }
 
 fn remove_if_present<K: aya::Pod, V: aya::Pod>(
