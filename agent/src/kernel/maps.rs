@@ -243,7 +243,7 @@ impl ControlMaps {
                 .map_err(map_err(MAP_WORKLOADS))?;
         }
         for (key, value) in present.iter().filter(|(k, _)| !wanted.contains_key(k)) {
-            if is_pending_for_a_live_process(key, value) {
+            if is_pending_for_a_live_process(key, *value) {
                 continue; // its exec event is still on its way: the agent will decide it then
             }
             remove_if_present(&mut self.workloads, key, MAP_WORKLOADS)?;
@@ -347,7 +347,7 @@ fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, KernelEr
 }
 
 /// A pending entry the exec hook wrote for a process that still runs.
-fn is_pending_for_a_live_process(key: &WorkloadKey, value: &WorkloadVerdict) -> bool {
+fn is_pending_for_a_live_process(key: &WorkloadKey, value: WorkloadVerdict) -> bool {
     value.verdict == fhirwall_common::VERDICT_PENDING
         && key.kind == KEY_TGID
         && std::path::Path::new("/proc")
