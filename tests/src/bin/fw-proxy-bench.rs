@@ -348,9 +348,39 @@ fn wrk(subject: &Subject, seconds: u64) -> anyhow::Result<report::Wrk> {
 
 fn saturation(subject: &Subject, seconds: u64) -> anyhow::Result<Saturation> {
     let before = cpu_ticks(&subject.pids);
+    let threads = thread_times(&subject.pids);
     let wrk = wrk(subject, seconds)?;
     let ticks = cpu_ticks(&subject.pids) - before;
-    Ok(Saturation::new(wrk, ticks, seconds))
+    let threads = report::per_request(&threads, &thread_times(&subject.pids), wrk.requests);
+    Ok(Saturation::new(wrk, ticks, threads))
+}
+
+/// Per thread name: nanoseconds on a CPU and waiting for one (`/proc/.../schedstat`), summed
+/// over the threads of that name.
+fn thread_times(pids: &[u32]) -> report::ThreadTimes {
+    let mut times = report::ThreadTimes::new();
+    for pid in pids {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let path = task.path();
+            let (Ok(comm), Ok(stat)) = (
+                fs::read_to_string(path.join("comm")),
+                fs::read_to_string(path.join("schedstat")),
+            ) else {
+                continue;
+            };
+            let mut fields = stat
+                .split_whitespace()
+                .map(|f| f.parse::<u64>().unwrap_or(0));
+            let (on_cpu, waiting) = (fields.next().unwrap_or(0), fields.next().unwrap_or(0));
+            let entry = times.entry(comm.trim().to_owned()).or_default();
+            entry.0 += on_cpu;
+            entry.1 += waiting;
+        }
+    }
+    times
 }
 
 /// utime + stime of `pids`, in clock ticks (1/100 s).
@@ -384,6 +414,7 @@ fn client_command(subject: &Subject, mode: &str) -> anyhow::Result<Command> {
 }
 
 fn fixed_rate(subject: &Subject, rate: f64, seconds: u64) -> anyhow::Result<Half> {
+    let threads = thread_times(&subject.pids);
     let out = client_command(subject, "load")?
         .args(["--rate", &rate.to_string()])
         .args(["--seconds", &seconds.to_string()])
@@ -398,7 +429,13 @@ fn fixed_rate(subject: &Subject, rate: f64, seconds: u64) -> anyhow::Result<Half
         );
     }
     let result: Value = serde_json::from_slice(&out.stdout)?;
-    Half::from_json(&result).with_context(|| format!("{}: {result}", subject.label))
+    let mut half =
+        Half::from_json(&result).with_context(|| format!("{}: {result}", subject.label))?;
+    // The client's window excludes its warm-up; the thread times include it: count those
+    // requests too.
+    let requests = half.rps * Duration::from_secs(seconds + 2).as_secs_f64();
+    half.threads = report::per_request(&threads, &thread_times(&subject.pids), requests);
+    Ok(half)
 }
 
 fn rss_kib(pids: &[u32]) -> u64 {

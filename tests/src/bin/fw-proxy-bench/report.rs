@@ -60,16 +60,42 @@ fn micros(text: &str) -> Option<f64> {
     Some(number.parse::<f64>().ok()? * scale)
 }
 
+/// Per thread name: (nanoseconds on a CPU, nanoseconds runnable but waiting for a CPU).
+pub type ThreadTimes = BTreeMap<String, (u64, u64)>;
+
+/// Per thread name: microseconds per request on a CPU and waiting for one, between two readings.
+#[expect(
+    clippy::cast_precision_loss,
+    reason = "nanosecond totals of a run are far below 2^52"
+)]
+pub fn per_request(
+    before: &ThreadTimes,
+    after: &ThreadTimes,
+    requests: f64,
+) -> BTreeMap<String, (f64, f64)> {
+    after
+        .iter()
+        .map(|(name, (on, wait))| {
+            let (on0, wait0) = before.get(name).copied().unwrap_or_default();
+            let us = |now: u64, then: u64| now.saturating_sub(then) as f64 / 1000.0 / requests;
+            (name.clone(), (us(*on, on0), us(*wait, wait0)))
+        })
+        .filter(|(_, (on, wait))| on + wait >= 0.5)
+        .collect()
+}
+
 /// One saturation run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Saturation {
     pub wrk: Wrk,
     /// CPU time of the subject's processes per request, in microseconds.
     pub cpu_us_per_request: f64,
+    /// Per thread name, microseconds per request on a CPU and waiting for one.
+    pub threads: BTreeMap<String, (f64, f64)>,
 }
 
 impl Saturation {
-    pub fn new(wrk: Wrk, ticks: f64, _seconds: u64) -> Self {
+    pub fn new(wrk: Wrk, ticks: f64, threads: BTreeMap<String, (f64, f64)>) -> Self {
         // Clock ticks are 1/100 s (USER_HZ) on Linux.
         let cpu_us = ticks * 10_000.0;
         Self {
@@ -79,18 +105,21 @@ impl Saturation {
             } else {
                 0.0
             },
+            threads,
         }
     }
 }
 
 /// One fixed-rate run.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Half {
     pub rps: f64,
     pub p50_us: f64,
     pub p99_us: f64,
     pub p999_us: f64,
     pub errors: u64,
+    /// Per thread name, microseconds per request on a CPU and waiting for one.
+    pub threads: BTreeMap<String, (f64, f64)>,
 }
 
 impl Half {
@@ -101,6 +130,7 @@ impl Half {
             p99_us: v["p99_us"].as_f64()?,
             p999_us: v["p999_us"].as_f64()?,
             errors: v["errors"].as_u64()?,
+            threads: BTreeMap::new(),
         })
     }
 }
@@ -214,6 +244,7 @@ impl Report {
         self.print_saturation();
         self.print_half();
         self.print_idle();
+        self.print_threads();
         self.print_targets();
     }
 
@@ -290,6 +321,52 @@ impl Report {
                 idle.after_kib,
                 idle.per_connection_kib()
             );
+        }
+    }
+
+    /// Where the sidecars' time goes, per thread: on a CPU, and runnable but waiting for one
+    /// (the machine's cores are shared with the client and the upstream).
+    fn print_threads(&self) {
+        println!(
+            "\n4. the sidecar's threads, us per request: on a CPU / waiting for a CPU (schedstat)"
+        );
+        for label in self.order.iter().filter(|l| l.starts_with("fhirwall")) {
+            let samples = [
+                (
+                    "saturation",
+                    self.saturation
+                        .get(label)
+                        .map(|s| s.iter().map(|x| &x.threads).collect::<Vec<_>>()),
+                ),
+                (
+                    "half load",
+                    self.half
+                        .get(label)
+                        .map(|s| s.iter().map(|x| &x.threads).collect()),
+                ),
+            ];
+            for (phase, runs) in samples {
+                let Some(runs) = runs else { continue };
+                let names: std::collections::BTreeSet<&String> =
+                    runs.iter().flat_map(|r| r.keys()).collect();
+                let cells: Vec<String> = names
+                    .iter()
+                    .map(|name| {
+                        let on = median(
+                            runs.iter()
+                                .map(|r| r.get(*name).map_or(0.0, |t| t.0))
+                                .collect(),
+                        );
+                        let wait = median(
+                            runs.iter()
+                                .map(|r| r.get(*name).map_or(0.0, |t| t.1))
+                                .collect(),
+                        );
+                        format!("{name} {on:.1}/{wait:.1}")
+                    })
+                    .collect();
+                println!("  {label:<36} {phase:<11} {}", cells.join(", "));
+            }
         }
     }
 
