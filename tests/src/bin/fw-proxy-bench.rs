@@ -30,13 +30,14 @@
 // A binary's root resolves modules beside it; these live in a folder of the binary's name.
 #[path = "fw-proxy-bench/client.rs"]
 mod client;
+#[path = "fw-proxy-bench/modes.rs"]
+mod modes;
 #[path = "fw-proxy-bench/peers.rs"]
 mod peers;
 #[path = "fw-proxy-bench/report.rs"]
 mod report;
 
 use std::{
-    collections::HashMap,
     fs,
     io::{BufRead as _, BufReader, Write as _},
     net::SocketAddr,
@@ -56,7 +57,7 @@ use fhirwall_tests::{
 use serde_json::Value;
 
 use self::{
-    client::{LoadSpec, Target},
+    client::Target,
     report::{Half, Idle, Report, Saturation},
 };
 
@@ -69,71 +70,11 @@ const PATH: &str = "/Patient/1";
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match args.first().map(String::as_str) {
-        Some("load") => load_command(&options(&args[1..])),
-        Some("idle") => idle_command(&options(&args[1..])),
+        Some("load") => modes::load(&modes::options(&args[1..])),
+        Some("idle") => modes::idle(&modes::options(&args[1..])),
         Some(other) => bail!("unknown mode {other}: fw-proxy-bench [load|idle ...]"),
         None => bench(),
     }
-}
-
-/// `--key value` pairs.
-fn options(args: &[String]) -> HashMap<String, String> {
-    args.chunks(2)
-        .filter_map(|p| Some((p[0].strip_prefix("--")?.to_owned(), p.get(1)?.clone())))
-        .collect()
-}
-
-fn join_cgroup(options: &HashMap<String, String>) -> anyhow::Result<()> {
-    if let Some(dir) = options.get("cgroup") {
-        fs::write(
-            Path::new(dir).join("cgroup.procs"),
-            std::process::id().to_string(),
-        )
-        .context("joining the cgroup")?;
-    }
-    Ok(())
-}
-
-fn target_from(options: &HashMap<String, String>) -> anyhow::Result<Target> {
-    let get = |k: &str| options.get(k).with_context(|| format!("--{k} is required"));
-    Ok(Target {
-        addr: get("addr")?.parse()?,
-        server_name: get("name")?.clone(),
-        ca: get("ca")?.into(),
-    })
-}
-
-fn load_command(options: &HashMap<String, String>) -> anyhow::Result<()> {
-    join_cgroup(options)?;
-    let target = target_from(options)?;
-    let seconds = |k: &str, d: f64| {
-        options
-            .get(k)
-            .and_then(|v| v.parse().ok())
-            .map_or(Duration::from_secs_f64(d), Duration::from_secs_f64)
-    };
-    let spec = LoadSpec {
-        connections: options
-            .get("connections")
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(CONNECTIONS),
-        rate: options.get("rate").and_then(|r| r.parse().ok()),
-        duration: seconds("seconds", 10.0),
-        warmup: seconds("warmup", 2.0),
-        path: options.get("path").cloned().unwrap_or_else(|| PATH.into()),
-    };
-    println!("{}", client::run(&target, &spec)?);
-    Ok(())
-}
-
-fn idle_command(options: &HashMap<String, String>) -> anyhow::Result<()> {
-    join_cgroup(options)?;
-    let target = target_from(options)?;
-    let count = options
-        .get("count")
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(IDLE_CONNECTIONS);
-    client::hold_idle(&target, count, PATH)
 }
 
 /// One thing the clients talk to.
