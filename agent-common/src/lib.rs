@@ -91,7 +91,9 @@ pub struct Config {
     /// Where redirected IPv6 connects go.
     pub sidecar_v6: Addr,
     pub sidecar_port: u16,
-    pub pad0: u16,
+    /// Port of the sidecar's explicit listener, 0 when there is none. Connections to it are
+    /// recorded (not redirected) at connect and re-keyed by `sock_ops` like redirected ones.
+    pub explicit_port: u16,
     /// `SO_MARK` carried by the agent's own upstream sockets.
     pub agent_mark: u32,
     /// `CONFIG_F_*` bits.

@@ -33,15 +33,16 @@ pub fn handle(ctx: &SockOpsContext) {
     }
 }
 
-/// Only connections to the sidecar's port can be redirected ones: every other TCP connection on
-/// the host skips the cookie and map lookups.
+/// Only connections to the sidecar's ports (the transparent one, or the explicit listener's) can
+/// carry a record: every other TCP connection on the host skips the cookie and map lookups.
 fn to_sidecar(ctx: &SockOpsContext) -> bool {
     let Some(cfg) = FW_CONFIG.get(0) else {
         return false;
     };
     // SAFETY: in-bounds u32 field of the sock_ops context.
     let remote_port = unsafe { ptr::read_volatile(ptr::addr_of!((*ctx.ops).remote_port)) };
-    u32::from_be(remote_port) as u16 == cfg.sidecar_port
+    let port = u32::from_be(remote_port) as u16;
+    port == cfg.sidecar_port || (cfg.explicit_port != 0 && port == cfg.explicit_port)
 }
 
 /// The SYN is about to leave: ask for state changes on redirected sockets now, so a connect

@@ -6,7 +6,7 @@ use std::{
     io::{Read as _, Write as _},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command, ExitStatus, Stdio},
     time::Duration,
 };
 
@@ -22,24 +22,57 @@ pub struct AgentFiles {
     pub socket: PathBuf,
     pub metrics: SocketAddr,
     pub transparent_port: u16,
+    /// The agent's state: audit store (`audit.db`) and node CA (`ca/ca.pem`).
+    pub state_dir: PathBuf,
+}
+
+/// Optional parts of a test agent's config.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// `sidecar.explicit`: a plain-HTTP listener forwarding to the named upstream.
+    pub explicit: Option<(SocketAddr, String)>,
+    /// `state_dir`, when not `<dir>/state` (e.g. on tmpfs, to take fsync out of a benchmark).
+    pub state_dir: Option<PathBuf>,
 }
 
 impl AgentFiles {
     /// Writes a config for an agent attached to `cgroup`, pinning under `pin_dir`.
     pub fn new(dir: &Path, cgroup: &TestCgroup, pin_dir: &Path, mark: u32) -> anyhow::Result<Self> {
+        Self::with_options(dir, cgroup, pin_dir, mark, &AgentOptions::default())
+    }
+
+    /// Like [`AgentFiles::new`], with the optional parts of the config.
+    pub fn with_options(
+        dir: &Path,
+        cgroup: &TestCgroup,
+        pin_dir: &Path,
+        mark: u32,
+        options: &AgentOptions,
+    ) -> anyhow::Result<Self> {
         let policies = dir.join("policies");
         fs::create_dir_all(&policies)?;
         let socket = dir.join("admin.sock");
         let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()?));
         let transparent_port = free_port()?;
         let config = dir.join("agent.yaml");
+        let state_dir = options
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| dir.join("state"));
+        let explicit = options
+            .explicit
+            .as_ref()
+            .map(|(listen, upstream)| {
+                format!("  explicit:\n    listen: {listen}\n    upstream: {upstream}\n")
+            })
+            .unwrap_or_default();
         let text = format!(
             "node_name: test-node\npolicies: {policies}\nstate_dir: {state}\n\
-             sidecar:\n  listen_v4: 127.0.0.1\n  listen_v6: \"::1\"\n  transparent_port: {transparent_port}\n  agent_mark: {mark}\n\
+             sidecar:\n  listen_v4: 127.0.0.1\n  listen_v6: \"::1\"\n  transparent_port: {transparent_port}\n  agent_mark: {mark}\n{explicit}\
              kernel:\n  pin_dir: {pins}\n  cgroup: {cgroup}\n  heartbeat_interval_ms: 200\n  heartbeat_timeout_ms: 1000\n\
              admin:\n  socket: {socket}\n  metrics: {metrics}\n",
             policies = policies.display(),
-            state = dir.join("state").display(),
+            state = state_dir.display(),
             pins = pin_dir.display(),
             cgroup = cgroup.dir.display(),
             socket = socket.display(),
@@ -52,7 +85,43 @@ impl AgentFiles {
             socket,
             metrics,
             transparent_port,
+            state_dir,
         })
+    }
+
+    /// The node CA certificate clients must trust (written by the agent at its first start).
+    #[must_use]
+    pub fn node_ca(&self) -> PathBuf {
+        self.state_dir.join("ca/ca.pem")
+    }
+
+    /// A metric's value from the agent's `/metrics`: the first sample whose line starts with
+    /// `name` (labels included, e.g. `fhirwall_connections_total{outcome="attributed"}`).
+    #[must_use]
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        let text = http_get(self.metrics, "/metrics").ok()?;
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+    }
+
+    /// `fhirwall audit query --format json` on this agent's store, filtered by `args`.
+    pub fn audit(&self, args: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+        let db = self.state_dir.join("audit.db");
+        let out = Command::new(target_binary("fhirwall")?)
+            .args(["audit", "query", "--db"])
+            .arg(&db)
+            .args(["--format", "json"])
+            .args(args)
+            .output()
+            .context("fhirwall audit query")?;
+        if !out.status.success() {
+            bail!("audit query: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect())
     }
 
     pub fn write_policy(&self, name: &str, text: &str) -> anyhow::Result<()> {
@@ -114,6 +183,29 @@ impl Agent {
         self.child
             .as_mut()
             .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+    }
+
+    /// The agent's process id, while it runs.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Sends SIGTERM and returns at once (see [`Agent::wait`]).
+    pub fn terminate(&self) {
+        if let Some(pid) = self.pid() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits up to `timeout` for the agent to exit; its exit status if it did.
+    pub fn wait(&mut self, timeout: Duration) -> Option<ExitStatus> {
+        let child = self.child.as_mut()?;
+        let status = eventually(timeout, || child.try_wait().ok().flatten())?;
+        self.child = None;
+        Some(status)
     }
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully in time.

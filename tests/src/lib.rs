@@ -19,6 +19,8 @@ pub mod confined;
 pub mod ehr;
 pub mod http1;
 pub mod synthetic;
+pub mod pki;
+pub mod upstream;
 
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
@@ -266,4 +268,53 @@ pub fn eventually<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Opt
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// A temporary directory, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(prefix: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+
+    #[must_use]
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A command that joins the cgroup `dir` before it execs `program`, so that the kernel programs
+/// attached above `dir` see (and redirect) its connects. Add the arguments with `.args(..)`.
+#[must_use]
+pub fn in_cgroup(dir: &Path, program: &str) -> Command {
+    let mut command = Command::new("sh");
+    command.args([
+        "-c",
+        r#"echo $$ > "$0/cgroup.procs" && exec "$@""#,
+        &dir.display().to_string(),
+        program,
+    ]);
+    command
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS`, `VmHWM`, ...).
+#[must_use]
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }

@@ -43,7 +43,7 @@ enum Command {
         #[arg(long)]
         kernel_enforcement: bool,
     },
-    /// Run benchmarks: all, or one of kernel, classify, attribution, http, audit.
+    /// Run benchmarks: all, or one of kernel, proxy, classify, attribution, http, audit, tls, policy.
     Bench { which: Option<String> },
 }
 
@@ -70,16 +70,33 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
-/// Criterion benchmarks of the agent library, and the kernel benchmark (a binary: it needs root
-/// and the kernel's own accounting rather than criterion's timer).
+/// Criterion benchmarks of the agent library, and the kernel and proxy benchmarks (binaries:
+/// they need root, the kernel's own accounting, real processes and real load generators rather
+/// than criterion's timer).
 fn bench(which: Option<&str>) -> anyhow::Result<()> {
     setup::run(setup::Scope::Build)?;
+    let binaries = || {
+        sh::cargo(&[
+            "build",
+            "--release",
+            "-p",
+            "fhirwall-tests",
+            "-p",
+            "fhirwall",
+            "--bins",
+        ])
+    };
     if which.is_none_or(|w| w == "kernel") {
-        sh::cargo(&["build", "--release", "-p", "fhirwall-tests", "--bins"])?;
+        binaries()?;
         sh::run("target/release/fw-kernel-bench", &[])?;
     }
+    if which.is_none_or(|w| w == "proxy") {
+        setup::bench_peers()?;
+        binaries()?;
+        sh::run("target/release/fw-proxy-bench", &[])?;
+    }
     match which {
-        Some("kernel") => Ok(()),
+        Some("kernel" | "proxy") => Ok(()),
         Some(name) => sh::cargo(&["bench", "-p", "fhirwall", "--bench", name]),
         None => sh::cargo(&["bench", "-p", "fhirwall"]),
     }

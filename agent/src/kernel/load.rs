@@ -177,6 +177,8 @@ impl Kernel {
         listener: Option<std::net::SocketAddr>,
     ) -> Result<(), KernelError> {
         self.explicit = listener;
+        // The programs need its port too (sock_ops re-keys only connections to the sidecar).
+        self.write_config()?;
         self.sync_protected()
     }
 
@@ -314,7 +316,7 @@ impl Kernel {
             sidecar_v4: addr::ipv4_word(s.sidecar_v4),
             sidecar_v6: addr::to_addr(s.sidecar_v6.into()),
             sidecar_port: s.sidecar_port,
-            pad0: 0,
+            explicit_port: self.explicit.map_or(0, |l| l.port()),
             agent_mark: s.agent_mark,
             flags,
             heartbeat_timeout_ms: u32::try_from(s.heartbeat_timeout.as_millis())

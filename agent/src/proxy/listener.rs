@@ -30,7 +30,8 @@ use crate::{attribution::Attributor, metrics::Metrics};
 pub struct Routes {
     /// Resolved upstream addresses.
     pub by_destination: HashMap<SocketAddr, Arc<str>>,
-    /// Certificate name to present when a client sends no SNI, per upstream.
+    /// The upstream's certificate name, also certified (next to the address the client
+    /// connected to) for a client that sends no SNI.
     pub leaf_names: HashMap<Arc<str>, LeafName>,
     /// The upstream of the explicit listener (applications that talk plain HTTP to the sidecar).
     pub explicit: Option<(SocketAddr, Arc<str>)>,
@@ -111,11 +112,10 @@ impl Sidecar {
         let _live = self
             .live
             .register((*workload).clone(), integration, attribution.destination);
-        let fallback = routes
-            .leaf_names
-            .get(&upstream)
-            .cloned()
-            .unwrap_or(LeafName::Ip(attribution.destination.ip()));
+        let fallback = LeafName::without_sni(
+            attribution.destination.ip(),
+            routes.leaf_names.get(&upstream),
+        );
         let downstream = match self.terminator.accept_detect(tcp, &fallback).await {
             Ok(d) => d,
             Err(e) => return self.refuse(e.error_source().as_str(), &e),

@@ -265,7 +265,7 @@ impl LocalCa {
                 .distinguished_name
                 .push(DnType::CommonName, common_name);
         }
-        params.subject_alt_names = vec![name.san()?];
+        params.subject_alt_names = name.sans()?;
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
@@ -306,7 +306,9 @@ fn ca_params(spec: &CaSpec, now: SystemTime) -> Result<CertificateParams, TlsErr
             .iter()
             .map(|d| match LeafName::parse(d)? {
                 LeafName::Dns(d) => Ok(GeneralSubtree::DnsName(d)),
-                LeafName::Ip(_) => Err(TlsError::BadServerName { name: d.clone() }),
+                LeafName::Ip(_) | LeafName::IpWithHost(..) => {
+                    Err(TlsError::BadServerName { name: d.clone() })
+                }
             })
             .collect::<Result<_, _>>()?;
         params.name_constraints = Some(NameConstraints {

@@ -16,6 +16,11 @@ pub enum LeafName {
     /// Certified as an `iPAddress` subject alternative name (clients connecting by address send
     /// no SNI: RFC 6066 section 3 forbids literal addresses in it).
     Ip(IpAddr),
+    /// Certified with both an `iPAddress` and a `dNSName`: the fallback for a client without SNI
+    /// to an upstream known by a host name. Such a client most likely connected by address (and
+    /// checks the address, RFC 6125 section 6.2.1), but a legacy stack with SNI turned off checks
+    /// the host name; one leaf serves both. Never parsed from a client's SNI.
+    IpWithHost(IpAddr, String),
 }
 
 impl LeafName {
@@ -41,14 +46,27 @@ impl LeafName {
         Ok(Self::Dns(dns.as_ref().to_ascii_lowercase()))
     }
 
-    /// The subject alternative name to certify.
-    pub(super) fn san(&self) -> Result<SanType, TlsError> {
+    /// The fallback name for a client without SNI that connected to `destination` of an
+    /// upstream whose certificate name is `host` (if known).
+    #[must_use]
+    pub fn without_sni(destination: IpAddr, host: Option<&Self>) -> Self {
+        match host {
+            Some(Self::Dns(name)) => Self::IpWithHost(destination, name.clone()),
+            _ => Self::Ip(destination),
+        }
+    }
+
+    /// The subject alternative names to certify.
+    pub(super) fn sans(&self) -> Result<Vec<SanType>, TlsError> {
+        let dns = |name: &str| {
+            Ia5String::try_from(name)
+                .map(SanType::DnsName)
+                .map_err(|_| TlsError::BadServerName { name: name.into() })
+        };
         Ok(match self {
-            Self::Ip(ip) => SanType::IpAddress(*ip),
-            Self::Dns(name) => SanType::DnsName(
-                Ia5String::try_from(name.as_str())
-                    .map_err(|_| TlsError::BadServerName { name: name.clone() })?,
-            ),
+            Self::Ip(ip) => vec![SanType::IpAddress(*ip)],
+            Self::Dns(name) => vec![dns(name)?],
+            Self::IpWithHost(ip, name) => vec![SanType::IpAddress(*ip), dns(name)?],
         })
     }
 }
@@ -64,6 +82,7 @@ impl fmt::Display for LeafName {
         match self {
             Self::Dns(name) => f.write_str(name),
             Self::Ip(ip) => write!(f, "{ip}"),
+            Self::IpWithHost(ip, name) => write!(f, "{name} ({ip})"),
         }
     }
 }
@@ -101,6 +120,24 @@ mod tests {
         for (input, want) in table {
             let got = LeafName::parse(input).ok();
             assert_eq!(&got, want, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn clients_without_sni_get_the_address_and_the_host_name() {
+        let ip: IpAddr = [127, 0, 0, 9].into();
+        let host = LeafName::parse("ehr.example").expect("name");
+        let both = LeafName::without_sni(ip, Some(&host));
+        assert_eq!(
+            both.sans().expect("sans"),
+            vec![
+                SanType::IpAddress(ip),
+                SanType::DnsName(Ia5String::try_from("ehr.example").expect("ia5")),
+            ]
+        );
+        // No host name (or an address as the upstream's name): the address alone.
+        for host in [None, Some(LeafName::Ip([10, 0, 0, 1].into()))] {
+            assert_eq!(LeafName::without_sni(ip, host.as_ref()), LeafName::Ip(ip));
         }
     }
 

@@ -361,6 +361,7 @@ fn agent_files(demo: &Path, policies: PathBuf) -> anyhow::Result<AgentFiles> {
         socket: demo.join("admin.sock"),
         metrics,
         transparent_port: free_port()?,
+        state_dir: demo.join("state"),
     })
 }
 
