@@ -35,7 +35,7 @@ use crate::{
     policy::{LoadError, Policy, RateLimiter},
     proxy::{
         http::{Pool, PoolConfig},
-        listener::{Routes, Sidecar},
+        listener::{Routes, Sidecar, first_connection_id},
         live::LiveConnections,
         sidecar::{BreakGlassSessions, PolicyState, Secrets, Shared},
         tls::{
@@ -197,7 +197,7 @@ fn sidecar(
         live: Arc::clone(live),
         metrics: Arc::clone(metrics),
         limits: config.http_limits(),
-        next_id: AtomicU64::new(1),
+        next_id: AtomicU64::new(first_connection_id()),
     }))
 }
 
