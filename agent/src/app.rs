@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    admin::AdminState,
+    admin::{AdminState, AuditQueries},
     attribution::{AttributionSettings, Attributor},
     audit::{AuditConfig, AuditError, AuditSink},
     config::AgentConfig,
@@ -102,8 +102,8 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     let kernel = Kernel::load(kernel_settings(config, &cgroups, agent_cgroup))?;
     let metrics = Arc::new(Metrics::new());
     state_dir(&config.state_dir)?;
-    let (audit, audit_writer) =
-        AuditSink::start(AuditConfig::new(config.state_dir.join("audit.db")))?;
+    let audit_db = config.state_dir.join("audit.db");
+    let (audit, audit_writer) = AuditSink::start(AuditConfig::new(&audit_db))?;
     let attributor = Attributor::new(
         kernel.conns(),
         AttributionSettings {
@@ -132,6 +132,8 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         metrics: Arc::clone(&metrics),
         live: Arc::clone(&live),
         kernel_stats: kernel.stats_reader().ok(),
+        audit: audit.monitor(),
+        audit_queries: AuditQueries::new(audit_db),
     });
     let mut control = control::Control {
         config: config.clone(),

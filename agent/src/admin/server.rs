@@ -39,8 +39,8 @@ pub async fn serve_metrics(listener: TcpListener, state: Arc<AdminState>) -> io:
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Surface {
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Surface {
     Operator,
     Metrics,
 }
@@ -51,7 +51,7 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     surface: Surface,
 ) {
     let response = match tokio::time::timeout(READ_TIMEOUT, read_head(&mut stream)).await {
-        Ok(Ok(Some((method, path)))) => route(state, surface, &method, &path),
+        Ok(Ok(Some((method, target)))) => route(state, surface, &method, &target).await,
         Ok(Ok(None)) => Response::text(400, "malformed request\n"),
         Ok(Err(_)) | Err(_) => return,
     };
@@ -59,8 +59,18 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
 }
 
-fn route(state: &AdminState, surface: Surface, method: &str, path: &str) -> Response {
+pub(super) async fn route(
+    state: &AdminState,
+    surface: Surface,
+    method: &str,
+    target: &str,
+) -> Response {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match (surface, method, path) {
+        // Patient references: the root-only socket, never the metrics listener.
+        (Surface::Operator, "GET", p) if p.starts_with("/v1/audit/") => {
+            state.audit_queries.answer(p, query).await
+        }
         (_, "GET", "/healthz" | "/v1/health") => Response::json(200, &state.health()),
         (Surface::Metrics, "GET", "/metrics") => Response {
             status: 200,
@@ -74,7 +84,7 @@ fn route(state: &AdminState, surface: Surface, method: &str, path: &str) -> Resp
     }
 }
 
-/// Reads the request head; returns (method, path) or `None` when it is not HTTP.
+/// Reads the request head; returns (method, target) or `None` when it is not HTTP.
 async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<(String, String)>> {
     let mut buf = Vec::with_capacity(1024);
     loop {
@@ -89,14 +99,10 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<(S
         match request.parse(&buf) {
             Ok(httparse::Status::Complete(_)) => {
                 let method = request.method.unwrap_or_default().to_owned();
-                let path = request
-                    .path
-                    .unwrap_or_default()
-                    .split('?')
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned();
-                return Ok(Some((method, path)));
+                let target = request.path.unwrap_or_default();
+                // A fragment is never sent (RFC 9112 section 3.2); drop one if a client does.
+                let target = target.split('#').next().unwrap_or_default().to_owned();
+                return Ok(Some((method, target)));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST => {}
             _ => return Ok(None),
@@ -104,13 +110,21 @@ async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<(S
     }
 }
 
-struct Response {
-    status: u16,
-    content_type: &'static str,
-    body: Vec<u8>,
+pub(super) struct Response {
+    pub(super) status: u16,
+    pub(super) content_type: &'static str,
+    pub(super) body: Vec<u8>,
 }
 
 impl Response {
+    pub(super) fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            content_type,
+            body,
+        }
+    }
+
     fn json<T: Serialize>(status: u16, value: &T) -> Self {
         match serde_json::to_vec_pretty(value) {
             Ok(body) => Self {
@@ -122,7 +136,7 @@ impl Response {
         }
     }
 
-    fn text(status: u16, body: &str) -> Self {
+    pub(super) fn text(status: u16, body: &str) -> Self {
         Self {
             status,
             content_type: "text/plain",
@@ -136,6 +150,7 @@ impl Response {
             400 => "Bad Request",
             404 => "Not Found",
             405 => "Method Not Allowed",
+            503 => "Service Unavailable",
             _ => "Internal Server Error",
         };
         let mut out = format!(

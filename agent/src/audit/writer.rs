@@ -95,6 +95,13 @@ pub struct AuditSink {
     shared: Arc<Shared>,
 }
 
+/// Reads the writer's health and counters without keeping it alive: the admin API holds one of
+/// these, so the writer still stops once the last [`AuditSink`] is dropped.
+#[derive(Clone, Debug)]
+pub struct AuditMonitor {
+    shared: Arc<Shared>,
+}
+
 /// Owns the writer thread; [`AuditWriter::join`] waits for it to drain the queue after every
 /// [`AuditSink`] is dropped.
 #[derive(Debug)]
@@ -196,24 +203,21 @@ impl AuditSink {
             })
     }
 
+    #[must_use]
     pub fn health(&self) -> Health {
-        self.shared
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.shared.health()
     }
 
     #[must_use]
     pub fn stats(&self) -> AuditStats {
-        let s = &self.shared;
-        AuditStats {
-            committed_records: s.committed.load(Ordering::Relaxed),
-            failed_records: s.failed.load(Ordering::Relaxed),
-            committed_batches: s.batches.load(Ordering::Relaxed),
-            failed_batches: s.failed_batches.load(Ordering::Relaxed),
-            pruned_records: s.pruned.load(Ordering::Relaxed),
-            head_seq: s.head.load(Ordering::Relaxed),
+        self.shared.stats()
+    }
+
+    /// A health and counter reader that does not keep the writer running.
+    #[must_use]
+    pub fn monitor(&self) -> AuditMonitor {
+        AuditMonitor {
+            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -226,6 +230,38 @@ impl AuditSink {
             .await
             .map_err(|_| AuditError::WriterGone)?;
         rx.await.map_err(|_| AuditError::WriterGone)?
+    }
+}
+
+impl AuditMonitor {
+    #[must_use]
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> AuditStats {
+        self.shared.stats()
+    }
+}
+
+impl Shared {
+    fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn stats(&self) -> AuditStats {
+        AuditStats {
+            committed_records: self.committed.load(Ordering::Relaxed),
+            failed_records: self.failed.load(Ordering::Relaxed),
+            committed_batches: self.batches.load(Ordering::Relaxed),
+            failed_batches: self.failed_batches.load(Ordering::Relaxed),
+            pruned_records: self.pruned.load(Ordering::Relaxed),
+            head_seq: self.head.load(Ordering::Relaxed),
+        }
     }
 }
 
