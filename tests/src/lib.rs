@@ -14,6 +14,9 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 pub mod agent;
+pub mod fhir;
+pub mod upstream;
+pub mod world;
 
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
@@ -112,6 +115,76 @@ impl Drop for TestCgroup {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+/// A temporary directory removed on drop (std has none; this crate avoids a dependency).
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    /// A new, empty directory under the system's temporary directory.
+    #[must_use]
+    pub fn new(prefix: &str) -> Self {
+        let dir = std::env::temp_dir().join(unique(prefix));
+        fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A tmpfs of `size` (e.g. `8M`) mounted on `dir` (created if missing), unmounted on drop, also
+/// when the test fails. Lazily (`umount -l`), so a process still holding a file cannot keep it.
+pub struct TmpfsGuard {
+    pub dir: PathBuf,
+}
+
+impl TmpfsGuard {
+    pub fn mount(dir: &Path, size: &str) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!(
+                "mount -t tmpfs on {} failed: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Fills the file system with one file until no byte more fits, and returns its path.
+    pub fn fill(&self) -> anyhow::Result<PathBuf> {
+        let filler = self.dir.join("filler");
+        let mut f = fs::File::create(&filler).context("creating the filler")?;
+        let block = vec![0xa5u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        // Smaller writes take the last partial block.
+        while f.write_all(&[0xa5]).is_ok() {}
+        let _ = f.sync_all();
+        Ok(filler)
+    }
+}
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
 
