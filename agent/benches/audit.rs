@@ -7,6 +7,10 @@
 //! so the time per element is the full latency of an unshared fsync. `latency_under_load` prints
 //! the p50/p99 latency one commit adds while 64 submitters keep the writer busy.
 //!
+//! `commit_inline_checkpoint/*` and `latency_under_load_inline_checkpoint` run the same loads
+//! with `Checkpoints::Inline` (SQLite copies the WAL back inside the commit that crosses the
+//! threshold, as the store did before the checkpointer thread), for a before/after in one run.
+//!
 //! The store lives in a temporary directory on the machine's disk with `synchronous=FULL`:
 //! every measured commit is durable.
 
@@ -17,7 +21,7 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fhirwall::audit::{AuditConfig, AuditSink, Decision, Record, WorkloadRecord};
+use fhirwall::audit::{AuditConfig, AuditSink, Checkpoints, Decision, Record, WorkloadRecord};
 use tokio::runtime::Runtime;
 
 fn sample(n: u64) -> Record {
@@ -66,9 +70,13 @@ fn bench_dir() -> tempfile::TempDir {
     }
 }
 
-fn start(dir: &tempfile::TempDir) -> (Arc<AuditSink>, fhirwall::audit::AuditWriter) {
-    let (sink, writer) = AuditSink::start(AuditConfig::new(dir.path().join("audit.db")))
-        .expect("start the audit writer");
+fn start(
+    dir: &tempfile::TempDir,
+    checkpoints: Checkpoints,
+) -> (Arc<AuditSink>, fhirwall::audit::AuditWriter) {
+    let mut config = AuditConfig::new(dir.path().join("audit.db"));
+    config.store.checkpoints = checkpoints;
+    let (sink, writer) = AuditSink::start(config).expect("start the audit writer");
     (Arc::new(sink), writer)
 }
 
@@ -89,19 +97,29 @@ async fn run(sink: &Arc<AuditSink>, submitters: u64, total: u64) {
     }
 }
 
+fn commit(c: &mut Criterion) {
+    commit_group(c, "commit", Checkpoints::Background, &[1, 64, 1024]);
+    commit_group(
+        c,
+        "commit_inline_checkpoint",
+        Checkpoints::Inline,
+        &[64, 1024],
+    );
+}
+
 #[expect(
     clippy::cast_precision_loss,
     reason = "iteration counts far below 2^52"
 )]
-fn commit(c: &mut Criterion) {
+fn commit_group(c: &mut Criterion, name: &str, checkpoints: Checkpoints, submitters: &[u64]) {
     let rt = Runtime::new().expect("tokio runtime");
     let dir = bench_dir();
-    let (sink, _writer) = start(&dir);
-    let mut group = c.benchmark_group("commit");
+    let (sink, _writer) = start(&dir, checkpoints);
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
     group.measurement_time(Duration::from_secs(10));
-    for submitters in [1u64, 64, 1024] {
+    for &submitters in submitters {
         group.bench_function(
             format!(
                 "{submitters}_submitter{}",
@@ -121,12 +139,17 @@ fn commit(c: &mut Criterion) {
     group.finish();
 }
 
+fn latency_under_load(_c: &mut Criterion) {
+    latency(Checkpoints::Background, "latency_under_load");
+    latency(Checkpoints::Inline, "latency_under_load_inline_checkpoint");
+}
+
 /// Per-commit latency percentiles while 64 submitters keep the writer saturated.
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-fn latency_under_load(_c: &mut Criterion) {
+fn latency(checkpoints: Checkpoints, name: &str) {
     let rt = Runtime::new().expect("tokio runtime");
     let dir = bench_dir();
-    let (sink, _writer) = start(&dir);
+    let (sink, _writer) = start(&dir, checkpoints);
     let mut latencies: Vec<Duration> = rt.block_on(async {
         let mut tasks = Vec::new();
         for t in 0..64u64 {
@@ -151,7 +174,7 @@ fn latency_under_load(_c: &mut Criterion) {
     let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
     let stats = sink.stats();
     println!(
-        "latency_under_load (64 submitters, {} commits, {} transactions, {:.0} records/txn): p50 {:?}  p99 {:?}  max {:?}",
+        "{name} (64 submitters, {} commits, {} transactions, {:.0} records/txn): p50 {:?}  p99 {:?}  max {:?}",
         latencies.len(),
         stats.committed_batches,
         stats.committed_records as f64 / stats.committed_batches.max(1) as f64,

@@ -1,22 +1,25 @@
 //! The admin API, on its own runtime so a slow scrape or query never stalls a request.
 //!
 //! Two listeners: a Unix socket (mode 0600, root only) for the operator commands (`fhirwall
-//! workloads`, `revoke`, `reinstate`, `break-glass`), and an optional TCP address with read-only
-//! `/metrics` and `/healthz` for Prometheus. Requests are tiny HTTP/1.1 exchanges, one per
-//! connection, answered with JSON.
+//! workloads`, `revoke`, `reinstate`, `break-glass`, and the audit queries under `/v1/audit/`),
+//! and an optional TCP address with read-only `/metrics` and `/healthz` for Prometheus. Requests
+//! are tiny HTTP/1.1 exchanges, one per connection, answered with JSON.
 
 mod client;
 mod operator;
+mod queries;
 mod server;
 
 use std::sync::Arc;
 
 pub use client::{AdminClient, ClientError};
 pub use operator::{Command, Envelope};
+pub use queries::{AuditQueries, MAX_LIMIT, ParamError};
 use serde::Serialize;
 pub use server::{serve_metrics, serve_unix};
 
 use crate::{
+    audit::{self, AuditMonitor},
     kernel::{KernelStats, StatsReader},
     metrics::Metrics,
     proxy::live::LiveConnections,
@@ -30,14 +33,23 @@ pub struct AdminState {
     pub kernel_stats: Option<StatsReader>,
     /// Where operator commands go (the control loop); `None` refuses them.
     pub commands: Option<tokio::sync::mpsc::Sender<Envelope>>,
+    /// The audit writer's health (does not keep the writer running).
+    pub audit: AuditMonitor,
+    /// Read-only audit queries on the operator socket.
+    pub audit_queries: AuditQueries,
 }
 
-/// `GET /v1/health` and `/healthz`.
+/// `GET /v1/health` and `/healthz`. Answered 200 whatever the status: a restart frees no disk
+/// and would only interrupt service, so liveness probes must not act on it; `status`, `audit`
+/// and the `fhirwall_audit_store_healthy` metric carry the alert.
 #[derive(Debug, Serialize)]
 pub struct Health {
     pub node: String,
+    /// `ok`; `degraded` while an older policy is in force; `failing` while the audit store
+    /// cannot write and every request is refused.
     pub status: &'static str,
     pub policy_stale: bool,
+    pub audit: audit::Health,
     pub connections_live: usize,
     pub kernel: Option<KernelStats>,
 }
@@ -49,10 +61,17 @@ impl AdminState {
 
     fn health(&self) -> Health {
         let policy_stale = self.metrics.policy_stale.get() != 0;
+        let audit = self.audit.health();
+        let status = match (&audit, policy_stale) {
+            (audit::Health::Failing { .. }, _) => "failing",
+            (audit::Health::Healthy, true) => "degraded",
+            (audit::Health::Healthy, false) => "ok",
+        };
         Health {
             node: self.node.clone(),
-            status: if policy_stale { "degraded" } else { "ok" },
+            status,
             policy_stale,
+            audit,
             connections_live: self.live.len(),
             kernel: self.kernel(),
         }
@@ -62,6 +81,12 @@ impl AdminState {
         if let Some(stats) = self.kernel() {
             self.metrics.set_kernel(&stats);
         }
+        let healthy = matches!(self.audit.health(), audit::Health::Healthy);
+        self.metrics.audit_healthy.set(i64::from(healthy));
         self.metrics.render()
     }
 }
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests;

@@ -26,7 +26,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::{
-    admin::AdminState,
+    admin::{AdminState, AuditQueries},
     attribution::{AttributionSettings, Attributor},
     audit::{AuditConfig, AuditError, AuditSink},
     config::AgentConfig,
@@ -35,7 +35,7 @@ use crate::{
     policy::{LoadError, Policy, RateLimiter},
     proxy::{
         http::{Pool, PoolConfig},
-        listener::{Routes, Sidecar},
+        listener::{Routes, Sidecar, first_connection_id},
         live::LiveConnections,
         sidecar::{BreakGlassSessions, PolicyState, Secrets, Shared},
         tls::{
@@ -89,8 +89,9 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     let agent_cgroup = listen::own_cgroup_id(&cgroups)?;
     let kernel = Kernel::load(kernel_settings(config, &cgroups, agent_cgroup))?;
     let metrics = Arc::new(Metrics::new());
-    let (audit, audit_writer) =
-        AuditSink::start(AuditConfig::new(config.state_dir.join("audit.db")))?;
+    state_dir(&config.state_dir)?;
+    let audit_db = config.state_dir.join("audit.db");
+    let (audit, audit_writer) = AuditSink::start(AuditConfig::new(&audit_db))?;
     let attributor = Attributor::new(
         kernel.conns(),
         AttributionSettings {
@@ -121,6 +122,8 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         live: Arc::clone(&live),
         kernel_stats: kernel.stats_reader().ok(),
         commands: Some(commands_tx),
+        audit: audit.monitor(),
+        audit_queries: AuditQueries::new(audit_db),
     });
     let mut control = control::Control {
         config: config.clone(),
@@ -214,7 +217,7 @@ fn sidecar(
         live: Arc::clone(live),
         metrics: Arc::clone(metrics),
         limits: config.http_limits(),
-        next_id: AtomicU64::new(1),
+        next_id: AtomicU64::new(first_connection_id()),
     }))
 }
 

@@ -45,6 +45,7 @@
 
 mod balp;
 mod chain;
+mod checkpoint;
 mod export;
 mod http;
 mod index;
@@ -66,18 +67,21 @@ pub use chain::Hash;
 pub use export::{
     Cursor, FhirExport, JsonlExport, JsonlTarget, cursor_position, export_fhir, export_jsonl,
 };
-pub use query::{Filter, Order, QueryRow, query};
+pub use query::{Filter, Order, QueryRow, query, since};
 pub use record::{
     BreakGlassUse, Completion, Decision, Entry, Outcome, PruneMarker, Record, WorkloadRecord, now,
     strip_query_values,
 };
 pub use render::{jsonl_line, report_text, table};
 pub use report::{BusinessHours, Report, WorkloadSeen, report};
-pub use store::{Head, Retention, StoreOptions, open, open_read_only};
+pub use store::{Checkpoints, Head, Retention, StoreOptions, open, open_read_only};
 #[cfg(test)]
 pub(crate) use tests::support as tests_support;
 pub use verify::{Anchor, Finding, Problem, Verification, verify};
-pub use writer::{AuditConfig, AuditSink, AuditStats, AuditWriter, CommittedSeq, Health};
+pub(crate) use writer::error_chain;
+pub use writer::{
+    AuditConfig, AuditMonitor, AuditSink, AuditStats, AuditWriter, CommittedSeq, Health,
+};
 
 /// Everything that can go wrong in the audit subsystem.
 #[derive(Debug, thiserror::Error)]

@@ -39,6 +39,8 @@ pub struct Metrics {
     pub request_seconds: Histogram,
     /// Audit records that could not be written (each one a request refused with 503).
     pub audit_failures: IntCounter,
+    /// 1 while the audit store accepts writes; 0 while every request is refused with 503.
+    pub audit_healthy: IntGauge,
     /// Requests allowed under break-glass.
     pub break_glass: IntCounter,
     /// Break-glass sessions opened.
@@ -116,6 +118,11 @@ impl Metrics {
                 "Audit records that could not be written",
             )
             .expect("static"),
+            audit_healthy: IntGauge::new(
+                "audit_store_healthy",
+                "1 while the audit store accepts writes (0: requests are refused with 503)",
+            )
+            .expect("static"),
             break_glass: IntCounter::new(
                 "break_glass_requests_total",
                 "Requests allowed under break-glass",
@@ -138,11 +145,12 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 17] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 18] = [
             Box::new(self.break_glass_sessions.clone()),
             Box::new(self.requests.clone()),
             Box::new(self.request_seconds.clone()),
             Box::new(self.audit_failures.clone()),
+            Box::new(self.audit_healthy.clone()),
             Box::new(self.break_glass.clone()),
             Box::new(self.connections_refused.clone()),
             Box::new(self.connections.clone()),

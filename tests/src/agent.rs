@@ -124,6 +124,12 @@ impl AgentFiles {
             .collect())
     }
 
+    /// The agent's `state_dir` (audit store, CA); a test may mount a file system here first.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir.clone()
+    }
+
     pub fn write_policy(&self, name: &str, text: &str) -> anyhow::Result<()> {
         fs::write(self.policies.join(name), text).context("writing a policy file")
     }
@@ -179,6 +185,11 @@ impl Agent {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether the agent process is still running (it was neither stopped nor has it exited).
+    pub fn running(&mut self) -> bool {
+        self.child.is_some() && !self.exited()
+    }
+
     fn exited(&mut self) -> bool {
         self.child
             .as_mut()
@@ -206,6 +217,14 @@ impl Agent {
         let status = eventually(timeout, || child.try_wait().ok().flatten())?;
         self.child = None;
         Some(status)
+    }
+
+    /// SIGKILL, as a crash or the OOM killer would: no drain, no cleanup.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// SIGTERM and wait for a clean exit; returns whether it exited successfully in time.
@@ -245,6 +264,26 @@ pub fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
         bail!("{path}: {head}");
     }
     Ok(body.to_owned())
+}
+
+/// One GET on the agent's admin socket: the status and the body.
+pub fn admin_get(socket: &Path, target: &str) -> anyhow::Result<(u16, String)> {
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .with_context(|| format!("connecting to {}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "GET {target} HTTP/1.1\r\nHost: fhirwall\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("no header end")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status")?;
+    Ok((status, body.to_owned()))
 }
 
 /// A port that was free a moment ago.

@@ -16,11 +16,14 @@ use serde_json::Value;
 pub mod agent;
 pub mod client_libs;
 pub mod confined;
+pub mod destination;
 pub mod ehr;
+pub mod fhir;
 pub mod http1;
-pub mod synthetic;
 pub mod pki;
+pub mod synthetic;
 pub mod upstream;
+pub mod world;
 
 static UNIQUE: AtomicU32 = AtomicU32::new(0);
 
@@ -124,6 +127,57 @@ impl Drop for TestCgroup {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+/// A tmpfs of `size` (e.g. `8M`) mounted on `dir` (created if missing), unmounted on drop, also
+/// when the test fails. Lazily (`umount -l`), so a process still holding a file cannot keep it.
+pub struct TmpfsGuard {
+    pub dir: PathBuf,
+}
+
+impl TmpfsGuard {
+    pub fn mount(dir: &Path, size: &str) -> anyhow::Result<Self> {
+        fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .context("running mount")?;
+        if !out.status.success() {
+            bail!(
+                "mount -t tmpfs on {} failed: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(Self {
+            dir: dir.to_owned(),
+        })
+    }
+
+    /// Fills the file system with one file until no byte more fits, and returns its path.
+    pub fn fill(&self) -> anyhow::Result<PathBuf> {
+        let filler = self.dir.join("filler");
+        let mut f = fs::File::create(&filler).context("creating the filler")?;
+        let block = vec![0xa5u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        // Smaller writes take the last partial block.
+        while f.write_all(&[0xa5]).is_ok() {}
+        let _ = f.sync_all();
+        Ok(filler)
+    }
+}
+
+impl Drop for TmpfsGuard {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.dir).status();
     }
 }
 

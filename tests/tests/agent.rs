@@ -3,229 +3,18 @@
 //! protected destination and are relayed, refused or closed; `fhirwall workloads` lists them.
 //! Needs root and BTF; skipped with a reason on a laptop, failing in CI.
 
-use std::{
-    io::{Read as _, Write as _},
-    net::{SocketAddr, TcpListener},
-    path::Path,
-    process::Command,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    thread,
-    time::Duration,
-};
+use std::{path::Path, process::Command, time::Duration};
 
 use fhirwall_tests::{
-    PinDir, Probe, TestCgroup,
-    agent::{Agent, AgentFiles, http_get},
-    eventually, kernel_available, target_binary,
+    Probe, eventually, kernel_available, target_binary,
+    world::{World, probe_exe, status},
 };
-use serde_json::Value;
 
-const MARK: u32 = 0x00f1_f1f1;
 const EPERM: i64 = 1;
-
-/// A plain-HTTP FHIR stand-in that counts the requests it receives and answers each with a
-/// small Patient resource, closing the connection after each answer.
-struct Destination {
-    addr: SocketAddr,
-    accepted: Arc<AtomicUsize>,
-}
-
-impl Destination {
-    fn start(ip: [u8; 4]) -> Self {
-        let listener = TcpListener::bind(SocketAddr::from((ip, 0))).expect("bind destination");
-        let addr = listener.local_addr().expect("bound");
-        let accepted = Arc::new(AtomicUsize::new(0));
-        let count = Arc::clone(&accepted);
-        thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let count = Arc::clone(&count);
-                thread::spawn(move || answer(stream, &count));
-            }
-        });
-        Self { addr, accepted }
-    }
-
-    /// Requests (or, for raw connections, connections) that reached the destination.
-    fn accepted(&self) -> usize {
-        self.accepted.load(Ordering::SeqCst)
-    }
-}
-
-fn answer(mut stream: std::net::TcpStream, count: &AtomicUsize) {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match stream.read(&mut byte) {
-            Ok(1) => head.push(byte[0]),
-            _ => break,
-        }
-    }
-    count.fetch_add(1, Ordering::SeqCst);
-    if !head.starts_with(b"GET ") && !head.starts_with(b"POST ") {
-        let _ = stream.write_all(b"direct");
-        return;
-    }
-    let body = br#"{"resourceType":"Patient","id":"1"}"#;
-    let response = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    let _ = stream.write_all(response.as_bytes());
-    let _ = stream.write_all(body);
-}
 
 const READ: &str = "GET /Patient/1 HTTP/1.1\r\nHost: ehr.test\r\nConnection: close\r\n\r\n";
 const OUT_OF_SCOPE: &str =
     "GET /Observation?patient=Patient/1 HTTP/1.1\r\nHost: ehr.test\r\nConnection: close\r\n\r\n";
-
-fn status(report: &Value) -> Option<u16> {
-    report["reply"]
-        .as_str()?
-        .strip_prefix("HTTP/1.1 ")?
-        .get(..3)?
-        .parse()
-        .ok()
-}
-
-/// The agent's world: test cgroup (`agent` and `work` children), pins, config, destination.
-struct World {
-    files: AgentFiles,
-    destination: Destination,
-    work: std::path::PathBuf,
-    agent_cgroup: std::path::PathBuf,
-    _dir: tempfile_dir::TempDir,
-    pins: PinDir,
-    cgroup: TestCgroup,
-}
-
-mod tempfile_dir {
-    /// A temporary directory removed on drop (std has none; the tests crate avoids a dependency).
-    pub struct TempDir(pub std::path::PathBuf);
-
-    impl TempDir {
-        pub fn new() -> Self {
-            let dir = std::env::temp_dir().join(fhirwall_tests::unique("fhirwall-agent-test"));
-            std::fs::create_dir_all(&dir).expect("temp dir");
-            Self(dir)
-        }
-    }
-
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl World {
-    fn new(status: &str) -> Self {
-        let cgroup = TestCgroup::new().expect("cgroup");
-        let work = cgroup.child("work").expect("work");
-        let agent_cgroup = cgroup.child("agent").expect("agent");
-        let pins = PinDir::new();
-        let dir = tempfile_dir::TempDir::new();
-        let files = AgentFiles::new(&dir.0, &cgroup, &pins.path, MARK).expect("agent files");
-        let destination = Destination::start([127, 0, 0, 8]);
-        let world = Self {
-            files,
-            destination,
-            work,
-            agent_cgroup,
-            _dir: dir,
-            pins,
-            cgroup,
-        };
-        world.write_policy(status, &probe_exe());
-        world
-    }
-
-    fn write_policy(&self, status: &str, exe: &str) {
-        let text = format!(
-            "kind: Upstream\nname: ehr\naddresses: [\"{dst}\"]\nbase_path: /\ntls:\n  mode: plain\n---\n\
-             kind: Integration\nname: probe-integration\nowner: Test <test@example.test>\n\
-             purpose: agent end-to-end tests\ndata_classes: [test]\nexpected_resources: [Patient]\n\
-             status: {status}\nworkload:\n  exe: {exe}\nupstreams: [ehr]\nscopes: [system/Patient.rs]\n\
-             purposes_of_use: [TREAT]\ndefault_purpose: TREAT\npatient:\n  mode: any\n",
-            dst = self.destination.addr,
-        );
-        self.files
-            .write_policy("policy.yaml", &text)
-            .expect("policy");
-    }
-
-    fn start(&self) -> Agent {
-        Agent::start(&self.files, &self.agent_cgroup).expect("agent start")
-    }
-
-    fn probe(&self, extra: &[&str]) -> Value {
-        let dst = self.destination.addr.to_string();
-        let mut args = vec!["--cgroup", self.work.to_str().expect("utf-8")];
-        args.extend_from_slice(extra);
-        args.push(&dst);
-        Probe::run(&args).expect("probe")
-    }
-
-    fn metric(&self, name: &str) -> Option<f64> {
-        let text = http_get(self.files.metrics, "/metrics").ok()?;
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-    }
-
-    /// `fhirwall audit query --format json` against this agent's store, filtered by `args`.
-    fn audit(&self, args: &[&str]) -> Vec<Value> {
-        let db = self.files.dir.join("state/audit.db");
-        let out = Command::new(target_binary("fhirwall").expect("fhirwall"))
-            .args([
-                "audit",
-                "query",
-                "--db",
-                db.to_str().expect("utf-8"),
-                "--format",
-                "json",
-            ])
-            .args(args)
-            .output()
-            .expect("fhirwall audit query");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
-    }
-
-    fn workloads(&self) -> Value {
-        let out = Command::new(target_binary("fhirwall").expect("fhirwall"))
-            .args([
-                "workloads",
-                "--json",
-                "--socket",
-                self.files.socket.to_str().expect("utf-8"),
-            ])
-            .output()
-            .expect("fhirwall workloads");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("json")
-    }
-}
-
-fn probe_exe() -> String {
-    target_binary("fw-probe")
-        .expect("fw-probe")
-        .display()
-        .to_string()
-}
 
 #[test]
 fn forwards_allowed_requests_audits_them_and_lists_the_workload() {
@@ -374,14 +163,11 @@ fn refuses_while_down_recovers_on_restart_and_uninstalls() {
     let again = world.start();
     assert_eq!(status(&world.probe(&["--send", READ])), Some(200));
     drop(again);
-    let uninstall = Command::new(target_binary("fhirwall").expect("fhirwall"))
-        .args([
-            "uninstall",
-            "--pin-dir",
-            world.pins.path.to_str().expect("utf-8"),
-        ])
-        .output()
-        .expect("uninstall");
+    let uninstall = world.fhirwall(&[
+        "uninstall",
+        "--pin-dir",
+        world.pins.path.to_str().expect("utf-8"),
+    ]);
     assert!(
         uninstall.status.success(),
         "{}",

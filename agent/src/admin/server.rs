@@ -55,6 +55,8 @@ pub(super) enum Surface {
 pub(super) struct Request {
     pub method: String,
     pub path: String,
+    /// The query string, without the `?`.
+    pub query: String,
     pub body: Vec<u8>,
 }
 
@@ -72,9 +74,20 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
     let _ = stream.shutdown().await;
 }
 
-async fn route(state: &AdminState, surface: &Surface, request: &Request) -> Response {
-    let (method, path) = (request.method.as_str(), request.path.as_str());
+pub(super) async fn route(state: &AdminState, surface: &Surface, request: &Request) -> Response {
+    let (method, path, query) = (
+        request.method.as_str(),
+        request.path.as_str(),
+        request.query.as_str(),
+    );
     match (surface, method, path) {
+        // Patient references: the root-only socket, never the metrics listener.
+        (Surface::Operator(_), "GET", p) if p.starts_with("/v1/audit/") => {
+            state.audit_queries.answer(p, query).await
+        }
+        (Surface::Operator(_), _, p) if p.starts_with("/v1/audit/") => {
+            Response::text(405, "method not allowed\n")
+        }
         (_, "GET", "/healthz" | "/v1/health") => Response::json(200, &state.health()),
         (Surface::Metrics, "GET", "/metrics") => Response {
             status: 200,
@@ -110,7 +123,10 @@ async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option
                 else {
                     return Ok(None);
                 };
-                let path = target.split('?').next().unwrap_or_default().to_owned();
+                // A fragment is never sent (RFC 9112 section 3.2); drop one if a client does.
+                let target = target.split('#').next().unwrap_or_default();
+                let (path, query) = target.split_once('?').unwrap_or((target, ""));
+                let (path, query) = (path.to_owned(), query.to_owned());
                 let method = method.to_owned();
                 if head_len + length > MAX_REQUEST {
                     return Ok(None);
@@ -124,7 +140,12 @@ async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option
                     body.extend_from_slice(&chunk[..n]);
                 }
                 body.truncate(length);
-                return Ok(Some(Request { method, path, body }));
+                return Ok(Some(Request {
+                    method,
+                    path,
+                    query,
+                    body,
+                }));
             }
             Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST => {}
             _ => return Ok(None),
@@ -158,6 +179,14 @@ pub(super) struct Response {
 }
 
 impl Response {
+    pub(super) fn bytes(status: u16, content_type: &'static str, body: Vec<u8>) -> Self {
+        Self {
+            status,
+            content_type,
+            body,
+        }
+    }
+
     pub(super) fn json<T: Serialize>(status: u16, value: &T) -> Self {
         match serde_json::to_vec_pretty(value) {
             Ok(body) => Self {

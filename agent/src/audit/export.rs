@@ -87,6 +87,7 @@ fn open_for_export(db: &Path) -> Result<Connection, AuditError> {
         db,
         &store::StoreOptions {
             busy_timeout: Duration::from_secs(5),
+            ..store::StoreOptions::default()
         },
     )?;
     conn.pragma_update(None, "synchronous", "NORMAL")

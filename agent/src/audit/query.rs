@@ -104,6 +104,19 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<QueryRow>, AuditE
     Ok(out)
 }
 
+/// The start of a window reaching back `span` (`7d`, `12h`, `1w 2d`; days are 24 hours) from
+/// `now`. Errors say what is expected; they echo the input, which is never PHI here.
+pub fn since(span: &str, now: Timestamp) -> Result<Timestamp, String> {
+    let parsed: jiff::Span = span
+        .parse()
+        .map_err(|e| format!("bad span {span:?} (try 7d, 12h, 30m): {e}"))?;
+    let duration = parsed
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("bad span {span:?}: {e}"))?;
+    now.checked_sub(duration.abs())
+        .map_err(|e| format!("span {span:?} too large: {e}"))
+}
+
 fn parse(seq: u64, body: &str) -> Result<Entry, AuditError> {
     serde_json::from_str(body).map_err(|source| AuditError::Corrupt { seq, source })
 }

@@ -76,12 +76,32 @@ pub struct StoreOptions {
     /// a caller is waiting to forward a request, and a lock held longer (an attacker, a stuck
     /// process) must turn into a prompt error and a 503, not a hung request.
     pub busy_timeout: Duration,
+    /// Who copies the WAL back into the database file.
+    pub checkpoints: Checkpoints,
+    /// WAL size (in pages) at which it is copied back and restarted from its beginning.
+    pub checkpoint_pages: u32,
+}
+
+/// Who checkpoints the WAL (<https://www.sqlite.org/wal.html#ckpt>).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Checkpoints {
+    /// `SQLite` itself, inside the commit that crosses `checkpoint_pages`: that commit (and every
+    /// record waiting for the next one) also waits for the copy and the database file's fsync.
+    Inline,
+    /// The connection's commits never checkpoint; the audit writer runs a checkpointer thread
+    /// with a connection of its own, and only finishes the last few pages itself so the WAL can
+    /// restart (see `checkpoint.rs`).
+    Background,
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
         Self {
             busy_timeout: Duration::from_millis(200),
+            checkpoints: Checkpoints::Inline,
+            // ~16 MiB rather than SQLite's 4 MiB: a page rewritten by many group commits is
+            // copied into the database once per checkpoint, so fewer checkpoints write less.
+            checkpoint_pages: 4000,
         }
     }
 }
@@ -116,9 +136,11 @@ pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection, AuditError> 
     // The patient index takes random inserts; a 32 MiB page cache keeps its hot pages in memory.
     conn.pragma_update(None, "cache_size", -32 * 1024)
         .map_err(err)?;
-    // Checkpoint every ~16 MiB of WAL rather than 4 MiB: a page rewritten by many group commits
-    // is copied into the database once per checkpoint, so fewer checkpoints write less.
-    conn.pragma_update(None, "wal_autocheckpoint", 4000)
+    let autocheckpoint = match opts.checkpoints {
+        Checkpoints::Inline => opts.checkpoint_pages,
+        Checkpoints::Background => 0,
+    };
+    conn.pragma_update(None, "wal_autocheckpoint", autocheckpoint)
         .map_err(err)?;
     // Keep the WAL from staying huge after a burst; checkpoints truncate it to this size.
     conn.pragma_update(None, "journal_size_limit", 64 * 1024 * 1024)
@@ -152,6 +174,15 @@ pub fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
     let conn = Connection::open_with_flags(path, flags).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
     Ok(conn)
+}
+
+/// `PRAGMA wal_checkpoint(PASSIVE)`: copies what no reader still needs into the database file,
+/// without waiting for readers or writers
+/// (<https://www.sqlite.org/pragma.html#pragma_wal_checkpoint>). When everything was copied, the
+/// next write transaction starts the WAL over. A checkpoint already running on another
+/// connection makes this one a no-op.
+pub fn checkpoint(conn: &Connection) -> Result<(), rusqlite::Error> {
+    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 /// Reads the chain head.

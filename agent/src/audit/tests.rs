@@ -2,6 +2,7 @@
 
 pub(crate) mod support;
 
+mod checkpoint;
 mod disk_full;
 mod export;
 mod fhir;

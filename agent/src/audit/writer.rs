@@ -24,9 +24,10 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{
     AuditError,
+    checkpoint::Checkpointer,
     index::Prepared,
     record::{self, Completion, Entry, Record},
-    store::{self, Head, Retention, StoreOptions},
+    store::{self, Checkpoints, Head, Retention, StoreOptions},
 };
 
 /// Where and how the audit store is written.
@@ -47,7 +48,10 @@ impl AuditConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            store: StoreOptions::default(),
+            store: StoreOptions {
+                checkpoints: Checkpoints::Background,
+                ..StoreOptions::default()
+            },
             retention: Retention {
                 max_batch: 20_000,
                 ..Retention::default()
@@ -95,6 +99,13 @@ pub struct AuditSink {
     shared: Arc<Shared>,
 }
 
+/// Reads the writer's health and counters without keeping it alive: the admin API holds one of
+/// these, so the writer still stops once the last [`AuditSink`] is dropped.
+#[derive(Clone, Debug)]
+pub struct AuditMonitor {
+    shared: Arc<Shared>,
+}
+
 /// Owns the writer thread; [`AuditWriter::join`] waits for it to drain the queue after every
 /// [`AuditSink`] is dropped.
 #[derive(Debug)]
@@ -135,7 +146,7 @@ impl AuditSink {
     /// Opens (or creates) the store and starts the writer thread. Fails when the store cannot be
     /// opened, so a misconfigured agent refuses to start instead of refusing every request.
     pub fn start(config: AuditConfig) -> Result<(Self, AuditWriter), AuditError> {
-        let conn = store::open(&config.path, &config.store)?;
+        let mut conn = store::open(&config.path, &config.store)?;
         let head = store::head(&conn).map_err(|source| AuditError::Read { source })?;
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let shared = Arc::new(Shared {
@@ -152,10 +163,22 @@ impl AuditSink {
         if retention_on {
             spawn_ticker(tx.downgrade(), config.retention_interval)?;
         }
+        let checkpointer = match config.store.checkpoints {
+            Checkpoints::Background => {
+                let c = Checkpointer::start(&config.path, &config.store)?;
+                c.watch(&mut conn).map_err(|source| AuditError::Open {
+                    path: config.path.clone(),
+                    source,
+                })?;
+                Some(c)
+            }
+            Checkpoints::Inline => None,
+        };
         let state = Writer {
             conn,
             head,
             broken: false,
+            checkpointer,
             config,
             shared: Arc::clone(&shared),
         };
@@ -196,24 +219,21 @@ impl AuditSink {
             })
     }
 
+    #[must_use]
     pub fn health(&self) -> Health {
-        self.shared
-            .health
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.shared.health()
     }
 
     #[must_use]
     pub fn stats(&self) -> AuditStats {
-        let s = &self.shared;
-        AuditStats {
-            committed_records: s.committed.load(Ordering::Relaxed),
-            failed_records: s.failed.load(Ordering::Relaxed),
-            committed_batches: s.batches.load(Ordering::Relaxed),
-            failed_batches: s.failed_batches.load(Ordering::Relaxed),
-            pruned_records: s.pruned.load(Ordering::Relaxed),
-            head_seq: s.head.load(Ordering::Relaxed),
+        self.shared.stats()
+    }
+
+    /// A health and counter reader that does not keep the writer running.
+    #[must_use]
+    pub fn monitor(&self) -> AuditMonitor {
+        AuditMonitor {
+            shared: Arc::clone(&self.shared),
         }
     }
 
@@ -226,6 +246,38 @@ impl AuditSink {
             .await
             .map_err(|_| AuditError::WriterGone)?;
         rx.await.map_err(|_| AuditError::WriterGone)?
+    }
+}
+
+impl AuditMonitor {
+    #[must_use]
+    pub fn health(&self) -> Health {
+        self.shared.health()
+    }
+
+    #[must_use]
+    pub fn stats(&self) -> AuditStats {
+        self.shared.stats()
+    }
+}
+
+impl Shared {
+    fn health(&self) -> Health {
+        self.health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn stats(&self) -> AuditStats {
+        AuditStats {
+            committed_records: self.committed.load(Ordering::Relaxed),
+            failed_records: self.failed.load(Ordering::Relaxed),
+            committed_batches: self.batches.load(Ordering::Relaxed),
+            failed_batches: self.failed_batches.load(Ordering::Relaxed),
+            pruned_records: self.pruned.load(Ordering::Relaxed),
+            head_seq: self.head.load(Ordering::Relaxed),
+        }
     }
 }
 
@@ -260,6 +312,8 @@ struct Writer {
     head: Head,
     /// The last transaction failed: re-read the head (and reopen if that fails) before the next.
     broken: bool,
+    /// With `Checkpoints::Background`: told of every commit, asked to restart a long WAL.
+    checkpointer: Option<Checkpointer>,
     config: AuditConfig,
     shared: Arc<Shared>,
 }
@@ -297,6 +351,9 @@ impl Writer {
 
     fn commit_batch(&mut self, batch: &mut Vec<(Prepared, Option<Reply>)>) {
         let result = self.recover().and_then(|()| {
+            if let Some(c) = &self.checkpointer {
+                c.restart_if_over(&self.conn);
+            }
             let entries: Vec<&Prepared> = batch.iter().map(|(e, _)| e).collect();
             store::append(&mut self.conn, self.head, &entries).map_err(AuditError::write)
         });
@@ -384,6 +441,12 @@ impl Writer {
             head
         } else {
             self.conn = store::open(&self.config.path, &self.config.store)?;
+            if let Some(c) = &self.checkpointer {
+                c.watch(&mut self.conn).map_err(|source| AuditError::Open {
+                    path: self.config.path.clone(),
+                    source,
+                })?;
+            }
             store::head(&self.conn).map_err(|source| AuditError::Read { source })?
         };
         self.head = head;

@@ -8,7 +8,7 @@ use std::{
 };
 
 use clap::{Args, Subcommand, ValueEnum};
-use jiff::{SpanRelativeTo, Timestamp};
+use jiff::Timestamp;
 
 use crate::audit::{
     self, Anchor, AuditError, BusinessHours, Decision, FhirExport, Filter, JsonlExport,
@@ -364,15 +364,7 @@ fn out(w: &mut dyn std::io::Write, text: &str) -> Result<(), AuditError> {
 
 /// `7d` / `12h` / `1w 2d`: a span back from now (days are 24 hours).
 fn parse_since(s: &str) -> Result<Timestamp, String> {
-    let span: jiff::Span = s
-        .parse()
-        .map_err(|e| format!("bad span {s:?} (try 7d, 12h, 30m): {e}"))?;
-    let duration = span
-        .to_duration(SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| format!("bad span {s:?}: {e}"))?;
-    Timestamp::now()
-        .checked_sub(duration.abs())
-        .map_err(|e| format!("span {s:?} too large: {e}"))
+    audit::since(s, Timestamp::now())
 }
 
 fn parse_decision(s: &str) -> Result<Decision, String> {

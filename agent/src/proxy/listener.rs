@@ -56,7 +56,30 @@ pub struct Sidecar {
     pub live: Arc<LiveConnections>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// The next connection id; start it at [`first_connection_id`].
     pub next_id: AtomicU64,
+}
+
+/// Where this run's connection ids start: 32 random bits above a counter from 1.
+///
+/// Connection ids prefix every correlation id (`X-Request-Id` upstream, the audit record), and
+/// the audit store outlives the process: ids that restarted at 1 after every restart (or crash)
+/// would name several requests, so an upstream's log could no longer be matched to the one
+/// record of each request.
+#[must_use]
+pub fn first_connection_id() -> u64 {
+    use ring::rand::{SecureRandom as _, SystemRandom};
+    let mut run = [0u8; 4];
+    if SystemRandom::new().fill(&mut run).is_err() {
+        // getrandom does not fail on Linux once booted; the clock still tells runs apart.
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| {
+                d.subsec_nanos() ^ u32::try_from(d.as_secs() & 0xffff_ffff).unwrap_or(0)
+            });
+        run = nanos.to_be_bytes();
+    }
+    (u64::from(u32::from_be_bytes(run)) << 32) | 1
 }
 
 impl Sidecar {
@@ -149,5 +172,19 @@ impl Sidecar {
             .with_label_values(&[reason])
             .inc();
         warn!(reason, error = %error, "connection refused by the sidecar");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::first_connection_id;
+
+    #[test]
+    fn connection_ids_differ_between_runs() {
+        let runs: std::collections::BTreeSet<u64> =
+            (0..16).map(|_| first_connection_id()).collect();
+        // 16 draws of 32 random bits: a repeat has odds of about 3e-8.
+        assert_eq!(runs.len(), 16, "{runs:x?}");
+        assert!(runs.iter().all(|id| id & 0xffff_ffff == 1), "{runs:x?}");
     }
 }

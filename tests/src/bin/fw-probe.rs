@@ -7,6 +7,9 @@
 //!   --hold  after connecting, print the result and keep the connection until stdin closes,
 //!           then report whether the connection was reset meanwhile
 //!   --repeat N  connect and close N times; report the median and p99 connect() latency
+//!   --load  send the --send request again and again over keep-alive connections (reconnecting
+//!           after any error) until a line or EOF on stdin; report the count of each status,
+//!           a sample body per status, and the errors
 
 use std::{
     io::{BufRead as _, Read as _, Write as _},
@@ -28,6 +31,7 @@ struct Args {
     v6: bool,
     wait: bool,
     hold: bool,
+    load: bool,
     send: Option<String>,
     repeat: Option<usize>,
     addr: Option<SocketAddr>,
@@ -44,6 +48,7 @@ fn parse_args() -> Args {
             "--v6" => args.v6 = true,
             "--wait" => args.wait = true,
             "--hold" => args.hold = true,
+            "--load" => args.load = true,
             "--send" => args.send = it.next(),
             "--repeat" => args.repeat = it.next().and_then(|n| n.parse().ok()),
             other => args.addr = other.parse().ok(),
@@ -70,10 +75,127 @@ fn main() {
     let addr = args.addr.expect("usage: fw-probe [options] ADDR");
     let result = match args.repeat {
         Some(n) => repeat(&args, addr, n),
+        None if args.load => load::run(&args, addr),
         None if args.udp => udp(&args, addr),
         None => tcp(&args, addr),
     };
     println!("{result}");
+}
+
+mod load {
+    //! `--load`: many small requests, as an interface engine sends them.
+
+    use std::{
+        collections::BTreeMap,
+        io::{BufRead as _, BufReader, Read as _, Write as _},
+        net::{SocketAddr, TcpStream},
+        sync::{
+            Arc,
+            atomic::{AtomicBool, Ordering},
+        },
+        time::Duration,
+    };
+
+    use serde_json::json;
+    use socket2::{Protocol, Type};
+
+    use super::{Args, socket, target};
+
+    pub fn run(args: &Args, addr: SocketAddr) -> String {
+        let request = args.send.clone().unwrap_or_default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = std::io::stdin().lock().read_line(&mut line);
+            flag.store(true, Ordering::SeqCst);
+        });
+        let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
+        let mut samples: BTreeMap<u16, String> = BTreeMap::new();
+        let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+        let mut conn: Option<BufReader<TcpStream>> = None;
+        while !stop.load(Ordering::SeqCst) {
+            let stream = match conn.take() {
+                Some(c) => c,
+                None => match connect(args, addr) {
+                    Ok(c) => BufReader::new(c),
+                    Err(e) => {
+                        *errors.entry(format!("connect:{e}")).or_default() += 1;
+                        std::thread::sleep(Duration::from_millis(20));
+                        continue;
+                    }
+                },
+            };
+            match exchange(stream, &request) {
+                Ok((status, body, stream)) => {
+                    *statuses.entry(status).or_default() += 1;
+                    samples.entry(status).or_insert(body);
+                    conn = stream;
+                }
+                Err(e) => {
+                    *errors.entry(format!("exchange:{e}")).or_default() += 1;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        }
+        json!({"ok": true, "statuses": statuses, "samples": samples, "errors": errors}).to_string()
+    }
+
+    fn connect(args: &Args, addr: SocketAddr) -> Result<TcpStream, i32> {
+        let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(0);
+        let s = socket(args, addr, Type::STREAM, Protocol::TCP).map_err(errno)?;
+        s.connect(&target(args, addr)).map_err(errno)?;
+        let stream: TcpStream = s.into();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .map_err(errno)?;
+        Ok(stream)
+    }
+
+    /// One request and its response; the connection comes back unless the server closes it.
+    fn exchange(
+        mut stream: BufReader<TcpStream>,
+        request: &str,
+    ) -> Result<(u16, String, Option<BufReader<TcpStream>>), &'static str> {
+        stream
+            .get_mut()
+            .write_all(request.as_bytes())
+            .map_err(|_| "write")?;
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if stream.read_line(&mut line).map_err(|_| "read")? == 0 {
+                return Err("eof");
+            }
+            if line == "\r\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let status = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|h| h.get(..3))
+            .and_then(|s| s.parse().ok())
+            .ok_or("status")?;
+        let header = |name: &str| {
+            head.lines().skip(1).find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.trim()
+                    .eq_ignore_ascii_case(name)
+                    .then(|| v.trim().to_owned())
+            })
+        };
+        let length: u64 = header("content-length")
+            .and_then(|l| l.parse().ok())
+            .ok_or("length")?;
+        let mut body = String::new();
+        (&mut stream)
+            .take(length)
+            .read_to_string(&mut body)
+            .map_err(|_| "body")?;
+        let close = header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
+        Ok((status, body, (!close).then_some(stream)))
+    }
 }
 
 fn socket(args: &Args, addr: SocketAddr, ty: Type, protocol: Protocol) -> std::io::Result<Socket> {

@@ -14,6 +14,7 @@ async fn a_held_write_lock_fails_commits_promptly_and_then_clears() {
     let mut config = AuditConfig::new(&path);
     config.store = StoreOptions {
         busy_timeout: Duration::from_millis(100),
+        ..config.store
     };
     let (sink, writer) = AuditSink::start(config).unwrap();
     sink.commit(record(1, jiff::Timestamp::now()))

@@ -76,10 +76,7 @@ pub fn decided(
     });
     record.resource_type = fhir.resource_type.map(|t| t.as_str().to_owned());
     record.resource_id.clone_from(&fhir.id);
-    record.patients = fhir
-        .with_entries()
-        .flat_map(|r| r.patient_refs.iter().cloned())
-        .collect();
+    record.patients = patient_references(fhir);
     if let Presented::Credential(fingerprint) = subject.credential {
         record.credential_fingerprint = Some(fingerprint.to_string());
     }
@@ -106,6 +103,15 @@ pub fn decided(
             justification_id: s.justification.clone(),
         });
     }
+}
+
+/// The patients a request (with its Bundle entries) names, as the `Patient/<id>` references the
+/// audit store keeps and queries by (classification yields bare ids).
+fn patient_references(fhir: &FhirRequest) -> Vec<String> {
+    fhir.with_entries()
+        .flat_map(|r| &r.patient_refs)
+        .map(|id| format!("Patient/{id}"))
+        .collect()
 }
 
 /// How a request the sidecar committed ended.
@@ -136,5 +142,32 @@ pub fn issue_type(t: fhir::IssueType) -> IssueType {
         fhir::IssueType::Incomplete => IssueType::Incomplete,
         fhir::IssueType::NotSupported => IssueType::NotSupported,
         fhir::IssueType::TooCostly => IssueType::TooCostly,
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests {
+    use super::patient_references;
+    use crate::fhir::{self, ClassifyConfig, HttpRequest};
+
+    #[test]
+    fn patients_are_recorded_as_references() {
+        let config = ClassifyConfig::new("/").unwrap();
+        let cases: [(&str, &[&str]); 3] = [
+            ("/Patient/1", &["Patient/1"]),
+            ("/Observation?patient=Patient/p-7&code=x", &["Patient/p-7"]),
+            ("/Observation?code=x", &[]),
+        ];
+        for (target, want) in cases {
+            let request = HttpRequest {
+                method: "GET",
+                target,
+                headers: &[],
+                body: None,
+            };
+            let fhir = fhir::classify(&request, &config).unwrap();
+            assert_eq!(patient_references(&fhir), want, "{target}");
+        }
     }
 }
