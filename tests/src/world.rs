@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     PinDir, Probe, TempDir, TestCgroup,
-    agent::{Agent, AgentFiles, http_get},
+    agent::{Agent, AgentFiles},
     destination::Destination,
     target_binary,
 };
@@ -108,10 +108,7 @@ impl World {
     /// A value from the agent's `/metrics`, by the start of its line.
     #[must_use]
     pub fn metric(&self, name: &str) -> Option<f64> {
-        let text = http_get(self.files.metrics, "/metrics").ok()?;
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        self.files.metric(name)
     }
 
     /// `fhirwall ARGS`.
@@ -126,26 +123,7 @@ impl World {
     /// `fhirwall audit query --format json` against this agent's store, filtered by `args`.
     #[must_use]
     pub fn audit(&self, args: &[&str]) -> Vec<Value> {
-        let db = self.db();
-        let mut all = vec![
-            "audit",
-            "query",
-            "--db",
-            db.to_str().expect("utf-8"),
-            "--format",
-            "json",
-        ];
-        all.extend_from_slice(args);
-        let out = self.fhirwall(&all);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.files.audit(args).expect("fhirwall audit query")
     }
 
     /// `fhirwall workloads --json` through the admin socket.

@@ -25,7 +25,7 @@ use fhirwall_tests::{
     agent::{Agent, AgentFiles},
     client_libs, confined,
     ehr::{EhrServer, ehr_available},
-    kernel_available, target_binary, unique,
+    kernel_available, unique,
 };
 use serde_json::{Value, json};
 
@@ -124,21 +124,9 @@ impl Stack {
 
     /// The audit records of one process, oldest first.
     fn audit_of(&self, pid: u32) -> Vec<Value> {
-        let out = Command::new(target_binary("fhirwall").expect("fhirwall"))
-            .args(["audit", "query", "--format", "json", "--limit", "0"])
-            .args(["--pid", &pid.to_string(), "--db"])
-            .arg(self.files.dir.join("state/audit.db"))
-            .output()
-            .expect("fhirwall audit query");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        self.files
+            .audit(&["--limit", "0", "--pid", &pid.to_string()])
+            .expect("fhirwall audit query")
     }
 }
 
