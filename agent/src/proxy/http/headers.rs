@@ -127,6 +127,15 @@ impl Headers {
         self.entries.push(Header { name, value });
     }
 
+    /// Replaces the fields with those httparse parsed out of `bytes` (sharing its buffer).
+    pub(crate) fn fill_parsed(&mut self, fields: &[httparse::Header<'_>], bytes: &Bytes) {
+        self.entries.clear();
+        self.entries.extend(fields.iter().map(|field| Header {
+            name: bytes.slice_ref(field.name.as_bytes()),
+            value: bytes.slice_ref(field.value),
+        }));
+    }
+
     pub(crate) fn clear(&mut self) {
         self.entries.clear();
     }

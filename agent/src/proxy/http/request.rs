@@ -38,6 +38,17 @@ pub enum Version {
     Http11,
 }
 
+impl Version {
+    /// The version of a head httparse accepted (`HTTP/1.<minor>`; it accepts only 0 and 1).
+    pub(crate) fn from_minor(minor: u8) -> Self {
+        if minor == 0 {
+            Self::Http10
+        } else {
+            Self::Http11
+        }
+    }
+}
+
 /// Request method (RFC 9110 section 9). Methods are case-sensitive: `get` is [`Method::Other`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Method {
@@ -282,18 +293,8 @@ fn decode(bytes: &Bytes, head: &mut RequestHead) -> Result<(), HttpError> {
         });
     }
     head.method = Method::from_token(method, bytes);
-    head.version = if minor == 0 {
-        Version::Http10
-    } else {
-        Version::Http11
-    };
-    head.headers.clear();
-    for field in req.headers.iter() {
-        head.headers.push_parsed(
-            bytes.slice_ref(field.name.as_bytes()),
-            bytes.slice_ref(field.value),
-        );
-    }
+    head.version = Version::from_minor(minor);
+    head.headers.fill_parsed(req.headers, bytes);
     let authority = check_host(&head.headers)?;
     head.target = origin_form(bytes.slice_ref(target.as_bytes()), authority)?;
     let framing = framing_fields(&head.headers, head.version).map_err(bad)?;

@@ -148,18 +148,8 @@ fn decode(bytes: &Bytes, head: &mut ResponseHead) -> Result<(), HttpError> {
     }
     head.status = status;
     head.reason = bytes.slice_ref(res.reason.unwrap_or_default().as_bytes());
-    head.version = if minor == 0 {
-        Version::Http10
-    } else {
-        Version::Http11
-    };
-    head.headers.clear();
-    for field in res.headers.iter() {
-        head.headers.push_parsed(
-            bytes.slice_ref(field.name.as_bytes()),
-            bytes.slice_ref(field.value),
-        );
-    }
+    head.version = Version::from_minor(minor);
+    head.headers.fill_parsed(res.headers, bytes);
     let framing = framing_fields(&head.headers, head.version).map_err(bad)?;
     head.content_length = framing.content_length;
     head.chunked = framing.chunked;
