@@ -49,6 +49,7 @@ mod checkpoint;
 mod export;
 mod http;
 mod index;
+mod pindex;
 mod query;
 mod record;
 mod render;

@@ -7,7 +7,7 @@ use rusqlite::{Connection, OptionalExtension as _, params_from_iter, types::Valu
 use serde::Serialize;
 
 use super::{
-    AuditError, chain,
+    AuditError, chain, pindex,
     record::{Completion, Decision, Entry, Record},
     store::seq_i64,
 };
@@ -63,7 +63,11 @@ pub struct QueryRow {
 /// Runs `filter` against the store.
 pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<QueryRow>, AuditError> {
     let read = |source| AuditError::Read { source };
-    let (sql, values) = build_sql(filter);
+    let copy_upto = filter
+        .patient
+        .as_ref()
+        .and_then(|_| pindex::usable_upto(conn));
+    let (sql, values) = build_sql(filter, copy_upto);
     let mut stmt = conn.prepare(&sql).map_err(read)?;
     let rows = stmt
         .query_map(params_from_iter(values), |r| {
@@ -122,7 +126,8 @@ fn parse(seq: u64, body: &str) -> Result<Entry, AuditError> {
 }
 
 /// The SQL and its parameters for `filter`. Values are always bound, never spliced into the SQL.
-fn build_sql(f: &Filter) -> (String, Vec<Value>) {
+/// `copy_upto`: how far the patient index copy reaches (`pindex.rs`), `None` without one.
+fn build_sql(f: &Filter, copy_upto: Option<u64>) -> (String, Vec<Value>) {
     let mut sql = String::from("SELECT seq, hash, body FROM entries WHERE kind = 'request'");
     let mut values = Vec::new();
     let mut eq = |column: &str, value: Option<Value>| {
@@ -154,12 +159,27 @@ fn build_sql(f: &Filter) -> (String, Vec<Value>) {
         f.to.map(|t| Value::Integer(t.as_microsecond())),
     );
     eq("seq >", f.after_seq.map(|s| Value::Integer(seq_i64(s))));
-    eq(
-        "seq IN (SELECT seq FROM patients WHERE patient =",
-        text(&f.patient),
-    );
-    if f.patient.is_some() {
-        sql.push(')');
+    if let Some(patient) = &f.patient {
+        values.push(Value::Text(patient.clone()));
+        let p = values.len();
+        match copy_upto {
+            // The copy up to where it reaches, the chained rows after that.
+            Some(upto) => {
+                values.push(Value::Integer(seq_i64(upto)));
+                let u = values.len();
+                let _ = write!(
+                    sql,
+                    " AND seq IN (SELECT seq FROM pidx.patient_seq WHERE patient = ?{p} AND seq <= ?{u} \
+                     UNION ALL SELECT seq FROM patients WHERE seq > ?{u} AND patient = ?{p})"
+                );
+            }
+            None => {
+                let _ = write!(
+                    sql,
+                    " AND seq IN (SELECT seq FROM patients WHERE patient = ?{p})"
+                );
+            }
+        }
     }
     if f.unattributed {
         sql.push_str(" AND integration IS NULL");

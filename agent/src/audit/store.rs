@@ -19,7 +19,7 @@ use super::{
 };
 
 /// Bumped when the schema changes; `open` refuses a store from a newer fhirwall.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
@@ -56,7 +56,9 @@ CREATE TABLE IF NOT EXISTS patients (
     patient TEXT NOT NULL,
     PRIMARY KEY (seq, patient)
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS patients_patient ON patients (patient);
+-- Version 1 indexed patients here, inside every commit; the index is now built apart
+-- (pindex.rs).
+DROP INDEX IF EXISTS patients_patient;
 CREATE TABLE IF NOT EXISTS export_cursors (
     name       TEXT PRIMARY KEY,
     seq        INTEGER NOT NULL,
@@ -173,6 +175,7 @@ pub fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
+    super::pindex::attach_read_only(&conn, path);
     Ok(conn)
 }
 

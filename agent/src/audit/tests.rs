@@ -8,6 +8,7 @@ mod export;
 mod fhir;
 mod group_commit;
 mod locked;
+mod pindex;
 mod query_report;
 mod retention;
 mod tamper;

@@ -22,6 +22,7 @@ use super::{
     AuditError,
     chain::{self, GENESIS, Hash},
     index::{COLUMNS, IndexCols},
+    pindex,
     record::Entry,
     store::Head,
 };
@@ -97,6 +98,10 @@ pub enum Problem {
     PatientsEdited,
     /// Patient index rows without an entry.
     OrphanPatients { count: u64 },
+    /// The patient index copy (`pindex.rs`) lacks `missing` rows of the chained patient rows it
+    /// claims to cover, or has `extra` rows they do not: edited, so queries by patient would
+    /// hide or invent records.
+    PatientCopyDiffers { missing: u64, extra: u64 },
     /// The body is not a valid entry.
     Unreadable { detail: String },
     /// The anchor's position holds a different hash: rewritten history.
@@ -140,6 +145,10 @@ impl fmt::Display for Finding {
             Problem::OrphanPatients { count } => {
                 write!(f, "{count} patient index rows with no entry (inserted)")
             }
+            Problem::PatientCopyDiffers { missing, extra } => write!(
+                f,
+                "patient index copy edited: {missing} rows missing, {extra} rows not in the store"
+            ),
             Problem::Unreadable { detail } => write!(f, "seq {seq}: unreadable entry: {detail}"),
             Problem::AnchorMismatch => write!(
                 f,
@@ -214,7 +223,21 @@ pub fn verify(conn: &Connection, anchors: &[Anchor]) -> Result<Verification, Aud
     }
     walk.orphans += patients.count() as u64;
     let cursors = export_cursors(conn).map_err(read)?;
-    Ok(walk.finish(&cursors))
+    let copy = match pindex::usable_upto(conn) {
+        Some(upto) if upto > 0 => pindex::differences(conn, upto).map_err(read)?,
+        _ => (0, 0),
+    };
+    let mut verification = walk.finish(&cursors);
+    if copy != (0, 0) && verification.findings.len() < MAX_FINDINGS {
+        verification.findings.push(Finding {
+            seq: 0,
+            problem: Problem::PatientCopyDiffers {
+                missing: copy.0,
+                extra: copy.1,
+            },
+        });
+    }
+    Ok(verification)
 }
 
 fn export_cursors(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {

@@ -26,6 +26,7 @@ use super::{
     AuditError,
     checkpoint::Checkpointer,
     index::Prepared,
+    pindex::Indexer,
     record::{self, Completion, Entry, Record},
     store::{self, Checkpoints, Head, Retention, StoreOptions},
 };
@@ -174,11 +175,14 @@ impl AuditSink {
             }
             Checkpoints::Inline => None,
         };
+        // After the store is open (and migrated): the copy reads its `patients` table.
+        let indexer = Indexer::start(&config.path)?;
         let state = Writer {
             conn,
             head,
             broken: false,
             checkpointer,
+            _indexer: indexer,
             config,
             shared: Arc::clone(&shared),
         };
@@ -314,6 +318,8 @@ struct Writer {
     broken: bool,
     /// With `Checkpoints::Background`: told of every commit, asked to restart a long WAL.
     checkpointer: Option<Checkpointer>,
+    /// Keeps the patient index copy up to date (`pindex.rs`); stopped with the writer.
+    _indexer: Indexer,
     config: AuditConfig,
     shared: Arc<Shared>,
 }
