@@ -7,7 +7,6 @@ through REQUESTS_CA_BUNDLE. One JSON line per action on stdout.
 usage: fhirclient_scenario.py BASE_URL
 """
 
-import json
 import sys
 
 from fhirclient import server as fhir_server
@@ -18,22 +17,7 @@ from fhirclient.models.observation import Observation
 from fhirclient.models.operationoutcome import OperationOutcome
 from fhirclient.models.patient import Patient
 
-
-def emit(action, **fields):
-    print(json.dumps({"action": action, **fields}), flush=True)
-
-
-def lab(patient_id, code, value):
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "laboratory"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "valueQuantity": {"value": value, "unit": "mg/dL"},
-    }
+from scenario_common import emit, lab
 
 
 def main():

@@ -13,22 +13,7 @@ import sys
 from fhirpy import SyncFHIRClient
 from fhirpy.base.exceptions import ForbiddenError
 
-
-def emit(action, **fields):
-    print(json.dumps({"action": action, **fields}), flush=True)
-
-
-def lab(patient_id, code, value):
-    return {
-        "resourceType": "Observation",
-        "status": "final",
-        "category": [{"coding": [{
-            "system": "http://terminology.hl7.org/CodeSystem/observation-category",
-            "code": "laboratory"}]}],
-        "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
-        "subject": {"reference": f"Patient/{patient_id}"},
-        "valueQuantity": {"value": value, "unit": "mg/dL"},
-    }
+from scenario_common import emit, lab
 
 
 def main():

@@ -3,10 +3,10 @@
 //! protected destination and are relayed, refused or closed; `fhirwall workloads` lists them.
 //! Needs root and BTF; skipped with a reason on a laptop, failing in CI.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{path::Path, time::Duration};
 
 use fhirwall_tests::{
-    Probe, eventually, kernel_available, target_binary,
+    Probe, eventually, kernel_available,
     world::{World, probe_exe, status},
 };
 
@@ -214,6 +214,16 @@ fn resets_connections_that_predate_the_agent() {
     );
 }
 
+/// Waits for the agent's second successful policy load (the first is at start).
+fn assert_reloaded(world: &World) {
+    let reloaded = eventually(Duration::from_secs(10), || {
+        world
+            .metric("fhirwall_policy_reloads_total{result=\"ok\"}")
+            .filter(|n| *n >= 2.0)
+    });
+    assert!(reloaded.is_some(), "policy not reloaded");
+}
+
 #[test]
 fn a_policy_edit_is_applied_without_restart() {
     if !kernel_available("a_policy_edit_is_applied_without_restart") {
@@ -223,12 +233,7 @@ fn a_policy_edit_is_applied_without_restart() {
     let _agent = world.start();
     assert_eq!(status(&world.probe(&["--send", READ])), Some(200));
     world.write_policy("revoked", &probe_exe());
-    let reloaded = eventually(Duration::from_secs(10), || {
-        world
-            .metric("fhirwall_policy_reloads_total{result=\"ok\"}")
-            .filter(|n| *n >= 2.0)
-    });
-    assert!(reloaded.is_some(), "policy not reloaded");
+    assert_reloaded(&world);
     let report = world.probe(&["--send", READ]);
     assert_ne!(status(&report), Some(200), "revoked after reload: {report}");
     // An invalid edit keeps the last good policy.
@@ -260,12 +265,9 @@ fn operators_revoke_reinstate_and_break_glass() {
         )
         .expect("break-glass policy");
     let mut agent = world.start();
+    let socket = world.files.socket.to_str().expect("utf-8");
     let fhirwall = |args: &[&str]| {
-        let out = Command::new(target_binary("fhirwall").expect("fhirwall"))
-            .args(args)
-            .args(["--socket", world.files.socket.to_str().expect("utf-8")])
-            .output()
-            .expect("fhirwall");
+        let out = world.fhirwall(&[args, &["--socket", socket]].concat());
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned()
@@ -326,12 +328,7 @@ fn operators_revoke_reinstate_and_break_glass() {
     assert_ne!(status(&world.probe(&["--send", READ])), Some(200));
     // A reload of the (unchanged, active) policy files keeps the operator's revocation.
     world.write_policy("active", &probe_exe());
-    let reloaded = eventually(Duration::from_secs(10), || {
-        world
-            .metric("fhirwall_policy_reloads_total{result=\"ok\"}")
-            .filter(|n| *n >= 2.0)
-    });
-    assert!(reloaded.is_some(), "policy not reloaded");
+    assert_reloaded(&world);
     assert_ne!(
         status(&world.probe(&["--send", READ])),
         Some(200),
