@@ -71,7 +71,10 @@ fn parses_this_process_stat() {
     let procfs = ProcFs::new(PathBuf::from("/proc"));
     let stat = procfs.stat(tgid).expect("own stat");
     let text = std::fs::read(format!("/proc/{tgid}/stat")).expect("own stat");
-    assert_eq!(parse_stat(&text).expect("parses"), stat);
+    let again = parse_stat(&text).expect("parses");
+    // State and flags belong to this moment (the test harness's other threads run meanwhile);
+    // the identity of the process does not change between two reads.
+    assert_eq!((again.comm, again.start_time), (stat.comm, stat.start_time));
     assert!(stat.start_time > 0);
 }
 
