@@ -91,7 +91,10 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     state_dir(&config.state_dir)?;
     let audit_db = config.state_dir.join("audit.db");
-    let (audit, audit_writer) = AuditSink::start(AuditConfig::new(&audit_db))?;
+    let (audit, audit_writer) = AuditSink::start(AuditConfig {
+        commit_seconds: Some(metrics.audit_commit_seconds.clone()),
+        ..AuditConfig::new(&audit_db)
+    })?;
     let attributor = Attributor::new(
         kernel.conns(),
         AttributionSettings {

@@ -243,6 +243,11 @@ fn a_full_disk_refuses_with_503_forwards_nothing_unrecorded_and_recovers_without
     assert!(!counts.contains_key("503"), "{counts:?}");
     settled(&world);
     assert_every_forwarded_request_recorded(&world);
+    let commits = world.metric("fhirwall_audit_commit_seconds_count");
+    assert!(
+        commits.is_some_and(|n| n >= 1.0),
+        "the commits that resumed are timed: {commits:?}"
+    );
     let (code, out) = verify(&world);
     assert_eq!(code, 0, "the chain verifies after the full disk:\n{out}");
     drop(agent);

@@ -14,10 +14,11 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use jiff::Timestamp;
+use prometheus::Histogram;
 use rusqlite::Connection;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
@@ -43,7 +44,16 @@ pub struct AuditConfig {
     pub queue_capacity: usize,
     /// Most records in one transaction.
     pub max_batch: usize,
+    /// Observes the duration of every committed transaction (the agent's
+    /// `fhirwall_audit_commit_seconds`).
+    pub commit_seconds: Option<Histogram>,
+    /// A commit slower than this is logged (at most once per `SLOW_COMMIT_LOG_EVERY`): every
+    /// request in flight waited for it.
+    pub slow_commit: Duration,
 }
+
+/// The least time between two "slow commit" warnings; the ones in between are counted.
+const SLOW_COMMIT_LOG_EVERY: Duration = Duration::from_mins(1);
 
 impl AuditConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -60,6 +70,8 @@ impl AuditConfig {
             retention_interval: Duration::from_mins(1),
             queue_capacity: 65_536,
             max_batch: 4_096,
+            commit_seconds: None,
+            slow_commit: Duration::from_millis(100),
         }
     }
 }
@@ -181,6 +193,7 @@ impl AuditSink {
             conn,
             head,
             broken: false,
+            slow: SlowCommits::default(),
             checkpointer,
             _indexer: indexer,
             config,
@@ -311,11 +324,20 @@ fn spawn_ticker(tx: mpsc::WeakSender<Job>, interval: Duration) -> Result<(), Aud
         .map_err(|source| AuditError::Thread { source })
 }
 
+/// Slow commits since the last warning about them.
+#[derive(Debug, Default)]
+struct SlowCommits {
+    logged: Option<Instant>,
+    since_log: u64,
+    worst: Duration,
+}
+
 struct Writer {
     conn: Connection,
     head: Head,
     /// The last transaction failed: re-read the head (and reopen if that fails) before the next.
     broken: bool,
+    slow: SlowCommits,
     /// With `Checkpoints::Background`: told of every commit, asked to restart a long WAL.
     checkpointer: Option<Checkpointer>,
     /// Keeps the patient index copy up to date (`pindex.rs`); stopped with the writer.
@@ -361,7 +383,11 @@ impl Writer {
                 c.restart_if_over(&self.conn);
             }
             let entries: Vec<&Prepared> = batch.iter().map(|(e, _)| e).collect();
-            store::append(&mut self.conn, self.head, &entries).map_err(AuditError::write)
+            let started = Instant::now();
+            let head =
+                store::append(&mut self.conn, self.head, &entries).map_err(AuditError::write)?;
+            self.took(started.elapsed(), entries.len());
+            Ok(head)
         });
         match result {
             Ok(head) => {
@@ -380,6 +406,35 @@ impl Writer {
             }
             Err(err) => self.failed(batch, err),
         }
+    }
+
+    /// Accounts for a committed transaction's duration: the histogram, and a warning when it
+    /// was slow enough that the requests waiting on it noticed.
+    fn took(&mut self, elapsed: Duration, records: usize) {
+        if let Some(h) = &self.config.commit_seconds {
+            h.observe(elapsed.as_secs_f64());
+        }
+        if elapsed < self.config.slow_commit {
+            return;
+        }
+        let s = &mut self.slow;
+        s.since_log += 1;
+        s.worst = s.worst.max(elapsed);
+        let now = Instant::now();
+        if s.logged.is_some_and(|at| now - at < SLOW_COMMIT_LOG_EVERY) {
+            return;
+        }
+        tracing::warn!(
+            ms = elapsed.as_millis(),
+            records,
+            slow_commits = s.since_log,
+            worst_ms = s.worst.as_millis(),
+            "audit commit slow (the audit store's disk stalls forwarding; see fhirwall_audit_commit_seconds)"
+        );
+        *s = SlowCommits {
+            logged: Some(now),
+            ..SlowCommits::default()
+        };
     }
 
     fn succeeded(&self, head: Head, count: u64) {

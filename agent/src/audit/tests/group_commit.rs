@@ -105,3 +105,33 @@ async fn completions_are_chained_and_joined_to_their_request() {
     assert_eq!(rows[0].seq, seq.0);
     assert_eq!(rows[0].completion.as_ref(), Some(&done));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_transaction_is_timed_for_the_commit_histogram() {
+    let (_dir, path) = temp_store();
+    let histogram =
+        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("t", "t")).unwrap();
+    let (sink, writer) = AuditSink::start(AuditConfig {
+        commit_seconds: Some(histogram.clone()),
+        // Every commit counts as slow: the warning's rate limit is exercised too.
+        slow_commit: std::time::Duration::ZERO,
+        ..AuditConfig::new(&path)
+    })
+    .unwrap();
+    for n in 0..5 {
+        sink.commit(record(n, jiff::Timestamp::now()))
+            .await
+            .unwrap();
+    }
+    let stats = sink.stats();
+    drop(sink);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
+    assert_eq!(stats.committed_batches, 5, "one awaited commit at a time");
+    assert_eq!(histogram.get_sample_count(), stats.committed_batches);
+    assert!(
+        histogram.get_sample_sum() > 0.0,
+        "a commit with fsync takes time"
+    );
+}
