@@ -91,10 +91,10 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     state_dir(&config.state_dir)?;
     let audit_db = config.state_dir.join("audit.db");
-    let (audit, audit_writer) = AuditSink::start(AuditConfig {
-        commit_seconds: Some(metrics.audit_commit_seconds.clone()),
-        ..AuditConfig::new(&audit_db)
-    })?;
+    let mut audit_config = AuditConfig::new(&audit_db);
+    audit_config.store.durability = config.audit.durability();
+    audit_config.commit_seconds = Some(metrics.audit_commit_seconds.clone());
+    let (audit, audit_writer) = AuditSink::start(audit_config)?;
     let attributor = Attributor::new(
         kernel.conns(),
         AttributionSettings {

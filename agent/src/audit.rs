@@ -75,7 +75,7 @@ pub use record::{
 };
 pub use render::{jsonl_line, report_text, table};
 pub use report::{BusinessHours, Report, WorkloadSeen, report};
-pub use store::{Checkpoints, Head, Retention, StoreOptions, open, open_read_only};
+pub use store::{Checkpoints, Durability, Head, Retention, StoreOptions, open, open_read_only};
 #[cfg(test)]
 pub(crate) use tests::support as tests_support;
 pub use verify::{Anchor, Finding, Problem, Verification, verify};

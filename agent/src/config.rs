@@ -32,6 +32,50 @@ pub struct AgentConfig {
     pub sidecar: SidecarConfig,
     pub kernel: KernelConfig,
     pub admin: AdminConfig,
+    pub audit: AuditSettings,
+}
+
+/// How the audit store is written.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditSettings {
+    /// `fsync` (default): every group commit is fsynced before its requests are forwarded.
+    /// `background`: commits reach the operating system before forwarding (an agent crash loses
+    /// nothing) and the WAL is fsynced every `fsync_interval_ms` (a power loss can lose that
+    /// interval).
+    pub durability: DurabilityMode,
+    /// With `durability: background`: the longest a committed record may wait for its fsync.
+    pub fsync_interval_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DurabilityMode {
+    #[default]
+    Fsync,
+    Background,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            durability: DurabilityMode::Fsync,
+            fsync_interval_ms: 100,
+        }
+    }
+}
+
+impl AuditSettings {
+    /// The audit store's durability from these settings.
+    #[must_use]
+    pub fn durability(&self) -> crate::audit::Durability {
+        match self.durability {
+            DurabilityMode::Fsync => crate::audit::Durability::Fsync,
+            DurabilityMode::Background => crate::audit::Durability::Background {
+                fsync_interval: Duration::from_millis(self.fsync_interval_ms),
+            },
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,6 +153,7 @@ impl Default for AgentConfig {
             sidecar: SidecarConfig::default(),
             kernel: KernelConfig::default(),
             admin: AdminConfig::default(),
+            audit: AuditSettings::default(),
         }
     }
 }
@@ -204,6 +249,12 @@ impl AgentConfig {
                 "sidecar.transparent_port and sidecar.worker_threads must be positive".into(),
             );
         }
+        if !(1..=10_000).contains(&self.audit.fsync_interval_ms) {
+            return Err(
+                "audit.fsync_interval_ms must be between 1 and 10000 (the records a power loss may take)"
+                    .into(),
+            );
+        }
         if k.heartbeat_interval_ms == 0 || k.heartbeat_timeout_ms < 2 * k.heartbeat_interval_ms {
             return Err(
                 "kernel.heartbeat_timeout_ms must be at least twice heartbeat_interval_ms".into(),
@@ -273,5 +324,23 @@ mod tests {
         );
         assert!(parse("enforcement: kernel\n").is_ok());
         assert!(parse("enforcement: both\n").is_err());
+        assert!(parse("audit:\n  durability: sometimes\n").is_err());
+        assert!(parse("audit:\n  fsync_interval_ms: 0\n").is_err());
+        assert!(parse("audit:\n  fsync_interval_ms: 60000\n").is_err());
+    }
+
+    #[test]
+    fn audit_durability_is_fsync_unless_asked_otherwise() {
+        use crate::audit::Durability;
+        let default = parse("node_name: x\n").expect("valid");
+        assert_eq!(default.audit.durability(), Durability::Fsync);
+        let background =
+            parse("audit:\n  durability: background\n  fsync_interval_ms: 50\n").expect("valid");
+        assert_eq!(
+            background.audit.durability(),
+            Durability::Background {
+                fsync_interval: Duration::from_millis(50)
+            }
+        );
     }
 }

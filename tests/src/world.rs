@@ -11,7 +11,7 @@ use serde_json::Value;
 
 use crate::{
     PinDir, Probe, TempDir, TestCgroup,
-    agent::{Agent, AgentFiles},
+    agent::{Agent, AgentFiles, AgentOptions},
     destination::Destination,
     target_binary,
 };
@@ -35,12 +35,19 @@ impl World {
     /// A world whose one integration (`probe-integration`, for `fw-probe`) has `status`.
     #[must_use]
     pub fn new(status: &str) -> Self {
+        Self::with_options(status, &AgentOptions::default())
+    }
+
+    /// Like [`World::new`], with the optional parts of the agent's config.
+    #[must_use]
+    pub fn with_options(status: &str, options: &AgentOptions) -> Self {
         let cgroup = TestCgroup::new().expect("cgroup");
         let work = cgroup.child("work").expect("work");
         let agent_cgroup = cgroup.child("agent").expect("agent");
         let pins = PinDir::new();
         let dir = TempDir::new("fhirwall-agent-test").expect("temp dir");
-        let files = AgentFiles::new(&dir.0, &cgroup, &pins.path, MARK).expect("agent files");
+        let files = AgentFiles::with_options(&dir.0, &cgroup, &pins.path, MARK, options)
+            .expect("agent files");
         let destination = Destination::start([127, 0, 0, 8]);
         let world = Self {
             files,

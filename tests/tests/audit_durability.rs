@@ -16,7 +16,7 @@ use std::{
 
 use fhirwall_tests::{
     Probe, TmpfsGuard,
-    agent::{admin_get, http_get},
+    agent::{AgentOptions, admin_get, http_get},
     eventually,
     fhir::{python_or_skip, validate},
     kernel_available,
@@ -129,7 +129,24 @@ fn kill_9_under_load_loses_no_record_and_the_chain_verifies_after_restart() {
     if !kernel_available("kill_9_under_load_loses_no_record_and_the_chain_verifies_after_restart") {
         return;
     }
-    let world = World::new("active");
+    kill_9_under_load(&AgentOptions::default());
+}
+
+/// `audit.durability: background` trades power-loss safety for fsync stalls, never agent
+/// crashes: a killed agent still loses nothing.
+#[test]
+fn kill_9_loses_no_record_with_background_fsync_either() {
+    if !kernel_available("kill_9_loses_no_record_with_background_fsync_either") {
+        return;
+    }
+    kill_9_under_load(&AgentOptions {
+        background_fsync_ms: Some(1_000),
+        ..AgentOptions::default()
+    });
+}
+
+fn kill_9_under_load(options: &AgentOptions) {
+    let world = World::with_options("active", options);
     let mut agent = world.start();
     let clients = load(&world);
     let busy = eventually(Duration::from_mins(2), || {

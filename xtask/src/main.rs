@@ -43,7 +43,8 @@ enum Command {
         #[arg(long)]
         kernel_enforcement: bool,
     },
-    /// Run benchmarks: all, or one of kernel, proxy, classify, attribution, http, audit, tls, policy.
+    /// Run benchmarks: all, or one of kernel, proxy, classify, attribution, http, audit, tls,
+    /// policy; `ebpf` is kernel and attribution (the hooks' cost and the lookup at accept).
     Bench { which: Option<String> },
 }
 
@@ -86,7 +87,7 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
             "--bins",
         ])
     };
-    if which.is_none_or(|w| w == "kernel") {
+    if which.is_none_or(|w| w == "kernel" || w == "ebpf") {
         binaries()?;
         sh::run("target/release/fw-kernel-bench", &[])?;
     }
@@ -97,6 +98,7 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
     }
     match which {
         Some("kernel" | "proxy") => Ok(()),
+        Some("ebpf") => sh::cargo(&["bench", "-p", "fhirwall", "--bench", "attribution"]),
         Some(name) => sh::cargo(&["bench", "-p", "fhirwall", "--bench", name]),
         None => sh::cargo(&["bench", "-p", "fhirwall"]),
     }

@@ -16,21 +16,29 @@
 //! commit) passes `checkpoint_pages`, the writer runs a PASSIVE checkpoint itself between two
 //! transactions. The thread has copied nearly everything by then, so that is a short catch-up
 //! rather than the whole copy, after which the WAL starts over.
+//!
+//! With `Durability::Background` commits are not fsynced (`synchronous=NORMAL`): the thread
+//! also wakes every `fsync_interval` and, when anything was committed since its last sync,
+//! fsyncs the WAL file. Until a sync has succeeded again after a failed one, the writer refuses
+//! new records (`sync_failed`), so a broken disk still fails closed.
 
 use std::{
-    path::Path,
+    fs::File,
+    os::unix::fs::MetadataExt as _,
+    path::{Path, PathBuf},
     sync::{
         Arc, Condvar, Mutex, PoisonError,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::{self, JoinHandle},
+    time::Duration,
 };
 
 use rusqlite::Connection;
 
 use super::{
     AuditError,
-    store::{self, StoreOptions},
+    store::{self, Durability, StoreOptions},
 };
 
 /// The checkpointer thread; stopped and joined on drop.
@@ -52,6 +60,12 @@ struct State {
     wal_pages: AtomicU64,
     /// WAL pages at which the thread is woken next.
     next_wake: AtomicU64,
+    /// Commits seen by the WAL hook.
+    commits: AtomicU64,
+    /// Background fsyncs of the WAL that succeeded.
+    syncs: AtomicU64,
+    /// The last background fsync failed: records committed since may not be durable.
+    sync_failed: AtomicBool,
 }
 
 impl Checkpointer {
@@ -60,11 +74,20 @@ impl Checkpointer {
         let conn = store::open(path, opts)?;
         let state = Arc::new(State::default());
         let limit = u64::from(opts.checkpoint_pages.max(1));
+        let sync = match opts.durability {
+            Durability::Fsync => None,
+            Durability::Background { fsync_interval } => Some(WalSync {
+                path: wal_path(path),
+                interval: fsync_interval.max(Duration::from_millis(1)),
+                file: None,
+                synced: 0,
+            }),
+        };
         let thread = thread::Builder::new()
             .name("fhirwall-ckpt".into())
             .spawn({
                 let state = Arc::clone(&state);
-                move || run(&conn, &state)
+                move || run(&conn, &state, sync)
             })
             .map_err(|source| AuditError::Thread { source })?;
         Ok(Self {
@@ -83,6 +106,7 @@ impl Checkpointer {
         state.next_wake.store(step, Ordering::Relaxed);
         // Runs on the writer's thread, inside its COMMIT, after the WAL is synced.
         conn.wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, pages| {
+            state.commits.fetch_add(1, Ordering::Release);
             let pages = u64::try_from(pages).unwrap_or(0);
             let before = state.wal_pages.swap(pages, Ordering::Relaxed);
             if pages < before {
@@ -110,6 +134,18 @@ impl Checkpointer {
         if let Err(e) = store::checkpoint(conn) {
             tracing::debug!(error = %e, "catch-up checkpoint failed; will retry");
         }
+    }
+
+    /// With `Durability::Background`: the last fsync of the WAL failed, so records committed
+    /// since may be lost with a power failure. The writer refuses new records meanwhile.
+    pub fn sync_failed(&self) -> bool {
+        self.state.sync_failed.load(Ordering::Acquire)
+    }
+
+    /// Background fsyncs of the WAL that succeeded so far.
+    #[cfg(test)]
+    pub fn syncs(&self) -> u64 {
+        self.state.syncs.load(Ordering::Acquire)
     }
 
     /// A checkpointer whose thread never runs: only the writer's catch-up checkpoints restart
@@ -142,21 +178,95 @@ impl Drop for Checkpointer {
     }
 }
 
-fn run(conn: &Connection, state: &State) {
+/// The WAL's path beside the database (`SQLite` names it so).
+fn wal_path(db: &Path) -> PathBuf {
+    let mut name = db.as_os_str().to_owned();
+    name.push("-wal");
+    PathBuf::from(name)
+}
+
+/// Fsyncs the WAL of a `synchronous=NORMAL` store in the background.
+struct WalSync {
+    path: PathBuf,
+    interval: Duration,
+    /// The WAL file and its inode, reopened should the inode change.
+    file: Option<(File, u64)>,
+    /// Commits known to be durable.
+    synced: u64,
+}
+
+impl WalSync {
+    fn sync(&mut self, state: &State) {
+        // Read before syncing: every commit counted here is in the WAL when fsync starts.
+        let commits = state.commits.load(Ordering::Acquire);
+        if commits == self.synced && !state.sync_failed.load(Ordering::Acquire) {
+            return;
+        }
+        match self.sync_file() {
+            Ok(()) => {
+                self.synced = commits;
+                state.syncs.fetch_add(1, Ordering::Release);
+                if state.sync_failed.swap(false, Ordering::AcqRel) {
+                    tracing::warn!("audit WAL fsync succeeds again");
+                }
+            }
+            Err(e) => {
+                self.file = None;
+                if !state.sync_failed.swap(true, Ordering::AcqRel) {
+                    tracing::error!(error = %e, "audit WAL fsync failed; refusing requests until it succeeds");
+                }
+            }
+        }
+    }
+
+    fn sync_file(&mut self) -> std::io::Result<()> {
+        let inode = std::fs::metadata(&self.path)?.ino();
+        if self.file.as_ref().is_none_or(|(_, ino)| *ino != inode) {
+            self.file = Some((File::open(&self.path)?, inode));
+        }
+        match &self.file {
+            Some((file, _)) => file.sync_data(),
+            None => Ok(()),
+        }
+    }
+}
+
+fn run(conn: &Connection, state: &State, mut sync: Option<WalSync>) {
     let mut failing = false;
     loop {
-        {
+        let woken = {
             let mut pending = state.pending.lock().unwrap_or_else(PoisonError::into_inner);
             while !*pending && !state.stop.load(Ordering::SeqCst) {
-                pending = state
-                    .wake
-                    .wait(pending)
-                    .unwrap_or_else(PoisonError::into_inner);
+                match &sync {
+                    None => {
+                        pending = state
+                            .wake
+                            .wait(pending)
+                            .unwrap_or_else(PoisonError::into_inner);
+                    }
+                    Some(s) => {
+                        let (guard, timeout) = state
+                            .wake
+                            .wait_timeout(pending, s.interval)
+                            .unwrap_or_else(PoisonError::into_inner);
+                        pending = guard;
+                        if timeout.timed_out() {
+                            break;
+                        }
+                    }
+                }
             }
-            *pending = false;
+            std::mem::take(&mut *pending)
+        };
+        // Also on the way out: a clean stop leaves nothing unsynced.
+        if let Some(s) = &mut sync {
+            s.sync(state);
         }
         if state.stop.load(Ordering::SeqCst) {
             return;
+        }
+        if !woken {
+            continue;
         }
         match store::checkpoint(conn) {
             Ok(()) => failing = false,

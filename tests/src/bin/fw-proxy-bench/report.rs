@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
+use super::disk::{Commits, FsyncProbe};
+
 /// What wrk printed.
 #[derive(Clone, Copy, Debug)]
 pub struct Wrk {
@@ -161,6 +163,10 @@ pub struct Report {
     saturation: BTreeMap<String, Vec<Saturation>>,
     half: BTreeMap<String, Vec<Half>>,
     idle: BTreeMap<String, Idle>,
+    /// The idle disk's fsync latency, under the audit store.
+    pub fsync: Option<FsyncProbe>,
+    /// The disk-backed sidecar's audit commits over the whole run.
+    pub commits: Option<Commits>,
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -185,6 +191,8 @@ impl Report {
             saturation: BTreeMap::new(),
             half: BTreeMap::new(),
             idle: BTreeMap::new(),
+            fsync: None,
+            commits: None,
         }
     }
 
@@ -245,6 +253,7 @@ impl Report {
         self.print_half();
         self.print_idle();
         self.print_threads();
+        self.print_disk();
         self.print_targets();
     }
 
@@ -393,6 +402,32 @@ impl Report {
             idle.unwrap_or(f64::NAN),
             verdict(idle.is_some_and(|k| k * 1024.0 < 30_000.0))
         );
+    }
+
+    fn print_disk(&self) {
+        println!("\n5. the audit store's disk");
+        if let Some(p) = &self.fsync {
+            println!(
+                "  idle machine, 16 KiB write + fsync: {} samples, p50 {:.0} us, p99 {:.0} us, \
+                 max {:.0} us, {} over 20 ms",
+                p.count, p.p50_us, p.p99_us, p.max_us, p.over_20ms
+            );
+        }
+        if let Some(c) = &self.commits {
+            println!(
+                "  the sidecar's audit commits (all runs): {:.0}, mean {:.0} us, over 10 ms: {:.0}, \
+                 over 100 ms: {:.0}, over 250 ms: {:.0}",
+                c.count,
+                c.sum_seconds / c.count * 1e6,
+                c.over(0.01),
+                c.over(0.1),
+                c.over(0.25)
+            );
+            println!(
+                "  (every request waits for one commit before it is forwarded: a commit that stalls \
+                 for 100 ms holds every request arriving meanwhile)"
+            );
+        }
     }
 
     fn label_starting(&self, prefix: &str) -> Option<&String> {
