@@ -330,6 +330,12 @@ mod tests {
     }
 
     #[test]
+    fn the_shipped_config_shows_the_defaults() {
+        let shipped = parse(include_str!("../../deploy/agent.yaml")).expect("deploy/agent.yaml");
+        assert_eq!(shipped, AgentConfig::default());
+    }
+
+    #[test]
     fn audit_durability_is_fsync_unless_asked_otherwise() {
         use crate::audit::Durability;
         let default = parse("node_name: x\n").expect("valid");
