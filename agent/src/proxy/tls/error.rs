@@ -138,6 +138,10 @@ pub enum TlsError {
     /// The system trust store has no usable root certificate.
     #[error("no usable root certificate in the system trust store")]
     NoSystemRoots,
+    /// Clients asked for more new server names than the sidecar mints leaves for per second
+    /// (random SNI values would otherwise keep the data plane busy signing).
+    #[error("leaf minting rate exceeded; handshake for a new server name refused")]
+    MintRateExceeded,
 }
 
 impl TlsError {
@@ -155,7 +159,8 @@ impl TlsError {
             Self::HandshakeTimeout { .. }
             | Self::ClosedBeforeData
             | Self::NoCommonProtocol
-            | Self::DownstreamHandshake { .. } => TlsErrorSource::DownstreamHandshake,
+            | Self::DownstreamHandshake { .. }
+            | Self::MintRateExceeded => TlsErrorSource::DownstreamHandshake,
             Self::UnknownUpstream { .. }
             | Self::NoAddress { .. }
             | Self::UpstreamConnect { .. }

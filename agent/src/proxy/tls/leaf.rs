@@ -9,7 +9,7 @@ use std::{
         Arc, Mutex, MutexGuard, PoisonError,
         atomic::{AtomicU64, Ordering},
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use lru::LruCache;
@@ -32,6 +32,11 @@ pub struct LeafPolicy {
     /// Names kept; the least recently used go first. Bounds what a client sending random SNI
     /// values can make the sidecar hold.
     pub capacity: NonZeroUsize,
+    /// Leaves minted at most in a burst, and per second after it (new names and renewals).
+    /// Bounds the signing work a client sending random SNI values can make the data plane
+    /// do; names already cached are served either way.
+    pub mint_burst: u32,
+    pub mints_per_second: u32,
 }
 
 impl Default for LeafPolicy {
@@ -40,7 +45,30 @@ impl Default for LeafPolicy {
             validity: Duration::from_hours(7 * 24),
             renew_before: Duration::from_hours(2 * 24),
             capacity: NonZeroUsize::new(1024).unwrap_or(NonZeroUsize::MIN),
+            mint_burst: 64,
+            mints_per_second: 16,
         }
+    }
+}
+
+/// A token bucket for mints.
+#[derive(Debug)]
+struct MintBudget {
+    tokens: f64,
+    at: Instant,
+}
+
+impl MintBudget {
+    fn take(&mut self, policy: &LeafPolicy, now: Instant) -> bool {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens = (self.tokens + elapsed * f64::from(policy.mints_per_second))
+            .min(f64::from(policy.mint_burst));
+        if self.tokens < 1.0 {
+            return false;
+        }
+        self.tokens -= 1.0;
+        true
     }
 }
 
@@ -62,6 +90,8 @@ pub struct LeafCache {
     policy: LeafPolicy,
     slots: Mutex<LruCache<LeafName, Arc<Slot>>>,
     mints: AtomicU64,
+    budget: Mutex<MintBudget>,
+    refused: AtomicU64,
 }
 
 impl fmt::Debug for LeafCache {
@@ -81,8 +111,13 @@ impl LeafCache {
             ca,
             provider,
             slots: Mutex::new(LruCache::new(policy.capacity)),
+            budget: Mutex::new(MintBudget {
+                tokens: f64::from(policy.mint_burst),
+                at: Instant::now(),
+            }),
             policy,
             mints: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
         }
     }
 
@@ -95,6 +130,12 @@ impl LeafCache {
     #[must_use]
     pub fn mints(&self) -> u64 {
         self.mints.load(Ordering::Relaxed)
+    }
+
+    /// Mints refused because the rate was exceeded.
+    #[must_use]
+    pub fn refused_mints(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The CA the leaves come from.
@@ -113,6 +154,14 @@ impl LeafCache {
         let mut minted = lock(&slot.0);
         if let Some(m) = minted.as_ref().filter(|m| now < m.renew_at) {
             return Ok(Arc::clone(&m.key));
+        }
+        if !lock(&self.budget).take(&self.policy, Instant::now()) {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            // A leaf due for renewal but still valid keeps serving until a token is free.
+            if let Some(m) = minted.as_ref() {
+                return Ok(Arc::clone(&m.key));
+            }
+            return Err(TlsError::MintRateExceeded);
         }
         let fresh = self.mint(name, now)?;
         let key = Arc::clone(&fresh.key);
@@ -184,6 +233,8 @@ impl ResolvesServerCert for SniResolver {
         };
         match self.leaves.get(&name) {
             Ok(key) => Some(key),
+            // Counted by the cache; a flood of these must not flood the log too.
+            Err(TlsError::MintRateExceeded) => None,
             Err(e) => {
                 // No certificate: rustls aborts the handshake with an alert.
                 warn!(error = %e, %name, "no leaf certificate for the client");
@@ -245,6 +296,57 @@ mod tests {
         });
         assert_eq!(leaves.mints(), 1);
         assert!(certs.iter().all(|c| Arc::ptr_eq(c, &certs[0])));
+    }
+
+    #[test]
+    fn new_names_beyond_the_mint_budget_are_refused_and_cached_ones_still_served() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let policy = LeafPolicy {
+            mint_burst: 3,
+            // No refill within the test, however slow the machine (refill: the test below).
+            mints_per_second: 0,
+            ..LeafPolicy::default()
+        };
+        let leaves = cache(dir.path(), policy);
+        let names: Vec<LeafName> = (0..5)
+            .map(|i| LeafName::parse(&format!("n{i}.example")).expect("name"))
+            .collect();
+        let results: Vec<bool> = names.iter().map(|n| leaves.get(n).is_ok()).collect();
+        assert_eq!(results, [true, true, true, false, false]);
+        assert!(matches!(
+            leaves.get(&LeafName::parse("flood.example").expect("name")),
+            Err(TlsError::MintRateExceeded)
+        ));
+        assert_eq!(leaves.refused_mints(), 3);
+        assert!(leaves.get(&names[0]).is_ok(), "a cached name is served");
+        assert_eq!(leaves.mints(), 3);
+    }
+
+    #[test]
+    fn the_mint_budget_refills_at_its_rate_up_to_its_burst() {
+        let policy = LeafPolicy {
+            mint_burst: 2,
+            mints_per_second: 4,
+            ..LeafPolicy::default()
+        };
+        let start = Instant::now();
+        let mut budget = MintBudget {
+            tokens: 2.0,
+            at: start,
+        };
+        assert!(budget.take(&policy, start));
+        assert!(budget.take(&policy, start));
+        assert!(!budget.take(&policy, start), "burst spent");
+        assert!(!budget.take(&policy, start + Duration::from_millis(200)));
+        assert!(
+            budget.take(&policy, start + Duration::from_millis(260)),
+            "a quarter second"
+        );
+        // A long quiet spell refills to the burst, not beyond.
+        let later = start + Duration::from_mins(1);
+        assert!(budget.take(&policy, later));
+        assert!(budget.take(&policy, later));
+        assert!(!budget.take(&policy, later));
     }
 
     #[test]
