@@ -124,6 +124,25 @@ pub fn exec_event() {
     emit(&event);
 }
 
+/// A thread group's leader exits: its per-process verdict goes with it, so a process that
+/// later gets the same pid never inherits it (the agent's sweep would only notice later).
+/// Should other threads of the group outlive their leader, they find no entry: refused with
+/// `enforcement: kernel`, decided by the sidecar otherwise.
+pub fn exit_event() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let (tgid, pid) = ((pid_tgid >> 32) as u32, pid_tgid as u32);
+    if pid != tgid {
+        return;
+    }
+    let key = WorkloadKey {
+        kind: KEY_TGID,
+        pad: 0,
+        id: u64::from(tgid),
+    };
+    // Most exiting processes have no entry: nothing to remove is not an error.
+    let _ = FW_WORKLOADS.remove(key);
+}
+
 /// Returns the configuration to redirect with, `None` to let the connect through untouched.
 fn on_connect(
     ctx: &SockAddrContext,

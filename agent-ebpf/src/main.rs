@@ -92,6 +92,12 @@ pub fn fw_sched_exec(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
+#[raw_tracepoint(tracepoint = "sched_process_exit")]
+pub fn fw_sched_exit(_ctx: RawTracePointContext) -> i32 {
+    connect::exit_event();
+    0
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -582,3 +582,39 @@ fn a_failed_connect_leaves_no_record() {
     );
     assert_eq!(kernel.stats().expect("stats").redirected, 3);
 }
+
+#[test]
+fn a_process_verdict_leaves_with_its_process() {
+    if !kernel_available("a_process_verdict_leaves_with_its_process") {
+        return;
+    }
+    let mut fx = Fixture::new(false);
+    let work = fx.work.to_str().expect("utf-8").to_owned();
+    let dst = fx.protected_v4.to_string();
+    let spawn = || Probe::spawn(&["--cgroup", &work, "--wait", "--send", "x", &dst]);
+    let leaving = spawn().expect("probe");
+    let staying = spawn().expect("probe");
+    for pid in [leaving.pid, staying.pid] {
+        fx.kernel
+            .set_workload(WorkloadEntry::Process(pid), Some(Verdict::Deny))
+            .expect("deny");
+        assert_eq!(
+            fx.kernel.workload_in_kernel(WorkloadEntry::Process(pid)),
+            Some(fhirwall_common::VERDICT_DENY)
+        );
+    }
+    let gone = leaving.pid;
+    // Killed and reaped: from now on the pid may be handed to another process.
+    drop(leaving);
+    assert_eq!(
+        fx.kernel.workload_in_kernel(WorkloadEntry::Process(gone)),
+        None,
+        "a later process with this pid must not inherit the verdict"
+    );
+    assert_eq!(
+        fx.kernel
+            .workload_in_kernel(WorkloadEntry::Process(staying.pid)),
+        Some(fhirwall_common::VERDICT_DENY),
+        "only the exiting process's entry goes"
+    );
+}

@@ -18,7 +18,7 @@ use aya::{
 use fhirwall_common::{
     CONFIG_F_HAS_CGROUP, CONFIG_F_HAS_TGID, CONFIG_F_HAS_UID, CONFIG_F_KERNEL_ENFORCEMENT,
     CONFIG_F_READY, Config, LAYOUT_VERSION, PINNED_MAPS, PROG_CONNECT4, PROG_CONNECT6, PROG_EXEC,
-    PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS,
+    PROG_EXIT, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS,
 };
 
 use super::{
@@ -235,6 +235,13 @@ impl Kernel {
         self.maps.collect_stale_sockets(monotonic_ns(), max_age)
     }
 
+    /// The `VERDICT_*` the kernel holds for `entry` now, if any (reads the map: tests and
+    /// diagnostics).
+    #[must_use]
+    pub fn workload_in_kernel(&self, entry: super::maps::WorkloadEntry) -> Option<u32> {
+        self.maps.workload_in_kernel(entry)
+    }
+
     /// Socket records in the kernel map (walks it: tests and metrics only).
     #[must_use]
     pub fn sockets_len(&self) -> usize {
@@ -349,10 +356,16 @@ impl Kernel {
         let link = FdLink::try_from(prog.take_link(id).map_err(prog_err(PROG_SOCK_OPS))?)
             .map_err(link_err(PROG_SOCK_OPS))?;
         self.pin_link(PROG_SOCK_OPS, link)?;
-        // Exec events only matter to a running agent: this link lives and dies with it.
-        let exec: &mut RawTracePoint = program(&mut self.ebpf, PROG_EXEC)?;
-        exec.attach("sched_process_exec")
-            .map_err(prog_err(PROG_EXEC))?;
+        // Exec and exit hooks only matter to a running agent (while it is down, protected
+        // connects are refused anyway, and at start it sweeps the verdicts): these links live
+        // and die with it.
+        for (name, tracepoint) in [
+            (PROG_EXEC, "sched_process_exec"),
+            (PROG_EXIT, "sched_process_exit"),
+        ] {
+            let prog: &mut RawTracePoint = program(&mut self.ebpf, name)?;
+            prog.attach(tracepoint).map_err(prog_err(name))?;
+        }
         Ok(())
     }
 
@@ -422,9 +435,12 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     program::<SockOps>(ebpf, PROG_SOCK_OPS)?
         .load()
         .map_err(prog_err(PROG_SOCK_OPS))?;
-    program::<RawTracePoint>(ebpf, PROG_EXEC)?
-        .load()
-        .map_err(prog_err(PROG_EXEC))
+    for name in [PROG_EXEC, PROG_EXIT] {
+        program::<RawTracePoint>(ebpf, name)?
+            .load()
+            .map_err(prog_err(name))?;
+    }
+    Ok(())
 }
 
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>

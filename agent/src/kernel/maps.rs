@@ -314,6 +314,11 @@ impl ControlMaps {
         self.sockets.keys().flatten().count()
     }
 
+    /// The verdict the kernel holds for `entry` now (reads the map: tests and diagnostics).
+    pub fn workload_in_kernel(&self, entry: WorkloadEntry) -> Option<u32> {
+        self.workloads.get(&entry.key(), 0).ok().map(|v| v.verdict)
+    }
+
     /// Workload entries per verdict, from the mirror.
     #[must_use]
     pub fn workload_counts(&self) -> (usize, usize) {
