@@ -36,6 +36,8 @@ pub struct AgentOptions {
     /// `audit.durability: background` with this `fsync_interval_ms`, instead of an fsync per
     /// group commit.
     pub background_fsync_ms: Option<u64>,
+    /// `sidecar.header_timeout_ms`, when not the default.
+    pub header_timeout_ms: Option<u64>,
 }
 
 impl AgentFiles {
@@ -69,13 +71,17 @@ impl AgentFiles {
                 format!("  explicit:\n    listen: {listen}\n    upstream: {upstream}\n")
             })
             .unwrap_or_default();
+        let header_timeout = options
+            .header_timeout_ms
+            .map(|ms| format!("  header_timeout_ms: {ms}\n"))
+            .unwrap_or_default();
         let audit = options
             .background_fsync_ms
             .map(|ms| format!("audit:\n  durability: background\n  fsync_interval_ms: {ms}\n"))
             .unwrap_or_default();
         let text = format!(
             "node_name: test-node\npolicies: {policies}\nstate_dir: {state}\n{audit}\
-             sidecar:\n  listen_v4: 127.0.0.1\n  listen_v6: \"::1\"\n  transparent_port: {transparent_port}\n  agent_mark: {mark}\n{explicit}\
+             sidecar:\n  listen_v4: 127.0.0.1\n  listen_v6: \"::1\"\n  transparent_port: {transparent_port}\n  agent_mark: {mark}\n{header_timeout}{explicit}\
              kernel:\n  pin_dir: {pins}\n  cgroup: {cgroup}\n  heartbeat_interval_ms: 200\n  heartbeat_timeout_ms: 1000\n\
              admin:\n  socket: {socket}\n  metrics: {metrics}\n",
             policies = policies.display(),

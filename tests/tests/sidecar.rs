@@ -492,3 +492,73 @@ fn sigterm_finishes_the_request_in_flight_refuses_new_ones_and_exits_0() {
     );
     assert_eq!(world.upstream.requests(), 1);
 }
+
+/// 1 000 slowloris clients (TLS done, request head never finished, a header line every half
+/// second) are all cut once the header timeout is up, not kept alive by their trickle, while
+/// curl's requests go on being served; none of theirs reaches the upstream.
+#[test]
+fn a_thousand_slow_header_clients_are_cut_while_normal_requests_are_served() {
+    const SLOW: usize = 1000;
+    if !kernel_available("a_thousand_slow_header_clients_are_cut_while_normal_requests_are_served")
+    {
+        return;
+    }
+    let world = World::with(|_| AgentOptions {
+        header_timeout_ms: Some(3_000),
+        ..AgentOptions::default()
+    });
+    let _agent = world.start();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/slow_headers.py");
+    let mut slow = in_cgroup(&world.work, "python3")
+        .arg(script)
+        .args([
+            HOST,
+            &world.upstream.addr.ip().to_string(),
+            &world.upstream.addr.port().to_string(),
+        ])
+        .arg(world.files.node_ca())
+        .args([&SLOW.to_string(), "30"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    let mut lines = std::io::BufReader::new(slow.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut line).expect("opened line");
+    assert_eq!(
+        line.trim(),
+        format!("opened {SLOW}"),
+        "every slow client got in"
+    );
+    // The slow clients hold their connections: normal requests are served meanwhile.
+    for i in 0..5 {
+        let out = run(world.curl(&["-w", " %{http_code}", &world.url(&format!("/Patient/{i}"))]));
+        assert!(
+            text(&out.stdout).ends_with(" 200"),
+            "request {i} during the slowloris: {}",
+            text(&out.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    line.clear();
+    std::io::BufRead::read_line(&mut lines, &mut line).expect("report line");
+    assert!(slow.wait().expect("python3").success());
+    let report: Value = serde_json::from_str(&line).expect("report json");
+    eprintln!("slow clients: {report}");
+    assert_eq!(report["opened"], SLOW, "{report}");
+    assert!(
+        report["how"].get("still open").is_none(),
+        "the trickle kept connections alive past the header timeout: {report}"
+    );
+    assert_eq!(report["how"]["408"], SLOW, "each is told 408: {report}");
+    let cut_after = report["min_cut_after"].as_f64().expect("cut times");
+    assert!(
+        cut_after >= 2.0,
+        "cut by the header timeout, not before: {report}"
+    );
+    let seen = world.upstream.seen();
+    assert!(
+        seen.iter().all(|s| !s.target.contains("slowloris")),
+        "an unfinished head reached the upstream"
+    );
+    assert_eq!(seen.len(), 5, "only curl's requests were forwarded");
+}
