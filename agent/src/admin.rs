@@ -22,7 +22,7 @@ use crate::{
     audit::{self, AuditMonitor},
     kernel::{KernelStats, StatsReader},
     metrics::Metrics,
-    proxy::live::LiveConnections,
+    proxy::{live::LiveConnections, tls::LeafCache},
 };
 
 /// What the admin API reads. Everything here is safe to share with the data plane.
@@ -37,6 +37,8 @@ pub struct AdminState {
     pub audit: AuditMonitor,
     /// Read-only audit queries on the operator socket.
     pub audit_queries: AuditQueries,
+    /// The sidecar's leaf certificates, for their counters.
+    pub leaves: Option<Arc<LeafCache>>,
 }
 
 /// `GET /v1/health` and `/healthz`. Answered 200 whatever the status: a restart frees no disk
@@ -83,6 +85,10 @@ impl AdminState {
         }
         let healthy = matches!(self.audit.health(), audit::Health::Healthy);
         self.metrics.audit_healthy.set(i64::from(healthy));
+        if let Some(leaves) = &self.leaves {
+            self.metrics
+                .set_leaf_mints(leaves.mints(), leaves.refused_mints());
+        }
         self.metrics.render()
     }
 }

@@ -127,6 +127,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         commands: Some(commands_tx),
         audit: audit.monitor(),
         audit_queries: AuditQueries::new(audit_db),
+        leaves: Some(Arc::clone(sidecar.terminator.leaves())),
     });
     let mut control = control::Control {
         config: config.clone(),

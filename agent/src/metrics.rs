@@ -23,6 +23,9 @@ pub struct Metrics {
     kernel: IntGaugeVec,
     /// Kernel events received, by kind.
     pub kernel_events: IntCounterVec,
+    /// Leaf certificates minted for TLS server names, and mints refused by the rate limit, as
+    /// of the last scrape.
+    tls_leaf_mints: IntGaugeVec,
     /// Policy reloads, by result (`ok`, `error`).
     pub policy_reloads: IntCounterVec,
     /// 1 while the last policy reload failed and an older policy is in force.
@@ -76,6 +79,14 @@ impl Metrics {
             bytes: counter_vec("body_bytes_total", "Body bytes carried", &["direction"]),
             kernel: IntGaugeVec::new(Opts::new("kernel", "Kernel program counters"), &["counter"])
                 .expect("static"),
+            tls_leaf_mints: IntGaugeVec::new(
+                Opts::new(
+                    "tls_leaf_mints",
+                    "Leaf certificates minted for client server names, by result",
+                ),
+                &["result"],
+            )
+            .expect("static"),
             kernel_events: counter_vec(
                 "kernel_events_total",
                 "Events from the kernel programs",
@@ -156,7 +167,7 @@ impl Metrics {
     }
 
     fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 19] = [
+        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
             Box::new(self.break_glass_sessions.clone()),
             Box::new(self.requests.clone()),
             Box::new(self.request_seconds.clone()),
@@ -171,6 +182,7 @@ impl Metrics {
             Box::new(self.bytes.clone()),
             Box::new(self.kernel.clone()),
             Box::new(self.kernel_events.clone()),
+            Box::new(self.tls_leaf_mints.clone()),
             Box::new(self.policy_reloads.clone()),
             Box::new(self.policy_stale.clone()),
             Box::new(self.protected_destinations.clone()),
@@ -201,6 +213,15 @@ impl Metrics {
         for (name, value) in pairs {
             self.kernel
                 .with_label_values(&[name])
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Copies the leaf cache's counters (minted, refused by the rate limit).
+    pub fn set_leaf_mints(&self, minted: u64, refused: u64) {
+        for (result, value) in [("minted", minted), ("refused", refused)] {
+            self.tls_leaf_mints
+                .with_label_values(&[result])
                 .set(i64::try_from(value).unwrap_or(i64::MAX));
         }
     }
@@ -242,7 +263,12 @@ mod tests {
             redirected: 7,
             ..KernelStats::default()
         });
+        metrics.set_leaf_mints(3, 2);
         let text = metrics.render();
+        assert!(
+            text.contains("fhirwall_tls_leaf_mints{result=\"refused\"} 2"),
+            "{text}"
+        );
         assert!(
             text.contains("fhirwall_connections_total{outcome=\"attributed\"} 1"),
             "{text}"

@@ -561,4 +561,12 @@ fn a_thousand_slow_header_clients_are_cut_while_normal_requests_are_served() {
         "an unfinished head reached the upstream"
     );
     assert_eq!(seen.len(), 5, "only curl's requests were forwarded");
+    // 1 005 handshakes for one server name: one leaf, minted once, nothing refused.
+    let mints = |result: &str| {
+        world
+            .files
+            .metric(&format!("fhirwall_tls_leaf_mints{{result=\"{result}\"}}"))
+    };
+    assert_eq!(mints("minted"), Some(1.0));
+    assert_eq!(mints("refused"), Some(0.0));
 }

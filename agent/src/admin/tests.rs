@@ -29,6 +29,7 @@ fn state(db: &Path) -> (AdminState, AuditSink, AuditWriter) {
         audit: sink.monitor(),
         audit_queries: AuditQueries::new(db.to_owned()),
         commands: None,
+        leaves: None,
     };
     (state, sink, writer)
 }
