@@ -66,27 +66,19 @@ impl Metrics {
                 "Connections accepted by the sidecar",
                 &["outcome"],
             ),
-            connections_live: IntGauge::new(
-                "connections_live",
-                "Connections the sidecar is serving now",
-            )
-            .expect("static"),
+            connections_live: gauge("connections_live", "Connections the sidecar is serving now"),
             upstream_errors: counter_vec(
                 "upstream_errors_total",
                 "Exchanges that failed on the upstream side",
                 &["kind"],
             ),
             bytes: counter_vec("body_bytes_total", "Body bytes carried", &["direction"]),
-            kernel: IntGaugeVec::new(Opts::new("kernel", "Kernel program counters"), &["counter"])
-                .expect("static"),
-            tls_leaf_mints: IntGaugeVec::new(
-                Opts::new(
-                    "tls_leaf_mints",
-                    "Leaf certificates minted for client server names, by result",
-                ),
+            kernel: gauge_vec("kernel", "Kernel program counters", &["counter"]),
+            tls_leaf_mints: gauge_vec(
+                "tls_leaf_mints",
+                "Leaf certificates minted for client server names, by result",
                 &["result"],
-            )
-            .expect("static"),
+            ),
             kernel_events: counter_vec(
                 "kernel_events_total",
                 "Events from the kernel programs",
@@ -97,23 +89,17 @@ impl Metrics {
                 "Policy loads and reloads",
                 &["result"],
             ),
-            policy_stale: IntGauge::new("policy_stale", "1 while the newest policy failed to load")
-                .expect("static"),
-            protected_destinations: IntGauge::new(
+            policy_stale: gauge("policy_stale", "1 while the newest policy failed to load"),
+            protected_destinations: gauge(
                 "protected_destinations",
                 "Protected destinations in the kernel",
-            )
-            .expect("static"),
-            kernel_workloads: IntGaugeVec::new(
-                Opts::new("kernel_workloads", "Workload entries in the kernel map"),
+            ),
+            kernel_workloads: gauge_vec(
+                "kernel_workloads",
+                "Workload entries in the kernel map",
                 &["verdict"],
-            )
-            .expect("static"),
-            heartbeat_failures: IntCounter::new(
-                "heartbeat_failures_total",
-                "Failed kernel heartbeats",
-            )
-            .expect("static"),
+            ),
+            heartbeat_failures: counter("heartbeat_failures_total", "Failed kernel heartbeats"),
             requests: counter_vec(
                 "requests_total",
                 "Requests decided by the sidecar",
@@ -127,16 +113,14 @@ impl Metrics {
                     1.0, 2.5, 10.0,
                 ],
             ),
-            audit_failures: IntCounter::new(
+            audit_failures: counter(
                 "audit_failures_total",
                 "Audit records that could not be written",
-            )
-            .expect("static"),
-            audit_healthy: IntGauge::new(
+            ),
+            audit_healthy: gauge(
                 "audit_store_healthy",
                 "1 while the audit store accepts writes (0: requests are refused with 503)",
-            )
-            .expect("static"),
+            ),
             audit_commit_seconds: histogram(
                 "audit_commit_seconds",
                 "Duration of each audit group commit, fsync included",
@@ -145,16 +129,14 @@ impl Metrics {
                     0.25, 0.5, 1.0, 5.0,
                 ],
             ),
-            break_glass: IntCounter::new(
+            break_glass: counter(
                 "break_glass_requests_total",
                 "Requests allowed under break-glass",
-            )
-            .expect("static"),
-            break_glass_sessions: IntCounter::new(
+            ),
+            break_glass_sessions: counter(
                 "break_glass_sessions_total",
                 "Break-glass sessions opened",
-            )
-            .expect("static"),
+            ),
             connections_refused: counter_vec(
                 "connections_refused_total",
                 "Connections refused before HTTP",
@@ -245,6 +227,18 @@ impl Default for Metrics {
 fn histogram(name: &str, help: &str, buckets: &[f64]) -> Histogram {
     Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))
         .expect("static histogram options are valid")
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("static metric definition")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("static metric definition")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
