@@ -95,8 +95,9 @@ pub enum Durability {
     Fsync,
     /// A group commit is in the operating system's hands before its requests are forwarded,
     /// so a crash or `kill -9` of the agent loses nothing, and the checkpointer thread fsyncs
-    /// the WAL at least this often (`synchronous=NORMAL`): a power loss or kernel crash can
-    /// lose the records of that last interval. For audit disks whose fsync stalls.
+    /// the WAL this often (`synchronous=NORMAL`; later while a checkpoint of the same thread or
+    /// the disk stalls it): a power loss or kernel crash can lose the records of that last
+    /// interval. For audit disks whose fsync stalls.
     Background { fsync_interval: Duration },
 }
 
