@@ -340,7 +340,8 @@ struct Writer {
     /// The last transaction failed: re-read the head (and reopen if that fails) before the next.
     broken: bool,
     slow: SlowCommits,
-    /// With `Checkpoints::Background`: told of every commit, asked to restart a long WAL.
+    /// With `Checkpoints::Background` or `Durability::Background`: told of every commit, asked
+    /// to restart a long WAL, and (background durability) whether the WAL's last fsync failed.
     checkpointer: Option<Checkpointer>,
     /// Keeps the patient index copy up to date (`pindex.rs`); stopped with the writer.
     _indexer: Indexer,
