@@ -570,3 +570,59 @@ fn a_thousand_slow_header_clients_are_cut_while_normal_requests_are_served() {
     assert_eq!(mints("minted"), Some(1.0));
     assert_eq!(mints("refused"), Some(0.0));
 }
+
+/// A process cycling random server names gets leaves only within the mint budget (a burst of
+/// 64, then 16 a second): the rest of its handshakes fail, and a name already cached is
+/// served as before.
+#[test]
+fn random_server_names_get_leaves_only_within_the_mint_budget() {
+    const FLOOD: u64 = 300;
+    if !kernel_available("random_server_names_get_leaves_only_within_the_mint_budget") {
+        return;
+    }
+    let world = World::new();
+    let _agent = world.start();
+    let before = run(world.curl(&["-w", " %{http_code}", &world.url("/Patient/1")]));
+    assert!(text(&before.stdout).ends_with(" 200"));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/sni_flood.py");
+    let out = run({
+        let mut python = in_cgroup(&world.work, "python3");
+        python
+            .arg(script)
+            .args([
+                world.upstream.addr.ip().to_string(),
+                world.upstream.addr.port().to_string(),
+            ])
+            .arg(world.files.node_ca())
+            .arg(FLOOD.to_string());
+        python
+    });
+    let report: Value = serde_json::from_str(text(&out.stdout).trim()).expect("report");
+    eprintln!("SNI flood: {report}");
+    let done = report["done"].as_u64().expect("done");
+    let seconds = report["seconds"].as_f64().expect("seconds");
+    assert_eq!(done + report["refused"].as_u64().expect("refused"), FLOOD);
+    // Tokens: the burst, plus what refilled while the flood ran (and one of slack).
+    #[expect(
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss,
+        reason = "a positive number of seconds, small"
+    )]
+    let budget = 64 + (16.0 * seconds).ceil() as u64 + 1;
+    assert!(done >= 60, "the burst is served: {report}");
+    assert!(
+        done <= budget,
+        "more leaves than the budget allows ({budget}): {report}"
+    );
+    let refused = world
+        .files
+        .metric("fhirwall_tls_leaf_mints{result=\"refused\"}")
+        .expect("metric");
+    assert!(refused >= 1.0, "refusals are counted: {refused}");
+    let after = run(world.curl(&["-w", " %{http_code}", &world.url("/Patient/1")]));
+    assert!(
+        text(&after.stdout).ends_with(" 200"),
+        "the cached name is still served: {}",
+        text(&after.stdout)
+    );
+}
