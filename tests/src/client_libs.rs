@@ -16,6 +16,14 @@ pub const NPM_PACKAGE: &str = "fhir-kit-client@2.0.3";
 /// One install at a time within a test binary (the tests run in parallel threads).
 static INSTALL: Mutex<()> = Mutex::new(());
 
+/// A client script of the tests, `tests/clients/<name>`.
+#[must_use]
+pub fn script(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("clients")
+        .join(name)
+}
+
 /// Where the clients are installed: `<target>/e2e-clients`.
 #[must_use]
 pub fn install_dir() -> PathBuf {

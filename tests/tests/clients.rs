@@ -217,12 +217,6 @@ fn one_process(pid: u32, lines: Vec<Value>) -> Vec<(u32, Value)> {
     lines.into_iter().map(|l| (pid, l)).collect()
 }
 
-fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("clients")
-        .join(name)
-}
-
 #[test]
 fn python_fhirclient_through_the_sidecar() {
     let test = "python_fhirclient_through_the_sidecar";
@@ -231,7 +225,7 @@ fn python_fhirclient_through_the_sidecar() {
     };
     let stack = Stack::start(&python);
     let mut cmd = stack.command(&python);
-    cmd.arg(script("fhirclient_scenario.py"))
+    cmd.arg(client_libs::script("fhirclient_scenario.py"))
         .arg(stack.ehr.base_url())
         .env("REQUESTS_CA_BUNDLE", stack.node_ca());
     let (pid, lines) = stack.run(cmd);
@@ -246,7 +240,7 @@ fn python_fhirpy_through_the_sidecar() {
     };
     let stack = Stack::start(&python);
     let mut cmd = stack.command(&python);
-    cmd.arg(script("fhirpy_scenario.py"))
+    cmd.arg(client_libs::script("fhirpy_scenario.py"))
         .arg(stack.ehr.base_url())
         .env("REQUESTS_CA_BUNDLE", stack.node_ca());
     let (pid, lines) = stack.run(cmd);
@@ -261,7 +255,7 @@ fn node_fhir_kit_client_through_the_sidecar() {
     };
     let stack = Stack::start(&node);
     let mut cmd = stack.command(&node);
-    cmd.arg(script("fhir_kit_scenario.mjs"))
+    cmd.arg(client_libs::script("fhir_kit_scenario.mjs"))
         .arg(stack.ehr.base_url())
         .env("NODE_EXTRA_CA_CERTS", stack.node_ca())
         .env("FHIR_KIT_MODULES", modules);

@@ -15,7 +15,7 @@ use std::{
 use fhirwall_tests::{
     PinDir, Probe, TempDir, TestCgroup,
     agent::{Agent, AgentFiles, AgentOptions, free_port},
-    eventually, in_cgroup, kernel_available,
+    client_libs, eventually, in_cgroup, kernel_available,
     pki::TestPki,
     proc_status_kib,
     upstream::{TlsUpstream, file_sha256, generated_sha256, search_bundle, sha256_hex},
@@ -419,7 +419,7 @@ fn the_explicit_listener_attributes_plain_http_clients_and_forwards_over_tls() {
     assert_eq!(seen[0].target, "/Patient/7");
     let allowed = world.files.audit(&["--decision", "allow"]).expect("audit");
     assert_eq!(allowed.len(), 1, "{allowed:?}");
-    let curl_exe = fs::canonicalize(which("curl")).expect("curl path");
+    let curl_exe = client_libs::which("curl").expect("curl on PATH");
     assert_eq!(
         allowed[0]["workload"]["exe"],
         curl_exe.to_str().expect("utf-8"),
@@ -428,15 +428,6 @@ fn the_explicit_listener_attributes_plain_http_clients_and_forwards_over_tls() {
     );
     assert_eq!(allowed[0]["integration"], "test-clients");
     assert_eq!(allowed[0]["upstream"], "ehr");
-}
-
-fn which(program: &str) -> PathBuf {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|dir| dir.join(program))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| panic!("{program} is not on PATH"))
 }
 
 #[test]
@@ -508,7 +499,7 @@ fn a_thousand_slow_header_clients_are_cut_while_normal_requests_are_served() {
         ..AgentOptions::default()
     });
     let _agent = world.start();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/slow_headers.py");
+    let script = client_libs::script("slow_headers.py");
     let mut slow = in_cgroup(&world.work, "python3")
         .arg(script)
         .args([
@@ -584,7 +575,7 @@ fn random_server_names_get_leaves_only_within_the_mint_budget() {
     let _agent = world.start();
     let before = run(world.curl(&["-w", " %{http_code}", &world.url("/Patient/1")]));
     assert!(text(&before.stdout).ends_with(" 200"));
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/sni_flood.py");
+    let script = client_libs::script("sni_flood.py");
     let out = run({
         let mut python = in_cgroup(&world.work, "python3");
         python
