@@ -241,21 +241,18 @@ fn prune(conn: &Connection) -> rusqlite::Result<usize> {
 /// the copy has there that `patients` does not.
 pub(crate) fn differences(conn: &Connection, upto: u64) -> rusqlite::Result<(u64, u64)> {
     let upto = i64::try_from(upto).unwrap_or(i64::MAX);
-    let count = |sql: &str| -> rusqlite::Result<u64> {
-        conn.query_row(sql, [upto], |r| r.get::<_, i64>(0))
+    // Rows of `from` within the copy's reach that `other` lacks.
+    let lacking = |from: &str, other: &str| -> rusqlite::Result<u64> {
+        let sql = format!(
+            "SELECT count(*) FROM (
+                SELECT patient, seq FROM {from}
+                 WHERE seq <= ?1 AND seq >= (SELECT coalesce(min(seq), 0) FROM main.entries)
+                EXCEPT SELECT patient, seq FROM {other})"
+        );
+        conn.query_row(&sql, [upto], |r| r.get::<_, i64>(0))
             .map(|n| u64::try_from(n).unwrap_or(0))
     };
-    let missing = count(
-        "SELECT count(*) FROM (
-            SELECT patient, seq FROM main.patients
-             WHERE seq <= ?1 AND seq >= (SELECT coalesce(min(seq), 0) FROM main.entries)
-            EXCEPT SELECT patient, seq FROM pidx.patient_seq)",
-    )?;
-    let extra = count(
-        "SELECT count(*) FROM (
-            SELECT patient, seq FROM pidx.patient_seq
-             WHERE seq <= ?1 AND seq >= (SELECT coalesce(min(seq), 0) FROM main.entries)
-            EXCEPT SELECT patient, seq FROM main.patients)",
-    )?;
+    let missing = lacking("main.patients", "pidx.patient_seq")?;
+    let extra = lacking("pidx.patient_seq", "main.patients")?;
     Ok((missing, extra))
 }

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::support::{record, temp_store};
+use super::support::{record, stop, temp_store};
 use crate::audit::{
     AuditConfig, AuditSink, Checkpoints, Durability, Filter, Health, StoreOptions,
     checkpoint::Checkpointer,
@@ -98,10 +98,7 @@ async fn the_sink_with_background_checkpoints_loses_nothing_and_fills_the_databa
     for h in handles {
         h.await.unwrap();
     }
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
 
     let conn = open_read_only(&path).unwrap();
     let v = verify(&conn, &[]).unwrap();
@@ -130,10 +127,7 @@ async fn inline_checkpoints_still_work() {
             .await
             .unwrap();
     }
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
     let v = verify(&open_read_only(&path).unwrap(), &[]).unwrap();
     assert!(v.is_intact(), "{:?}", v.findings);
     assert_eq!(v.entries, 300);
@@ -227,8 +221,5 @@ async fn a_wal_that_cannot_be_synced_makes_the_writer_refuse() {
         "records were accepted that could not be made durable"
     );
     assert!(matches!(sink.health(), Health::Failing { .. }));
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
 }

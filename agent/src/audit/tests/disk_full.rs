@@ -8,7 +8,7 @@ use std::{
     process::Command,
 };
 
-use super::support::record;
+use super::support::{record, stop};
 use crate::audit::{
     AuditConfig, AuditSink, Filter, Health, WriteFailure, open_read_only, query, verify,
 };
@@ -130,10 +130,7 @@ async fn full_disk_fails_commits_loses_nothing_and_recovers() {
         ));
     }
     assert_eq!(sink.health(), Health::Healthy);
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
 
     let conn = open_read_only(&db).unwrap();
     let v = verify(&conn, &[]).unwrap();

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeSet;
 
-use super::support::{record, temp_store};
+use super::support::{record, stop, temp_store};
 use crate::audit::{
     AuditConfig, AuditSink, Completion, Filter, Outcome, open_read_only, query, verify,
 };
@@ -32,10 +32,7 @@ async fn concurrent_commits_are_all_acknowledged_grouped_and_chained() {
         acked.extend(task.await.unwrap());
     }
     let stats = sink.stats();
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
 
     let total = TASKS * EACH;
     let seqs: BTreeSet<u64> = acked.iter().map(|(s, _)| *s).collect();
@@ -89,10 +86,7 @@ async fn completions_are_chained_and_joined_to_their_request() {
     done.bytes_out = 512;
     done.latency_us = 900;
     sink.complete(done.clone()).unwrap();
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
 
     let conn = open_read_only(&path).unwrap();
     assert!(verify(&conn, &[]).unwrap().is_intact());
@@ -124,10 +118,7 @@ async fn every_transaction_is_timed_for_the_commit_histogram() {
             .unwrap();
     }
     let stats = sink.stats();
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
     assert_eq!(stats.committed_batches, 5, "one awaited commit at a time");
     assert_eq!(histogram.get_sample_count(), stats.committed_batches);
     assert!(

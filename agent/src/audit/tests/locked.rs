@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::support::{record, rw, temp_store};
+use super::support::{record, rw, stop, temp_store};
 use crate::audit::{
     AuditConfig, AuditSink, Health, StoreOptions, WriteFailure, open_read_only, verify,
 };
@@ -47,10 +47,7 @@ async fn a_held_write_lock_fails_commits_promptly_and_then_clears() {
         "the failed record took no seq: the chain stays gapless"
     );
     assert_eq!(sink.health(), Health::Healthy);
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
     assert!(
         verify(&open_read_only(&path).unwrap(), &[])
             .unwrap()

@@ -4,7 +4,7 @@
 
 use std::{path::Path, time::Duration};
 
-use super::support::{record, rw, temp_store};
+use super::support::{record, rw, stop, temp_store};
 use crate::audit::{
     AuditConfig, AuditSink, Filter, Problem, open_read_only, pindex, query, verify,
 };
@@ -68,10 +68,7 @@ async fn queries_by_patient_are_exact_before_and_after_the_copy_catches_up() {
     assert!(seqs_of(&db, "Patient/nobody").is_empty());
     let v = verify(&open_read_only(&db).unwrap(), &[]).unwrap();
     assert!(v.is_intact(), "{:?}", v.findings);
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
 
     // Without the copy, the same answers from a scan.
     std::fs::remove_file(pindex::path_for(&db)).unwrap();
@@ -89,10 +86,7 @@ async fn an_edited_copy_is_found_and_a_foreign_copy_is_not_used() {
             .unwrap();
     }
     wait_for_copy(&db, N).await;
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
 
     // An attacker hides one access and invents another in the copy.
     let copy = rw(&pindex::path_for(&db));
@@ -124,10 +118,7 @@ async fn an_edited_copy_is_found_and_a_foreign_copy_is_not_used() {
     sink.commit(record(1000, jiff::Timestamp::now()))
         .await
         .unwrap();
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
     std::fs::remove_file(pindex::path_for(&other)).ok();
     std::fs::copy(pindex::path_for(&db), pindex::path_for(&other)).unwrap();
     assert_eq!(copy_upto(&other), None, "a foreign copy is not used");
@@ -138,8 +129,5 @@ async fn an_edited_copy_is_found_and_a_foreign_copy_is_not_used() {
     let (sink, writer) = AuditSink::start(AuditConfig::new(&other)).unwrap();
     wait_for_copy(&other, 1).await;
     assert_eq!(seqs_of(&other, "Patient/p0"), vec![1]);
-    drop(sink);
-    tokio::task::spawn_blocking(move || writer.join())
-        .await
-        .unwrap();
+    stop(sink, writer).await;
 }

@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 use jiff::{Timestamp, ToSpan as _};
 use tempfile::TempDir;
 
-use crate::audit::{AuditConfig, AuditSink, BreakGlassUse, Decision, Record, WorkloadRecord};
+use crate::audit::{
+    AuditConfig, AuditSink, AuditWriter, BreakGlassUse, Decision, Record, WorkloadRecord,
+};
 
 pub const NODE: &str = "ehr-node-1";
 
@@ -90,6 +92,11 @@ pub async fn seed_fixed(path: &Path, n: u64) {
             .await
             .unwrap();
     }
+    stop(sink, writer).await;
+}
+
+/// Drops the last sink and waits for the writer to drain its queue and exit.
+pub async fn stop(sink: AuditSink, writer: AuditWriter) {
     drop(sink);
     tokio::task::spawn_blocking(move || writer.join())
         .await
