@@ -26,6 +26,7 @@
 //!    `fhirwall_audit_commit_seconds`): the floor the durable audit trail puts under latency.
 //!
 //! `FW_BENCH_SECONDS` (default 10) and `FW_BENCH_ROUNDS` (default 3) size the run;
+//! `FW_BENCH_RATE` fixes the half-load rate (default: half the sidecar's measured saturation);
 //! `FW_BENCH_ONLY=fhirwall,tmpfs` (words of subject labels, `idle`, `background`, `tmpfs`) runs
 //! a part of it, direct always included (for profiling one subject). Programs
 //! attach to a dedicated test cgroup, never the machine's root. Needs root, nginx, wrk and
@@ -201,9 +202,13 @@ fn bench() -> anyhow::Result<()> {
             report.saturation(&subject.label, sample);
         }
     }
-    let rate = (report.median_rps("fhirwall sidecar") / 2.0)
-        .round()
-        .max(100.0);
+    let rate = match env_number("FW_BENCH_RATE", 0) {
+        0 => (report.median_rps("fhirwall sidecar") / 2.0)
+            .round()
+            .max(100.0),
+        #[expect(clippy::cast_precision_loss, reason = "a request rate, far below 2^52")]
+        fixed => fixed as f64,
+    };
     report.rate = rate;
     for round in 0..rounds {
         eprintln!("half load ({rate} req/s), round {}/{rounds}", round + 1);
