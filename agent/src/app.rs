@@ -37,7 +37,7 @@ use crate::{
         http::{Pool, PoolConfig},
         listener::{Routes, Sidecar, first_connection_id},
         live::LiveConnections,
-        sidecar::{BreakGlassSessions, PolicyState, Secrets, Shared},
+        sidecar::{BreakGlassSessions, CredentialSharing, PolicyState, Secrets, Shared},
         tls::{
             self, CaSpec, ConnectorConfig, LeafCache, LeafPolicy, LocalCa, TerminatorConfig,
             TlsError, TlsTerminator, UpstreamConnector, UpstreamTable,
@@ -89,6 +89,8 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     let agent_cgroup = listen::own_cgroup_id(&cgroups)?;
     let kernel = Kernel::load(kernel_settings(config, &cgroups, agent_cgroup))?;
     let metrics = Arc::new(Metrics::new());
+    // The loaded policy (operator revocations applied); reloads go through `Control::publish`.
+    metrics.set_policy(&policy);
     state_dir(&config.state_dir)?;
     let audit_db = config.state_dir.join("audit.db");
     let mut audit_config = AuditConfig::new(&audit_db);
@@ -211,6 +213,7 @@ fn sidecar(
         metrics: Arc::clone(metrics),
         secrets: Secrets::default(),
         sessions: Arc::new(BreakGlassSessions::default()),
+        sharing: CredentialSharing::default(),
     });
     Ok(Arc::new(Sidecar {
         attributor: attributor.clone(),

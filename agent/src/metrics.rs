@@ -3,10 +3,16 @@
 
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Registry, TextEncoder, core::Collector,
 };
 
-use crate::kernel::KernelStats;
+use crate::{
+    kernel::KernelStats,
+    policy::{IntegrationStatus, Policy},
+};
+
+/// What every metric name starts with (and `_`).
+const PREFIX: &str = "fhirwall";
 
 /// Every metric fhirwall exports, registered once.
 pub struct Metrics {
@@ -53,13 +59,26 @@ pub struct Metrics {
     pub break_glass_sessions: IntCounter,
     /// Connections the sidecar refused before HTTP (unattributed, TLS handshake failures).
     pub connections_refused: IntCounterVec,
+    /// Requests the policy refused and connects the kernel refused for policy reasons, by
+    /// integration (empty when none matched), reason (`Reason::slug`) and decision (`deny`,
+    /// `would-deny`, `kernel-refused`). Labels are policy names and fixed words only.
+    pub policy_denials: IntCounterVec,
+    /// Requests presenting a credential that another identity also presents, by integration.
+    pub shared_credential_requests: IntCounterVec,
+    /// Credentials seen from more than one identity since the agent started.
+    pub shared_credentials: IntGauge,
+    /// When each integration and exception of the policy in force expires, by kind and name.
+    policy_expiry: IntGaugeVec,
+    /// Integrations of the policy in force, by status (operator revocations included).
+    integrations: IntGaugeVec,
 }
 
 impl Metrics {
     #[must_use]
+    #[expect(clippy::too_many_lines, reason = "one entry per metric, in one table")]
     pub fn new() -> Self {
         let registry =
-            Registry::new_custom(Some("fhirwall".into()), None).expect("static prefix is valid");
+            Registry::new_custom(Some(PREFIX.into()), None).expect("static prefix is valid");
         let m = Self {
             connections: counter_vec(
                 "connections_total",
@@ -142,14 +161,38 @@ impl Metrics {
                 "Connections refused before HTTP",
                 &["reason"],
             ),
+            policy_denials: counter_vec(
+                "policy_denials_total",
+                "Requests and connects refused by policy, by integration and reason",
+                &["integration", "reason", "decision"],
+            ),
+            shared_credential_requests: counter_vec(
+                "shared_credential_requests_total",
+                "Requests presenting a credential another identity also presents",
+                &["integration"],
+            ),
+            shared_credentials: gauge(
+                "shared_credentials",
+                "Credentials presented by more than one identity since the agent started",
+            ),
+            policy_expiry: gauge_vec(
+                "policy_expiry_timestamp_seconds",
+                "When an integration or exception of the policy in force expires (Unix time)",
+                &["kind", "name"],
+            ),
+            integrations: gauge_vec(
+                "integrations",
+                "Integrations of the policy in force, by status",
+                &["status"],
+            ),
             registry,
         };
         m.register_all();
         m
     }
 
-    fn register_all(&self) {
-        let collectors: [Box<dyn prometheus::core::Collector>; 20] = [
+    fn collectors(&self) -> [Box<dyn Collector>; 25] {
+        [
             Box::new(self.break_glass_sessions.clone()),
             Box::new(self.requests.clone()),
             Box::new(self.request_seconds.clone()),
@@ -170,12 +213,71 @@ impl Metrics {
             Box::new(self.protected_destinations.clone()),
             Box::new(self.kernel_workloads.clone()),
             Box::new(self.heartbeat_failures.clone()),
-        ];
-        for collector in collectors {
+            Box::new(self.policy_denials.clone()),
+            Box::new(self.shared_credential_requests.clone()),
+            Box::new(self.shared_credentials.clone()),
+            Box::new(self.policy_expiry.clone()),
+            Box::new(self.integrations.clone()),
+        ]
+    }
+
+    fn register_all(&self) {
+        for collector in self.collectors() {
             // Names are static and distinct: registration cannot collide.
             self.registry
                 .register(collector)
                 .expect("distinct static metric names");
+        }
+    }
+
+    /// The full name of every metric, labelled ones included before any label value is seen
+    /// (what dashboards and alert rules may refer to).
+    #[must_use]
+    pub fn names(&self) -> Vec<String> {
+        self.collectors()
+            .iter()
+            .flat_map(|c| {
+                c.desc()
+                    .into_iter()
+                    .map(|d| format!("{PREFIX}_{}", d.fq_name))
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    /// Shows the policy now in force: when its integrations and exceptions expire, and how many
+    /// integrations are in each status. Series of removed entries go.
+    pub fn set_policy(&self, policy: &Policy) {
+        self.policy_expiry.reset();
+        let expiries = policy
+            .integrations
+            .iter()
+            .filter_map(|i| Some(("integration", i.name.as_str(), i.expires?)))
+            .chain(
+                policy
+                    .exceptions
+                    .iter()
+                    .map(|e| ("exception", e.name.as_str(), e.expires)),
+            );
+        for (kind, name, at) in expiries {
+            self.policy_expiry
+                .with_label_values(&[kind, name])
+                .set(at.as_second());
+        }
+        self.integrations.reset();
+        for status in [
+            IntegrationStatus::Active,
+            IntegrationStatus::Suspended,
+            IntegrationStatus::Revoked,
+        ] {
+            let count = policy
+                .integrations
+                .iter()
+                .filter(|i| i.status == status)
+                .count();
+            self.integrations
+                .with_label_values(&[status.as_str()])
+                .set(i64::try_from(count).unwrap_or(i64::MAX));
         }
     }
 
@@ -248,6 +350,7 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{Exception, Integration};
 
     #[test]
     fn renders_prefixed_metrics_with_kernel_counters() {
@@ -271,5 +374,79 @@ mod tests {
             text.contains("fhirwall_kernel{counter=\"redirected\"} 7"),
             "{text}"
         );
+    }
+
+    fn integration(name: &str, status: IntegrationStatus, expires: Option<&str>) -> Integration {
+        let mut i = Integration::minimal(name, status);
+        i.expires = expires.map(|e| e.parse().expect("test timestamp"));
+        i
+    }
+
+    #[test]
+    fn shows_the_policy_in_force_and_forgets_what_left_it() {
+        use IntegrationStatus::{Active, Revoked};
+        let exception: Exception = serde_saphyr::from_str(
+            "name: quarter\nintegration: lab\nscopes: [system/Encounter.rs]\n\
+             reason: Q4 report\napprover: CMIO\nexpires: 2027-03-31T00:00:00Z\n",
+        )
+        .expect("test exception");
+        let metrics = Metrics::new();
+        metrics.set_policy(&Policy {
+            integrations: vec![
+                integration("lab", Active, Some("2027-01-01T00:00:00Z")),
+                integration("fax", Revoked, None),
+                integration("portal", Active, None),
+            ],
+            exceptions: vec![exception],
+            ..Policy::default()
+        });
+        let text = metrics.render();
+        for line in [
+            "fhirwall_policy_expiry_timestamp_seconds{kind=\"integration\",name=\"lab\"} 1798761600",
+            "fhirwall_policy_expiry_timestamp_seconds{kind=\"exception\",name=\"quarter\"} 1806451200",
+            "fhirwall_integrations{status=\"active\"} 2",
+            "fhirwall_integrations{status=\"revoked\"} 1",
+            "fhirwall_integrations{status=\"suspended\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} in\n{text}");
+        }
+        assert!(
+            !text.contains("name=\"portal\""),
+            "no expiry, no series: {text}"
+        );
+        // A reload without the exception and with lab revoked.
+        metrics.set_policy(&Policy {
+            integrations: vec![integration("lab", Revoked, Some("2027-01-01T00:00:00Z"))],
+            ..Policy::default()
+        });
+        let text = metrics.render();
+        assert!(
+            !text.contains("quarter"),
+            "the removed exception's series goes: {text}"
+        );
+        assert!(
+            text.contains("fhirwall_integrations{status=\"active\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("fhirwall_integrations{status=\"revoked\"} 1"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn names_every_metric_before_any_label_is_seen() {
+        let names = Metrics::new().names();
+        for name in [
+            "fhirwall_policy_denials_total",
+            "fhirwall_shared_credential_requests_total",
+            "fhirwall_policy_expiry_timestamp_seconds",
+            "fhirwall_audit_commit_seconds",
+            "fhirwall_kernel",
+        ] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+        assert_eq!(unique.len(), names.len(), "{names:?}");
     }
 }

@@ -143,6 +143,93 @@ fn revoked_workloads_are_refused_in_the_kernel_and_audited() {
     .expect("the kernel refusal is in the audit trail");
     assert_eq!(refused[0]["workload"]["tgid"], probe.pid);
     assert_eq!(refused[0]["upstream"], "ehr");
+    // Charged to the revoked integration, for incident responders and for the alert on
+    // revoked identities still trying.
+    assert_eq!(
+        refused[0]["integration"], "probe-integration",
+        "{refused:?}"
+    );
+    assert_eq!(
+        world.metric(
+            "fhirwall_policy_denials_total{decision=\"kernel-refused\",integration=\"probe-integration\",reason=\"revoked\"}"
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        world.metric("fhirwall_integrations{status=\"revoked\"}"),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn ops_see_refusals_by_reason_and_credentials_shared_between_identities() {
+    if !kernel_available("ops_see_refusals_by_reason_and_credentials_shared_between_identities") {
+        return;
+    }
+    let world = World::new("active");
+    let agent = world.start();
+    let token = "Bearer copied-from-the-lab-interface";
+    let with_token = |request: &str| {
+        request.replace(
+            "Host: ehr.test\r\n",
+            &format!("Host: ehr.test\r\nAuthorization: {token}\r\n"),
+        )
+    };
+    let shared = "fhirwall_shared_credential_requests_total";
+    assert_eq!(
+        status(&world.probe(&["--send", &with_token(READ)])),
+        Some(200)
+    );
+    assert_eq!(
+        status(&world.probe(&["--send", &with_token(OUT_OF_SCOPE)])),
+        Some(403)
+    );
+    assert_eq!(
+        world.metric(&format!("{shared}{{")),
+        None,
+        "one identity: not shared"
+    );
+    // An unregistered program (curl, not the integration's executable) in the same cgroup,
+    // presenting the same credential.
+    let url = format!("http://{}/Patient/1", world.destination.addr);
+    let out = fhirwall_tests::in_cgroup(&world.work, "curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H"])
+        .arg(format!("Authorization: {token}"))
+        .arg(&url)
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "403");
+    assert_eq!(
+        status(&world.probe(&["--send", &with_token(READ)])),
+        Some(200)
+    );
+    for (line, want) in [
+        (
+            "fhirwall_policy_denials_total{decision=\"deny\",integration=\"probe-integration\",reason=\"scope\"}",
+            1.0,
+        ),
+        (
+            "fhirwall_policy_denials_total{decision=\"deny\",integration=\"\",reason=\"unregistered\"}",
+            1.0,
+        ),
+        (&format!("{shared}{{integration=\"\"}}"), 1.0),
+        (
+            &format!("{shared}{{integration=\"probe-integration\"}}"),
+            1.0,
+        ),
+        ("fhirwall_shared_credentials", 1.0),
+    ] {
+        assert_eq!(world.metric(line), Some(want), "{line}");
+    }
+    let log = agent.log_text();
+    assert!(
+        log.contains("a credential is presented by more than one identity"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("copied-from-the-lab"),
+        "the credential is never logged: {log}"
+    );
 }
 
 #[test]
@@ -320,8 +407,16 @@ fn operators_revoke_reinstate_and_break_glass() {
 
     // Revocation: immediate, kept across a restart, undone by reinstate.
     assert_eq!(status(&world.probe(&["--send", READ])), Some(200));
+    assert_eq!(
+        world.metric("fhirwall_integrations{status=\"revoked\"}"),
+        Some(0.0)
+    );
     let (ok, out) = fhirwall(&["revoke", "probe-integration", "--reason", "token leaked"]);
     assert!(ok, "{out}");
+    assert_eq!(
+        world.metric("fhirwall_integrations{status=\"revoked\"}"),
+        Some(1.0)
+    );
     let (ok, out) = fhirwall(&["revoke", "no-such-integration"]);
     assert!(!ok && out.contains("no integration named"), "{out}");
     let before = world.destination.accepted();

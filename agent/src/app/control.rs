@@ -311,13 +311,27 @@ impl Control {
     /// Every kernel refusal is an audit record too: who was stopped, where they were going, why.
     /// Committed in the background: nothing waits on it.
     fn audit_refusal(&mut self, caller: &KernelCaller, destination: SocketAddr, refusal: Refusal) {
-        let record = routes::kernel_refusal(
+        let mut record = routes::kernel_refusal(
             &self.config.node_name,
             caller,
             destination,
             refusal,
             &self.routes.borrow(),
         );
+        let policy = Arc::clone(&self.policy.borrow().policy);
+        let process = self.processes.get(&caller.tgid).map(AsRef::as_ref);
+        let now = jiff::Timestamp::now();
+        if let Some((integration, reason)) = routes::charged_to(&policy, process, refusal, now) {
+            self.metrics
+                .policy_denials
+                .with_label_values(&[
+                    integration.as_deref().unwrap_or(""),
+                    reason,
+                    record.decision.as_str(),
+                ])
+                .inc();
+            record.integration = integration;
+        }
         let audit = self.audit.clone();
         let metrics = Arc::clone(&self.metrics);
         while self.refusals.try_join_next().is_some() {}

@@ -1,22 +1,13 @@
 use super::*;
 use crate::policy::IntegrationStatus;
 
-/// An integration with just enough fields to load; tests set name, status and workload.
-const MINIMAL: &str = "name: x\nowner: o\npurpose: p\ndata_classes: [x]\n\
-    expected_resources: [Observation]\nstatus: active\nworkload:\n  uid: 1\n\
-    upstreams: [ehr]\nscopes: [system/Observation.rs]\npurposes_of_use: [TREAT]\n\
-    patient:\n  mode: any\n";
-
 fn policy(yaml_selectors: &[(&str, IntegrationStatus, &str)]) -> Policy {
     let integrations = yaml_selectors
         .iter()
         .map(|(name, status, selector)| {
             let workload: WorkloadSelector =
                 serde_saphyr::from_str(selector).expect("test selector");
-            let mut integration: Integration =
-                serde_saphyr::from_str(MINIMAL).expect("test integration");
-            integration.name = (*name).into();
-            integration.status = *status;
+            let mut integration = Integration::minimal(name, *status);
             integration.workload = workload;
             integration
         })

@@ -69,6 +69,16 @@ impl Integration {
         self.status == IntegrationStatus::Active && self.expires.is_none_or(|e| now < e)
     }
 
+    /// Why the integration is not live at `now` (`revoked`, `suspended`, `expired`), in the
+    /// words of [`Reason::slug`](super::Reason::slug); `None` while it is live.
+    #[must_use]
+    pub fn refusal(&self, now: jiff::Timestamp) -> Option<&'static str> {
+        match self.status {
+            IntegrationStatus::Active => (!self.is_live(now)).then_some("expired"),
+            status => Some(status.as_str()),
+        }
+    }
+
     /// The header that names the patient(s) requests may concern, for `mode: header`.
     #[must_use]
     pub fn patient_header(&self) -> Option<&HeaderName> {
@@ -246,5 +256,21 @@ impl From<RateLimit> for RateDoc {
             per_second: r.per_second,
             burst: r.burst,
         }
+    }
+}
+
+#[cfg(test)]
+impl Integration {
+    /// An integration with just enough fields to load, for tests across the crate: `name`, in
+    /// `status`, selecting the processes of uid 1, reading Observations from upstream `ehr`.
+    pub(crate) fn minimal(name: &str, status: IntegrationStatus) -> Self {
+        const YAML: &str = "name: x\nowner: o\npurpose: p\ndata_classes: [x]\n\
+            expected_resources: [Observation]\nstatus: active\nworkload:\n  uid: 1\n\
+            upstreams: [ehr]\nscopes: [system/Observation.rs]\npurposes_of_use: [TREAT]\n\
+            patient:\n  mode: any\n";
+        let mut integration: Self = serde_saphyr::from_str(YAML).expect("test integration");
+        integration.name = name.into();
+        integration.status = status;
+        integration
     }
 }

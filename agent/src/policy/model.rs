@@ -218,6 +218,18 @@ pub enum IntegrationStatus {
     Revoked,
 }
 
+impl IntegrationStatus {
+    /// As written in policy files.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            IntegrationStatus::Active => "active",
+            IntegrationStatus::Suspended => "suspended",
+            IntegrationStatus::Revoked => "revoked",
+        }
+    }
+}
+
 /// Whether policy denials are enforced or only audited (rollout).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]

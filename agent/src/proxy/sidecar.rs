@@ -6,6 +6,8 @@
 mod record;
 mod secrets;
 mod sessions;
+mod sharing;
+mod signals;
 
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
@@ -16,6 +18,7 @@ use tracing::warn;
 pub use self::{
     secrets::{SecretError, Secrets},
     sessions::BreakGlassSessions,
+    sharing::CredentialSharing,
 };
 use super::{
     http::{self, BodyMode, ExchangeId, Handler, LocalResponse, Method, RequestHead},
@@ -44,6 +47,8 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
     pub secrets: Secrets,
     pub sessions: Arc<BreakGlassSessions>,
+    /// Which identity first presented each credential (`fhirwall_shared_credential_*`).
+    pub sharing: CredentialSharing,
 }
 
 /// The handler of one connection.
@@ -303,6 +308,12 @@ impl Handler for Exchange {
         subject.break_glass = session.as_ref();
         let decision = policy::decide(policy, &subject, &fhir);
         record::decided(&mut record, &fhir, &subject, &decision, session.as_ref());
+        signals::note(
+            &self.shared,
+            &decision,
+            subject.credential,
+            integration_name.as_deref(),
+        );
         if decision.is_break_glass() {
             warn!(integration = ?integration_name, correlation = %id, "break-glass access");
             self.shared.metrics.break_glass.inc();

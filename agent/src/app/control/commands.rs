@@ -16,6 +16,7 @@ impl Control {
     /// Publishes `policy` as enforced: operator revocations applied, rate limiter carried over.
     pub(super) fn publish(&mut self, mut policy: Policy) {
         self.overrides.apply(&mut policy);
+        self.metrics.set_policy(&policy);
         let limiter = self
             .policy
             .borrow()

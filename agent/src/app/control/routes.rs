@@ -8,6 +8,7 @@ use std::{
 };
 
 use crate::{
+    attribution::Workload,
     audit::{Decision, Record, WorkloadRecord},
     kernel::{KernelCaller, Refusal},
     policy::{HostPort, Policy},
@@ -140,4 +141,88 @@ pub fn kernel_refusal(
         .into(),
     );
     record
+}
+
+/// The integration a kernel refusal is charged to, and why (the words of `Reason::slug`), for
+/// its audit record and `fhirwall_policy_denials_total`; `None` for refusals that are not the
+/// policy's (agent down, table full, not TCP). `process` is what the agent knows of the caller.
+pub fn charged_to(
+    policy: &Policy,
+    process: Option<&Workload>,
+    refusal: Refusal,
+    now: jiff::Timestamp,
+) -> Option<(Option<String>, &'static str)> {
+    match refusal {
+        Refusal::Unregistered => Some((None, "unregistered")),
+        Refusal::Denied => {
+            let integration = process.and_then(|w| policy.integration_for(w));
+            // Denied, yet live by now (reinstated meanwhile), or decided per cgroup for a
+            // process the agent has not seen: a policy refusal all the same.
+            Some(match integration {
+                Some(i) => (Some(i.name.clone()), i.refusal(now).unwrap_or("denied")),
+                None => (None, "denied"),
+            })
+        }
+        Refusal::AgentDown | Refusal::StoreFull | Refusal::NotTcp | Refusal::Other(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Integration, IntegrationStatus};
+
+    #[test]
+    fn kernel_refusals_are_charged_to_the_integration_and_why() {
+        let now: jiff::Timestamp = "2026-06-01T00:00:00Z".parse().expect("timestamp");
+        let mut expired = Integration::minimal("fax", IntegrationStatus::Active);
+        expired.workload.uid = Some(3);
+        expired.expires = Some("2026-05-01T00:00:00Z".parse().expect("timestamp"));
+        let mut revoked = Integration::minimal("lab", IntegrationStatus::Revoked);
+        revoked.workload.uid = Some(2);
+        let mut live = Integration::minimal("portal", IntegrationStatus::Active);
+        live.workload.uid = Some(4);
+        let policy = Policy {
+            integrations: vec![revoked, expired, live],
+            ..Policy::default()
+        };
+        let process = |uid| Workload {
+            uid,
+            ..Workload::default()
+        };
+        let name = |n: &str| Some(n.to_owned());
+        let cases = [
+            (
+                Some(process(2)),
+                Refusal::Denied,
+                Some((name("lab"), "revoked")),
+            ),
+            (
+                Some(process(3)),
+                Refusal::Denied,
+                Some((name("fax"), "expired")),
+            ),
+            (
+                Some(process(4)),
+                Refusal::Denied,
+                Some((name("portal"), "denied")),
+            ),
+            (None, Refusal::Denied, Some((None, "denied"))),
+            (
+                Some(process(9)),
+                Refusal::Unregistered,
+                Some((None, "unregistered")),
+            ),
+            (Some(process(2)), Refusal::AgentDown, None),
+            (Some(process(2)), Refusal::StoreFull, None),
+            (None, Refusal::NotTcp, None),
+        ];
+        for (process, refusal, want) in cases {
+            assert_eq!(
+                charged_to(&policy, process.as_ref(), refusal, now),
+                want,
+                "{refusal:?} of {process:?}"
+            );
+        }
+    }
 }

@@ -180,20 +180,42 @@ impl Why<'_> {
     }
 }
 
+impl Reason<'_> {
+    /// A fixed word for the reason, for metrics labels (`fhirwall_policy_denials_total`) and
+    /// alerts: bounded, and never a value from the request.
+    #[must_use]
+    pub const fn slug(&self) -> &'static str {
+        match self {
+            Reason::Unregistered => "unregistered",
+            Reason::Status { status } => status.as_str(),
+            Reason::Expired { .. } => "expired",
+            Reason::Upstream { .. } => "upstream",
+            Reason::Credential { .. } => "credential",
+            Reason::Tenant { .. } => "tenant",
+            Reason::Purpose { .. } => "purpose",
+            Reason::Request { why, .. } => match why.part() {
+                Part::Patient => "patient",
+                Part::Operation(_) | Part::Operations => "operation",
+                Part::Status
+                | Part::Expires
+                | Part::Upstreams
+                | Part::Credentials
+                | Part::Tenants
+                | Part::PurposesOfUse
+                | Part::Scope(_)
+                | Part::Scopes => "scope",
+            },
+        }
+    }
+}
+
 impl fmt::Display for Reason<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Reason::Unregistered => {
                 f.write_str("the calling workload matches no registered integration")
             }
-            Reason::Status { status } => {
-                let word = match status {
-                    IntegrationStatus::Active => "active",
-                    IntegrationStatus::Suspended => "suspended",
-                    IntegrationStatus::Revoked => "revoked",
-                };
-                write!(f, "the integration is {word}")
-            }
+            Reason::Status { status } => write!(f, "the integration is {}", status.as_str()),
             Reason::Expired { at } => write!(f, "the integration expired at {at}"),
             Reason::Upstream { upstream } => {
                 write!(f, "the integration may not call upstream `{upstream}`")
