@@ -250,9 +250,13 @@ fn scenario_and_summary(
         Ok(text) => println!("   fhirwall audit verify: {text}"),
         Err(e) => failures.push(format!("{e:#}")),
     }
-    if let Ok(metrics) = http_get(files.metrics, "/metrics") {
-        println!("\n===== metrics (http://{}/metrics) =====", files.metrics);
-        print!("{}", report::metrics_excerpt(&metrics));
+    match http_get(files.metrics, "/metrics") {
+        Ok(metrics) => {
+            println!("\n===== metrics (http://{}/metrics) =====", files.metrics);
+            print!("{}", report::metrics_excerpt(&metrics));
+            failures.extend(report::metrics_checks(&metrics));
+        }
+        Err(e) => failures.push(format!("reading /metrics: {e:#}")),
     }
     println!("\n===== expectations =====");
     if failures.is_empty() {

@@ -226,6 +226,8 @@ pub fn metrics_excerpt(text: &str) -> String {
                     "fhirwall_kernel{counter=\"redirected",
                     "fhirwall_kernel{counter=\"refused",
                     "fhirwall_audit_failures_total",
+                    "fhirwall_policy_denials_total",
+                    "fhirwall_shared_credential",
                 ]
                 .iter()
                 .any(|p| l.starts_with(p))
@@ -234,6 +236,21 @@ pub fn metrics_excerpt(text: &str) -> String {
             let _ = writeln!(out, "   {l}");
             out
         })
+}
+
+/// The one credential every workload presents is reported as shared, so ops get the alert
+/// (`FhirwallSharedCredential`) that says to give each integration its own.
+pub fn metrics_checks(text: &str) -> Vec<String> {
+    let shared = text
+        .lines()
+        .find_map(|l| l.strip_prefix("fhirwall_shared_credentials "));
+    if shared == Some("1") {
+        Vec::new()
+    } else {
+        vec![format!(
+            "fhirwall_shared_credentials is {shared:?}, expected 1: the workloads' one credential"
+        )]
+    }
 }
 
 /// What reached the EHR: the lab interface's two results were stored; nginx saw exactly the
