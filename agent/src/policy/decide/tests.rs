@@ -166,6 +166,8 @@ pub(super) struct Outcome {
     pub rule: String,
     pub reason: String,
     pub purpose: Option<PurposeOfUse>,
+    /// The reason's word for metrics (`Reason::slug`).
+    pub slug: Option<&'static str>,
 }
 
 pub(super) fn run(case: &Case) -> Outcome {
@@ -198,6 +200,7 @@ pub(super) fn run(case: &Case) -> Outcome {
                 rule: Rule::Unclassifiable.to_string(),
                 reason: e.to_string(),
                 purpose: None,
+                slug: None,
             };
         }
     };
@@ -217,6 +220,37 @@ pub(super) fn run(case: &Case) -> Outcome {
             Decision::Allow { purpose, .. } => purpose,
             _ => None,
         },
+        slug: decision.reason().map(Reason::slug),
+    }
+}
+
+/// The metrics word a refusal must carry, from the rule that decided it (`None`: any of the
+/// integration's status words).
+fn slug_for_rule(rule: &str) -> Option<&'static str> {
+    let part = rule.rsplit('/').next().unwrap_or_default();
+    let part = part.split('[').next().unwrap_or_default();
+    Some(match part {
+        "unregistered" => "unregistered",
+        "expires" => "expired",
+        "upstreams" => "upstream",
+        "credentials" => "credential",
+        "tenants" => "tenant",
+        "purposes_of_use" => "purpose",
+        "patient" => "patient",
+        "operations" => "operation",
+        "status" => return None,
+        _ => "scope",
+    })
+}
+
+/// A refusal's metrics word agrees with the rule that decided it.
+fn slug_agrees(out: &Outcome) -> bool {
+    match (out.slug, out.rule.as_str()) {
+        (None, "default/unclassifiable") => true,
+        (None, _) => out.label == "allow",
+        (Some(slug), rule) => {
+            slug_for_rule(rule).map_or(matches!(slug, "revoked" | "suspended"), |want| slug == want)
+        }
     }
 }
 
@@ -225,20 +259,21 @@ pub(super) fn check(table: &[Case]) {
     let mut failures = Vec::new();
     for case in table {
         let out = run(case);
-        let ok = match &case.expect {
-            Expect::Unset => false,
-            Expect::Allow(rule) => out.label == "allow" && out.rule == *rule,
-            Expect::Deny(rule, words) => {
-                out.label == "deny" && out.rule == *rule && out.reason.contains(words)
-            }
-            Expect::WouldDeny(rule, words) => {
-                out.label == "would-deny" && out.rule == *rule && out.reason.contains(words)
-            }
-        };
+        let ok = slug_agrees(&out)
+            && match &case.expect {
+                Expect::Unset => false,
+                Expect::Allow(rule) => out.label == "allow" && out.rule == *rule,
+                Expect::Deny(rule, words) => {
+                    out.label == "deny" && out.rule == *rule && out.reason.contains(words)
+                }
+                Expect::WouldDeny(rule, words) => {
+                    out.label == "would-deny" && out.rule == *rule && out.reason.contains(words)
+                }
+            };
         if !ok {
             failures.push(format!(
-                "{} ({}): expected {:?}, got {} {} \"{}\"",
-                case.what, case.request, case.expect, out.label, out.rule, out.reason
+                "{} ({}): expected {:?}, got {} {} \"{}\" ({:?})",
+                case.what, case.request, case.expect, out.label, out.rule, out.reason, out.slug
             ));
         }
     }
