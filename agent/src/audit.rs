@@ -68,13 +68,13 @@ pub use chain::Hash;
 pub use export::{
     Cursor, FhirExport, JsonlExport, JsonlTarget, cursor_position, export_fhir, export_jsonl,
 };
-pub use query::{Filter, Order, QueryRow, query, since};
+pub use query::{Filter, Order, QueryRow, UNREGISTERED, presenters, query, since};
 pub use record::{
     BreakGlassUse, Completion, Decision, Entry, Outcome, PruneMarker, Record, WorkloadRecord, now,
     strip_query_values,
 };
 pub use render::{jsonl_line, report_text, table};
-pub use report::{BusinessHours, Report, WorkloadSeen, report};
+pub use report::{BusinessHours, Report, WorkloadSeen, add_sharing, report, report_from};
 pub use store::{Checkpoints, Durability, Head, Retention, StoreOptions, open, open_read_only};
 #[cfg(test)]
 pub(crate) use tests::support as tests_support;

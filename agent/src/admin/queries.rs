@@ -241,12 +241,12 @@ fn run(db: &Path, ask: Ask) -> Result<Response, AuditError> {
             let rows = audit::query(&conn, &filter)?;
             rows_response(&rows, format)
         }
+        Ask::Report(r) if r.fhir => {
+            rows_response(&audit::query(&conn, &r.filter)?, RowFormat::Fhir)
+        }
         Ask::Report(r) => {
-            let rows = audit::query(&conn, &r.filter)?;
-            if r.fhir {
-                return rows_response(&rows, RowFormat::Fhir);
-            }
-            json("application/json", &audit::report(&rows, &r.hours))
+            let (_, report) = audit::report_from(&conn, &r.filter, &r.hours)?;
+            json("application/json", &report)
         }
         Ask::Verify { anchors } => {
             let v = audit::verify(&conn, &anchors)?;

@@ -165,18 +165,21 @@ async fn audit_report_and_verify() {
 
     let report = json(&state, "/v1/audit/report?integration=lab").await;
     assert_eq!(report["requests"], 10);
-    let want = audit::report(
-        &audit::query(
-            &audit::open_read_only(&db).unwrap(),
-            &audit::Filter {
-                integration: Some("lab".into()),
-                ..audit::Filter::default()
-            },
-        )
-        .unwrap(),
+    let (_, want) = audit::report_from(
+        &audit::open_read_only(&db).unwrap(),
+        &audit::Filter {
+            integration: Some("lab".into()),
+            ..audit::Filter::default()
+        },
         &audit::BusinessHours::default(),
-    );
+    )
+    .unwrap();
     assert_eq!(report, serde_json::to_value(&want).unwrap());
+    assert_eq!(
+        report["sharedCredentials"]["sha256:00000001"],
+        serde_json::json!(["(unregistered)", "lab", "mirth"]),
+        "{report}"
+    );
 
     let ok = json(&state, "/v1/audit/verify").await;
     assert_eq!(ok["intact"], true, "{ok}");

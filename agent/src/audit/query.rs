@@ -1,6 +1,6 @@
 //! Filtered reads of request records, each joined with its completion.
 
-use std::fmt::Write as _;
+use std::{collections::BTreeSet, fmt::Write as _};
 
 use jiff::Timestamp;
 use rusqlite::{Connection, OptionalExtension as _, params_from_iter, types::Value};
@@ -106,6 +106,39 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<QueryRow>, AuditE
         });
     }
     Ok(out)
+}
+
+/// How reports name the requests no integration matched.
+pub const UNREGISTERED: &str = "(unregistered)";
+
+/// Every identity (an integration's name, or [`UNREGISTERED`]) that presented `credential`
+/// (a fingerprint as recorded) in `[from, to)`.
+pub fn presenters(
+    conn: &Connection,
+    credential: &str,
+    from: Option<Timestamp>,
+    to: Option<Timestamp>,
+) -> Result<BTreeSet<String>, AuditError> {
+    let bound = |t: Option<Timestamp>, open: i64| t.map_or(open, Timestamp::as_microsecond);
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT DISTINCT coalesce(integration, ?2) FROM entries
+             WHERE credential_fp = ?1 AND kind = 'request' AND time_us >= ?3 AND time_us < ?4",
+        )
+        .map_err(|source| AuditError::Read { source })?;
+    let names = stmt
+        .query_map(
+            rusqlite::params![
+                credential,
+                UNREGISTERED,
+                bound(from, i64::MIN),
+                bound(to, i64::MAX)
+            ],
+            |r| r.get::<_, String>(0),
+        )
+        .and_then(Iterator::collect)
+        .map_err(|source| AuditError::Read { source })?;
+    Ok(names)
 }
 
 /// The start of a window reaching back `span` (`7d`, `12h`, `1w 2d`; days are 24 hours) from

@@ -141,5 +141,13 @@ pub fn report_text(title: &str, r: &Report) -> String {
             join(&w.credentials),
         );
     }
+    let _ = writeln!(out, "  credentials also presented by other identities:");
+    if r.shared_credentials.is_empty() {
+        let _ = writeln!(out, "    (none)");
+    }
+    for (credential, identities) in &r.shared_credentials {
+        let who: Vec<&str> = identities.iter().map(String::as_str).collect();
+        let _ = writeln!(out, "    {credential}  {}", who.join(", "));
+    }
     out
 }

@@ -7,10 +7,12 @@ use jiff::{
     civil::{Time, Weekday},
     tz::TimeZone,
 };
+use rusqlite::Connection;
 use serde::Serialize;
 
 use super::{
-    query::QueryRow,
+    AuditError,
+    query::{self, Filter, QueryRow},
     record::{Decision, rfc3339},
 };
 
@@ -84,6 +86,9 @@ pub struct Report {
     pub break_glass: u64,
     pub upstream_failures: u64,
     pub workloads: Vec<WorkloadSeen>,
+    /// The credentials these workloads presented that other identities presented too in the
+    /// window: fingerprint -> every identity that presented it (see [`add_sharing`]).
+    pub shared_credentials: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// One executable (by path and hash) and where it ran.
@@ -152,6 +157,44 @@ pub fn report<'a>(rows: impl IntoIterator<Item = &'a QueryRow>, hours: &Business
     out.distinct_patients = patients.len() as u64;
     out.workloads = workloads.into_values().collect();
     out
+}
+
+/// The report over what `filter` selects, with the credentials shared in its window, and the
+/// rows it summarizes.
+pub fn report_from(
+    conn: &Connection,
+    filter: &Filter,
+    hours: &BusinessHours,
+) -> Result<(Vec<QueryRow>, Report), AuditError> {
+    let rows = query::query(conn, filter)?;
+    let mut summary = report(&rows, hours);
+    add_sharing(&mut summary, |credential| {
+        query::presenters(conn, credential, filter.from, filter.to)
+    })?;
+    Ok((rows, summary))
+}
+
+/// Fills [`Report::shared_credentials`]: each credential the report's workloads presented,
+/// with every identity that presented it, when that is more than one. `presenters` looks one
+/// fingerprint up over the report's window (`query::presenters` on the store).
+pub fn add_sharing<E>(
+    report: &mut Report,
+    mut presenters: impl FnMut(&str) -> Result<BTreeSet<String>, E>,
+) -> Result<(), E> {
+    let credentials: BTreeSet<&String> = report
+        .workloads
+        .iter()
+        .flat_map(|w| &w.credentials)
+        .collect();
+    let mut shared = BTreeMap::new();
+    for credential in credentials {
+        let who = presenters(credential)?;
+        if who.len() > 1 {
+            shared.insert(credential.clone(), who);
+        }
+    }
+    report.shared_credentials = shared;
+    Ok(())
 }
 
 #[expect(

@@ -235,8 +235,8 @@ fn run_report(a: &ReportArgs, w: &mut dyn std::io::Write) -> Result<ExitCode, Au
         to: a.window.to,
         ..Filter::default()
     };
-    let rows = audit::query(&audit::open_read_only(&a.db.db)?, &filter)?;
-    let report = audit::report(&rows, &a.business_hours);
+    let conn = audit::open_read_only(&a.db.db)?;
+    let (rows, report) = audit::report_from(&conn, &filter, &a.business_hours)?;
     let text = match a.format {
         Format::Table => {
             let from = filter

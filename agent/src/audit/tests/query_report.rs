@@ -1,11 +1,14 @@
 //! Queries and the report over a seeded store (record `i` at Monday 00:00 UTC + `i` hours; see
 //! `support::record` for which fields each `i` gets).
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use jiff::tz::TimeZone;
 
 use super::support::{monday_plus, seed_fixed, temp_store};
 use crate::audit::{
-    BusinessHours, Decision, Filter, Order, QueryRow, open_read_only, query, report,
+    BusinessHours, Decision, Filter, Order, QueryRow, UNREGISTERED, open_read_only, query, report,
+    report_from, report_text,
 };
 
 fn seqs(rows: &[QueryRow]) -> Vec<u64> {
@@ -265,4 +268,44 @@ fn business_hours_are_weekdays_within_the_window() {
     for bad in ["", "7-19", "19:00-07:00", "07:00"] {
         assert!(BusinessHours::parse(bad).is_err(), "{bad:?}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_name_who_else_presented_the_integrations_credentials() {
+    let (_dir, path) = temp_store();
+    seed_fixed(&path, 30).await;
+    let conn = open_read_only(&path).unwrap();
+    // Records 1-4: 1 lab/cred 1, 2 unregistered/cred 0, 3 mirth/cred 1, 4 lab/cred 0.
+    let window = Filter {
+        integration: text("lab"),
+        from: Some(monday_plus(1)),
+        to: Some(monday_plus(5)),
+        ..Filter::default()
+    };
+    let (_, r) = report_from(&conn, &window, &BusinessHours::default()).unwrap();
+    let who = |names: &[&str]| names.iter().map(|&n| n.to_owned()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        r.shared_credentials,
+        BTreeMap::from([
+            ("sha256:00000000".to_owned(), who(&[UNREGISTERED, "lab"])),
+            ("sha256:00000001".to_owned(), who(&["lab", "mirth"])),
+        ])
+    );
+    // Record 1 alone: nobody else presented credential 1 yet.
+    let first = Filter {
+        to: Some(monday_plus(2)),
+        ..window
+    };
+    let (_, r) = report_from(&conn, &first, &BusinessHours::default()).unwrap();
+    assert_eq!(r.requests, 1);
+    assert!(
+        r.shared_credentials.is_empty(),
+        "{:?}",
+        r.shared_credentials
+    );
+    let text = report_text("lab", &r);
+    assert!(
+        text.contains("credentials also presented by other identities:\n    (none)"),
+        "{text}"
+    );
 }
