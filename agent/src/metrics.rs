@@ -14,6 +14,10 @@ use crate::{
 /// What every metric name starts with (and `_`).
 const PREFIX: &str = "fhirwall";
 
+/// The `integration` label of a caller no integration registers (Prometheus treats an empty
+/// label as absent).
+pub const NO_INTEGRATION: &str = "";
+
 /// Every metric fhirwall exports, registered once.
 pub struct Metrics {
     registry: Registry,

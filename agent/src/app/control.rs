@@ -26,7 +26,7 @@ use crate::{
         CgroupRoot, EventReader, Kernel, KernelCaller, KernelEvent, Refusal, WorkloadEntry,
         destroy_connections_to,
     },
-    metrics::Metrics,
+    metrics::{Metrics, NO_INTEGRATION},
     policy::{HostPort, Policy},
     proxy::{
         listener::{Routes, Sidecar},
@@ -325,7 +325,7 @@ impl Control {
             self.metrics
                 .policy_denials
                 .with_label_values(&[
-                    integration.as_deref().unwrap_or(""),
+                    integration.as_deref().unwrap_or(NO_INTEGRATION),
                     reason,
                     record.decision.as_str(),
                 ])

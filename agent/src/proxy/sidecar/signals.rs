@@ -9,12 +9,9 @@ use super::{
     sharing::{CredentialSharing, Sighting},
 };
 use crate::{
-    metrics::Metrics,
+    metrics::{Metrics, NO_INTEGRATION},
     policy::{Decision, Presented},
 };
-
-/// The `integration` label of a caller no integration registers.
-const UNREGISTERED: &str = "";
 
 /// What one decision tells: a refusal by reason, and who presented the credential.
 pub fn note(
@@ -34,7 +31,7 @@ fn count_denial(metrics: &Metrics, decision: &Decision<'_>, integration: Option<
         metrics
             .policy_denials
             .with_label_values(&[
-                integration.unwrap_or(UNREGISTERED),
+                integration.unwrap_or(NO_INTEGRATION),
                 reason.slug(),
                 decision.label(),
             ])
@@ -59,7 +56,7 @@ fn note_credential(
     };
     metrics
         .shared_credential_requests
-        .with_label_values(&[integration.unwrap_or(UNREGISTERED)])
+        .with_label_values(&[integration.unwrap_or(NO_INTEGRATION)])
         .inc();
     if newly {
         metrics
