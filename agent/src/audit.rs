@@ -74,7 +74,7 @@ pub use record::{
     strip_query_values,
 };
 pub use render::{jsonl_line, report_text, table};
-pub use report::{BusinessHours, Report, WorkloadSeen, add_sharing, report, report_from};
+pub use report::{BusinessHours, Report, WorkloadSeen, report, report_from};
 pub use store::{Checkpoints, Durability, Head, Retention, StoreOptions, open, open_read_only};
 #[cfg(test)]
 pub(crate) use tests::support as tests_support;
