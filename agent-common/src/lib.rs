@@ -141,10 +141,23 @@ pub const VERDICT_PENDING: u32 = 3;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct WorkloadVerdict {
-    /// `VERDICT_ALLOW` or `VERDICT_DENY`.
+    /// `VERDICT_ALLOW`, `VERDICT_DENY`, or `VERDICT_PENDING` (written by the exec hook).
     pub verdict: u32,
-    /// `REASON_*` recorded in the refusal event.
+    /// `REASON_*` recorded in the refusal event. For `VERDICT_PENDING`, the exec's token
+    /// ([`exec_token`] of the exec event's time): the agent resolves a pending entry only with
+    /// the verdict it computed for that same exec, never with one for an earlier image.
     pub reason: u32,
+}
+
+/// The token of an exec at `time_ns` (`bpf_ktime_get_ns`): its low 32 bits, which tell two
+/// execs of one process apart (they are at least microseconds apart).
+#[must_use]
+#[expect(
+    clippy::cast_possible_truncation,
+    reason = "the token is the low 32 bits by design"
+)]
+pub const fn exec_token(time_ns: u64) -> u32 {
+    time_ns as u32
 }
 const _: () = assert!(size_of::<WorkloadVerdict>() == 8);
 

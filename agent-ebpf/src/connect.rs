@@ -23,7 +23,7 @@ use fhirwall_common::{
     REASON_STORE_FULL, REASON_UNREGISTERED, STAT_AGENT_PASSED, STAT_REDIRECTED,
     STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED, STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL,
     STAT_REFUSED_UNREGISTERED, VERDICT_DENY, VERDICT_PENDING, WorkloadKey, WorkloadVerdict,
-    v4_mapped,
+    exec_token, v4_mapped,
 };
 
 use crate::maps::{FW_CONFIG, FW_HEARTBEAT, FW_PROTECTED, FW_SOCKETS, FW_WORKLOADS, count, emit};
@@ -116,7 +116,7 @@ pub fn exec_event() {
         };
         let pending = WorkloadVerdict {
             verdict: VERDICT_PENDING,
-            reason: REASON_NONE,
+            reason: exec_token(event.record.time_ns),
         };
         // A full map leaves the process unregistered: refused, not let through.
         let _ = FW_WORKLOADS.insert(key, pending, 0);

@@ -618,3 +618,53 @@ fn a_process_verdict_leaves_with_its_process() {
         "only the exiting process's entry goes"
     );
 }
+
+#[test]
+fn a_late_verdict_for_an_earlier_image_does_not_replace_a_newer_exec() {
+    if !kernel_available("a_late_verdict_for_an_earlier_image_does_not_replace_a_newer_exec") {
+        return;
+    }
+    // A workload is started as `sh` -> `setpriv` -> the program, one exec after the other. The
+    // agent classifies each exec in turn; classifying the early images can finish after the
+    // program's own exec left its pending entry. That late verdict ("unregistered: sh") must
+    // not replace the entry, or the registered program is refused until its own exec event is
+    // handled (seen as a flaky `cargo xtask demo --kernel-enforcement`).
+    let mut fx = Fixture::new(true);
+    let work = fx.work.to_str().expect("utf-8").to_owned();
+    let dst = fx.protected_v4.to_string();
+    let mut probe =
+        Probe::spawn(&["--cgroup", &work, "--wait", "--send", "x", &dst]).expect("probe");
+    let entry = WorkloadEntry::Process(probe.pid);
+    let token = fx
+        .events()
+        .into_iter()
+        .filter_map(|e| match e {
+            KernelEvent::Exec { caller } if caller.tgid == probe.pid => Some(caller.exec_token),
+            _ => None,
+        })
+        .next_back()
+        .expect("the probe's exec event");
+    let pending = Some(fhirwall_common::VERDICT_PENDING);
+    assert_eq!(fx.kernel.workload_in_kernel(entry), pending);
+    // A verdict for an earlier image (another token) is not applied, and neither is the
+    // periodic sweep's, which only knows the process as it was before this exec.
+    let stale = fx
+        .kernel
+        .set_process_after_exec(probe.pid, token.wrapping_add(1), None)
+        .expect("set");
+    assert!(!stale);
+    fx.kernel
+        .set_workloads(&BTreeMap::from([(entry, Verdict::Deny)]))
+        .expect("sweep");
+    assert_eq!(fx.kernel.workload_in_kernel(entry), pending);
+    // The verdict for this exec is: unregistered, so refused in the kernel.
+    let applied = fx
+        .kernel
+        .set_process_after_exec(probe.pid, token, None)
+        .expect("set");
+    assert!(applied);
+    assert_eq!(fx.kernel.workload_in_kernel(entry), None);
+    probe.go().expect("go");
+    let report = probe.report().expect("report");
+    assert_eq!(report["errno"], EPERM, "{report}");
+}

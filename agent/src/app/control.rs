@@ -23,8 +23,7 @@ use crate::{
     config::{AdminConfig, AgentConfig},
     enforce,
     kernel::{
-        CgroupRoot, EventReader, Kernel, KernelCaller, KernelEvent, Refusal, WorkloadEntry,
-        destroy_connections_to,
+        CgroupRoot, EventReader, Kernel, KernelCaller, KernelEvent, Refusal, destroy_connections_to,
     },
     metrics::{Metrics, NO_INTEGRATION},
     policy::{HostPort, Policy},
@@ -282,7 +281,7 @@ impl Control {
                         .await
                         .ok()
                         .flatten();
-                    self.set_process(caller.tgid, workload);
+                    self.set_process(caller.tgid, caller.exec_token, workload);
                 }
                 KernelEvent::Refused {
                     caller,
@@ -344,7 +343,7 @@ impl Control {
     }
 
     /// Updates one process's verdict after an exec.
-    fn set_process(&mut self, tgid: u32, workload: Option<Arc<Workload>>) {
+    fn set_process(&mut self, tgid: u32, exec_token: u32, workload: Option<Arc<Workload>>) {
         let policy = Arc::clone(&self.policy.borrow().policy);
         let now = jiff::Timestamp::now();
         let verdict = workload
@@ -356,7 +355,7 @@ impl Control {
         };
         if let Err(e) = self
             .kernel
-            .set_workload(WorkloadEntry::Process(tgid), verdict)
+            .set_process_after_exec(tgid, exec_token, verdict)
         {
             error!(tgid, error = %e, "updating a process verdict failed");
         }

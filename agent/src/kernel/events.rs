@@ -59,6 +59,9 @@ pub struct KernelCaller {
     pub cookie: u64,
     /// Wall-clock time of the event.
     pub time: SystemTime,
+    /// For an exec event, the token of the pending entry the exec left in the kernel
+    /// (`fhirwall_common::exec_token`).
+    pub exec_token: u32,
 }
 
 impl KernelCaller {
@@ -73,6 +76,7 @@ impl KernelCaller {
             comm: comm(&record.comm),
             cookie: record.cookie,
             time: wall_time(record.time_ns),
+            exec_token: fhirwall_common::exec_token(record.time_ns),
         }
     }
 }

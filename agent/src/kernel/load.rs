@@ -229,6 +229,21 @@ impl Kernel {
         self.maps.set_workload(entry, verdict)
     }
 
+    /// Sets or clears a process's verdict as classified after the exec with `token`; see
+    /// `KernelMaps::set_process_after_exec`. Returns whether it was applied.
+    pub fn set_process_after_exec(
+        &mut self,
+        tgid: u32,
+        token: u32,
+        verdict: Option<super::maps::Verdict>,
+    ) -> Result<bool, KernelError> {
+        let entry = super::maps::WorkloadEntry::Process(tgid);
+        if verdict.is_some() {
+            self.set_kinds(self.kinds | entry.config_flag())?;
+        }
+        self.maps.set_process_after_exec(tgid, token, verdict)
+    }
+
     /// Drops socket records of connects that never completed, older than `max_age`.
     pub fn collect_stale_sockets(&mut self, max_age: Duration) -> Result<usize, KernelError> {
         let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);

@@ -237,7 +237,13 @@ impl ControlMaps {
         // of its own, and those of processes that have exited must go.
         let present: std::collections::HashMap<WorkloadKey, WorkloadVerdict> =
             self.workloads.iter().filter_map(Result::ok).collect();
-        for (key, value) in wanted.iter().filter(|(k, v)| present.get(k) != Some(v)) {
+        // A pending process entry is left to its exec event: the verdict here was computed from
+        // what the agent knew of the process before that exec.
+        let pending = |k: &WorkloadKey| present.get(k).is_some_and(|v| is_pending(k, *v));
+        for (key, value) in wanted
+            .iter()
+            .filter(|(k, v)| present.get(k) != Some(v) && !pending(k))
+        {
             self.workloads
                 .insert(key, value, 0)
                 .map_err(map_err(MAP_WORKLOADS))?;
@@ -250,6 +256,30 @@ impl ControlMaps {
         }
         self.workloads_mirror = Some(wanted);
         Ok(())
+    }
+
+    /// Sets or clears a process's verdict as classified after its exec `token`, unless the
+    /// process has exec'd again since: its entry is then pending for the newer exec, whose own
+    /// event decides it (a late verdict for the earlier image must not replace it). Returns
+    /// whether the verdict was applied. (The kernel may still write a newer pending entry
+    /// between this read and the write: a window of two syscalls, against the milliseconds
+    /// classifying an exec takes.)
+    pub fn set_process_after_exec(
+        &mut self,
+        tgid: u32,
+        token: u32,
+        verdict: Option<Verdict>,
+    ) -> Result<bool, KernelError> {
+        let entry = WorkloadEntry::Process(tgid);
+        let newer_exec = match self.workloads.get(&entry.key(), 0) {
+            Ok(present) => is_pending(&entry.key(), present) && present.reason != token,
+            Err(MapError::KeyNotFound) => false,
+            Err(e) => return Err(map_err(MAP_WORKLOADS)(e)),
+        };
+        if newer_exec {
+            return Ok(false);
+        }
+        self.set_workload(entry, verdict).map(|()| true)
     }
 
     /// Sets or clears one workload's verdict (an exec or an exit), without a full resync. Process
@@ -352,9 +382,12 @@ fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, KernelEr
 }
 
 /// A pending entry the exec hook wrote for a process that still runs.
+fn is_pending(key: &WorkloadKey, value: WorkloadVerdict) -> bool {
+    value.verdict == fhirwall_common::VERDICT_PENDING && key.kind == KEY_TGID
+}
+
 fn is_pending_for_a_live_process(key: &WorkloadKey, value: WorkloadVerdict) -> bool {
-    value.verdict == fhirwall_common::VERDICT_PENDING
-        && key.kind == KEY_TGID
+    is_pending(key, value)
         && std::path::Path::new("/proc")
             .join(key.id.to_string())
             .exists()
