@@ -20,12 +20,15 @@ use std::{
 use crate::policy::Fingerprint;
 
 /// What one presentation of a credential tells.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Sighting {
     /// Only this identity has presented it so far.
     Own,
-    /// Another identity presents it too; `newly` when this presentation revealed that.
-    Shared { newly: bool },
+    /// This presentation revealed that another identity presents it too: the one that
+    /// presented it first (`None`: an unregistered workload).
+    NewlyShared { first: Option<String> },
+    /// Known to be presented by more than one identity.
+    Shared,
 }
 
 /// The identity a credential was first seen with: an integration name, or `None` for a
@@ -70,14 +73,16 @@ impl CredentialSharing {
         let seen = &mut *seen;
         if let Some(first) = seen.by_fingerprint.get_mut(&credential) {
             if first.shared {
-                return Sighting::Shared { newly: false };
+                return Sighting::Shared;
             }
             if first.identity.as_deref() == identity {
                 return Sighting::Own;
             }
             first.shared = true;
             seen.shared += 1;
-            return Sighting::Shared { newly: true };
+            return Sighting::NewlyShared {
+                first: first.identity.as_deref().map(str::to_owned),
+            };
         }
         if seen.by_fingerprint.len() >= self.capacity {
             seen.by_fingerprint.retain(|_, first| first.shared);
@@ -92,15 +97,6 @@ impl CredentialSharing {
             );
         }
         Sighting::Own
-    }
-
-    /// The identity `credential` was first seen with, when it is tracked.
-    #[must_use]
-    pub fn first_identity(&self, credential: &Fingerprint) -> Option<Option<String>> {
-        let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.by_fingerprint
-            .get(credential)
-            .map(|f| f.identity.as_deref().map(str::to_owned))
     }
 
     /// How many credentials were seen from more than one identity.
@@ -121,27 +117,32 @@ mod tests {
         Fingerprint::of_authorization(format!("Bearer token-{n}").as_bytes())
     }
 
+    fn newly(first: Option<&str>) -> Sighting {
+        Sighting::NewlyShared {
+            first: first.map(str::to_owned),
+        }
+    }
+
     #[test]
     fn a_credential_is_shared_once_a_second_identity_presents_it() {
         let s = CredentialSharing::default();
-        let cases: [(u8, Option<&str>, Sighting); 8] = [
+        let cases: [(u8, Option<&str>, Sighting); 9] = [
             (1, Some("lab"), Sighting::Own),
             (1, Some("lab"), Sighting::Own),
             (2, Some("billing"), Sighting::Own),
-            (1, Some("billing"), Sighting::Shared { newly: true }),
+            (1, Some("billing"), newly(Some("lab"))),
             // From then on, every presentation is of a shared credential, the first one's too.
-            (1, Some("lab"), Sighting::Shared { newly: false }),
-            (1, Some("billing"), Sighting::Shared { newly: false }),
+            (1, Some("lab"), Sighting::Shared),
+            (1, Some("billing"), Sighting::Shared),
             // An unregistered workload is an identity of its own.
-            (2, None, Sighting::Shared { newly: true }),
+            (2, None, newly(Some("billing"))),
             (3, None, Sighting::Own),
+            (3, Some("portal"), newly(None)),
         ];
         for (i, (n, identity, want)) in cases.into_iter().enumerate() {
             assert_eq!(s.observe(fp(n), identity), want, "case {i}");
         }
-        assert_eq!(s.shared(), 2);
-        assert_eq!(s.first_identity(&fp(1)), Some(Some("lab".to_owned())));
-        assert_eq!(s.first_identity(&fp(3)), Some(None));
+        assert_eq!(s.shared(), 3);
     }
 
     #[test]
@@ -153,13 +154,11 @@ mod tests {
         s.observe(fp(3), Some("lab"));
         // Full: the fourth makes room by forgetting 2 and 3, never the shared 1.
         assert_eq!(s.observe(fp(4), Some("lab")), Sighting::Own);
-        assert_eq!(s.first_identity(&fp(2)), None);
-        assert_eq!(s.first_identity(&fp(4)), Some(Some("lab".to_owned())));
-        assert_eq!(
-            s.observe(fp(1), Some("portal")),
-            Sighting::Shared { newly: false }
-        );
-        assert_eq!(s.shared(), 1);
+        assert_eq!(s.observe(fp(1), Some("portal")), Sighting::Shared);
+        // 2 was forgotten: its next presenter counts as the first again.
+        assert_eq!(s.observe(fp(2), Some("billing")), Sighting::Own);
+        assert_eq!(s.observe(fp(4), Some("billing")), newly(Some("lab")));
+        assert_eq!(s.shared(), 2);
     }
 
     #[test]
@@ -167,11 +166,9 @@ mod tests {
         let s = CredentialSharing::with_capacity(1);
         s.observe(fp(1), Some("lab"));
         s.observe(fp(1), None);
+        // No room: 2 is not tracked, so a second identity cannot be noticed.
         assert_eq!(s.observe(fp(2), Some("lab")), Sighting::Own);
-        assert_eq!(s.first_identity(&fp(2)), None, "no room: not tracked");
-        assert_eq!(
-            s.observe(fp(1), Some("lab")),
-            Sighting::Shared { newly: false }
-        );
+        assert_eq!(s.observe(fp(2), Some("billing")), Sighting::Own);
+        assert_eq!(s.observe(fp(1), Some("lab")), Sighting::Shared);
     }
 }

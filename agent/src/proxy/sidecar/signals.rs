@@ -51,18 +51,19 @@ fn note_credential(
     let Presented::Credential(fingerprint) = credential else {
         return;
     };
-    let Sighting::Shared { newly } = sharing.observe(fingerprint, integration) else {
-        return;
+    let first = match sharing.observe(fingerprint, integration) {
+        Sighting::Own => return,
+        Sighting::Shared => None,
+        Sighting::NewlyShared { first } => Some(first),
     };
     metrics
         .shared_credential_requests
         .with_label_values(&[integration.unwrap_or(NO_INTEGRATION)])
         .inc();
-    if newly {
+    if let Some(first) = first {
         metrics
             .shared_credentials
             .set(i64::try_from(sharing.shared()).unwrap_or(i64::MAX));
-        let first = sharing.first_identity(&fingerprint).flatten();
         warn!(
             credential = ?fingerprint,
             integration = integration.unwrap_or("(unregistered workload)"),
