@@ -177,10 +177,10 @@ pub fn report_from(
 /// Fills [`Report::shared_credentials`]: each credential the report's workloads presented,
 /// with every identity that presented it, when that is more than one. `presenters` looks one
 /// fingerprint up over the report's window (`query::presenters` on the store).
-pub fn add_sharing<E>(
+fn add_sharing(
     report: &mut Report,
-    mut presenters: impl FnMut(&str) -> Result<BTreeSet<String>, E>,
-) -> Result<(), E> {
+    mut presenters: impl FnMut(&str) -> Result<BTreeSet<String>, AuditError>,
+) -> Result<(), AuditError> {
     let credentials: BTreeSet<&String> = report
         .workloads
         .iter()
