@@ -223,10 +223,20 @@ impl Kernel {
         entry: super::maps::WorkloadEntry,
         verdict: Option<super::maps::Verdict>,
     ) -> Result<(), KernelError> {
+        self.look_up_kind_of(entry, verdict)?;
+        self.maps.set_workload(entry, verdict)
+    }
+
+    /// Switches on the lookups of `entry`'s kind before an entry of it arrives.
+    fn look_up_kind_of(
+        &mut self,
+        entry: super::maps::WorkloadEntry,
+        verdict: Option<super::maps::Verdict>,
+    ) -> Result<(), KernelError> {
         if verdict.is_some() {
             self.set_kinds(self.kinds | entry.config_flag())?;
         }
-        self.maps.set_workload(entry, verdict)
+        Ok(())
     }
 
     /// Sets or clears a process's verdict as classified after the exec with `token`; see
@@ -237,10 +247,7 @@ impl Kernel {
         token: u32,
         verdict: Option<super::maps::Verdict>,
     ) -> Result<bool, KernelError> {
-        let entry = super::maps::WorkloadEntry::Process(tgid);
-        if verdict.is_some() {
-            self.set_kinds(self.kinds | entry.config_flag())?;
-        }
+        self.look_up_kind_of(super::maps::WorkloadEntry::Process(tgid), verdict)?;
         self.maps.set_process_after_exec(tgid, token, verdict)
     }
 
