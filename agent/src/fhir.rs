@@ -32,11 +32,15 @@ mod query;
 mod reference_targets;
 mod request;
 mod resource_type;
+pub mod response;
 mod route;
 
 pub use self::{
     classify::classify,
-    compartment::{PATIENT_COMPARTMENT, patient_compartment_params},
+    compartment::{
+        PATIENT_COMPARTMENT, PATIENT_COMPARTMENT_ELEMENTS, patient_compartment_elements,
+        patient_compartment_params,
+    },
     config::{ClassifyConfig, MAX_JSON_DEPTH_CEILING, TenantMode},
     error::{
         BodyNeed, ClassifyError, EntryProblem, HeaderProblem, IdKind, IssueType, JsonProblem,
@@ -50,7 +54,7 @@ pub use self::{
     request::{
         Compartment, FhirRequest, HttpRequest, Interaction, Method, Operation, OperationLevel,
     },
-    resource_type::ResourceType,
+    resource_type::{ResourceType, TypeSet},
 };
 
 #[cfg(test)]

@@ -89,10 +89,18 @@ fn bpf_linker() -> anyhow::Result<()> {
     .context("installing bpf-linker")
 }
 
-/// The real FHIR server the demo and end-to-end tests use (helios-hfs, R4, SQLite). Its build
-/// takes about 24 minutes on two cores, so it is skipped whenever `hfs` is already installed.
+/// The real FHIR server the demo and end-to-end tests use (helios-hfs, R4, SQLite, and XML so
+/// that XML request bodies reach a server that reads them). Its build takes about 25 minutes on
+/// two cores, so it is skipped whenever an `hfs` built with those features is installed; one
+/// built without XML (by an older setup) is rebuilt once.
 fn fhir_server() -> anyhow::Result<()> {
-    if sh::succeeds("hfs", &["--version"]) || sh::succeeds("hfs", &["--help"]) {
+    const FEATURES: [&str; 3] = ["R4", "sqlite", "xml"];
+    let runs = sh::succeeds("hfs", &["--version"]) || sh::succeeds("hfs", &["--help"]);
+    let installed = installed_features("helios-hfs");
+    let complete =
+        |features: &Vec<String>| FEATURES.iter().all(|f| features.iter().any(|g| g == f));
+    // An hfs that cargo did not install (a packaged one) is taken as it is.
+    if runs && installed.as_ref().is_none_or(complete) {
         return Ok(());
     }
     sh::run(
@@ -100,13 +108,36 @@ fn fhir_server() -> anyhow::Result<()> {
         &[
             "install",
             "--locked",
+            "--force",
             "helios-hfs",
             "--no-default-features",
             "--features",
-            "R4,sqlite",
+            &FEATURES.join(","),
         ],
     )
     .context("installing the helios-hfs FHIR server")
+}
+
+/// The features `cargo install` recorded for an installed crate (`$CARGO_HOME/.crates2.json`).
+fn installed_features(krate: &str) -> Option<Vec<String>> {
+    let home = std::env::var_os("CARGO_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::Path::new(&h).join(".cargo")))?;
+    let text = std::fs::read_to_string(home.join(".crates2.json")).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let (_, install) = json
+        .get("installs")?
+        .as_object()?
+        .iter()
+        .find(|(key, _)| key.starts_with(&format!("{krate} ")))?;
+    Some(
+        install
+            .get("features")?
+            .as_array()?
+            .iter()
+            .filter_map(|f| f.as_str().map(str::to_owned))
+            .collect(),
+    )
 }
 
 fn debian_packages(packages: &[&str]) -> anyhow::Result<()> {

@@ -214,6 +214,66 @@ impl ResourceType {
     }
 }
 
+/// A set of resource types, one bit per type: what a response may carry, checked per resource.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct TypeSet([u64; 3]);
+
+// `ResourceType` is a field-less enum declared in `ALL` order, so its discriminant is its
+// position; three words hold all 146 types.
+const _: () = assert!(ResourceType::ALL.len() <= 3 * 64);
+
+impl TypeSet {
+    pub const EMPTY: TypeSet = TypeSet([0; 3]);
+
+    const fn slot(t: ResourceType) -> (usize, u64) {
+        let i = t as usize;
+        (i / 64, 1 << (i % 64))
+    }
+
+    #[must_use]
+    pub const fn contains(self, t: ResourceType) -> bool {
+        let (word, bit) = Self::slot(t);
+        self.0[word] & bit != 0
+    }
+
+    pub fn insert(&mut self, t: ResourceType) {
+        let (word, bit) = Self::slot(t);
+        self.0[word] |= bit;
+    }
+
+    #[must_use]
+    pub const fn union(self, other: TypeSet) -> TypeSet {
+        TypeSet([
+            self.0[0] | other.0[0],
+            self.0[1] | other.0[1],
+            self.0[2] | other.0[2],
+        ])
+    }
+
+    #[must_use]
+    pub const fn is_empty(self) -> bool {
+        self.0[0] == 0 && self.0[1] == 0 && self.0[2] == 0
+    }
+
+    /// The types in the set, in `ResourceType::ALL` order.
+    pub fn iter(self) -> impl Iterator<Item = ResourceType> {
+        ResourceType::ALL
+            .iter()
+            .copied()
+            .filter(move |t| self.contains(*t))
+    }
+}
+
+impl FromIterator<ResourceType> for TypeSet {
+    fn from_iter<I: IntoIterator<Item = ResourceType>>(iter: I) -> Self {
+        let mut set = TypeSet::EMPTY;
+        for t in iter {
+            set.insert(t);
+        }
+        set
+    }
+}
+
 impl fmt::Display for ResourceType {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
