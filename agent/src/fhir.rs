@@ -26,6 +26,8 @@ mod classify;
 mod compartment;
 mod config;
 mod error;
+mod headers;
+pub mod patch;
 mod path;
 mod patient;
 mod query;
@@ -34,6 +36,7 @@ mod request;
 mod resource_type;
 pub mod response;
 mod route;
+pub mod xml;
 
 pub use self::{
     classify::classify,
@@ -46,6 +49,7 @@ pub use self::{
         BodyNeed, ClassifyError, EntryProblem, HeaderProblem, IdKind, IssueType, JsonProblem,
         ParamSource, PathProblem, PathShape, QueryProblem, TargetProblem, TenantProblem,
     },
+    headers::HeaderRefusal,
     query::{
         ChainLink, Include, Modifier, Query, RawParam, ReverseChainLink, SearchParam, SortKey,
         Summary, Total, comparator_prefix,

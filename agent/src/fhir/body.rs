@@ -14,13 +14,19 @@ pub(super) enum MediaKind {
     Xml,
     /// `application/x-www-form-urlencoded`.
     Form,
+    /// `application/json-patch+json` (RFC 6902).
+    JsonPatch,
+    /// `application/merge-patch+json` (RFC 7396).
+    MergePatch,
     /// Anything else, a charset other than UTF-8 (FHIR bodies are UTF-8,
     /// <http://hl7.org/fhir/R4/http.html#mime-type>), or a malformed value.
     Other,
 }
 
 /// Classifies a Content-Type value (RFC 9110 section 8.3.1: type/subtype, then parameters; type,
-/// subtype and the charset value are case-insensitive).
+/// subtype and the charset value are case-insensitive). Only `charset` (UTF-8) and FHIR's
+/// `fhirVersion` parameters are accepted: servers that pick a format by searching the header
+/// for a substring would read `application/fhir+json; x=json-patch+json` as a JSON Patch.
 pub(super) fn media_kind(content_type: &str) -> MediaKind {
     let mut parts = content_type.split(';');
     let essence = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
@@ -28,8 +34,14 @@ pub(super) fn media_kind(content_type: &str) -> MediaKind {
         let Some((name, value)) = param.split_once('=') else {
             return MediaKind::Other;
         };
-        let value = value.trim().trim_matches('"');
-        if name.trim().eq_ignore_ascii_case("charset") && !value.eq_ignore_ascii_case("utf-8") {
+        let (name, value) = (name.trim(), value.trim().trim_matches('"'));
+        let ok = if name.eq_ignore_ascii_case("charset") {
+            value.eq_ignore_ascii_case("utf-8")
+        } else {
+            name.eq_ignore_ascii_case("fhirVersion")
+                && value.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        };
+        if !ok {
             return MediaKind::Other;
         }
     }
@@ -39,6 +51,8 @@ pub(super) fn media_kind(content_type: &str) -> MediaKind {
             MediaKind::Xml
         }
         "application/x-www-form-urlencoded" => MediaKind::Form,
+        "application/json-patch+json" => MediaKind::JsonPatch,
+        "application/merge-patch+json" => MediaKind::MergePatch,
         _ => MediaKind::Other,
     }
 }

@@ -39,6 +39,19 @@ pub struct ClassifyConfig {
     /// are reported in [`Query::paging`](super::Query::paging) rather than as search
     /// parameters.
     pub paging_params: Vec<String>,
+    /// Parameters starting with `_` that the server defines beyond R4's; any other unknown one
+    /// is refused.
+    pub extra_params: Vec<String>,
+    /// Request headers (lower-case) forwarded beyond the built-in list: the ones the policy
+    /// reads (purpose of use, patient headers, the tenant header) and the server profile's.
+    pub extra_headers: Vec<String>,
+    /// The server applies `_type` on history. Most do not (it is not an R4 history
+    /// parameter), so by default `_type` on history restricts nothing.
+    pub history_type: bool,
+    /// The server ignores method-override headers: strip them rather than refuse them.
+    pub strip_method_override: bool,
+    /// Most elements an XML body may have.
+    pub max_xml_elements: usize,
 }
 
 impl ClassifyConfig {
@@ -61,6 +74,11 @@ impl ClassifyConfig {
             ]
             .map(String::from)
             .to_vec(),
+            extra_params: Vec::new(),
+            extra_headers: Vec::new(),
+            history_type: false,
+            strip_method_override: false,
+            max_xml_elements: 200_000,
         })
     }
 

@@ -8,7 +8,7 @@
 use serde::Serialize;
 use thiserror::Error;
 
-use super::{Method, ResourceType};
+use super::{Method, ResourceType, headers::HeaderRefusal, patch::PatchError, xml::XmlError};
 
 /// Everything the classifier rejects. The proxy denies every one of them (fail closed).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -85,10 +85,31 @@ pub enum ClassifyError {
         expected: &'static str,
     },
 
-    /// A Bundle sent as XML: the classifier reads JSON only, and forwarding unread entries
-    /// would let them past policy.
-    #[error("XML Bundles are not supported; send application/fhir+json")]
-    XmlBundle {},
+    /// An XML body the classifier cannot read as FHIR XML (see `xml.rs`).
+    #[error("request body is not FHIR XML fhirwall can read: {source}")]
+    Xml {
+        #[source]
+        source: XmlError,
+    },
+
+    /// A patch document the classifier cannot read (see `patch.rs`).
+    #[error("patch document: {source}")]
+    Patch {
+        #[source]
+        source: PatchError,
+    },
+
+    /// A patch that changes the resource's id or type, or replaces the resource whole: what it
+    /// would write cannot be tied to the resource the URL names.
+    #[error("a patch may not change the resource's id or resourceType, or replace it whole")]
+    PatchIdentity {},
+
+    /// A header fhirwall will not forward, and will not drop either (see `headers.rs`).
+    #[error("header {name} is refused: {reason}")]
+    RefusedHeader {
+        name: &'static str,
+        reason: HeaderRefusal,
+    },
 
     /// A header the classifier needs is malformed, repeated or missing.
     #[error("header {name}: {problem}")]
@@ -168,13 +189,13 @@ impl ClassifyError {
             | ClassifyError::NotACompartment { .. }
             | ClassifyError::NotInCompartment { .. }
             | ClassifyError::UnsupportedContentType { .. }
-            | ClassifyError::XmlBundle {} => IssueType::NotSupported,
+            | ClassifyError::RefusedHeader { .. } => IssueType::NotSupported,
             ClassifyError::OutsideBase {} => IssueType::NotFound,
             ClassifyError::TooManyParams { .. }
             | ClassifyError::JsonTooDeep { .. }
             | ClassifyError::TooManyEntries { .. } => IssueType::TooCostly,
             ClassifyError::BodyRequired { .. } => IssueType::Incomplete,
-            ClassifyError::Json { .. } => IssueType::Structure,
+            ClassifyError::Json { .. } | ClassifyError::Xml { .. } => IssueType::Structure,
             ClassifyError::MissingConditionalCriteria { .. } => IssueType::Required,
             ClassifyError::Query { problem, .. } if problem.is_unsupported() => {
                 IssueType::NotSupported
@@ -192,7 +213,11 @@ impl ClassifyError {
             ClassifyError::OutsideBase {}
             | ClassifyError::UnknownResourceType { .. }
             | ClassifyError::UnknownPath {} => 404,
-            ClassifyError::UnsupportedContentType { .. } | ClassifyError::XmlBundle {} => 415,
+            ClassifyError::UnsupportedContentType { .. }
+            | ClassifyError::RefusedHeader {
+                reason: HeaderRefusal::ContentEncoding,
+                ..
+            } => 415,
             ClassifyError::TooManyParams { .. }
             | ClassifyError::JsonTooDeep { .. }
             | ClassifyError::TooManyEntries { .. } => 413,
@@ -318,6 +343,12 @@ pub enum BodyNeed {
     FormSearch,
     #[error("a batch or transaction")]
     Bundle,
+    #[error("a create or update")]
+    Resource,
+    #[error("a patch")]
+    Patch,
+    #[error("an operation's input")]
+    OperationInput,
 }
 
 /// Why a header was refused.
@@ -352,6 +383,8 @@ pub enum ParamSource {
     Form,
     #[error("If-None-Exist")]
     IfNoneExist,
+    #[error("operation Parameters body")]
+    Body,
 }
 
 /// Why a query parameter was refused.
@@ -383,11 +416,18 @@ pub enum QueryProblem {
     InvalidValue,
     #[error("may appear only once")]
     Repeated,
+    #[error(
+        "is not a parameter FHIR R4 defines, nor one the upstream's server profile declares (names starting with _ are case-sensitive)"
+    )]
+    UnknownParameter,
 }
 
 impl QueryProblem {
     fn is_unsupported(self) -> bool {
-        matches!(self, QueryProblem::UnknownModifier)
+        matches!(
+            self,
+            QueryProblem::UnknownModifier | QueryProblem::UnknownParameter
+        )
     }
 }
 

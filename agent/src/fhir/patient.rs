@@ -28,6 +28,13 @@ impl PatientRefs {
         self.0
     }
 
+    /// A reference string, if it names a patient.
+    pub fn add_reference(&mut self, reference: &str) {
+        if let Some(id) = patient_id_of_reference(reference) {
+            self.push(id);
+        }
+    }
+
     /// Values of search parameters: `Patient/x` references anywhere (`subject=Patient/1`,
     /// `_has:...:subject=Patient/1`), bare ids where the parameter itself targets patients
     /// (`patient=1`, `subject:Patient=1`, `_id=1` on a Patient search).

@@ -38,8 +38,9 @@ pub struct Query {
     pub sort: Vec<SortKey>,
     /// Paging continuation parameters (`ClassifyConfig::paging_params`).
     pub paging: Vec<RawParam>,
-    /// Presentation controls that select no data: `_format`, `_pretty`, `_contained`,
-    /// `_containedType`.
+    /// Presentation controls: `_format`, `_pretty`, `_contained`, `_containedType` (the last
+    /// two do reach other data: see [`Query::searches_contained`]), and a `_type` on history that
+    /// the server does not apply.
     pub controls: Vec<RawParam>,
 }
 
@@ -48,6 +49,17 @@ impl Query {
     #[must_use]
     pub fn has_criteria(&self) -> bool {
         !self.params.is_empty()
+    }
+
+    /// Whether the search looks inside contained resources (`_contained=true|both`) or returns
+    /// their containers (`_containedType=container`): what comes back is then not bounded by
+    /// the searched type (<http://hl7.org/fhir/R4/search.html#contained>).
+    #[must_use]
+    pub fn searches_contained(&self) -> bool {
+        self.controls.iter().any(|c| {
+            (c.name == "_contained" && c.value != "false")
+                || (c.name == "_containedType" && c.value == "container")
+        })
     }
 
     /// Every resource type the query names beyond the searched type: `_include` and

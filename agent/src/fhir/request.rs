@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{Query, ResourceType};
+use super::{Query, ResourceType, patch::PatchEffect};
 
 /// One HTTP request as the proxy's HTTP/1.1 layer parsed it.
 #[derive(Debug, Clone, Copy)]
@@ -205,6 +205,12 @@ pub struct FhirRequest {
     /// `Patient/x` values, references in bodies and entries), deduplicated in order of first
     /// appearance. For the audit store only: never log them.
     pub patient_refs: Vec<String>,
+    /// What a PATCH document changes (the elements it reaches, the references it writes).
+    #[serde(skip)]
+    pub patch: Option<PatchEffect>,
+    /// Request headers (lower-case names) that will not be forwarded: everything outside the
+    /// positive list of `headers.rs`. Top-level requests only.
+    pub stripped_headers: Vec<String>,
 }
 
 impl FhirRequest {

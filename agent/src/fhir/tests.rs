@@ -11,12 +11,14 @@ mod bundle;
 mod hostile;
 mod http;
 mod leak;
+mod model;
 mod search;
 
 use std::fmt::Write as _;
 
 use super::{
-    ClassifyConfig, ClassifyError, FhirRequest, HttpRequest, Include, Query, SearchParam, classify,
+    BodyNeed, ClassifyConfig, ClassifyError, FhirRequest, HttpRequest, Include, Query, SearchParam,
+    classify,
 };
 
 const BASE: &str = "/fhir/R4";
@@ -34,8 +36,44 @@ fn config() -> ClassifyConfig {
     config
 }
 
-/// Classifies with explicit headers and body under `config`.
+/// Classifies with explicit headers and body under `config`. URL tables write creates, updates
+/// and patches without the body they must carry: such a request is classified again with the
+/// smallest body that fits its URL.
 fn run(
+    config: &ClassifyConfig,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> Result<FhirRequest, ClassifyError> {
+    let result = run_as_given(config, method, target, headers, body);
+    let (content_type, body) = match (&result, body) {
+        (
+            Err(ClassifyError::BodyRequired {
+                need: BodyNeed::Resource,
+            }),
+            None,
+        ) => {
+            let path = target.split('?').next().unwrap_or_default();
+            let after_base = path.strip_prefix(BASE).unwrap_or(path);
+            let resource_type = after_base.split('/').find(|s| !s.is_empty()).unwrap_or("");
+            let body = format!(r#"{{"resourceType":"{resource_type}"}}"#);
+            ("application/fhir+json", body)
+        }
+        (
+            Err(ClassifyError::BodyRequired {
+                need: BodyNeed::Patch,
+            }),
+            None,
+        ) => ("application/json-patch+json", "[]".to_owned()),
+        _ => return result,
+    };
+    let mut headers = headers.to_vec();
+    headers.push(("Content-Type", content_type));
+    run_as_given(config, method, target, &headers, Some(&body))
+}
+
+fn run_as_given(
     config: &ClassifyConfig,
     method: &str,
     target: &str,
@@ -52,7 +90,7 @@ fn run(
     classify(&request, config)
 }
 
-/// Classifies a bodiless request under the default config.
+/// Classifies a request without headers under the default config.
 fn req(method: &str, target: &str) -> Result<FhirRequest, ClassifyError> {
     run(&config(), method, target, &[], None)
 }

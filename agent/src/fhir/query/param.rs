@@ -29,12 +29,27 @@ pub(super) fn add(query: &mut Query, pair: RawParam, config: &ClassifyConfig) ->
         }
         "_format" | "_pretty" | "_contained" | "_containedType" => {
             no_modifier(modifier)?;
+            let known = match base {
+                "_contained" => matches!(value.as_str(), "true" | "false" | "both"),
+                "_containedType" => matches!(value.as_str(), "container" | "contained"),
+                "_pretty" => matches!(value.as_str(), "true" | "false"),
+                _ => true,
+            };
+            if !known {
+                return Err(QueryProblem::InvalidValue);
+            }
             query.controls.push(RawParam { name, value });
             Ok(())
         }
         "_type" | "_summary" | "_total" | "_count" | "_elements" | "_sort" => {
             no_modifier(modifier)?;
             add_result_param(query, base, &value)
+        }
+        _ if base.starts_with('_')
+            && !R4_PARAMETERS.contains(&base)
+            && !config.extra_params.iter().any(|p| p == base) =>
+        {
+            Err(QueryProblem::UnknownParameter)
         }
         _ => {
             let (name, modifier, chain) = parse_chain(&name)?;
@@ -50,6 +65,29 @@ pub(super) fn add(query: &mut Query, pair: RawParam, config: &ClassifyConfig) ->
         }
     }
 }
+
+/// The parameters starting with `_` that R4 defines and that are not read above: the common
+/// search parameters (<http://hl7.org/fhir/R4/search.html#all>), history's `_since` and `_at`
+/// (<http://hl7.org/fhir/R4/http.html#history>), and the Bulk Data kick-off parameters
+/// (<https://hl7.org/fhir/uv/bulkdata/export.html#query-parameters>). Case-sensitive, as
+/// servers match them.
+const R4_PARAMETERS: &[&str] = &[
+    "_id",
+    "_lastUpdated",
+    "_tag",
+    "_profile",
+    "_security",
+    "_text",
+    "_content",
+    "_list",
+    "_query",
+    "_filter",
+    "_source",
+    "_since",
+    "_at",
+    "_outputFormat",
+    "_typeFilter",
+];
 
 fn no_modifier(modifier: Option<&str>) -> ParamResult<()> {
     modifier.map_or(Ok(()), |_| Err(QueryProblem::ModifierNotAllowed))

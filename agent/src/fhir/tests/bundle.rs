@@ -41,7 +41,9 @@ fn transaction_entries_are_each_classified() {
         {"request":{"method":"DELETE","url":"Patient?identifier=http://x|2"}},
         {"request":{"method":"HEAD","url":"metadata"}},
         {"resource":{"resourceType":"Parameters"},"request":{"method":"POST","url":"Patient/7/$everything"}},
-        {"resource":{"resourceType":"Binary"},"request":{"method":"PATCH","url":"Patient/7"}},
+        {"resource":{"resourceType":"Parameters","parameter":[{"name":"operation","part":[
+            {"name":"type","valueCode":"replace"},{"name":"path","valueString":"Patient.active"},
+            {"name":"value","valueBoolean":false}]}]},"request":{"method":"PATCH","url":"Patient/7"}},
         {"request":{"method":"POST","url":"Observation/_search?code=1"}}
         "#,
     );
@@ -376,24 +378,14 @@ fn bundle_envelope_is_checked() {
 fn bundle_content_type_and_presence() {
     let config = config();
     let body = bundle("batch", "");
-    let xml = r#"<Bundle xmlns="http://hl7.org/fhir"><type value="batch"/></Bundle>"#;
-    let cases: [(Headers, Option<&str>, ClassifyError); 5] = [
-        (
-            &[("Content-Type", "application/fhir+xml")],
-            Some(xml),
-            ClassifyError::XmlBundle {},
-        ),
-        (
-            &[("Content-Type", "application/xml; charset=utf-8")],
-            Some(xml),
-            ClassifyError::XmlBundle {},
-        ),
+    let expected = "application/fhir+json or application/fhir+xml";
+    let cases: [(Headers, Option<&str>, ClassifyError); 3] = [
         (
             &[],
             Some(&body),
             ClassifyError::UnsupportedContentType {
                 need: crate::fhir::BodyNeed::Bundle,
-                expected: "application/fhir+json",
+                expected,
             },
         ),
         (
@@ -401,7 +393,7 @@ fn bundle_content_type_and_presence() {
             Some(&body),
             ClassifyError::UnsupportedContentType {
                 need: crate::fhir::BodyNeed::Bundle,
-                expected: "application/fhir+json",
+                expected,
             },
         ),
         (
@@ -421,6 +413,7 @@ fn bundle_content_type_and_presence() {
     for content_type in [
         "application/json",
         "application/fhir+json; charset=UTF-8",
+        "application/fhir+json; fhirVersion=4.0",
         "application/json+fhir",
         "APPLICATION/FHIR+JSON",
     ] {
@@ -430,18 +423,44 @@ fn bundle_content_type_and_presence() {
             "{content_type}"
         );
     }
+    // A parameter a substring-matching server would read as another format.
+    let headers = [("Content-Type", "application/fhir+json; x=json-patch+json")];
+    assert!(run(&config, "POST", "/fhir/R4", &headers, Some(&body)).is_err());
     let err = run(
         &config,
         "POST",
         "/fhir/R4",
         &[("Content-Type", "application/xml")],
-        Some(xml),
+        Some(&body),
     )
-    .expect_err("xml");
-    assert_eq!(
-        (err.issue_type().code(), err.http_status()),
-        ("not-supported", 415)
-    );
+    .expect_err("JSON sent as XML");
+    assert!(matches!(err, ClassifyError::Xml { .. }), "{err:?}");
+}
+
+#[test]
+fn xml_bundles_are_read_like_json_ones() {
+    let xml = r#"<?xml version="1.0" encoding="UTF-8"?>
+<Bundle xmlns="http://hl7.org/fhir">
+  <type value="transaction"/>
+  <entry>
+    <resource>
+      <Observation>
+        <status value="final"/>
+        <code><text value="potassium"/></code>
+        <subject><reference value="Patient/b-2"/></subject>
+      </Observation>
+    </resource>
+    <request><method value="POST"/><url value="Observation"/></request>
+  </entry>
+</Bundle>"#;
+    let headers = [
+        ("Content-Type", "application/fhir+xml"),
+        ("Host", "fhir.example"),
+    ];
+    let r = run(&config(), "POST", "/fhir/R4", &headers, Some(xml)).expect("an XML transaction");
+    assert_eq!(r.interaction, Interaction::Transaction);
+    assert_eq!(summary(&Ok(r.entries[0].clone())), "create Observation");
+    assert_eq!(r.patient_refs, ["b-2"], "the XML body names patient b-2");
 }
 
 #[test]

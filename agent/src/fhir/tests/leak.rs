@@ -109,11 +109,12 @@ fn post_search_body_parameters_count() {
 
 #[test]
 fn conditional_criteria_are_visible() {
+    let json = ("Content-Type", "application/fhir+json");
     let r = ok(
         "PUT",
         "/fhir/R4/Patient?identifier=http://acme.org/mrn|7&_format=json",
-        &[],
-        None,
+        &[json],
+        Some(r#"{"resourceType":"Patient"}"#),
     );
     assert_eq!(r.interaction, Interaction::Update);
     let criteria = r.conditional.expect("conditional update");
@@ -124,8 +125,8 @@ fn conditional_criteria_are_visible() {
     let r = ok(
         "POST",
         "/fhir/R4/Observation",
-        &[("If-None-Exist", "patient=Patient/4&code=1")],
-        None,
+        &[("If-None-Exist", "patient=Patient/4&code=1"), json],
+        Some(r#"{"resourceType":"Observation"}"#),
     );
     let criteria = r.conditional.expect("conditional create");
     assert_eq!(criteria.params.len(), 2);

@@ -104,6 +104,12 @@ impl Case {
         self.header("Content-Type", "application/fhir+json")
     }
 
+    /// A JSON Patch body (Content-Type application/json-patch+json).
+    pub(super) fn json_patch(mut self, body: impl Into<String>) -> Case {
+        self.body = Some(body.into());
+        self.header("Content-Type", "application/json-patch+json")
+    }
+
     /// A form body (POST _search).
     pub(super) fn form(mut self, body: impl Into<String>) -> Case {
         self.body = Some(body.into());

@@ -28,7 +28,7 @@ fn writes_and_granular_searches() {
             .json(resource("Observation", "pat-1").replacen('{', r#"{"id":"obs-1","#, 1))
             .allow(rule("scope[0]")),
         lab("patch a result", "PATCH /Observation/obs-1")
-            .header("Content-Type", "application/json-patch+json")
+            .json_patch(r#"[{"op":"replace","path":"/status","value":"amended"}]"#)
             .allow(rule("scope[0]")),
         lab("delete a result", "DELETE /Observation/obs-1")
             .deny(rule("scopes"), "needs permission `d` on Observation"),
