@@ -50,6 +50,7 @@ pub use self::{
         ParamSource, PathProblem, PathShape, QueryProblem, TargetProblem, TenantProblem,
     },
     headers::HeaderRefusal,
+    patient::patient_id_of_reference,
     query::{
         ChainLink, Include, Modifier, Query, RawParam, ReverseChainLink, SearchParam, SortKey,
         Summary, Total, comparator_prefix,

@@ -21,6 +21,7 @@
 //! scope.rs       SMART v1/v2 scopes;  grants.rs  scopes compiled into per-type tables
 //! integration.rs, credential.rs, operation.rs, purpose.rs, exception.rs: the model
 //! decide.rs      Subject + FhirRequest -> Decision (pure); rate.rs: token buckets (not pure)
+//! response.rs    Decision -> how the response is checked (fhir::response rules)
 //! ```
 
 mod credential;
@@ -33,6 +34,7 @@ mod model;
 mod operation;
 mod purpose;
 mod rate;
+mod response;
 mod scope;
 mod selector;
 
@@ -46,21 +48,24 @@ pub use self::{
     },
     decide::{
         Confinement, Decision, HeaderValue, Need, Part, Presented, Reach, Reason, Rule, Subject,
-        Why, decide,
+        Why, decide, decide_bound,
     },
     exception::{
         BreakGlass, BreakGlassError, BreakGlassSession, Exception, Invokers, SessionTarget,
     },
     grants::Scopes,
-    integration::{Integration, PatientConstraint, PatientMode, RateLimit, Tenant},
+    integration::{
+        Integration, OnViolation, PatientConstraint, PatientMode, RateLimit, ResponseCheck, Tenant,
+    },
     load::{LoadError, Problem},
     model::{
-        Enforcement, HostPort, IntegrationStatus, Mode, TlsMode, Upstream, UpstreamTenant,
-        UpstreamTls,
+        Applied, Enforcement, Honoured, HostPort, IntegrationStatus, Mode, QueryParamName,
+        ServerProfile, TlsMode, Upstream, UpstreamTenant, UpstreamTls,
     },
     operation::OperationRule,
     purpose::{ACT_REASON_SYSTEM, PurposeOfUse, PurposeSet, RequestedPurpose},
     rate::{RateLimiter, RateOutcome},
+    response::response_rules,
     scope::{Perm, Perms, Scope, ScopeContext, ScopeParam},
     selector::WorkloadSelector,
 };

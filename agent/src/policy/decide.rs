@@ -23,6 +23,7 @@ mod subject;
 use std::fmt;
 
 use self::check::{Checker, Granted};
+pub(crate) use self::patient::{Confined, confine};
 pub use self::{
     reason::{Confinement, Need, Reach, Reason, Why},
     subject::{HeaderValue, Presented, Subject},
@@ -137,6 +138,10 @@ pub enum Part {
     Operation(usize),
     Operations,
     Patient,
+    /// A paging link the server returned to this integration (`Why::Continuation` when not).
+    Continuation,
+    /// A bulk export status or file URL the server returned to this integration.
+    Export,
 }
 
 impl fmt::Display for Rule<'_> {
@@ -161,6 +166,8 @@ impl fmt::Display for Rule<'_> {
                     Part::Operation(i) => write!(f, "operations[{i}]"),
                     Part::Operations => f.write_str("operations"),
                     Part::Patient => f.write_str("patient"),
+                    Part::Continuation => f.write_str("continuation"),
+                    Part::Export => f.write_str("export"),
                 }
             }
         }
@@ -205,10 +212,18 @@ pub fn decide<'a>(
     }
     let outcome = admit(policy, integration, subject, request);
     let (part, reason) = match outcome {
+        // An open session lifts the patient constraint that the response check would apply.
+        Ok(decision) if subject.break_glass.is_some() && by_response(integration, request) => {
+            return break_glass(policy, subject, Some(integration))
+                .and_then(|bg| allow_break_glass(bg, Some(integration), subject, request))
+                .unwrap_or(decision);
+        }
         Ok(decision) => return decision,
         Err(denied) => denied,
     };
-    let widened = matches!(reason, Reason::Request { .. } | Reason::Purpose { .. });
+    // A continuation is the server's to issue: no exception or session stands in for that.
+    let widened = matches!(reason, Reason::Request { .. } | Reason::Purpose { .. })
+        && part != Part::Continuation;
     if widened {
         if let Reason::Request { .. } = reason
             && let Some(allowed) = exceptions(policy, integration, subject, request)
@@ -228,13 +243,57 @@ pub fn decide<'a>(
     }
 }
 
-/// The checks of a live integration, in order; `Err` names the part that denied.
-fn admit<'a>(
-    policy: &'a Policy,
+/// Decides a request for a URL the server returned to this integration and that no FHIR
+/// interaction names (a bulk export's status and file URLs): the integration must be live, on
+/// this upstream, with an accepted credential and an allowed purpose; what comes back is
+/// checked against its scopes.
+#[must_use]
+pub fn decide_bound<'a>(subject: &Subject<'a>) -> Decision<'a> {
+    let Some(integration) = subject.integration else {
+        return Decision::Deny {
+            rule: Rule::Unregistered,
+            reason: Reason::Unregistered,
+        };
+    };
+    let rule = |part| Rule::Integration {
+        name: &integration.name,
+        part,
+    };
+    let refused = integration
+        .refusal(subject.now)
+        .map(|_| match integration.status {
+            IntegrationStatus::Active => (
+                Part::Expires,
+                Reason::Expired {
+                    at: integration.expires.unwrap_or(subject.now),
+                },
+            ),
+            status => (Part::Status, Reason::Status { status }),
+        });
+    let checked = refused.map_or_else(
+        || {
+            admit_caller(integration, subject)?;
+            purpose(integration, subject.purpose)
+        },
+        Err,
+    );
+    match checked {
+        Ok(purpose) => Decision::Allow {
+            rule: rule(Part::Export),
+            purpose: Some(purpose),
+        },
+        Err((part, reason)) => Decision::Deny {
+            rule: rule(part),
+            reason,
+        },
+    }
+}
+
+/// Upstream and credential: who may call at all.
+fn admit_caller<'a>(
     integration: &'a Integration,
     subject: &Subject<'a>,
-    request: &'a FhirRequest,
-) -> Result<Decision<'a>, (Part, Reason<'a>)> {
+) -> Result<(), (Part, Reason<'a>)> {
     if !integration.upstreams.iter().any(|u| u == subject.upstream) {
         let reason = Reason::Upstream {
             upstream: subject.upstream,
@@ -251,6 +310,17 @@ fn admit<'a>(
             return Err((Part::Credentials, reason));
         }
     }
+    Ok(())
+}
+
+/// The checks of a live integration, in order; `Err` names the part that denied.
+fn admit<'a>(
+    policy: &'a Policy,
+    integration: &'a Integration,
+    subject: &Subject<'a>,
+    request: &'a FhirRequest,
+) -> Result<Decision<'a>, (Part, Reason<'a>)> {
+    admit_caller(integration, subject)?;
     // The classifier sets a tenant exactly when the upstream has tenants (it refuses a request
     // without one there); a request without a tenant is checked against the upstream's mode.
     let tenant_ok = match request.tenant.as_deref() {
@@ -272,6 +342,19 @@ fn admit<'a>(
         });
     }
     let purpose = purpose(integration, subject.purpose)?;
+    if !request.query.paging.is_empty() {
+        // The link was decided when its first page was; what it returns is checked again.
+        if !subject.continuation {
+            let why = Why::Continuation;
+            return Err((Part::Continuation, Reason::Request { entry: None, why }));
+        }
+        let rule = Rule::Integration {
+            name: &integration.name,
+            part: Part::Continuation,
+        };
+        let purpose = Some(purpose);
+        return Ok(Decision::Allow { rule, purpose });
+    }
     let checker = Checker::new(integration, subject, None);
     let granted = checker
         .request(request)
@@ -295,6 +378,16 @@ fn admit<'a>(
         rule,
         purpose: Some(purpose),
     })
+}
+
+/// Whether the integration's patient constraint is left to the response check for this request.
+fn by_response(integration: &Integration, request: &FhirRequest) -> bool {
+    use super::integration::PatientMode;
+    let exempt = &integration.patient.exempt;
+    integration.patient.mode != PatientMode::Any
+        && request
+            .with_entries()
+            .any(|r| matches!(confine(r, exempt), Ok(Confined::ByResponse)))
 }
 
 /// The purpose of use in force: the stated one, or the default; it must be allowed.

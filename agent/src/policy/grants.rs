@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::scope::{Perm, Perms, Scope, ScopeContext};
-use crate::fhir::{ResourceType, SearchParam};
+use crate::fhir::{ResourceType, SearchParam, TypeSet};
 
 const TYPES: usize = ResourceType::ALL.len();
 
@@ -27,6 +27,9 @@ pub struct Scopes {
     system: Box<[Perms; TYPES]>,
     /// Whether any scope is granular (skips a scan of the list when none is).
     granular: bool,
+    /// Types a parameter-free scope grants `r` or `s` on, in any context: what a response
+    /// may carry.
+    readable: TypeSet,
 }
 
 /// Where a permission came from.
@@ -60,6 +63,12 @@ impl Scopes {
         } else {
             None
         }
+    }
+
+    /// Types a parameter-free scope lets the integration read or search (any context).
+    #[must_use]
+    pub fn readable(&self) -> TypeSet {
+        self.readable
     }
 
     /// Whether a `system/` scope without parameters grants `perm` on `t`.
@@ -129,12 +138,21 @@ impl From<Vec<Scope>> for Scopes {
             }
         }
         let granular = list.iter().any(Scope::is_granular);
+        let readable = ResourceType::ALL
+            .iter()
+            .copied()
+            .filter(|t| {
+                let perms = any[slot(*t)].union(patient[slot(*t)]);
+                perms.contains(Perm::Read) || perms.contains(Perm::Search)
+            })
+            .collect();
         Scopes {
             list,
             any,
             patient,
             system,
             granular,
+            readable,
         }
     }
 }

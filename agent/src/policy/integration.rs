@@ -60,6 +60,29 @@ pub struct Integration {
     pub rate_limit: Option<RateLimit>,
     #[serde(default)]
     pub credentials: Credentials,
+    /// How responses the request cannot bound are checked.
+    #[serde(default)]
+    pub response_check: ResponseCheck,
+}
+
+/// The integration's response check (`response_check:`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResponseCheck {
+    /// What a response (or a Bundle entry) the integration may not see gets.
+    #[serde(default)]
+    pub on_violation: OnViolation,
+}
+
+/// What happens to a response that carries something the integration may not see.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnViolation {
+    /// The whole response is replaced by a 403 OperationOutcome.
+    #[default]
+    Deny,
+    /// The offending Bundle entries are left out; other responses are denied whole.
+    Filter,
 }
 
 impl Integration {

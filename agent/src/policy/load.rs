@@ -175,15 +175,31 @@ fn finish(docs: Documents) -> Result<Policy, LoadError> {
             }
         }
     }
+    let settings: super::Settings = docs
+        .settings
+        .into_iter()
+        .next()
+        .map(|d| d.value)
+        .unwrap_or_default();
+    let integrations: Vec<super::Integration> =
+        docs.integrations.into_iter().map(|d| d.value).collect();
+    // The headers the policy reads are forwarded too: the server may want them, and they were
+    // read for the decision.
+    let policy_headers: Vec<String> = std::iter::once(settings.purpose_header.as_str())
+        .chain(
+            integrations
+                .iter()
+                .filter_map(|i| i.patient_header().map(|h| h.as_str())),
+        )
+        .map(str::to_ascii_lowercase)
+        .collect();
+    for config in &mut classify {
+        config.extra_headers.extend(policy_headers.iter().cloned());
+    }
     Ok(Policy {
-        settings: docs
-            .settings
-            .into_iter()
-            .next()
-            .map(|d| d.value)
-            .unwrap_or_default(),
+        settings,
         upstreams,
-        integrations: docs.integrations.into_iter().map(|d| d.value).collect(),
+        integrations,
         exceptions: docs.exceptions.into_iter().map(|d| d.value).collect(),
         break_glass: docs.break_glass.into_iter().map(|d| d.value).collect(),
         classify,

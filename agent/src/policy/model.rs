@@ -114,6 +114,115 @@ pub struct Upstream {
     /// How requests name a tenant, for multi-tenant FHIR servers; none when absent.
     #[serde(default)]
     pub tenant: Option<UpstreamTenant>,
+    /// Where this server reads requests differently from the conservative default.
+    #[serde(default)]
+    pub server: ServerProfile,
+}
+
+/// How a server reads what R4 leaves open. Every default is the conservative reading: the one
+/// under which a request is allowed only if it is safe whatever the server does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerProfile {
+    /// Query parameters the server uses for paging continuations (HAPI: `_getpages`,
+    /// `_getpagesoffset`; helios-hfs: `_cursor`, `_offset`). A request carrying one must
+    /// follow a link the server gave the same integration.
+    #[serde(default = "default_paging_params")]
+    pub paging_params: Vec<QueryParamName>,
+    /// Parameters starting with `_` the server defines beyond R4's (each one read by the
+    /// server in a way the policy cannot see: list only those that select no data).
+    #[serde(default)]
+    pub parameters: Vec<QueryParamName>,
+    /// Request headers forwarded beyond the built-in list (tracing or routing headers the
+    /// server needs and that select no data).
+    #[serde(default)]
+    pub headers: Vec<HeaderName>,
+    /// Whether the server applies `_type` on history (not an R4 history parameter).
+    #[serde(default)]
+    pub history_type: Applied,
+    /// Whether the server honours method-override headers (`X-HTTP-Method-Override`): then
+    /// they are refused; when it ignores them they are stripped.
+    #[serde(default)]
+    pub method_override: Honoured,
+}
+
+impl Default for ServerProfile {
+    fn default() -> Self {
+        ServerProfile {
+            paging_params: default_paging_params(),
+            parameters: Vec::new(),
+            headers: Vec::new(),
+            history_type: Applied::Ignored,
+            method_override: Honoured::Honoured,
+        }
+    }
+}
+
+fn default_paging_params() -> Vec<QueryParamName> {
+    [
+        "_getpages",
+        "_getpagesoffset",
+        "_page",
+        "_offset",
+        "_cursor",
+    ]
+    .map(|p| QueryParamName(p.to_owned()))
+    .to_vec()
+}
+
+/// Whether a server applies a parameter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Applied {
+    Applied,
+    #[default]
+    Ignored,
+}
+
+/// Whether a server honours a header.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Honoured {
+    #[default]
+    Honoured,
+    Ignored,
+}
+
+/// A query parameter name starting with `_` (`[A-Za-z0-9_-]`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct QueryParamName(String);
+
+impl QueryParamName {
+    #[must_use]
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for QueryParamName {
+    type Error = String;
+
+    fn try_from(name: String) -> Result<Self, Self::Error> {
+        let ok = name.len() > 1
+            && name.starts_with('_')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if ok {
+            Ok(QueryParamName(name))
+        } else {
+            Err(format!(
+                "`{name}` is not a parameter name starting with _ (letters, digits, _ and -)"
+            ))
+        }
+    }
+}
+
+impl From<QueryParamName> for String {
+    fn from(name: QueryParamName) -> Self {
+        name.0
+    }
 }
 
 impl Upstream {
@@ -141,6 +250,29 @@ impl Upstream {
         if let Some(name) = &self.tls.server_name {
             config.authorities.push(name.to_ascii_lowercase());
         }
+        let server = &self.server;
+        config.paging_params = server
+            .paging_params
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        config.extra_params = server
+            .parameters
+            .iter()
+            .map(|p| p.as_str().to_owned())
+            .collect();
+        config.extra_headers = server
+            .headers
+            .iter()
+            .map(|h| h.as_str().to_ascii_lowercase())
+            .collect();
+        if let Some(UpstreamTenant::Header(name)) = &self.tenant {
+            config
+                .extra_headers
+                .push(name.as_str().to_ascii_lowercase());
+        }
+        config.history_type = server.history_type == Applied::Applied;
+        config.strip_method_override = server.method_override == Honoured::Ignored;
         Ok(config)
     }
 }

@@ -109,7 +109,7 @@ impl<'a> Checker<'a> {
         let lazy: Lazy<'a> = OnceCell::new();
         let confined = || *lazy.get_or_init(|| confine(req, exempt));
         let granted = self.permission(req, &confined)?;
-        let patient = self.constraint(&confined)?;
+        let patient = self.constraint(req, &confined)?;
         Ok((granted, patient))
     }
 
@@ -339,12 +339,31 @@ impl<'a> Checker<'a> {
             .iter()
             .position(|rule| rule.allows(op, req.resource_type))
             .ok_or(Why::Operation { name: &op.name })?;
-        if op.name == "$export" {
-            let every_type = req.query.types.is_empty();
-            let types = if every_type {
-                ResourceType::ALL
+        if op.name != "$export" {
+            // `_type` asks the operation for these types ($everything): each must be readable.
+            // What comes back is checked in the response as well.
+            for t in &req.query.types {
+                let need = Need::one(Interaction::Operation, *t, Perm::Read);
+                if self.need(need, None, &|| Ok(Confined::ByResponse)).is_err() {
+                    return Err(Why::OperationType {
+                        name: &op.name,
+                        resource_type: *t,
+                    });
+                }
+            }
+        } else {
+            let filtered = export_type_filters(req);
+            let every_type = filtered.is_none()
+                || (req.query.types.is_empty() && filtered.as_ref().is_some_and(Vec::is_empty));
+            let types: Vec<ResourceType> = if every_type {
+                ResourceType::ALL.to_vec()
             } else {
-                &req.query.types[..]
+                req.query
+                    .types
+                    .iter()
+                    .copied()
+                    .chain(filtered.into_iter().flatten())
+                    .collect()
             };
             let sets = || self.sets.iter().flatten();
             if let Some(t) = types
@@ -359,10 +378,11 @@ impl<'a> Checker<'a> {
         }
         Ok(Granted::Operation(index))
     }
-
     /// The integration's patient constraint; returns the patient a confined request concerns.
+    /// A read left to the response check must still name no patient the constraint excludes.
     fn constraint(
         &self,
+        req: &'a FhirRequest,
         confined: &dyn Fn() -> Result<Confined<'a>, Confinement>,
     ) -> Result<Option<&'a str>, Why<'a>> {
         let Some(constraint) = self.constraint else {
@@ -373,25 +393,48 @@ impl<'a> Checker<'a> {
             PatientMode::Compartment => None,
             PatientMode::Header(name) => Some(name),
         };
-        let patient = match confined() {
-            Ok(Confined::Patient(p)) => p,
+        let (patient, named): (Option<&'a str>, &'a [String]) = match confined() {
+            Ok(Confined::Patient(p)) => (Some(p), &[]),
             Ok(Confined::Exempt) => return Ok(None),
+            Ok(Confined::ByResponse) => (None, &req.patient_refs),
             Err(c) => return Err(Why::NotConfined(c)),
         };
+        if header.is_none() && named.len() > 1 {
+            return Err(Why::NotConfined(Confinement::Mixed));
+        }
         let Some(header) = header else {
-            return Ok(Some(patient));
+            return Ok(patient);
         };
-        match self.patients {
-            HeaderValue::One(list) if list.split(',').any(|id| id.trim() == patient) => {
-                Ok(Some(patient))
-            }
-            HeaderValue::One(_) => Err(Why::OtherPatient {
-                header: header.as_str(),
-            }),
-            HeaderValue::Absent | HeaderValue::Invalid => Err(Why::PatientHeader {
+        let HeaderValue::One(list) = self.patients else {
+            return Err(Why::PatientHeader {
                 header: header.as_str(),
                 present: self.patients != HeaderValue::Absent,
-            }),
+            });
+        };
+        let listed = |id: &str| list.split(',').any(|l| l.trim() == id);
+        let others = patient
+            .into_iter()
+            .chain(named.iter().map(String::as_str))
+            .any(|id| !listed(id));
+        if others {
+            return Err(Why::OtherPatient {
+                header: header.as_str(),
+            });
         }
+        Ok(patient)
     }
+}
+
+/// The types named by `$export`'s `_typeFilter` values (`Observation?category=...`): each is
+/// exported too, so each needs the same read as a `_type`
+/// (<https://hl7.org/fhir/uv/bulkdata/export.html#_typefilter-experimental-query-parameter>).
+/// `None` when one names no R4 type: what it exports cannot be read from the request.
+fn export_type_filters(req: &FhirRequest) -> Option<Vec<ResourceType>> {
+    req.query
+        .params
+        .iter()
+        .filter(|p| p.name == "_typeFilter")
+        .flat_map(|p| &p.values)
+        .map(|v| ResourceType::parse(v.split('?').next().unwrap_or_default()))
+        .collect()
 }

@@ -6,16 +6,21 @@
 use super::reason::Confinement;
 use crate::fhir::{
     FhirRequest, Interaction, Modifier, OperationLevel, ResourceType, SearchParam,
-    patient_compartment_params,
+    patch::ChangeKind, patient_compartment_elements, patient_compartment_params,
 };
 
 /// A request that passes the patient test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(super) enum Confined<'a> {
+pub(crate) enum Confined<'a> {
     /// Only this patient's data can be in the answer.
     Patient(&'a str),
     /// No patient data: capabilities, or a type the policy exempts.
     Exempt,
+    /// A read whose answer the request cannot tie to a patient (a read by id, history, a search
+    /// without a patient, `_revinclude`, an operation): allowed because the response is checked
+    /// for whose data it carries. Writes never get here: they are decided before anything
+    /// comes back.
+    ByResponse,
 }
 
 /// Types with the `patient` search parameter of R4's shared `clinical-patient` definition
@@ -58,7 +63,7 @@ const CLINICAL_PATIENT: &[ResourceType] = &[
 ];
 
 /// The patient `req` is confined to, or why it is not.
-pub(super) fn confine<'a>(
+pub(crate) fn confine<'a>(
     req: &'a FhirRequest,
     exempt: &[ResourceType],
 ) -> Result<Confined<'a>, Confinement> {
@@ -89,9 +94,9 @@ pub(super) fn confine<'a>(
             Some(OperationLevel::Instance) if patient_instance.is_some() => {
                 only(req, patient_instance)
             }
-            _ => Err(Confinement::Operation),
+            _ => Ok(Confined::ByResponse),
         },
-        Interaction::SearchType | Interaction::SearchSystem => search(req),
+        Interaction::SearchType | Interaction::SearchSystem => Ok(search(req)),
         Interaction::Create => match req.patient_refs.as_slice() {
             [one] => Ok(Confined::Patient(one)),
             _ => Err(Confinement::Body),
@@ -99,15 +104,45 @@ pub(super) fn confine<'a>(
         Interaction::Update | Interaction::Patch | Interaction::Delete => {
             let criteria = req.conditional.as_ref().ok_or(Confinement::InstanceWrite)?;
             let resource_type = t.ok_or(Confinement::Search)?;
-            only(req, by_param(resource_type, &criteria.params))
+            let confined = only(req, by_param(resource_type, &criteria.params))?;
+            moves_compartment(req, resource_type)?;
+            Ok(confined)
         }
-        Interaction::Read | Interaction::Vread | Interaction::HistoryInstance => {
-            Err(Confinement::SingleResource)
-        }
-        Interaction::HistoryType | Interaction::HistorySystem => Err(Confinement::History),
+        Interaction::Read
+        | Interaction::Vread
+        | Interaction::HistoryInstance
+        | Interaction::HistoryType
+        | Interaction::HistorySystem => Ok(Confined::ByResponse),
         Interaction::Capabilities | Interaction::Batch | Interaction::Transaction => {
             Err(Confinement::Search)
         }
+    }
+}
+
+/// A patch under a patient constraint may rewrite the elements that put its target in the
+/// patient's compartment only with a value the patch carries that names no other reference than
+/// the patient's: a removal, a value copied from elsewhere in the resource, or a reference to
+/// anything else would take the resource out of the patient's compartment, or into another's.
+fn moves_compartment(req: &FhirRequest, t: ResourceType) -> Result<(), Confinement> {
+    let Some(patch) = &req.patch else {
+        return Ok(());
+    };
+    let Some(elements) = patient_compartment_elements(t) else {
+        return Ok(());
+    };
+    let patient_only = !patch.references.is_empty()
+        && patch
+            .references
+            .iter()
+            .all(|r| crate::fhir::patient_id_of_reference(r).is_some());
+    let moved = patch.changes.iter().any(|change| {
+        let link = elements.iter().any(|e| change.element.reaches(e));
+        link && (change.kind != ChangeKind::Set || !patient_only)
+    });
+    if moved {
+        Err(Confinement::PatchMoves)
+    } else {
+        Ok(())
     }
 }
 
@@ -123,22 +158,22 @@ fn only<'a>(req: &'a FhirRequest, patient: Option<&'a str>) -> Result<Confined<'
 
 /// A search: inside a Patient compartment, or restricted by a patient parameter with one
 /// value, and without `_revinclude` or `:iterate` (which return resources of other patients
-/// that point at the results).
-fn search(req: &FhirRequest) -> Result<Confined<'_>, Confinement> {
-    if req.query.includes.iter().any(|i| i.reverse || i.iterate) {
-        return Err(Confinement::Revinclude);
+/// that point at the results) or `_contained` (which returns other resources); anything else is
+/// left to the response check.
+fn search(req: &FhirRequest) -> Confined<'_> {
+    if req.query.includes.iter().any(|i| i.reverse || i.iterate) || req.query.searches_contained() {
+        return Confined::ByResponse;
     }
     if let Some(c) = req
         .compartment
         .as_ref()
         .filter(|c| c.resource_type == ResourceType::Patient)
     {
-        return Ok(Confined::Patient(&c.id));
+        return Confined::Patient(&c.id);
     }
-    let t = req.resource_type.ok_or(Confinement::Search)?;
-    by_param(t, &req.query.params)
-        .map(Confined::Patient)
-        .ok_or(Confinement::Search)
+    req.resource_type
+        .and_then(|t| by_param(t, &req.query.params))
+        .map_or(Confined::ByResponse, Confined::Patient)
 }
 
 /// The one patient a plain parameter restricts a search on `t` to: `_id` on Patient; on other

@@ -85,21 +85,19 @@ impl Reach {
     }
 }
 
-/// Why a request is not confined to one patient.
+/// Why a request is not confined to one patient. Only writes (and Bundles) get here: a read the
+/// request cannot tie to a patient is allowed with its response checked.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Confinement {
-    /// A read by id of a type other than Patient: whose it is shows only in the response.
-    SingleResource,
-    /// A search with no Patient compartment and no single-valued patient parameter.
+    /// A conditional write whose criteria name no single patient.
     Search,
-    /// `_revinclude` or `:iterate`.
-    Revinclude,
     /// A create whose body references no patient, or several.
     Body,
     /// An update, patch or delete by id of a type other than Patient.
     InstanceWrite,
-    History,
-    Operation,
+    /// A patch that removes, copies into or re-points an element that puts the resource in the
+    /// patient's compartment.
+    PatchMoves,
     /// Several patients (in one request, or across Bundle entries).
     Mixed,
 }
@@ -140,6 +138,13 @@ pub enum Why<'a> {
         resource_type: ResourceType,
         every_type: bool,
     },
+    /// An operation asked for a type (`_type`) the integration may not read.
+    OperationType {
+        name: &'a str,
+        resource_type: ResourceType,
+    },
+    /// A paging continuation the server did not give this integration.
+    Continuation,
     NotConfined(Confinement),
     /// The patient header is missing or unreadable.
     PatientHeader {
@@ -174,8 +179,10 @@ impl Why<'_> {
             | Why::Unnamed { .. }
             | Why::Opaque { .. }
             | Why::Export { .. }
+            | Why::OperationType { .. }
             | Why::Untyped { .. }
             | Why::NestedBundle => Part::Scopes,
+            Why::Continuation => Part::Continuation,
         }
     }
 }
@@ -196,6 +203,7 @@ impl Reason<'_> {
             Reason::Request { why, .. } => match why.part() {
                 Part::Patient => "patient",
                 Part::Operation(_) | Part::Operations => "operation",
+                Part::Continuation | Part::Export => "continuation",
                 Part::Status
                 | Part::Expires
                 | Part::Upstreams
@@ -311,6 +319,17 @@ impl fmt::Display for Why<'_> {
                     "$export {scope}needs a system/ read scope for {resource_type}, which is not granted"
                 )
             }
+            Why::OperationType {
+                name,
+                resource_type,
+            } => write!(
+                f,
+                "operation {name} asks for {resource_type}, which needs permission `r` that no scope grants"
+            ),
+            Why::Continuation => f.write_str(
+                "the paging link was not issued to this integration: follow only the links the \
+                 server returned to your own searches",
+            ),
             Why::NotConfined(c) => write!(f, "the request is not confined to one patient: {c}"),
             Why::PatientHeader { header, present } => {
                 let what = if *present {
@@ -352,22 +371,16 @@ impl fmt::Display for Need {
 impl fmt::Display for Confinement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Confinement::SingleResource => {
-                "a read by id shows whose resource it is only in the response; search in \
-                 Patient/[id]/[type] with _id instead"
-            }
             Confinement::Search => {
-                "the search names no Patient compartment and no single patient parameter"
-            }
-            Confinement::Revinclude => {
-                "_revinclude and :iterate can return resources of other patients"
+                "the write's criteria name no Patient compartment and no single patient parameter"
             }
             Confinement::Body => "the body references no patient, or several",
             Confinement::InstanceWrite => {
                 "a write by id cannot be tied to one patient without reading the resource first"
             }
-            Confinement::History => "history spans many patients",
-            Confinement::Operation => "only instance operations on a Patient are confined",
+            Confinement::PatchMoves => {
+                "the patch removes or re-points an element that ties the resource to its patient"
+            }
             Confinement::Mixed => "it names more than one patient",
         })
     }

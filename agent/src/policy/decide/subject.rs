@@ -27,6 +27,9 @@ pub struct Subject<'a> {
     pub user: Option<&'a str>,
     /// The open break-glass session covering this workload, if any.
     pub break_glass: Option<&'a BreakGlassSession>,
+    /// The request follows a paging link the server returned to this integration (the proxy
+    /// remembers them; see `Why::Continuation`).
+    pub continuation: bool,
 }
 
 /// The Authorization header as seen.
@@ -86,6 +89,7 @@ impl<'a> Subject<'a> {
             patients,
             user: None,
             break_glass: None,
+            continuation: false,
         }
     }
 }

@@ -6,6 +6,7 @@
 
 mod break_glass;
 mod lab;
+mod model;
 mod others;
 mod payer;
 mod portal;
@@ -244,6 +245,7 @@ fn slug_for_rule(rule: &str) -> Option<&'static str> {
         "purposes_of_use" => "purpose",
         "patient" => "patient",
         "operations" => "operation",
+        "continuation" => "continuation",
         "status" => return None,
         _ => "scope",
     })

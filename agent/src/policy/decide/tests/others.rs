@@ -45,12 +45,15 @@ fn hie_queries_name_one_patient_and_state_treatment() {
         .purpose("HPAYMT")
         .deny(rule(HIE, "purposes_of_use"), "HPAYMT is not allowed"),
         hie(
-            "documents of everyone",
+            "documents of everyone (the response may carry one patient's only)",
             "GET /DocumentReference?type=http://loinc.org|34133-9",
         )
-        .deny(rule(HIE, "patient"), "names no Patient compartment"),
-        hie("a document by id", "GET /DocumentReference/doc-1")
-            .deny(rule(HIE, "patient"), "a read by id"),
+        .allow(rule(HIE, "scope[0]")),
+        hie(
+            "a document by id (its response is checked)",
+            "GET /DocumentReference/doc-1",
+        )
+        .allow(rule(HIE, "scope[0]")),
         hie("its content (exempt)", "GET /Binary/bin-1").allow(rule(HIE, "scope[1]")),
         hie("search of Binary", "GET /Binary?_id=bin-1")
             .deny(rule(HIE, "scopes"), "needs permission `s` on Binary"),
