@@ -6,8 +6,8 @@ use std::{hint::black_box, io, sync::Arc};
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fhirwall::proxy::http::{
-    BodyMode, ChunkedDecoder, Connector, Decision, ExchangeId, Handler, Limits, Outcome, Pool,
-    PoolConfig, RequestHead, RequestParser, serve_connection,
+    BodyMode, ChunkedDecoder, Connector, Decision, ExchangeId, Handler, Limits, NoInspection,
+    Outcome, Pool, PoolConfig, RequestHead, RequestParser, ResponseHead, serve_connection,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, duplex},
@@ -112,6 +112,18 @@ struct Forward;
 
 impl Handler for Forward {
     type Upstream = u8;
+    type Inspector = NoInspection;
+
+    fn inspect(
+        &mut self,
+        _id: ExchangeId,
+        _head: &ResponseHead,
+        _has_body: bool,
+    ) -> Option<NoInspection> {
+        None
+    }
+
+    fn inspected(&mut self, _id: ExchangeId, _inspector: NoInspection) {}
 
     fn body_mode(&mut self, _id: ExchangeId, _head: &RequestHead) -> BodyMode {
         BodyMode::Stream

@@ -37,7 +37,7 @@ use crate::{
         http::{Pool, PoolConfig},
         listener::{Routes, Sidecar, first_connection_id},
         live::LiveConnections,
-        sidecar::{BreakGlassSessions, CredentialSharing, PolicyState, Secrets, Shared},
+        sidecar::{Bindings, BreakGlassSessions, CredentialSharing, PolicyState, Secrets, Shared},
         tls::{
             self, CaSpec, ConnectorConfig, LeafCache, LeafPolicy, LocalCa, TerminatorConfig,
             TlsError, TlsTerminator, UpstreamConnector, UpstreamTable,
@@ -214,6 +214,8 @@ fn sidecar(
         secrets: Secrets::default(),
         sessions: Arc::new(BreakGlassSessions::default()),
         sharing: CredentialSharing::default(),
+        bindings: Bindings::default(),
+        max_response_hold: config.sidecar.max_response_hold_bytes,
     });
     Ok(Arc::new(Sidecar {
         attributor: attributor.clone(),

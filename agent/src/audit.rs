@@ -70,8 +70,8 @@ pub use export::{
 };
 pub use query::{Filter, Order, QueryRow, UNREGISTERED, presenters, query, since};
 pub use record::{
-    BreakGlassUse, Completion, Decision, Entry, Outcome, PruneMarker, Record, WorkloadRecord, now,
-    strip_query_values,
+    BreakGlassUse, Completion, Decision, Entry, Outcome, PruneMarker, Record, ResponseCheckRecord,
+    WorkloadRecord, now, strip_query_values,
 };
 pub use render::{jsonl_line, report_text, table};
 pub use report::{BusinessHours, Report, WorkloadSeen, report, report_from};

@@ -106,6 +106,11 @@ pub struct SidecarConfig {
     pub idle_timeout_ms: u64,
     /// Time from the end of a forwarded request to the upstream's response head, in milliseconds.
     pub response_timeout_ms: u64,
+    /// Most bytes of one response held back for checking: a whole response that must be
+    /// judged before any of it is released, or one Bundle entry of a filtered one. Beyond it a
+    /// patient-bound integration's response is refused (403); any other's is released and
+    /// checked as it streams.
+    pub max_response_hold_bytes: usize,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -172,6 +177,7 @@ impl Default for SidecarConfig {
             header_timeout_ms: 10_000,
             idle_timeout_ms: 60_000,
             response_timeout_ms: 60_000,
+            max_response_hold_bytes: 8 << 20,
         }
     }
 }

@@ -75,6 +75,12 @@ pub struct Metrics {
     policy_expiry: IntGaugeVec,
     /// Integrations of the policy in force, by status (operator revocations included).
     integrations: IntGaugeVec,
+    /// Responses read by the response check, by mode (`record`, `deny`, `filter`) and result
+    /// (`passed`, `filtered`, `refused`, `cut`, `unread`).
+    pub response_checks: IntCounterVec,
+    /// Bundle entries and whole responses withheld from workloads, by integration and a fixed
+    /// word for why (`type`, `patient`, `malformed`, `too-large`, `format`).
+    pub response_withheld: IntCounterVec,
 }
 
 impl Metrics {
@@ -189,13 +195,23 @@ impl Metrics {
                 "Integrations of the policy in force, by status",
                 &["status"],
             ),
+            response_checks: counter_vec(
+                "response_checks_total",
+                "Responses read by the response check, by mode and result",
+                &["mode", "result"],
+            ),
+            response_withheld: counter_vec(
+                "response_withheld_total",
+                "Bundle entries and whole responses withheld from workloads",
+                &["integration", "reason"],
+            ),
             registry,
         };
         m.register_all();
         m
     }
 
-    fn collectors(&self) -> [Box<dyn Collector>; 25] {
+    fn collectors(&self) -> [Box<dyn Collector>; 27] {
         [
             Box::new(self.break_glass_sessions.clone()),
             Box::new(self.requests.clone()),
@@ -222,6 +238,8 @@ impl Metrics {
             Box::new(self.shared_credentials.clone()),
             Box::new(self.policy_expiry.clone()),
             Box::new(self.integrations.clone()),
+            Box::new(self.response_checks.clone()),
+            Box::new(self.response_withheld.clone()),
         ]
     }
 

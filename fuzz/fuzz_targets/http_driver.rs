@@ -14,8 +14,9 @@ use std::{
 
 use bytes::BytesMut;
 use fhirwall::proxy::http::{
-    BodyFraming, BodyMode, ChunkedDecoder, Connector, Decision, ExchangeId, Handler, Limits, Outcome, Pool,
-    PoolConfig, RequestHead, RequestParser, serve_connection,
+    BodyFraming, BodyMode, ChunkedDecoder, Connector, Decision, ExchangeId, Handler, Limits,
+    NoInspection, Outcome, Pool, PoolConfig, RequestHead, RequestParser, ResponseHead,
+    serve_connection,
 };
 use libfuzzer_sys::fuzz_target;
 use tokio::{
@@ -122,6 +123,19 @@ struct Fuzz;
 
 impl Handler for Fuzz {
     type Upstream = u8;
+    type Inspector = NoInspection;
+
+    fn inspect(
+        &mut self,
+        _id: ExchangeId,
+        _head: &ResponseHead,
+        _has_body: bool,
+    ) -> Option<NoInspection> {
+        None
+    }
+
+    fn inspected(&mut self, _id: ExchangeId, _inspector: NoInspection) {}
+
 
     fn body_mode(&mut self, _id: ExchangeId, head: &RequestHead) -> BodyMode {
         if head.path().starts_with(b"/b") { BodyMode::Buffer } else { BodyMode::Stream }

@@ -180,7 +180,7 @@ fn outcome(row: &QueryRow) -> &'static str {
     match (row.completion.as_ref().map(|c| c.outcome), status) {
         (Some(Outcome::UpstreamFailure), _) => "8",
         (_, Some(s)) if s >= 500 => "8",
-        (Some(Outcome::ClientAborted), _) | (_, Some(400..=499)) => "4",
+        (Some(Outcome::ClientAborted | Outcome::Withheld), _) | (_, Some(400..=499)) => "4",
         _ => "0",
     }
 }

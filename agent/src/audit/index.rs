@@ -103,10 +103,7 @@ impl Prepared {
     pub fn new(entry: &Entry) -> Result<Self, AuditError> {
         let body =
             serde_json::to_string(entry).map_err(|source| AuditError::Serialize { source })?;
-        let patients = match entry {
-            Entry::Request(r) => r.patients.clone(),
-            Entry::Completion(_) | Entry::Pruned(_) => Vec::new(),
-        };
+        let patients = entry.patients().to_vec();
         Ok(Self {
             body,
             cols: IndexCols::of(entry),

@@ -195,24 +195,26 @@ fn build_sql(f: &Filter, copy_upto: Option<u64>) -> (String, Vec<Value>) {
     if let Some(patient) = &f.patient {
         values.push(Value::Text(patient.clone()));
         let p = values.len();
-        match copy_upto {
+        // The entries naming the patient: requests that named them, and completions whose
+        // response carried their data (a search that never named them), which count for
+        // their request.
+        let naming = match copy_upto {
             // The copy up to where it reaches, the chained rows after that.
             Some(upto) => {
                 values.push(Value::Integer(seq_i64(upto)));
                 let u = values.len();
-                let _ = write!(
-                    sql,
-                    " AND seq IN (SELECT seq FROM pidx.patient_seq WHERE patient = ?{p} AND seq <= ?{u} \
-                     UNION ALL SELECT seq FROM patients WHERE seq > ?{u} AND patient = ?{p})"
-                );
+                format!(
+                    "SELECT seq FROM pidx.patient_seq WHERE patient = ?{p} AND seq <= ?{u} \
+                     UNION ALL SELECT seq FROM patients WHERE seq > ?{u} AND patient = ?{p}"
+                )
             }
-            None => {
-                let _ = write!(
-                    sql,
-                    " AND seq IN (SELECT seq FROM patients WHERE patient = ?{p})"
-                );
-            }
-        }
+            None => format!("SELECT seq FROM patients WHERE patient = ?{p}"),
+        };
+        let _ = write!(
+            sql,
+            " AND (seq IN ({naming}) OR seq IN (SELECT ref_seq FROM entries \
+             WHERE kind = 'completion' AND seq IN ({naming})))"
+        );
     }
     if f.unattributed {
         sql.push_str(" AND integration IS NULL");

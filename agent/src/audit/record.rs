@@ -43,6 +43,16 @@ impl Entry {
             Self::Pruned(p) => p.time,
         }
     }
+
+    /// The patients the entry names, as stored in the patient index: those a request names,
+    /// and those whose data its response carried.
+    pub(crate) fn patients(&self) -> &[String] {
+        match self {
+            Self::Request(r) => &r.patients,
+            Self::Completion(c) => &c.patients,
+            Self::Pruned(_) => &[],
+        }
+    }
 }
 
 /// The decision the sidecar (or the kernel) took for one request.
@@ -112,6 +122,9 @@ pub struct Record {
     /// Name of the policy exception that allowed the request, when one did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exception: Option<String>,
+    /// Request headers (names only) the sidecar did not forward: outside its positive list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub stripped_headers: Vec<String>,
 }
 
 /// What the sidecar did with a request.
@@ -190,6 +203,40 @@ pub struct Completion {
     pub latency_us: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Patients whose data the response carried, as `Patient/<id>` references (what the
+    /// sidecar's response pass read in the body released to the workload, whether or not the
+    /// request named them). Sorted and deduplicated on commit; indexed like a request's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patients: Vec<String>,
+    /// How the response was checked, and what was held back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<ResponseCheckRecord>,
+}
+
+/// What the response pass did. Types, counts and fixed words only.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseCheckRecord {
+    /// `record` (only noted whose data it carried), `deny` or `filter`.
+    pub mode: String,
+    /// Resources read in the body.
+    pub resources: u64,
+    /// Entries withheld, by resource type (`(unknown)` when it could not be read).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub withheld: std::collections::BTreeMap<String, u32>,
+    /// Why the whole response was refused (a 403 in its place, or cut off once begun).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
+    /// A fixed word for `refused` or for what withheld entries: `type`, `patient`,
+    /// `malformed`, `too-large`, `format`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violation: Option<String>,
+    /// More patients than one record keeps were carried; `patients` lists the first ones.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub patients_truncated: bool,
+    /// The body could not be read (a format or encoding the pass does not read).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unread: bool,
 }
 
 /// The fate of a request after the decision.
@@ -202,6 +249,9 @@ pub enum Outcome {
     UpstreamFailure,
     /// The client went away before the response was complete.
     ClientAborted,
+    /// The response check withheld the response: a 403 went out in its place, or it was cut
+    /// off once begun.
+    Withheld,
 }
 
 /// Retention removed entries `first_seq..=last_seq`; `last_hash` is the hash of `last_seq`, which
@@ -305,6 +355,7 @@ impl Record {
             latency_us: None,
             break_glass: None,
             exception: None,
+            stripped_headers: Vec::new(),
         }
     }
 
@@ -334,7 +385,16 @@ impl Completion {
             bytes_out: 0,
             latency_us: 0,
             reason: None,
+            patients: Vec::new(),
+            response: None,
         }
+    }
+
+    /// Patients sorted and unique, time at microsecond precision.
+    pub(crate) fn sanitize(&mut self) {
+        self.patients.sort_unstable();
+        self.patients.dedup();
+        self.time = truncate_us(self.time);
     }
 }
 

@@ -336,11 +336,7 @@ impl Walk {
                 },
             );
         }
-        let expected: &[String] = match &entry {
-            Entry::Request(r) => &r.patients,
-            Entry::Completion(_) | Entry::Pruned(_) => &[],
-        };
-        let mut expected = expected.to_vec();
+        let mut expected = entry.patients().to_vec();
         expected.sort_unstable();
         if expected != patients {
             self.find(row.seq, Problem::PatientsEdited);

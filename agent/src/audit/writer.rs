@@ -228,7 +228,7 @@ impl AuditSink {
     /// means it was not queued; a queued completion that later fails to commit is counted in
     /// [`AuditStats::failed_records`] and logged.
     pub fn complete(&self, mut completion: Completion) -> Result<(), AuditError> {
-        completion.time = record::truncate_us(completion.time);
+        completion.sanitize();
         let entry = Prepared::new(&Entry::Completion(completion))?;
         self.tx
             .try_send(Job::Append { entry, reply: None })

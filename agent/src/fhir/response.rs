@@ -118,6 +118,9 @@ pub struct Report {
     pub violation: Option<Violation>,
     /// The body could not be read in `Record` mode (not JSON, malformed): nothing was noted.
     pub unread: bool,
+    /// Under [`PatientRule::One`]: the patient the response was bound to (a continuation of
+    /// it is held to that patient).
+    pub bound: Option<String>,
 }
 
 /// The most patient ids one report keeps; beyond it the report says it was truncated.

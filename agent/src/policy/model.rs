@@ -226,6 +226,25 @@ impl From<QueryParamName> for String {
 }
 
 impl Upstream {
+    /// The name requests to this endpoint carry in `Host`: the TLS server name when set, else
+    /// the first address (its port left out when it is the scheme's default).
+    #[must_use]
+    pub fn authority(&self) -> String {
+        if let Some(name) = &self.tls.server_name {
+            return name.clone();
+        }
+        let default_port = if self.tls.mode == TlsMode::Plain {
+            80
+        } else {
+            443
+        };
+        match self.addresses.first() {
+            Some(a) if a.port == default_port => a.host.clone(),
+            Some(a) => a.to_string(),
+            None => String::new(),
+        }
+    }
+
     /// The classifier settings for this endpoint: base path, tenant mode, and the names it is
     /// reachable under (for absolute URLs in Bundle entries).
     pub fn classify_config(&self) -> Result<ClassifyConfig, ClassifyError> {

@@ -12,7 +12,9 @@
 //!   -> Handler::decide (audit committed) -> Respond: local answer
 //!                                          -> Forward: connect (pool) -> request, body streamed or
 //!                                             re-framed -> response head (1xx skipped, strict)
-//!                                             -> response streamed back -> connection pooled
+//!                                             -> Handler::inspect: response held, changed or
+//!                                                refused as the inspector says, else streamed
+//!                                             -> connection pooled
 //!   -> Handler::finish (status, bytes, duration, error source)
 //! ```
 //! After any framing error the connection is answered and closed: nothing after a bad request is
@@ -35,7 +37,10 @@ pub use chunked::{ChunkedDecoder, ChunkedError};
 pub use driver::{ConnectionEnd, ConnectionSummary, serve_connection};
 pub use error::{ErrorSource, HttpError};
 pub use framing::BodyFraming;
-pub use handler::{BodyMode, Decision, ExchangeId, Handler, LocalResponse, Outcome};
+pub use handler::{
+    BodyMode, Decision, ExchangeId, Handler, Inspected, LocalResponse, NoInspection, Outcome,
+    ResponseInspector,
+};
 pub use headers::{Header, Headers, is_field_value, is_token};
 pub use limits::{Limits, MAX_HEADERS};
 pub use pool::{Checkout, Connector, Pool, PoolConfig, Upstreams};

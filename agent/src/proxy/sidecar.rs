@@ -1,9 +1,22 @@
 //! The sidecar's decision for each request, in order: classify (`fhir`), decide (`policy`),
-//! record (`audit`, committed before anything moves), then forward upstream or answer with an
-//! OperationOutcome. One [`Exchange`] handles one connection, built at accept with that
-//! connection's attribution.
+//! record (`audit`, committed before anything moves), then forward upstream with only the
+//! headers that passed and `Host` set to the upstream's name, or answer with an
+//! OperationOutcome; then check the response (`fhir::response`) before the workload sees it,
+//! bind the URLs it issues to the integration, and record whose data it carried. One
+//! [`Exchange`] handles one connection, built at accept with that connection's attribution.
+//!
+//! ```text
+//! plan.rs      decided request -> refuse | forward { headers to strip, response check }
+//! bindings.rs  paging links and export URLs the server issued, per integration
+//! inspect.rs   the response check behind the HTTP engine's inspector
+//! respond.rs   after the response: bind what it issued, count, record
+//! ```
 
+mod bindings;
+mod inspect;
+mod plan;
 mod record;
+mod respond;
 mod secrets;
 mod sessions;
 mod sharing;
@@ -16,12 +29,21 @@ use tokio::sync::watch;
 use tracing::warn;
 
 pub use self::{
+    bindings::Bindings,
     secrets::{SecretError, Secrets},
     sessions::BreakGlassSessions,
     sharing::CredentialSharing,
 };
+use self::{
+    bindings::BoundKind,
+    inspect::{PendingCheck, ResponseGuard},
+    plan::{Decided, Plan},
+};
 use super::{
-    http::{self, BodyMode, ExchangeId, Handler, LocalResponse, Method, RequestHead},
+    http::{
+        self, BodyFraming, BodyMode, ExchangeId, Handler, LocalResponse, Method, RequestHead,
+        ResponseHead,
+    },
     outcome::{self, IssueType},
     tls::UpstreamKey,
 };
@@ -49,6 +71,10 @@ pub struct Shared {
     pub sessions: Arc<BreakGlassSessions>,
     /// Which identity first presented each credential (`fhirwall_shared_credential_*`).
     pub sharing: CredentialSharing,
+    /// Paging links and export URLs the server issued, and to which integration.
+    pub bindings: Bindings,
+    /// `sidecar.max_response_hold_bytes`.
+    pub max_response_hold: usize,
 }
 
 /// The handler of one connection.
@@ -62,6 +88,12 @@ pub struct Exchange {
     matched: Option<(Arc<PolicyState>, Option<String>)>,
     /// The committed record of the request in flight, completed in `finish`.
     pending: Option<(CommittedSeq, String)>,
+    /// The check the forwarded request's response gets, until the response arrives.
+    check: Option<PendingCheck>,
+    /// What the response check saw, for the completion record.
+    checked: Option<record::Checked>,
+    /// Whom the URLs the response in flight issues are bound to.
+    issued: Option<plan::Issued>,
 }
 
 impl Exchange {
@@ -79,6 +111,9 @@ impl Exchange {
             upstream,
             matched: None,
             pending: None,
+            check: None,
+            checked: None,
+            issued: None,
         }
     }
 
@@ -214,8 +249,91 @@ impl Exchange {
     }
 }
 
+impl Exchange {
+    /// Reads and decides one request: `Err` answers it at once (it cannot be classified).
+    fn plan(
+        &self,
+        policy: &Policy,
+        integration: Option<&Integration>,
+        record: &mut audit::Record,
+        head: &RequestHead,
+        body: Option<&[u8]>,
+        id: ExchangeId,
+    ) -> Result<Plan, LocalResponse> {
+        let Some(config) = policy.classify_config(&self.upstream) else {
+            record::unknown_upstream(record);
+            return Err(outcome::forbidden(
+                "the destination is no longer a protected upstream",
+                id,
+            ));
+        };
+        if !matches!(head.framing(), BodyFraming::None | BodyFraming::Length(0))
+            && matches!(head.method(), Method::Get | Method::Head | Method::Delete)
+        {
+            let reason =
+                "a GET, HEAD or DELETE request carries a body, which fhirwall does not read";
+            record::malformed(record, 400, reason);
+            return Err(outcome::invalid(reason, id));
+        }
+        let headers: Vec<(&str, &[u8])> = head
+            .headers
+            .iter()
+            .filter_map(|h| Some((std::str::from_utf8(h.name()).ok()?, h.value())))
+            .collect();
+        let Ok(target) = std::str::from_utf8(head.target()) else {
+            record::malformed(record, 400, "request target is not UTF-8");
+            return Err(outcome::invalid(
+                "the request target is not valid UTF-8",
+                id,
+            ));
+        };
+        let Ok(method) = std::str::from_utf8(head.method().as_bytes()) else {
+            record::malformed(record, 400, "method is not UTF-8");
+            return Err(outcome::invalid("the method is not valid", id));
+        };
+        let now = jiff::Timestamp::now();
+        let mut subject = Subject::from_headers(policy, integration, &self.upstream, &headers, now);
+        subject.user = self.workload.user.as_deref();
+        let name = integration.map(|i| i.name.as_str());
+        let session = self.shared.sessions.find(policy, name, subject.user, now);
+        subject.break_glass = session.as_ref();
+        let bound = self
+            .shared
+            .bindings
+            .find(&self.upstream, target, Instant::now());
+        if let Some(bound) = bound.clone().filter(|b| b.kind != BoundKind::Page) {
+            return Ok(self.plan_bound(&subject, bound, record, id));
+        }
+        let request = HttpRequest {
+            method,
+            target,
+            headers: &headers,
+            body,
+        };
+        let fhir = fhir::classify(&request, config).map_err(|e| {
+            let (status, reason) = (e.http_status(), e.to_string());
+            record::malformed(record, status, &reason);
+            let code = record::issue_type(e.issue_type());
+            outcome::operation_outcome(status, code, &reason, id)
+        })?;
+        let continuation =
+            bound.filter(|b| !fhir.query.paging.is_empty() && Some(b.integration.as_str()) == name);
+        subject.continuation = continuation.is_some();
+        let decided = Decided {
+            policy,
+            subject: &subject,
+            fhir: &fhir,
+            continuation,
+            session: session.as_ref(),
+            accept: head.headers.get("accept"),
+        };
+        Ok(self.plan_fhir(decided, record, id))
+    }
+}
+
 impl Handler for Exchange {
     type Upstream = UpstreamKey;
+    type Inspector = ResponseGuard;
 
     /// Bodies classification must read: Bundles posted to the base, form-encoded `_search`,
     /// PATCH documents, and creates/updates (their resource may name the patient).
@@ -246,89 +364,44 @@ impl Handler for Exchange {
             head,
         );
         record.integration.clone_from(&integration_name);
-        let Some(config) = policy.classify_config(&self.upstream) else {
-            record::unknown_upstream(&mut record);
-            return self
-                .answer(
-                    record,
-                    outcome::forbidden("the destination is no longer a protected upstream", id),
-                    id,
-                )
-                .await;
+        self.check = None;
+        let plan = match self.plan(policy, integration, &mut record, head, body, id) {
+            Ok(plan) => plan,
+            Err(answer) => return self.answer(record, answer, id).await,
         };
-        let headers: Vec<(&str, &[u8])> = head
-            .headers
-            .iter()
-            .filter_map(|h| Some((std::str::from_utf8(h.name()).ok()?, h.value())))
-            .collect();
-        let Ok(target) = std::str::from_utf8(head.target()) else {
-            record::malformed(&mut record, 400, "request target is not UTF-8");
-            return self
-                .answer(
-                    record,
-                    outcome::invalid("the request target is not valid UTF-8", id),
-                    id,
-                )
-                .await;
-        };
-        let Ok(method) = std::str::from_utf8(head.method().as_bytes()) else {
-            record::malformed(&mut record, 400, "method is not UTF-8");
-            return self
-                .answer(record, outcome::invalid("the method is not valid", id), id)
-                .await;
-        };
-        let request = HttpRequest {
-            method,
-            target,
-            headers: &headers,
-            body,
-        };
-        let fhir = match fhir::classify(&request, config) {
-            Ok(fhir) => fhir,
-            Err(e) => {
-                let (status, reason) = (e.http_status(), e.to_string());
-                record::malformed(&mut record, status, &reason);
-                let code = record::issue_type(e.issue_type());
-                return self
-                    .answer(
-                        record,
-                        outcome::operation_outcome(status, code, &reason, id),
-                        id,
-                    )
-                    .await;
-            }
-        };
-        let now = jiff::Timestamp::now();
-        let mut subject = Subject::from_headers(policy, integration, &self.upstream, &headers, now);
-        subject.user = self.workload.user.as_deref();
-        let session =
-            self.shared
-                .sessions
-                .find(policy, integration_name.as_deref(), subject.user, now);
-        subject.break_glass = session.as_ref();
-        let decision = policy::decide(policy, &subject, &fhir);
-        record::decided(&mut record, &fhir, &subject, &decision, session.as_ref());
-        signals::note(
-            &self.shared,
-            &decision,
-            subject.credential,
-            integration_name.as_deref(),
-        );
-        if decision.is_break_glass() {
-            warn!(integration = ?integration_name, correlation = %id, "break-glass access");
-            self.shared.metrics.break_glass.inc();
-        }
-        match decision {
-            policy::Decision::Deny { reason, .. } => {
-                let text = reason.to_string();
-                record.status = Some(403);
-                self.answer(record, outcome::forbidden(&text, id), id).await
-            }
-            policy::Decision::Allow { .. } | policy::Decision::WouldDeny { .. } => {
+        match plan {
+            Plan::Refuse(answer) => self.answer(record, answer, id).await,
+            Plan::Forward { check, strip } => {
+                for name in &strip {
+                    head.headers.remove(name);
+                }
+                let authority = policy
+                    .upstream(&self.upstream)
+                    .map(policy::Upstream::authority)
+                    .unwrap_or_default();
+                if head.headers.set_host(&authority).is_err() {
+                    record::internal_failure(&mut record, "the upstream has no valid name");
+                    let answer = outcome::unavailable("the upstream has no valid name", id);
+                    return self.answer(record, answer, id).await;
+                }
+                self.check = Some(check);
                 self.forward(record, integration, &state.limiter, head, id)
                     .await
             }
         }
+    }
+
+    fn inspect(
+        &mut self,
+        id: ExchangeId,
+        head: &ResponseHead,
+        has_body: bool,
+    ) -> Option<ResponseGuard> {
+        self.response_guard(id, head, has_body)
+    }
+
+    fn inspected(&mut self, _id: ExchangeId, guard: ResponseGuard) {
+        self.after_response(&guard);
     }
 
     fn finish(&mut self, outcome: &http::Outcome<'_>) {
@@ -345,10 +418,11 @@ impl Handler for Exchange {
         {
             m.upstream_errors.with_label_values(&[e.reason()]).inc();
         }
+        let checked = self.checked.take();
         let Some((seq, correlation)) = self.pending.take() else {
             return;
         };
-        let completion = record::completion(seq, correlation, outcome);
+        let completion = record::completion(seq, correlation, outcome, checked.as_ref());
         if let Err(e) = self.shared.audit.complete(completion) {
             m.audit_failures.inc();
             warn!(error = %e, "audit completion lost");

@@ -339,6 +339,7 @@ impl Judge {
             links: walker.links.clone(),
             violation: self.violation,
             unread: self.unread,
+            bound: self.bound.clone(),
         }
     }
 }

@@ -24,9 +24,9 @@ pub(crate) enum Decoder {
 
 /// One step of [`Decoder::next`].
 #[derive(Debug)]
-struct Step {
-    consumed: usize,
-    data: Range<usize>,
+pub(crate) struct Step {
+    pub(crate) consumed: usize,
+    pub(crate) data: Range<usize>,
 }
 
 impl Decoder {
@@ -40,7 +40,7 @@ impl Decoder {
     }
 
     /// Takes framing and data from the front of `input`.
-    fn next(&mut self, input: &[u8]) -> Result<Step, ChunkedError> {
+    pub(crate) fn next(&mut self, input: &[u8]) -> Result<Step, ChunkedError> {
         match self {
             Self::Length(remaining) => {
                 let take = usize::try_from(*remaining).map_or(input.len(), |r| r.min(input.len()));
@@ -69,7 +69,7 @@ impl Decoder {
     }
 
     /// End of input: fine only for a close-delimited body.
-    fn finish_at_eof(&mut self) -> bool {
+    pub(crate) fn finish_at_eof(&mut self) -> bool {
         if matches!(self, Self::UntilClose) {
             *self = Self::Done;
         }
@@ -139,7 +139,7 @@ pub(crate) struct Staged {
 
 impl Staged {
     /// Stages one body piece in `encoding`, writing through for large pieces.
-    async fn send<W: AsyncWrite + Unpin>(
+    pub(crate) async fn send<W: AsyncWrite + Unpin>(
         &mut self,
         dst: &mut W,
         data: &[u8],
@@ -250,7 +250,8 @@ pub(crate) fn stage_buffered(
 }
 
 /// Streams the rest of a body from `src` (bytes in `buf` first) to `dst` through `out`, then
-/// flushes `dst`. The terminating chunk is written when `encoding` is chunked.
+/// flushes `dst`. The terminating chunk is written when `encoding` is chunked. `observe` sees
+/// every decoded piece on its way.
 pub(crate) async fn relay<R, W>(
     src: &mut R,
     buf: &mut BytesMut,
@@ -258,6 +259,7 @@ pub(crate) async fn relay<R, W>(
     dst: &mut W,
     out: &mut Staged,
     t: Transfer,
+    observe: &mut (dyn FnMut(&[u8]) + Send),
 ) -> Result<Moved, RelayError>
 where
     R: AsyncRead + Unpin,
@@ -272,6 +274,7 @@ where
         while !buf.is_empty() && !decoder.is_done() {
             let step = decoder.next(buf).map_err(RelayError::Framing)?;
             let data = &buf[step.data.clone()];
+            observe(data);
             out.send(dst, data, t.encoding, t.timeout)
                 .await
                 .map_err(RelayError::Write)?;

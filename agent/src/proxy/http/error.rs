@@ -106,6 +106,10 @@ pub enum HttpError {
     /// A handler answered with a status that is not a final status code (200 to 599).
     #[error("handler answered with invalid status {status}")]
     InvalidStatus { status: u16 },
+    /// The response inspector refused a response after part of it went out: the response is
+    /// cut off, the connection closed.
+    #[error("response cut off by its inspector")]
+    ResponseCut,
 }
 
 impl HttpError {
@@ -132,7 +136,9 @@ impl HttpError {
             | Self::BadResponse { .. }
             | Self::UpstreamClosed
             | Self::UpstreamIo { .. } => ErrorSource::Upstream,
-            Self::InvalidHeader { .. } | Self::InvalidStatus { .. } => ErrorSource::Internal,
+            Self::InvalidHeader { .. } | Self::InvalidStatus { .. } | Self::ResponseCut => {
+                ErrorSource::Internal
+            }
         }
     }
 
@@ -156,7 +162,9 @@ impl HttpError {
             | Self::UpstreamIo { .. } => 502,
             Self::UpstreamConnectTimeout { .. } | Self::UpstreamTimeout { .. } => 504,
             Self::InvalidHeader { .. } | Self::InvalidStatus { .. } => 500,
-            Self::WriteTimeout { .. } | Self::DownstreamIo { .. } => return None,
+            Self::WriteTimeout { .. } | Self::DownstreamIo { .. } | Self::ResponseCut => {
+                return None;
+            }
         })
     }
 
@@ -184,6 +192,7 @@ impl HttpError {
             Self::UpstreamConnectTimeout { .. } => "upstream connect timed out",
             Self::UpstreamTimeout { .. } => "upstream did not answer in time",
             Self::UpstreamClosed => "upstream closed before a complete response",
+            Self::ResponseCut => "response refused after it began",
         }
     }
 }

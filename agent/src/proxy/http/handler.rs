@@ -4,9 +4,9 @@
 
 use std::{fmt, future::Future, time::Duration};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::{Headers, HttpError, RequestHead};
+use super::{Headers, HttpError, RequestHead, ResponseHead};
 
 /// Identifies one exchange: the connection (an id the caller chose at accept) and the request's
 /// position on it. Carried in logs, audit records and `OperationOutcome` diagnostics.
@@ -78,6 +78,49 @@ pub struct Outcome<'a> {
     pub error: Option<&'a HttpError>,
 }
 
+/// Sees a forwarded response's body before the client does, and may hold it back, change it or
+/// refuse it. The response head is held until [`Inspected::Release`] (or the body's end), so a
+/// refusal before then replaces the whole response.
+pub trait ResponseInspector: Send {
+    /// Only observes: the body goes out as the upstream framed it and nothing is held; what
+    /// [`ResponseInspector::data`] appends is ignored and it may not refuse.
+    fn observes(&self) -> bool;
+
+    /// A piece of the decoded body; appends to `out` what may go to the client.
+    fn data(&mut self, data: &[u8], out: &mut BytesMut) -> Result<Inspected, LocalResponse>;
+
+    /// The end of the body; appends to `out` what is left to send.
+    fn end(&mut self, out: &mut BytesMut) -> Result<Inspected, LocalResponse>;
+}
+
+/// What an inspector let through so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inspected {
+    /// Nothing may go out yet (the head included).
+    Hold,
+    /// Output may flow: the head goes out (framed for a body whose length the inspector may
+    /// change), then what the inspector wrote.
+    Release,
+}
+
+/// An inspector for handlers that never inspect: [`Handler::inspect`] returns `None`.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoInspection;
+
+impl ResponseInspector for NoInspection {
+    fn observes(&self) -> bool {
+        true
+    }
+
+    fn data(&mut self, _data: &[u8], _out: &mut BytesMut) -> Result<Inspected, LocalResponse> {
+        Ok(Inspected::Release)
+    }
+
+    fn end(&mut self, _out: &mut BytesMut) -> Result<Inspected, LocalResponse> {
+        Ok(Inspected::Release)
+    }
+}
+
 /// Decides what happens to each request on one connection.
 ///
 /// A connection's requests are handled strictly in order and one at a time, so a handler may
@@ -87,6 +130,9 @@ pub struct Outcome<'a> {
 pub trait Handler: Send {
     /// Key of the upstream a request is forwarded to.
     type Upstream: Send + Sync;
+
+    /// What inspects forwarded response bodies ([`NoInspection`] when nothing does).
+    type Inspector: ResponseInspector;
 
     /// Whether the body must be read before [`Handler::decide`]. Called once the head is valid,
     /// and only for requests that have a body.
@@ -102,6 +148,20 @@ pub trait Handler: Send {
         head: &mut RequestHead,
         body: Option<&[u8]>,
     ) -> impl Future<Output = Decision<Self::Upstream>> + Send;
+
+    /// Called with the upstream's final response head, before any of it is sent; the
+    /// inspector returned sees the body. `has_body` is false for HEAD, 204 and 304 answers,
+    /// whose inspector (if any) is only told the body's end.
+    fn inspect(
+        &mut self,
+        id: ExchangeId,
+        head: &ResponseHead,
+        has_body: bool,
+    ) -> Option<Self::Inspector>;
+
+    /// Hands back the inspector [`Handler::inspect`] returned, once the body went through it
+    /// (or failed to), before [`Handler::finish`]. Must not block.
+    fn inspected(&mut self, id: ExchangeId, inspector: Self::Inspector);
 
     /// Told how the exchange ended (for audit completion and metrics). Must not block.
     fn finish(&mut self, outcome: &Outcome<'_>);

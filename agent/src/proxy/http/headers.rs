@@ -111,6 +111,26 @@ impl Headers {
         Ok(())
     }
 
+    /// Sets `Host` (which [`Headers::insert`] refuses: it is the proxy's): the proxy names the
+    /// upstream it forwards to, whatever the client wrote.
+    pub(crate) fn set_host(&mut self, value: &str) -> Result<(), HttpError> {
+        let value = Bytes::copy_from_slice(value.as_bytes());
+        if value.is_empty() || !is_field_value(&value) {
+            return Err(HttpError::InvalidHeader {
+                reason: "upstream authority is not a valid Host value",
+            });
+        }
+        self.entries.retain(|h| !h.is("host"));
+        self.entries.insert(
+            0,
+            Header {
+                name: Bytes::from_static(b"Host"),
+                value,
+            },
+        );
+        Ok(())
+    }
+
     /// Adds a field line `name: value` after the existing ones.
     pub fn append(
         &mut self,

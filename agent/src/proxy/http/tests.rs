@@ -2,6 +2,7 @@
 //! upstream that counts what reaches it.
 
 mod exchange;
+mod inspect;
 mod load;
 mod smuggling;
 mod support;

@@ -105,6 +105,40 @@ pub fn decided(
     }
 }
 
+/// A request for a URL the server issued outside any FHIR interaction (an export's status or
+/// file), decided by `policy::decide_bound`.
+pub fn decided_bound(record: &mut Record, subject: &Subject<'_>, decision: &policy::Decision<'_>) {
+    if let Presented::Credential(fingerprint) = subject.credential {
+        record.credential_fingerprint = Some(fingerprint.to_string());
+    }
+    record.decision = match decision {
+        policy::Decision::Allow { .. } => Decision::Allow,
+        policy::Decision::Deny { .. } => Decision::Deny,
+        policy::Decision::WouldDeny { .. } => Decision::WouldDeny,
+    };
+    if let policy::Decision::Allow {
+        purpose: Some(purpose),
+        ..
+    } = decision
+    {
+        record.purpose_of_use = Some(purpose.to_string());
+    }
+    record.rule = Some(decision.rule().to_string());
+    record.reason = decision.reason().map(ToString::to_string);
+}
+
+/// Allowed, but its response must be checked and the request asks for a format the check
+/// does not read: refused with 406 before anything moves.
+pub fn refused_format(record: &mut Record) {
+    record.decision = Decision::Deny;
+    record.rule = Some("default/response-format".into());
+    record.reason = Some(
+        "the response must be checked, and the request asks for XML, which the check does not read"
+            .into(),
+    );
+    record.status = Some(406);
+}
+
 /// The patients a request (with its Bundle entries) names, as the `Patient/<id>` references the
 /// audit store keeps and queries by (classification yields bare ids).
 fn patient_references(fhir: &FhirRequest) -> Vec<String> {
@@ -114,9 +148,16 @@ fn patient_references(fhir: &FhirRequest) -> Vec<String> {
         .collect()
 }
 
-/// How a request the sidecar committed ended.
-pub fn completion(seq: CommittedSeq, correlation: String, outcome: &Outcome<'_>) -> Completion {
+/// How a request the sidecar committed ended; `checked`: what the response check saw.
+pub fn completion(
+    seq: CommittedSeq,
+    correlation: String,
+    outcome: &Outcome<'_>,
+    checked: Option<&Checked>,
+) -> Completion {
+    let withheld = checked.is_some_and(|c| c.refusal.is_some());
     let result = match (outcome.forwarded, outcome.error) {
+        _ if withheld => audit::Outcome::Withheld,
         (_, Some(e)) if e.error_source() == crate::proxy::http::ErrorSource::Downstream => {
             audit::Outcome::ClientAborted
         }
@@ -129,7 +170,42 @@ pub fn completion(seq: CommittedSeq, correlation: String, outcome: &Outcome<'_>)
     completion.bytes_out = outcome.response_body_bytes;
     completion.latency_us = u64::try_from(outcome.duration.as_micros()).unwrap_or(u64::MAX);
     completion.reason = outcome.error.map(|e| e.reason().to_owned());
+    if let Some(checked) = checked {
+        completion.patients = checked
+            .report
+            .patients
+            .iter()
+            .map(|id| format!("Patient/{id}"))
+            .collect();
+        completion.response = Some(check_record(checked));
+    }
     completion
+}
+
+/// What the response check did, for the completion record: types, counts, fixed words.
+fn check_record(checked: &Checked) -> audit::ResponseCheckRecord {
+    let report = &checked.report;
+    audit::ResponseCheckRecord {
+        mode: checked.mode.as_str().to_owned(),
+        resources: report.resources,
+        withheld: report
+            .withheld
+            .iter()
+            .map(|(t, n)| (t.map_or("(unknown)", |t| t.as_str()).to_owned(), *n))
+            .collect(),
+        refused: checked.refusal.as_ref().map(|r| r.violation.to_string()),
+        violation: report.violation.map(|v| v.slug().to_owned()),
+        patients_truncated: report.patients_truncated,
+        unread: report.unread,
+    }
+}
+
+/// What the response check of one exchange saw.
+#[derive(Debug)]
+pub struct Checked {
+    pub mode: crate::fhir::response::CheckMode,
+    pub report: crate::fhir::response::Report,
+    pub refusal: Option<crate::fhir::response::Refusal>,
 }
 
 /// The OperationOutcome issue type for a classification error.

@@ -23,14 +23,17 @@ use tokio::{
     time::{Instant, timeout, timeout_at},
 };
 
+use bytes::{Buf, BytesMut};
+
 use super::{
     Conn, Exchange, request_relay_error, response_relay_error,
     write::{Framing, put_request_head, put_response_head},
 };
 use crate::proxy::http::{
-    Checkout, Handler, HttpError, ResponseBody, ResponseParser, Upstreams, Version,
+    Checkout, Handler, HttpError, Inspected, LocalResponse, ResponseBody, ResponseInspector,
+    ResponseParser, Upstreams, Version,
     body::{self, Decoder, Encoding, RelayError},
-    chunked::ChunkedDecoder,
+    chunked::{self, ChunkedDecoder},
 };
 
 /// Interim responses tolerated before the final one.
@@ -139,9 +142,17 @@ where
         ex.forwarded = true;
         let mut t = self.transfer(encoding);
         t.others = self.body.capacity() + self.up.capacity();
-        let moved = body::relay(&mut self.io, &mut self.down, decoder, up, &mut self.out, t)
-            .await
-            .map_err(|e| request_relay_error(e, self.limits))?;
+        let moved = body::relay(
+            &mut self.io,
+            &mut self.down,
+            decoder,
+            up,
+            &mut self.out,
+            t,
+            &mut |_| {},
+        )
+        .await
+        .map_err(|e| request_relay_error(e, self.limits))?;
         ex.request_bytes += moved.bytes;
         self.peak = self.peak.max(moved.peak);
         Ok(())
@@ -185,14 +196,44 @@ where
         }
     }
 
-    /// Sends the response head and streams the body to the client. Returns whether the upstream
-    /// connection may be reused.
+    /// Sends the response head and streams the body to the client, through the handler's
+    /// inspector when it asks for one. Returns whether the upstream connection may be reused.
     async fn relay_response(
         &mut self,
         ex: &mut Exchange,
         up: &mut U::Stream,
     ) -> Result<bool, HttpError> {
         let kind = self.resp.body(self.head.method());
+        let has_body = kind != ResponseBody::None;
+        let Some(mut inspector) = self.handler.inspect(ex.id, &self.resp, has_body) else {
+            return self.relay_plain(ex, up, kind, &mut |_| {}).await;
+        };
+        let result = if inspector.observes() || !has_body {
+            let mut ignored = BytesMut::new();
+            let mut observe = |data: &[u8]| {
+                let _ = inspector.data(data, &mut ignored);
+                ignored.clear();
+            };
+            let relayed = self.relay_plain(ex, up, kind, &mut observe).await;
+            if relayed.is_ok() {
+                let _ = inspector.end(&mut ignored);
+            }
+            relayed
+        } else {
+            self.relay_inspected(ex, up, kind, &mut inspector).await
+        };
+        self.handler.inspected(ex.id, inspector);
+        result
+    }
+
+    /// The response as the upstream framed it (re-chunked when it was), bytes unchanged.
+    async fn relay_plain(
+        &mut self,
+        ex: &mut Exchange,
+        up: &mut U::Stream,
+        kind: ResponseBody,
+        observe: &mut (dyn FnMut(&[u8]) + Send),
+    ) -> Result<bool, HttpError> {
         let client_11 = self.head.version() == Version::Http11;
         ex.close = !self.head.keep_alive() || self.shutdown.requested();
         let (framing, encoding, mut decoder) = match kind {
@@ -210,21 +251,8 @@ where
             }
             ResponseBody::Length(n) => (Framing::Length(n), Encoding::Identity, Decoder::Length(n)),
             ResponseBody::Chunked | ResponseBody::UntilClose => {
-                let decoder = if kind == ResponseBody::Chunked {
-                    Decoder::Chunked(ChunkedDecoder::new(
-                        self.limits.max_chunk_line,
-                        self.limits.max_trailer,
-                    ))
-                } else {
-                    Decoder::UntilClose
-                };
-                if client_11 {
-                    (Framing::Chunked, Encoding::Chunked, decoder)
-                } else {
-                    // An HTTP/1.0 client knows no chunked coding: the body ends when we close.
-                    ex.close = true;
-                    (Framing::Unframed, Encoding::Identity, decoder)
-                }
+                let (framing, encoding) = self.changed_length_framing(ex, client_11);
+                (framing, encoding, self.response_decoder(kind))
             }
         };
         put_response_head(&mut self.out.buf, &self.resp, framing, ex.close);
@@ -238,12 +266,170 @@ where
             &mut self.io,
             &mut self.out,
             t,
+            observe,
         )
         .await
         .map_err(|e| response_relay_error(e, self.limits))?;
         ex.response_bytes = moved.bytes;
         self.peak = self.peak.max(moved.peak);
         Ok(self.resp.keep_alive() && kind != ResponseBody::UntilClose && self.up.is_empty())
+    }
+
+    /// The response through an inspector that may hold, change or refuse it. The head waits
+    /// for the inspector's release (or the body's end, when it goes out with its final length);
+    /// a refusal before that replaces the whole response, after it cuts the connection.
+    async fn relay_inspected(
+        &mut self,
+        ex: &mut Exchange,
+        up: &mut U::Stream,
+        kind: ResponseBody,
+        inspector: &mut H::Inspector,
+    ) -> Result<bool, HttpError> {
+        let client_11 = self.head.version() == Version::Http11;
+        ex.close = !self.head.keep_alive() || self.shutdown.requested();
+        let mut decoder = self.response_decoder(kind);
+        let mut pending = BytesMut::new();
+        let t = self.limits.body_timeout;
+        loop {
+            while !self.up.is_empty() && !decoder.is_done() {
+                let step = decoder
+                    .next(&self.up)
+                    .map_err(|e| HttpError::BadResponse { reason: e.reason })?;
+                let verdict = inspector.data(&self.up[step.data.clone()], &mut pending);
+                self.up.advance(step.consumed);
+                match verdict {
+                    Ok(inspected) => self.emit(ex, inspected, &mut pending, client_11).await?,
+                    Err(refusal) => return self.refuse(ex, &refusal).await,
+                }
+                if step.consumed == 0 {
+                    break;
+                }
+            }
+            if decoder.is_done() {
+                break;
+            }
+            self.peak = self.peak.max(self.held() + pending.capacity());
+            if ex.status.is_some() {
+                // Released: what is staged goes out before waiting on a slow upstream.
+                self.out
+                    .flush(&mut self.io, t)
+                    .await
+                    .map_err(|f| response_relay_error(RelayError::Write(f), self.limits))?;
+            }
+            let n = body::read_some(up, &mut self.up, self.limits.io_buffer, t)
+                .await
+                .map_err(|f| response_relay_error(RelayError::Read(f), self.limits))?;
+            if n == 0 && !decoder.finish_at_eof() {
+                return Err(HttpError::UpstreamClosed);
+            }
+        }
+        if let Err(refusal) = inspector.end(&mut pending) {
+            return self.refuse(ex, &refusal).await;
+        }
+        if ex.status.is_none() {
+            // Held to the end: out at once, with its length.
+            put_response_head(
+                &mut self.out.buf,
+                &self.resp,
+                Framing::Length(pending.len() as u64),
+                ex.close,
+            );
+            ex.status = Some(self.resp.status());
+            ex.response_bytes = pending.len() as u64;
+            if !ex.is_head {
+                self.out.buf.extend_from_slice(&pending);
+            }
+        } else {
+            self.emit(ex, Inspected::Release, &mut pending, client_11)
+                .await?;
+            if client_11 {
+                self.out.buf.extend_from_slice(chunked::LAST_CHUNK);
+            }
+        }
+        self.peak = self.peak.max(self.held() + pending.capacity());
+        self.out
+            .flush(&mut self.io, t)
+            .await
+            .map_err(|f| response_relay_error(RelayError::Write(f), self.limits))?;
+        Ok(self.resp.keep_alive() && kind != ResponseBody::UntilClose && self.up.is_empty())
+    }
+
+    /// Sends the head once the inspector releases it, then what the inspector wrote.
+    async fn emit(
+        &mut self,
+        ex: &mut Exchange,
+        inspected: Inspected,
+        pending: &mut BytesMut,
+        client_11: bool,
+    ) -> Result<(), HttpError> {
+        if ex.status.is_none() {
+            if inspected == Inspected::Hold {
+                return Ok(());
+            }
+            let (framing, _) = self.changed_length_framing(ex, client_11);
+            put_response_head(&mut self.out.buf, &self.resp, framing, ex.close);
+            ex.status = Some(self.resp.status());
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        let encoding = if client_11 {
+            Encoding::Chunked
+        } else {
+            Encoding::Identity
+        };
+        let t = self.limits.body_timeout;
+        self.out
+            .send(&mut self.io, pending, encoding, t)
+            .await
+            .map_err(|f| response_relay_error(RelayError::Write(f), self.limits))?;
+        ex.response_bytes += pending.len() as u64;
+        pending.clear();
+        Ok(())
+    }
+
+    /// The inspector refused the response: its answer replaces the response while nothing of
+    /// it went out; after that, the response is cut off. Either way the upstream connection,
+    /// whose body was not read to its end, is not reused.
+    async fn refuse(
+        &mut self,
+        ex: &mut Exchange,
+        refusal: &LocalResponse,
+    ) -> Result<bool, HttpError> {
+        if ex.status.is_some() {
+            return Err(HttpError::ResponseCut);
+        }
+        self.write_local(refusal, ex.close, ex.is_head).await?;
+        ex.status = Some(refusal.status);
+        ex.response_bytes = if ex.is_head {
+            0
+        } else {
+            refusal.body.len() as u64
+        };
+        Ok(false)
+    }
+
+    /// Framing for a body whose length is not known up front: chunked to an HTTP/1.1 client;
+    /// an HTTP/1.0 client knows no chunked coding, so the body ends when the proxy closes.
+    fn changed_length_framing(&self, ex: &mut Exchange, client_11: bool) -> (Framing, Encoding) {
+        if client_11 {
+            (Framing::Chunked, Encoding::Chunked)
+        } else {
+            ex.close = true;
+            (Framing::Unframed, Encoding::Identity)
+        }
+    }
+
+    fn response_decoder(&self, kind: ResponseBody) -> Decoder {
+        match kind {
+            ResponseBody::None => Decoder::Done,
+            ResponseBody::Length(n) => Decoder::Length(n),
+            ResponseBody::Chunked => Decoder::Chunked(ChunkedDecoder::new(
+                self.limits.max_chunk_line,
+                self.limits.max_trailer,
+            )),
+            ResponseBody::UntilClose => Decoder::UntilClose,
+        }
     }
 }
 

@@ -17,8 +17,9 @@ use tokio::{
 
 use crate::proxy::{
     http::{
-        BodyMode, ConnectionSummary, Connector, Decision, ErrorSource, ExchangeId, Handler, Limits,
-        Pool, PoolConfig, RequestHead, serve_connection,
+        BodyMode, ConnectionSummary, Connector, Decision, ErrorSource, ExchangeId, Handler,
+        Inspected, Limits, Pool, PoolConfig, RequestHead, ResponseHead, ResponseInspector,
+        serve_connection,
     },
     outcome,
 };
@@ -191,6 +192,10 @@ pub struct TestHandler {
     pub upstream: SocketAddr,
     pub finished: Arc<Mutex<Vec<Finished>>>,
     pub bodies: Arc<Mutex<Vec<Option<Vec<u8>>>>>,
+    /// How responses are inspected.
+    pub inspect: Inspect,
+    /// What each inspector saw (the decoded body) and whether it was told the end.
+    pub seen_by_inspector: Arc<Mutex<Vec<(Vec<u8>, bool)>>>,
 }
 
 impl TestHandler {
@@ -199,12 +204,110 @@ impl TestHandler {
             upstream,
             finished: Arc::default(),
             bodies: Arc::default(),
+            inspect: Inspect::Off,
+            seen_by_inspector: Arc::default(),
+        }
+    }
+}
+
+/// What the test handler's response inspector does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Inspect {
+    /// No inspector.
+    #[default]
+    Off,
+    /// Only observes (the body goes out as the upstream framed it).
+    Observe,
+    /// Holds the whole body; refuses it at the end when it contains this.
+    Hold { refuse_if: &'static [u8] },
+    /// Releases at once and upper-cases the body; cuts it off after this many bytes.
+    Stream { cut_after: Option<usize> },
+}
+
+/// The test handler's inspector; what it saw goes to [`TestHandler::inspected`].
+#[derive(Debug)]
+pub struct TestInspector {
+    mode: Inspect,
+    seen: Vec<u8>,
+    ended: bool,
+}
+
+impl TestInspector {
+    fn refusal() -> crate::proxy::http::LocalResponse {
+        outcome::forbidden(
+            "the inspector refused the response",
+            ExchangeId {
+                connection: 0,
+                sequence: 0,
+            },
+        )
+    }
+}
+
+impl ResponseInspector for TestInspector {
+    fn observes(&self) -> bool {
+        self.mode == Inspect::Observe
+    }
+
+    fn data(
+        &mut self,
+        data: &[u8],
+        out: &mut bytes::BytesMut,
+    ) -> Result<Inspected, crate::proxy::http::LocalResponse> {
+        self.seen.extend_from_slice(data);
+        match self.mode {
+            Inspect::Off | Inspect::Observe => Ok(Inspected::Release),
+            Inspect::Hold { .. } => {
+                out.extend_from_slice(data);
+                Ok(Inspected::Hold)
+            }
+            Inspect::Stream { cut_after } => {
+                if cut_after.is_some_and(|n| self.seen.len() > n) {
+                    return Err(Self::refusal());
+                }
+                out.extend(data.iter().map(u8::to_ascii_uppercase));
+                Ok(Inspected::Release)
+            }
+        }
+    }
+
+    fn end(
+        &mut self,
+        _out: &mut bytes::BytesMut,
+    ) -> Result<Inspected, crate::proxy::http::LocalResponse> {
+        self.ended = true;
+        match self.mode {
+            Inspect::Hold { refuse_if } if find(&self.seen, refuse_if).is_some() => {
+                Err(Self::refusal())
+            }
+            _ => Ok(Inspected::Release),
         }
     }
 }
 
 impl Handler for TestHandler {
     type Upstream = SocketAddr;
+    type Inspector = TestInspector;
+
+    fn inspect(
+        &mut self,
+        _id: ExchangeId,
+        _head: &ResponseHead,
+        has_body: bool,
+    ) -> Option<TestInspector> {
+        (self.inspect != Inspect::Off && has_body).then(|| TestInspector {
+            mode: self.inspect,
+            seen: Vec::new(),
+            ended: false,
+        })
+    }
+
+    fn inspected(&mut self, _id: ExchangeId, inspector: TestInspector) {
+        self.seen_by_inspector
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push((inspector.seen, inspector.ended));
+    }
 
     fn body_mode(&mut self, _id: ExchangeId, head: &RequestHead) -> BodyMode {
         if head.path().starts_with(b"/buffer") || head.path().starts_with(b"/Bundle") {
