@@ -31,7 +31,9 @@ pub struct ExplainArgs {
     /// taken relative to the upstream's base path.
     #[arg(long)]
     pub request: String,
-    /// File holding the request body (a Bundle, a resource, a form-encoded _search).
+    /// File holding the request body (a Bundle, a resource, a patch, a form-encoded _search).
+    /// Without a Content-Type header it is taken as FHIR JSON (`{`), FHIR XML (`<`), a JSON
+    /// Patch (`[`) or a form.
     #[arg(long)]
     pub body: Option<PathBuf>,
     /// A request header, "Name: value"; repeat for several.
@@ -43,6 +45,10 @@ pub struct ExplainArgs {
     /// The upstream the request is sent to; the integration's first one by default.
     #[arg(long)]
     pub upstream: Option<String>,
+    /// A response body (FHIR JSON, or NDJSON for an export file) to run through the check the
+    /// response would get: what it would have withheld, and why. Counts and types only.
+    #[arg(long, value_name = "FILE")]
+    pub response: Option<PathBuf>,
     /// Decide as of this time (RFC 3339); now by default. The policy itself is validated as of
     /// now, as the agent would load it.
     #[arg(long)]

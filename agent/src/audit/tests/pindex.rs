@@ -131,3 +131,60 @@ async fn an_edited_copy_is_found_and_a_foreign_copy_is_not_used() {
     assert_eq!(seqs_of(&other, "Patient/p0"), vec![1]);
     stop(sink, writer).await;
 }
+
+/// A search that never named a patient (`Claim?status=active`) but whose response carried
+/// their data is found by that patient: the completion's patients count for its request,
+/// through the copy and in the tail, and `verify` holds them to the chain like a request's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_response_that_carried_a_patient_finds_its_request() {
+    use crate::audit::{CommittedSeq, Completion, Outcome};
+
+    let (_dir, db) = temp_store();
+    let (sink, writer) = AuditSink::start(AuditConfig::new(&db)).unwrap();
+    let mut search = record(1, jiff::Timestamp::now());
+    search.path = "/Claim?status".into();
+    search.patients.clear();
+    let seq = sink.commit(search).await.unwrap();
+    let mut done = Completion::new(seq, "req-1", Outcome::Completed);
+    done.patients = vec!["Patient/carried-b".into(), "Patient/carried-a".into()];
+    sink.complete(done).unwrap();
+    // A later request naming nobody, completed without patients: not found.
+    let mut other = record(2, jiff::Timestamp::now());
+    other.patients.clear();
+    let other_seq = sink.commit(other).await.unwrap();
+    sink.complete(Completion::new(other_seq, "req-2", Outcome::Completed))
+        .unwrap();
+    stop(sink, writer).await;
+    let CommittedSeq(request) = seq;
+    assert_eq!(
+        seqs_of(&db, "Patient/carried-a"),
+        [request],
+        "found in the tail"
+    );
+    assert_eq!(seqs_of(&db, "Patient/carried-b"), [request]);
+    let (sink, writer) = AuditSink::start(AuditConfig::new(&db)).unwrap();
+    wait_for_copy(&db, 4).await;
+    stop(sink, writer).await;
+    assert_eq!(
+        seqs_of(&db, "Patient/carried-a"),
+        [request],
+        "and through the copy"
+    );
+    let report = verify(&open_read_only(&db).unwrap(), &[]).unwrap();
+    assert!(report.is_intact(), "{:?}", report.findings);
+    rw(&db)
+        .execute(
+            "DELETE FROM patients WHERE patient = 'Patient/carried-b'",
+            [],
+        )
+        .unwrap();
+    let report = verify(&open_read_only(&db).unwrap(), &[]).unwrap();
+    assert!(
+        report
+            .findings
+            .iter()
+            .any(|f| matches!(f.problem, Problem::PatientsEdited)),
+        "{:?}",
+        report.findings
+    );
+}

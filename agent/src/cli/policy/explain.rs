@@ -8,9 +8,19 @@ use serde_json::{Value, json};
 
 use super::ExplainArgs;
 use crate::{
-    fhir::{ClassifyConfig, FhirRequest, HttpRequest, classify},
-    policy::{Decision, Integration, LoadError, Policy, PurposeOfUse, Rule, Subject, decide},
+    fhir::{
+        ClassifyConfig, FhirRequest, HttpRequest, classify,
+        response::{BodyFormat, CheckMode, ResponseCheck, ResponseRules},
+    },
+    policy::{
+        Decision, Integration, LoadError, Policy, PurposeOfUse, Rule, Subject, decide,
+        response_rules,
+    },
 };
+
+/// What `--response` is checked with when the agent config is not at hand: its default
+/// `sidecar.max_response_hold_bytes`.
+const MAX_HELD: usize = 8 << 20;
 
 /// Exit status for an invalid policy or wrong arguments.
 const USAGE: u8 = 2;
@@ -104,8 +114,22 @@ fn explain(policy: &Policy, args: &ExplainArgs, now: jiff::Timestamp) -> anyhow:
         body: input.body.as_deref(),
     };
     let subject = Subject::from_headers(policy, Some(integration), upstream, &headers, now);
+    let response = match &args.response {
+        Some(path) => Some(
+            std::fs::read(path)
+                .with_context(|| format!("reading the response {}", path.display()))?,
+        ),
+        None => None,
+    };
     let report = match classify(&http, config) {
-        Ok(request) => decided(policy, &subject, &request, integration, upstream),
+        Ok(request) => decided(
+            policy,
+            &subject,
+            &request,
+            integration,
+            upstream,
+            response.as_deref(),
+        ),
         Err(e) => unclassifiable(&e, integration, upstream),
     };
     Ok(report)
@@ -161,11 +185,11 @@ fn input(
     if let Some(body) = &body
         && !has(&headers, "content-type")
     {
-        let json = body.trim_ascii_start().starts_with(b"{");
-        let content_type = if json {
-            "application/fhir+json"
-        } else {
-            "application/x-www-form-urlencoded"
+        let content_type = match body.trim_ascii_start().first() {
+            Some(b'{') => "application/fhir+json",
+            Some(b'<') => "application/fhir+xml",
+            Some(b'[') => "application/json-patch+json",
+            _ => "application/x-www-form-urlencoded",
         };
         headers.push(("Content-Type".into(), content_type.as_bytes().to_vec()));
     }
@@ -186,8 +210,20 @@ fn decided(
     request: &FhirRequest,
     integration: &Integration,
     upstream: &str,
+    response: Option<&[u8]>,
 ) -> Report {
     let decision = decide(policy, subject, request);
+    let rules = decision
+        .forwards()
+        .then(|| response_rules(policy, subject, request, &decision, MAX_HELD));
+    let response_check = rules
+        .as_ref()
+        .filter(|r| r.mode != CheckMode::Record)
+        .map(|r| r.mode.as_str());
+    let response_report = match (&rules, response) {
+        (Some(rules), Some(body)) => check_response(rules, body),
+        _ => Value::Null,
+    };
     let purpose = match decision {
         Decision::Allow { purpose, .. } => purpose.map(PurposeOfUse::code),
         Decision::Deny { .. } | Decision::WouldDeny { .. } => None,
@@ -233,6 +269,9 @@ fn decided(
         "tenant": request.tenant,
         "entries": entries,
         "httpStatus": if decision.forwards() { Value::Null } else { json!(403) },
+        "strippedHeaders": request.stripped_headers,
+        "responseCheck": response_check,
+        "response": response_report,
     });
     let text = text(&json);
     Report {
@@ -270,6 +309,9 @@ fn unclassifiable(
         "entries": [],
         "httpStatus": e.http_status(),
         "issueType": e.issue_type().code(),
+        "strippedHeaders": [],
+        "responseCheck": Value::Null,
+        "response": Value::Null,
     });
     let text = text(&json);
     Report {
@@ -277,6 +319,44 @@ fn unclassifiable(
         json,
         text,
     }
+}
+
+/// What the check would have done with `body` (JSON, or NDJSON when its first line is a whole
+/// document followed by another). Counts and types only: the file is patient data.
+fn check_response(rules: &ResponseRules, body: &[u8]) -> Value {
+    let ndjson = body
+        .trim_ascii()
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.trim_ascii().is_empty())
+        .count()
+        > 1
+        && body.trim_ascii_start().first() == Some(&b'{')
+        && serde_json::from_slice::<Value>(body).is_err();
+    let format = if ndjson {
+        BodyFormat::Ndjson
+    } else {
+        BodyFormat::Json
+    };
+    let mut check = ResponseCheck::new(rules.clone(), format);
+    let mut out = bytes::BytesMut::new();
+    let result = check
+        .feed(body, &mut out)
+        .and_then(|_| check.finish(&mut out));
+    let report = check.report();
+    let withheld: serde_json::Map<String, Value> = report
+        .withheld
+        .iter()
+        .map(|(t, n)| (t.map_or("(unknown)", |t| t.as_str()).to_owned(), json!(n)))
+        .collect();
+    json!({
+        "mode": rules.mode.as_str(),
+        "released": result.is_ok(),
+        "refused": result.err().map(|r| r.violation.to_string()),
+        "resources": report.resources,
+        "withheld": withheld,
+        "violation": report.violation.map(|v| v.slug()),
+        "patientsCarried": report.patients.len(),
+    })
 }
 
 /// The report for people, one line per fact.
@@ -310,6 +390,32 @@ fn text(report: &Value) -> String {
     }
     if let Some(reason) = s("reason") {
         lines.push(format!("reason    {reason}"));
+    }
+    let stripped: Vec<&str> = report
+        .get("strippedHeaders")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .collect();
+    if !stripped.is_empty() {
+        lines.push(format!("headers   not forwarded: {}", stripped.join(", ")));
+    }
+    if let Some(check) = s("responseCheck") {
+        lines.push(format!(
+            "response  checked ({check}): every resource it carries must be one the \
+             integration may see"
+        ));
+    }
+    if let Some(response) = report.get("response").filter(|r| !r.is_null()) {
+        let withheld = response
+            .get("withheld")
+            .map_or(String::new(), Value::to_string);
+        let verdict = match response.get("refused").and_then(Value::as_str) {
+            Some(refused) => format!("refused: {refused}"),
+            None => format!("released, withheld {withheld}"),
+        };
+        lines.push(format!("          --response: {verdict}"));
     }
     for entry in report
         .get("entries")

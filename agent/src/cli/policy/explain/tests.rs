@@ -13,6 +13,7 @@ fn args(integration: &str, request: &str) -> ExplainArgs {
         headers: Vec::new(),
         purpose: None,
         upstream: None,
+        response: None,
         at: None,
         json: true,
     }
@@ -137,4 +138,56 @@ fn wrong_arguments_are_errors() {
     let mut a = args("payer-claims-batch", "GET /metadata");
     a.upstream = Some("elsewhere".into());
     assert!(explain(&policy, &a, now).is_err(), "unknown upstream");
+}
+
+#[test]
+fn it_says_which_headers_stay_behind_and_how_the_response_is_checked() {
+    let mut a = args("patient-portal-backend", "GET Observation/obs-1");
+    a.headers.push("X-Portal-Patient: pat-1001".into());
+    a.headers.push("Accept-Encoding: gzip".into());
+    a.headers.push("X-Forwarded-Host: elsewhere".into());
+    let r = report(&a);
+    assert_eq!(r.json["decision"], "allow");
+    assert_eq!(r.json["responseCheck"], "deny");
+    assert_eq!(
+        r.json["strippedHeaders"],
+        json!(["accept-encoding", "x-forwarded-host"])
+    );
+    assert!(
+        r.text
+            .contains("not forwarded: accept-encoding, x-forwarded-host")
+    );
+    let mut own = args("patient-portal-backend", "GET Patient/pat-1001/Observation");
+    own.headers.push("X-Portal-Patient: pat-1001".into());
+    assert_eq!(
+        report(&own).json["responseCheck"],
+        Value::Null,
+        "the request alone bounds the data"
+    );
+}
+
+#[test]
+fn a_response_file_shows_what_the_check_would_withhold() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("response.json");
+    let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": 2, "entry": [
+        {"resource": {"resourceType": "Observation", "id": "o1",
+                      "subject": {"reference": "Patient/pat-1001"}}, "search": {"mode": "match"}},
+        {"resource": {"resourceType": "Observation", "id": "o2",
+                      "subject": {"reference": "Patient/pat-2002"}}, "search": {"mode": "match"}}]});
+    std::fs::write(&file, bundle.to_string()).expect("write");
+    let mut a = args("patient-portal-backend", "GET Observation?code=2345-7");
+    a.headers.push("X-Portal-Patient: pat-1001".into());
+    a.response = Some(file);
+    let r = report(&a);
+    let response = &r.json["response"];
+    assert_eq!(response["mode"], "deny");
+    assert_eq!(response["released"], false);
+    assert_eq!(response["violation"], "patient");
+    assert!(
+        !r.json.to_string().contains("pat-2002"),
+        "no patient ids: {}",
+        r.json
+    );
+    assert!(r.text.contains("--response: refused"), "{}", r.text);
 }
