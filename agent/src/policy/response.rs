@@ -3,16 +3,17 @@
 //!
 //! A response is checked (in the integration's `on_violation` mode) when the request cannot
 //! bound what comes back:
-//! - under a patient constraint (or a `patient/` scope), every read the request does not tie to
-//!   one patient: reads by id, history, searches without a patient, `_revinclude`, operations;
+//! - under a patient constraint (or a `patient/` scope), every read: even a search confined to
+//!   patient A's compartment returns resources that are in B's compartment too (an Observation
+//!   of B that A performed), so no request bounds whose data comes back;
 //! - whatever the constraint, every response that may carry types beyond the request's own:
 //!   `_include` and `_revinclude`, `_contained`, system-level search and history, operations,
 //!   batches and transactions, and paging continuations.
 //!
-//! Every other response (a read by id without a patient constraint, a confined search, a write)
-//! is bounded by the request; its body is still read, in `Record` mode, to note whose data it
-//! carried. Observe mode and break-glass record and never withhold: they exist to let traffic
-//! through.
+//! Every other response (a read or a search of one type without a patient constraint, a
+//! write, capabilities) is bounded by the request; its body is still read, in `Record` mode, to
+//! note whose data it carried. Observe mode and break-glass record and never withhold: they
+//! exist to let traffic through.
 
 use super::{
     Decision, Integration, OnViolation, Part, PatientMode, Policy, Rule, ScopeContext, Subject,
@@ -50,8 +51,15 @@ pub fn response_rules(
     rules.exempt = integration.patient.exempt.iter().copied().collect();
     let confined = confine(request, &integration.patient.exempt);
     rules.patients = patient_rule(integration, subject, *rule, confined);
-    let by_response = matches!(confined, Ok(Confined::ByResponse));
     let patient_bound = rules.patients != PatientRule::Any;
+    let reads = !matches!(
+        request.interaction,
+        Interaction::Create
+            | Interaction::Update
+            | Interaction::Patch
+            | Interaction::Delete
+            | Interaction::Capabilities
+    );
     let continuation = matches!(
         rule,
         Rule::Integration {
@@ -59,7 +67,7 @@ pub fn response_rules(
             ..
         }
     );
-    if continuation || (patient_bound && by_response) || !types_bounded(request) {
+    if continuation || (patient_bound && reads) || !types_bounded(request) {
         rules.mode = match integration.response_check.on_violation {
             OnViolation::Deny => CheckMode::Deny,
             OnViolation::Filter => CheckMode::Filter,

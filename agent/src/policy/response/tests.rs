@@ -72,23 +72,19 @@ fn a_patient_bound_read_the_request_cannot_tie_is_checked_against_the_header() {
 }
 
 #[test]
-fn a_confined_search_of_its_own_type_is_bounded_by_the_request() {
+fn every_read_of_a_patient_bound_integration_is_checked_and_held_to_its_patient() {
+    // A compartment overlaps others (an Observation of B that A performed is in A's
+    // compartment): not even a confined search bounds whose data comes back.
     for target in [
         "GET /Patient/pat-1001/Observation",
         "GET /Observation?patient=pat-1001",
         "GET /Patient/pat-1001",
+        "GET /Patient/pat-1001/Observation?_include=Observation:performer:Practitioner",
     ] {
         let r = rules(PORTAL, target, &[ME]);
-        assert_eq!(r.mode, CheckMode::Record, "{target}");
+        assert_eq!(r.mode, CheckMode::Deny, "{target}");
         assert_eq!(r.patients, PatientRule::Only(vec!["pat-1001".into()]));
     }
-    // Its includes are not: what they bring back is checked.
-    let included = rules(
-        PORTAL,
-        "GET /Patient/pat-1001/Observation?_include=Observation:performer:Practitioner",
-        &[ME],
-    );
-    assert_eq!(included.mode, CheckMode::Deny);
 }
 
 #[test]
@@ -111,7 +107,7 @@ fn compartment_mode_binds_to_the_named_patient_or_the_first_shown() {
         "GET /DocumentReference?patient=pat-7",
         &hie,
     );
-    assert_eq!(named.mode, CheckMode::Record);
+    assert_eq!(named.mode, CheckMode::Deny);
     assert_eq!(named.patients, PatientRule::Only(vec!["pat-7".into()]));
     let by_id = rules("hie-document-query", "GET /DocumentReference/doc-1", &hie);
     assert_eq!(by_id.mode, CheckMode::Deny);

@@ -157,12 +157,12 @@ fn it_says_which_headers_stay_behind_and_how_the_response_is_checked() {
         r.text
             .contains("not forwarded: accept-encoding, x-forwarded-host")
     );
-    let mut own = args("patient-portal-backend", "GET Patient/pat-1001/Observation");
-    own.headers.push("X-Portal-Patient: pat-1001".into());
+    let mut claims = args("payer-claims-batch", "GET Claim?status=active");
+    claims.headers.push("X-Purpose-Of-Use: HPAYMT".into());
     assert_eq!(
-        report(&own).json["responseCheck"],
+        report(&claims).json["responseCheck"],
         Value::Null,
-        "the request alone bounds the data"
+        "the request alone bounds the data: one type, no patient constraint"
     );
 }
 
