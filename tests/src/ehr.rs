@@ -92,14 +92,29 @@ impl EhrServer {
         format!("https://{}", self.tls)
     }
 
+    /// PUTs a resource with the id it carries straight to hfs (not through fhirwall): seeding
+    /// data whose ids the tests name.
+    pub fn put(&self, resource: &Value) -> anyhow::Result<Value> {
+        let path = format!(
+            "/{}/{}",
+            resource["resourceType"].as_str().unwrap_or_default(),
+            resource["id"].as_str().unwrap_or_default()
+        );
+        self.send("PUT", &path, resource)
+    }
+
     /// POSTs a resource or a Bundle straight to hfs (not through fhirwall): seeding.
     pub fn post(&self, path: &str, resource: &Value) -> anyhow::Result<Value> {
+        self.send("POST", path, resource)
+    }
+
+    fn send(&self, method: &'static str, path: &str, resource: &Value) -> anyhow::Result<Value> {
         let body = serde_json::to_vec(resource)?;
         let host = self.http.to_string();
         let response = http1::plain(
             self.http,
             &http1::Request {
-                method: "POST",
+                method,
                 target: path,
                 host: &host,
                 headers: &[("Content-Type", "application/fhir+json")],
@@ -108,7 +123,7 @@ impl EhrServer {
         )?;
         if !(200..300).contains(&response.status) {
             bail!(
-                "POST {path} to hfs: {} {}",
+                "{method} {path} to hfs: {} {}",
                 response.status,
                 String::from_utf8_lossy(&response.body)
             );

@@ -44,7 +44,8 @@ enum Command {
         kernel_enforcement: bool,
     },
     /// Run benchmarks: all, or one of kernel, proxy, classify, attribution, http, audit, tls,
-    /// policy; `ebpf` is kernel and attribution (the hooks' cost and the lookup at accept).
+    /// policy, response; `ebpf` is kernel and attribution (the hooks' cost and the lookup at
+    /// accept).
     Bench { which: Option<String> },
 }
 

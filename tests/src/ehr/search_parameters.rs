@@ -144,6 +144,35 @@ const PARAMETERS: &[Row] = &[
         "ServiceRequest.subject",
         PATIENT,
     ),
+    // What the leak tests of the response check search and include by.
+    (
+        "Patient",
+        "link",
+        "reference",
+        "Patient.link.other",
+        PATIENT,
+    ),
+    (
+        "Observation",
+        "performer",
+        "reference",
+        "Observation.performer",
+        &["Practitioner", "Patient", "Organization"],
+    ),
+    (
+        "Observation",
+        "has-member",
+        "reference",
+        "Observation.hasMember",
+        &["Observation"],
+    ),
+    (
+        "Group",
+        "member",
+        "reference",
+        "Group.member.entity",
+        PATIENT,
+    ),
 ];
 
 /// The Bundle helios-hfs reads as its spec search parameters.
