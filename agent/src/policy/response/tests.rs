@@ -52,7 +52,7 @@ const ME: (&str, &str) = ("X-Portal-Patient", "pat-1001");
 #[test]
 fn a_patient_bound_read_the_request_cannot_tie_is_checked_against_the_header() {
     let r = rules(PORTAL, "GET /Observation/obs-1", &[ME]);
-    assert_eq!(r.mode, CheckMode::Deny, "the portal's default");
+    assert_eq!(r.mode, CheckMode::Filter, "the portal's response_check");
     assert_eq!(r.patients, PatientRule::Only(vec!["pat-1001".into()]));
     assert!(r.readable.contains(ResourceType::Observation));
     assert!(!r.readable.contains(ResourceType::Encounter));
@@ -65,7 +65,7 @@ fn a_patient_bound_read_the_request_cannot_tie_is_checked_against_the_header() {
     ] {
         assert_eq!(
             rules(PORTAL, target, &[ME]).mode,
-            CheckMode::Deny,
+            CheckMode::Filter,
             "{target}"
         );
     }
@@ -82,7 +82,7 @@ fn every_read_of_a_patient_bound_integration_is_checked_and_held_to_its_patient(
         "GET /Patient/pat-1001/Observation?_include=Observation:performer:Practitioner",
     ] {
         let r = rules(PORTAL, target, &[ME]);
-        assert_eq!(r.mode, CheckMode::Deny, "{target}");
+        assert_eq!(r.mode, CheckMode::Filter, "{target}");
         assert_eq!(r.patients, PatientRule::Only(vec!["pat-1001".into()]));
     }
 }

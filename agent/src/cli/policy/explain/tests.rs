@@ -148,7 +148,7 @@ fn it_says_which_headers_stay_behind_and_how_the_response_is_checked() {
     a.headers.push("X-Forwarded-Host: elsewhere".into());
     let r = report(&a);
     assert_eq!(r.json["decision"], "allow");
-    assert_eq!(r.json["responseCheck"], "deny");
+    assert_eq!(r.json["responseCheck"], "filter");
     assert_eq!(
         r.json["strippedHeaders"],
         json!(["accept-encoding", "x-forwarded-host"])
@@ -181,13 +181,32 @@ fn a_response_file_shows_what_the_check_would_withhold() {
     a.response = Some(file);
     let r = report(&a);
     let response = &r.json["response"];
-    assert_eq!(response["mode"], "deny");
-    assert_eq!(response["released"], false);
+    assert_eq!(response["mode"], "filter");
+    assert_eq!(response["released"], true);
+    assert_eq!(response["withheld"], json!({"Observation": 1}));
     assert_eq!(response["violation"], "patient");
     assert!(
         !r.json.to_string().contains("pat-2002"),
         "no patient ids: {}",
         r.json
     );
+    assert!(
+        r.text.contains("--response: released, withheld"),
+        "{}",
+        r.text
+    );
+    // The same kind of answer to an integration whose check denies.
+    let mut hie = args("hie-document-query", "GET DocumentReference?type=x");
+    hie.purpose = Some("TREAT".into());
+    let docs = json!({"resourceType": "Bundle", "type": "searchset", "entry": [
+        {"resource": {"resourceType": "DocumentReference", "id": "d1",
+                      "subject": {"reference": "Patient/p1"}}},
+        {"resource": {"resourceType": "DocumentReference", "id": "d2",
+                      "subject": {"reference": "Patient/p2"}}}]});
+    let file = dir.path().join("docs.json");
+    std::fs::write(&file, docs.to_string()).expect("write");
+    hie.response = Some(file);
+    let r = report(&hie);
+    assert_eq!(r.json["response"]["released"], false);
     assert!(r.text.contains("--response: refused"), "{}", r.text);
 }
