@@ -141,24 +141,21 @@ fn memory() {
         let mut check = ResponseCheck::new(r, BodyFormat::Json);
         let mut out = BytesMut::with_capacity(CHUNK);
         let mut fed = 0usize;
-        let mut feed = |piece: &[u8], check: &mut ResponseCheck| {
+        let mut stream = |piece: &[u8], check: &mut ResponseCheck| {
             for chunk in piece.chunks(CHUNK) {
                 let _ = check.feed(chunk, &mut out);
                 out.clear();
             }
         };
-        feed(head, &mut check);
+        stream(head, &mut check);
         while fed < target {
-            feed(body_entries, &mut check);
+            stream(body_entries, &mut check);
             fed += body_entries.len();
-            feed(b",", &mut check);
+            stream(b",", &mut check);
         }
-        feed(body_entries, &mut check);
-        feed(b"]}", &mut check);
-        let verdict = check
-            .finish(&mut out)
-            .map(|_| "released")
-            .unwrap_or("refused");
+        stream(body_entries, &mut check);
+        stream(b"]}", &mut check);
+        let verdict = check.finish(&mut out).map_or("refused", |_| "released");
         let grown = peak_rss_kib().saturating_sub(before);
         println!(
             "response_check memory: {} MB Bundle, {name}: {verdict}, peak RSS grew {grown} KiB \

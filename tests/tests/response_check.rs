@@ -94,7 +94,7 @@ struct Stack {
     cgroups: HashMap<&'static str, PathBuf>,
     _pins: PinDir,
     _cgroup: TestCgroup,
-    _dir: Scratch,
+    dir: Scratch,
 }
 
 struct Scratch(PathBuf);
@@ -138,7 +138,7 @@ impl Stack {
             cgroups,
             _pins: pins,
             _cgroup: cgroup,
-            _dir: dir,
+            dir,
         }
     }
 
@@ -150,7 +150,7 @@ impl Stack {
         cases: &[Value],
     ) -> (HashMap<String, Value>, u32) {
         let file = self
-            ._dir
+            .dir
             .0
             .join(format!("{integration}-{}.json", unique("cases")));
         fs::write(&file, serde_json::to_vec(cases).expect("json")).expect("cases file");
@@ -593,7 +593,7 @@ fn judge(
                 "{} ({}): {why}: {status} {body:.300}",
                 r.name,
                 if deny { "deny" } else { "filter" }
-            ))
+            ));
         };
         if let Some(marker) = B_MARKERS.iter().find(|m| body.contains(**m)) {
             fail(format!("B's data reached the A-bound client ({marker})"));

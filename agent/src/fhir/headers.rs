@@ -149,7 +149,7 @@ fn prefer(value: &[u8], ctx: Context<'_>) -> Result<(), HeaderRefusal> {
                 a.eq_ignore_ascii_case("strict") || a.eq_ignore_ascii_case("lenient")
             }
             ("respond-async", None) => {
-                if !ctx.operation.is_some_and(|op| op.name == "$export") {
+                if ctx.operation.is_none_or(|op| op.name != "$export") {
                     return Err(HeaderRefusal::RespondAsync);
                 }
                 true
@@ -232,13 +232,17 @@ mod tests {
         assert!(update.contains(&"if-none-match".to_owned()));
     }
 
+    /// (header, value, interaction, operation, forwarded)
+    type Case<'a> = (&'a str, &'a [u8], Interaction, Option<&'a Operation>, bool);
+
     #[test]
+    #[expect(clippy::too_many_lines, reason = "one table of cases")]
     fn headers_that_would_change_the_interaction_are_refused() {
         let export = Operation {
             name: "$export".into(),
             level: OperationLevel::System,
         };
-        let cases: &[(&str, &[u8], Interaction, Option<&Operation>, bool)] = &[
+        let cases: &[Case<'_>] = &[
             (
                 "X-HTTP-Method-Override",
                 b"DELETE",

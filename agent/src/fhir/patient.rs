@@ -101,6 +101,7 @@ impl PatientRefs {
 
 /// The patient id of a reference that ends in `Patient/[id]` or `Patient/[id]/_history/[vid]`,
 /// relative or absolute (<http://hl7.org/fhir/R4/references.html#literal>).
+#[must_use]
 pub fn patient_id_of_reference(reference: &str) -> Option<&str> {
     let segments: Vec<&str> = reference.split('/').collect();
     let tail = match segments.as_slice() {

@@ -183,9 +183,7 @@ impl ResponseCheck {
         if self.failed {
             return Ok(Progress::Holding);
         }
-        let result = self
-            .end()
-            .and_then(|()| self.emit.finish(&mut self.judge, out));
+        let result = self.end().map(|()| self.emit.finish(out));
         self.settle(result, out)
     }
 

@@ -189,7 +189,7 @@ fn finish(docs: Documents) -> Result<Policy, LoadError> {
         .chain(
             integrations
                 .iter()
-                .filter_map(|i| i.patient_header().map(|h| h.as_str())),
+                .filter_map(|i| i.patient_header().map(super::HeaderName::as_str)),
         )
         .map(str::to_ascii_lowercase)
         .collect();

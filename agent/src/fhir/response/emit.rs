@@ -11,7 +11,7 @@ use bytes::{BufMut, BytesMut};
 use super::{
     BodyFormat, CheckMode, Progress,
     judge::{Judge, Violation},
-    lexer::Span,
+    lexer::{Partial, Span},
     walk::{Event, Member, Walker},
 };
 
@@ -33,6 +33,10 @@ enum Plan {
 
 /// What the emitter holds between chunks.
 #[derive(Debug)]
+#[expect(
+    clippy::struct_excessive_bools,
+    reason = "independent facts about the output so far, not a state machine"
+)]
 pub(super) struct Emitter {
     plan: Plan,
     max_held: usize,
@@ -135,15 +139,17 @@ impl Emitter {
     pub(super) fn end_chunk(
         &mut self,
         chunk: &[u8],
-        partial: Option<Option<usize>>,
+        partial: Partial,
         out: &mut BytesMut,
     ) -> Result<(), Violation> {
         if self.plan == Plan::Bundle && !self.in_item {
             // Between items only root keys span chunks; keep the start of one for its item.
             match partial {
-                Some(Some(start)) => self.carry = chunk.get(start..).unwrap_or_default().to_vec(),
-                Some(None) => self.carry.extend_from_slice(chunk),
-                None => self.carry.clear(),
+                Partial::From(start) => {
+                    self.carry = chunk.get(start..).unwrap_or_default().to_vec();
+                }
+                Partial::Earlier => self.carry.extend_from_slice(chunk),
+                Partial::Between => self.carry.clear(),
             }
             if self.carry.len() > self.max_held {
                 return Err(Violation::TooLarge);
@@ -186,18 +192,12 @@ impl Emitter {
     }
 
     /// The end of the body: what is held goes out.
-    pub(super) fn finish(
-        &mut self,
-        judge: &mut Judge,
-        out: &mut BytesMut,
-    ) -> Result<(), Violation> {
-        let _ = judge;
+    pub(super) fn finish(&mut self, out: &mut BytesMut) {
         if matches!(self.plan, Plan::Hold | Plan::Undecided) {
             out.put_slice(&self.staged);
             self.staged = Vec::new();
             self.released = true;
         }
-        Ok(())
     }
 
     /// Filter on JSON: the root's first member (its `resourceType`) just ended.
@@ -344,13 +344,12 @@ impl Emitter {
         self.in_item = true;
         self.oversize = false;
         self.item.clear();
-        match span.start {
-            Some(start) => self.mark = start,
+        if let Some(start) = span.start {
+            self.mark = start;
+        } else {
             // The key began in an earlier chunk: its start was carried over.
-            None => {
-                self.item = std::mem::take(&mut self.carry);
-                self.mark = 0;
-            }
+            self.item = std::mem::take(&mut self.carry);
+            self.mark = 0;
         }
         self.carry.clear();
     }

@@ -287,13 +287,14 @@ impl Judge {
         let ok = match &self.rules.patients {
             PatientRule::Any => true,
             PatientRule::Only(ids) => ids.iter().any(|p| p == id),
-            PatientRule::One => match &self.bound {
-                Some(bound) => bound == id,
-                None => {
+            PatientRule::One => {
+                if let Some(bound) = &self.bound {
+                    bound == id
+                } else {
                     self.bound = Some(id.to_owned());
                     true
                 }
-            },
+            }
         };
         if ok {
             Ok(())

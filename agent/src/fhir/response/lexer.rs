@@ -44,6 +44,16 @@ pub(super) struct Span {
     pub end: usize,
 }
 
+/// Whether a token is in progress at the end of a chunk, and where it began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Partial {
+    Between,
+    /// It began at this index of the chunk.
+    From(usize),
+    /// It began in an earlier chunk.
+    Earlier,
+}
+
 /// Why a body is not acceptable JSON. Positions only: bodies are patient records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum LexError {
@@ -270,10 +280,13 @@ impl Lexer {
         }
     }
 
-    /// Mid-token at the end of a chunk: where the token began in it (`Some(None)` when it began
-    /// in an earlier chunk). `None` between tokens.
-    pub(super) fn partial(&self) -> Option<Option<usize>> {
-        (self.state != State::Between).then_some(self.start)
+    /// Where the lexer stands at the end of a chunk.
+    pub(super) fn partial(&self) -> Partial {
+        match (self.state, self.start) {
+            (State::Between, _) => Partial::Between,
+            (_, Some(start)) => Partial::From(start),
+            (_, None) => Partial::Earlier,
+        }
     }
 
     /// Checks that a value may start here.
@@ -558,13 +571,13 @@ mod tests {
             (br#"{"a":01}"#, LexError::Syntax),
             (br#"{"a":NaN}"#, LexError::Syntax),
             (br#"{"a":tru}"#, LexError::Syntax),
-            (br#"{'a':1}"#, LexError::Syntax),
+            (br"{'a':1}", LexError::Syntax),
             (br#"{"a" 1}"#, LexError::Syntax),
             (br#"{"a":1]"#, LexError::Syntax),
-            (br#"[1,2"#, LexError::Truncated),
+            (br"[1,2", LexError::Truncated),
             (br#"{"a":"open"#, LexError::Truncated),
             (b"{\"a\":\"\xff\"}", LexError::Syntax),
-            (br#"/* c */{}"#, LexError::Syntax),
+            (br"/* c */{}", LexError::Syntax),
         ];
         for (input, want) in cases {
             assert_eq!(

@@ -218,7 +218,7 @@ impl Walker {
         let resource_type = self.resources.last().and_then(|r| r.resource_type);
         let role = match (parent, object, self.key) {
             (None, true, _) if self.format == BodyFormat::ExportManifest => Role::Manifest,
-            (None, true, _) => Role::Resource,
+            (None | Some(Role::Contained), true, _) => Role::Resource,
             (None, false, _) => return Err(Violation::Malformed(Malformed::Resource)),
             (Some(Role::Resource), false, Key::Other) => {
                 match (self.key_text.as_str(), resource_type) {
@@ -237,7 +237,6 @@ impl Walker {
                 _ => Role::Plain,
             },
             (Some(Role::EntryResponse), true, _) if self.key_text == "outcome" => Role::Resource,
-            (Some(Role::Contained), true, _) => Role::Resource,
             (Some(Role::Params), true, _) => Role::Param,
             (Some(Role::Param), false, _) if self.key_text == "part" => Role::Params,
             (Some(Role::Param), true, _) if self.key_text == "resource" => Role::Resource,
@@ -291,7 +290,7 @@ impl Walker {
         match role {
             Role::Resource => {
                 let facts = self.resources.pop().unwrap_or_default();
-                self.resource_end(facts, judge)?;
+                self.resource_end(&facts, judge)?;
             }
             Role::Link => {
                 if let (Some(relation), Some(url)) = std::mem::take(&mut self.link) {
@@ -445,7 +444,7 @@ impl Walker {
     }
 
     /// Judges a resource whose object just closed; what it references counts for its container.
-    fn resource_end(&mut self, facts: Facts, judge: &mut Judge) -> Result<(), Violation> {
+    fn resource_end(&mut self, facts: &Facts, judge: &mut Judge) -> Result<(), Violation> {
         if facts.resource_type.is_none() {
             return Err(Violation::Malformed(Malformed::ResourceTypeFirst));
         }
@@ -460,7 +459,7 @@ impl Walker {
         if in_unit && self.unit_type.is_none() {
             self.unit_type = facts.resource_type;
         }
-        if let Err(violation) = judge.resource(&facts) {
+        if let Err(violation) = judge.resource(facts) {
             if !in_unit {
                 return Err(violation);
             }

@@ -339,22 +339,11 @@ impl<'a> Checker<'a> {
             .iter()
             .position(|rule| rule.allows(op, req.resource_type))
             .ok_or(Why::Operation { name: &op.name })?;
-        if op.name != "$export" {
-            // `_type` asks the operation for these types ($everything): each must be readable.
-            // What comes back is checked in the response as well.
-            for t in &req.query.types {
-                let need = Need::one(Interaction::Operation, *t, Perm::Read);
-                if self.need(need, None, &|| Ok(Confined::ByResponse)).is_err() {
-                    return Err(Why::OperationType {
-                        name: &op.name,
-                        resource_type: *t,
-                    });
-                }
-            }
-        } else {
+        if op.name == "$export" {
+            // Without `_type` every type is exported (a `_typeFilter` only filters its own
+            // type then), and a filter naming no R4 type cannot be read at all.
             let filtered = export_type_filters(req);
-            let every_type = filtered.is_none()
-                || (req.query.types.is_empty() && filtered.as_ref().is_some_and(Vec::is_empty));
+            let every_type = req.query.types.is_empty() || filtered.is_none();
             let types: Vec<ResourceType> = if every_type {
                 ResourceType::ALL.to_vec()
             } else {
@@ -375,9 +364,22 @@ impl<'a> Checker<'a> {
                     every_type,
                 });
             }
+        } else {
+            // `_type` asks the operation for these types ($everything): each must be readable.
+            // What comes back is checked in the response as well.
+            for t in &req.query.types {
+                let need = Need::one(Interaction::Operation, *t, Perm::Read);
+                if self.need(need, None, &|| Ok(Confined::ByResponse)).is_err() {
+                    return Err(Why::OperationType {
+                        name: &op.name,
+                        resource_type: *t,
+                    });
+                }
+            }
         }
         Ok(Granted::Operation(index))
     }
+
     /// The integration's patient constraint; returns the patient a confined request concerns.
     /// A read left to the response check must still name no patient the constraint excludes.
     fn constraint(

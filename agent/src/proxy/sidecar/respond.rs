@@ -55,7 +55,7 @@ impl Exchange {
         if refusal.is_none()
             && let Some(issued) = self.issued.take()
         {
-            self.bind_links(&report, issued.integration, issued.patients);
+            self.bind_links(&report, &issued.integration, issued.patients);
         }
         self.count(guard.mode(), &report, refusal.is_some(), guard);
         self.checked = Some(Checked {
@@ -67,7 +67,7 @@ impl Exchange {
 
     /// Paging links and export files of a released response may be followed by the same
     /// integration, held to the same patients (the one a `One` rule bound to, once known).
-    fn bind_links(&self, report: &Report, integration: String, patients: PatientRule) {
+    fn bind_links(&self, report: &Report, integration: &str, patients: PatientRule) {
         let patients = match (&patients, &report.bound) {
             (PatientRule::One, Some(bound)) => PatientRule::Only(vec![bound.clone()]),
             _ => patients,
@@ -79,7 +79,7 @@ impl Exchange {
                 _ => BoundKind::Page,
             };
             let bound = Bound {
-                integration: integration.clone(),
+                integration: integration.to_owned(),
                 kind,
                 patients: patients.clone(),
             };

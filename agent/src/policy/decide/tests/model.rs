@@ -115,6 +115,7 @@ fn writer(request: &str, content_type: &str, body: Option<&str>) -> String {
 }
 
 #[test]
+#[expect(clippy::too_many_lines, reason = "one table of cases")]
 fn writes_cannot_move_data_into_or_out_of_the_bound_patients_chart() {
     const PATCH: &str = "application/json-patch+json";
     const FHIR_JSON: &str = "application/fhir+json";

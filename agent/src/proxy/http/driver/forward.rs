@@ -251,7 +251,7 @@ where
             }
             ResponseBody::Length(n) => (Framing::Length(n), Encoding::Identity, Decoder::Length(n)),
             ResponseBody::Chunked | ResponseBody::UntilClose => {
-                let (framing, encoding) = self.changed_length_framing(ex, client_11);
+                let (framing, encoding) = changed_length_framing(ex, client_11);
                 (framing, encoding, self.response_decoder(kind))
             }
         };
@@ -366,7 +366,7 @@ where
             if inspected == Inspected::Hold {
                 return Ok(());
             }
-            let (framing, _) = self.changed_length_framing(ex, client_11);
+            let (framing, _) = changed_length_framing(ex, client_11);
             put_response_head(&mut self.out.buf, &self.resp, framing, ex.close);
             ex.status = Some(self.resp.status());
         }
@@ -409,17 +409,6 @@ where
         Ok(false)
     }
 
-    /// Framing for a body whose length is not known up front: chunked to an HTTP/1.1 client;
-    /// an HTTP/1.0 client knows no chunked coding, so the body ends when the proxy closes.
-    fn changed_length_framing(&self, ex: &mut Exchange, client_11: bool) -> (Framing, Encoding) {
-        if client_11 {
-            (Framing::Chunked, Encoding::Chunked)
-        } else {
-            ex.close = true;
-            (Framing::Unframed, Encoding::Identity)
-        }
-    }
-
     fn response_decoder(&self, kind: ResponseBody) -> Decoder {
         match kind {
             ResponseBody::None => Decoder::Done,
@@ -430,6 +419,17 @@ where
             )),
             ResponseBody::UntilClose => Decoder::UntilClose,
         }
+    }
+}
+
+/// Framing for a body whose length is not known up front: chunked to an HTTP/1.1 client; an
+/// HTTP/1.0 client knows no chunked coding, so the body ends when the proxy closes.
+fn changed_length_framing(ex: &mut Exchange, client_11: bool) -> (Framing, Encoding) {
+    if client_11 {
+        (Framing::Chunked, Encoding::Chunked)
+    } else {
+        ex.close = true;
+        (Framing::Unframed, Encoding::Identity)
     }
 }
 

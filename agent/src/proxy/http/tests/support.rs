@@ -195,7 +195,7 @@ pub struct TestHandler {
     /// How responses are inspected.
     pub inspect: Inspect,
     /// What each inspector saw (the decoded body) and whether it was told the end.
-    pub seen_by_inspector: Arc<Mutex<Vec<(Vec<u8>, bool)>>>,
+    pub seen_by_inspector: Arc<Mutex<Vec<SeenBody>>>,
 }
 
 impl TestHandler {
@@ -209,6 +209,9 @@ impl TestHandler {
         }
     }
 }
+
+/// What one test inspector saw (the decoded body) and whether it was told the end.
+pub type SeenBody = (Vec<u8>, bool);
 
 /// What the test handler's response inspector does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
