@@ -42,6 +42,8 @@ pub struct ResponseGuard {
     unreadable: bool,
     status: u16,
     refusal: Option<Refusal>,
+    /// Whether any body byte arrived: an empty body carries nothing to check.
+    fed: bool,
 }
 
 impl ResponseGuard {
@@ -57,6 +59,7 @@ impl ResponseGuard {
             check: format.map(|f| ResponseCheck::new(rules, f)),
             status: head.status(),
             refusal: None,
+            fed: false,
         }
     }
 
@@ -129,6 +132,7 @@ impl ResponseInspector for ResponseGuard {
     }
 
     fn data(&mut self, data: &[u8], out: &mut BytesMut) -> Result<Inspected, LocalResponse> {
+        self.fed |= !data.is_empty();
         let Some(check) = &mut self.check else {
             return self.unreadable();
         };
@@ -137,6 +141,10 @@ impl ResponseInspector for ResponseGuard {
     }
 
     fn end(&mut self, out: &mut BytesMut) -> Result<Inspected, LocalResponse> {
+        if !self.fed {
+            // An empty body (a 202 kick-off, a 201 with Prefer: return=minimal).
+            return Ok(Inspected::Release);
+        }
         let Some(check) = &mut self.check else {
             return self.unreadable();
         };
