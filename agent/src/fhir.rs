@@ -49,7 +49,7 @@ pub use self::{
         BodyNeed, ClassifyError, EntryProblem, HeaderProblem, IdKind, IssueType, JsonProblem,
         ParamSource, PathProblem, PathShape, QueryProblem, TargetProblem, TenantProblem,
     },
-    headers::HeaderRefusal,
+    headers::{HeaderRefusal, screen_bound},
     patient::patient_id_of_reference,
     query::{
         ChainLink, Include, Modifier, Query, RawParam, ReverseChainLink, SearchParam, SortKey,

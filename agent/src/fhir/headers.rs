@@ -72,6 +72,26 @@ pub(super) struct Context<'a> {
     pub operation: Option<&'a Operation>,
 }
 
+/// The headers not forwarded on a request for a URL the server issued outside any FHIR
+/// interaction (an export's status or file): a GET, so only what any read may carry passes, and
+/// what a read would refuse is dropped as well.
+#[must_use]
+pub fn screen_bound(headers: &[(&str, &[u8])], config: &ClassifyConfig) -> Vec<String> {
+    let ctx = Context {
+        method: Method::Get,
+        interaction: Interaction::Read,
+        operation: None,
+    };
+    headers
+        .iter()
+        .map(|(name, _)| name.to_ascii_lowercase())
+        .filter(|name| !forwarded(name, ctx, config) || name == "prefer")
+        .fold(Vec::new(), |mut out, name| {
+            push_unique(&mut out, name);
+            out
+        })
+}
+
 /// Checks the headers: refuses the ones in the module doc's refused list, and returns the
 /// (lower-case) names of those that will be stripped.
 pub(super) fn screen(

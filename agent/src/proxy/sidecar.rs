@@ -302,7 +302,8 @@ impl Exchange {
             .bindings
             .find(&self.upstream, target, Instant::now());
         if let Some(bound) = bound.clone().filter(|b| b.kind != BoundKind::Page) {
-            return Ok(self.plan_bound(&subject, bound, record, id));
+            let strip = fhir::screen_bound(&headers, config);
+            return Ok(self.plan_bound(&subject, bound, strip, record, id));
         }
         let request = HttpRequest {
             method,

@@ -120,12 +120,20 @@ impl Emitter {
                 Event::UnitEnd { withheld: true } => Err(first_violation(judge)),
                 _ => Ok(()),
             },
-            Plan::Undecided => {
-                if let Event::MemberEnd(Member::ResourceType) = event {
+            Plan::Undecided => match event {
+                // The first member: a Bundle whose type comes first can be filtered entry by
+                // entry. Any other first member: everything is held and judged whole.
+                Event::MemberEnd(Member::ResourceType) => {
                     self.decide(span, chunk, walker, out);
+                    Ok(())
                 }
-                Ok(())
-            }
+                Event::MemberEnd(_) => {
+                    self.plan = Plan::Hold;
+                    Ok(())
+                }
+                Event::UnitEnd { withheld: true } => Err(first_violation(judge)),
+                _ => Ok(()),
+            },
             Plan::Bundle => self.bundle(event, span, chunk, walker, judge, out),
             Plan::Lines => {
                 self.line(event, span, chunk, walker, judge, out);

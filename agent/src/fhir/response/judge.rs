@@ -66,8 +66,8 @@ pub enum Malformed {
     TooDeep,
     /// A key or a read value longer than the checker reads.
     TooLong,
-    /// A resource that does not open with `resourceType`, or repeats it or its id.
-    ResourceTypeFirst,
+    /// A resource without `resourceType`, or with two, or with two ids.
+    Identity,
     /// A resource where the format puts none, or none where it must be.
     Resource,
     /// A `resourceType` that is not an R4 type.
@@ -135,9 +135,7 @@ impl fmt::Display for Malformed {
             Malformed::Json => "invalid or incomplete JSON",
             Malformed::TooDeep => "nested too deep",
             Malformed::TooLong => "a key or reference is too long",
-            Malformed::ResourceTypeFirst => {
-                "a resource does not open with resourceType, or repeats it or its id"
-            }
+            Malformed::Identity => "a resource has no resourceType, or repeats it or its id",
             Malformed::Resource => "a resource where none belongs, or none where one must be",
             Malformed::UnknownType => "a resourceType that is not an R4 type",
         })
@@ -224,7 +222,7 @@ impl Judge {
     pub(super) fn resource(&mut self, facts: &Facts) -> Result<(), Violation> {
         self.resources += 1;
         let Some(t) = facts.resource_type else {
-            return Err(Violation::Malformed(Malformed::ResourceTypeFirst));
+            return Err(Violation::Malformed(Malformed::Identity));
         };
         let verdict = self.verdict(t, facts);
         match verdict {

@@ -335,11 +335,7 @@ fn documents_a_client_could_read_differently_are_refused() {
     );
     let bound = rules(CheckMode::Filter, &[ResourceType::Observation], only_a());
     let cases: &[(&str, &ResponseRules, &str)] = &[
-        (
-            "resourceType not first",
-            &any,
-            r#"{"id":"x","resourceType":"Observation"}"#,
-        ),
+        ("no resourceType", &any, r#"{"id":"x","status":"final"}"#),
         (
             "resourceType twice",
             &any,
@@ -533,4 +529,64 @@ fn record_mode_never_refuses() {
     assert_eq!(out.expect("relayed"), b"<html>not json</html>");
     assert!(report.unread);
     assert!(report.patients.is_empty());
+}
+
+#[test]
+fn a_clean_ndjson_file_passes_in_every_mode_and_chunking() {
+    let line = |id: &str| {
+        format!(
+            r#"{{"resourceType":"Observation","id":"{id}","status":"final","code":{{"coding":[{{"system":"http://loinc.org","code":"2345-7"}}]}},"subject":{{"reference":"Patient/{A}"}},"meta":{{"versionId":"1","lastUpdated":"2026-12-03T14:28:02.633Z"}}}}"#
+        )
+    };
+    let body = format!("{}\n{}\n{}\n", line("o1"), line("o2"), line("o3"));
+    for mode in [CheckMode::Deny, CheckMode::Filter, CheckMode::Record] {
+        let r = rules(mode, &[ResourceType::Observation], PatientRule::Any);
+        for size in 1..40 {
+            let (out, report) = run(&r, BodyFormat::Ndjson, body.as_bytes(), size);
+            let out = out.unwrap_or_else(|e| panic!("{mode:?} in chunks of {size}: {e:?}"));
+            if mode != CheckMode::Record {
+                assert_eq!(String::from_utf8_lossy(&out), body, "{mode:?} {size}");
+            }
+            assert_eq!(report.resources, 3);
+        }
+    }
+}
+
+#[test]
+fn resources_whose_keys_come_in_any_order_are_judged_alike() {
+    // Servers that store JSON as received (hfs' export files) keep its key order.
+    let late = format!(
+        r#"{{"code":{{"text":"x"}},"id":"o1","performer":[{{"reference":"Patient/{B}"}}],"resourceType":"Observation","subject":{{"reference":"Patient/{A}"}}}}"#
+    );
+    let r = rules(CheckMode::Deny, &[ResourceType::Observation], only_a());
+    let refusal = run(&r, BodyFormat::Json, late.as_bytes(), 3)
+        .0
+        .expect_err("B's reference counts wherever resourceType is");
+    assert_eq!(refusal.violation, Violation::OtherPatient);
+    let mine = late.replace(&format!("Patient/{B}"), &format!("Patient/{A}"));
+    for size in [1, 5, mine.len()] {
+        let (out, report) = run(&r, BodyFormat::Ndjson, format!("{mine}\n").as_bytes(), size);
+        assert!(out.is_ok(), "chunks of {size}");
+        assert_eq!(report.patients, [A]);
+    }
+    // A Bundle whose resourceType is not its first member is judged whole in filter mode:
+    // a withheld entry then refuses the response rather than slip through unfiltered.
+    let bundle = format!(
+        r#"{{"type":"searchset","entry":[{{"resource":{{"resourceType":"Observation","id":"o2","subject":{{"reference":"Patient/{B}"}}}}}}],"resourceType":"Bundle"}}"#
+    );
+    let filter = rules(CheckMode::Filter, &[ResourceType::Observation], only_a());
+    for size in [1, 7, bundle.len()] {
+        let refused = run(&filter, BodyFormat::Json, bundle.as_bytes(), size).0;
+        assert_eq!(
+            refused.expect_err("refused whole").violation,
+            Violation::OtherPatient
+        );
+    }
+    let clean = bundle.replace(&format!("Patient/{B}"), &format!("Patient/{A}"));
+    assert_eq!(
+        run(&filter, BodyFormat::Json, clean.as_bytes(), 4)
+            .0
+            .expect("released whole"),
+        clean.as_bytes()
+    );
 }

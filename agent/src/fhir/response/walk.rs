@@ -5,9 +5,12 @@
 //! Resources are found by position, as the FHIR JSON format puts them
 //! (<http://hl7.org/fhir/R4/json.html>): the document root, `Bundle.entry.resource`,
 //! `Bundle.entry.response.outcome`, `contained`, and `Parameters.parameter(.part).resource`.
-//! Each must open with `resourceType` (what every server writes first; a resource that does not
-//! is refused rather than read twice), and a `resourceType` anywhere else is refused: a client
-//! could take that object for a resource this walker did not judge.
+//! Each must carry one `resourceType` (anywhere in the object: servers that store JSON as they
+//! received it write its keys in any order), and a `resourceType` anywhere else is refused: a
+//! client could take that object for a resource this walker did not judge. Until a resource's
+//! type is read, a member that only some types give a meaning (`entry`, `parameter`, `link`) is
+//! walked as those types have it, and references are kept with the member they sit under, so
+//! that their compartment meaning is settled once the type is known.
 
 use super::{
     BodyFormat,
@@ -74,7 +77,8 @@ enum Role {
 pub(super) struct Facts {
     pub resource_type: Option<ResourceType>,
     pub id: Option<String>,
-    /// Patient ids referenced from the elements that put the type in a patient compartment.
+    /// Patient ids referenced from the elements that put the type in a patient compartment
+    /// (settled when the object closes, from `by_member`).
     pub compartment: Vec<String>,
     /// Patient ids referenced anywhere in it (contained resources included).
     pub referenced: Vec<String>,
@@ -82,7 +86,10 @@ pub(super) struct Facts {
     pub contained: bool,
     /// The current top-level member.
     member: Option<String>,
-    keys: u32,
+    /// (top-level member, patient id) of every Patient reference of its own.
+    by_member: Vec<(String, String)>,
+    /// `resourceType` was read (a second one is refused).
+    typed: bool,
 }
 
 /// Keys whose string values the walker reads.
@@ -221,11 +228,12 @@ impl Walker {
             (None | Some(Role::Contained), true, _) => Role::Resource,
             (None, false, _) => return Err(Violation::Malformed(Malformed::Resource)),
             (Some(Role::Resource), false, Key::Other) => {
+                use ResourceType::{Bundle, Parameters};
                 match (self.key_text.as_str(), resource_type) {
-                    ("entry", Some(ResourceType::Bundle)) => Role::Entries,
+                    ("entry", Some(Bundle) | None) => Role::Entries,
                     ("contained", _) => Role::Contained,
-                    ("parameter", Some(ResourceType::Parameters)) => Role::Params,
-                    ("link", Some(ResourceType::Bundle)) if self.frames.len() == 1 => Role::Links,
+                    ("parameter", Some(Parameters) | None) => Role::Params,
+                    ("link", Some(Bundle) | None) if self.frames.len() == 1 => Role::Links,
                     _ => Role::Plain,
                 }
             }
@@ -289,8 +297,8 @@ impl Walker {
         let depth = self.frames.len();
         match role {
             Role::Resource => {
-                let facts = self.resources.pop().unwrap_or_default();
-                self.resource_end(&facts, judge)?;
+                let mut facts = self.resources.pop().unwrap_or_default();
+                self.resource_end(&mut facts, judge)?;
             }
             Role::Link => {
                 if let (Some(relation), Some(url)) = std::mem::take(&mut self.link) {
@@ -358,7 +366,8 @@ impl Walker {
             (Some(Role::Resource), "id") => Key::Id,
             (Some(Role::Resource), "type") if self.frames.len() == 1 => Key::Type,
             (Some(Role::Resource), "total") if self.frames.len() == 1 => Key::Total,
-            (Some(Role::Resource | Role::Plain), "reference") => Key::Reference,
+            // Inside a resource, whatever the role: a reference counts for the innermost one.
+            (Some(_), "reference") if !self.resources.is_empty() => Key::Reference,
             (Some(Role::Link), "relation") => Key::Relation,
             (Some(Role::Link | Role::File), "url") => Key::Url,
             (Some(Role::File), "type") => Key::Type,
@@ -368,14 +377,16 @@ impl Walker {
         if role == Some(Role::Resource)
             && let Some(facts) = self.resources.last_mut()
         {
-            if (facts.keys == 0) != (text == "resourceType") {
-                // Not first, or twice: two readers could take it for two different types.
-                return Err(Violation::Malformed(Malformed::ResourceTypeFirst));
+            if text == "resourceType" {
+                if facts.typed {
+                    // Twice: two readers could take it for two different types.
+                    return Err(Violation::Malformed(Malformed::Identity));
+                }
+                facts.typed = true;
             }
             if text == "id" && facts.id.is_some() {
                 return Err(Violation::Malformed(Malformed::Resource));
             }
-            facts.keys += 1;
             facts.member = Some(text.to_owned());
         }
         if self.frames.len() == 1 && self.format != BodyFormat::Ndjson {
@@ -432,21 +443,25 @@ impl Walker {
         let Some(facts) = self.resources.last_mut() else {
             return;
         };
-        let linked = facts
-            .resource_type
-            .and_then(patient_compartment_elements)
-            .zip(facts.member.as_deref())
-            .is_some_and(|(elements, member)| elements.contains(&member));
-        if linked {
-            push_unique(&mut facts.compartment, id);
+        if let Some(member) = &facts.member
+            && !facts.by_member.iter().any(|(m, i)| m == member && i == id)
+        {
+            facts.by_member.push((member.clone(), id.to_owned()));
         }
         push_unique(&mut facts.referenced, id);
     }
 
     /// Judges a resource whose object just closed; what it references counts for its container.
-    fn resource_end(&mut self, facts: &Facts, judge: &mut Judge) -> Result<(), Violation> {
-        if facts.resource_type.is_none() {
-            return Err(Violation::Malformed(Malformed::ResourceTypeFirst));
+    fn resource_end(&mut self, facts: &mut Facts, judge: &mut Judge) -> Result<(), Violation> {
+        let Some(t) = facts.resource_type else {
+            return Err(Violation::Malformed(Malformed::Identity));
+        };
+        if let Some(elements) = patient_compartment_elements(t) {
+            for (member, id) in &facts.by_member {
+                if elements.contains(&member.as_str()) {
+                    push_unique(&mut facts.compartment, id);
+                }
+            }
         }
         if facts.contained
             && let Some(parent) = self.resources.last_mut()

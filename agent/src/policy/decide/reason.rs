@@ -327,8 +327,8 @@ impl fmt::Display for Why<'_> {
                 "operation {name} asks for {resource_type}, which needs permission `r` that no scope grants"
             ),
             Why::Continuation => f.write_str(
-                "the paging link was not issued to this integration: follow only the links the \
-                 server returned to your own searches",
+                "the paging link or export URL was not issued to this integration: follow only \
+                 the links the server returned to your own requests",
             ),
             Why::NotConfined(c) => write!(f, "the request is not confined to one patient: {c}"),
             Why::PatientHeader { header, present } => {

@@ -171,7 +171,8 @@ fn body_format(head: &ResponseHead, expect: Expect) -> Option<BodyFormat> {
     let ok = (200..300).contains(&head.status());
     match content_type.as_deref() {
         Some(b"application/fhir+json" | b"application/json" | b"application/json+fhir") => {
-            Some(if ok && expect == Expect::ExportStatus {
+            // A status still in progress answers 202, with a FHIR resource if anything.
+            Some(if head.status() == 200 && expect == Expect::ExportStatus {
                 BodyFormat::ExportManifest
             } else {
                 BodyFormat::Json

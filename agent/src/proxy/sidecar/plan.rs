@@ -104,6 +104,7 @@ impl Exchange {
         &self,
         subject: &Subject<'_>,
         bound: Bound,
+        strip: Vec<String>,
         record: &mut audit::Record,
         id: ExchangeId,
     ) -> Plan {
@@ -130,6 +131,7 @@ impl Exchange {
             None => policy::decide_bound(subject),
         };
         record::decided_bound(record, subject, &decision);
+        record.stripped_headers.clone_from(&strip);
         signals::note(
             &self.shared,
             &decision,
@@ -168,7 +170,7 @@ impl Exchange {
                     patients: bound.patients,
                 }),
             },
-            strip: Vec::new(),
+            strip,
         }
     }
 }
