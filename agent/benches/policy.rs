@@ -10,12 +10,12 @@
 //! per entry), all of which must be allowed. Classification, header reading and building
 //! Cedar requests are not measured.
 
+mod support;
+
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     fmt::Write as _,
     hint::black_box,
     path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
     time::SystemTime,
 };
 
@@ -28,26 +28,8 @@ use fhirwall::{
 use serde_json::json;
 
 /// Counts allocations, to show that `decide()` makes none.
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: support::Counting = support::Counting;
 
 const INTEGRATIONS: usize = 200;
 /// The integration the benchmark requests come from (in the middle of the list).
@@ -329,9 +311,9 @@ fn prepare(policy: &Policy, all: &PolicySet) -> Vec<Prepared> {
             );
             // Both engines must agree before their speed means anything; decide() must not
             // allocate.
-            let before = ALLOCATIONS.load(Ordering::Relaxed);
+            let before = support::allocations();
             let forwards = decide(policy, &subject, &request).forwards();
-            let allocations = ALLOCATIONS.load(Ordering::Relaxed) - before;
+            let allocations = support::allocations() - before;
             assert_eq!(forwards, case.allowed, "{}: decide", case.name);
             assert_eq!(allocations, 0, "{}: decide() allocated", case.name);
             let cedar = cedar_requests(&case);

@@ -1,7 +1,10 @@
 //! The response check's cost: throughput on one core (MB/s) over a realistic searchset Bundle in
 //! each mode, the time added to one 100-entry search Bundle, and the memory a 50 MB Bundle
-//! takes while it streams through (growth of the peak RSS, printed before criterion runs).
-//! `cargo xtask bench response`.
+//! takes while it streams through (the peak of live heap bytes above what was live before it
+//! started, counted by this binary's allocator, and the growth of the peak RSS; printed before
+//! criterion runs). `cargo xtask bench response`.
+
+mod support;
 
 use std::hint::black_box;
 
@@ -103,6 +106,9 @@ fn bench(c: &mut Criterion) {
     g.finish();
 }
 
+#[global_allocator]
+static GLOBAL: support::Counting = support::Counting;
+
 /// Peak resident memory of this process so far (`VmHWM`), in KiB.
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -138,6 +144,7 @@ fn memory() {
         ("record", rules(CheckMode::Record, PatientRule::Any)),
     ] {
         let before = peak_rss_kib();
+        let heap_start = support::reset_peak();
         let mut check = ResponseCheck::new(r, BodyFormat::Json);
         let mut out = BytesMut::with_capacity(CHUNK);
         let mut fed = 0usize;
@@ -156,11 +163,13 @@ fn memory() {
         stream(body_entries, &mut check);
         stream(b"]}", &mut check);
         let verdict = check.finish(&mut out).map_or("refused", |_| "released");
+        let heap_peak = support::peak() - heap_start;
         let grown = peak_rss_kib().saturating_sub(before);
         println!(
-            "response_check memory: {} MB Bundle, {name}: {verdict}, peak RSS grew {grown} KiB \
-             (cap {} KiB)",
+            "response_check memory: {} MB Bundle, {name}: {verdict}; peak heap held {} KiB, \
+             peak RSS grew {grown} KiB (cap {} KiB)",
             fed >> 20,
+            heap_peak >> 10,
             HOLD >> 10
         );
     }

@@ -2,14 +2,12 @@
 //! handshakes through the terminator (in-memory streams), and the heap an idle terminated
 //! connection keeps (counted by a wrapping allocator, printed, not timed).
 
+mod support;
+
 use std::{
-    alloc::{GlobalAlloc, Layout, System},
     hint::black_box,
     net::Ipv4Addr,
-    sync::{
-        Arc,
-        atomic::{AtomicIsize, Ordering},
-    },
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
@@ -25,46 +23,8 @@ use tokio::{
 use tokio_rustls::TlsConnector;
 
 /// Counts live heap bytes so the idle-connection footprint can be measured.
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-#[expect(
-    clippy::cast_possible_wrap,
-    reason = "allocation sizes are far below isize::MAX"
-)]
-// SAFETY: every call is forwarded to the system allocator unchanged; only a counter is updated.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.alloc(layout) };
-        if !p.is_null() {
-            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        }
-        p
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(ptr, layout) };
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        // SAFETY: same contract as the caller's.
-        let p = unsafe { System.realloc(ptr, layout, new_size) };
-        if !p.is_null() {
-            LIVE.fetch_add(
-                new_size as isize - layout.size() as isize,
-                Ordering::Relaxed,
-            );
-        }
-        p
-    }
-}
-
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: support::Counting = support::Counting;
 
 const NAME: &str = "fhir.ehr.example";
 const REQUEST: &[u8] = b"GET /fhir/R4/Patient/123 HTTP/1.1\r\nHost: fhir.ehr.example\r\nAccept: application/fhir+json\r\n\r\n";
@@ -196,33 +156,33 @@ fn idle_memory(_: &mut Criterion) {
         let warm = open(&s.terminator, &listener, &connector, &fallback, addr, N).await;
         drop(warm);
 
-        let plain_before = LIVE.load(Ordering::Relaxed);
+        let plain_before = support::live();
         let mut plain = Vec::with_capacity(N);
         for _ in 0..N {
             let client = TcpStream::connect(addr).await.expect("connect");
             let (server, _) = listener.accept().await.expect("accept");
             plain.push((server, client));
         }
-        let plain_bytes = LIVE.load(Ordering::Relaxed) - plain_before;
+        let plain_bytes = support::live() - plain_before;
         drop(plain);
 
         // Handshake only: the sidecar's halves, once the clients are gone.
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = support::live();
         let pairs = open(&s.terminator, &listener, &connector, &fallback, addr, N).await;
         let (servers, clients): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
         drop(clients);
-        let handshaken = LIVE.load(Ordering::Relaxed) - before;
+        let handshaken = support::live() - before;
         drop(servers);
 
         // After one request and response.
-        let before = LIVE.load(Ordering::Relaxed);
+        let before = support::live();
         let mut pairs = open(&s.terminator, &listener, &connector, &fallback, addr, N).await;
         for (server, client) in &mut pairs {
             exchange(server, client).await;
         }
         let (servers, clients): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
         drop(clients);
-        let exchanged = LIVE.load(Ordering::Relaxed) - before;
+        let exchanged = support::live() - before;
         drop(servers);
 
         let per = |bytes: isize| bytes / isize::try_from(N).expect("small");

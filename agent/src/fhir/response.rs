@@ -41,7 +41,12 @@ use std::collections::BTreeMap;
 use bytes::BytesMut;
 
 pub use self::judge::{PatientRule, ResponseRules, Violation};
-use self::{emit::Emitter, judge::Judge, lexer::Lexer, walk::Walker};
+use self::{
+    emit::Emitter,
+    judge::Judge,
+    lexer::{LexError, Lexer, Span, Token, Visit},
+    walk::{Event, Walker},
+};
 use super::ResourceType;
 
 /// How a response is checked.
@@ -138,7 +143,6 @@ impl Report {
 /// [`ResponseCheck::finish`], then read [`ResponseCheck::report`].
 #[derive(Debug)]
 pub struct ResponseCheck {
-    format: BodyFormat,
     lexer: Lexer,
     walker: Walker,
     judge: Judge,
@@ -153,8 +157,7 @@ impl ResponseCheck {
         let max_held = rules.max_held;
         let bounded = !matches!(rules.patients, PatientRule::Any);
         Self {
-            format,
-            lexer: Lexer::default(),
+            lexer: Lexer::new(format == BodyFormat::Ndjson),
             walker: Walker::new(format),
             judge: Judge::new(rules),
             emit: Emitter::new(mode, format, max_held, bounded),
@@ -183,7 +186,7 @@ impl ResponseCheck {
         if self.failed {
             return Ok(Progress::Holding);
         }
-        let result = self.end().map(|()| self.emit.finish(out));
+        let result = self.end(out).map(|()| self.emit.finish(out));
         self.settle(result, out)
     }
 
@@ -195,53 +198,27 @@ impl ResponseCheck {
     }
 
     fn scan(&mut self, input: &[u8], out: &mut BytesMut) -> Result<(), Violation> {
-        let mut pos = 0;
-        self.lexer.new_chunk();
         self.emit.begin_chunk();
-        loop {
-            if self.format == BodyFormat::Ndjson && self.lexer.is_done() {
-                pos = self.next_line(input, pos);
-            }
-            let walker = &self.walker;
-            let next = self.lexer.next(input, &mut pos, || walker.wants_value());
-            let (token, span) = match next {
-                Ok(Some(t)) => t,
-                Ok(None) => break,
-                Err(e) => return Err(Violation::Malformed(e.into())),
-            };
-            let event = self
-                .walker
-                .token(token, span, &self.lexer, &mut self.judge)?;
-            self.emit
-                .event(event, span, input, &self.walker, &mut self.judge, out)?;
-        }
+        let mut pass = Pass {
+            walker: &mut self.walker,
+            judge: &mut self.judge,
+            emit: &mut self.emit,
+            input,
+            out,
+        };
+        self.lexer.feed(input, &mut pass)?;
         self.emit.end_chunk(input, self.lexer.partial(), out)
     }
 
-    /// NDJSON: skips the line break after a document and starts the next one.
-    fn next_line(&mut self, input: &[u8], mut pos: usize) -> usize {
-        while input
-            .get(pos)
-            .is_some_and(|b| matches!(b, b'\n' | b'\r' | b' ' | b'\t'))
-        {
-            pos += 1;
-        }
-        if pos < input.len() {
-            self.lexer.reset();
-            self.walker.next_document();
-        }
-        pos
-    }
-
-    fn end(&mut self) -> Result<(), Violation> {
-        let empty_ndjson = self.format == BodyFormat::Ndjson && !self.walker.seen_document();
-        if empty_ndjson {
-            return Ok(());
-        }
-        self.lexer
-            .finish()
-            .map_err(|e| Violation::Malformed(e.into()))?;
-        Ok(())
+    fn end(&mut self, out: &mut BytesMut) -> Result<(), Violation> {
+        let mut pass = Pass {
+            walker: &mut self.walker,
+            judge: &mut self.judge,
+            emit: &mut self.emit,
+            input: &[],
+            out,
+        };
+        self.lexer.finish(&mut pass)
     }
 
     /// Turns a violation into the caller's next step: in `Record` mode nothing is refused
@@ -269,6 +246,44 @@ impl ResponseCheck {
             violation,
             released: self.emit.released(),
         }
+    }
+}
+
+/// One piece of body on its way through: each token the lexer reads is placed by the walker
+/// (and judged when a resource closes), then written, held or dropped by the emitter.
+struct Pass<'a> {
+    walker: &'a mut Walker,
+    judge: &'a mut Judge,
+    emit: &'a mut Emitter,
+    input: &'a [u8],
+    out: &'a mut BytesMut,
+}
+
+impl Visit for Pass<'_> {
+    type Error = Violation;
+
+    fn wants_value(&self) -> bool {
+        self.walker.wants_value()
+    }
+
+    #[inline]
+    fn token(&mut self, token: Token, span: Span, text: &[u8]) -> Result<(), Violation> {
+        let event = self.walker.token(token, text, self.judge)?;
+        if event == Event::None || !self.emit.acts() {
+            return Ok(());
+        }
+        self.emit
+            .event(event, span, self.input, self.walker, self.judge, self.out)
+    }
+
+    fn next_document(&mut self) {
+        self.walker.next_document();
+    }
+}
+
+impl From<LexError> for Violation {
+    fn from(e: LexError) -> Self {
+        Violation::Malformed(e.into())
     }
 }
 

@@ -6,7 +6,7 @@
 //! upstream: nothing inside a resource is ever rewritten. `total` is written last, lowered by
 //! the matches withheld (JSON objects are unordered, RFC 8259 section 4).
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{
     BodyFormat, CheckMode, Progress,
@@ -101,6 +101,13 @@ impl Emitter {
         }
     }
 
+    /// Whether events change anything (not in `Record` mode, where the caller relays the
+    /// body); [`Event::None`] never does.
+    #[inline]
+    pub(super) fn acts(&self) -> bool {
+        self.plan != Plan::Observe
+    }
+
     pub(super) fn begin_chunk(&mut self) {
         self.mark = 0;
     }
@@ -172,8 +179,7 @@ impl Emitter {
                 Ok(())
             }
             Plan::Hold | Plan::Undecided => {
-                self.staged.extend_from_slice(rest);
-                if self.staged.len() <= self.max_held {
+                if self.hold(rest) {
                     return Ok(());
                 }
                 if self.bounded || self.plan == Plan::Undecided {
@@ -181,8 +187,10 @@ impl Emitter {
                 }
                 // Nothing seen so far fails; what follows is checked as it passes, and a
                 // violation then cuts the response off.
-                out.put_slice(&self.staged);
-                self.staged = Vec::new();
+                let mut held = std::mem::take(&mut self.staged);
+                held.reserve_exact(rest.len());
+                held.extend_from_slice(rest);
+                put_held(out, held);
                 self.plan = Plan::Stream;
                 self.released = true;
                 Ok(())
@@ -202,10 +210,14 @@ impl Emitter {
     /// The end of the body: what is held goes out.
     pub(super) fn finish(&mut self, out: &mut BytesMut) {
         if matches!(self.plan, Plan::Hold | Plan::Undecided) {
-            out.put_slice(&self.staged);
-            self.staged = Vec::new();
+            put_held(out, std::mem::take(&mut self.staged));
             self.released = true;
         }
+    }
+
+    /// Holds `bytes` if the held body stays within the cap.
+    fn hold(&mut self, bytes: &[u8]) -> bool {
+        append_within(&mut self.staged, bytes, self.max_held)
     }
 
     /// Filter on JSON: the root's first member (its `resourceType`) just ended.
@@ -214,8 +226,7 @@ impl Emitter {
             self.staged
                 .extend_from_slice(chunk.get(self.mark..span.end).unwrap_or_default());
             self.mark = span.end;
-            out.put_slice(&self.staged);
-            self.staged = Vec::new();
+            put_held(out, std::mem::take(&mut self.staged));
             self.released = true;
             self.plan = Plan::Bundle;
         } else {
@@ -373,18 +384,41 @@ impl Emitter {
         if self.oversize {
             return;
         }
-        if self.item.len() + bytes.len() > self.max_held {
+        if !append_within(&mut self.item, bytes, self.max_held) {
             self.oversize = true;
             self.item = Vec::new();
-            return;
         }
-        self.item.extend_from_slice(bytes);
     }
 
     /// Whether the item in progress is an entry or a line (dropped when too large) rather than
     /// a root member (which cannot be dropped).
     fn in_unit_item(&self) -> bool {
         self.plan == Plan::Lines || self.entries_open
+    }
+}
+
+/// Appends `bytes` to `buf` if it stays within `cap` bytes, growing its allocation no further
+/// than `cap` (a plain doubling could hold twice the cap).
+fn append_within(buf: &mut Vec<u8>, bytes: &[u8], cap: usize) -> bool {
+    let needed = buf.len() + bytes.len();
+    if needed > cap {
+        return false;
+    }
+    if needed > buf.capacity() {
+        let target = (buf.capacity() * 2).clamp(needed, cap);
+        buf.reserve_exact(target - buf.len());
+    }
+    buf.extend_from_slice(bytes);
+    true
+}
+
+/// Hands a held body to the caller's output, without a copy when the output is empty (the
+/// usual case: the caller drains it after every piece).
+fn put_held(out: &mut BytesMut, held: Vec<u8>) {
+    if out.is_empty() {
+        *out = BytesMut::from(Bytes::from(held));
+    } else {
+        out.put_slice(&held);
     }
 }
 

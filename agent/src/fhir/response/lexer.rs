@@ -4,11 +4,17 @@
 //! parser would accept differently (comments, trailing commas, bad escapes, control characters
 //! in strings, a second top-level value) is an error here, and the checker refuses it.
 //!
-//! Fast because it runs over every byte of checked responses: string bodies, most of a FHIR
-//! document, are skipped with `memchr` and copied only when the caller asks for their value
-//! (keys, and the values of the few keys the checker reads).
-
-use memchr::memchr2;
+//! Fast because it runs over every byte of checked responses. A chunk is read in one call that
+//! hands each token to a [`Visit`]or; the common case, a string or number that starts and ends
+//! in the chunk without escapes, is passed as a slice of the chunk with no copy. String bodies,
+//! most of a FHIR document, are scanned eight bytes at a time for the closing quote, an escape
+//! or a forbidden control character. Tokens that span chunks or hold escapes take a slower path
+//! that copies them.
+//!
+//! Text is handed over as bytes, not checked as UTF-8: the visitor checks the values it reads,
+//! and compares keys with ASCII names byte for byte. A key that is not UTF-8 can never equal
+//! one of those names, for us or for a client that decodes it leniently (an invalid sequence
+//! becomes U+FFFD, never ASCII).
 
 /// The longest key or captured value, in bytes. FHIR keys are short; captured values are
 /// resource types, ids, references and URLs. Longer ones are refused rather than truncated,
@@ -25,13 +31,13 @@ pub(super) enum Token {
     ObjectEnd,
     ArrayStart,
     ArrayEnd,
-    /// An object key; its decoded text is [`Lexer::text`].
+    /// An object key.
     Key,
-    /// A string value; decoded in [`Lexer::text`] when it was captured.
+    /// A string value; its text is passed only when it was captured.
     Str {
         captured: bool,
     },
-    /// A number, `true`, `false` or `null`; its text is [`Lexer::text`].
+    /// A number, `true`, `false` or `null`.
     Scalar,
 }
 
@@ -66,6 +72,21 @@ pub(super) enum LexError {
     Truncated,
 }
 
+/// What the lexer hands its tokens to.
+pub(super) trait Visit {
+    type Error: From<LexError>;
+
+    /// Asked at the start of each string value: whether its text is wanted.
+    fn wants_value(&self) -> bool;
+
+    /// One token; `text` is the key, captured string (escapes decoded) or scalar, empty
+    /// otherwise, and valid only during the call.
+    fn token(&mut self, token: Token, span: Span, text: &[u8]) -> Result<(), Self::Error>;
+
+    /// A document after the first begins (newline-delimited input only).
+    fn next_document(&mut self);
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Expect {
     /// A value (document start, after `:` or `,` in an array, after `[`).
@@ -79,7 +100,8 @@ enum Expect {
     Colon,
     /// `,` or the container's close.
     CommaOrClose,
-    /// The document is complete: only whitespace may follow.
+    /// The document is complete: only whitespace may follow (or, in newline-delimited input,
+    /// the next document).
     Done,
 }
 
@@ -97,114 +119,108 @@ enum State {
     InScalar,
 }
 
-/// The tokenizer. Feed chunks through [`Lexer::next`] until it returns `Ok(None)`.
+/// The tokenizer: [`Lexer::feed`] each chunk, then [`Lexer::finish`].
 #[derive(Debug)]
 pub(super) struct Lexer {
+    /// Newline-delimited documents (NDJSON) rather than one.
+    lines: bool,
+    documents: u64,
     state: State,
     expect: Expect,
     /// One bit per open container: `true` for an object.
     stack: Vec<bool>,
-    /// Where the current token began, when in this chunk.
+    /// Where the token in progress began, when in this chunk.
     start: Option<usize>,
+    /// The bytes of a token read on the slow path.
+    raw: Vec<u8>,
+    /// That token's text, decoded.
     text: Vec<u8>,
-    /// `text` decoded, when it held escapes.
-    unescaped: String,
 }
 
-impl Default for Lexer {
-    fn default() -> Self {
+impl Lexer {
+    pub(super) fn new(lines: bool) -> Self {
         Self {
+            lines,
+            documents: 0,
             state: State::Between,
             expect: Expect::Value,
             stack: Vec::with_capacity(16),
             start: None,
+            raw: Vec::with_capacity(64),
             text: Vec::with_capacity(64),
-            unescaped: String::new(),
         }
     }
-}
 
-impl Lexer {
-    /// Whether the whole document has been read.
-    pub(super) fn is_done(&self) -> bool {
-        self.expect == Expect::Done
+    /// Where the lexer stands at the end of the chunk last fed.
+    pub(super) fn partial(&self) -> Partial {
+        match (self.state, self.start) {
+            (State::Between, _) => Partial::Between,
+            (_, Some(start)) => Partial::From(start),
+            (_, None) => Partial::Earlier,
+        }
     }
 
-    /// A new chunk begins: a token in progress began in an earlier one.
-    pub(super) fn new_chunk(&mut self) {
+    /// Reads one chunk, handing every token that ends in it to `v`; a token still in progress
+    /// at its end continues in the next chunk.
+    pub(super) fn feed<V: Visit>(&mut self, chunk: &[u8], v: &mut V) -> Result<(), V::Error> {
+        let mut pos = 0;
         self.start = None;
-    }
-
-    /// Starts over for a new document (NDJSON lines).
-    pub(super) fn reset(&mut self) {
-        *self = Self::default();
-    }
-
-    /// The decoded text of the last key, captured string or scalar. Valid UTF-8 is checked when
-    /// the token ends, so this never fails afterwards.
-    pub(super) fn text(&self) -> &str {
-        if self.unescaped.is_empty() {
-            std::str::from_utf8(&self.text).unwrap_or_default()
-        } else {
-            &self.unescaped
+        let finished = match self.state {
+            State::Between => true,
+            State::InString { .. } => self.string_slow(chunk, &mut pos, v)?,
+            State::InScalar => self.scalar_slow(chunk, &mut pos, v)?,
+        };
+        if !finished {
+            return Ok(());
         }
-    }
-
-    /// The next token in `chunk` from `*pos`, advancing `*pos` past it. `Ok(None)`: the chunk is
-    /// used up (the token in progress, if any, continues in the next one). `capture` is asked at
-    /// the start of each string value whether its text is wanted.
-    pub(super) fn next(
-        &mut self,
-        chunk: &[u8],
-        pos: &mut usize,
-        capture: impl FnOnce() -> bool,
-    ) -> Result<Option<(Token, Span)>, LexError> {
-        let mut capture = Some(capture);
-        loop {
-            match self.state {
-                State::InString { .. } => {
-                    if let Some(token) = self.string(chunk, pos)? {
-                        return Ok(Some(token));
-                    }
-                    return Ok(None);
+        // The common bytes first, as branches the CPU predicts well; the rest through a table.
+        while let Some(&b) = chunk.get(pos) {
+            let at = pos;
+            pos += 1;
+            if b == b'"' {
+                if !self.string(chunk, at, &mut pos, v)? {
+                    return Ok(());
                 }
-                State::InScalar => {
-                    if let Some(token) = self.scalar(chunk, pos)? {
-                        return Ok(Some(token));
-                    }
-                    return Ok(None);
-                }
-                State::Between => {}
+                continue;
             }
-            let Some(&b) = chunk.get(*pos) else {
-                return Ok(None);
-            };
-            let at = *pos;
-            *pos += 1;
+            if b == b':' {
+                if self.expect != Expect::Colon {
+                    return Err(self.unexpected().into());
+                }
+                self.expect = Expect::Value;
+                continue;
+            }
+            if b == b',' {
+                if self.expect != Expect::CommaOrClose {
+                    return Err(self.unexpected().into());
+                }
+                self.expect = if self.stack.last() == Some(&true) {
+                    Expect::Key
+                } else {
+                    Expect::Value
+                };
+                continue;
+            }
             let span = Span {
                 start: Some(at),
-                end: at + 1,
+                end: pos,
             };
             match b {
-                b' ' | b'\t' | b'\n' | b'\r' => {}
                 b'{' | b'[' => {
-                    self.value()?;
+                    self.value(v)?;
                     if self.stack.len() >= MAX_DEPTH {
-                        return Err(LexError::TooDeep);
+                        return Err(LexError::TooDeep.into());
                     }
                     let object = b == b'{';
                     self.stack.push(object);
-                    self.expect = if object {
-                        Expect::KeyOrClose
-                    } else {
-                        Expect::ValueOrClose
-                    };
                     let token = if object {
+                        self.expect = Expect::KeyOrClose;
                         Token::ObjectStart
                     } else {
+                        self.expect = Expect::ValueOrClose;
                         Token::ArrayStart
                     };
-                    return Ok(Some((token, span)));
+                    v.token(token, span, b"")?;
                 }
                 b'}' | b']' => {
                     let object = b == b'}';
@@ -215,7 +231,7 @@ impl Lexer {
                         _ => false,
                     };
                     if !closable || self.stack.pop() != Some(object) {
-                        return Err(LexError::Syntax);
+                        return Err(LexError::Syntax.into());
                     }
                     self.after_value();
                     let token = if object {
@@ -223,79 +239,68 @@ impl Lexer {
                     } else {
                         Token::ArrayEnd
                     };
-                    return Ok(Some((token, span)));
+                    v.token(token, span, b"")?;
                 }
-                b':' if self.expect == Expect::Colon => self.expect = Expect::Value,
-                b',' if self.expect == Expect::CommaOrClose => {
-                    self.expect = if self.stack.last() == Some(&true) {
-                        Expect::Key
-                    } else {
-                        Expect::Value
-                    };
-                }
-                b'"' => {
-                    let key = matches!(self.expect, Expect::Key | Expect::KeyOrClose);
-                    if !key {
-                        self.value()?;
-                    }
-                    let capture = key || capture.take().is_some_and(|f| f());
-                    self.begin(at);
-                    self.state = State::InString {
-                        key,
-                        capture,
-                        escape: 0,
-                        escaped: false,
-                    };
-                }
+                b' ' | b'\t' | b'\n' | b'\r' => {}
                 b'-' | b'0'..=b'9' | b't' | b'f' | b'n' => {
-                    self.value()?;
-                    self.begin(at);
-                    self.text.push(b);
-                    self.state = State::InScalar;
+                    pos = at;
+                    if !self.scalar(chunk, &mut pos, v)? {
+                        return Ok(());
+                    }
                 }
-                _ if self.expect == Expect::Done => return Err(LexError::Trailing),
-                _ => return Err(LexError::Syntax),
+                _ => return Err(self.unexpected().into()),
             }
         }
+        Ok(())
     }
 
-    /// At the end of the body: whether the document is complete. A top-level scalar ends
-    /// here; FHIR bodies are objects, so the caller refuses it anyway, but the grammar is whole.
-    pub(super) fn finish(&mut self) -> Result<Option<(Token, Span)>, LexError> {
-        let mut token = None;
+    /// At the end of the body: whether the document (or, newline-delimited, every document) is
+    /// complete. A top-level scalar ends here; FHIR bodies are objects, so the caller refuses
+    /// it anyway, but the grammar is whole.
+    pub(super) fn finish<V: Visit>(&mut self, v: &mut V) -> Result<(), V::Error> {
         if self.state == State::InScalar {
+            self.state = State::Between;
             self.end_scalar()?;
-            token = Some((
-                Token::Scalar,
-                Span {
-                    start: None,
-                    end: 0,
-                },
-            ));
+            let span = Span {
+                start: None,
+                end: 0,
+            };
+            v.token(Token::Scalar, span, &self.text)?;
+        }
+        if self.lines && self.documents == 0 {
+            return Ok(());
         }
         if self.expect == Expect::Done && self.state == State::Between {
-            Ok(token)
+            Ok(())
         } else {
-            Err(LexError::Truncated)
+            Err(LexError::Truncated.into())
         }
     }
 
-    /// Where the lexer stands at the end of a chunk.
-    pub(super) fn partial(&self) -> Partial {
-        match (self.state, self.start) {
-            (State::Between, _) => Partial::Between,
-            (_, Some(start)) => Partial::From(start),
-            (_, None) => Partial::Earlier,
+    fn unexpected(&self) -> LexError {
+        if self.expect == Expect::Done {
+            LexError::Trailing
+        } else {
+            LexError::Syntax
         }
     }
 
-    /// Checks that a value may start here.
-    fn value(&mut self) -> Result<(), LexError> {
+    /// Checks that a value may start here; in newline-delimited input a value after a complete
+    /// document begins the next one.
+    fn value<V: Visit>(&mut self, v: &mut V) -> Result<(), V::Error> {
         match self.expect {
-            Expect::Value | Expect::ValueOrClose => Ok(()),
-            Expect::Done => Err(LexError::Trailing),
-            _ => Err(LexError::Syntax),
+            Expect::Value | Expect::ValueOrClose => {}
+            Expect::Done if self.lines => {
+                self.expect = Expect::Value;
+                v.next_document();
+            }
+            Expect::Done => return Err(LexError::Trailing.into()),
+            _ => return Err(LexError::Syntax.into()),
         }
+        if self.stack.is_empty() {
+            self.documents += 1;
+        }
+        Ok(())
     }
 
     fn after_value(&mut self) {
@@ -306,14 +311,76 @@ impl Lexer {
         };
     }
 
-    fn begin(&mut self, at: usize) {
+    /// A string from its opening quote at `at`: whole when it ends in this chunk without
+    /// escapes, otherwise on the slow path. `true` once it ended.
+    fn string<V: Visit>(
+        &mut self,
+        chunk: &[u8],
+        at: usize,
+        pos: &mut usize,
+        v: &mut V,
+    ) -> Result<bool, V::Error> {
+        let key = matches!(self.expect, Expect::Key | Expect::KeyOrClose);
+        if !key {
+            self.value(v)?;
+        }
+        let capture = key || v.wants_value();
+        let rest = &chunk[*pos..];
+        if let Some(i) = string_stop(rest)
+            && rest[i] == b'"'
+        {
+            *pos += i + 1;
+            let span = Span {
+                start: Some(at),
+                end: *pos,
+            };
+            let text = if capture {
+                if i > MAX_CAPTURE {
+                    return Err(LexError::TooLong.into());
+                }
+                &rest[..i]
+            } else {
+                b""
+            };
+            self.string_end(key, capture, span, text, v)?;
+            return Ok(true);
+        }
         self.start = Some(at);
-        self.text.clear();
-        self.unescaped.clear();
+        self.raw.clear();
+        self.state = State::InString {
+            key,
+            capture,
+            escape: 0,
+            escaped: false,
+        };
+        self.string_slow(chunk, pos, v)
     }
 
-    /// Continues a string; returns its token once the closing quote is read.
-    fn string(&mut self, chunk: &[u8], pos: &mut usize) -> Result<Option<(Token, Span)>, LexError> {
+    fn string_end<V: Visit>(
+        &mut self,
+        key: bool,
+        capture: bool,
+        span: Span,
+        text: &[u8],
+        v: &mut V,
+    ) -> Result<(), V::Error> {
+        if key {
+            self.expect = Expect::Colon;
+            v.token(Token::Key, span, text)
+        } else {
+            self.after_value();
+            v.token(Token::Str { captured: capture }, span, text)
+        }
+    }
+
+    /// Continues a string that spans chunks or holds escapes, copying it when it is captured.
+    /// `true` once it ended.
+    fn string_slow<V: Visit>(
+        &mut self,
+        chunk: &[u8],
+        pos: &mut usize,
+        v: &mut V,
+    ) -> Result<bool, V::Error> {
         let State::InString {
             key,
             capture,
@@ -321,7 +388,7 @@ impl Lexer {
             mut escaped,
         } = self.state
         else {
-            return Ok(None);
+            return Ok(true);
         };
         loop {
             if escape > 0 {
@@ -332,14 +399,14 @@ impl Lexer {
                         escape,
                         escaped,
                     };
-                    return Ok(None);
+                    return Ok(false);
                 };
                 *pos += 1;
                 escape = match (escape, b) {
                     (5, b'u') => 4,
                     (5, b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => 0,
                     (1..=4, h) if h.is_ascii_hexdigit() => escape - 1,
-                    _ => return Err(LexError::Syntax),
+                    _ => return Err(LexError::Syntax.into()),
                 };
                 if capture {
                     self.push(&[b])?;
@@ -347,8 +414,10 @@ impl Lexer {
                 continue;
             }
             let rest = &chunk[(*pos).min(chunk.len())..];
-            let Some(i) = memchr2(b'"', b'\\', rest) else {
-                self.plain(rest, capture)?;
+            let Some(i) = string_stop(rest) else {
+                if capture {
+                    self.push(rest)?;
+                }
                 *pos = chunk.len();
                 self.state = State::InString {
                     key,
@@ -356,17 +425,24 @@ impl Lexer {
                     escape,
                     escaped,
                 };
-                return Ok(None);
+                return Ok(false);
             };
-            self.plain(&rest[..i], capture)?;
+            if capture {
+                self.push(&rest[..i])?;
+            }
             *pos += i + 1;
-            if rest[i] == b'\\' {
-                if capture {
-                    self.push(b"\\")?;
+            match rest[i] {
+                b'\\' => {
+                    if capture {
+                        self.push(b"\\")?;
+                    }
+                    escape = 5;
+                    escaped = true;
+                    continue;
                 }
-                escape = 5;
-                escaped = true;
-                continue;
+                b'"' => {}
+                // A control character (RFC 8259 section 7).
+                _ => return Err(LexError::Syntax.into()),
             }
             let span = Span {
                 start: self.start.take(),
@@ -375,79 +451,114 @@ impl Lexer {
             self.state = State::Between;
             if capture {
                 self.decode(escaped)?;
+            } else {
+                self.text.clear();
             }
-            if key {
-                self.expect = Expect::Colon;
-                return Ok(Some((Token::Key, span)));
-            }
+            let text = std::mem::take(&mut self.text);
+            let result = self.string_end(key, capture, span, &text, v);
+            self.text = text;
+            result?;
+            return Ok(true);
+        }
+    }
+
+    /// A number or literal from its first byte at `*pos`: whole when it ends in this chunk,
+    /// otherwise on the slow path. `true` once it ended.
+    fn scalar<V: Visit>(
+        &mut self,
+        chunk: &[u8],
+        pos: &mut usize,
+        v: &mut V,
+    ) -> Result<bool, V::Error> {
+        self.value(v)?;
+        let at = *pos;
+        let rest = &chunk[at..];
+        if let Some(len) = rest.iter().position(|&b| !scalar_byte(b)) {
+            *pos = at + len;
+            let text = &rest[..len];
+            check_scalar(text)?;
             self.after_value();
-            return Ok(Some((Token::Str { captured: capture }, span)));
+            let span = Span {
+                start: Some(at),
+                end: *pos,
+            };
+            v.token(Token::Scalar, span, text)?;
+            return Ok(true);
         }
+        self.start = Some(at);
+        self.raw.clear();
+        self.state = State::InScalar;
+        self.scalar_slow(chunk, pos, v)
     }
 
-    /// Unescaped string bytes: no control characters (RFC 8259 section 7).
-    fn plain(&mut self, bytes: &[u8], capture: bool) -> Result<(), LexError> {
-        if bytes.iter().any(|&b| b < 0x20) {
-            return Err(LexError::Syntax);
-        }
-        if capture {
-            self.push(bytes)?;
-        }
-        Ok(())
-    }
-
-    fn push(&mut self, bytes: &[u8]) -> Result<(), LexError> {
-        if self.text.len() + bytes.len() > MAX_CAPTURE {
-            return Err(LexError::TooLong);
-        }
-        self.text.extend_from_slice(bytes);
-        Ok(())
-    }
-
-    /// Checks the captured text is UTF-8 and, when it held escapes, decodes them (serde_json
-    /// does surrogate pairs right; this is the rare path).
-    fn decode(&mut self, escaped: bool) -> Result<(), LexError> {
-        if !escaped {
-            return std::str::from_utf8(&self.text)
-                .map(|_| ())
-                .map_err(|_| LexError::Syntax);
-        }
-        let mut quoted = Vec::with_capacity(self.text.len() + 2);
-        quoted.push(b'"');
-        quoted.extend_from_slice(&self.text);
-        quoted.push(b'"');
-        self.unescaped = serde_json::from_slice(&quoted).map_err(|_| LexError::Syntax)?;
-        Ok(())
-    }
-
-    /// Continues a number or literal; it ends at the first byte that cannot belong to it.
-    fn scalar(&mut self, chunk: &[u8], pos: &mut usize) -> Result<Option<(Token, Span)>, LexError> {
+    /// Continues a number or literal that spans chunks. `true` once it ended.
+    fn scalar_slow<V: Visit>(
+        &mut self,
+        chunk: &[u8],
+        pos: &mut usize,
+        v: &mut V,
+    ) -> Result<bool, V::Error> {
         let rest = &chunk[(*pos).min(chunk.len())..];
         let len = rest
             .iter()
-            .position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')))
+            .position(|&b| !scalar_byte(b))
             .unwrap_or(rest.len());
         self.push(&rest[..len]).map_err(|_| LexError::Syntax)?;
         *pos += len;
         if len == rest.len() {
-            return Ok(None);
+            return Ok(false);
         }
         let span = Span {
             start: self.start.take(),
             end: *pos,
         };
+        self.state = State::Between;
         self.end_scalar()?;
-        Ok(Some((Token::Scalar, span)))
+        v.token(Token::Scalar, span, &self.text)?;
+        Ok(true)
     }
 
     fn end_scalar(&mut self) -> Result<(), LexError> {
-        self.state = State::Between;
-        let ok = matches!(&self.text[..], b"true" | b"false" | b"null") || is_number(&self.text);
-        if !ok {
-            return Err(LexError::Syntax);
-        }
+        check_scalar(&self.raw)?;
         self.after_value();
+        std::mem::swap(&mut self.raw, &mut self.text);
         Ok(())
+    }
+
+    fn push(&mut self, bytes: &[u8]) -> Result<(), LexError> {
+        if self.raw.len() + bytes.len() > MAX_CAPTURE {
+            return Err(LexError::TooLong);
+        }
+        self.raw.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// The copied text, its escapes decoded (serde_json does surrogate pairs right; this is
+    /// the rare path, and it also checks that the decoded text is UTF-8).
+    fn decode(&mut self, escaped: bool) -> Result<(), LexError> {
+        if !escaped {
+            std::mem::swap(&mut self.raw, &mut self.text);
+            return Ok(());
+        }
+        let mut quoted = Vec::with_capacity(self.raw.len() + 2);
+        quoted.push(b'"');
+        quoted.extend_from_slice(&self.raw);
+        quoted.push(b'"');
+        let text: String = serde_json::from_slice(&quoted).map_err(|_| LexError::Syntax)?;
+        self.text = text.into_bytes();
+        Ok(())
+    }
+}
+
+fn scalar_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'+' | b'.')
+}
+
+fn check_scalar(text: &[u8]) -> Result<(), LexError> {
+    if matches!(text, b"true" | b"false" | b"null") || is_number(text) {
+        Ok(())
+    } else {
+        Err(LexError::Syntax)
     }
 }
 
@@ -486,37 +597,82 @@ fn is_number(text: &[u8]) -> bool {
     i == text.len()
 }
 
+/// Where a string's plain run ends in `bytes`: the first `"`, `\` or control character. Eight
+/// bytes at a time, as one word: a byte of a mask has its high bit set where the word's byte
+/// matches, and the lowest marked byte is exact (a borrow can only mark bytes above a match).
+/// Bytes of 0x80 and above (UTF-8 sequences) never match.
+fn string_stop(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([1; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Bytes of `w` below `n` (n <= 0x80).
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
+    let equal = |w: u64, b: u8| below(w ^ (ONES * u64::from(b)), 1);
+    let mut words = bytes.chunks_exact(8);
+    let mut at = 0;
+    for word in &mut words {
+        let mut le = [0; 8];
+        le.copy_from_slice(word);
+        let w = u64::from_le_bytes(le);
+        let hits = equal(w, b'"') | equal(w, b'\\') | below(w, 0x20);
+        if hits != 0 {
+            return Some(at + (hits.trailing_zeros() / 8) as usize);
+        }
+        at += 8;
+    }
+    words
+        .remainder()
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|i| at + i)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Every token of `input` fed in chunks of `size`, keys and captured values as text.
-    fn tokens(input: &[u8], size: usize) -> Result<Vec<String>, LexError> {
-        let mut lexer = Lexer::default();
-        let mut out = Vec::new();
-        for chunk in input.chunks(size.max(1)) {
-            let mut pos = 0;
-            lexer.new_chunk();
-            while let Some((token, _)) = lexer.next(chunk, &mut pos, || true)? {
-                out.push(describe(token, &lexer));
-            }
+    /// Records tokens as text: keys and captured values with theirs, documents as `doc`.
+    #[derive(Default)]
+    struct Record(Vec<String>);
+
+    impl Visit for Record {
+        type Error = LexError;
+
+        fn wants_value(&self) -> bool {
+            true
         }
-        if let Some((token, _)) = lexer.finish()? {
-            out.push(describe(token, &lexer));
+
+        fn token(&mut self, token: Token, _: Span, text: &[u8]) -> Result<(), LexError> {
+            let text = String::from_utf8_lossy(text);
+            self.0.push(match token {
+                Token::ObjectStart => "{".into(),
+                Token::ObjectEnd => "}".into(),
+                Token::ArrayStart => "[".into(),
+                Token::ArrayEnd => "]".into(),
+                Token::Key => format!("k:{text}"),
+                Token::Str { .. } => format!("s:{text}"),
+                Token::Scalar => format!("n:{text}"),
+            });
+            Ok(())
         }
-        Ok(out)
+
+        fn next_document(&mut self) {
+            self.0.push("doc".into());
+        }
     }
 
-    fn describe(token: Token, lexer: &Lexer) -> String {
-        match token {
-            Token::ObjectStart => "{".into(),
-            Token::ObjectEnd => "}".into(),
-            Token::ArrayStart => "[".into(),
-            Token::ArrayEnd => "]".into(),
-            Token::Key => format!("k:{}", lexer.text()),
-            Token::Str { .. } => format!("s:{}", lexer.text()),
-            Token::Scalar => format!("n:{}", lexer.text()),
+    /// Every token of `input` fed in chunks of `size`.
+    fn tokens(input: &[u8], size: usize) -> Result<Vec<String>, LexError> {
+        lex(input, size, false)
+    }
+
+    fn lex(input: &[u8], size: usize, lines: bool) -> Result<Vec<String>, LexError> {
+        let mut lexer = Lexer::new(lines);
+        let mut out = Record::default();
+        for chunk in input.chunks(size.max(1)) {
+            lexer.feed(chunk, &mut out)?;
         }
+        lexer.finish(&mut out)?;
+        Ok(out.0)
     }
 
     #[test]
@@ -576,7 +732,6 @@ mod tests {
             (br#"{"a":1]"#, LexError::Syntax),
             (br"[1,2", LexError::Truncated),
             (br#"{"a":"open"#, LexError::Truncated),
-            (b"{\"a\":\"\xff\"}", LexError::Syntax),
             (br"/* c */{}", LexError::Syntax),
         ];
         for (input, want) in cases {
@@ -602,6 +757,53 @@ mod tests {
             "", "-", "01", "1.", ".5", "1e", "1e+", "+1", "1.2.3", "0x10",
         ] {
             assert!(!is_number(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    #[test]
+    fn newline_delimited_documents_follow_each_other() {
+        let input = b"{\"a\":1}\n{\"b\":\"x\"}\r\n\n[2]\n";
+        let whole = lex(input, input.len(), true).expect("valid");
+        assert_eq!(
+            whole,
+            [
+                "{", "k:a", "n:1", "}", "doc", "{", "k:b", "s:x", "}", "doc", "[", "n:2", "]"
+            ]
+        );
+        for size in 1..8 {
+            assert_eq!(
+                lex(input, size, true).expect("valid"),
+                whole,
+                "chunks of {size}"
+            );
+        }
+        assert_eq!(lex(b"", 4, true), Ok(vec![]));
+        assert_eq!(lex(b"{}\n{", 4, true), Err(LexError::Truncated));
+        assert_eq!(lex(b"{}\n{}", 4, false), Err(LexError::Trailing));
+    }
+
+    /// The word-at-a-time scan finds what a byte-at-a-time one finds, wherever it sits.
+    #[test]
+    fn the_string_scan_finds_the_first_stop() {
+        let naive = |b: &[u8]| b.iter().position(|&c| c == b'"' || c == b'\\' || c < 0x20);
+        let fillers: [u8; 6] = [b'a', 0x7f, 0x80, 0xff, b' ', 0x21];
+        let stops: [u8; 6] = [b'"', b'\\', 0x00, 0x1f, b'\n', 0x01];
+        for len in 0..20 {
+            for &fill in &fillers {
+                let plain = vec![fill; len];
+                assert_eq!(string_stop(&plain), naive(&plain));
+                for at in 0..len {
+                    for &stop in &stops {
+                        let mut bytes = plain.clone();
+                        bytes[at] = stop;
+                        // A second stop after the first must not be reported instead.
+                        if at + 2 < len {
+                            bytes[at + 2] = b'"';
+                        }
+                        assert_eq!(string_stop(&bytes), naive(&bytes), "{bytes:?}");
+                    }
+                }
+            }
         }
     }
 }

@@ -392,6 +392,36 @@ fn documents_a_client_could_read_differently_are_refused() {
     }
 }
 
+/// Values the checker reads must be UTF-8 (a client decoding leniently could read another
+/// id); bytes that are not, in a key or a value it skips, cannot turn into a name it reads.
+#[test]
+fn values_read_must_be_utf8() {
+    let any = rules(
+        CheckMode::Deny,
+        &[ResourceType::Observation],
+        PatientRule::Any,
+    );
+    let bad_reference =
+        b"{\"resourceType\":\"Observation\",\"subject\":{\"reference\":\"Patient/pat-\xffa\"}}";
+    let bad_type = b"{\"resourceType\":\"Observ\xc3ation\"}";
+    for body in [&bad_reference[..], &bad_type[..]] {
+        for size in [1, 5, body.len()] {
+            let refusal = run(&any, BodyFormat::Json, body, size)
+                .0
+                .expect_err("not UTF-8");
+            assert_eq!(
+                refusal.violation,
+                Violation::Malformed(judge::Malformed::Json),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+    let skipped =
+        b"{\"resourceType\":\"Observation\",\"note\":[{\"text\":\"caf\xe9\"}],\"x\xff\":1}";
+    assert!(run(&any, BodyFormat::Json, skipped, 3).0.is_ok());
+}
+
 #[test]
 fn the_cap_bounds_what_is_held() {
     let entries: Vec<(Value, &str)> = (0..50)

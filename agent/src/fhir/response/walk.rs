@@ -15,7 +15,7 @@
 use super::{
     BodyFormat,
     judge::{Judge, Malformed, Violation},
-    lexer::{Lexer, Span, Token},
+    lexer::Token,
 };
 use crate::fhir::{
     ResourceType, compartment::patient_compartment_elements, patient::patient_id_of_reference,
@@ -84,10 +84,10 @@ pub(super) struct Facts {
     pub referenced: Vec<String>,
     /// A `contained` resource: judged on type and references, tied through its container.
     pub contained: bool,
-    /// The current top-level member.
-    member: Option<String>,
+    /// The current top-level member's key (empty before the first).
+    member: Vec<u8>,
     /// (top-level member, patient id) of every Patient reference of its own.
-    by_member: Vec<(String, String)>,
+    by_member: Vec<(Vec<u8>, String)>,
     /// `resourceType` was read (a second one is refused).
     typed: bool,
 }
@@ -106,14 +106,50 @@ enum Key {
     Other,
 }
 
+/// Keys that give the container they open a role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Name {
+    Entry,
+    Contained,
+    Parameter,
+    Link,
+    Resource,
+    Response,
+    Search,
+    Outcome,
+    Part,
+    /// An export manifest's `output`, `error` or `deleted`.
+    Files,
+    Other,
+}
+
+impl Name {
+    fn of(key: &[u8]) -> Self {
+        match key {
+            b"entry" => Name::Entry,
+            b"contained" => Name::Contained,
+            b"parameter" => Name::Parameter,
+            b"link" => Name::Link,
+            b"resource" => Name::Resource,
+            b"response" => Name::Response,
+            b"search" => Name::Search,
+            b"outcome" => Name::Outcome,
+            b"part" => Name::Part,
+            b"output" | b"error" | b"deleted" => Name::Files,
+            _ => Name::Other,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Walker {
     format: BodyFormat,
     frames: Vec<Role>,
     resources: Vec<Facts>,
-    /// The key whose value comes next, and its text.
+    /// The key whose value comes next, as the walker reads a string value of it, and as it
+    /// gives a container value its role.
     key: Key,
-    key_text: String,
+    name: Name,
     /// The key of the root member in progress.
     root_member: Member,
     /// The root resource's type, once read.
@@ -129,7 +165,6 @@ pub(super) struct Walker {
     link: (Option<String>, Option<String>),
     pub(super) links: Vec<(String, String)>,
     pub(super) total: Option<String>,
-    documents: u64,
 }
 
 impl Walker {
@@ -139,7 +174,7 @@ impl Walker {
             frames: Vec::with_capacity(32),
             resources: Vec::with_capacity(8),
             key: Key::Other,
-            key_text: String::new(),
+            name: Name::Other,
             root_member: Member::Other,
             root_type: None,
             bundle_type: None,
@@ -149,17 +184,12 @@ impl Walker {
             link: (None, None),
             links: Vec::new(),
             total: None,
-            documents: 0,
         }
     }
 
     /// Whether the string value about to start is one the walker reads.
     pub(super) fn wants_value(&self) -> bool {
         self.key != Key::Other
-    }
-
-    pub(super) fn seen_document(&self) -> bool {
-        self.documents > 0
     }
 
     /// Whether the root is a Bundle (known once its first member is read).
@@ -185,30 +215,34 @@ impl Walker {
         (self.search_mode.as_deref(), self.unit_type)
     }
 
+    /// Places one token; `text` is the key, captured string or scalar. Inlined so that each of
+    /// the lexer's call sites, which knows its token, keeps only its own arm.
+    #[inline]
     pub(super) fn token(
         &mut self,
         token: Token,
-        span: Span,
-        lexer: &Lexer,
+        text: &[u8],
         judge: &mut Judge,
     ) -> Result<Event, Violation> {
-        let _ = span;
         match token {
             Token::ObjectStart => self.open(true, judge),
             Token::ArrayStart => self.open(false, judge),
             Token::ObjectEnd | Token::ArrayEnd => self.close(judge),
-            Token::Key => self.key(lexer.text()),
+            Token::Key => self.key(text),
             Token::Str { captured } => {
                 let event = self.member_end();
                 if captured {
-                    self.string(lexer.text(), judge)?;
+                    let value = std::str::from_utf8(text)
+                        .map_err(|_| Violation::Malformed(Malformed::Json))?;
+                    self.string(value)?;
                 }
                 self.key = Key::Other;
                 Ok(event)
             }
             Token::Scalar => {
                 if self.key == Key::Total && self.frames.len() == 1 {
-                    self.total = Some(lexer.text().to_owned());
+                    // ASCII by the JSON number grammar.
+                    self.total = Some(String::from_utf8_lossy(text).into_owned());
                 }
                 if self.key == Key::ResourceType && self.in_resource_root() {
                     return Err(Violation::Malformed(Malformed::Resource));
@@ -219,44 +253,47 @@ impl Walker {
         }
     }
 
-    /// The role of a container opened where the current key (or array) puts it.
+    /// The role of a container opened where the current key (named when the parent is an
+    /// object) or array puts it.
     fn open(&mut self, object: bool, judge: &mut Judge) -> Result<Event, Violation> {
+        use ResourceType::{Bundle, Parameters};
         let parent = self.frames.last().copied();
         let resource_type = self.resources.last().and_then(|r| r.resource_type);
-        let role = match (parent, object, self.key) {
+        let name = self.name;
+        let role = match (parent, object, name) {
             (None, true, _) if self.format == BodyFormat::ExportManifest => Role::Manifest,
-            (None | Some(Role::Contained), true, _) => Role::Resource,
+            // Where the JSON format puts resources (see the module docs).
+            (None | Some(Role::Contained), true, _)
+            | (Some(Role::Entry | Role::Param), true, Name::Resource)
+            | (Some(Role::EntryResponse), true, Name::Outcome) => Role::Resource,
             (None, false, _) => return Err(Violation::Malformed(Malformed::Resource)),
-            (Some(Role::Resource), false, Key::Other) => {
-                use ResourceType::{Bundle, Parameters};
-                match (self.key_text.as_str(), resource_type) {
-                    ("entry", Some(Bundle) | None) => Role::Entries,
-                    ("contained", _) => Role::Contained,
-                    ("parameter", Some(Parameters) | None) => Role::Params,
-                    ("link", Some(Bundle) | None) if self.frames.len() == 1 => Role::Links,
-                    _ => Role::Plain,
-                }
+            (Some(Role::Resource), false, Name::Entry)
+                if matches!(resource_type, Some(Bundle) | None) =>
+            {
+                Role::Entries
+            }
+            (Some(Role::Resource), false, Name::Contained) => Role::Contained,
+            (Some(Role::Resource), false, Name::Parameter)
+                if matches!(resource_type, Some(Parameters) | None) =>
+            {
+                Role::Params
+            }
+            (Some(Role::Resource), false, Name::Link)
+                if matches!(resource_type, Some(Bundle) | None) && self.frames.len() == 1 =>
+            {
+                Role::Links
             }
             (Some(Role::Entries), true, _) => Role::Entry,
-            (Some(Role::Entry), true, _) => match self.key_text.as_str() {
-                "resource" => Role::Resource,
-                "response" => Role::EntryResponse,
-                "search" => Role::EntrySearch,
-                _ => Role::Plain,
-            },
-            (Some(Role::EntryResponse), true, _) if self.key_text == "outcome" => Role::Resource,
+            (Some(Role::Entry), true, Name::Response) => Role::EntryResponse,
+            (Some(Role::Entry), true, Name::Search) => Role::EntrySearch,
             (Some(Role::Params), true, _) => Role::Param,
-            (Some(Role::Param), false, _) if self.key_text == "part" => Role::Params,
-            (Some(Role::Param), true, _) if self.key_text == "resource" => Role::Resource,
+            (Some(Role::Param), false, Name::Part) => Role::Params,
             (Some(Role::Links), true, _) => Role::Link,
-            (Some(Role::Manifest), false, _)
-                if matches!(self.key_text.as_str(), "output" | "error" | "deleted") =>
-            {
-                Role::Files
-            }
+            (Some(Role::Manifest), false, Name::Files) => Role::Files,
             (Some(Role::Files), true, _) => Role::File,
             _ => Role::Plain,
         };
+        self.name = Name::Other;
         let at_root_member = self.frames.len() == 1;
         let unit_start = self.unit_starts(role);
         self.frames.push(role);
@@ -320,7 +357,6 @@ impl Walker {
             _ => {}
         }
         if depth == 0 {
-            self.documents += 1;
             if self.format == BodyFormat::Ndjson {
                 let withheld = self.unit_withheld;
                 judge.unit_end(!withheld);
@@ -351,50 +387,51 @@ impl Walker {
         self.frames.last() == Some(&Role::Resource)
     }
 
-    fn key(&mut self, text: &str) -> Result<Event, Violation> {
+    /// A key, compared byte for byte (see the lexer on why keys need no UTF-8 check).
+    fn key(&mut self, text: &[u8]) -> Result<Event, Violation> {
         let role = self.frames.last().copied();
-        self.key_text.clear();
-        self.key_text.push_str(text);
         self.key = match (role, text) {
-            (_, "resourceType") => {
+            (_, b"resourceType") => {
                 if role != Some(Role::Resource) {
                     // A resource where the format puts none: refused, see the module docs.
                     return Err(Violation::Malformed(Malformed::Resource));
                 }
                 Key::ResourceType
             }
-            (Some(Role::Resource), "id") => Key::Id,
-            (Some(Role::Resource), "type") if self.frames.len() == 1 => Key::Type,
-            (Some(Role::Resource), "total") if self.frames.len() == 1 => Key::Total,
+            (Some(Role::Resource), b"id") => Key::Id,
+            (Some(Role::Resource), b"type") if self.frames.len() == 1 => Key::Type,
+            (Some(Role::Resource), b"total") if self.frames.len() == 1 => Key::Total,
             // Inside a resource, whatever the role: a reference counts for the innermost one.
-            (Some(_), "reference") if !self.resources.is_empty() => Key::Reference,
-            (Some(Role::Link), "relation") => Key::Relation,
-            (Some(Role::Link | Role::File), "url") => Key::Url,
-            (Some(Role::File), "type") => Key::Type,
-            (Some(Role::EntrySearch), "mode") => Key::Mode,
+            (Some(_), b"reference") if !self.resources.is_empty() => Key::Reference,
+            (Some(Role::Link), b"relation") => Key::Relation,
+            (Some(Role::Link | Role::File), b"url") => Key::Url,
+            (Some(Role::File), b"type") => Key::Type,
+            (Some(Role::EntrySearch), b"mode") => Key::Mode,
             _ => Key::Other,
         };
         if role == Some(Role::Resource)
             && let Some(facts) = self.resources.last_mut()
         {
-            if text == "resourceType" {
+            if text == b"resourceType" {
                 if facts.typed {
                     // Twice: two readers could take it for two different types.
                     return Err(Violation::Malformed(Malformed::Identity));
                 }
                 facts.typed = true;
             }
-            if text == "id" && facts.id.is_some() {
+            if text == b"id" && facts.id.is_some() {
                 return Err(Violation::Malformed(Malformed::Resource));
             }
-            facts.member = Some(text.to_owned());
+            facts.member.clear();
+            facts.member.extend_from_slice(text);
         }
+        self.name = Name::of(text);
         if self.frames.len() == 1 && self.format != BodyFormat::Ndjson {
             self.root_member = match text {
-                "resourceType" => Member::ResourceType,
-                "type" => Member::Type,
-                "total" => Member::Total,
-                "entry" => Member::Entry,
+                b"resourceType" => Member::ResourceType,
+                b"type" => Member::Type,
+                b"total" => Member::Total,
+                b"entry" => Member::Entry,
                 _ => Member::Other,
             };
             return Ok(Event::MemberStart);
@@ -402,7 +439,7 @@ impl Walker {
         Ok(Event::None)
     }
 
-    fn string(&mut self, value: &str, judge: &mut Judge) -> Result<(), Violation> {
+    fn string(&mut self, value: &str) -> Result<(), Violation> {
         let role = self.frames.last().copied();
         match self.key {
             Key::ResourceType => self.resource_type(value)?,
@@ -421,7 +458,6 @@ impl Walker {
             Key::Type => self.bundle_type = Some(value.to_owned()),
             Key::Total | Key::Other => {}
         }
-        let _ = judge;
         Ok(())
     }
 
@@ -443,9 +479,8 @@ impl Walker {
         let Some(facts) = self.resources.last_mut() else {
             return;
         };
-        if let Some(member) = &facts.member
-            && !facts.by_member.iter().any(|(m, i)| m == member && i == id)
-        {
+        let member = &facts.member;
+        if !member.is_empty() && !facts.by_member.iter().any(|(m, i)| m == member && i == id) {
             facts.by_member.push((member.clone(), id.to_owned()));
         }
         push_unique(&mut facts.referenced, id);
@@ -458,7 +493,7 @@ impl Walker {
         };
         if let Some(elements) = patient_compartment_elements(t) {
             for (member, id) in &facts.by_member {
-                if elements.contains(&member.as_str()) {
+                if elements.iter().any(|e| e.as_bytes() == member.as_slice()) {
                     push_unique(&mut facts.compartment, id);
                 }
             }
