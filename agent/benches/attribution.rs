@@ -1,4 +1,4 @@
-//! Attribution at accept, cached path (DESIGN.md target: under 5 us).
+//! Attribution at accept, cached path (target: under 5 us).
 //!
 //! - `attribute/cached`: everything but the kernel lookup, with a stand-in table that hands back a
 //!   record of this process: cache hit, pidfd poll, start-time check. Runs anywhere.

@@ -1,5 +1,5 @@
 //! Policy decision cost: `decide()` with 200 integrations, for typical allowed and denied
-//! requests, against the same rules in cedar-policy measured in the same run (DESIGN.md: median
+//! requests, against the same rules in cedar-policy measured in the same run (targets: median
 //! under 1 us, at least 10x faster than cedar-policy). Prints the ratio of medians at the end.
 //!
 //! `cargo xtask bench policy`, or `AYA_BUILD_SKIP=1 cargo bench -p fhirwall --bench policy`.

@@ -2,7 +2,7 @@
 //!
 //! 1. The kernel's own accounting (`BPF_ENABLE_STATS`): average run time of `connect4` on the
 //!    path every connect on the host takes (destination not protected) and on the redirect path,
-//!    and of `sock_ops`. Goal (DESIGN.md): connect hook under 500 ns per call.
+//!    and of `sock_ops`. Goal: connect hook under 500 ns per call.
 //! 2. What a process sees: median and p99 `connect()` latency from a workload in a test cgroup,
 //!    without the programs (baseline), with them to an unprotected destination, and redirected.
 //!

@@ -15,7 +15,7 @@
 //!    shown for orientation, the req/s is the figure.
 //! 2. half load: the fixed-rate client (`client.rs`, latency from the scheduled send time, no
 //!    coordinated omission) at half the sidecar's saturation rate, against every target: the
-//!    added p99 versus direct is the DESIGN.md target (under 200 us).
+//!    added p99 versus direct is the project's target (under 200 us).
 //! 3. idle memory: 1000 TLS connections, one request each, then idle: RSS growth per connection
 //!    (target under 30 KB).
 //! 4. the same sidecar with `audit.durability: background` (the WAL fsynced every 100 ms

@@ -386,7 +386,7 @@ impl Report {
         let added = self.half_of(SIDECAR, |h| h.p99_us) - self.half_of(DIRECT, |h| h.p99_us);
         let idle = self.idle.get(SIDECAR).map(Idle::per_connection_kib);
         let verdict = |ok: bool| if ok { "met" } else { "MISSED" };
-        println!("\nDESIGN.md targets (sidecar, audit store on disk):");
+        println!("\nTargets (sidecar, audit store on disk):");
         println!(
             "  req/s at least Envoy's and nginx's: {sidecar:.0} vs {:.0} / {:.0}: {}",
             envoy.unwrap_or(f64::NAN),
