@@ -444,6 +444,19 @@ fn table(other_next: &str, other_status: &str) -> Vec<Row> {
             Refused,
         )
         .modes(Refused, Data(&["obs-a1"])),
+        row(
+            "_contained",
+            "GET",
+            format!("/Observation?patient={A}&_contained=true"),
+            Data(&[]),
+        ),
+        row(
+            "Prefer with a token R4 does not define",
+            "GET",
+            format!("/Observation?patient={A}"),
+            Status(400),
+        )
+        .header("Prefer", "handling=strict, x-vendor-everything=true"),
         row("batch of A's and B's results", "POST", "/", Refused)
             .body(
                 json,
@@ -654,6 +667,34 @@ fn judge(
     failures
 }
 
+/// What hfs answers a read asked directly, without fhirwall: the resources, and how many of
+/// B's ids are in them (whether the form alone would keep B's data out on this server).
+fn direct(ehr: &EhrServer, url: &str) -> String {
+    match ehr.get(url) {
+        Err(e) => format!("refused ({e})"),
+        Ok(v) => {
+            let text = v.to_string();
+            let leaks = B_MARKERS.iter().filter(|m| text.contains(**m)).count();
+            let entries = v["entry"]
+                .as_array()
+                .map(|e| {
+                    e.iter()
+                        .map(|e| {
+                            format!(
+                                "{}/{}",
+                                e["resource"]["resourceType"].as_str().unwrap_or("-"),
+                                e["resource"]["id"].as_str().unwrap_or("-")
+                            )
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_else(|| format!("{}/{}", v["resourceType"], v["id"]));
+            format!("{entries}; B markers: {leaks}")
+        }
+    }
+}
+
 #[test]
 fn a_patient_bound_integration_gets_its_patients_data_and_none_of_anothers() {
     let test = "a_patient_bound_integration_gets_its_patients_data_and_none_of_anothers";
@@ -721,6 +762,14 @@ fn a_patient_bound_integration_gets_its_patients_data_and_none_of_anothers() {
     );
 
     let rows = table(&next, &status_url);
+    // What hfs alone answers each read (no fhirwall in between): which forms would carry B's
+    // data on this server. Every form of the table is one hfs implements (with the search
+    // parameters `EhrServer` registers); the shapes of others are the response checker's tests.
+    for r in &rows {
+        if r.method == "GET" && r.url.starts_with('/') {
+            eprintln!("{:50} hfs alone: {}", r.name, direct(&stack.ehr, &r.url));
+        }
+    }
     let cases = cases(&rows);
     let mut failures = Vec::new();
     for (integration, deny) in [("portal-deny", true), ("portal-filter", false)] {
