@@ -675,9 +675,9 @@ fn direct(ehr: &EhrServer, url: &str) -> String {
         Ok(v) => {
             let text = v.to_string();
             let leaks = B_MARKERS.iter().filter(|m| text.contains(**m)).count();
-            let entries = v["entry"]
-                .as_array()
-                .map(|e| {
+            let entries = v["entry"].as_array().map_or_else(
+                || format!("{}/{}", v["resourceType"], v["id"]),
+                |e| {
                     e.iter()
                         .map(|e| {
                             format!(
@@ -688,8 +688,8 @@ fn direct(ehr: &EhrServer, url: &str) -> String {
                         })
                         .collect::<Vec<_>>()
                         .join(" ")
-                })
-                .unwrap_or_else(|| format!("{}/{}", v["resourceType"], v["id"]));
+                },
+            );
             format!("{entries}; B markers: {leaks}")
         }
     }
