@@ -228,6 +228,8 @@ pub fn metrics_excerpt(text: &str) -> String {
                     "fhirwall_audit_failures_total",
                     "fhirwall_policy_denials_total",
                     "fhirwall_shared_credential",
+                    "fhirwall_response_checks_total",
+                    "fhirwall_response_withheld_total",
                 ]
                 .iter()
                 .any(|p| l.starts_with(p))
