@@ -80,6 +80,11 @@ fn bench(c: &mut Criterion) {
     let clean = bundle(2_000, 0);
     let mut g = c.benchmark_group("response_check");
     g.throughput(Throughput::Bytes(big.len() as u64));
+    // The baseline: serde_json reading the same body as a whole, typed as nothing (validation
+    // only; it builds no values and holds the whole body, which the check must not).
+    g.bench_function("baseline_serde_json_validate", |b| {
+        b.iter(|| serde_json::from_slice::<serde::de::IgnoredAny>(black_box(&big)).is_ok());
+    });
     g.bench_function("record", |b| {
         let r = rules(CheckMode::Record, PatientRule::Any);
         b.iter(|| check(&r, black_box(&big)));

@@ -32,6 +32,7 @@
 //! to the audit store.
 
 mod emit;
+mod ids;
 mod judge;
 mod lexer;
 mod walk;

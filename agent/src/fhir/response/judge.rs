@@ -10,7 +10,12 @@
 
 use std::{collections::BTreeSet, fmt};
 
-use super::{CheckMode, MAX_PATIENTS, Report, walk::Facts, walk::Walker};
+use super::{
+    CheckMode, MAX_PATIENTS, Report,
+    ids::{Budget, IdSet},
+    walk::Facts,
+    walk::Walker,
+};
 use crate::fhir::{ResourceType, TypeSet, compartment::patient_compartment_elements};
 
 /// What one response may carry.
@@ -151,8 +156,10 @@ pub(super) struct Judge {
     /// Patients of released units.
     patients: BTreeSet<String>,
     truncated: bool,
-    /// Patients of the unit in progress, kept only if the unit is.
-    unit: Option<BTreeSet<String>>,
+    /// Patients of the unit in progress (while `in_unit`), kept only if the unit is.
+    unit: IdSet,
+    unit_budget: Budget,
+    in_unit: bool,
     resources: u64,
     pub(super) withheld: std::collections::BTreeMap<Option<ResourceType>, u32>,
     pub(super) withheld_matches: u32,
@@ -167,7 +174,9 @@ impl Judge {
             bound: None,
             patients: BTreeSet::new(),
             truncated: false,
-            unit: None,
+            unit: IdSet::default(),
+            unit_budget: Budget::default(),
+            in_unit: false,
             resources: 0,
             withheld: std::collections::BTreeMap::new(),
             withheld_matches: 0,
@@ -196,17 +205,17 @@ impl Judge {
     }
 
     pub(super) fn unit_start(&mut self) {
-        self.unit = Some(BTreeSet::new());
+        self.unit.clear(&mut self.unit_budget);
+        self.in_unit = true;
     }
 
     /// A unit ends; its patients count only if it is released.
     pub(super) fn unit_end(&mut self, kept: bool) {
-        if let Some(unit) = self.unit.take()
-            && kept
-        {
-            for id in unit {
-                self.add_patient(id);
+        if std::mem::take(&mut self.in_unit) && kept {
+            for id in self.unit.iter() {
+                add_patient(&mut self.patients, &mut self.truncated, id);
             }
+            self.truncated |= self.unit.overflowed();
         }
     }
 
@@ -262,7 +271,11 @@ impl Judge {
         let own = (t == ResourceType::Patient)
             .then_some(facts.id.as_deref())
             .flatten();
-        for id in facts.referenced.iter().map(String::as_str).chain(own) {
+        if facts.referenced.overflowed() {
+            // More patients than any patient rule names (see `ids::MAX_HELD`).
+            return Err(Violation::OtherPatient);
+        }
+        for id in facts.referenced.iter().chain(own) {
             self.allow(id)?;
         }
         if facts.contained || envelope(t) || self.rules.exempt.contains(t) {
@@ -270,7 +283,7 @@ impl Judge {
         }
         let tied = match patient_compartment_elements(t) {
             _ if t == ResourceType::Patient => own.is_some(),
-            Some(_) => !facts.compartment.is_empty(),
+            Some(_) => facts.in_compartment,
             None => false,
         };
         if tied {
@@ -306,21 +319,13 @@ impl Judge {
         let own = (t == ResourceType::Patient && !facts.contained)
             .then_some(facts.id.as_deref())
             .flatten();
-        for id in facts.referenced.iter().map(String::as_str).chain(own) {
-            match &mut self.unit {
-                Some(unit) => {
-                    unit.insert(id.to_owned());
-                }
-                None => self.add_patient(id.to_owned()),
+        self.truncated |= facts.referenced.overflowed();
+        for id in facts.referenced.iter().chain(own) {
+            if self.in_unit {
+                self.unit.insert(id, &mut self.unit_budget);
+            } else {
+                add_patient(&mut self.patients, &mut self.truncated, id);
             }
-        }
-    }
-
-    fn add_patient(&mut self, id: String) {
-        if self.patients.len() < MAX_PATIENTS || self.patients.contains(&id) {
-            self.patients.insert(id);
-        } else {
-            self.truncated = true;
         }
     }
 
@@ -349,4 +354,16 @@ fn envelope(t: ResourceType) -> bool {
         t,
         ResourceType::Bundle | ResourceType::Parameters | ResourceType::OperationOutcome
     )
+}
+
+/// Adds a patient to a response's tally, up to [`MAX_PATIENTS`]; allocates only for a new one.
+fn add_patient(patients: &mut BTreeSet<String>, truncated: &mut bool, id: &str) {
+    if patients.contains(id) {
+        return;
+    }
+    if patients.len() < MAX_PATIENTS {
+        patients.insert(id.to_owned());
+    } else {
+        *truncated = true;
+    }
 }

@@ -659,3 +659,53 @@ fn resources_whose_keys_come_in_any_order_are_judged_alike() {
         clean.as_bytes()
     );
 }
+
+/// A Group of `n` members referencing `patient(i)`, as one JSON body.
+fn group_of(n: usize, patient: impl Fn(usize) -> String) -> Vec<u8> {
+    let members: Vec<String> = (0..n)
+        .map(|i| format!(r#"{{"entity":{{"reference":"Patient/{}"}}}}"#, patient(i)))
+        .collect();
+    format!(
+        r#"{{"resourceType":"Group","id":"g","type":"person","actual":true,"member":[{}]}}"#,
+        members.join(",")
+    )
+    .into_bytes()
+}
+
+/// A server answer is hostile input too: one resource naming 200,000 patients must be judged
+/// in time and memory that do not grow with the square of its references (this took minutes
+/// when every reference was compared with every other).
+#[test]
+fn a_resource_naming_more_patients_than_any_rule_allows_is_judged_without_holding_them_all() {
+    let body = group_of(200_000, |i| format!("p{i}"));
+    let mut record = rules(CheckMode::Record, &[ResourceType::Group], PatientRule::Any);
+    record.max_held = 16 << 20;
+    let (released, report) = run(&record, BodyFormat::Json, &body, 16 * 1024);
+    assert!(released.is_ok());
+    assert!(report.patients_truncated);
+    assert_eq!(report.patients.len(), MAX_PATIENTS);
+    assert!(report.patients.iter().all(|p| p.starts_with('p')));
+
+    let deny = ResponseRules {
+        mode: CheckMode::Deny,
+        patients: PatientRule::Only(vec!["p0".into()]),
+        ..record
+    };
+    let (refused, _) = run(&deny, BodyFormat::Json, &body, 16 * 1024);
+    assert_eq!(
+        refused.expect_err("refused").violation,
+        Violation::OtherPatient
+    );
+}
+
+/// The bound counts distinct patients: many references to the one allowed patient pass.
+#[test]
+fn many_references_to_the_allowed_patient_pass() {
+    let body = group_of(50_000, |_| A.to_owned());
+    let mut deny = rules(CheckMode::Deny, &[ResourceType::Group], only_a());
+    deny.max_held = 16 << 20;
+    let (released, report) = run(&deny, BodyFormat::Json, &body, 16 * 1024);
+    assert_eq!(released.expect("released"), body);
+    assert_eq!(report.patients, vec![A.to_owned()]);
+    assert!(!report.patients_truncated);
+}

@@ -14,6 +14,7 @@
 
 use super::{
     BodyFormat,
+    ids::{Budget, IdSet},
     judge::{Judge, Malformed, Violation},
     lexer::Token,
 };
@@ -77,19 +78,31 @@ enum Role {
 pub(super) struct Facts {
     pub resource_type: Option<ResourceType>,
     pub id: Option<String>,
-    /// Patient ids referenced from the elements that put the type in a patient compartment
-    /// (settled when the object closes, from `by_member`).
-    pub compartment: Vec<String>,
+    /// A Patient reference of its own sits under an element that puts its type in the Patient
+    /// compartment (settled when the object closes, from `pending`, if the type came late).
+    pub in_compartment: bool,
     /// Patient ids referenced anywhere in it (contained resources included).
-    pub referenced: Vec<String>,
+    pub referenced: IdSet,
     /// A `contained` resource: judged on type and references, tied through its container.
     pub contained: bool,
     /// The current top-level member's key (empty before the first).
     member: Vec<u8>,
-    /// (top-level member, patient id) of every Patient reference of its own.
-    by_member: Vec<(Vec<u8>, String)>,
+    /// Top-level members that held a Patient reference before the type was known.
+    pending: IdSet,
     /// `resourceType` was read (a second one is refused).
     typed: bool,
+}
+
+impl Facts {
+    /// Ready for a new resource; the sets were cleared when the last one was released.
+    fn reset(&mut self, contained: bool) {
+        self.resource_type = None;
+        self.id = None;
+        self.in_compartment = false;
+        self.contained = contained;
+        self.member.clear();
+        self.typed = false;
+    }
 }
 
 /// Keys whose string values the walker reads.
@@ -146,6 +159,10 @@ pub(super) struct Walker {
     format: BodyFormat,
     frames: Vec<Role>,
     resources: Vec<Facts>,
+    /// Facts of closed resources, kept for their buffers.
+    spare: Vec<Facts>,
+    /// The ids all open resources hold together.
+    budget: Budget,
     /// The key whose value comes next, as the walker reads a string value of it, and as it
     /// gives a container value its role.
     key: Key,
@@ -173,6 +190,8 @@ impl Walker {
             format,
             frames: Vec::with_capacity(32),
             resources: Vec::with_capacity(8),
+            spare: Vec::new(),
+            budget: Budget::default(),
             key: Key::Other,
             name: Name::Other,
             root_member: Member::Other,
@@ -205,7 +224,9 @@ impl Walker {
     /// NDJSON: the next line is a new document.
     pub(super) fn next_document(&mut self) {
         self.frames.clear();
-        self.resources.clear();
+        while let Some(facts) = self.resources.pop() {
+            self.release(facts);
+        }
         self.root_type = None;
         self.key = Key::Other;
     }
@@ -299,11 +320,9 @@ impl Walker {
         self.frames.push(role);
         self.key = Key::Other;
         if role == Role::Resource {
-            let contained = parent == Some(Role::Contained);
-            self.resources.push(Facts {
-                contained,
-                ..Facts::default()
-            });
+            let mut facts = self.spare.pop().unwrap_or_default();
+            facts.reset(parent == Some(Role::Contained));
+            self.resources.push(facts);
         }
         if unit_start {
             self.search_mode = None;
@@ -335,7 +354,9 @@ impl Walker {
         match role {
             Role::Resource => {
                 let mut facts = self.resources.pop().unwrap_or_default();
-                self.resource_end(&mut facts, judge)?;
+                let judged = self.resource_end(&mut facts, judge);
+                self.release(facts);
+                judged?;
             }
             Role::Link => {
                 if let (Some(relation), Some(url)) = std::mem::take(&mut self.link) {
@@ -479,11 +500,21 @@ impl Walker {
         let Some(facts) = self.resources.last_mut() else {
             return;
         };
-        let member = &facts.member;
-        if !member.is_empty() && !facts.by_member.iter().any(|(m, i)| m == member && i == id) {
-            facts.by_member.push((member.clone(), id.to_owned()));
+        facts.referenced.insert(id, &mut self.budget);
+        match facts.resource_type {
+            Some(t) => facts.in_compartment |= compartment_element(t, &facts.member),
+            None if !facts.member.is_empty() => facts
+                .pending
+                .insert(&String::from_utf8_lossy(&facts.member), &mut self.budget),
+            None => {}
         }
-        push_unique(&mut facts.referenced, id);
+    }
+
+    /// Gives a closed resource's share of the budget back and keeps its buffers.
+    fn release(&mut self, mut facts: Facts) {
+        facts.referenced.clear(&mut self.budget);
+        facts.pending.clear(&mut self.budget);
+        self.spare.push(facts);
     }
 
     /// Judges a resource whose object just closed; what it references counts for its container.
@@ -491,18 +522,20 @@ impl Walker {
         let Some(t) = facts.resource_type else {
             return Err(Violation::Malformed(Malformed::Identity));
         };
-        if let Some(elements) = patient_compartment_elements(t) {
-            for (member, id) in &facts.by_member {
-                if elements.iter().any(|e| e.as_bytes() == member.as_slice()) {
-                    push_unique(&mut facts.compartment, id);
-                }
-            }
+        if !facts.in_compartment {
+            facts.in_compartment = facts
+                .pending
+                .iter()
+                .any(|member| compartment_element(t, member.as_bytes()));
         }
         if facts.contained
             && let Some(parent) = self.resources.last_mut()
         {
-            for id in &facts.referenced {
-                push_unique(&mut parent.referenced, id);
+            for id in facts.referenced.iter() {
+                parent.referenced.insert(id, &mut self.budget);
+            }
+            if facts.referenced.overflowed() {
+                parent.referenced.mark_overflowed();
             }
         }
         let in_unit = self.in_unit();
@@ -530,8 +563,9 @@ impl Walker {
     }
 }
 
-fn push_unique(list: &mut Vec<String>, id: &str) {
-    if !list.iter().any(|known| known == id) {
-        list.push(id.to_owned());
-    }
+/// Whether a reference under top-level `member` puts a resource of type `t` in the Patient
+/// compartment.
+fn compartment_element(t: ResourceType, member: &[u8]) -> bool {
+    patient_compartment_elements(t)
+        .is_some_and(|elements| elements.iter().any(|e| e.as_bytes() == member))
 }
