@@ -709,3 +709,29 @@ fn many_references_to_the_allowed_patient_pass() {
     assert_eq!(report.patients, vec![A.to_owned()]);
     assert!(!report.patients_truncated);
 }
+
+/// Links are kept for binding only up to a bound: a manifest naming more files than that
+/// leaves the rest unbound (following them is refused), and the check's memory stays bounded.
+#[test]
+fn links_are_kept_up_to_a_bound() {
+    let url = format!("https://ehr.example/fhir/files/{}", "x".repeat(200));
+    let files: Vec<String> = (0..20_000)
+        .map(|i| format!(r#"{{"type":"Observation","url":"{url}/{i}"}}"#))
+        .collect();
+    let body = format!(
+        r#"{{"transactionTime":"2026-11-30T10:15:00Z","request":"https://ehr.example/fhir/$export","requiresAccessToken":true,"output":[{}],"error":[]}}"#,
+        files.join(",")
+    );
+    let mut r = rules(
+        CheckMode::Deny,
+        &[ResourceType::Observation],
+        PatientRule::Any,
+    );
+    r.max_held = 16 << 20;
+    let (released, report) = run(&r, BodyFormat::ExportManifest, body.as_bytes(), 16 * 1024);
+    assert!(released.is_ok());
+    let kept: usize = report.links.iter().map(|(r, u)| r.len() + u.len()).sum();
+    assert!(kept <= walk::MAX_LINK_BYTES);
+    assert!(report.links.len() > 1000 && report.links.len() < 20_000);
+    assert_eq!(report.links[0], ("output".to_owned(), format!("{url}/0")));
+}

@@ -22,6 +22,11 @@ use crate::fhir::{
     ResourceType, compartment::patient_compartment_elements, patient::patient_id_of_reference,
 };
 
+/// The most bytes of links (relation and URL) one response keeps for binding: a page has a
+/// handful and an export manifest a few thousand files, while a hostile answer could name
+/// millions, each of which would otherwise be held here and then bound.
+pub(super) const MAX_LINK_BYTES: usize = 1 << 20;
+
 /// What a token means to the emitter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Event {
@@ -181,6 +186,8 @@ pub(super) struct Walker {
     /// The relation of the link in progress, and its URL.
     link: (Option<String>, Option<String>),
     pub(super) links: Vec<(String, String)>,
+    /// Their bytes (see [`MAX_LINK_BYTES`]).
+    link_bytes: usize,
     pub(super) total: Option<String>,
 }
 
@@ -202,6 +209,7 @@ impl Walker {
             unit_withheld: false,
             link: (None, None),
             links: Vec::new(),
+            link_bytes: 0,
             total: None,
         }
     }
@@ -360,7 +368,7 @@ impl Walker {
             }
             Role::Link => {
                 if let (Some(relation), Some(url)) = std::mem::take(&mut self.link) {
-                    self.links.push((relation, url));
+                    self.keep_link(relation, url);
                 }
             }
             Role::File => {
@@ -373,7 +381,7 @@ impl Walker {
                 } else {
                     "output"
                 };
-                self.links.push((relation.to_owned(), url));
+                self.keep_link(relation.to_owned(), url);
             }
             _ => {}
         }
@@ -394,6 +402,16 @@ impl Walker {
             return Ok(Event::EntriesEnd);
         }
         Ok(self.member_end())
+    }
+
+    /// Keeps a link for binding while the links stay within [`MAX_LINK_BYTES`]; one past it is
+    /// not kept, so that following it is refused as a link this agent never issued.
+    fn keep_link(&mut self, relation: String, url: String) {
+        let size = relation.len() + url.len();
+        if self.link_bytes + size <= MAX_LINK_BYTES {
+            self.link_bytes += size;
+            self.links.push((relation, url));
+        }
     }
 
     /// A value at depth 1 closes a root member.
