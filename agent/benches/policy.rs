@@ -10,8 +10,6 @@
 //! per entry), all of which must be allowed. Classification, header reading and building
 //! Cedar requests are not measured.
 
-mod support;
-
 use std::{
     fmt::Write as _,
     hint::black_box,
@@ -21,15 +19,13 @@ use std::{
 
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request};
 use criterion::{Criterion, SamplingMode};
-use fhirwall::{
-    fhir::{FhirRequest, HttpRequest, classify},
-    policy::{Policy, Subject, decide},
-};
+use fhirwall::policy::{Policy, Subject, decide};
+use fhirwall_fhir::{FhirRequest, HttpRequest, classify};
 use serde_json::json;
 
 /// Counts allocations, to show that `decide()` makes none.
 #[global_allocator]
-static GLOBAL: support::Counting = support::Counting;
+static GLOBAL: bench_alloc::Counting = bench_alloc::Counting;
 
 const INTEGRATIONS: usize = 200;
 /// The integration the benchmark requests come from (in the middle of the list).
@@ -311,9 +307,9 @@ fn prepare(policy: &Policy, all: &PolicySet) -> Vec<Prepared> {
             );
             // Both engines must agree before their speed means anything; decide() must not
             // allocate.
-            let before = support::allocations();
+            let before = bench_alloc::allocations();
             let forwards = decide(policy, &subject, &request).forwards();
-            let allocations = support::allocations() - before;
+            let allocations = bench_alloc::allocations() - before;
             assert_eq!(forwards, case.allowed, "{}: decide", case.name);
             assert_eq!(allocations, 0, "{}: decide() allocated", case.name);
             let cedar = cedar_requests(&case);

@@ -2,8 +2,6 @@
 //! handshakes through the terminator (in-memory streams), and the heap an idle terminated
 //! connection keeps (counted by a wrapping allocator, printed, not timed).
 
-mod support;
-
 use std::{
     hint::black_box,
     net::Ipv4Addr,
@@ -24,7 +22,7 @@ use tokio_rustls::TlsConnector;
 
 /// Counts live heap bytes so the idle-connection footprint can be measured.
 #[global_allocator]
-static GLOBAL: support::Counting = support::Counting;
+static GLOBAL: bench_alloc::Counting = bench_alloc::Counting;
 
 const NAME: &str = "fhir.ehr.example";
 const REQUEST: &[u8] = b"GET /fhir/R4/Patient/123 HTTP/1.1\r\nHost: fhir.ehr.example\r\nAccept: application/fhir+json\r\n\r\n";
@@ -156,33 +154,33 @@ fn idle_memory(_: &mut Criterion) {
         let warm = open(&s.terminator, &listener, &connector, &fallback, addr, N).await;
         drop(warm);
 
-        let plain_before = support::live();
+        let plain_before = bench_alloc::live();
         let mut plain = Vec::with_capacity(N);
         for _ in 0..N {
             let client = TcpStream::connect(addr).await.expect("connect");
             let (server, _) = listener.accept().await.expect("accept");
             plain.push((server, client));
         }
-        let plain_bytes = support::live() - plain_before;
+        let plain_bytes = bench_alloc::live() - plain_before;
         drop(plain);
 
         // Handshake only: the sidecar's halves, once the clients are gone.
-        let before = support::live();
+        let before = bench_alloc::live();
         let pairs = open(&s.terminator, &listener, &connector, &fallback, addr, N).await;
         let (servers, clients): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
         drop(clients);
-        let handshaken = support::live() - before;
+        let handshaken = bench_alloc::live() - before;
         drop(servers);
 
         // After one request and response.
-        let before = support::live();
+        let before = bench_alloc::live();
         let mut pairs = open(&s.terminator, &listener, &connector, &fallback, addr, N).await;
         for (server, client) in &mut pairs {
             exchange(server, client).await;
         }
         let (servers, clients): (Vec<_>, Vec<_>) = pairs.into_iter().unzip();
         drop(clients);
-        let exchanged = support::live() - before;
+        let exchanged = bench_alloc::live() - before;
         drop(servers);
 
         let per = |bytes: isize| bytes / isize::try_from(N).expect("small");

@@ -10,7 +10,7 @@
 //!   attribution/  accept(): peer 4-tuple -> kernel record -> Workload (exe + sha256, start time,
 //!                 cgroup -> container / pod / systemd unit), cached per (tgid, start time)
 //!   proxy/        TLS termination (local CA) or plain HTTP, strict HTTP/1.1 framing
-//!   fhir/         classify: interaction, type, id, compartment, params, bundle entries
+//!   fhirwall-fhir classify: interaction, type, id, compartment, params, bundle entries
 //!   policy/       workload -> integration; decide() -> Allow | Deny { reason }
 //!   audit/        record committed (group commit, hash chain) before anything is forwarded
 //!   proxy/        forward upstream over TLS/mTLS, or answer 403 OperationOutcome
@@ -25,8 +25,6 @@ pub mod kernel;
 pub mod attribution;
 
 pub mod proxy;
-
-pub mod fhir;
 
 pub mod policy;
 

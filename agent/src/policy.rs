@@ -69,7 +69,8 @@ pub use self::{
     scope::{Perm, Perms, Scope, ScopeContext, ScopeParam},
     selector::WorkloadSelector,
 };
-use crate::{attribution::Workload, fhir::ClassifyConfig};
+use crate::attribution::Workload;
+use fhirwall_fhir::ClassifyConfig;
 
 /// Policy-wide settings (`kind: Settings`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,4 +1,4 @@
-//! Drives `fhirwall::fhir::classify` with arbitrary method, target, headers and body.
+//! Drives `fhirwall_fhir::classify` with arbitrary method, target, headers and body.
 //!
 //! Input layout: byte 0 picks the method and the config (base path, tenant mode); the rest is
 //! split on NUL into target, Content-Type, If-None-Exist and body. Any `Err` is fine; a panic,
@@ -6,7 +6,7 @@
 
 #![no_main]
 
-use fhirwall::fhir::{ClassifyConfig, HttpRequest, TenantMode, classify};
+use fhirwall_fhir::{ClassifyConfig, HttpRequest, TenantMode, classify};
 use libfuzzer_sys::fuzz_target;
 
 const METHODS: [&str; 8] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "get"];

@@ -1,11 +1,11 @@
-//! Drives the patch readers (`fhirwall::fhir::patch::read`): byte 0 picks the format, the rest
+//! Drives the patch readers (`fhirwall_fhir::patch::read`): byte 0 picks the format, the rest
 //! is parsed as JSON the way the classifier does (depth-limited by serde_json's own limit here)
 //! and read as a patch of an Observation. Any `Err` is fine; a panic is a bug, and so is a
 //! reference in the effect that the document does not contain.
 
 #![no_main]
 
-use fhirwall::fhir::patch::{PatchFormat, read};
+use fhirwall_fhir::patch::{PatchFormat, read};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

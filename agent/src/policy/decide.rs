@@ -35,7 +35,7 @@ use super::{
     model::{IntegrationStatus, Mode},
     purpose::{PurposeOfUse, RequestedPurpose},
 };
-use crate::fhir::{FhirRequest, Interaction};
+use fhirwall_fhir::{FhirRequest, Interaction};
 
 /// The outcome for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

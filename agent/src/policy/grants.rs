@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::scope::{Perm, Perms, Scope, ScopeContext};
-use crate::fhir::{ResourceType, SearchParam, TypeSet};
+use fhirwall_fhir::{ResourceType, SearchParam, TypeSet};
 
 const TYPES: usize = ResourceType::ALL.len();
 

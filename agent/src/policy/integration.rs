@@ -12,7 +12,7 @@ use super::{
     purpose::{PurposeOfUse, PurposeSet},
     selector::WorkloadSelector,
 };
-use crate::fhir::{ResourceType, patient_compartment_params};
+use fhirwall_fhir::{ResourceType, patient_compartment_params};
 
 /// A named non-human identity: one API integration with its owner, purpose and scope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

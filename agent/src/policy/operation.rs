@@ -13,7 +13,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fhir::{Operation, OperationLevel, ResourceType};
+use fhirwall_fhir::{Operation, OperationLevel, ResourceType};
 
 /// One allowed operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

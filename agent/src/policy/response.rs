@@ -1,5 +1,5 @@
 //! How the response to an allowed request is checked: the rules of
-//! [`fhir::response`](crate::fhir::response) derived from the integration and the request.
+//! [`fhir::response`](fhirwall_fhir::response) derived from the integration and the request.
 //!
 //! A response is checked (in the integration's `on_violation` mode) when the request cannot
 //! bound what comes back:
@@ -19,7 +19,7 @@ use super::{
     Decision, Integration, OnViolation, Part, PatientMode, Policy, Rule, ScopeContext, Subject,
     decide::{Confined, HeaderValue, confine},
 };
-use crate::fhir::{
+use fhirwall_fhir::{
     FhirRequest, Interaction, ResourceType, TypeSet,
     response::{CheckMode, PatientRule, ResponseRules},
 };

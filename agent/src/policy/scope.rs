@@ -21,7 +21,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::fhir::ResourceType;
+use fhirwall_fhir::ResourceType;
 
 /// Whose data a scope is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -50,10 +50,10 @@ use super::{
 use crate::{
     attribution::Workload,
     audit::{self, AuditSink, CommittedSeq},
-    fhir::{self, HttpRequest},
     metrics::Metrics,
     policy::{self, Integration, Policy, RateLimiter, RateOutcome, Subject},
 };
+use fhirwall_fhir::{self as fhir, HttpRequest};
 
 /// The policy in force and the rate limiter that goes with it, swapped together on reload.
 pub struct PolicyState {

@@ -7,15 +7,12 @@ use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 
 use super::ExplainArgs;
-use crate::{
-    fhir::{
-        ClassifyConfig, FhirRequest, HttpRequest, classify,
-        response::{BodyFormat, CheckMode, ResponseCheck, ResponseRules},
-    },
-    policy::{
-        Decision, Integration, LoadError, Policy, PurposeOfUse, Rule, Subject, decide,
-        response_rules,
-    },
+use crate::policy::{
+    Decision, Integration, LoadError, Policy, PurposeOfUse, Rule, Subject, decide, response_rules,
+};
+use fhirwall_fhir::{
+    ClassifyConfig, FhirRequest, HttpRequest, classify,
+    response::{BodyFormat, CheckMode, ResponseCheck, ResponseRules},
 };
 
 /// What `--response` is checked with when the agent config is not at hand: its default
@@ -283,7 +280,7 @@ fn decided(
 
 /// A request the classifier refuses: the proxy denies it with the classifier's status.
 fn unclassifiable(
-    e: &crate::fhir::ClassifyError,
+    e: &fhirwall_fhir::ClassifyError,
     integration: &Integration,
     upstream: &str,
 ) -> Report {

@@ -15,15 +15,15 @@ use super::{
     patient::{Confined, confine},
     reason::{Confinement, Need, Reach, Why},
 };
-use crate::{
-    fhir::{FhirRequest, Include, Interaction, PATIENT_COMPARTMENT, ResourceType, SearchParam},
-    policy::{
-        decide::HeaderValue,
-        grants::{Scopes, Source, satisfies},
-        integration::{Integration, PatientConstraint, PatientMode},
-        operation::OperationRule,
-        scope::{Perm, ScopeContext},
-    },
+use crate::policy::{
+    decide::HeaderValue,
+    grants::{Scopes, Source, satisfies},
+    integration::{Integration, PatientConstraint, PatientMode},
+    operation::OperationRule,
+    scope::{Perm, ScopeContext},
+};
+use fhirwall_fhir::{
+    FhirRequest, Include, Interaction, PATIENT_COMPARTMENT, ResourceType, SearchParam,
 };
 
 /// What allowed a request (for the rule named in the decision).
@@ -293,7 +293,7 @@ impl<'a> Checker<'a> {
             let targets = match &include.target_type {
                 Some(target) => std::slice::from_ref(target),
                 None => {
-                    crate::fhir::reference_targets(source, param).ok_or(Why::Unnamed { via })?
+                    fhirwall_fhir::reference_targets(source, param).ok_or(Why::Unnamed { via })?
                 }
             };
             for target in targets {
@@ -320,7 +320,7 @@ impl<'a> Checker<'a> {
             );
             for modifier in typed_links {
                 let t = modifier
-                    .and_then(crate::fhir::Modifier::resource_type)
+                    .and_then(fhirwall_fhir::Modifier::resource_type)
                     .ok_or(Why::Unnamed { via: Reach::Chain })?;
                 reach(Reach::Chain, t, Perm::Search)?;
             }

@@ -4,7 +4,7 @@
 //! (<http://hl7.org/fhir/R4/compartmentdefinition-patient.html>).
 
 use super::reason::Confinement;
-use crate::fhir::{
+use fhirwall_fhir::{
     FhirRequest, Interaction, Modifier, OperationLevel, ResourceType, SearchParam,
     patch::ChangeKind, patient_compartment_elements, patient_compartment_params,
 };
@@ -134,7 +134,7 @@ fn moves_compartment(req: &FhirRequest, t: ResourceType) -> Result<(), Confineme
         && patch
             .references
             .iter()
-            .all(|r| crate::fhir::patient_id_of_reference(r).is_some());
+            .all(|r| fhirwall_fhir::patient_id_of_reference(r).is_some());
     let moved = patch.changes.iter().any(|change| {
         let link = elements.iter().any(|e| change.element.reaches(e));
         link && (change.kind != ChangeKind::Set || !patient_only)

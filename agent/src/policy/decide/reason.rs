@@ -5,14 +5,12 @@
 use std::fmt;
 
 use super::{Part, Presented};
-use crate::{
-    fhir::{Interaction, ResourceType},
-    policy::{
-        model::IntegrationStatus,
-        purpose::{PurposeSet, RequestedPurpose},
-        scope::{Perm, Scope},
-    },
+use crate::policy::{
+    model::IntegrationStatus,
+    purpose::{PurposeSet, RequestedPurpose},
+    scope::{Perm, Scope},
 };
+use fhirwall_fhir::{Interaction, ResourceType};
 
 /// The reason of a Deny or WouldDeny.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

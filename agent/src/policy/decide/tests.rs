@@ -14,10 +14,8 @@ mod portal;
 use std::sync::OnceLock;
 
 use super::*;
-use crate::{
-    fhir::{HttpRequest, classify},
-    policy::{BreakGlassSession, RateLimiter, RateOutcome, exception::SessionTarget},
-};
+use crate::policy::{BreakGlassSession, RateLimiter, RateOutcome, exception::SessionTarget};
+use fhirwall_fhir::{HttpRequest, classify};
 
 /// "Today" for the example policies.
 pub(super) const NOW: &str = "2026-11-28T12:00:00Z";

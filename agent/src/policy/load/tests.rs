@@ -1,5 +1,5 @@
 use super::*;
-use crate::fhir::ClassifyConfig;
+use fhirwall_fhir::ClassifyConfig;
 
 const UPSTREAM: &str =
     "kind: Upstream\nname: ehr\naddresses: [\"fhir.ehr.test:443\"]\nbase_path: /fhir/R4\n";
@@ -334,7 +334,7 @@ fn tenanted_upstreams_need_tenants_and_get_them_in_the_classifier() {
     let config = policy.classify_config("ehr").expect("config");
     assert_eq!(
         config.tenant,
-        crate::fhir::TenantMode::Header("X-Tenant".into())
+        fhirwall_fhir::TenantMode::Header("X-Tenant".into())
     );
     let bad = format!("{UPSTREAM}tenant:\n  mode: header\n");
     let problems = parse(&[("u.yaml", &bad)]).expect_err("no header");

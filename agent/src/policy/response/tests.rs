@@ -3,10 +3,8 @@
 use std::sync::OnceLock;
 
 use super::*;
-use crate::{
-    fhir::{HttpRequest, classify},
-    policy::decide,
-};
+use crate::policy::decide;
+use fhirwall_fhir::{HttpRequest, classify};
 
 const NOW: &str = "2026-11-28T12:00:00Z";
 const MAX: usize = 1 << 20;

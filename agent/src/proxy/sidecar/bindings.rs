@@ -17,7 +17,7 @@ use std::{
 
 use lru::LruCache;
 
-use crate::fhir::response::PatientRule;
+use fhirwall_fhir::response::PatientRule;
 
 /// What a bound URL is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,7 +7,7 @@ use super::super::{
     http::{ExchangeId, Inspected, LocalResponse, ResponseHead, ResponseInspector},
     outcome::{self, IssueType},
 };
-use crate::fhir::response::{
+use fhirwall_fhir::response::{
     BodyFormat, CheckMode, Progress, Refusal, Report, ResponseCheck, ResponseRules, Violation,
 };
 

@@ -9,15 +9,15 @@ use super::{
 };
 use crate::{
     audit,
-    fhir::{
-        FhirRequest,
-        response::{CheckMode, ResponseRules},
-    },
     policy::{self, BreakGlassSession, Decision, OnViolation, Part, Policy, Rule, Subject, Why},
     proxy::{
         http::{ExchangeId, LocalResponse},
         outcome::{self, IssueType},
     },
+};
+use fhirwall_fhir::{
+    FhirRequest,
+    response::{CheckMode, ResponseRules},
 };
 
 /// What happens to a request once decided.
@@ -33,7 +33,7 @@ pub(super) enum Plan {
 /// The URL the server issued, its owner and its answer's rules.
 pub(super) struct Issued {
     pub integration: String,
-    pub patients: crate::fhir::response::PatientRule,
+    pub patients: fhirwall_fhir::response::PatientRule,
 }
 
 impl Exchange {

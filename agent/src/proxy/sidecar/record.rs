@@ -7,10 +7,10 @@ use super::super::http::{ExchangeId, Outcome, RequestHead};
 use crate::{
     attribution::Workload,
     audit::{self, BreakGlassUse, CommittedSeq, Completion, Decision, Record},
-    fhir::{self, FhirRequest},
     policy::{self, BreakGlassSession, Presented, Rule, Subject},
     proxy::outcome::IssueType,
 };
+use fhirwall_fhir::{self as fhir, FhirRequest};
 
 /// A record of what arrived, before anything is decided (decision `Deny` until said otherwise).
 pub fn base(
@@ -203,9 +203,9 @@ fn check_record(checked: &Checked) -> audit::ResponseCheckRecord {
 /// What the response check of one exchange saw.
 #[derive(Debug)]
 pub struct Checked {
-    pub mode: crate::fhir::response::CheckMode,
-    pub report: crate::fhir::response::Report,
-    pub refusal: Option<crate::fhir::response::Refusal>,
+    pub mode: fhirwall_fhir::response::CheckMode,
+    pub report: fhirwall_fhir::response::Report,
+    pub refusal: Option<fhirwall_fhir::response::Refusal>,
 }
 
 /// The OperationOutcome issue type for a classification error.
@@ -225,7 +225,7 @@ pub fn issue_type(t: fhir::IssueType) -> IssueType {
 #[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests {
     use super::patient_references;
-    use crate::fhir::{self, ClassifyConfig, HttpRequest};
+    use fhirwall_fhir::{self, ClassifyConfig, HttpRequest};
 
     #[test]
     fn patients_are_recorded_as_references() {
@@ -242,7 +242,7 @@ mod tests {
                 headers: &[],
                 body: None,
             };
-            let fhir = fhir::classify(&request, &config).unwrap();
+            let fhir = fhirwall_fhir::classify(&request, &config).unwrap();
             assert_eq!(patient_references(&fhir), want, "{target}");
         }
     }

@@ -10,10 +10,10 @@ use super::{
     record::Checked,
 };
 use crate::{
-    fhir::response::{CheckMode, PatientRule, Report},
     metrics::NO_INTEGRATION,
     proxy::http::{ExchangeId, ResponseHead},
 };
+use fhirwall_fhir::response::{CheckMode, PatientRule, Report};
 
 impl Exchange {
     /// The guard for the response to the request just forwarded. A `$export` kick-off's status

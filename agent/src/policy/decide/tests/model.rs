@@ -5,10 +5,8 @@
 use std::sync::OnceLock;
 
 use super::{Case, case, check};
-use crate::{
-    fhir::{HttpRequest, classify},
-    policy::{Decision, Policy, Subject, decide},
-};
+use crate::policy::{Decision, Policy, Subject, decide};
+use fhirwall_fhir::{HttpRequest, classify};
 
 const WRITER: &str = "a-bound-writer";
 const A: &str = "pat-a";

@@ -4,7 +4,7 @@ use super::{
     ChainLink, Include, Modifier, ParamResult, Query, RawParam, ReverseChainLink, SearchParam,
     SortKey, Summary, Total,
 };
-use crate::fhir::{ClassifyConfig, QueryProblem, ResourceType};
+use crate::{ClassifyConfig, QueryProblem, ResourceType};
 
 /// Files `pair` into `query`.
 pub(super) fn add(query: &mut Query, pair: RawParam, config: &ClassifyConfig) -> ParamResult<()> {

@@ -3,7 +3,7 @@
 //! reproduce; the fuzz target (`fuzz/fuzz_targets/classify.rs`) explores further.
 
 use super::{FORM, config, run};
-use crate::fhir::{ClassifyConfig, ClassifyError, HttpRequest, MAX_JSON_DEPTH_CEILING, classify};
+use crate::{ClassifyConfig, ClassifyError, HttpRequest, MAX_JSON_DEPTH_CEILING, classify};
 
 const JSON: &[(&str, &str)] = &[("Content-Type", "application/fhir+json")];
 
@@ -93,7 +93,7 @@ fn invalid_utf8_anywhere_is_an_error() {
     assert!(matches!(
         request("POST", "/fhir/R4/Patient/_search", form, Some(bad)),
         Err(ClassifyError::Query {
-            problem: crate::fhir::QueryProblem::InvalidUtf8,
+            problem: crate::QueryProblem::InvalidUtf8,
             ..
         })
     ));
@@ -112,7 +112,7 @@ fn invalid_utf8_anywhere_is_an_error() {
         request("POST", "/fhir/R4", bad_header, Some(b"{}")).expect_err("header"),
         ClassifyError::Header {
             name: "Content-Type",
-            problem: crate::fhir::HeaderProblem::NotUtf8
+            problem: crate::HeaderProblem::NotUtf8
         }
     );
     let twice: &[(&str, &[u8])] = &[
@@ -123,13 +123,13 @@ fn invalid_utf8_anywhere_is_an_error() {
         request("POST", "/fhir/R4", twice, Some(b"{}")).expect_err("repeated"),
         ClassifyError::Header {
             name: "Content-Type",
-            problem: crate::fhir::HeaderProblem::Repeated
+            problem: crate::HeaderProblem::Repeated
         }
     );
     assert!(matches!(
         request("GET", "/fhir/R4/Patient?name=%C0%AF", &[], None),
         Err(ClassifyError::Query {
-            problem: crate::fhir::QueryProblem::InvalidUtf8,
+            problem: crate::QueryProblem::InvalidUtf8,
             ..
         })
     ));
@@ -233,7 +233,7 @@ fn generated_targets_never_panic() {
     ];
     let mut configs = vec![config(), ClassifyConfig::new("/").expect("root")];
     let mut tenant = config();
-    tenant.tenant = crate::fhir::TenantMode::PathSegment;
+    tenant.tenant = crate::TenantMode::PathSegment;
     configs.push(tenant);
     let mut rng = Rng(0x5EED_F00D_1234_5678);
     for round in 0..20_000 {

@@ -6,12 +6,12 @@
 //! differently.
 
 use super::RawParam;
-use crate::fhir::{ClassifyError, ParamSource, QueryProblem, path::hex_pair};
+use crate::{ClassifyError, ParamSource, QueryProblem, path::hex_pair};
 
 /// Appends the decoded pairs of `raw` to `out`, numbering them from `out.len() + 1`. Empty
 /// pieces (`a=1&&b=2`) are skipped as the form encoding says; a piece without `=` has an empty
 /// value.
-pub(in crate::fhir) fn raw_pairs(
+pub(crate) fn raw_pairs(
     raw: &[u8],
     source: ParamSource,
     max_params: usize,
@@ -40,7 +40,7 @@ pub(in crate::fhir) fn raw_pairs(
 }
 
 /// Decodes one name or value.
-pub(in crate::fhir) fn decode(raw: &[u8]) -> Result<String, QueryProblem> {
+pub(crate) fn decode(raw: &[u8]) -> Result<String, QueryProblem> {
     let mut bytes = Vec::with_capacity(raw.len());
     let mut i = 0;
     while let Some(&b) = raw.get(i) {

@@ -4,13 +4,11 @@
 //! started, counted by this binary's allocator, and the growth of the peak RSS; printed before
 //! criterion runs). `cargo xtask bench response`.
 
-mod support;
-
 use std::hint::black_box;
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group};
-use fhirwall::fhir::{
+use fhirwall_fhir::{
     ResourceType, TypeSet,
     response::{BodyFormat, CheckMode, PatientRule, ResponseCheck, ResponseRules},
 };
@@ -112,7 +110,7 @@ fn bench(c: &mut Criterion) {
 }
 
 #[global_allocator]
-static GLOBAL: support::Counting = support::Counting;
+static GLOBAL: bench_alloc::Counting = bench_alloc::Counting;
 
 /// Peak resident memory of this process so far (`VmHWM`), in KiB.
 fn peak_rss_kib() -> u64 {
@@ -149,7 +147,7 @@ fn memory() {
         ("record", rules(CheckMode::Record, PatientRule::Any)),
     ] {
         let before = peak_rss_kib();
-        let heap_start = support::reset_peak();
+        let heap_start = bench_alloc::reset_peak();
         let mut check = ResponseCheck::new(r, BodyFormat::Json);
         let mut out = BytesMut::with_capacity(CHUNK);
         let mut fed = 0usize;
@@ -168,7 +166,7 @@ fn memory() {
         stream(body_entries, &mut check);
         stream(b"]}", &mut check);
         let verdict = check.finish(&mut out).map_or("refused", |_| "released");
-        let heap_peak = support::peak() - heap_start;
+        let heap_peak = bench_alloc::peak() - heap_start;
         let grown = peak_rss_kib().saturating_sub(before);
         println!(
             "response_check memory: {} MB Bundle, {name}: {verdict}; peak heap held {} KiB, \

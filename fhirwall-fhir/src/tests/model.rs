@@ -3,7 +3,7 @@
 //! they change, only R4's `_` parameters, and a positive list of headers.
 
 use super::{config, ok, render_query, run};
-use crate::fhir::{
+use crate::{
     ClassifyError, HeaderRefusal, Interaction, ParamSource, QueryProblem, ResourceType,
     patch::{ChangeKind, Element},
 };

@@ -1,8 +1,6 @@
-//! What the benchmarks share: a global allocator that counts, for those that report memory or
-//! allocations. A bench that uses it installs it:
-//! `#[global_allocator] static GLOBAL: support::Counting = support::Counting;`
-
-#![allow(dead_code, reason = "each benchmark binary uses part of this module")]
+//! A global allocator that counts, for the benchmarks that report memory or allocations (dev
+//! dependency only). A bench that uses it installs it:
+//! `#[global_allocator] static GLOBAL: bench_alloc::Counting = bench_alloc::Counting;`
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},

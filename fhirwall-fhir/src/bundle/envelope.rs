@@ -8,7 +8,7 @@ use std::{cell::Cell, fmt};
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::Value;
 
-use crate::fhir::{ClassifyError, body};
+use crate::{ClassifyError, body};
 
 /// The parts of a Bundle the classifier reads.
 #[derive(Debug, Default)]

@@ -16,7 +16,7 @@ use super::{
     walk::Facts,
     walk::Walker,
 };
-use crate::fhir::{ResourceType, TypeSet, compartment::patient_compartment_elements};
+use crate::{ResourceType, TypeSet, compartment::patient_compartment_elements};
 
 /// What one response may carry.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -2,7 +2,7 @@
 //! reverse chains, composites, includes, result and paging parameters, form-encoded POST.
 
 use super::{FORM, Headers, check_rows, config, render_query, run};
-use crate::fhir::comparator_prefix;
+use crate::comparator_prefix;
 
 /// (method, target, form body, expected rendering or `err:...`)
 type Row = (
@@ -233,7 +233,7 @@ fn too_many_parameters_are_too_costly() {
         None,
     )
     .expect_err("4 > 3");
-    assert_eq!(err, crate::fhir::ClassifyError::TooManyParams { max: 3 });
+    assert_eq!(err, crate::ClassifyError::TooManyParams { max: 3 });
     assert_eq!(err.issue_type().code(), "too-costly");
     // URL and form body count together.
     let form = Some("c=3&d=4");
@@ -245,6 +245,6 @@ fn too_many_parameters_are_too_costly() {
         form,
     )
     .expect_err("4 > 3");
-    assert_eq!(err, crate::fhir::ClassifyError::TooManyParams { max: 3 });
+    assert_eq!(err, crate::ClassifyError::TooManyParams { max: 3 });
     assert!(run(&config, "GET", "/fhir/R4/Patient?a=1&b=2&c=3", &[], None).is_ok());
 }

@@ -5,7 +5,7 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use fhirwall::fhir::{ClassifyConfig, HttpRequest, classify};
+use fhirwall_fhir::{ClassifyConfig, HttpRequest, classify};
 
 const JSON: &[(&str, &[u8])] = &[
     ("Content-Type", b"application/fhir+json"),

@@ -2,7 +2,7 @@
 //! it names a patient, and the tricks that would make fhirwall and the server disagree.
 
 use super::{FORM, config, ok, render_param, req, run};
-use crate::fhir::{ClassifyError, Interaction, IssueType, ResourceType};
+use crate::{ClassifyError, Interaction, IssueType, ResourceType};
 
 const JSON: &[(&str, &str)] = &[("Content-Type", "application/fhir+json")];
 
@@ -180,7 +180,7 @@ fn wrong_case_types_are_unknown_everywhere() {
             || matches!(
                 err,
                 ClassifyError::Query {
-                    problem: crate::fhir::QueryProblem::UnknownResourceType,
+                    problem: crate::QueryProblem::UnknownResourceType,
                     ..
                 }
             );
@@ -383,7 +383,7 @@ fn with_entries_walks_the_request_then_each_entry() {
 
 #[test]
 fn policy_files_can_name_types_interactions_and_methods() {
-    let parsed: (ResourceType, Interaction, crate::fhir::Method) =
+    let parsed: (ResourceType, Interaction, crate::Method) =
         serde_json::from_str(r#"["Observation", "history-instance", "PATCH"]"#)
             .expect("valid names");
     assert_eq!(
@@ -391,7 +391,7 @@ fn policy_files_can_name_types_interactions_and_methods() {
         (
             ResourceType::Observation,
             Interaction::HistoryInstance,
-            crate::fhir::Method::Patch
+            crate::Method::Patch
         )
     );
     assert!(serde_json::from_str::<ResourceType>(r#""observation""#).is_err());
@@ -409,17 +409,17 @@ fn policy_files_can_name_types_interactions_and_methods() {
             .all(|t| ResourceType::parse(t.as_str()) == Some(*t))
     );
     assert!(
-        crate::fhir::PATIENT_COMPARTMENT
+        crate::PATIENT_COMPARTMENT
             .windows(2)
             .all(|w| w[0].0 < w[1].0),
         "binary-searchable"
     );
     assert_eq!(
-        crate::fhir::patient_compartment_params(ResourceType::Observation),
+        crate::patient_compartment_params(ResourceType::Observation),
         Some(&["subject", "performer"][..])
     );
     assert_eq!(
-        crate::fhir::patient_compartment_params(ResourceType::Medication),
+        crate::patient_compartment_params(ResourceType::Medication),
         None
     );
 }

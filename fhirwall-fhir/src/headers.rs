@@ -206,7 +206,7 @@ fn push_unique(list: &mut Vec<String>, name: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fhir::OperationLevel;
+    use crate::OperationLevel;
 
     fn ctx(method: Method, interaction: Interaction) -> Context<'static> {
         Context {

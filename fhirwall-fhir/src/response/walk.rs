@@ -18,7 +18,7 @@ use super::{
     judge::{Judge, Malformed, Violation},
     lexer::Token,
 };
-use crate::fhir::{
+use crate::{
     ResourceType, compartment::patient_compartment_elements, patient::patient_id_of_reference,
 };
 

@@ -37,5 +37,5 @@ pub(super) fn is_prefix(prefix: &str) -> bool {
 }
 
 pub(super) fn is_resource_type(name: &str) -> bool {
-    crate::fhir::ResourceType::parse(name).is_some()
+    crate::ResourceType::parse(name).is_some()
 }

@@ -1,7 +1,7 @@
 //! Batch and transaction Bundles (<http://hl7.org/fhir/R4/http.html#transaction>).
 
 use super::{Headers, config, ok, run, summary};
-use crate::fhir::{ClassifyError, EntryProblem, Interaction, TenantMode};
+use crate::{ClassifyError, EntryProblem, Interaction, TenantMode};
 
 const JSON: &[(&str, &str)] = &[
     ("Content-Type", "application/fhir+json"),
@@ -12,15 +12,12 @@ fn bundle(kind: &str, entries: &str) -> String {
     format!(r#"{{"resourceType":"Bundle","type":"{kind}","entry":[{entries}]}}"#)
 }
 
-fn post(body: &str) -> Result<crate::fhir::FhirRequest, ClassifyError> {
+fn post(body: &str) -> Result<crate::FhirRequest, ClassifyError> {
     run(&config(), "POST", "/fhir/R4", JSON, Some(body))
 }
 
 /// The error of entry `index`, unwrapped.
-fn entry_error(
-    result: Result<crate::fhir::FhirRequest, ClassifyError>,
-    index: usize,
-) -> ClassifyError {
+fn entry_error(result: Result<crate::FhirRequest, ClassifyError>, index: usize) -> ClassifyError {
     match result {
         Err(ClassifyError::Entry { index: got, source }) if got == index => *source,
         other => panic!("expected an error in entry {index}, got {other:?}"),
@@ -128,7 +125,7 @@ fn entry_urls_elsewhere_are_refused() {
             "Patient/../Observation",
             ClassifyError::Path {
                 segment: 4,
-                problem: crate::fhir::PathProblem::Dot,
+                problem: crate::PathProblem::Dot,
             },
         ),
         (
@@ -138,7 +135,7 @@ fn entry_urls_elsewhere_are_refused() {
         (
             "Patient/1#x",
             ClassifyError::Target {
-                problem: crate::fhir::TargetProblem::Fragment,
+                problem: crate::TargetProblem::Fragment,
             },
         ),
     ];
@@ -232,13 +229,13 @@ fn malformed_entries_are_refused() {
         (
             r#"{"resource":{"resourceType":"Observation"},"request":{"method":"POST","url":"Patient"}}"#,
             ClassifyError::ResourceTypeMismatch {
-                expected: crate::fhir::ResourceType::Patient,
+                expected: crate::ResourceType::Patient,
             },
         ),
         (
             r#"{"resource":{"name":"x"},"request":{"method":"POST","url":"Patient"}}"#,
             ClassifyError::ResourceTypeMismatch {
-                expected: crate::fhir::ResourceType::Patient,
+                expected: crate::ResourceType::Patient,
             },
         ),
         (
@@ -248,14 +245,14 @@ fn malformed_entries_are_refused() {
         (
             r#"{"request":{"method":"DELETE","url":""}}"#,
             ClassifyError::MethodNotAllowed {
-                method: crate::fhir::Method::Delete,
-                shape: crate::fhir::PathShape::Base,
+                method: crate::Method::Delete,
+                shape: crate::PathShape::Base,
             },
         ),
         (
             r#"{"request":{"method":"PUT","url":"Patient"},"resource":{"resourceType":"Patient"}}"#,
             ClassifyError::MissingConditionalCriteria {
-                method: crate::fhir::Method::Put,
+                method: crate::Method::Put,
             },
         ),
     ];
@@ -323,7 +320,7 @@ fn bundle_envelope_is_checked() {
         (
             r#"{"resourceType":"Bundle","type":"batch","type":"transaction"}"#,
             ClassifyError::Json {
-                problem: crate::fhir::JsonProblem::Data,
+                problem: crate::JsonProblem::Data,
                 line: 0,
                 column: 0,
             },
@@ -331,7 +328,7 @@ fn bundle_envelope_is_checked() {
         (
             r#"{"resourceType":"Bundle","type":"batch","entry":{}}"#,
             ClassifyError::Json {
-                problem: crate::fhir::JsonProblem::Data,
+                problem: crate::JsonProblem::Data,
                 line: 0,
                 column: 0,
             },
@@ -339,7 +336,7 @@ fn bundle_envelope_is_checked() {
         (
             r#"{"resourceType":"Bundle","#,
             ClassifyError::Json {
-                problem: crate::fhir::JsonProblem::Eof,
+                problem: crate::JsonProblem::Eof,
                 line: 0,
                 column: 0,
             },
@@ -361,7 +358,7 @@ fn bundle_envelope_is_checked() {
     assert_eq!(
         err,
         ClassifyError::Json {
-            problem: crate::fhir::JsonProblem::Syntax,
+            problem: crate::JsonProblem::Syntax,
             line: 3,
             column: 11
         }
@@ -384,7 +381,7 @@ fn bundle_content_type_and_presence() {
             &[],
             Some(&body),
             ClassifyError::UnsupportedContentType {
-                need: crate::fhir::BodyNeed::Bundle,
+                need: crate::BodyNeed::Bundle,
                 expected,
             },
         ),
@@ -392,7 +389,7 @@ fn bundle_content_type_and_presence() {
             &[("Content-Type", "text/plain")],
             Some(&body),
             ClassifyError::UnsupportedContentType {
-                need: crate::fhir::BodyNeed::Bundle,
+                need: crate::BodyNeed::Bundle,
                 expected,
             },
         ),
@@ -400,7 +397,7 @@ fn bundle_content_type_and_presence() {
             &[("Content-Type", "application/fhir+json")],
             None,
             ClassifyError::BodyRequired {
-                need: crate::fhir::BodyNeed::Bundle,
+                need: crate::BodyNeed::Bundle,
             },
         ),
     ];
@@ -491,7 +488,7 @@ fn tenants_in_path_and_header() {
     assert_eq!(
         run(&config, "GET", "/fhir/R4", &[], None).expect_err("no tenant"),
         ClassifyError::Tenant {
-            problem: crate::fhir::TenantProblem::Missing
+            problem: crate::TenantProblem::Missing
         }
     );
     assert_eq!(
@@ -519,7 +516,7 @@ fn tenants_in_path_and_header() {
         ClassifyError::Entry {
             index: 0,
             source: Box::new(ClassifyError::Tenant {
-                problem: crate::fhir::TenantProblem::Mismatch
+                problem: crate::TenantProblem::Mismatch
             })
         }
     );
@@ -537,7 +534,7 @@ fn tenants_in_path_and_header() {
     assert_eq!(
         run(&config, "GET", "/fhir/R4/Patient/1", &[], None).expect_err("missing"),
         ClassifyError::Tenant {
-            problem: crate::fhir::TenantProblem::Missing
+            problem: crate::TenantProblem::Missing
         }
     );
     assert_eq!(
@@ -550,7 +547,7 @@ fn tenants_in_path_and_header() {
         )
         .expect_err("bad"),
         ClassifyError::Tenant {
-            problem: crate::fhir::TenantProblem::Invalid
+            problem: crate::TenantProblem::Invalid
         }
     );
     let twice = [("X-Tenant", "a"), ("x-tenant", "b")];
@@ -558,7 +555,7 @@ fn tenants_in_path_and_header() {
         run(&config, "GET", "/fhir/R4/Patient/1", &twice, None).expect_err("twice"),
         ClassifyError::Header {
             name: "tenant",
-            problem: crate::fhir::HeaderProblem::Repeated
+            problem: crate::HeaderProblem::Repeated
         }
     );
 }

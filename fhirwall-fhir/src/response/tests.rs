@@ -5,7 +5,7 @@ use bytes::BytesMut;
 use serde_json::{Value, json};
 
 use super::*;
-use crate::fhir::TypeSet;
+use crate::TypeSet;
 
 const A: &str = "pat-a";
 const B: &str = "pat-b";
