@@ -32,7 +32,6 @@ use crate::{
     config::AgentConfig,
     kernel::{CgroupRoot, Kernel, KernelError, KernelSettings},
     metrics::Metrics,
-    policy::{LoadError, Policy, RateLimiter},
     proxy::{
         http::{Pool, PoolConfig},
         listener::{Routes, Sidecar, first_connection_id},
@@ -44,6 +43,8 @@ use crate::{
         },
     },
 };
+
+use fhirwall_policy::{LoadError, Policy, RateLimiter};
 
 /// How long in-flight connections may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(20);
@@ -338,7 +339,7 @@ fn kernel_settings(
         sidecar_v4: s.listen_v4,
         sidecar_v6: s.listen_v6.unwrap_or(std::net::Ipv6Addr::LOCALHOST),
         sidecar_port: s.transparent_port,
-        kernel_enforcement: config.enforcement == crate::policy::Enforcement::Kernel,
+        kernel_enforcement: config.enforcement == fhirwall_policy::Enforcement::Kernel,
         heartbeat_timeout: Duration::from_millis(config.kernel.heartbeat_timeout_ms),
         conns_capacity: config.kernel.conns_capacity,
     }

@@ -28,7 +28,6 @@ mod names;
 mod pidfd;
 mod process_cache;
 mod procfs;
-mod workload;
 
 use std::{
     io,
@@ -44,7 +43,6 @@ pub use cgroup_path::{CgroupIdentity, parse_cgroup_path};
 pub use exe_hash::{ExeDigest, ExeHasher};
 pub use process_cache::ProcessKey;
 pub use procfs::{ProcStat, parse_stat, split_cmdline};
-pub use workload::{ContainerRuntime, Workload};
 
 use crate::kernel::KernelError;
 

@@ -10,7 +10,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::Enforcement;
+use fhirwall_policy::Enforcement;
 
 /// Default transparent listener port. Below 1024 on purpose: while the agent is down, only a
 /// privileged process could bind it and catch redirected connections.

@@ -26,8 +26,6 @@ pub mod attribution;
 
 pub mod proxy;
 
-pub mod policy;
-
 pub mod audit;
 
 // Beside the request path: operators and the control plane.

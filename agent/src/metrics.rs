@@ -6,10 +6,9 @@ use prometheus::{
     Registry, TextEncoder, core::Collector,
 };
 
-use crate::{
-    kernel::KernelStats,
-    policy::{IntegrationStatus, Policy},
-};
+use crate::kernel::KernelStats;
+
+use fhirwall_policy::{IntegrationStatus, Policy};
 
 /// What every metric name starts with (and `_`).
 const PREFIX: &str = "fhirwall";
@@ -372,7 +371,7 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Exception, Integration};
+    use fhirwall_policy::{Exception, Integration};
 
     #[test]
     fn renders_prefixed_metrics_with_kernel_counters() {
@@ -413,15 +412,13 @@ mod tests {
         )
         .expect("test exception");
         let metrics = Metrics::new();
-        metrics.set_policy(&Policy {
-            integrations: vec![
-                integration("lab", Active, Some("2027-01-01T00:00:00Z")),
-                integration("fax", Revoked, None),
-                integration("portal", Active, None),
-            ],
-            exceptions: vec![exception],
-            ..Policy::default()
-        });
+        let mut policy = Policy::of_integrations(vec![
+            integration("lab", Active, Some("2027-01-01T00:00:00Z")),
+            integration("fax", Revoked, None),
+            integration("portal", Active, None),
+        ]);
+        policy.exceptions = vec![exception];
+        metrics.set_policy(&policy);
         let text = metrics.render();
         for line in [
             "fhirwall_policy_expiry_timestamp_seconds{kind=\"integration\",name=\"lab\"} 1798761600",
@@ -437,10 +434,11 @@ mod tests {
             "no expiry, no series: {text}"
         );
         // A reload without the exception and with lab revoked.
-        metrics.set_policy(&Policy {
-            integrations: vec![integration("lab", Revoked, Some("2027-01-01T00:00:00Z"))],
-            ..Policy::default()
-        });
+        metrics.set_policy(&Policy::of_integrations(vec![integration(
+            "lab",
+            Revoked,
+            Some("2027-01-01T00:00:00Z"),
+        )]));
         let text = metrics.render();
         assert!(
             !text.contains("quarter"),

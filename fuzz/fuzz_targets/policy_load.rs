@@ -8,7 +8,7 @@
 
 use std::{path::Path, sync::OnceLock};
 
-use fhirwall::policy::{BreakGlassSession, Policy, SessionTarget, Subject, decide};
+use fhirwall_policy::{BreakGlassSession, Policy, SessionTarget, Subject, decide};
 use fhirwall_fhir::{ClassifyConfig, FhirRequest, HttpRequest, classify};
 use libfuzzer_sys::fuzz_target;
 

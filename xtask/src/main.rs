@@ -112,7 +112,15 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
         Some("kernel" | "proxy") => Ok(()),
         Some("ebpf") => sh::cargo(&["bench", "-p", "fhirwall", "--bench", "attribution"]),
         Some(name) => sh::cargo(&["bench", "-p", bench_crate(name), "--bench", name]),
-        None => sh::cargo(&["bench", "-p", "fhirwall-fhir", "-p", "fhirwall"]),
+        None => sh::cargo(&[
+            "bench",
+            "-p",
+            "fhirwall-fhir",
+            "-p",
+            "fhirwall-policy",
+            "-p",
+            "fhirwall",
+        ]),
     }
 }
 
@@ -152,6 +160,7 @@ fn fuzz(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {
 fn bench_crate(name: &str) -> &'static str {
     match name {
         "classify" | "response" => "fhirwall-fhir",
+        "policy" => "fhirwall-policy",
         _ => "fhirwall",
     }
 }

@@ -10,7 +10,7 @@ use super::{
     AdminState,
     server::{Request, Response},
 };
-use crate::policy::SessionTarget;
+use fhirwall_policy::SessionTarget;
 
 /// A change an operator asked for, with who asked.
 #[derive(Debug)]

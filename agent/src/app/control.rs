@@ -2,6 +2,7 @@
 //! processes on the host; serves the admin API. Runs on the control runtime, never on the data
 //! plane.
 
+use fhirwall_policy::Workload;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
@@ -18,7 +19,7 @@ use tracing::{error, info, warn};
 use super::AppError;
 use crate::{
     admin::{self, AdminState},
-    attribution::{Attributor, Hashing, Workload},
+    attribution::{Attributor, Hashing},
     audit::AuditSink,
     config::{AdminConfig, AgentConfig},
     enforce,
@@ -26,12 +27,12 @@ use crate::{
         CgroupRoot, EventReader, Kernel, KernelCaller, KernelEvent, Refusal, destroy_connections_to,
     },
     metrics::{Metrics, NO_INTEGRATION},
-    policy::{HostPort, Policy},
     proxy::{
         listener::{Routes, Sidecar},
         sidecar::PolicyState,
     },
 };
+use fhirwall_policy::{HostPort, Policy};
 
 mod commands;
 mod overrides;

@@ -4,6 +4,7 @@
 mod build;
 mod scan;
 
+use fhirwall_policy::Workload;
 use std::{
     net::SocketAddr,
     num::{NonZeroU32, NonZeroUsize},
@@ -21,8 +22,8 @@ use nix::{
 use serde::Serialize;
 
 use super::{
-    AttributionError, ProcessKey, Workload, cgroups::CgroupPaths, exe_hash::ExeHasher,
-    names::Names, pidfd::ProcessHandle, process_cache::ProcessCache, procfs::ProcFs,
+    AttributionError, ProcessKey, cgroups::CgroupPaths, exe_hash::ExeHasher, names::Names,
+    pidfd::ProcessHandle, process_cache::ProcessCache, procfs::ProcFs,
 };
 use crate::kernel::{ConnTable, KernelError, from_addr};
 

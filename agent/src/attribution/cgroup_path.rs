@@ -12,7 +12,7 @@
 //! - systemd itself: `/system.slice/<unit>.service`, user managers nest their own slices and units
 //!   inside `user@<uid>.service`.
 
-use super::workload::ContainerRuntime;
+use fhirwall_policy::ContainerRuntime;
 
 /// Names found in a cgroup path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -10,6 +10,7 @@
 //! epoch, bumped by every exec and every invalidation, keeps a build that started before one
 //! from caching what it read.
 
+use fhirwall_policy::Workload;
 use std::{
     num::NonZeroUsize,
     sync::{
@@ -21,7 +22,7 @@ use std::{
 use lru::LruCache;
 use serde::Serialize;
 
-use super::{Workload, pidfd::ProcessHandle};
+use super::pidfd::ProcessHandle;
 
 /// A process, as opposed to a pid.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]

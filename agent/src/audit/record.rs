@@ -8,7 +8,7 @@
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 
-use crate::attribution::Workload;
+use fhirwall_policy::Workload;
 
 /// One link of the chain. The tag (`"kind"`) is the first JSON field of the stored body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Subcommand};
 
-use crate::policy::{LoadError, Policy};
+use fhirwall_policy::{LoadError, Policy};
 
 #[derive(Subcommand)]
 pub enum PolicyCommand {

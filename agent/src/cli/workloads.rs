@@ -92,7 +92,7 @@ fn table(live: &[LiveConnection]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::attribution::Workload;
+    use fhirwall_policy::Workload;
 
     #[test]
     fn table_aligns_and_omits_the_command_line() {

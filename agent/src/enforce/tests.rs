@@ -1,5 +1,5 @@
 use super::*;
-use crate::policy::IntegrationStatus;
+use fhirwall_policy::IntegrationStatus;
 
 fn policy(yaml_selectors: &[(&str, IntegrationStatus, &str)]) -> Policy {
     let integrations = yaml_selectors
@@ -12,10 +12,7 @@ fn policy(yaml_selectors: &[(&str, IntegrationStatus, &str)]) -> Policy {
             integration
         })
         .collect();
-    Policy {
-        integrations,
-        ..Policy::default()
-    }
+    Policy::of_integrations(integrations)
 }
 
 fn process(tgid: u32, exe: &str, uid: u32) -> Workload {

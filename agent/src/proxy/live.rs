@@ -11,7 +11,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::attribution::Workload;
+use fhirwall_policy::Workload;
 
 /// One live connection and who opened it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

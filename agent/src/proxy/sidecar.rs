@@ -22,6 +22,7 @@ mod sessions;
 mod sharing;
 mod signals;
 
+use fhirwall_policy::Workload;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
@@ -48,12 +49,11 @@ use super::{
     tls::UpstreamKey,
 };
 use crate::{
-    attribution::Workload,
     audit::{self, AuditSink, CommittedSeq},
     metrics::Metrics,
-    policy::{self, Integration, Policy, RateLimiter, RateOutcome, Subject},
 };
 use fhirwall_fhir::{self as fhir, HttpRequest};
+use fhirwall_policy::{self as policy, Integration, Policy, RateLimiter, RateOutcome, Subject};
 
 /// The policy in force and the rate limiter that goes with it, swapped together on reload.
 pub struct PolicyState {

@@ -1,6 +1,7 @@
 //! What the data plane needs to know about upstreams, built from policy and resolution: which
 //! upstream a destination belongs to, what certificate name to present, how to connect.
 
+use fhirwall_policy::Workload;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
@@ -8,15 +9,15 @@ use std::{
 };
 
 use crate::{
-    attribution::Workload,
     audit::{Decision, Record, WorkloadRecord},
     kernel::{KernelCaller, Refusal},
-    policy::{HostPort, Policy},
     proxy::{
         listener::Routes,
         tls::{ClientIdentity, LeafName, UpstreamSpec, UpstreamTable},
     },
 };
+
+use fhirwall_policy::{HostPort, Policy};
 
 /// Destinations -> upstream names, certificate names, and the explicit listener's upstream.
 #[must_use]
@@ -79,7 +80,7 @@ pub fn upstream_table(
 }
 
 fn addresses(
-    upstream: &crate::policy::Upstream,
+    upstream: &fhirwall_policy::Upstream,
     resolved: &BTreeMap<HostPort, BTreeSet<SocketAddr>>,
 ) -> Vec<SocketAddr> {
     upstream
@@ -170,7 +171,7 @@ pub fn charged_to(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Integration, IntegrationStatus};
+    use fhirwall_policy::{Integration, IntegrationStatus};
 
     #[test]
     fn kernel_refusals_are_charged_to_the_integration_and_why() {
@@ -182,10 +183,7 @@ mod tests {
         revoked.workload.uid = Some(2);
         let mut live = Integration::minimal("portal", IntegrationStatus::Active);
         live.workload.uid = Some(4);
-        let policy = Policy {
-            integrations: vec![revoked, expired, live],
-            ..Policy::default()
-        };
+        let policy = Policy::of_integrations(vec![revoked, expired, live]);
         let process = |uid| Workload {
             uid,
             ..Workload::default()

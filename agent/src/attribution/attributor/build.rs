@@ -1,11 +1,12 @@
 //! Building workloads: from `/proc` for a live process, from the kernel record alone for one that
 //! is gone, and adjusting a cached one to the connection at hand.
 
+use fhirwall_policy::Workload;
 use std::{fs::File, path::Path, sync::Arc};
 
 use super::{Attributor, Caller, Hashing};
 use crate::attribution::{
-    AttributionError, ExeDigest, ProcessKey, Workload, parse_cgroup_path, pidfd::ProcessHandle,
+    AttributionError, ExeDigest, ProcessKey, parse_cgroup_path, pidfd::ProcessHandle,
     process_cache::Cached,
 };
 

@@ -7,12 +7,12 @@ use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 
 use super::ExplainArgs;
-use crate::policy::{
-    Decision, Integration, LoadError, Policy, PurposeOfUse, Rule, Subject, decide, response_rules,
-};
 use fhirwall_fhir::{
     ClassifyConfig, FhirRequest, HttpRequest, classify,
     response::{BodyFormat, CheckMode, ResponseCheck, ResponseRules},
+};
+use fhirwall_policy::{
+    Decision, Integration, LoadError, Policy, PurposeOfUse, Rule, Subject, decide, response_rules,
 };
 
 /// What `--response` is checked with when the agent config is not at hand: its default

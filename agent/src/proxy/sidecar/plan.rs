@@ -9,7 +9,6 @@ use super::{
 };
 use crate::{
     audit,
-    policy::{self, BreakGlassSession, Decision, OnViolation, Part, Policy, Rule, Subject, Why},
     proxy::{
         http::{ExchangeId, LocalResponse},
         outcome::{self, IssueType},
@@ -18,6 +17,9 @@ use crate::{
 use fhirwall_fhir::{
     FhirRequest,
     response::{CheckMode, ResponseRules},
+};
+use fhirwall_policy::{
+    self as policy, BreakGlassSession, Decision, OnViolation, Part, Policy, Rule, Subject, Why,
 };
 
 /// What happens to a request once decided.

@@ -1,16 +1,16 @@
 //! Audit records of the sidecar's decisions. Only normalized paths, types, ids and patient
 //! references go in: never a query value, a body or a credential (its fingerprint only).
 
+use fhirwall_policy::Workload;
 use std::net::SocketAddr;
 
 use super::super::http::{ExchangeId, Outcome, RequestHead};
 use crate::{
-    attribution::Workload,
     audit::{self, BreakGlassUse, CommittedSeq, Completion, Decision, Record},
-    policy::{self, BreakGlassSession, Presented, Rule, Subject},
     proxy::outcome::IssueType,
 };
 use fhirwall_fhir::{self as fhir, FhirRequest};
+use fhirwall_policy::{self as policy, BreakGlassSession, Presented, Rule, Subject};
 
 /// A record of what arrived, before anything is decided (decision `Deny` until said otherwise).
 pub fn base(

@@ -4,7 +4,7 @@
 
 use std::sync::Mutex;
 
-use crate::policy::{BreakGlassSession, Policy, SessionTarget};
+use fhirwall_policy::{BreakGlassSession, Policy, SessionTarget};
 
 #[derive(Default)]
 pub struct BreakGlassSessions {

@@ -17,7 +17,7 @@ use std::{
     sync::{Mutex, PoisonError},
 };
 
-use crate::policy::Fingerprint;
+use fhirwall_policy::Fingerprint;
 
 /// What one presentation of a credential tells.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -8,10 +8,8 @@ use super::{
     Shared,
     sharing::{CredentialSharing, Sighting},
 };
-use crate::{
-    metrics::{Metrics, NO_INTEGRATION},
-    policy::{Decision, Presented},
-};
+use crate::metrics::{Metrics, NO_INTEGRATION};
+use fhirwall_policy::{Decision, Presented};
 
 /// What one decision tells: a refusal by reason, and who presented the credential.
 pub fn note(

@@ -26,10 +26,8 @@ use tokio::{net::TcpStream, time::timeout};
 use tokio_rustls::TlsConnector;
 
 use super::{ALPN_HTTP11, TlsError, UpstreamStream, files, stream::MaybeTls};
-use crate::{
-    policy::TlsMode,
-    proxy::{http::Connector, socket::marked_socket},
-};
+use crate::proxy::{http::Connector, socket::marked_socket};
+use fhirwall_policy::TlsMode;
 
 /// Identifies a pool of upstream connections: one per (upstream, integration), so an upstream
 /// sees each integration on its own connections (and its own client certificate).
@@ -66,7 +64,7 @@ impl UpstreamSpec {
     /// The spec of a policy upstream whose addresses resolved to `addresses`: the server name is
     /// `tls.server_name`, else the host of its first address.
     #[must_use]
-    pub fn from_policy(upstream: &crate::policy::Upstream, addresses: Vec<SocketAddr>) -> Self {
+    pub fn from_policy(upstream: &fhirwall_policy::Upstream, addresses: Vec<SocketAddr>) -> Self {
         let server_name = upstream.tls.server_name.clone().unwrap_or_else(|| {
             upstream
                 .addresses

@@ -184,7 +184,7 @@ fn check_record(workload: &Workload, record: &Value, name: &str, status: u16) ->
                 "credential",
                 record["credentialFingerprint"].clone(),
                 Value::from(
-                    fhirwall::policy::Fingerprint::of_authorization(SHARED_CREDENTIAL.as_bytes())
+                    fhirwall_policy::Fingerprint::of_authorization(SHARED_CREDENTIAL.as_bytes())
                         .to_string(),
                 ),
             ),

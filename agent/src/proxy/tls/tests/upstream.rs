@@ -12,10 +12,8 @@ use tokio::io::AsyncRead;
 use tokio_rustls::TlsAcceptor;
 
 use super::*;
-use crate::{
-    policy::TlsMode,
-    proxy::http::{Connector, Pool, PoolConfig, Upstreams},
-};
+use crate::proxy::http::{Connector, Pool, PoolConfig, Upstreams};
+use fhirwall_policy::TlsMode;
 
 const UPSTREAM: &str = "ehr";
 const TEST_MARK: u32 = 0x00c0_ffee;

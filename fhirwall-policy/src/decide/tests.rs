@@ -14,7 +14,7 @@ mod portal;
 use std::sync::OnceLock;
 
 use super::*;
-use crate::policy::{BreakGlassSession, RateLimiter, RateOutcome, exception::SessionTarget};
+use crate::{BreakGlassSession, RateLimiter, RateOutcome, exception::SessionTarget};
 use fhirwall_fhir::{HttpRequest, classify};
 
 /// "Today" for the example policies.

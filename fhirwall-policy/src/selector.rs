@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::attribution::Workload;
+use crate::Workload;
 
 /// Every field that is set must match (AND). At least one field must be set. Globs (`*`, `?`,
 /// `[...]`) are allowed in `exe` and `cgroup`.

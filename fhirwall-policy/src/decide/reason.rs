@@ -5,7 +5,7 @@
 use std::fmt;
 
 use super::{Part, Presented};
-use crate::policy::{
+use crate::{
     model::IntegrationStatus,
     purpose::{PurposeSet, RequestedPurpose},
     scope::{Perm, Scope},

@@ -15,7 +15,7 @@ use super::{
     patient::{Confined, confine},
     reason::{Confinement, Need, Reach, Why},
 };
-use crate::policy::{
+use crate::{
     decide::HeaderValue,
     grants::{Scopes, Source, satisfies},
     integration::{Integration, PatientConstraint, PatientMode},

@@ -37,6 +37,7 @@ mod rate;
 mod response;
 mod scope;
 mod selector;
+mod workload;
 
 use std::path::Path;
 
@@ -68,8 +69,8 @@ pub use self::{
     response::response_rules,
     scope::{Perm, Perms, Scope, ScopeContext, ScopeParam},
     selector::WorkloadSelector,
+    workload::{ContainerRuntime, Workload},
 };
-use crate::attribution::Workload;
 use fhirwall_fhir::ClassifyConfig;
 
 /// Policy-wide settings (`kind: Settings`).

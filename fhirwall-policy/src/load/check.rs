@@ -4,7 +4,7 @@
 use std::fs;
 
 use super::{Documents, Located, Problem};
-use crate::policy::{
+use crate::{
     Settings,
     exception::{BreakGlass, Exception},
     integration::{Integration, PatientMode},

@@ -1,5 +1,5 @@
 //! Is a request confined to one patient? The test behind `patient.mode: compartment | header`
-//! and behind `patient/` scopes. See [`PatientConstraint`](crate::policy::PatientConstraint)
+//! and behind `patient/` scopes. See [`PatientConstraint`](crate::PatientConstraint)
 //! for the rules in words; the compartment is R4's CompartmentDefinition/patient
 //! (<http://hl7.org/fhir/R4/compartmentdefinition-patient.html>).
 

@@ -19,8 +19,8 @@ use std::{
 
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request};
 use criterion::{Criterion, SamplingMode};
-use fhirwall::policy::{Policy, Subject, decide};
 use fhirwall_fhir::{FhirRequest, HttpRequest, classify};
+use fhirwall_policy::{Policy, Subject, Workload, decide};
 use serde_json::json;
 
 /// Counts allocations, to show that `decide()` makes none.
@@ -370,9 +370,9 @@ fn bench(c: &mut Criterion, policy: &Policy) {
     }
     group.finish();
     // Not per request: the proxy matches a connection's workload once and keeps the result.
-    let workload = fhirwall::attribution::Workload {
+    let workload = Workload {
         exe: Some(format!("/opt/app-{CALLER}/bin/run").into()),
-        ..fhirwall::attribution::Workload::default()
+        ..Workload::default()
     };
     assert!(policy.integration_for(&workload).is_some());
     c.bench_function("match/integration_for", |b| {

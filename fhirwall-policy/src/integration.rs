@@ -282,11 +282,26 @@ impl From<RateLimit> for RateDoc {
     }
 }
 
-#[cfg(test)]
+#[cfg(feature = "test-support")]
+impl crate::Policy {
+    /// A policy of just these integrations (no upstreams, exceptions or break-glass rules), for
+    /// the tests of crates that use policies.
+    #[must_use]
+    pub fn of_integrations(integrations: Vec<Integration>) -> Self {
+        Self {
+            integrations,
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(feature = "test-support")]
 impl Integration {
-    /// An integration with just enough fields to load, for tests across the crate: `name`, in
-    /// `status`, selecting the processes of uid 1, reading Observations from upstream `ehr`.
-    pub(crate) fn minimal(name: &str, status: IntegrationStatus) -> Self {
+    /// An integration with just enough fields to load, for the tests of crates that use
+    /// policies: `name`, in `status`, selecting the processes of uid 1, reading Observations
+    /// from upstream `ehr`.
+    #[must_use]
+    pub fn minimal(name: &str, status: IntegrationStatus) -> Self {
         const YAML: &str = "name: x\nowner: o\npurpose: p\ndata_classes: [x]\n\
             expected_resources: [Observation]\nstatus: active\nworkload:\n  uid: 1\n\
             upstreams: [ehr]\nscopes: [system/Observation.rs]\npurposes_of_use: [TREAT]\n\

@@ -5,7 +5,7 @@
 use std::sync::OnceLock;
 
 use super::{Case, case, check};
-use crate::policy::{Decision, Policy, Subject, decide};
+use crate::{Decision, Policy, Subject, decide};
 use fhirwall_fhir::{HttpRequest, classify};
 
 const WRITER: &str = "a-bound-writer";

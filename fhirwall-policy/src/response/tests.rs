@@ -3,7 +3,7 @@
 use std::sync::OnceLock;
 
 use super::*;
-use crate::policy::decide;
+use crate::decide;
 use fhirwall_fhir::{HttpRequest, classify};
 
 const NOW: &str = "2026-11-28T12:00:00Z";
