@@ -33,7 +33,6 @@ use crate::{
     kernel::{CgroupRoot, Kernel, KernelError, KernelSettings},
     metrics::Metrics,
     proxy::{
-        http::{Pool, PoolConfig},
         listener::{Routes, Sidecar, first_connection_id},
         live::LiveConnections,
         sidecar::{Bindings, BreakGlassSessions, CredentialSharing, PolicyState, Secrets, Shared},
@@ -43,6 +42,8 @@ use crate::{
         },
     },
 };
+
+use fhirwall_http::{Pool, PoolConfig};
 
 use fhirwall_policy::{LoadError, Policy, RateLimiter};
 

@@ -271,15 +271,15 @@ impl AgentConfig {
 
     /// The HTTP engine's limits from this configuration.
     #[must_use]
-    pub fn http_limits(&self) -> crate::proxy::http::Limits {
+    pub fn http_limits(&self) -> fhirwall_http::Limits {
         let s = &self.sidecar;
-        crate::proxy::http::Limits {
+        fhirwall_http::Limits {
             max_buffered_body: s.max_body_bytes,
             header_timeout: Duration::from_millis(s.header_timeout_ms),
             idle_timeout: Duration::from_millis(s.idle_timeout_ms),
             connect_timeout: Duration::from_millis(s.connect_timeout_ms),
             response_timeout: Duration::from_millis(s.response_timeout_ms),
-            ..crate::proxy::http::Limits::default()
+            ..fhirwall_http::Limits::default()
         }
     }
 

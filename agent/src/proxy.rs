@@ -1,7 +1,6 @@
 //! The sidecar proxy: listeners, TLS termination, strict HTTP/1.1 framing, upstream pools, the
 //! connections it carries and the responses the proxy makes itself.
 
-pub mod http;
 pub mod listener;
 pub mod live;
 pub mod outcome;

@@ -8,7 +8,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use fhirwall::proxy::http::{ChunkedDecoder, ChunkedError, chunked::put_chunk_header};
+use fhirwall_http::{ChunkedDecoder, ChunkedError, chunked::put_chunk_header};
 use libfuzzer_sys::fuzz_target;
 
 const MAX_LINE: usize = 64;

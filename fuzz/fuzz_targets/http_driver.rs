@@ -13,10 +13,10 @@ use std::{
 };
 
 use bytes::BytesMut;
-use fhirwall::proxy::http::{
-    BodyFraming, BodyMode, ChunkedDecoder, Connector, Decision, ExchangeId, Handler, Limits,
-    NoInspection, Outcome, Pool, PoolConfig, RequestHead, RequestParser, ResponseHead,
-    serve_connection,
+use fhirwall_http::{
+    BodyFraming, BodyMode, ChunkedDecoder, Connector, Decision, ExchangeId, Handler, Headers,
+    HttpError, Limits, LocalResponse, NoInspection, Outcome, Pool, PoolConfig, RequestHead,
+    RequestParser, ResponseHead, serve_connection,
 };
 use libfuzzer_sys::fuzz_target;
 use tokio::{
@@ -61,7 +61,7 @@ async fn strict_upstream(mut io: DuplexStream, answer: &'static [u8]) {
     let limits = Limits {
         max_head: 1 << 20,
         max_request_line: 1 << 20,
-        max_headers: fhirwall::proxy::http::MAX_HEADERS,
+        max_headers: fhirwall_http::MAX_HEADERS,
         max_buffered_body: 1 << 20,
         ..Limits::default()
     };
@@ -141,15 +141,26 @@ impl Handler for Fuzz {
         if head.path().starts_with(b"/b") { BodyMode::Buffer } else { BodyMode::Stream }
     }
 
-    async fn decide(&mut self, id: ExchangeId, head: &mut RequestHead, _body: Option<&[u8]>) -> Decision<u8> {
+    async fn decide(&mut self, _id: ExchangeId, head: &mut RequestHead, _body: Option<&[u8]>) -> Decision<u8> {
         if head.path().starts_with(b"/deny") {
-            return Decision::Respond(fhirwall::proxy::outcome::forbidden("denied", id));
+            return Decision::Respond(answer(403, "denied"));
         }
         let _ = head.headers.insert("Authorization", "Bearer x");
         Decision::Forward { upstream: 0 }
     }
 
     fn finish(&mut self, _outcome: &Outcome<'_>) {}
+
+    fn error_response(&self, err: &HttpError, _id: ExchangeId) -> Option<LocalResponse> {
+        Some(answer(err.status()?, err.reason()))
+    }
+}
+
+/// The handler's own answers: the reason as a plain-text body.
+fn answer(status: u16, reason: &str) -> LocalResponse {
+    let mut headers = Headers::default();
+    let _ = headers.insert("Content-Type", "text/plain");
+    LocalResponse { status, headers, body: bytes::Bytes::copy_from_slice(reason.as_bytes()) }
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -9,7 +9,7 @@
 #![no_main]
 
 use bytes::BytesMut;
-use fhirwall::proxy::http::{BodyFraming, ChunkedDecoder, Limits, RequestHead, RequestParser, Version};
+use fhirwall_http::{BodyFraming, ChunkedDecoder, Limits, RequestHead, RequestParser, Version};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -39,8 +39,8 @@ fn check_head(head: &RequestHead) {
         assert_eq!(head.headers.count(banned), 0, "{banned} left in the head");
     }
     for field in head.headers.iter() {
-        assert!(fhirwall::proxy::http::is_token(field.name()));
-        assert!(fhirwall::proxy::http::is_field_value(field.value()));
+        assert!(fhirwall_http::is_token(field.name()));
+        assert!(fhirwall_http::is_field_value(field.value()));
     }
     if head.version() == Version::Http10 {
         assert!(!head.keep_alive());

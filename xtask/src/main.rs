@@ -119,6 +119,8 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
             "-p",
             "fhirwall-policy",
             "-p",
+            "fhirwall-http",
+            "-p",
             "fhirwall",
         ]),
     }
@@ -161,6 +163,7 @@ fn bench_crate(name: &str) -> &'static str {
     match name {
         "classify" | "response" => "fhirwall-fhir",
         "policy" => "fhirwall-policy",
+        "http" => "fhirwall-http",
         _ => "fhirwall",
     }
 }

@@ -18,12 +18,13 @@ use tokio::{
 use tracing::{debug, warn};
 
 use super::{
-    http::{Limits, Pool, serve_connection},
     live::LiveConnections,
     sidecar::{Exchange, Shared},
     tls::{LeafName, TlsTerminator, UpstreamConnector},
 };
+
 use crate::{attribution::Attributor, metrics::Metrics};
+use fhirwall_http::{Limits, Pool, serve_connection};
 
 /// Which upstream a connection is for, from where the application was connecting.
 #[derive(Clone, Debug, Default)]

@@ -8,7 +8,7 @@
 use bytes::Bytes;
 use serde::Serialize;
 
-use super::http::{ExchangeId, Headers, HttpError, LocalResponse};
+use fhirwall_http::{ExchangeId, Headers, HttpError, LocalResponse};
 
 /// The FHIR `IssueType` codes the proxy uses (<https://hl7.org/fhir/R4/valueset-issue-type.html>).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,14 +142,7 @@ pub fn for_error(err: &HttpError, id: ExchangeId) -> Option<LocalResponse> {
         | HttpError::UpstreamTimeout { .. } => IssueType::Timeout,
         _ => IssueType::Exception,
     };
-    let mut response = operation_outcome(status, code, err.reason(), id);
-    if let HttpError::MethodNotAllowed { .. } = err {
-        // RFC 9110 section 15.5.6: a 405 lists the methods that are allowed.
-        let _ = response
-            .headers
-            .insert("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
-    }
-    Some(response)
+    Some(operation_outcome(status, code, err.reason(), id))
 }
 
 #[cfg(test)]

@@ -41,10 +41,6 @@ use self::{
     plan::{Decided, Plan},
 };
 use super::{
-    http::{
-        self, BodyFraming, BodyMode, ExchangeId, Handler, LocalResponse, Method, RequestHead,
-        ResponseHead,
-    },
     outcome::{self, IssueType},
     tls::UpstreamKey,
 };
@@ -53,6 +49,10 @@ use crate::{
     metrics::Metrics,
 };
 use fhirwall_fhir::{self as fhir, HttpRequest};
+use fhirwall_http::{
+    self as http, BodyFraming, BodyMode, ExchangeId, Handler, LocalResponse, Method, RequestHead,
+    ResponseHead,
+};
 use fhirwall_policy::{self as policy, Integration, Policy, RateLimiter, RateOutcome, Subject};
 
 /// The policy in force and the rate limiter that goes with it, swapped together on reload.
@@ -428,5 +428,10 @@ impl Handler for Exchange {
             m.audit_failures.inc();
             warn!(error = %e, "audit completion lost");
         }
+    }
+
+    /// Engine errors are answered as FHIR OperationOutcomes, like every other refusal.
+    fn error_response(&self, err: &http::HttpError, id: ExchangeId) -> Option<LocalResponse> {
+        outcome::for_error(err, id)
     }
 }

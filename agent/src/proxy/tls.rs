@@ -12,7 +12,7 @@
 //! ```
 //!
 //! Upstream, [`UpstreamConnector`] opens the agent's own connections for the HTTP engine's
-//! [`Pool`](crate::proxy::http::Pool): a socket carrying the agent's `SO_MARK` (so the kernel does
+//! [`Pool`](fhirwall_http::Pool): a socket carrying the agent's `SO_MARK` (so the kernel does
 //! not redirect it again), certificate verification against the upstream's CA file or the system
 //! roots, optional mTLS with the integration's own client certificate, one cached `ClientConfig`
 //! (and so one resumption store) per (upstream, integration).

@@ -3,13 +3,11 @@
 
 use bytes::BytesMut;
 
-use super::super::{
-    http::{ExchangeId, Inspected, LocalResponse, ResponseHead, ResponseInspector},
-    outcome::{self, IssueType},
-};
+use super::super::outcome::{self, IssueType};
 use fhirwall_fhir::response::{
     BodyFormat, CheckMode, Progress, Refusal, Report, ResponseCheck, ResponseRules, Violation,
 };
+use fhirwall_http::{ExchangeId, Inspected, LocalResponse, ResponseHead, ResponseInspector};
 
 /// What a forwarded request's answer is expected to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,15 +9,13 @@ use super::{
 };
 use crate::{
     audit,
-    proxy::{
-        http::{ExchangeId, LocalResponse},
-        outcome::{self, IssueType},
-    },
+    proxy::outcome::{self, IssueType},
 };
 use fhirwall_fhir::{
     FhirRequest,
     response::{CheckMode, ResponseRules},
 };
+use fhirwall_http::{ExchangeId, LocalResponse};
 use fhirwall_policy::{
     self as policy, BreakGlassSession, Decision, OnViolation, Part, Policy, Rule, Subject, Why,
 };

@@ -4,12 +4,12 @@
 use fhirwall_policy::Workload;
 use std::net::SocketAddr;
 
-use super::super::http::{ExchangeId, Outcome, RequestHead};
 use crate::{
     audit::{self, BreakGlassUse, CommittedSeq, Completion, Decision, Record},
     proxy::outcome::IssueType,
 };
 use fhirwall_fhir::{self as fhir, FhirRequest};
+use fhirwall_http::{ExchangeId, Outcome, RequestHead};
 use fhirwall_policy::{self as policy, BreakGlassSession, Presented, Rule, Subject};
 
 /// A record of what arrived, before anything is decided (decision `Deny` until said otherwise).
@@ -158,7 +158,7 @@ pub fn completion(
     let withheld = checked.is_some_and(|c| c.refusal.is_some());
     let result = match (outcome.forwarded, outcome.error) {
         _ if withheld => audit::Outcome::Withheld,
-        (_, Some(e)) if e.error_source() == crate::proxy::http::ErrorSource::Downstream => {
+        (_, Some(e)) if e.error_source() == fhirwall_http::ErrorSource::Downstream => {
             audit::Outcome::ClientAborted
         }
         (true, Some(_)) => audit::Outcome::UpstreamFailure,

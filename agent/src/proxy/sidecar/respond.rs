@@ -9,11 +9,9 @@ use super::{
     inspect::ResponseGuard,
     record::Checked,
 };
-use crate::{
-    metrics::NO_INTEGRATION,
-    proxy::http::{ExchangeId, ResponseHead},
-};
+use crate::metrics::NO_INTEGRATION;
 use fhirwall_fhir::response::{CheckMode, PatientRule, Report};
+use fhirwall_http::{ExchangeId, ResponseHead};
 
 impl Exchange {
     /// The guard for the response to the request just forwarded. A `$export` kick-off's status

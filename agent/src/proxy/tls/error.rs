@@ -1,6 +1,6 @@
 //! The one error type of TLS, the local CA and upstream connections. Each error says where it came
 //! from ([`TlsErrorSource`]) so metrics and audit records can label it, as the HTTP engine's
-//! [`ErrorSource`](crate::proxy::http::ErrorSource) does.
+//! [`ErrorSource`](fhirwall_http::ErrorSource) does.
 //!
 //! Texts name files, upstreams and server names, never request content: they are safe to log.
 
@@ -173,7 +173,7 @@ impl TlsError {
         }
     }
 
-    /// The error as an `io::Error` for the HTTP engine's [`Connector`](crate::proxy::http::Connector):
+    /// The error as an `io::Error` for the HTTP engine's [`Connector`](fhirwall_http::Connector):
     /// the `TlsError` is its inner error (`get_ref().downcast_ref::<TlsError>()`) so the caller can
     /// still read its source label, and timeouts keep the `TimedOut` kind.
     #[must_use]

@@ -1,5 +1,5 @@
 //! The sidecar's own connections to upstream FHIR servers, for the HTTP engine's
-//! [`Pool`](crate::proxy::http::Pool): TCP from a socket carrying the agent's mark, then TLS with
+//! [`Pool`](fhirwall_http::Pool): TCP from a socket carrying the agent's mark, then TLS with
 //! the upstream's name verified against its CA file or the system roots, and the integration's
 //! client certificate when it has one.
 //!
@@ -26,7 +26,8 @@ use tokio::{net::TcpStream, time::timeout};
 use tokio_rustls::TlsConnector;
 
 use super::{ALPN_HTTP11, TlsError, UpstreamStream, files, stream::MaybeTls};
-use crate::proxy::{http::Connector, socket::marked_socket};
+use crate::proxy::socket::marked_socket;
+use fhirwall_http::Connector;
 use fhirwall_policy::TlsMode;
 
 /// Identifies a pool of upstream connections: one per (upstream, integration), so an upstream

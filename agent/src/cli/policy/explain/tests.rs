@@ -170,12 +170,14 @@ fn it_says_which_headers_stay_behind_and_how_the_response_is_checked() {
 fn a_response_file_shows_what_the_check_would_withhold() {
     let dir = tempfile::tempdir().expect("tempdir");
     let file = dir.path().join("response.json");
-    let bundle = json!({"resourceType": "Bundle", "type": "searchset", "total": 2, "entry": [
+    // As servers write a searchset: `resourceType` first, so that it can be filtered entry by
+    // entry (a Bundle whose type comes later is judged whole).
+    let bundle = r#"{"resourceType": "Bundle", "type": "searchset", "total": 2, "entry": [
         {"resource": {"resourceType": "Observation", "id": "o1",
                       "subject": {"reference": "Patient/pat-1001"}}, "search": {"mode": "match"}},
         {"resource": {"resourceType": "Observation", "id": "o2",
-                      "subject": {"reference": "Patient/pat-2002"}}, "search": {"mode": "match"}}]});
-    std::fs::write(&file, bundle.to_string()).expect("write");
+                      "subject": {"reference": "Patient/pat-2002"}}, "search": {"mode": "match"}}]}"#;
+    std::fs::write(&file, bundle).expect("write");
     let mut a = args("patient-portal-backend", "GET Observation?code=2345-7");
     a.headers.push("X-Portal-Patient: pat-1001".into());
     a.response = Some(file);

@@ -12,7 +12,7 @@ use tokio::io::AsyncRead;
 use tokio_rustls::TlsAcceptor;
 
 use super::*;
-use crate::proxy::http::{Connector, Pool, PoolConfig, Upstreams};
+use fhirwall_http::{Connector, Pool, PoolConfig, Upstreams};
 use fhirwall_policy::TlsMode;
 
 const UPSTREAM: &str = "ehr";

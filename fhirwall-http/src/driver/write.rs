@@ -4,9 +4,7 @@ use bytes::{BufMut, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::{Conn, down_write};
-use crate::proxy::http::{
-    Handler, HttpError, LocalResponse, RequestHead, ResponseHead, Upstreams, body,
-};
+use crate::{Handler, HttpError, LocalResponse, RequestHead, ResponseHead, Upstreams, body};
 
 /// Framing of a message the proxy sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -113,7 +113,7 @@ impl Headers {
 
     /// Sets `Host` (which [`Headers::insert`] refuses: it is the proxy's): the proxy names the
     /// upstream it forwards to, whatever the client wrote.
-    pub(crate) fn set_host(&mut self, value: &str) -> Result<(), HttpError> {
+    pub fn set_host(&mut self, value: &str) -> Result<(), HttpError> {
         let value = Bytes::copy_from_slice(value.as_bytes());
         if value.is_empty() || !is_field_value(&value) {
             return Err(HttpError::InvalidHeader {

@@ -7,13 +7,13 @@ use tokio::{
 };
 
 use super::{Conn, ConnectionEnd, Exchange};
-use crate::proxy::{
-    http::{
-        Handler, HttpError, LocalResponse, Outcome, Upstreams,
-        body::{self, Decoder},
-    },
-    outcome,
+use crate::{
+    ExchangeId, Handler, HttpError, LocalResponse, Outcome, Upstreams,
+    body::{self, Decoder},
 };
+
+/// The methods the engine passes (CONNECT and TRACE never do).
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS";
 
 impl<D, H, U, F> Conn<'_, '_, D, H, U, F>
 where
@@ -77,7 +77,7 @@ where
         self.out.buf.clear();
         let mut answered = false;
         if ex.status.is_none()
-            && let Some(response) = outcome::for_error(&err, ex.id)
+            && let Some(response) = self.error_response(&err, ex.id)
             && self.write_local(&response, true, ex.is_head).await.is_ok()
         {
             ex.status = Some(response.status);
@@ -88,6 +88,18 @@ where
             self.linger().await;
         }
         ConnectionEnd::Failed(err)
+    }
+
+    /// The handler's answer to `err`; a 405 lists the methods that are allowed (RFC 9110
+    /// section 15.5.6), which the engine knows and the handler need not.
+    fn error_response(&self, err: &HttpError, id: ExchangeId) -> Option<LocalResponse> {
+        let mut response = self.handler.error_response(err, id)?;
+        if let HttpError::MethodNotAllowed { .. } = err
+            && response.headers.get("Allow").is_none()
+        {
+            let _ = response.headers.insert("Allow", ALLOWED_METHODS);
+        }
+        Some(response)
     }
 
     pub(super) fn report(&mut self, ex: &Exchange, error: Option<&HttpError>) {

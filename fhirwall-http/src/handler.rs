@@ -35,7 +35,8 @@ pub enum BodyMode {
     Buffer,
 }
 
-/// A response the proxy makes itself (see [`crate::proxy::outcome`] for the FHIR ones).
+/// A response the proxy makes itself: a handler's answer, or its answer to an engine error
+/// ([`Handler::error_response`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalResponse {
     /// Status code, 200 to 599.
@@ -165,4 +166,11 @@ pub trait Handler: Send {
 
     /// Told how the exchange ended (for audit completion and metrics). Must not block.
     fn finish(&mut self, outcome: &Outcome<'_>);
+
+    /// The answer to an engine error (malformed request, limit, timeout, upstream failure) that
+    /// ends the connection before any response head went out; `None` when the error carries no
+    /// status ([`HttpError::status`]) and the connection simply closes. The engine sends it with
+    /// `Connection: close`; its body is the handler's format (the sidecar's is a FHIR
+    /// OperationOutcome).
+    fn error_response(&self, err: &HttpError, id: ExchangeId) -> Option<LocalResponse>;
 }

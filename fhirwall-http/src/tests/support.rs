@@ -15,14 +15,30 @@ use tokio::{
     task::JoinHandle,
 };
 
-use crate::proxy::{
-    http::{
-        BodyMode, ConnectionSummary, Connector, Decision, ErrorSource, ExchangeId, Handler,
-        Inspected, Limits, Pool, PoolConfig, RequestHead, ResponseHead, ResponseInspector,
-        serve_connection,
-    },
-    outcome,
+use bytes::Bytes;
+
+use crate::{
+    BodyMode, ConnectionSummary, Connector, Decision, ErrorSource, ExchangeId, Handler, Headers,
+    HttpError, Inspected, Limits, LocalResponse, Pool, PoolConfig, RequestHead, ResponseHead,
+    ResponseInspector, serve_connection,
 };
+
+/// The content type of the test handler's own answers, so that tests can tell them from the
+/// upstream's.
+pub const ANSWER_TYPE: &str = "text/x-test-handler";
+
+/// An answer of the test handler: `reason` as the body.
+pub fn answer(status: u16, reason: &str) -> LocalResponse {
+    let mut headers = Headers::default();
+    headers
+        .insert("Content-Type", ANSWER_TYPE)
+        .expect("valid field");
+    LocalResponse {
+        status,
+        headers,
+        body: Bytes::copy_from_slice(reason.as_bytes()),
+    }
+}
 
 /// What the test upstream received in one complete request.
 #[derive(Debug, Clone)]
@@ -236,14 +252,8 @@ pub struct TestInspector {
 }
 
 impl TestInspector {
-    fn refusal() -> crate::proxy::http::LocalResponse {
-        outcome::forbidden(
-            "the inspector refused the response",
-            ExchangeId {
-                connection: 0,
-                sequence: 0,
-            },
-        )
+    fn refusal() -> LocalResponse {
+        answer(403, "the inspector refused the response")
     }
 }
 
@@ -252,11 +262,7 @@ impl ResponseInspector for TestInspector {
         self.mode == Inspect::Observe
     }
 
-    fn data(
-        &mut self,
-        data: &[u8],
-        out: &mut bytes::BytesMut,
-    ) -> Result<Inspected, crate::proxy::http::LocalResponse> {
+    fn data(&mut self, data: &[u8], out: &mut bytes::BytesMut) -> Result<Inspected, LocalResponse> {
         self.seen.extend_from_slice(data);
         match self.mode {
             Inspect::Off | Inspect::Observe => Ok(Inspected::Release),
@@ -274,10 +280,7 @@ impl ResponseInspector for TestInspector {
         }
     }
 
-    fn end(
-        &mut self,
-        _out: &mut bytes::BytesMut,
-    ) -> Result<Inspected, crate::proxy::http::LocalResponse> {
+    fn end(&mut self, _out: &mut bytes::BytesMut) -> Result<Inspected, LocalResponse> {
         self.ended = true;
         match self.mode {
             Inspect::Hold { refuse_if } if find(&self.seen, refuse_if).is_some() => {
@@ -331,7 +334,7 @@ impl Handler for TestHandler {
             .unwrap_or_else(PoisonError::into_inner)
             .push(body.map(<[u8]>::to_vec));
         if head.path().starts_with(b"/deny") {
-            return Decision::Respond(outcome::forbidden("policy denies this request", id));
+            return Decision::Respond(answer(403, "policy denies this request"));
         }
         head.headers
             .insert("Authorization", "Bearer integration-credential")
@@ -344,7 +347,7 @@ impl Handler for TestHandler {
         }
     }
 
-    fn finish(&mut self, outcome: &crate::proxy::http::Outcome<'_>) {
+    fn finish(&mut self, outcome: &crate::Outcome<'_>) {
         self.finished
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -354,10 +357,12 @@ impl Handler for TestHandler {
                 forwarded: outcome.forwarded,
                 request_body_bytes: outcome.request_body_bytes,
                 response_body_bytes: outcome.response_body_bytes,
-                error: outcome
-                    .error
-                    .map(crate::proxy::http::HttpError::error_source),
+                error: outcome.error.map(crate::HttpError::error_source),
             });
+    }
+
+    fn error_response(&self, err: &HttpError, _id: ExchangeId) -> Option<LocalResponse> {
+        Some(answer(err.status()?, err.reason()))
     }
 }
 

@@ -29,7 +29,7 @@ use super::{
     Conn, Exchange, request_relay_error, response_relay_error,
     write::{Framing, put_request_head, put_response_head},
 };
-use crate::proxy::http::{
+use crate::{
     Checkout, Handler, HttpError, Inspected, LocalResponse, ResponseBody, ResponseInspector,
     ResponseParser, Upstreams, Version,
     body::{self, Decoder, Encoding, RelayError},

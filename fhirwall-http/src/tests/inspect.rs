@@ -9,7 +9,7 @@ use super::support::{
     Client, Inspect, TcpConnector, TcpUpstream, TestHandler, big_byte, pool, spawn_driver,
     test_limits,
 };
-use crate::proxy::http::{ConnectionEnd, ErrorSource};
+use crate::{ConnectionEnd, ErrorSource};
 
 const GET: &[u8] = b"GET /Patient/1 HTTP/1.1\r\nHost: fhir.local\r\n\r\n";
 

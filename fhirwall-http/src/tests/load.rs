@@ -9,7 +9,7 @@ use tokio::{
 };
 
 use super::support::{Client, TcpConnector, TcpUpstream, TestHandler, pool, test_limits};
-use crate::proxy::http::{Limits, serve_connection};
+use crate::{Limits, serve_connection};
 
 const SLOW_CLIENTS: usize = 1000;
 const NORMAL_REQUESTS: usize = 50;

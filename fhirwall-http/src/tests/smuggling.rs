@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use super::support::{
-    Client, TcpConnector, TcpUpstream, TestHandler, pool, spawn_driver, test_limits,
+    ANSWER_TYPE, Client, TcpConnector, TcpUpstream, TestHandler, pool, spawn_driver, test_limits,
 };
 
 /// What must reach the upstream.
@@ -421,10 +421,15 @@ async fn every_malformed_request_is_refused_and_nothing_is_forwarded() {
             Reached::NoCompleteRequest => stats.requests() == 0,
         };
         let closes = response.as_ref().and_then(|r| r.header("connection")) == Some("close");
-        let is_outcome = response.as_ref().is_some_and(|r| {
-            r.header("content-type") == Some("application/fhir+json")
-                && String::from_utf8_lossy(&r.body).contains("OperationOutcome")
-        });
+        // The error answer is the handler's (the engine knows no body format).
+        // A 405 lists the methods that pass (RFC 9110 section 15.5.6), whatever the handler's
+        // answer carries.
+        let allow_ok = case.status != 405
+            || response.as_ref().and_then(|r| r.header("allow"))
+                == Some("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS");
+        let is_outcome = response
+            .as_ref()
+            .is_some_and(|r| r.header("content-type") == Some(ANSWER_TYPE));
         let reported = finished
             .lock()
             .expect("not poisoned")
@@ -435,11 +440,12 @@ async fn every_malformed_request_is_refused_and_nothing_is_forwarded() {
             || !closes
             || !rest.is_empty()
             || !is_outcome
+            || !allow_ok
             || reported != got
         {
             failures.push(format!(
                 "{}: status {got:?} (want {}), upstream connections {} bytes {} requests {}, closes {closes}, \
-                 outcome {is_outcome}, trailing {} bytes, reported {reported:?}, end {:?}",
+                 handler's answer {is_outcome}, Allow {allow_ok}, trailing {} bytes, reported {reported:?}, end {:?}",
                 case.name,
                 case.status,
                 stats.connections(),

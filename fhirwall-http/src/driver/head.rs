@@ -11,7 +11,7 @@ use tokio::{
 };
 
 use super::{Conn, ConnectionEnd};
-use crate::proxy::http::{Handler, HttpError, Upstreams};
+use crate::{Handler, HttpError, Upstreams};
 
 /// The graceful-stop signal, polled without being consumed twice.
 pub(super) struct Shutdown<'s, F> {

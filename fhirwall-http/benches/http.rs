@@ -5,9 +5,10 @@ use std::{hint::black_box, io, sync::Arc};
 
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fhirwall::proxy::http::{
-    BodyMode, ChunkedDecoder, Connector, Decision, ExchangeId, Handler, Limits, NoInspection,
-    Outcome, Pool, PoolConfig, RequestHead, RequestParser, ResponseHead, serve_connection,
+use fhirwall_http::{
+    BodyMode, ChunkedDecoder, Connector, Decision, ExchangeId, Handler, HttpError, Limits,
+    LocalResponse, NoInspection, Outcome, Pool, PoolConfig, RequestHead, RequestParser,
+    ResponseHead, serve_connection,
 };
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, duplex},
@@ -143,6 +144,10 @@ impl Handler for Forward {
 
     fn finish(&mut self, outcome: &Outcome<'_>) {
         black_box(outcome.status);
+    }
+
+    fn error_response(&self, _err: &HttpError, _id: ExchangeId) -> Option<LocalResponse> {
+        None
     }
 }
 
