@@ -22,6 +22,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use fhirwall_http::{Pool, PoolConfig};
+use fhirwall_policy::{LoadError, Policy, RateLimiter};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -42,10 +44,6 @@ use crate::{
         },
     },
 };
-
-use fhirwall_http::{Pool, PoolConfig};
-
-use fhirwall_policy::{LoadError, Policy, RateLimiter};
 
 /// How long in-flight connections may take to finish after SIGTERM.
 const DRAIN: Duration = Duration::from_secs(20);

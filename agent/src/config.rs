@@ -8,9 +8,8 @@ use std::{
     time::Duration,
 };
 
-use serde::{Deserialize, Serialize};
-
 use fhirwall_policy::Enforcement;
+use serde::{Deserialize, Serialize};
 
 /// Default transparent listener port. Below 1024 on purpose: while the agent is down, only a
 /// privileged process could bind it and catch redirected connections.

@@ -3,15 +3,14 @@
 //! with each known workload (refuse revoked ones; with `enforcement: kernel`, let only
 //! registered ones through).
 
-use fhirwall_policy::Workload;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
 };
 
-use crate::kernel::{Verdict, WorkloadEntry};
+use fhirwall_policy::{Enforcement, HostPort, Integration, Policy, Workload, WorkloadSelector};
 
-use fhirwall_policy::{Enforcement, HostPort, Integration, Policy, WorkloadSelector};
+use crate::kernel::{Verdict, WorkloadEntry};
 
 /// A cgroup that exists on the host, for selectors that name units, containers or pods.
 #[derive(Clone, Debug, PartialEq, Eq)]

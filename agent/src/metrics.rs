@@ -1,14 +1,13 @@
 //! Prometheus metrics. Counters are bumped on the data plane (atomics, no locks); the kernel's
 //! per-CPU counters are read at scrape time on the admin runtime.
 
+use fhirwall_policy::{IntegrationStatus, Policy};
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder, core::Collector,
 };
 
 use crate::kernel::KernelStats;
-
-use fhirwall_policy::{IntegrationStatus, Policy};
 
 /// What every metric name starts with (and `_`).
 const PREFIX: &str = "fhirwall";
@@ -370,8 +369,9 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use fhirwall_policy::{Exception, Integration};
+
+    use super::*;
 
     #[test]
     fn renders_prefixed_metrics_with_kernel_counters() {

@@ -22,6 +22,8 @@ mod subject;
 
 use std::fmt;
 
+use fhirwall_fhir::{FhirRequest, Interaction};
+
 use self::check::{Checker, Granted};
 pub(crate) use self::patient::{Confined, confine};
 pub use self::{
@@ -35,7 +37,6 @@ use super::{
     model::{IntegrationStatus, Mode},
     purpose::{PurposeOfUse, RequestedPurpose},
 };
-use fhirwall_fhir::{FhirRequest, Interaction};
 
 /// The outcome for one request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

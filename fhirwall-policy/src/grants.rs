@@ -1,10 +1,10 @@
 //! A scope list compiled at load into per-type permission tables, so that checking "may this
 //! integration search Observation" is one array index and one bit test.
 
+use fhirwall_fhir::{ResourceType, SearchParam, TypeSet};
 use serde::{Deserialize, Serialize};
 
 use super::scope::{Perm, Perms, Scope, ScopeContext};
-use fhirwall_fhir::{ResourceType, SearchParam, TypeSet};
 
 const TYPES: usize = ResourceType::ALL.len();
 

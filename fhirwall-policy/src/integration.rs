@@ -2,6 +2,7 @@
 //! limits. Every field is typed at load; what one field cannot check alone (references to
 //! upstreams, scopes against expected resources) the loader checks across fields.
 
+use fhirwall_fhir::{ResourceType, patient_compartment_params};
 use serde::{Deserialize, Serialize};
 
 use super::{
@@ -12,7 +13,6 @@ use super::{
     purpose::{PurposeOfUse, PurposeSet},
     selector::WorkloadSelector,
 };
-use fhirwall_fhir::{ResourceType, patient_compartment_params};
 
 /// A named non-human identity: one API integration with its owner, purpose and scope.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -41,6 +41,7 @@ mod workload;
 
 use std::path::Path;
 
+use fhirwall_fhir::ClassifyConfig;
 use serde::{Deserialize, Serialize};
 
 pub use self::{
@@ -71,7 +72,6 @@ pub use self::{
     selector::WorkloadSelector,
     workload::{ContainerRuntime, Workload},
 };
-use fhirwall_fhir::ClassifyConfig;
 
 /// Policy-wide settings (`kind: Settings`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -3,10 +3,10 @@
 
 use std::{fmt, net::SocketAddr, path::PathBuf, str::FromStr};
 
+use fhirwall_fhir::{ClassifyConfig, ClassifyError, TenantMode};
 use serde::{Deserialize, Serialize};
 
 use super::credential::HeaderName;
-use fhirwall_fhir::{ClassifyConfig, ClassifyError, TenantMode};
 
 /// `host:port` of a protected FHIR endpoint; the host may be a name, resolved by the agent.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]

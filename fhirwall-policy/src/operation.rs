@@ -11,9 +11,8 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
 use fhirwall_fhir::{Operation, OperationLevel, ResourceType};
+use serde::{Deserialize, Serialize};
 
 /// One allowed operation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -15,13 +15,14 @@
 //! note whose data it carried. Observe mode and break-glass record and never withhold: they
 //! exist to let traffic through.
 
-use super::{
-    Decision, Integration, OnViolation, Part, PatientMode, Policy, Rule, ScopeContext, Subject,
-    decide::{Confined, HeaderValue, confine},
-};
 use fhirwall_fhir::{
     FhirRequest, Interaction, ResourceType, TypeSet,
     response::{CheckMode, PatientRule, ResponseRules},
+};
+
+use super::{
+    Decision, Integration, OnViolation, Part, PatientMode, Policy, Rule, ScopeContext, Subject,
+    decide::{Confined, HeaderValue, confine},
 };
 
 /// The rules the response to `request` is held to. `max_held` is the agent's cap on the bytes

@@ -19,9 +19,8 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Serialize};
-
 use fhirwall_fhir::ResourceType;
+use serde::{Deserialize, Serialize};
 
 /// Whose data a scope is about.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -9,20 +9,28 @@
 use fhirwall_fhir::{ClassifyConfig, HttpRequest, TenantMode, classify};
 use libfuzzer_sys::fuzz_target;
 
-const METHODS: [&str; 8] = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "get"];
+const METHODS: [&str; 8] = [
+    "GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS", "get",
+];
 const BASES: [&str; 2] = ["/fhir/R4", "/"];
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     let mut parts = rest.splitn(4, |&b| b == 0);
     let target = parts.next().unwrap_or_default();
     let content_type = parts.next().unwrap_or_default();
     let if_none_exist = parts.next().unwrap_or_default();
     let body = parts.next();
-    let Ok(target) = std::str::from_utf8(target) else { return };
+    let Ok(target) = std::str::from_utf8(target) else {
+        return;
+    };
 
     let base = BASES[usize::from(selector >> 3 & 1)];
-    let Ok(mut config) = ClassifyConfig::new(base) else { return };
+    let Ok(mut config) = ClassifyConfig::new(base) else {
+        return;
+    };
     config.tenant = match selector >> 4 & 3 {
         1 => TenantMode::PathSegment,
         2 => TenantMode::Header("X-Tenant".to_owned()),

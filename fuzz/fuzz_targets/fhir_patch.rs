@@ -9,18 +9,25 @@ use fhirwall_fhir::patch::{PatchFormat, read};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
     let format = match selector % 3 {
         0 => PatchFormat::JsonPatch,
         1 => PatchFormat::MergePatch,
         _ => PatchFormat::FhirPathPatch,
     };
-    let Ok(value) = serde_json::from_slice::<serde_json::Value>(rest) else { return };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(rest) else {
+        return;
+    };
     if let Ok(effect) = read(format, &value, "Observation") {
         let text = value.to_string();
         for reference in &effect.references {
             let quoted = serde_json::to_string(reference).unwrap_or_default();
-            assert!(text.contains(&quoted), "a reference the document does not hold");
+            assert!(
+                text.contains(&quoted),
+                "a reference the document does not hold"
+            );
         }
     }
 });

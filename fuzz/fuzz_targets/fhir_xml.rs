@@ -22,7 +22,14 @@ fn depth(v: &serde_json::Value) -> usize {
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(value) = to_json(data, &LIMITS) {
-        assert!(depth(&value) <= LIMITS.max_depth + 1, "deeper than the limit");
-        assert!(value.get("resourceType").is_some_and(serde_json::Value::is_string));
+        assert!(
+            depth(&value) <= LIMITS.max_depth + 1,
+            "deeper than the limit"
+        );
+        assert!(
+            value
+                .get("resourceType")
+                .is_some_and(serde_json::Value::is_string)
+        );
     }
 });

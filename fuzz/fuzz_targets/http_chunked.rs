@@ -15,10 +15,16 @@ const MAX_LINE: usize = 64;
 const MAX_TRAILER: usize = 256;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&split_seed, input)) = data.split_first() else { return };
+    let Some((&split_seed, input)) = data.split_first() else {
+        return;
+    };
     let whole = decode(input, input.len().max(1));
     let piece = usize::from(split_seed % 17) + 1;
-    assert_eq!(decode(input, piece), whole, "outcome depends on the split ({piece})");
+    assert_eq!(
+        decode(input, piece),
+        whole,
+        "outcome depends on the split ({piece})"
+    );
     if let Outcome::Done { body, .. } = &whole {
         let mut wire = BytesMut::new();
         for chunk in body.chunks(7) {
@@ -28,7 +34,10 @@ fuzz_target!(|data: &[u8]| {
         }
         wire.extend_from_slice(b"0\r\n\r\n");
         match decode(&wire, wire.len()) {
-            Outcome::Done { body: again, consumed } => {
+            Outcome::Done {
+                body: again,
+                consumed,
+            } => {
                 assert_eq!(&again, body);
                 assert_eq!(consumed, wire.len());
             }
@@ -63,7 +72,10 @@ fn decode(input: &[u8], piece: usize) -> Outcome {
             consumed_total += step.consumed;
             if step.done {
                 assert!(decoder.is_done());
-                return Outcome::Done { body, consumed: consumed_total };
+                return Outcome::Done {
+                    body,
+                    consumed: consumed_total,
+                };
             }
             if step.consumed == 0 || pending.is_empty() {
                 break;

@@ -26,7 +26,12 @@ use tokio::{
 
 fn runtime() -> &'static Runtime {
     static RT: OnceLock<Runtime> = OnceLock::new();
-    RT.get_or_init(|| tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime"))
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    })
 }
 
 /// What the upstream answers: chosen by the first input byte.
@@ -91,7 +96,12 @@ async fn strict_upstream(mut io: DuplexStream, answer: &'static [u8]) {
     }
 }
 
-async fn read_body(io: &mut DuplexStream, buf: &mut BytesMut, framing: BodyFraming, limits: &Limits) -> bool {
+async fn read_body(
+    io: &mut DuplexStream,
+    buf: &mut BytesMut,
+    framing: BodyFraming,
+    limits: &Limits,
+) -> bool {
     let mut decoder = match framing {
         BodyFraming::None => return true,
         BodyFraming::Length(n) => {
@@ -106,7 +116,9 @@ async fn read_body(io: &mut DuplexStream, buf: &mut BytesMut, framing: BodyFrami
         BodyFraming::Chunked => ChunkedDecoder::new(limits.max_chunk_line, limits.max_trailer),
     };
     loop {
-        let step = decoder.decode(buf).expect("the proxy sent an invalid chunked body");
+        let step = decoder
+            .decode(buf)
+            .expect("the proxy sent an invalid chunked body");
         let _ = buf.split_to(step.consumed);
         if step.done {
             assert!(buf.is_empty() || buf.len() < 1 << 20);
@@ -136,12 +148,20 @@ impl Handler for Fuzz {
 
     fn inspected(&mut self, _id: ExchangeId, _inspector: NoInspection) {}
 
-
     fn body_mode(&mut self, _id: ExchangeId, head: &RequestHead) -> BodyMode {
-        if head.path().starts_with(b"/b") { BodyMode::Buffer } else { BodyMode::Stream }
+        if head.path().starts_with(b"/b") {
+            BodyMode::Buffer
+        } else {
+            BodyMode::Stream
+        }
     }
 
-    async fn decide(&mut self, _id: ExchangeId, head: &mut RequestHead, _body: Option<&[u8]>) -> Decision<u8> {
+    async fn decide(
+        &mut self,
+        _id: ExchangeId,
+        head: &mut RequestHead,
+        _body: Option<&[u8]>,
+    ) -> Decision<u8> {
         if head.path().starts_with(b"/deny") {
             return Decision::Respond(answer(403, "denied"));
         }
@@ -160,11 +180,17 @@ impl Handler for Fuzz {
 fn answer(status: u16, reason: &str) -> LocalResponse {
     let mut headers = Headers::default();
     let _ = headers.insert("Content-Type", "text/plain");
-    LocalResponse { status, headers, body: bytes::Bytes::copy_from_slice(reason.as_bytes()) }
+    LocalResponse {
+        status,
+        headers,
+        body: bytes::Bytes::copy_from_slice(reason.as_bytes()),
+    }
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, input)) = data.split_first() else { return };
+    let Some((&selector, input)) = data.split_first() else {
+        return;
+    };
     let answer = ANSWERS[usize::from(selector) % ANSWERS.len()];
     let limits = Limits {
         max_head: 2048,
@@ -181,24 +207,48 @@ fuzz_target!(|data: &[u8]| {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen_by_client = Arc::clone(&seen);
     runtime().block_on(async move {
-        let pool = Pool::new(Upstream { answer, tasks: Mutex::default() }, PoolConfig::default());
+        let pool = Pool::new(
+            Upstream {
+                answer,
+                tasks: Mutex::default(),
+            },
+            PoolConfig::default(),
+        );
         let (mut client, server) = duplex(1 << 20);
         let client_task = tokio::spawn(async move {
             let _ = client.write_all(&client_bytes).await;
             let _ = client.shutdown().await;
             let mut out = Vec::new();
             let _ = client.read_to_end(&mut out).await;
-            seen_by_client.lock().expect("not poisoned").extend_from_slice(&out);
+            seen_by_client
+                .lock()
+                .expect("not poisoned")
+                .extend_from_slice(&out);
         });
         let mut handler = Fuzz;
-        let serve = serve_connection(server, &mut handler, &pool, &limits, 1, std::future::pending());
-        let summary = tokio::time::timeout(Duration::from_secs(10), serve).await.expect("driver hangs");
+        let serve = serve_connection(
+            server,
+            &mut handler,
+            &pool,
+            &limits,
+            1,
+            std::future::pending(),
+        );
+        let summary = tokio::time::timeout(Duration::from_secs(10), serve)
+            .await
+            .expect("driver hangs");
         assert!(summary.forwarded <= summary.requests);
-        tokio::time::timeout(Duration::from_secs(10), client_task).await.expect("client hangs").expect("client task");
+        tokio::time::timeout(Duration::from_secs(10), client_task)
+            .await
+            .expect("client hangs")
+            .expect("client task");
         let tasks = std::mem::take(&mut *pool.connector().tasks.lock().expect("not poisoned"));
         drop(pool);
         for task in tasks {
-            tokio::time::timeout(Duration::from_secs(10), task).await.expect("upstream hangs").expect("upstream task");
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("upstream hangs")
+                .expect("upstream task");
         }
     });
     let out = seen.lock().expect("not poisoned");
@@ -207,6 +257,9 @@ fuzz_target!(|data: &[u8]| {
     if !out.is_empty() {
         let mut headers = [httparse::EMPTY_HEADER; 64];
         let mut response = httparse::Response::new(&mut headers);
-        assert!(response.parse(&out).is_ok(), "malformed response to the client");
+        assert!(
+            response.parse(&out).is_ok(),
+            "malformed response to the client"
+        );
     }
 });

@@ -13,7 +13,12 @@ use fhirwall_http::{BodyFraming, ChunkedDecoder, Limits, RequestHead, RequestPar
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let limits = Limits { max_request_line: 512, max_head: 2048, max_headers: 16, ..Limits::default() };
+    let limits = Limits {
+        max_request_line: 512,
+        max_head: 2048,
+        max_headers: 16,
+        ..Limits::default()
+    };
     let mut buf = BytesMut::from(data);
     let mut parser = RequestParser::default();
     // Pipelined requests: parse one after the other until an error or the end of the input.
@@ -35,7 +40,15 @@ fn check_head(head: &RequestHead) {
     assert_eq!(head.target().first(), Some(&b'/'));
     assert!(head.target().is_ascii());
     assert_eq!(head.headers.count("host"), 1);
-    for banned in ["content-length", "transfer-encoding", "connection", "upgrade", "te", "keep-alive", "expect"] {
+    for banned in [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "te",
+        "keep-alive",
+        "expect",
+    ] {
         assert_eq!(head.headers.count(banned), 0, "{banned} left in the head");
     }
     for field in head.headers.iter() {
@@ -63,15 +76,24 @@ fn round_trip(head: &RequestHead, limits: &Limits) {
     }
     match head.framing() {
         BodyFraming::None => {}
-        BodyFraming::Length(n) => wire.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes()),
+        BodyFraming::Length(n) => {
+            wire.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes())
+        }
         BodyFraming::Chunked => wire.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
     }
     wire.extend_from_slice(b"\r\n");
-    let generous = Limits { max_request_line: 64 * 1024, max_head: 64 * 1024, ..limits.clone() };
+    let generous = Limits {
+        max_request_line: 64 * 1024,
+        max_head: 64 * 1024,
+        ..limits.clone()
+    };
     let mut buf = BytesMut::from(&wire[..]);
     let mut again = RequestHead::default();
     let parsed = RequestParser::default().parse(&mut buf, &generous, &mut again);
-    assert!(matches!(parsed, Ok(true)), "forwarded head refused: {parsed:?}");
+    assert!(
+        matches!(parsed, Ok(true)),
+        "forwarded head refused: {parsed:?}"
+    );
     assert!(buf.is_empty());
     assert_eq!(again.method(), head.method());
     assert_eq!(again.target(), head.target());
@@ -84,7 +106,9 @@ fn skip_body(buf: &mut BytesMut, framing: BodyFraming, limits: &Limits) -> bool 
     match framing {
         BodyFraming::None => true,
         BodyFraming::Length(n) => {
-            let Ok(n) = usize::try_from(n) else { return false };
+            let Ok(n) = usize::try_from(n) else {
+                return false;
+            };
             if buf.len() < n {
                 return false;
             }
@@ -94,7 +118,9 @@ fn skip_body(buf: &mut BytesMut, framing: BodyFraming, limits: &Limits) -> bool 
         BodyFraming::Chunked => {
             let mut decoder = ChunkedDecoder::new(limits.max_chunk_line, limits.max_trailer);
             loop {
-                let Ok(step) = decoder.decode(buf) else { return false };
+                let Ok(step) = decoder.decode(buf) else {
+                    return false;
+                };
                 assert!(step.data.end <= step.consumed);
                 let _ = buf.split_to(step.consumed);
                 if step.done {

@@ -8,8 +8,8 @@
 
 use std::{path::Path, sync::OnceLock};
 
-use fhirwall_policy::{BreakGlassSession, Policy, SessionTarget, Subject, decide};
 use fhirwall_fhir::{ClassifyConfig, FhirRequest, HttpRequest, classify};
+use fhirwall_policy::{BreakGlassSession, Policy, SessionTarget, Subject, decide};
 use libfuzzer_sys::fuzz_target;
 
 const NAMES: [&str; 3] = ["a.yaml", "b.yaml", "c.yaml"];
@@ -31,9 +31,21 @@ fn requests() -> &'static [FhirRequest] {
         let cases: [(&str, &str, Option<&[u8]>); 14] = [
             ("GET", "/metadata", None),
             ("GET", "/Patient/1", None),
-            ("GET", "/Observation?category=http://x|laboratory&patient=1", None),
-            ("GET", "/Observation?subject:Patient.name=x&_include=Observation:subject:Patient", None),
-            ("GET", "/Patient?_has:Observation:patient:code=1&_revinclude=Provenance:target", None),
+            (
+                "GET",
+                "/Observation?category=http://x|laboratory&patient=1",
+                None,
+            ),
+            (
+                "GET",
+                "/Observation?subject:Patient.name=x&_include=Observation:subject:Patient",
+                None,
+            ),
+            (
+                "GET",
+                "/Patient?_has:Observation:patient:code=1&_revinclude=Provenance:target",
+                None,
+            ),
             ("GET", "/Patient/1/Observation?_id=2", None),
             ("GET", "/Patient/1/*", None),
             ("GET", "/?_type=Claim,Coverage", None),
@@ -41,7 +53,11 @@ fn requests() -> &'static [FhirRequest] {
             ("GET", "/$export?_type=Claim", None),
             ("GET", "/Patient/1/$everything", None),
             ("DELETE", "/Observation?patient=1", None),
-            ("POST", "/Observation", Some(br#"{"resourceType":"Observation","subject":{"reference":"Patient/1"}}"#)),
+            (
+                "POST",
+                "/Observation",
+                Some(br#"{"resourceType":"Observation","subject":{"reference":"Patient/1"}}"#),
+            ),
             ("POST", "/", Some(tx)),
         ];
         cases
@@ -65,7 +81,10 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .map(|f| String::from_utf8_lossy(f).into_owned())
         .collect();
-    let sources = NAMES.iter().zip(&texts).map(|(n, t)| (Path::new(n), t.as_str()));
+    let sources = NAMES
+        .iter()
+        .zip(&texts)
+        .map(|(n, t)| (Path::new(n), t.as_str()));
     let now: jiff::Timestamp = "2026-11-28T12:00:00Z".parse().unwrap_or_default();
     let policy = match Policy::from_sources(sources, now) {
         Ok(policy) => policy,
@@ -81,7 +100,11 @@ fuzz_target!(|data: &[u8]| {
     ];
     for integration in &policy.integrations {
         let session = BreakGlassSession {
-            policy: policy.break_glass.first().map(|b| b.name.clone()).unwrap_or_default(),
+            policy: policy
+                .break_glass
+                .first()
+                .map(|b| b.name.clone())
+                .unwrap_or_default(),
             target: SessionTarget::Integration(integration.name.clone()),
             opened_by: "fuzz".into(),
             justification: "x".repeat(64),

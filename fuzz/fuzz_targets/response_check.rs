@@ -25,7 +25,9 @@ fn rules(selector: u8) -> ResponseRules {
     };
     ResponseRules {
         mode,
-        readable: [ResourceType::Observation, ResourceType::Patient].into_iter().collect(),
+        readable: [ResourceType::Observation, ResourceType::Patient]
+            .into_iter()
+            .collect(),
         patients,
         exempt: TypeSet::EMPTY,
         max_held: 4096,
@@ -46,13 +48,24 @@ fn run(rules: &ResponseRules, format: BodyFormat, body: &[u8], size: usize) -> (
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&selector, rest)) = data.split_first() else { return };
-    let Some((&chunk, body)) = rest.split_first() else { return };
-    let format = if selector & 0x80 == 0 { BodyFormat::Json } else { BodyFormat::Ndjson };
+    let Some((&selector, rest)) = data.split_first() else {
+        return;
+    };
+    let Some((&chunk, body)) = rest.split_first() else {
+        return;
+    };
+    let format = if selector & 0x80 == 0 {
+        BodyFormat::Json
+    } else {
+        BodyFormat::Ndjson
+    };
     let rules = rules(selector & 0x7f);
     let (whole, whole_refused) = run(&rules, format, body, body.len());
     let (pieces, pieces_refused) = run(&rules, format, body, usize::from(chunk % 17) + 1);
-    assert_eq!(whole_refused, pieces_refused, "chunking changed the verdict");
+    assert_eq!(
+        whole_refused, pieces_refused,
+        "chunking changed the verdict"
+    );
     if !whole_refused {
         assert_eq!(whole, pieces, "chunking changed what was released");
     }

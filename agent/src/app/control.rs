@@ -2,7 +2,6 @@
 //! processes on the host; serves the admin API. Runs on the control runtime, never on the data
 //! plane.
 
-use fhirwall_policy::Workload;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
@@ -10,6 +9,7 @@ use std::{
     time::{Duration, SystemTime},
 };
 
+use fhirwall_policy::{HostPort, Policy, Workload};
 use tokio::{
     signal::unix::{SignalKind, signal},
     sync::watch,
@@ -32,7 +32,6 @@ use crate::{
         sidecar::PolicyState,
     },
 };
-use fhirwall_policy::{HostPort, Policy};
 
 mod commands;
 mod overrides;

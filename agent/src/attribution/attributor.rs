@@ -4,7 +4,6 @@
 mod build;
 mod scan;
 
-use fhirwall_policy::Workload;
 use std::{
     net::SocketAddr,
     num::{NonZeroU32, NonZeroUsize},
@@ -15,6 +14,7 @@ use std::{
 
 use build::Origin;
 use fhirwall_common::ConnRecord;
+use fhirwall_policy::Workload;
 use nix::{
     time::{ClockId, clock_gettime},
     unistd::{SysconfVar, sysconf},

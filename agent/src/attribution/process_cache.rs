@@ -10,7 +10,6 @@
 //! epoch, bumped by every exec and every invalidation, keeps a build that started before one
 //! from caching what it read.
 
-use fhirwall_policy::Workload;
 use std::{
     num::NonZeroUsize,
     sync::{
@@ -19,6 +18,7 @@ use std::{
     },
 };
 
+use fhirwall_policy::Workload;
 use lru::LruCache;
 use serde::Serialize;
 

@@ -5,10 +5,9 @@
 //! structs is part of the stored format (see `chain.rs`). Absent optional fields are left out of
 //! the JSON (smaller bodies to hash, store and ship) and read back as `None`.
 
+use fhirwall_policy::Workload;
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
-
-use fhirwall_policy::Workload;
 
 /// One link of the chain. The tag (`"kind"`) is the first JSON field of the stored body.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,7 +5,6 @@ mod explain;
 use std::{path::PathBuf, process::ExitCode};
 
 use clap::{Args, Subcommand};
-
 use fhirwall_policy::{LoadError, Policy};
 
 #[derive(Subcommand)]

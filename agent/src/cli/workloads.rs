@@ -91,8 +91,9 @@ fn table(live: &[LiveConnection]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use fhirwall_policy::Workload;
+
+    use super::*;
 
     #[test]
     fn table_aligns_and_omits_the_command_line() {

@@ -1,5 +1,6 @@
-use super::*;
 use fhirwall_policy::IntegrationStatus;
+
+use super::*;
 
 fn policy(yaml_selectors: &[(&str, IntegrationStatus, &str)]) -> Policy {
     let integrations = yaml_selectors

@@ -11,6 +11,7 @@ use std::{
     time::Duration,
 };
 
+use fhirwall_http::{Limits, Pool, serve_connection};
 use tokio::{
     net::{TcpListener, TcpStream},
     sync::watch,
@@ -22,9 +23,7 @@ use super::{
     sidecar::{Exchange, Shared},
     tls::{LeafName, TlsTerminator, UpstreamConnector},
 };
-
 use crate::{attribution::Attributor, metrics::Metrics};
-use fhirwall_http::{Limits, Pool, serve_connection};
 
 /// Which upstream a connection is for, from where the application was connecting.
 #[derive(Clone, Debug, Default)]

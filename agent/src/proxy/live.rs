@@ -9,9 +9,8 @@ use std::{
     },
 };
 
-use serde::{Deserialize, Serialize};
-
 use fhirwall_policy::Workload;
+use serde::{Deserialize, Serialize};
 
 /// One live connection and who opened it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -6,9 +6,8 @@
 //! query, a header value) can leak into a response, a log, or a support ticket.
 
 use bytes::Bytes;
-use serde::Serialize;
-
 use fhirwall_http::{ExchangeId, Headers, HttpError, LocalResponse};
+use serde::Serialize;
 
 /// The FHIR `IssueType` codes the proxy uses (<https://hl7.org/fhir/R4/valueset-issue-type.html>).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

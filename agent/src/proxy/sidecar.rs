@@ -22,10 +22,17 @@ mod sessions;
 mod sharing;
 mod signals;
 
-use fhirwall_policy::Workload;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
+use fhirwall_fhir::{self as fhir, HttpRequest};
+use fhirwall_http::{
+    self as http, BodyFraming, BodyMode, ExchangeId, Handler, LocalResponse, Method, RequestHead,
+    ResponseHead,
+};
+use fhirwall_policy::{
+    self as policy, Integration, Policy, RateLimiter, RateOutcome, Subject, Workload,
+};
 use tokio::sync::watch;
 use tracing::warn;
 
@@ -48,12 +55,6 @@ use crate::{
     audit::{self, AuditSink, CommittedSeq},
     metrics::Metrics,
 };
-use fhirwall_fhir::{self as fhir, HttpRequest};
-use fhirwall_http::{
-    self as http, BodyFraming, BodyMode, ExchangeId, Handler, LocalResponse, Method, RequestHead,
-    ResponseHead,
-};
-use fhirwall_policy::{self as policy, Integration, Policy, RateLimiter, RateOutcome, Subject};
 
 /// The policy in force and the rate limiter that goes with it, swapped together on reload.
 pub struct PolicyState {

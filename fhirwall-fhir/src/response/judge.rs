@@ -13,8 +13,7 @@ use std::{collections::BTreeSet, fmt};
 use super::{
     CheckMode, MAX_PATIENTS, Report,
     ids::{Budget, IdSet},
-    walk::Facts,
-    walk::Walker,
+    walk::{Facts, Walker},
 };
 use crate::{ResourceType, TypeSet, compartment::patient_compartment_elements};
 

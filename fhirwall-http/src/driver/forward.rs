@@ -18,12 +18,11 @@
 
 use std::time::Duration;
 
+use bytes::{Buf, BytesMut};
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     time::{Instant, timeout, timeout_at},
 };
-
-use bytes::{Buf, BytesMut};
 
 use super::{
     Conn, Exchange, request_relay_error, response_relay_error,

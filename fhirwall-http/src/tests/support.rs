@@ -9,13 +9,12 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, duplex},
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
-
-use bytes::Bytes;
 
 use crate::{
     BodyMode, ConnectionSummary, Connector, Decision, ErrorSource, ExchangeId, Handler, Headers,

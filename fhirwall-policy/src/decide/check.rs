@@ -10,6 +10,10 @@
 
 use std::cell::OnceCell;
 
+use fhirwall_fhir::{
+    FhirRequest, Include, Interaction, PATIENT_COMPARTMENT, ResourceType, SearchParam,
+};
+
 use super::{
     Subject,
     patient::{Confined, confine},
@@ -21,9 +25,6 @@ use crate::{
     integration::{Integration, PatientConstraint, PatientMode},
     operation::OperationRule,
     scope::{Perm, ScopeContext},
-};
-use fhirwall_fhir::{
-    FhirRequest, Include, Interaction, PATIENT_COMPARTMENT, ResourceType, SearchParam,
 };
 
 /// What allowed a request (for the rule named in the decision).

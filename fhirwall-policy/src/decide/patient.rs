@@ -3,11 +3,12 @@
 //! for the rules in words; the compartment is R4's CompartmentDefinition/patient
 //! (<http://hl7.org/fhir/R4/compartmentdefinition-patient.html>).
 
-use super::reason::Confinement;
 use fhirwall_fhir::{
     FhirRequest, Interaction, Modifier, OperationLevel, ResourceType, SearchParam,
     patch::ChangeKind, patient_compartment_elements, patient_compartment_params,
 };
+
+use super::reason::Confinement;
 
 /// A request that passes the patient test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -4,13 +4,14 @@
 
 use std::fmt;
 
+use fhirwall_fhir::{Interaction, ResourceType};
+
 use super::{Part, Presented};
 use crate::{
     model::IntegrationStatus,
     purpose::{PurposeSet, RequestedPurpose},
     scope::{Perm, Scope},
 };
-use fhirwall_fhir::{Interaction, ResourceType};
 
 /// The reason of a Deny or WouldDeny.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

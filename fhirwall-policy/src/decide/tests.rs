@@ -13,9 +13,10 @@ mod portal;
 
 use std::sync::OnceLock;
 
+use fhirwall_fhir::{HttpRequest, classify};
+
 use super::*;
 use crate::{BreakGlassSession, RateLimiter, RateOutcome, exception::SessionTarget};
-use fhirwall_fhir::{HttpRequest, classify};
 
 /// "Today" for the example policies.
 pub(super) const NOW: &str = "2026-11-28T12:00:00Z";

@@ -1,5 +1,6 @@
-use super::*;
 use fhirwall_fhir::ClassifyConfig;
+
+use super::*;
 
 const UPSTREAM: &str =
     "kind: Upstream\nname: ehr\naddresses: [\"fhir.ehr.test:443\"]\nbase_path: /fhir/R4\n";

@@ -2,9 +2,10 @@
 
 use std::sync::OnceLock;
 
+use fhirwall_fhir::{HttpRequest, classify};
+
 use super::*;
 use crate::decide;
-use fhirwall_fhir::{HttpRequest, classify};
 
 const NOW: &str = "2026-11-28T12:00:00Z";
 const MAX: usize = 1 << 20;

@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
+use fhirwall_policy::{Policy, SessionTarget};
 use serde_json::{Value, json};
 use tracing::warn;
 
 use super::{Control, overrides::Revocation};
 use crate::{admin::Command, proxy::sidecar::PolicyState};
-use fhirwall_policy::{Policy, SessionTarget};
 
 impl Control {
     /// Publishes `policy` as enforced: operator revocations applied, rate limiter carried over.

@@ -1,12 +1,13 @@
 //! What the data plane needs to know about upstreams, built from policy and resolution: which
 //! upstream a destination belongs to, what certificate name to present, how to connect.
 
-use fhirwall_policy::Workload;
 use std::{
     collections::{BTreeMap, BTreeSet},
     net::SocketAddr,
     sync::Arc,
 };
+
+use fhirwall_policy::{HostPort, Policy, Workload};
 
 use crate::{
     audit::{Decision, Record, WorkloadRecord},
@@ -16,8 +17,6 @@ use crate::{
         tls::{ClientIdentity, LeafName, UpstreamSpec, UpstreamTable},
     },
 };
-
-use fhirwall_policy::{HostPort, Policy};
 
 /// Destinations -> upstream names, certificate names, and the explicit listener's upstream.
 #[must_use]
@@ -170,8 +169,9 @@ pub fn charged_to(
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use fhirwall_policy::{Integration, IntegrationStatus};
+
+    use super::*;
 
     #[test]
     fn kernel_refusals_are_charged_to_the_integration_and_why() {

@@ -1,8 +1,9 @@
 //! Building workloads: from `/proc` for a live process, from the kernel record alone for one that
 //! is gone, and adjusting a cached one to the connection at hand.
 
-use fhirwall_policy::Workload;
 use std::{fs::File, path::Path, sync::Arc};
+
+use fhirwall_policy::Workload;
 
 use super::{Attributor, Caller, Hashing};
 use crate::attribution::{

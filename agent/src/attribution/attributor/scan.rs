@@ -2,8 +2,9 @@
 //! kernel reports, so the per-workload verdicts in the kernel are in place before a process
 //! connects. Also the sweep of processes that are gone.
 
-use fhirwall_policy::Workload;
 use std::sync::Arc;
+
+use fhirwall_policy::Workload;
 
 use super::{Attributor, Caller, Hashing, SweepReport, build::Origin};
 use crate::{

@@ -1,5 +1,6 @@
-use super::*;
 use fhirwall_policy::ContainerRuntime::{Containerd, Crio, Docker, Podman};
+
+use super::*;
 
 const ID: &str = "3f5e1b0c9a7d4e2f8b6a1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f";
 const ID2: &str = "a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f90";

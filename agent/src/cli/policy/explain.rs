@@ -4,9 +4,6 @@
 use std::process::ExitCode;
 
 use anyhow::{Context, anyhow, bail};
-use serde_json::{Value, json};
-
-use super::ExplainArgs;
 use fhirwall_fhir::{
     ClassifyConfig, FhirRequest, HttpRequest, classify,
     response::{BodyFormat, CheckMode, ResponseCheck, ResponseRules},
@@ -14,6 +11,9 @@ use fhirwall_fhir::{
 use fhirwall_policy::{
     Decision, Integration, LoadError, Policy, PurposeOfUse, Rule, Subject, decide, response_rules,
 };
+use serde_json::{Value, json};
+
+use super::ExplainArgs;
 
 /// What `--response` is checked with when the agent config is not at hand: its default
 /// `sidecar.max_response_hold_bytes`.

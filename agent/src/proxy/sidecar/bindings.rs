@@ -15,9 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lru::LruCache;
-
 use fhirwall_fhir::response::PatientRule;
+use lru::LruCache;
 
 /// What a bound URL is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

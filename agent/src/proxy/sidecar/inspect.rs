@@ -2,12 +2,12 @@
 //! forwarded request, behind the HTTP engine's [`ResponseInspector`].
 
 use bytes::BytesMut;
-
-use super::super::outcome::{self, IssueType};
 use fhirwall_fhir::response::{
     BodyFormat, CheckMode, Progress, Refusal, Report, ResponseCheck, ResponseRules, Violation,
 };
 use fhirwall_http::{ExchangeId, Inspected, LocalResponse, ResponseHead, ResponseInspector};
+
+use super::super::outcome::{self, IssueType};
 
 /// What a forwarded request's answer is expected to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

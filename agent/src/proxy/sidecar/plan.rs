@@ -1,6 +1,15 @@
 //! From a decided request to what the proxy does with it: refuse it, or forward it with the
 //! headers that pass and the check its response gets.
 
+use fhirwall_fhir::{
+    FhirRequest,
+    response::{CheckMode, ResponseRules},
+};
+use fhirwall_http::{ExchangeId, LocalResponse};
+use fhirwall_policy::{
+    self as policy, BreakGlassSession, Decision, OnViolation, Part, Policy, Rule, Subject, Why,
+};
+
 use super::{
     Exchange,
     bindings::{Bound, BoundKind},
@@ -10,14 +19,6 @@ use super::{
 use crate::{
     audit,
     proxy::outcome::{self, IssueType},
-};
-use fhirwall_fhir::{
-    FhirRequest,
-    response::{CheckMode, ResponseRules},
-};
-use fhirwall_http::{ExchangeId, LocalResponse};
-use fhirwall_policy::{
-    self as policy, BreakGlassSession, Decision, OnViolation, Part, Policy, Rule, Subject, Why,
 };
 
 /// What happens to a request once decided.

@@ -1,16 +1,16 @@
 //! Audit records of the sidecar's decisions. Only normalized paths, types, ids and patient
 //! references go in: never a query value, a body or a credential (its fingerprint only).
 
-use fhirwall_policy::Workload;
 use std::net::SocketAddr;
+
+use fhirwall_fhir::{self as fhir, FhirRequest};
+use fhirwall_http::{ExchangeId, Outcome, RequestHead};
+use fhirwall_policy::{self as policy, BreakGlassSession, Presented, Rule, Subject, Workload};
 
 use crate::{
     audit::{self, BreakGlassUse, CommittedSeq, Completion, Decision, Record},
     proxy::outcome::IssueType,
 };
-use fhirwall_fhir::{self as fhir, FhirRequest};
-use fhirwall_http::{ExchangeId, Outcome, RequestHead};
-use fhirwall_policy::{self as policy, BreakGlassSession, Presented, Rule, Subject};
 
 /// A record of what arrived, before anything is decided (decision `Deny` until said otherwise).
 pub fn base(
@@ -224,8 +224,9 @@ pub fn issue_type(t: fhir::IssueType) -> IssueType {
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests {
-    use super::patient_references;
     use fhirwall_fhir::{self, ClassifyConfig, HttpRequest};
+
+    use super::patient_references;
 
     #[test]
     fn patients_are_recorded_as_references() {

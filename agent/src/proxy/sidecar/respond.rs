@@ -3,6 +3,9 @@
 
 use std::time::Instant;
 
+use fhirwall_fhir::response::{CheckMode, PatientRule, Report};
+use fhirwall_http::{ExchangeId, ResponseHead};
+
 use super::{
     Exchange,
     bindings::{Bound, BoundKind},
@@ -10,8 +13,6 @@ use super::{
     record::Checked,
 };
 use crate::metrics::NO_INTEGRATION;
-use fhirwall_fhir::response::{CheckMode, PatientRule, Report};
-use fhirwall_http::{ExchangeId, ResponseHead};
 
 impl Exchange {
     /// The guard for the response to the request just forwarded. A `$export` kick-off's status

@@ -2,6 +2,7 @@
 //! (revoked identities still trying, unregistered workloads), and credentials shared between
 //! identities. Labels carry policy names and fixed words only, never request values.
 
+use fhirwall_policy::{Decision, Presented};
 use tracing::warn;
 
 use super::{
@@ -9,7 +10,6 @@ use super::{
     sharing::{CredentialSharing, Sighting},
 };
 use crate::metrics::{Metrics, NO_INTEGRATION};
-use fhirwall_policy::{Decision, Presented};
 
 /// What one decision tells: a refusal by reason, and who presented the credential.
 pub fn note(

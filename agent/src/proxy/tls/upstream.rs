@@ -18,6 +18,8 @@ use std::{
     time::Duration,
 };
 
+use fhirwall_http::Connector;
+use fhirwall_policy::TlsMode;
 use rustls::{
     ClientConfig, RootCertStore, client::WebPkiServerVerifier, crypto::CryptoProvider,
     pki_types::ServerName,
@@ -27,8 +29,6 @@ use tokio_rustls::TlsConnector;
 
 use super::{ALPN_HTTP11, TlsError, UpstreamStream, files, stream::MaybeTls};
 use crate::proxy::socket::marked_socket;
-use fhirwall_http::Connector;
-use fhirwall_policy::TlsMode;
 
 /// Identifies a pool of upstream connections: one per (upstream, integration), so an upstream
 /// sees each integration on its own connections (and its own client certificate).

@@ -4,9 +4,10 @@
 
 use std::sync::OnceLock;
 
+use fhirwall_fhir::{HttpRequest, classify};
+
 use super::{Case, case, check};
 use crate::{Decision, Policy, Subject, decide};
-use fhirwall_fhir::{HttpRequest, classify};
 
 const WRITER: &str = "a-bound-writer";
 const A: &str = "pat-a";

@@ -5,6 +5,8 @@ use std::{
     net::{Ipv4Addr, SocketAddr},
 };
 
+use fhirwall_http::{Connector, Pool, PoolConfig, Upstreams};
+use fhirwall_policy::TlsMode;
 use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
 use rustls::{ServerConfig, server::WebPkiClientVerifier};
 use socket2::SockRef;
@@ -12,8 +14,6 @@ use tokio::io::AsyncRead;
 use tokio_rustls::TlsAcceptor;
 
 use super::*;
-use fhirwall_http::{Connector, Pool, PoolConfig, Upstreams};
-use fhirwall_policy::TlsMode;
 
 const UPSTREAM: &str = "ehr";
 const TEST_MARK: u32 = 0x00c0_ffee;
