@@ -21,7 +21,7 @@
 //! scope.rs       SMART v1/v2 scopes;  grants.rs  scopes compiled into per-type tables
 //! integration.rs, credential.rs, operation.rs, purpose.rs, exception.rs: the model
 //! decide.rs      Subject + FhirRequest -> Decision (pure); rate.rs: token buckets (not pure)
-//! response.rs    Decision -> how the response is checked (fhir::response rules)
+//! response.rs    Decision -> how the response is checked (fhirwall_fhir::response rules)
 //! ```
 
 mod credential;

@@ -1,5 +1,5 @@
 //! How the response to an allowed request is checked: the rules of
-//! [`fhir::response`](fhirwall_fhir::response) derived from the integration and the request.
+//! [`fhirwall_fhir::response`] derived from the integration and the request.
 //!
 //! A response is checked (in the integration's `on_violation` mode) when the request cannot
 //! bound what comes back:

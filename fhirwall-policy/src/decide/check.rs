@@ -253,7 +253,7 @@ impl<'a> Checker<'a> {
 
     /// Types a search reaches beyond its own: `_include` targets and `:iterate` sources need
     /// `r`, `_revinclude` sources need `r`, `_has` and chain types need `s`. An include without
-    /// a target type reaches every type its parameter can reference (`fhir::reference_targets`);
+    /// a target type reaches every type its parameter can reference (`fhirwall_fhir::reference_targets`);
     /// one of an unknown parameter, or a chain that does not name its type, could reach any type
     /// and is refused.
     fn reached(

@@ -52,7 +52,7 @@ pub enum HeaderValue<'a> {
 
 impl<'a> Subject<'a> {
     /// The subject of a request from the headers the policy reads: the purpose header
-    /// ([`Settings::purpose_header`](super::Settings)), `Authorization` (fingerprinted, never
+    /// ([`Settings::purpose_header`](crate::Settings::purpose_header)), `Authorization` (fingerprinted, never
     /// kept) and the integration's patient header. Break-glass session and user stay `None`;
     /// set them when the admin state has a session for this workload.
     #[must_use]

@@ -1,4 +1,4 @@
-//! The sidecar's response inspector: the FHIR response check (`fhir::response`) of one
+//! The sidecar's response inspector: the FHIR response check (`fhirwall_fhir::response`) of one
 //! forwarded request, behind the HTTP engine's [`ResponseInspector`].
 
 use bytes::BytesMut;

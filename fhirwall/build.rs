@@ -1,4 +1,4 @@
-//! Builds the kernel programs (agent-ebpf) with aya-build and leaves the object in OUT_DIR, where
+//! Builds the kernel programs (fhirwall-ebpf) with aya-build and leaves the object in OUT_DIR, where
 //! `kernel::load` embeds it with `include_bytes_aligned!`.
 //!
 //! `AYA_BUILD_SKIP=1` skips the kernel build for work on userspace-only modules; the binary then
@@ -16,11 +16,11 @@ fn main() -> anyhow::Result<()> {
         fs::write(&object, b"").context("writing the empty kernel object")?;
     }
     let manifest_dir = env::var("CARGO_MANIFEST_DIR").context("CARGO_MANIFEST_DIR not set")?;
-    let ebpf_dir = PathBuf::from(manifest_dir).join("../agent-ebpf");
+    let ebpf_dir = PathBuf::from(manifest_dir).join("../fhirwall-ebpf");
     let ebpf_dir = ebpf_dir
         .to_str()
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", ebpf_dir.display()))?;
-    println!("cargo:rerun-if-changed={ebpf_dir}/../agent-common/src");
+    println!("cargo:rerun-if-changed={ebpf_dir}/../fhirwall-common/src");
     aya_build::build_ebpf(
         [Package {
             name: "fhirwall-ebpf",

@@ -1,4 +1,4 @@
-//! The kernel side of attribution: load, attach and pin the eBPF programs of `agent-ebpf`, keep
+//! The kernel side of attribution: load, attach and pin the eBPF programs of `fhirwall-ebpf`, keep
 //! their maps in step with policy, and read what they report.
 //!
 //! Programs attach to the root of the cgroup v2 hierarchy (or a configured sub-tree, which the

@@ -1,7 +1,7 @@
 //! The sidecar's decision for each request, in order: classify (`fhir`), decide (`policy`),
 //! record (`audit`, committed before anything moves), then forward upstream with only the
 //! headers that passed and `Host` set to the upstream's name, or answer with an
-//! OperationOutcome; then check the response (`fhir::response`) before the workload sees it,
+//! OperationOutcome; then check the response (`fhirwall_fhir::response`) before the workload sees it,
 //! bind the URLs it issues to the integration, and record whose data it carried. One
 //! [`Exchange`] handles one connection, built at accept with that connection's attribution.
 //!

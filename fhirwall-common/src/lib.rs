@@ -33,7 +33,7 @@ pub const PINNED_MAPS: [&str; 8] = [
     MAP_STATS,
 ];
 
-// Program names (the function names in agent-ebpf).
+// Program names (the function names in fhirwall-ebpf).
 pub const PROG_CONNECT4: &str = "fw_connect4";
 pub const PROG_CONNECT6: &str = "fw_connect6";
 pub const PROG_SENDMSG4: &str = "fw_sendmsg4";

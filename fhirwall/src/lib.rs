@@ -1,0 +1,43 @@
+//! fhirwall: per-node enforcement of named, purpose-bound identities for FHIR API integrations.
+//!
+//! The path of one request, in the order the modules below (and the layer crates they use) are
+//! read:
+//!
+//! ```text
+//! app connect(fhir.ehr:443)
+//!   kernel/          cgroup/connect4|6: protected? agent's own socket? workload refused? ->
+//!                    record {cookie, tgid, uid, gid, cgroup, comm, original destination},
+//!                    rewrite -> sidecar; sock_ops: re-key by 4-tuple, delete at close
+//!   attribution/     accept(): peer 4-tuple -> kernel record -> Workload (exe + sha256, start
+//!                    time, cgroup -> container / pod / systemd unit), cached per process
+//!   proxy/           TLS termination (local CA) or plain HTTP
+//!   fhirwall-http    strict HTTP/1.1 framing; the sidecar is its Handler
+//!   fhirwall-fhir    classify: interaction, type, id, compartment, params, bundle entries
+//!   fhirwall-policy  workload -> integration; decide() -> Allow | Deny { reason }
+//!   audit/           record committed (group commit, hash chain) before anything is forwarded
+//!   proxy/           forward upstream over TLS/mTLS, or answer 403 OperationOutcome
+//!   metrics, admin   Prometheus and the admin API, on their own runtime
+//! ```
+//!
+//! `app` wires it together; `main.rs` is only the command line.
+
+// The request path, in order.
+pub mod kernel;
+
+pub mod attribution;
+
+pub mod proxy;
+
+pub mod audit;
+
+// Beside the request path: operators and the control plane.
+pub mod metrics;
+
+pub mod admin;
+
+pub mod enforce;
+
+// Wiring and the command line.
+pub mod app;
+pub mod cli;
+pub mod config;
