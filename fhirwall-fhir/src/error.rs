@@ -226,24 +226,43 @@ impl ClassifyError {
     }
 }
 
-/// FHIR `IssueType` codes the classifier uses.
+/// The FHIR `IssueType` codes fhirwall writes in an `OperationOutcome`
+/// (<https://hl7.org/fhir/R4/valueset-issue-type.html>): the classifier's and the proxy's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum IssueType {
     /// Content invalid against the specification.
     Invalid,
-    /// A structural issue: the body does not parse.
+    /// A structural issue: the body does not parse, or the message framing is malformed.
     Structure,
     /// A required element is missing.
     Required,
-    /// The request needs something the proxy did not provide (the body).
+    /// The request needs something the proxy did not provide (the body), or the message ended
+    /// before it was complete.
     Incomplete,
-    /// The request uses a feature the classifier (and so the policy) does not cover.
+    /// The request uses a feature the classifier (and so the policy) or the proxy does not
+    /// cover.
     NotSupported,
-    /// The request would be too costly to check (limits).
+    /// The request would be too costly to check (limits: too many entries, too deep).
     TooCostly,
     /// The path is not a FHIR endpoint fhirwall protects.
     NotFound,
+    /// A size limit was exceeded.
+    TooLong,
+    /// Policy denied the request.
+    Forbidden,
+    /// Authentication is required or failed.
+    Login,
+    /// A security problem (e.g. a revoked or unknown credential).
+    Security,
+    /// Something went wrong on the way (upstream failure).
+    Exception,
+    /// Something took too long.
+    Timeout,
+    /// A transient problem; retrying later may work.
+    Transient,
+    /// A rate limit was exceeded.
+    Throttled,
 }
 
 impl IssueType {
@@ -258,6 +277,14 @@ impl IssueType {
             IssueType::NotSupported => "not-supported",
             IssueType::TooCostly => "too-costly",
             IssueType::NotFound => "not-found",
+            IssueType::TooLong => "too-long",
+            IssueType::Forbidden => "forbidden",
+            IssueType::Login => "login",
+            IssueType::Security => "security",
+            IssueType::Exception => "exception",
+            IssueType::Timeout => "timeout",
+            IssueType::Transient => "transient",
+            IssueType::Throttled => "throttled",
         }
     }
 }

@@ -6,8 +6,8 @@ use std::{hint::black_box, io, sync::Arc};
 use bytes::BytesMut;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fhirwall_http::{
-    BodyMode, ChunkedDecoder, Connector, Decision, ExchangeId, Handler, HttpError, Limits,
-    LocalResponse, NoInspection, Outcome, Pool, PoolConfig, RequestHead, RequestParser,
+    BodyMode, ChunkedDecoder, Connector, Dispatch, ExchangeId, Finished, Handler, HttpError,
+    Limits, LocalResponse, NoInspection, Pool, PoolConfig, RequestHead, RequestParser,
     ResponseHead, serve_connection,
 };
 use tokio::{
@@ -135,14 +135,14 @@ impl Handler for Forward {
         _id: ExchangeId,
         head: &mut RequestHead,
         _body: Option<&[u8]>,
-    ) -> Decision<u8> {
+    ) -> Dispatch<u8> {
         let _ = head
             .headers
             .insert("Authorization", "Bearer integration-credential");
-        Decision::Forward { upstream: 0 }
+        Dispatch::Forward { upstream: 0 }
     }
 
-    fn finish(&mut self, outcome: &Outcome<'_>) {
+    fn finish(&mut self, outcome: &Finished<'_>) {
         black_box(outcome.status);
     }
 

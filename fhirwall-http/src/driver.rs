@@ -18,7 +18,7 @@ use tokio::{
 
 use self::head::{HeadRead, Shutdown};
 use super::{
-    BodyFraming, BodyMode, Decision, ExchangeId, Handler, HttpError, Limits, Method, RequestHead,
+    BodyFraming, BodyMode, Dispatch, ExchangeId, Handler, HttpError, Limits, Method, RequestHead,
     RequestParser, ResponseHead, Upstreams,
     body::{self, Decoder, IoFail, RelayError, Staged, Transfer},
     chunked::ChunkedDecoder,
@@ -104,7 +104,7 @@ where
     }
 }
 
-/// The state of one exchange, for [`Outcome`] and for the keep-alive decision.
+/// The state of one exchange, for [`Finished`] and for the keep-alive decision.
 #[derive(Debug)]
 #[expect(
     clippy::struct_excessive_bools,
@@ -253,8 +253,8 @@ where
         let body = buffered.then_some(&self.body[..]);
         let decision = self.handler.decide(ex.id, &mut self.head, body).await;
         match decision {
-            Decision::Respond(response) => self.respond_local(ex, &response, decoder).await,
-            Decision::Forward { upstream } => {
+            Dispatch::Respond(response) => self.respond_local(ex, &response, decoder).await,
+            Dispatch::Forward { upstream } => {
                 self.forwarded += 1;
                 self.forward(ex, &upstream, decoder, buffered).await
             }

@@ -49,7 +49,7 @@ pub struct LocalResponse {
 
 /// What the handler decided for one request.
 #[derive(Debug)]
-pub enum Decision<U> {
+pub enum Dispatch<U> {
     /// Send the (possibly rewritten) request to this upstream.
     Forward {
         /// Passed to [`Upstreams::checkout`](super::Upstreams::checkout).
@@ -62,7 +62,7 @@ pub enum Decision<U> {
 /// How an exchange ended, reported to [`Handler::finish`] once per request the proxy read (also
 /// for requests refused before the handler saw them).
 #[derive(Debug)]
-pub struct Outcome<'a> {
+pub struct Finished<'a> {
     /// The exchange.
     pub id: ExchangeId,
     /// Status sent to the client, if a response head went out.
@@ -142,13 +142,13 @@ pub trait Handler: Send {
     /// Decides the request. The head is mutable: rewrite fields here (replace `Authorization`
     /// with the integration's credential, add a correlation id). `body` is the whole decoded body
     /// when [`BodyMode::Buffer`] was asked and the request has one. The audit record must be
-    /// committed before this returns a [`Decision::Forward`].
+    /// committed before this returns a [`Dispatch::Forward`].
     fn decide(
         &mut self,
         id: ExchangeId,
         head: &mut RequestHead,
         body: Option<&[u8]>,
-    ) -> impl Future<Output = Decision<Self::Upstream>> + Send;
+    ) -> impl Future<Output = Dispatch<Self::Upstream>> + Send;
 
     /// Called with the upstream's final response head, before any of it is sent; the
     /// inspector returned sees the body. `has_body` is false for HEAD, 204 and 304 answers,
@@ -165,7 +165,7 @@ pub trait Handler: Send {
     fn inspected(&mut self, id: ExchangeId, inspector: Self::Inspector);
 
     /// Told how the exchange ended (for audit completion and metrics). Must not block.
-    fn finish(&mut self, outcome: &Outcome<'_>);
+    fn finish(&mut self, outcome: &Finished<'_>);
 
     /// The answer to an engine error (malformed request, limit, timeout, upstream failure) that
     /// ends the connection before any response head went out; `None` when the error carries no

@@ -38,7 +38,7 @@ pub use driver::{ConnectionEnd, ConnectionSummary, serve_connection};
 pub use error::{ErrorSource, HttpError};
 pub use framing::BodyFraming;
 pub use handler::{
-    BodyMode, Decision, ExchangeId, Handler, Inspected, LocalResponse, NoInspection, Outcome,
+    BodyMode, Dispatch, ExchangeId, Finished, Handler, Inspected, LocalResponse, NoInspection,
     ResponseInspector,
 };
 pub use headers::{Header, Headers, is_field_value, is_token};

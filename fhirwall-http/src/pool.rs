@@ -27,7 +27,7 @@ pub struct Checkout<S> {
 
 /// Where the driver gets upstream connections and returns reusable ones.
 pub trait Upstreams: Sync {
-    /// Identifies an upstream (the handler returns it in [`Decision::Forward`](super::Decision)).
+    /// Identifies an upstream (the handler returns it in [`Dispatch::Forward`](super::Dispatch)).
     type Key: Send + Sync;
     /// The connection type.
     type Stream: AsyncRead + AsyncWrite + Unpin + Send;

@@ -21,7 +21,7 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fhirwall::audit::{AuditConfig, AuditSink, Checkpoints, Decision, Record, WorkloadRecord};
+use fhirwall::audit::{AuditConfig, AuditSink, Checkpoints, Disposition, Record, WorkloadRecord};
 use tokio::runtime::Runtime;
 
 fn sample(n: u64) -> Record {
@@ -48,7 +48,7 @@ fn sample(n: u64) -> Record {
         workload,
         "GET",
         "/Observation?patient&category",
-        Decision::Allow,
+        Disposition::Allow,
     );
     r.integration = Some("lab-results".to_owned());
     r.credential_fingerprint = Some("sha256:1f2e3d4c".to_owned());

@@ -35,7 +35,7 @@ use crate::{
     kernel::{CgroupRoot, Kernel, KernelError, KernelSettings},
     metrics::Metrics,
     proxy::{
-        listener::{Routes, Sidecar, first_connection_id},
+        listener::{Listener, Routes, first_connection_id},
         live::LiveConnections,
         sidecar::{Bindings, BreakGlassSessions, CredentialSharing, PolicyState, Secrets, Shared},
         tls::{
@@ -205,7 +205,7 @@ fn sidecar(
     audit: &AuditSink,
     metrics: &Arc<Metrics>,
     live: &Arc<LiveConnections>,
-) -> Result<Arc<Sidecar>, AppError> {
+) -> Result<Arc<Listener>, AppError> {
     let shared = Arc::new(Shared {
         node: config.node_name.clone(),
         policy,
@@ -217,7 +217,7 @@ fn sidecar(
         bindings: Bindings::default(),
         max_response_hold: config.sidecar.max_response_hold_bytes,
     });
-    Ok(Arc::new(Sidecar {
+    Ok(Arc::new(Listener {
         attributor: attributor.clone(),
         exchange: shared,
         terminator: terminator(config)?,
@@ -232,7 +232,7 @@ fn sidecar(
 
 /// The data plane: accept loops, then after shutdown a bounded drain of open connections.
 async fn serve_data_plane(
-    sidecar: Arc<Sidecar>,
+    sidecar: Arc<Listener>,
     listeners: Vec<tokio::net::TcpListener>,
     mut shutdown: watch::Receiver<bool>,
     live: Arc<LiveConnections>,

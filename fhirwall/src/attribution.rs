@@ -41,10 +41,11 @@ pub use attributor::{
 };
 pub use cgroup_path::{CgroupIdentity, parse_cgroup_path};
 pub use exe_hash::{ExeDigest, ExeHasher};
+use fhirwall_policy::Workload;
 pub use process_cache::ProcessKey;
 pub use procfs::{ProcStat, parse_stat, split_cmdline};
 
-use crate::kernel::KernelError;
+use crate::kernel::{Caller, KernelError};
 
 /// Errors of the attribution subsystem. A connection whose attribution fails is refused.
 #[derive(Debug, thiserror::Error)]
@@ -98,4 +99,21 @@ impl AttributionError {
 /// (LRU maps, an `Option<Instant>`) have no invariant a panic could break half-way, so carry on.
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// What the kernel alone says of a process, as a workload marked partial: its ids, task name
+/// and cgroup id, without executable, names or cgroup path. Attribution starts from it and adds
+/// what `/proc` still shows; a connect the kernel refused is recorded as it.
+#[must_use]
+pub fn kernel_workload(caller: &Caller) -> Workload {
+    Workload {
+        pid: caller.pid,
+        tgid: caller.tgid,
+        uid: caller.uid,
+        gid: caller.gid,
+        cgroup_id: caller.cgroup_id,
+        comm: caller.comm.clone(),
+        partial: true,
+        ..Workload::default()
+    }
 }

@@ -13,14 +13,14 @@
 //! How the proxy uses it (the only calls on the request path are `commit` and `complete`):
 //!
 //! ```no_run
-//! # async fn demo(workload: &fhirwall::attribution::Workload) -> Result<(), fhirwall::audit::AuditError> {
-//! use fhirwall::audit::{AuditConfig, AuditSink, Completion, Decision, Outcome, Record};
+//! # async fn demo(workload: &fhirwall_policy::Workload) -> Result<(), fhirwall::audit::AuditError> {
+//! use fhirwall::audit::{AuditConfig, AuditSink, Completion, Disposition, Fate, Record};
 //!
 //! // At startup (fails if the store cannot be opened: refuse to start rather than to serve).
 //! let (sink, writer) = AuditSink::start(AuditConfig::new("/var/lib/fhirwall/audit.db"))?;
 //!
 //! // Per request, after the policy decision and before forwarding:
-//! let mut record = Record::new("req-42", "node-1", workload.into(), "GET", "/Patient/123", Decision::Allow);
+//! let mut record = Record::new("req-42", "node-1", workload.into(), "GET", "/Patient/123", Disposition::Allow);
 //! record.integration = Some("lab-sync".into());
 //! record.patients = vec!["Patient/123".into()];
 //! let seq = match sink.commit(record).await {
@@ -28,7 +28,7 @@
 //!     Err(_) => return Ok(()), // answer 503, do not forward
 //! };
 //! // ... forward, stream the response back, then (not awaited):
-//! let mut done = Completion::new(seq, "req-42", Outcome::Completed);
+//! let mut done = Completion::new(seq, "req-42", Fate::Completed);
 //! done.status = Some(200);
 //! let _ = sink.complete(done);
 //!
@@ -70,7 +70,7 @@ pub use export::{
 };
 pub use query::{Filter, Order, QueryRow, UNREGISTERED, presenters, query, since};
 pub use record::{
-    BreakGlassUse, Completion, Decision, Entry, Outcome, PruneMarker, Record, ResponseCheckRecord,
+    BreakGlassUse, Completion, Disposition, Entry, Fate, PruneMarker, Record, ResponseCheckRecord,
     WorkloadRecord, now, strip_query_values,
 };
 pub use render::{jsonl_line, report_text, table};

@@ -19,7 +19,7 @@ use std::{io, path::PathBuf};
 
 pub use addr::{from_addr, to_addr};
 pub use cgroup::{CgroupRoot, cgroup_id, own_cgroup_path};
-pub use events::{EventReader, KernelCaller, KernelEvent, Refusal, comm};
+pub use events::{Caller, EventReader, KernelEvent, Refusal, comm, wall_time};
 pub use load::{Kernel, KernelSettings, ProgramStats, uninstall};
 pub use maps::{ConnTable, KernelStats, StatsReader, Verdict, WorkloadEntry};
 pub use teardown::destroy_connections_to;

@@ -3,7 +3,7 @@
 
 pub mod listener;
 pub mod live;
-pub mod outcome;
+pub mod operation_outcome;
 pub mod sidecar;
 pub mod socket;
 pub mod tls;

@@ -14,8 +14,8 @@ use std::{
 
 use bytes::BytesMut;
 use fhirwall_http::{
-    BodyFraming, BodyMode, ChunkedDecoder, Connector, Decision, ExchangeId, Handler, Headers,
-    HttpError, Limits, LocalResponse, NoInspection, Outcome, Pool, PoolConfig, RequestHead,
+    BodyFraming, BodyMode, ChunkedDecoder, Connector, Dispatch, ExchangeId, Finished, Handler,
+    Headers, HttpError, Limits, LocalResponse, NoInspection, Pool, PoolConfig, RequestHead,
     RequestParser, ResponseHead, serve_connection,
 };
 use libfuzzer_sys::fuzz_target;
@@ -161,15 +161,15 @@ impl Handler for Fuzz {
         _id: ExchangeId,
         head: &mut RequestHead,
         _body: Option<&[u8]>,
-    ) -> Decision<u8> {
+    ) -> Dispatch<u8> {
         if head.path().starts_with(b"/deny") {
-            return Decision::Respond(answer(403, "denied"));
+            return Dispatch::Respond(answer(403, "denied"));
         }
         let _ = head.headers.insert("Authorization", "Bearer x");
-        Decision::Forward { upstream: 0 }
+        Dispatch::Forward { upstream: 0 }
     }
 
-    fn finish(&mut self, _outcome: &Outcome<'_>) {}
+    fn finish(&mut self, _outcome: &Finished<'_>) {}
 
     fn error_response(&self, err: &HttpError, _id: ExchangeId) -> Option<LocalResponse> {
         Some(answer(err.status()?, err.reason()))

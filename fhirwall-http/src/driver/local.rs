@@ -8,7 +8,7 @@ use tokio::{
 
 use super::{Conn, ConnectionEnd, Exchange};
 use crate::{
-    ExchangeId, Handler, HttpError, LocalResponse, Outcome, Upstreams,
+    ExchangeId, Finished, Handler, HttpError, LocalResponse, Upstreams,
     body::{self, Decoder},
 };
 
@@ -103,7 +103,7 @@ where
     }
 
     pub(super) fn report(&mut self, ex: &Exchange, error: Option<&HttpError>) {
-        self.handler.finish(&Outcome {
+        self.handler.finish(&Finished {
             id: ex.id,
             status: ex.status,
             forwarded: ex.forwarded,

@@ -17,7 +17,7 @@ use tokio::{
 };
 
 use crate::{
-    BodyMode, ConnectionSummary, Connector, Decision, ErrorSource, ExchangeId, Handler, Headers,
+    BodyMode, ConnectionSummary, Connector, Dispatch, ErrorSource, ExchangeId, Handler, Headers,
     HttpError, Inspected, Limits, LocalResponse, Pool, PoolConfig, RequestHead, ResponseHead,
     ResponseInspector, serve_connection,
 };
@@ -327,13 +327,13 @@ impl Handler for TestHandler {
         id: ExchangeId,
         head: &mut RequestHead,
         body: Option<&[u8]>,
-    ) -> Decision<SocketAddr> {
+    ) -> Dispatch<SocketAddr> {
         self.bodies
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .push(body.map(<[u8]>::to_vec));
         if head.path().starts_with(b"/deny") {
-            return Decision::Respond(answer(403, "policy denies this request"));
+            return Dispatch::Respond(answer(403, "policy denies this request"));
         }
         head.headers
             .insert("Authorization", "Bearer integration-credential")
@@ -341,12 +341,12 @@ impl Handler for TestHandler {
         head.headers
             .insert("X-Correlation-Id", id.to_string())
             .expect("valid field");
-        Decision::Forward {
+        Dispatch::Forward {
             upstream: self.upstream,
         }
     }
 
-    fn finish(&mut self, outcome: &crate::Outcome<'_>) {
+    fn finish(&mut self, outcome: &crate::Finished<'_>) {
         self.finished
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

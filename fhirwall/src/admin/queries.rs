@@ -24,7 +24,7 @@ pub use self::params::ParamError;
 use self::params::Params;
 use super::server::Response;
 use crate::audit::{
-    self, Anchor, AuditError, BusinessHours, Decision, Filter, Order, QueryRow, Verification,
+    self, Anchor, AuditError, BusinessHours, Disposition, Filter, Order, QueryRow, Verification,
 };
 
 /// Audit reads running at once; more wait their turn.
@@ -148,7 +148,7 @@ fn parse_query(p: &mut Params, now: Timestamp) -> Result<Ask, ParamError> {
         credential_fingerprint: p.text("credential")?,
         patient: p.text("patient")?,
         resource_type: p.text("resource-type")?,
-        decision: p.choice("decision", &Decision::ALL, |d| d.as_str())?,
+        decision: p.choice("decision", &Disposition::ALL, |d| d.as_str())?,
         from,
         to,
         after_seq: p.typed("after", "a sequence number")?,

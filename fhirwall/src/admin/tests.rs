@@ -99,7 +99,7 @@ async fn audit_query_answers_what_the_library_query_answers() {
             "patient=Patient%2Fp2&decision=allow",
             audit::Filter {
                 patient: Some("Patient/p2".into()),
-                decision: Some(audit::Decision::Allow),
+                decision: Some(audit::Disposition::Allow),
                 ..audit::Filter::default()
             },
         ),

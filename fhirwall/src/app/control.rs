@@ -24,11 +24,11 @@ use crate::{
     config::{AdminConfig, AgentConfig},
     enforce,
     kernel::{
-        CgroupRoot, EventReader, Kernel, KernelCaller, KernelEvent, Refusal, destroy_connections_to,
+        Caller, CgroupRoot, EventReader, Kernel, KernelEvent, Refusal, destroy_connections_to,
     },
     metrics::{Metrics, NO_INTEGRATION},
     proxy::{
-        listener::{Routes, Sidecar},
+        listener::{Listener, Routes},
         sidecar::PolicyState,
     },
 };
@@ -50,7 +50,7 @@ pub struct Control {
     pub attributor: Attributor,
     pub policy: watch::Sender<Arc<PolicyState>>,
     pub routes: watch::Sender<Arc<Routes>>,
-    pub sidecar: Arc<Sidecar>,
+    pub sidecar: Arc<Listener>,
     pub metrics: Arc<Metrics>,
     pub audit: AuditSink,
     pub cgroups: CgroupRoot,
@@ -309,7 +309,7 @@ impl Control {
 
     /// Every kernel refusal is an audit record too: who was stopped, where they were going, why.
     /// Committed in the background: nothing waits on it.
-    fn audit_refusal(&mut self, caller: &KernelCaller, destination: SocketAddr, refusal: Refusal) {
+    fn audit_refusal(&mut self, caller: &Caller, destination: SocketAddr, refusal: Refusal) {
         let mut record = routes::kernel_refusal(
             &self.config.node_name,
             caller,

@@ -25,7 +25,7 @@ use super::{
     AttributionError, ProcessKey, cgroups::CgroupPaths, exe_hash::ExeHasher, names::Names,
     pidfd::ProcessHandle, process_cache::ProcessCache, procfs::ProcFs,
 };
-use crate::kernel::{ConnTable, KernelError, from_addr};
+use crate::kernel::{Caller, ConnTable, KernelError, from_addr, wall_time};
 
 /// Where kernel records come from: the kernel's [`ConnTable`], or a stand-in in tests and benches.
 pub trait ConnLookup: Send + Sync {
@@ -125,18 +125,6 @@ impl Default for AttributionSettings {
     }
 }
 
-/// Converts a CLOCK_MONOTONIC timestamp (`bpf_ktime_get_ns`) to wall-clock time.
-fn wall_time(monotonic_ns: u64) -> SystemTime {
-    let now = clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |ts| {
-        u64::try_from(ts.tv_sec()).unwrap_or(0) * 1_000_000_000
-            + u64::try_from(ts.tv_nsec()).unwrap_or(0)
-    });
-    let age = Duration::from_nanos(now.saturating_sub(monotonic_ns));
-    SystemTime::now()
-        .checked_sub(age)
-        .unwrap_or(SystemTime::UNIX_EPOCH)
-}
-
 /// Attributes connections to workloads. Cheap to clone; clones share the caches.
 #[derive(Clone)]
 pub struct Attributor {
@@ -154,30 +142,6 @@ struct Inner {
     ticks_per_second: u64,
     /// Whether to hold pidfds: only when `proc_root` is this pid namespace's `/proc`.
     handles: bool,
-}
-
-/// What the kernel knows about a caller (or, for a scanned process, what `/proc` says).
-#[derive(Clone, Debug)]
-struct Caller {
-    tgid: u32,
-    pid: u32,
-    uid: u32,
-    gid: u32,
-    cgroup_id: u64,
-    comm: String,
-}
-
-impl Caller {
-    fn from_record(record: &ConnRecord) -> Self {
-        Self {
-            tgid: record.tgid,
-            pid: record.pid,
-            uid: record.uid,
-            gid: record.gid,
-            cgroup_id: record.cgroup_id,
-            comm: crate::kernel::comm(&record.comm),
-        }
-    }
 }
 
 impl Attributor {

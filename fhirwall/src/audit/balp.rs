@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 
 use super::{
     query::QueryRow,
-    record::{Decision, Outcome, Record, rfc3339},
+    record::{Disposition, Fate, Record, rfc3339},
 };
 
 const DCM: &str = "http://dicom.nema.org/resources/ontology/DCM";
@@ -178,9 +178,9 @@ fn outcome(row: &QueryRow) -> &'static str {
     }
     let status = row.completion.as_ref().and_then(|c| c.status).or(r.status);
     match (row.completion.as_ref().map(|c| c.outcome), status) {
-        (Some(Outcome::UpstreamFailure), _) => "8",
+        (Some(Fate::UpstreamFailure), _) => "8",
         (_, Some(s)) if s >= 500 => "8",
-        (Some(Outcome::ClientAborted | Outcome::Withheld), _) | (_, Some(400..=499)) => "4",
+        (Some(Fate::ClientAborted | Fate::Withheld), _) | (_, Some(400..=499)) => "4",
         _ => "0",
     }
 }
@@ -286,7 +286,7 @@ fn entities(r: &Record, interaction: Option<&str>) -> Vec<Value> {
         // The path carries parameter names only; values never reach the store.
         data["query"] = json!(base64(r.path.as_bytes()));
     }
-    if r.decision != Decision::KernelRefused {
+    if r.decision != Disposition::KernelRefused {
         out.push(data);
     }
     out.push(transaction_entity(r));

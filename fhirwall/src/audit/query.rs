@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use super::{
     AuditError, chain, pindex,
-    record::{Completion, Decision, Entry, Record},
+    record::{Completion, Disposition, Entry, Record},
     store::seq_i64,
 };
 
@@ -29,7 +29,7 @@ pub struct Filter {
     /// A `Patient/<id>` reference.
     pub patient: Option<String>,
     pub resource_type: Option<String>,
-    pub decision: Option<Decision>,
+    pub decision: Option<Disposition>,
     /// Inclusive lower bound on the record time.
     pub from: Option<Timestamp>,
     /// Exclusive upper bound on the record time.

@@ -100,7 +100,7 @@ pub struct Record {
     /// Purpose of use code (<http://terminology.hl7.org/CodeSystem/v3-ActReason>), e.g. `TREAT`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub purpose_of_use: Option<String>,
-    pub decision: Decision,
+    pub decision: Disposition,
     /// The policy rule that decided.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
@@ -129,7 +129,7 @@ pub struct Record {
 /// What the sidecar did with a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Decision {
+pub enum Disposition {
     /// Policy allowed it; it was (or is about to be) forwarded.
     Allow,
     /// Policy denied it; the sidecar answered 403 with an `OperationOutcome`.
@@ -142,7 +142,7 @@ pub enum Decision {
     Malformed,
 }
 
-impl Decision {
+impl Disposition {
     pub const ALL: [Self; 5] = [
         Self::Allow,
         Self::Deny,
@@ -192,7 +192,7 @@ pub struct Completion {
     /// store joins on it (an append-only index, unlike a random correlation id).
     pub request_seq: u64,
     pub correlation_id: String,
-    pub outcome: Outcome,
+    pub outcome: Fate,
     /// Status sent to the client.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
@@ -241,7 +241,7 @@ pub struct ResponseCheckRecord {
 /// The fate of a request after the decision.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Outcome {
+pub enum Fate {
     /// The upstream answered and the answer reached the client.
     Completed,
     /// The upstream could not be reached or broke the exchange; the client got 502/503/504.
@@ -325,7 +325,7 @@ impl Record {
         workload: WorkloadRecord,
         method: impl Into<String>,
         path: impl Into<String>,
-        decision: Decision,
+        decision: Disposition,
     ) -> Self {
         Self {
             time: now(),
@@ -372,7 +372,7 @@ impl Completion {
     pub fn new(
         request_seq: super::CommittedSeq,
         correlation_id: impl Into<String>,
-        outcome: Outcome,
+        outcome: Fate,
     ) -> Self {
         Self {
             time: now(),
@@ -484,7 +484,7 @@ mod tests {
             WorkloadRecord::default(),
             "GET",
             "/Patient?name=Smith",
-            Decision::Allow,
+            Disposition::Allow,
         );
         r.patients = vec!["Patient/b".into(), "Patient/a".into(), "Patient/b".into()];
         r.time = "2026-01-01T00:00:00.123456789Z".parse().unwrap_or(r.time);
@@ -529,7 +529,7 @@ mod tests {
             WorkloadRecord::default(),
             "GET",
             "/x",
-            Decision::WouldDeny,
+            Disposition::WouldDeny,
         );
         r.break_glass = Some(BreakGlassUse {
             justification_id: "INC-1".into(),
@@ -539,8 +539,8 @@ mod tests {
         assert!(json.starts_with(r#"{"kind":"request","#), "{json}");
         assert!(!json.contains("null"), "absent fields are omitted: {json}");
         assert_eq!(serde_json::from_str::<Entry>(&json).ok(), Some(entry));
-        for d in Decision::ALL {
-            assert_eq!(Decision::parse(d.as_str()), Some(d));
+        for d in Disposition::ALL {
+            assert_eq!(Disposition::parse(d.as_str()), Some(d));
             assert_eq!(
                 serde_json::to_string(&d).unwrap_or_default(),
                 format!("\"{}\"", d.as_str())

@@ -13,7 +13,7 @@ use serde::Serialize;
 use super::{
     AuditError,
     query::{self, Filter, QueryRow},
-    record::{Decision, rfc3339},
+    record::{Disposition, rfc3339},
 };
 
 /// Working hours; requests outside them are counted as off-hours use.
@@ -123,7 +123,7 @@ pub fn report<'a>(rows: impl IntoIterator<Item = &'a QueryRow>, hours: &Business
         let interaction = r.interaction.clone().unwrap_or_else(|| "(none)".to_owned());
         *out.interactions.entry(interaction).or_default() += 1;
         patients.extend(r.patients.iter().cloned());
-        if r.decision != Decision::Allow {
+        if r.decision != Disposition::Allow {
             let reason = r
                 .reason
                 .clone()
@@ -137,7 +137,7 @@ pub fn report<'a>(rows: impl IntoIterator<Item = &'a QueryRow>, hours: &Business
         let failed = row
             .completion
             .as_ref()
-            .is_some_and(|c| c.outcome == super::Outcome::UpstreamFailure);
+            .is_some_and(|c| c.outcome == super::Fate::UpstreamFailure);
         out.upstream_failures += u64::from(failed);
         let w = &r.workload;
         let seen = workloads

@@ -11,7 +11,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use jiff::Timestamp;
 
 use crate::audit::{
-    self, Anchor, AuditError, BusinessHours, Decision, FhirExport, Filter, JsonlExport,
+    self, Anchor, AuditError, BusinessHours, Disposition, FhirExport, Filter, JsonlExport,
     JsonlTarget, Order, QueryRow,
 };
 
@@ -109,7 +109,7 @@ pub struct QueryArgs {
     pub resource_type: Option<String>,
     /// allow, deny, would-deny, kernel-refused, malformed.
     #[arg(long, value_parser = parse_decision)]
-    pub decision: Option<Decision>,
+    pub decision: Option<Disposition>,
     #[command(flatten)]
     pub window: WindowArgs,
     /// At most this many rows (0: no limit).
@@ -367,9 +367,9 @@ fn parse_since(s: &str) -> Result<Timestamp, String> {
     audit::since(s, Timestamp::now())
 }
 
-fn parse_decision(s: &str) -> Result<Decision, String> {
-    Decision::parse(s).ok_or_else(|| {
-        let all: Vec<&str> = Decision::ALL.iter().map(|d| d.as_str()).collect();
+fn parse_decision(s: &str) -> Result<Disposition, String> {
+    Disposition::parse(s).ok_or_else(|| {
+        let all: Vec<&str> = Disposition::ALL.iter().map(|d| d.as_str()).collect();
         format!("unknown decision {s:?}; one of {}", all.join(", "))
     })
 }

@@ -47,15 +47,18 @@ impl Refusal {
     }
 }
 
-/// Who did what, as the kernel saw it.
+/// A process as the kernel recorded it at a connect or an event (the one decoding of a
+/// `ConnRecord`; attribution starts from it too). For a process found by scanning `/proc`
+/// rather than by an event, `cookie` and `exec_token` are 0 and `time` is when it was read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct KernelCaller {
+pub struct Caller {
     pub tgid: u32,
     pub pid: u32,
     pub uid: u32,
     pub gid: u32,
     pub cgroup_id: u64,
     pub comm: String,
+    /// The socket's cookie (0 for an exec event or a scanned process).
     pub cookie: u64,
     /// Wall-clock time of the event.
     pub time: SystemTime,
@@ -64,7 +67,7 @@ pub struct KernelCaller {
     pub exec_token: u32,
 }
 
-impl KernelCaller {
+impl Caller {
     #[must_use]
     pub fn from_record(record: &ConnRecord) -> Self {
         Self {
@@ -85,17 +88,17 @@ impl KernelCaller {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub enum KernelEvent {
     Refused {
-        caller: KernelCaller,
+        caller: Caller,
         destination: SocketAddr,
         refusal: Refusal,
     },
     /// The connection table was full at ESTABLISHED: the sidecar will refuse the connection.
     ConnsFull {
-        caller: KernelCaller,
+        caller: Caller,
         destination: SocketAddr,
     },
     /// A process image changed (`execve`).
-    Exec { caller: KernelCaller },
+    Exec { caller: Caller },
     /// An event this agent cannot decode (size or kind unknown).
     Unknown { kind: u32 },
 }
@@ -108,7 +111,7 @@ impl KernelEvent {
         }
         // SAFETY: length checked; `Event` is plain old data and read unaligned.
         let event: Event = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
-        let caller = KernelCaller::from_record(&event.record);
+        let caller = Caller::from_record(&event.record);
         let destination =
             SocketAddr::new(from_addr(&event.record.orig_addr), event.record.orig_port);
         match event.kind {

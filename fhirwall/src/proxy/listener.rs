@@ -1,5 +1,5 @@
 //! Accepting connections: attribution first (no kernel record, no service), then TLS
-//! termination or plain HTTP, then the HTTP engine with one [`Exchange`] per connection.
+//! termination or plain HTTP, then the HTTP engine with one [`ConnectionHandler`] per connection.
 
 use std::{
     collections::HashMap,
@@ -20,7 +20,7 @@ use tracing::{debug, warn};
 
 use super::{
     live::LiveConnections,
-    sidecar::{Exchange, Shared},
+    sidecar::{ConnectionHandler, Shared},
     tls::{LeafName, TlsTerminator, UpstreamConnector},
 };
 use crate::{attribution::Attributor, metrics::Metrics};
@@ -47,7 +47,7 @@ impl Routes {
 }
 
 /// Everything the accept loop needs; one per agent.
-pub struct Sidecar {
+pub struct Listener {
     pub attributor: Attributor,
     pub exchange: Arc<Shared>,
     pub terminator: TlsTerminator,
@@ -82,7 +82,7 @@ pub fn first_connection_id() -> u64 {
     (u64::from(u32::from_be_bytes(run)) << 32) | 1
 }
 
-impl Sidecar {
+impl Listener {
     /// Accepts until `shutdown` turns true; connections already accepted finish their requests.
     pub async fn serve(
         self: Arc<Self>,
@@ -124,7 +124,7 @@ impl Sidecar {
             );
         };
         let workload = attribution.workload;
-        let mut exchange = Exchange::new(
+        let mut exchange = ConnectionHandler::new(
             Arc::clone(&self.exchange),
             Arc::clone(&workload),
             peer,

@@ -3,7 +3,7 @@
 //! headers that passed and `Host` set to the upstream's name, or answer with an
 //! OperationOutcome; then check the response (`fhirwall_fhir::response`) before the workload sees it,
 //! bind the URLs it issues to the integration, and record whose data it carried. One
-//! [`Exchange`] handles one connection, built at accept with that connection's attribution.
+//! [`ConnectionHandler`] handles one connection, built at accept with that connection's attribution.
 //!
 //! ```text
 //! plan.rs      decided request -> refuse | forward { headers to strip, response check }
@@ -25,7 +25,7 @@ mod signals;
 use std::{net::SocketAddr, sync::Arc, time::Instant};
 
 use bytes::Bytes;
-use fhirwall_fhir::{self as fhir, HttpRequest};
+use fhirwall_fhir::{self as fhir, HttpRequest, IssueType};
 use fhirwall_http::{
     self as http, BodyFraming, BodyMode, ExchangeId, Handler, LocalResponse, Method, RequestHead,
     ResponseHead,
@@ -47,10 +47,7 @@ use self::{
     inspect::{PendingCheck, ResponseGuard},
     plan::{Decided, Plan},
 };
-use super::{
-    outcome::{self, IssueType},
-    tls::UpstreamKey,
-};
+use super::{operation_outcome, tls::UpstreamKey};
 use crate::{
     audit::{self, AuditSink, CommittedSeq},
     metrics::Metrics,
@@ -79,7 +76,7 @@ pub struct Shared {
 }
 
 /// The handler of one connection.
-pub struct Exchange {
+pub struct ConnectionHandler {
     shared: Arc<Shared>,
     workload: Arc<Workload>,
     client: SocketAddr,
@@ -97,7 +94,7 @@ pub struct Exchange {
     issued: Option<plan::Issued>,
 }
 
-impl Exchange {
+impl ConnectionHandler {
     #[must_use]
     pub fn new(
         shared: Arc<Shared>,
@@ -145,7 +142,7 @@ impl Exchange {
         record: audit::Record,
         response: LocalResponse,
         id: ExchangeId,
-    ) -> http::Decision<UpstreamKey> {
+    ) -> http::Dispatch<UpstreamKey> {
         self.shared
             .metrics
             .requests
@@ -154,7 +151,7 @@ impl Exchange {
         match self.shared.audit.commit(record).await {
             Ok(seq) => {
                 self.pending = Some((seq, id.to_string()));
-                http::Decision::Respond(response)
+                http::Dispatch::Respond(response)
             }
             Err(e) => self.audit_unavailable(&e, id),
         }
@@ -164,10 +161,10 @@ impl Exchange {
         &self,
         e: &audit::AuditError,
         id: ExchangeId,
-    ) -> http::Decision<UpstreamKey> {
+    ) -> http::Dispatch<UpstreamKey> {
         self.shared.metrics.audit_failures.inc();
         warn!(error = %e, "audit store cannot write: refusing the request");
-        http::Decision::Respond(outcome::unavailable(
+        http::Dispatch::Respond(operation_outcome::unavailable(
             "the audit trail cannot be written; nothing was forwarded",
             id,
         ))
@@ -181,7 +178,7 @@ impl Exchange {
         limiter: &RateLimiter,
         head: &mut RequestHead,
         id: ExchangeId,
-    ) -> http::Decision<UpstreamKey> {
+    ) -> http::Dispatch<UpstreamKey> {
         if let Some(i) = integration
             && let RateOutcome::Limited { retry_after } = limiter.check(&i.name, Instant::now())
         {
@@ -194,7 +191,7 @@ impl Exchange {
             return self
                 .answer(
                     record,
-                    outcome::operation_outcome(429, IssueType::Throttled, &reason, id),
+                    operation_outcome::operation_outcome(429, IssueType::Throttled, &reason, id),
                     id,
                 )
                 .await;
@@ -211,7 +208,7 @@ impl Exchange {
                     return self
                         .answer(
                             record,
-                            outcome::unavailable(
+                            operation_outcome::unavailable(
                                 "the integration's upstream credential is unavailable",
                                 id,
                             ),
@@ -235,7 +232,7 @@ impl Exchange {
         if let Some((name, value)) = credential
             && head.headers.insert(Bytes::from(name), value).is_err()
         {
-            return http::Decision::Respond(outcome::unavailable(
+            return http::Dispatch::Respond(operation_outcome::unavailable(
                 "the integration's upstream credential is malformed",
                 id,
             ));
@@ -244,13 +241,13 @@ impl Exchange {
             Bytes::from_static(b"X-Request-Id"),
             Bytes::from(id.to_string()),
         );
-        http::Decision::Forward {
+        http::Dispatch::Forward {
             upstream: UpstreamKey::new(&self.upstream, integration.map(|i| i.name.as_str())),
         }
     }
 }
 
-impl Exchange {
+impl ConnectionHandler {
     /// Reads and decides one request: `Err` answers it at once (it cannot be classified).
     fn plan(
         &self,
@@ -263,7 +260,7 @@ impl Exchange {
     ) -> Result<Plan, LocalResponse> {
         let Some(config) = policy.classify_config(&self.upstream) else {
             record::unknown_upstream(record);
-            return Err(outcome::forbidden(
+            return Err(operation_outcome::forbidden(
                 "the destination is no longer a protected upstream",
                 id,
             ));
@@ -274,7 +271,7 @@ impl Exchange {
             let reason =
                 "a GET, HEAD or DELETE request carries a body, which fhirwall does not read";
             record::malformed(record, 400, reason);
-            return Err(outcome::invalid(reason, id));
+            return Err(operation_outcome::invalid(reason, id));
         }
         let headers: Vec<(&str, &[u8])> = head
             .headers
@@ -283,14 +280,14 @@ impl Exchange {
             .collect();
         let Ok(target) = std::str::from_utf8(head.target()) else {
             record::malformed(record, 400, "request target is not UTF-8");
-            return Err(outcome::invalid(
+            return Err(operation_outcome::invalid(
                 "the request target is not valid UTF-8",
                 id,
             ));
         };
         let Ok(method) = std::str::from_utf8(head.method().as_bytes()) else {
             record::malformed(record, 400, "method is not UTF-8");
-            return Err(outcome::invalid("the method is not valid", id));
+            return Err(operation_outcome::invalid("the method is not valid", id));
         };
         let now = jiff::Timestamp::now();
         let mut subject = Subject::from_headers(policy, integration, &self.upstream, &headers, now);
@@ -316,7 +313,7 @@ impl Exchange {
             let (status, reason) = (e.http_status(), e.to_string());
             record::malformed(record, status, &reason);
             let code = record::issue_type(e.issue_type());
-            outcome::operation_outcome(status, code, &reason, id)
+            operation_outcome::operation_outcome(status, code, &reason, id)
         })?;
         let continuation =
             bound.filter(|b| !fhir.query.paging.is_empty() && Some(b.integration.as_str()) == name);
@@ -333,7 +330,7 @@ impl Exchange {
     }
 }
 
-impl Handler for Exchange {
+impl Handler for ConnectionHandler {
     type Upstream = UpstreamKey;
     type Inspector = ResponseGuard;
 
@@ -351,7 +348,7 @@ impl Handler for Exchange {
         id: ExchangeId,
         head: &mut RequestHead,
         body: Option<&[u8]>,
-    ) -> http::Decision<UpstreamKey> {
+    ) -> http::Dispatch<UpstreamKey> {
         let (state, integration_name) = self.policy();
         let policy = &state.policy;
         let integration = integration_name
@@ -383,7 +380,8 @@ impl Handler for Exchange {
                     .unwrap_or_default();
                 if head.headers.set_host(&authority).is_err() {
                     record::internal_failure(&mut record, "the upstream has no valid name");
-                    let answer = outcome::unavailable("the upstream has no valid name", id);
+                    let answer =
+                        operation_outcome::unavailable("the upstream has no valid name", id);
                     return self.answer(record, answer, id).await;
                 }
                 self.check = Some(check);
@@ -406,7 +404,7 @@ impl Handler for Exchange {
         self.after_response(&guard);
     }
 
-    fn finish(&mut self, outcome: &http::Outcome<'_>) {
+    fn finish(&mut self, outcome: &http::Finished<'_>) {
         let m = &self.shared.metrics;
         m.request_seconds.observe(outcome.duration.as_secs_f64());
         m.bytes
@@ -433,6 +431,6 @@ impl Handler for Exchange {
 
     /// Engine errors are answered as FHIR OperationOutcomes, like every other refusal.
     fn error_response(&self, err: &http::HttpError, id: ExchangeId) -> Option<LocalResponse> {
-        outcome::for_error(err, id)
+        operation_outcome::for_error(err, id)
     }
 }

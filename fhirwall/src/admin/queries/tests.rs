@@ -4,7 +4,7 @@
 use jiff::Timestamp;
 
 use super::{Ask, ParamError, RowFormat, parse};
-use crate::audit::{Decision, Order};
+use crate::audit::{Disposition, Order};
 
 fn now() -> Timestamp {
     "2026-11-30T12:00:00Z".parse().unwrap()
@@ -46,7 +46,7 @@ fn query_parameters_become_a_filter() {
     assert_eq!(f.credential_fingerprint.as_deref(), Some("sha256:01"));
     assert_eq!(f.patient.as_deref(), Some("Patient/123"));
     assert_eq!(f.resource_type.as_deref(), Some("Observation"));
-    assert_eq!(f.decision, Some(Decision::WouldDeny));
+    assert_eq!(f.decision, Some(Disposition::WouldDeny));
     assert_eq!(f.from, Some("2026-11-23T12:00:00Z".parse().unwrap()));
     assert_eq!(f.to, Some("2026-11-30T00:00:00Z".parse().unwrap()));
     assert_eq!(f.limit, Some(50));

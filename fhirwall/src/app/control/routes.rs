@@ -10,8 +10,8 @@ use std::{
 use fhirwall_policy::{HostPort, Policy, Workload};
 
 use crate::{
-    audit::{Decision, Record, WorkloadRecord},
-    kernel::{KernelCaller, Refusal},
+    audit::{Disposition, Record, WorkloadRecord},
+    kernel::{Caller, Refusal},
     proxy::{
         listener::Routes,
         tls::{ClientIdentity, LeafName, UpstreamSpec, UpstreamTable},
@@ -96,33 +96,19 @@ fn addresses(
 #[must_use]
 pub fn kernel_refusal(
     node: &str,
-    caller: &KernelCaller,
+    caller: &Caller,
     destination: SocketAddr,
     refusal: Refusal,
     routes: &Routes,
 ) -> Record {
-    let workload = WorkloadRecord {
-        pid: caller.pid,
-        tgid: caller.tgid,
-        start_time: 0,
-        exe: None,
-        exe_sha256: None,
-        uid: caller.uid,
-        gid: caller.gid,
-        user: None,
-        comm: caller.comm.clone(),
-        cgroup_path: None,
-        container_id: None,
-        pod_uid: None,
-        systemd_unit: None,
-    };
+    let workload = WorkloadRecord::from(&crate::attribution::kernel_workload(caller));
     let mut record = Record::new(
         format!("kernel-{:x}", caller.cookie),
         node,
         workload,
         "CONNECT",
         destination.to_string(),
-        Decision::KernelRefused,
+        Disposition::KernelRefused,
     );
     record.upstream = routes
         .by_destination

@@ -5,10 +5,13 @@ use std::{fs::File, path::Path, sync::Arc};
 
 use fhirwall_policy::Workload;
 
-use super::{Attributor, Caller, Hashing};
-use crate::attribution::{
-    AttributionError, ExeDigest, ProcessKey, parse_cgroup_path, pidfd::ProcessHandle,
-    process_cache::Cached,
+use super::{Attributor, Hashing};
+use crate::{
+    attribution::{
+        AttributionError, ExeDigest, ProcessKey, parse_cgroup_path, pidfd::ProcessHandle,
+        process_cache::Cached,
+    },
+    kernel::Caller,
 };
 
 /// Why a process is being looked at.
@@ -105,10 +108,7 @@ impl Attributor {
         let cgroup_path = tokio::task::spawn_blocking(move || inner.cgroups.resolve(id, None))
             .await
             .map_err(|source| AttributionError::Blocking { source })?;
-        let mut workload = Workload {
-            partial: true,
-            ..Workload::default()
-        };
+        let mut workload = super::super::kernel_workload(&caller);
         self.apply_caller(&mut workload, &caller).await?;
         set_cgroup(&mut workload, cgroup_path);
         tracing::debug!(tgid = caller.tgid, "process gone: partial workload");

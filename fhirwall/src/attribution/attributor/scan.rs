@@ -6,10 +6,10 @@ use std::sync::Arc;
 
 use fhirwall_policy::Workload;
 
-use super::{Attributor, Caller, Hashing, SweepReport, build::Origin};
+use super::{Attributor, Hashing, SweepReport, build::Origin};
 use crate::{
     attribution::{AttributionError, ProcessKey},
-    kernel::KernelCaller,
+    kernel::Caller,
 };
 
 impl Attributor {
@@ -47,7 +47,7 @@ impl Attributor {
     /// call [`Attributor::invalidate_all`].
     pub async fn on_exec(
         &self,
-        caller: &KernelCaller,
+        caller: &Caller,
         hashing: Hashing,
     ) -> Result<Option<Arc<Workload>>, AttributionError> {
         self.inner.processes.invalidate(caller.tgid);
@@ -104,6 +104,10 @@ impl Attributor {
             gid,
             cgroup_id,
             comm: stat.comm.clone(),
+            // Not a kernel event: what `/proc` shows now.
+            cookie: 0,
+            time: std::time::SystemTime::now(),
+            exec_token: 0,
         };
         self.build(key, &stat.comm, caller, hashing, Origin::Scan)
             .await

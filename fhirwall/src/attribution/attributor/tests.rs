@@ -380,7 +380,7 @@ async fn an_exec_replaces_the_cached_identity() {
     host.process(500, "java", EARLY, &wrapper, cgroup);
     let stale = attributor.workload_of(&rec).await.expect("attributed");
     assert_eq!(stale.exe.as_deref(), Some(java.as_path()));
-    let caller = crate::kernel::KernelCaller::from_record(&rec);
+    let caller = crate::kernel::Caller::from_record(&rec);
     let exec = attributor
         .on_exec(&caller, Hashing::Compute)
         .await
@@ -483,7 +483,7 @@ fn futures_can_be_spawned_on_a_multi_threaded_runtime() {
         AttributionSettings::default(),
     );
     let rec = record(1, 0, 0, "x");
-    let caller = crate::kernel::KernelCaller::from_record(&rec);
+    let caller = crate::kernel::Caller::from_record(&rec);
     send(&attributor);
     send(&attributor.attribute(addr(PEER), addr(LOCAL)));
     send(&attributor.workload_of(&rec));

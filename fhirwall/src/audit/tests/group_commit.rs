@@ -4,7 +4,7 @@ use std::collections::BTreeSet;
 
 use super::support::{record, stop, temp_store};
 use crate::audit::{
-    AuditConfig, AuditSink, Completion, Filter, Outcome, open_read_only, query, verify,
+    AuditConfig, AuditSink, Completion, Fate, Filter, open_read_only, query, verify,
 };
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +81,7 @@ async fn completions_are_chained_and_joined_to_their_request() {
         .commit(record(1, jiff::Timestamp::now()))
         .await
         .unwrap();
-    let mut done = Completion::new(seq, "req-1", Outcome::Completed);
+    let mut done = Completion::new(seq, "req-1", Fate::Completed);
     done.status = Some(200);
     done.bytes_out = 512;
     done.latency_us = 900;

@@ -137,7 +137,7 @@ async fn an_edited_copy_is_found_and_a_foreign_copy_is_not_used() {
 /// through the copy and in the tail, and `verify` holds them to the chain like a request's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_response_that_carried_a_patient_finds_its_request() {
-    use crate::audit::{CommittedSeq, Completion, Outcome};
+    use crate::audit::{CommittedSeq, Completion, Fate};
 
     let (_dir, db) = temp_store();
     let (sink, writer) = AuditSink::start(AuditConfig::new(&db)).unwrap();
@@ -145,14 +145,14 @@ async fn a_response_that_carried_a_patient_finds_its_request() {
     search.path = "/Claim?status".into();
     search.patients.clear();
     let seq = sink.commit(search).await.unwrap();
-    let mut done = Completion::new(seq, "req-1", Outcome::Completed);
+    let mut done = Completion::new(seq, "req-1", Fate::Completed);
     done.patients = vec!["Patient/carried-b".into(), "Patient/carried-a".into()];
     sink.complete(done).unwrap();
     // A later request naming nobody, completed without patients: not found.
     let mut other = record(2, jiff::Timestamp::now());
     other.patients.clear();
     let other_seq = sink.commit(other).await.unwrap();
-    sink.complete(Completion::new(other_seq, "req-2", Outcome::Completed))
+    sink.complete(Completion::new(other_seq, "req-2", Fate::Completed))
         .unwrap();
     stop(sink, writer).await;
     let CommittedSeq(request) = seq;

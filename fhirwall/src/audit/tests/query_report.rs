@@ -7,8 +7,8 @@ use jiff::tz::TimeZone;
 
 use super::support::{monday_plus, seed_fixed, temp_store};
 use crate::audit::{
-    BusinessHours, Decision, Filter, Order, QueryRow, UNREGISTERED, open_read_only, query, report,
-    report_from, report_text,
+    BusinessHours, Disposition, Filter, Order, QueryRow, UNREGISTERED, open_read_only, query,
+    report, report_from, report_text,
 };
 
 fn seqs(rows: &[QueryRow]) -> Vec<u64> {
@@ -126,7 +126,7 @@ async fn filters_select_the_right_rows() {
         (
             "decision",
             Filter {
-                decision: Some(Decision::Deny),
+                decision: Some(Disposition::Deny),
                 ..Filter::default()
             },
             vec![3, 7, 11, 15, 19, 23, 27],
@@ -135,7 +135,7 @@ async fn filters_select_the_right_rows() {
             "integration and decision",
             Filter {
                 integration: text("lab"),
-                decision: Some(Decision::Deny),
+                decision: Some(Disposition::Deny),
                 ..Filter::default()
             },
             vec![7, 19],

@@ -6,7 +6,7 @@ use jiff::{Timestamp, ToSpan as _};
 use tempfile::TempDir;
 
 use crate::audit::{
-    AuditConfig, AuditSink, AuditWriter, BreakGlassUse, Decision, Record, WorkloadRecord,
+    AuditConfig, AuditSink, AuditWriter, BreakGlassUse, Disposition, Record, WorkloadRecord,
 };
 
 pub const NODE: &str = "ehr-node-1";
@@ -43,7 +43,7 @@ pub fn record(n: u64, time: Timestamp) -> Record {
         workload(n),
         "GET",
         format!("/Observation?patient=Patient%2F{n}"),
-        Decision::Allow,
+        Disposition::Allow,
     );
     r.time = time;
     r.integration = match n % 3 {
@@ -65,7 +65,7 @@ pub fn record(n: u64, time: Timestamp) -> Record {
     r.patients = vec![format!("Patient/p{}", n % 5)];
     r.purpose_of_use = Some("TREAT".to_owned());
     if n % 4 == 3 {
-        r.decision = Decision::Deny;
+        r.decision = Disposition::Deny;
         r.reason = Some(if n % 8 == 3 { "scope" } else { "revoked" }.to_owned());
         r.rule = Some("integration.lab.scopes".to_owned());
         r.status = Some(403);

@@ -121,7 +121,7 @@ fn since_accepts_friendly_spans() {
 
 #[test]
 fn decisions_parse_by_their_stored_names() {
-    for d in Decision::ALL {
+    for d in Disposition::ALL {
         assert_eq!(parse_decision(d.as_str()), Ok(d));
     }
     assert!(parse_decision("maybe").is_err());

@@ -2,12 +2,15 @@
 //! forwarded request, behind the HTTP engine's [`ResponseInspector`].
 
 use bytes::BytesMut;
-use fhirwall_fhir::response::{
-    BodyFormat, CheckMode, Progress, Refusal, Report, ResponseCheck, ResponseRules, Violation,
+use fhirwall_fhir::{
+    IssueType,
+    response::{
+        BodyFormat, CheckMode, Progress, Refusal, Report, ResponseCheck, ResponseRules, Violation,
+    },
 };
 use fhirwall_http::{ExchangeId, Inspected, LocalResponse, ResponseHead, ResponseInspector};
 
-use super::super::outcome::{self, IssueType};
+use super::super::operation_outcome;
 
 /// What a forwarded request's answer is expected to be.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,9 +110,9 @@ impl ResponseGuard {
     fn answer(&self, violation: Violation) -> LocalResponse {
         let text = format!("{violation}; nothing of the response was released");
         if violation == Violation::Format && self.status >= 300 {
-            return outcome::operation_outcome(502, IssueType::Exception, &text, self.id);
+            return operation_outcome::operation_outcome(502, IssueType::Exception, &text, self.id);
         }
-        outcome::forbidden(&text, self.id)
+        operation_outcome::forbidden(&text, self.id)
     }
 
     fn unreadable(&mut self) -> Result<Inspected, LocalResponse> {

@@ -2,7 +2,7 @@
 //! headers that pass and the check its response gets.
 
 use fhirwall_fhir::{
-    FhirRequest,
+    FhirRequest, IssueType,
     response::{CheckMode, ResponseRules},
 };
 use fhirwall_http::{ExchangeId, LocalResponse};
@@ -11,15 +11,12 @@ use fhirwall_policy::{
 };
 
 use super::{
-    Exchange,
+    ConnectionHandler,
     bindings::{Bound, BoundKind},
     inspect::{Expect, PendingCheck},
     record, signals,
 };
-use crate::{
-    audit,
-    proxy::outcome::{self, IssueType},
-};
+use crate::{audit, proxy::operation_outcome};
 
 /// What happens to a request once decided.
 pub(super) enum Plan {
@@ -37,7 +34,7 @@ pub(super) struct Issued {
     pub patients: fhirwall_fhir::response::PatientRule,
 }
 
-impl Exchange {
+impl ConnectionHandler {
     /// A classified request: decided, recorded, and planned.
     pub(super) fn plan_fhir(
         &self,
@@ -64,7 +61,7 @@ impl Exchange {
         }
         if let Decision::Deny { reason, .. } = decision {
             record.status = Some(403);
-            return Plan::Refuse(outcome::forbidden(&reason.to_string(), id));
+            return Plan::Refuse(operation_outcome::forbidden(&reason.to_string(), id));
         }
         let max = self.shared.max_response_hold;
         let mut rules = policy::response_rules(policy, subject, fhir, &decision, max);
@@ -76,7 +73,7 @@ impl Exchange {
             record::refused_format(record);
             let reason = "fhirwall checks this response and reads FHIR JSON: ask for \
                           application/fhir+json (the request asked for XML)";
-            return Plan::Refuse(outcome::operation_outcome(
+            return Plan::Refuse(operation_outcome::operation_outcome(
                 406,
                 IssueType::NotSupported,
                 reason,
@@ -145,7 +142,7 @@ impl Exchange {
                 .map(ToString::to_string)
                 .unwrap_or_default();
             record.status = Some(403);
-            return Plan::Refuse(outcome::forbidden(&reason, id));
+            return Plan::Refuse(operation_outcome::forbidden(&reason, id));
         };
         let rules = ResponseRules {
             mode: match integration.response_check.on_violation {

@@ -3,14 +3,11 @@
 
 use std::net::SocketAddr;
 
-use fhirwall_fhir::{self as fhir, FhirRequest};
-use fhirwall_http::{ExchangeId, Outcome, RequestHead};
+use fhirwall_fhir::{FhirRequest, IssueType};
+use fhirwall_http::{ExchangeId, Finished, RequestHead};
 use fhirwall_policy::{self as policy, BreakGlassSession, Presented, Rule, Subject, Workload};
 
-use crate::{
-    audit::{self, BreakGlassUse, CommittedSeq, Completion, Decision, Record},
-    proxy::outcome::IssueType,
-};
+use crate::audit::{self, BreakGlassUse, CommittedSeq, Completion, Disposition, Record};
 
 /// A record of what arrived, before anything is decided (decision `Deny` until said otherwise).
 pub fn base(
@@ -27,7 +24,7 @@ pub fn base(
         workload.into(),
         String::from_utf8_lossy(head.method().as_bytes()).into_owned(),
         String::from_utf8_lossy(head.path()).into_owned(),
-        Decision::Deny,
+        Disposition::Deny,
     );
     record.client_addr = Some(client.to_string());
     record.upstream = Some(upstream.to_owned());
@@ -41,21 +38,21 @@ pub fn unknown_upstream(record: &mut Record) {
 }
 
 pub fn malformed(record: &mut Record, status: u16, reason: &str) {
-    record.decision = Decision::Malformed;
+    record.decision = Disposition::Malformed;
     record.rule = Some(Rule::Unclassifiable.to_string());
     record.reason = Some(reason.to_owned());
     record.status = Some(status);
 }
 
 pub fn limited(record: &mut Record, integration: &str) {
-    record.decision = Decision::Deny;
+    record.decision = Disposition::Deny;
     record.rule = Some(format!("integration/{integration}/rate_limit"));
     record.reason = Some("rate limit exceeded".into());
     record.status = Some(429);
 }
 
 pub fn internal_failure(record: &mut Record, reason: &str) {
-    record.decision = Decision::Deny;
+    record.decision = Disposition::Deny;
     record.rule = Some("default/internal".into());
     record.reason = Some(reason.to_owned());
     record.status = Some(503);
@@ -81,9 +78,9 @@ pub fn decided(
         record.credential_fingerprint = Some(fingerprint.to_string());
     }
     record.decision = match decision {
-        policy::Decision::Allow { .. } => Decision::Allow,
-        policy::Decision::Deny { .. } => Decision::Deny,
-        policy::Decision::WouldDeny { .. } => Decision::WouldDeny,
+        policy::Decision::Allow { .. } => Disposition::Allow,
+        policy::Decision::Deny { .. } => Disposition::Deny,
+        policy::Decision::WouldDeny { .. } => Disposition::WouldDeny,
     };
     if let policy::Decision::Allow {
         purpose: Some(purpose),
@@ -112,9 +109,9 @@ pub fn decided_bound(record: &mut Record, subject: &Subject<'_>, decision: &poli
         record.credential_fingerprint = Some(fingerprint.to_string());
     }
     record.decision = match decision {
-        policy::Decision::Allow { .. } => Decision::Allow,
-        policy::Decision::Deny { .. } => Decision::Deny,
-        policy::Decision::WouldDeny { .. } => Decision::WouldDeny,
+        policy::Decision::Allow { .. } => Disposition::Allow,
+        policy::Decision::Deny { .. } => Disposition::Deny,
+        policy::Decision::WouldDeny { .. } => Disposition::WouldDeny,
     };
     if let policy::Decision::Allow {
         purpose: Some(purpose),
@@ -130,7 +127,7 @@ pub fn decided_bound(record: &mut Record, subject: &Subject<'_>, decision: &poli
 /// Allowed, but its response must be checked and the request asks for a format the check
 /// does not read: refused with 406 before anything moves.
 pub fn refused_format(record: &mut Record) {
-    record.decision = Decision::Deny;
+    record.decision = Disposition::Deny;
     record.rule = Some("default/response-format".into());
     record.reason = Some(
         "the response must be checked, and the request asks for XML, which the check does not read"
@@ -152,17 +149,17 @@ fn patient_references(fhir: &FhirRequest) -> Vec<String> {
 pub fn completion(
     seq: CommittedSeq,
     correlation: String,
-    outcome: &Outcome<'_>,
+    outcome: &Finished<'_>,
     checked: Option<&Checked>,
 ) -> Completion {
     let withheld = checked.is_some_and(|c| c.refusal.is_some());
     let result = match (outcome.forwarded, outcome.error) {
-        _ if withheld => audit::Outcome::Withheld,
+        _ if withheld => audit::Fate::Withheld,
         (_, Some(e)) if e.error_source() == fhirwall_http::ErrorSource::Downstream => {
-            audit::Outcome::ClientAborted
+            audit::Fate::ClientAborted
         }
-        (true, Some(_)) => audit::Outcome::UpstreamFailure,
-        _ => audit::Outcome::Completed,
+        (true, Some(_)) => audit::Fate::UpstreamFailure,
+        _ => audit::Fate::Completed,
     };
     let mut completion = Completion::new(seq, correlation, result);
     completion.status = outcome.status;
@@ -208,16 +205,12 @@ pub struct Checked {
     pub refusal: Option<fhirwall_fhir::response::Refusal>,
 }
 
-/// The OperationOutcome issue type for a classification error.
-pub fn issue_type(t: fhir::IssueType) -> IssueType {
+/// The issue type a classification error is answered with: a missing element or a path fhirwall
+/// does not protect is answered as `invalid`, like any other request it will not pass.
+pub fn issue_type(t: IssueType) -> IssueType {
     match t {
-        fhir::IssueType::Invalid | fhir::IssueType::Required | fhir::IssueType::NotFound => {
-            IssueType::Invalid
-        }
-        fhir::IssueType::Structure => IssueType::Structure,
-        fhir::IssueType::Incomplete => IssueType::Incomplete,
-        fhir::IssueType::NotSupported => IssueType::NotSupported,
-        fhir::IssueType::TooCostly => IssueType::TooCostly,
+        IssueType::Required | IssueType::NotFound => IssueType::Invalid,
+        other => other,
     }
 }
 

@@ -7,14 +7,14 @@ use fhirwall_fhir::response::{CheckMode, PatientRule, Report};
 use fhirwall_http::{ExchangeId, ResponseHead};
 
 use super::{
-    Exchange,
+    ConnectionHandler,
     bindings::{Bound, BoundKind},
     inspect::ResponseGuard,
     record::Checked,
 };
 use crate::metrics::NO_INTEGRATION;
 
-impl Exchange {
+impl ConnectionHandler {
     /// The guard for the response to the request just forwarded. A `$export` kick-off's status
     /// URL is bound to its integration here (its 202 has no body to inspect).
     pub(super) fn response_guard(

@@ -6,40 +6,9 @@
 //! query, a header value) can leak into a response, a log, or a support ticket.
 
 use bytes::Bytes;
+use fhirwall_fhir::IssueType;
 use fhirwall_http::{ExchangeId, Headers, HttpError, LocalResponse};
 use serde::Serialize;
-
-/// The FHIR `IssueType` codes the proxy uses (<https://hl7.org/fhir/R4/valueset-issue-type.html>).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum IssueType {
-    /// Malformed content.
-    Invalid,
-    /// Malformed message structure (framing, syntax).
-    Structure,
-    /// The message ended before it was complete.
-    Incomplete,
-    /// A size limit was exceeded.
-    TooLong,
-    /// Policy denied the request.
-    Forbidden,
-    /// Authentication is required or failed.
-    Login,
-    /// A security problem (e.g. a revoked or unknown credential).
-    Security,
-    /// The request uses something the proxy does not support.
-    NotSupported,
-    /// Something went wrong on the way (upstream failure).
-    Exception,
-    /// Something took too long.
-    Timeout,
-    /// A transient problem; retrying later may work.
-    Transient,
-    /// A rate limit was exceeded.
-    Throttled,
-    /// The request would cost too much (too many entries, too deep).
-    TooCostly,
-}
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
