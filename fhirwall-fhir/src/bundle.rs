@@ -17,7 +17,7 @@ mod envelope;
 use serde_json::Value;
 
 use super::{
-    ClassifyError, EntryProblem, FhirRequest, Interaction, Method,
+    ClassifyError, EntryProblem, FhirMethod, FhirRequest, Interaction,
     classify::{Body, Context, classify_parts},
     path,
 };
@@ -70,7 +70,7 @@ fn classify_entry(ctx: &Context<'_>, entry: &Value) -> Result<FhirRequest, Class
         Some(resource @ Value::Object(_)) => Some(resource),
         Some(_) => return Err(shape(EntryProblem::Malformed)),
     };
-    let method = Method::parse(method).ok_or(ClassifyError::UnsupportedMethod {})?;
+    let method = FhirMethod::parse(method).ok_or(ClassifyError::UnsupportedMethod {})?;
     let target = entry_target(ctx, url)?;
     let split = path::split_target(&target)?;
     let request = classify_parts(

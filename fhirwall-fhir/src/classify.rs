@@ -5,8 +5,8 @@ use std::borrow::Cow;
 use serde_json::Value;
 
 use super::{
-    BodyNeed, ClassifyConfig, ClassifyError, EntryProblem, FhirRequest, HeaderProblem, HttpRequest,
-    Interaction, Method, ParamSource, Query, ResourceType, TenantMode, TenantProblem,
+    BodyNeed, ClassifyConfig, ClassifyError, EntryProblem, FhirMethod, FhirRequest, HeaderProblem,
+    HttpRequest, Interaction, ParamSource, Query, ResourceType, TenantMode, TenantProblem,
     body::{self, MediaKind, media_kind},
     bundle, headers,
     patch::{self, PatchEffect, PatchFormat},
@@ -68,7 +68,7 @@ pub fn classify(
     request: &HttpRequest<'_>,
     config: &ClassifyConfig,
 ) -> Result<FhirRequest, ClassifyError> {
-    let method = Method::parse(request.method).ok_or(ClassifyError::UnsupportedMethod {})?;
+    let method = FhirMethod::parse(request.method).ok_or(ClassifyError::UnsupportedMethod {})?;
     let headers = Headers::read(request.headers, config)?;
     let target = path::split_target(request.target)?;
     let tenant = match &config.tenant {
@@ -113,7 +113,7 @@ pub fn classify(
 /// Classifies a split request (top level or Bundle entry).
 pub(super) fn classify_parts(
     ctx: &Context<'_>,
-    method: Method,
+    method: FhirMethod,
     raw_path: &str,
     raw_query: Option<&str>,
     if_none_exist: Option<&str>,
@@ -334,7 +334,7 @@ fn history_types(config: &ClassifyConfig, interaction: Interaction, query: &mut 
 /// The criteria of a conditional create, update, patch or delete.
 fn conditional(
     config: &ClassifyConfig,
-    method: Method,
+    method: FhirMethod,
     route: &Route,
     query: &Query,
     if_none_exist: Option<&str>,

@@ -8,7 +8,7 @@
 use serde::Serialize;
 use thiserror::Error;
 
-use super::{Method, ResourceType, headers::HeaderRefusal, patch::PatchError, xml::XmlError};
+use super::{FhirMethod, ResourceType, headers::HeaderRefusal, patch::PatchError, xml::XmlError};
 
 /// Everything the classifier rejects. The proxy denies every one of them (fail closed).
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
@@ -26,7 +26,10 @@ pub enum ClassifyError {
 
     /// The method has no FHIR meaning on this kind of path (e.g. DELETE on the base).
     #[error("{method} is not allowed on {shape}")]
-    MethodNotAllowed { method: Method, shape: PathShape },
+    MethodNotAllowed {
+        method: FhirMethod,
+        shape: PathShape,
+    },
 
     /// The request target is not an origin-form or http(s) absolute-form URL.
     #[error("request target: {problem}")]
@@ -72,7 +75,7 @@ pub enum ClassifyError {
 
     /// PUT, PATCH or DELETE on a type without search parameters would hit every resource.
     #[error("{method} on a resource type needs an id or conditional search parameters")]
-    MissingConditionalCriteria { method: Method },
+    MissingConditionalCriteria { method: FhirMethod },
 
     /// Classification needs the body but the proxy did not buffer one.
     #[error("{need} needs the request body, which is absent")]

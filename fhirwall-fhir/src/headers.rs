@@ -21,7 +21,7 @@
 //!   the absolute URLs in their answers; vendor headers such as `X-Cascade`). The names go to the
 //!   audit record and to `fhirwall policy explain`.
 
-use super::{ClassifyConfig, ClassifyError, Interaction, Method, Operation};
+use super::{ClassifyConfig, ClassifyError, FhirMethod, Interaction, Operation};
 
 /// Forwarded on every interaction.
 const ALWAYS: &[&str] = &[
@@ -67,7 +67,7 @@ pub enum HeaderRefusal {
 /// What the request's interaction allows, for [`screen`].
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Context<'a> {
-    pub method: Method,
+    pub method: FhirMethod,
     pub interaction: Interaction,
     pub operation: Option<&'a Operation>,
 }
@@ -78,7 +78,7 @@ pub(super) struct Context<'a> {
 #[must_use]
 pub fn screen_bound(headers: &[(&str, &[u8])], config: &ClassifyConfig) -> Vec<String> {
     let ctx = Context {
-        method: Method::Get,
+        method: FhirMethod::Get,
         interaction: Interaction::Read,
         operation: None,
     };
@@ -208,7 +208,7 @@ mod tests {
     use super::*;
     use crate::OperationLevel;
 
-    fn ctx(method: Method, interaction: Interaction) -> Context<'static> {
+    fn ctx(method: FhirMethod, interaction: Interaction) -> Context<'static> {
         Context {
             method,
             interaction,
@@ -236,7 +236,7 @@ mod tests {
             ("If-None-Match", b"W/\"1\""),
             ("Prefer", b"return=minimal, handling=STRICT"),
         ];
-        let read = screen(headers, ctx(Method::Get, Interaction::Read), &config()).expect("ok");
+        let read = screen(headers, ctx(FhirMethod::Get, Interaction::Read), &config()).expect("ok");
         assert_eq!(
             read,
             [
@@ -247,7 +247,12 @@ mod tests {
                 "if-match"
             ]
         );
-        let update = screen(headers, ctx(Method::Put, Interaction::Update), &config()).expect("ok");
+        let update = screen(
+            headers,
+            ctx(FhirMethod::Put, Interaction::Update),
+            &config(),
+        )
+        .expect("ok");
         assert!(!update.contains(&"if-match".to_owned()));
         assert!(update.contains(&"if-none-match".to_owned()));
     }
@@ -344,7 +349,7 @@ mod tests {
         ];
         for (name, value, interaction, operation, ok) in cases {
             let c = Context {
-                method: Method::Post,
+                method: FhirMethod::Post,
                 interaction: *interaction,
                 operation: *operation,
             };
@@ -355,7 +360,7 @@ mod tests {
         lenient.strip_method_override = true;
         let stripped = screen(
             &[("X-HTTP-Method-Override", b"DELETE")],
-            ctx(Method::Post, Interaction::Create),
+            ctx(FhirMethod::Post, Interaction::Create),
             &lenient,
         )
         .expect("stripped under a server profile that ignores it");

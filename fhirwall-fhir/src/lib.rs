@@ -57,7 +57,7 @@ pub use self::{
     },
     reference_targets::reference_targets,
     request::{
-        Compartment, FhirRequest, HttpRequest, Interaction, Method, Operation, OperationLevel,
+        Compartment, FhirMethod, FhirRequest, HttpRequest, Interaction, Operation, OperationLevel,
     },
     resource_type::{ResourceType, TypeSet},
 };

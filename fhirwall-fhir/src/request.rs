@@ -25,7 +25,7 @@ pub struct HttpRequest<'a> {
 /// The HTTP methods FHIR R4 uses (<http://hl7.org/fhir/R4/http.html>).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "UPPERCASE")]
-pub enum Method {
+pub enum FhirMethod {
     Get,
     /// Treated as GET (R4 allows HEAD wherever GET reads).
     Head,
@@ -35,17 +35,17 @@ pub enum Method {
     Delete,
 }
 
-impl Method {
+impl FhirMethod {
     /// Parses a method token; case-sensitive (`get` is not `GET`).
     #[must_use]
-    pub fn parse(token: &str) -> Option<Method> {
+    pub fn parse(token: &str) -> Option<FhirMethod> {
         match token {
-            "GET" => Some(Method::Get),
-            "HEAD" => Some(Method::Head),
-            "POST" => Some(Method::Post),
-            "PUT" => Some(Method::Put),
-            "PATCH" => Some(Method::Patch),
-            "DELETE" => Some(Method::Delete),
+            "GET" => Some(FhirMethod::Get),
+            "HEAD" => Some(FhirMethod::Head),
+            "POST" => Some(FhirMethod::Post),
+            "PUT" => Some(FhirMethod::Put),
+            "PATCH" => Some(FhirMethod::Patch),
+            "DELETE" => Some(FhirMethod::Delete),
             _ => None,
         }
     }
@@ -53,24 +53,24 @@ impl Method {
     /// GET or HEAD.
     #[must_use]
     pub const fn is_read(self) -> bool {
-        matches!(self, Method::Get | Method::Head)
+        matches!(self, FhirMethod::Get | FhirMethod::Head)
     }
 
     /// The method token.
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
-            Method::Get => "GET",
-            Method::Head => "HEAD",
-            Method::Post => "POST",
-            Method::Put => "PUT",
-            Method::Patch => "PATCH",
-            Method::Delete => "DELETE",
+            FhirMethod::Get => "GET",
+            FhirMethod::Head => "HEAD",
+            FhirMethod::Post => "POST",
+            FhirMethod::Put => "PUT",
+            FhirMethod::Patch => "PATCH",
+            FhirMethod::Delete => "DELETE",
         }
     }
 }
 
-impl fmt::Display for Method {
+impl fmt::Display for FhirMethod {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
@@ -180,7 +180,7 @@ pub struct FhirRequest {
     /// The restful interaction.
     pub interaction: Interaction,
     /// The HTTP method (HEAD stays HEAD; its interaction is the GET one).
-    pub method: Method,
+    pub method: FhirMethod,
     /// The tenant, when tenants are configured.
     pub tenant: Option<String>,
     /// The resource type the request acts on or searches: `Observation` for

@@ -6,8 +6,8 @@
 //! `_search`, `$op` and ids never shadow each other.
 
 use super::{
-    ClassifyError, Compartment, IdKind, Interaction, Method, Operation, OperationLevel, PathShape,
-    ResourceType, compartment::patient_compartment_params, path::is_fhir_id,
+    ClassifyError, Compartment, FhirMethod, IdKind, Interaction, Operation, OperationLevel,
+    PathShape, ResourceType, compartment::patient_compartment_params, path::is_fhir_id,
 };
 
 /// What the request body is for, once the path is known.
@@ -66,7 +66,7 @@ impl Route {
 /// Routes `segments` (decoded, after base and tenant); `offset` is the number of path segments
 /// before them, for error positions.
 pub(super) fn route(
-    method: Method,
+    method: FhirMethod,
     segments: &[String],
     offset: usize,
 ) -> Result<Route, ClassifyError> {
@@ -95,7 +95,7 @@ pub(super) fn route(
     }
 }
 
-fn not_allowed(method: Method, shape: PathShape) -> ClassifyError {
+fn not_allowed(method: FhirMethod, shape: PathShape) -> ClassifyError {
     ClassifyError::MethodNotAllowed { method, shape }
 }
 
@@ -129,11 +129,11 @@ fn operation(name: &str, level: OperationLevel) -> Result<Operation, ClassifyErr
 
 /// Operations may be invoked with GET (when they change nothing) or POST.
 fn operation_route(
-    method: Method,
+    method: FhirMethod,
     resource_type: Option<ResourceType>,
     op: Operation,
 ) -> Result<Route, ClassifyError> {
-    if !(method.is_read() || method == Method::Post) {
+    if !(method.is_read() || method == FhirMethod::Post) {
         return Err(not_allowed(method, PathShape::Operation));
     }
     let mut route = Route::new(Interaction::Operation, resource_type).body(BodyUse::OperationInput);
@@ -142,20 +142,20 @@ fn operation_route(
 }
 
 /// `[base]`: system search (GET) or batch/transaction (POST; the Bundle decides which).
-fn system(method: Method) -> Result<Route, ClassifyError> {
+fn system(method: FhirMethod) -> Result<Route, ClassifyError> {
     match method {
         m if m.is_read() => Ok(Route::new(Interaction::SearchSystem, None)),
-        Method::Post => Ok(Route::new(Interaction::Batch, None).body(BodyUse::Bundle)),
+        FhirMethod::Post => Ok(Route::new(Interaction::Batch, None).body(BodyUse::Bundle)),
         _ => Err(not_allowed(method, PathShape::Base)),
     }
 }
 
 /// `[base]/metadata`, `[base]/_search`, `[base]/_history`, `[base]/$op`.
-fn system_keyword(method: Method, keyword: &str) -> Result<Route, ClassifyError> {
+fn system_keyword(method: FhirMethod, keyword: &str) -> Result<Route, ClassifyError> {
     match keyword {
         "metadata" if method.is_read() => Ok(Route::new(Interaction::Capabilities, None)),
         "metadata" => Err(not_allowed(method, PathShape::Metadata)),
-        "_search" if method == Method::Post => {
+        "_search" if method == FhirMethod::Post => {
             Ok(Route::new(Interaction::SearchSystem, None).body(BodyUse::FormSearch))
         }
         "_search" => Err(not_allowed(method, PathShape::SystemSearch)),
@@ -166,7 +166,7 @@ fn system_keyword(method: Method, keyword: &str) -> Result<Route, ClassifyError>
 }
 
 /// `[base]/[type]`: search, create, or conditional update/patch/delete.
-fn type_level(method: Method, resource_type: ResourceType) -> Route {
+fn type_level(method: FhirMethod, resource_type: ResourceType) -> Route {
     let t = Some(resource_type);
     let conditional = |interaction| {
         let mut route = Route::new(interaction, t);
@@ -174,23 +174,23 @@ fn type_level(method: Method, resource_type: ResourceType) -> Route {
         route
     };
     match method {
-        Method::Get | Method::Head => Route::new(Interaction::SearchType, t),
-        Method::Post => Route::new(Interaction::Create, t).body(BodyUse::Resource),
-        Method::Put => conditional(Interaction::Update).body(BodyUse::Resource),
-        Method::Patch => conditional(Interaction::Patch).body(BodyUse::PatchInput),
-        Method::Delete => conditional(Interaction::Delete),
+        FhirMethod::Get | FhirMethod::Head => Route::new(Interaction::SearchType, t),
+        FhirMethod::Post => Route::new(Interaction::Create, t).body(BodyUse::Resource),
+        FhirMethod::Put => conditional(Interaction::Update).body(BodyUse::Resource),
+        FhirMethod::Patch => conditional(Interaction::Patch).body(BodyUse::PatchInput),
+        FhirMethod::Delete => conditional(Interaction::Delete),
     }
 }
 
 /// `[base]/[type]/_search`, `[base]/[type]/_history`, `[base]/[type]/$op`.
 fn type_keyword(
-    method: Method,
+    method: FhirMethod,
     resource_type: ResourceType,
     keyword: &str,
 ) -> Result<Route, ClassifyError> {
     let t = Some(resource_type);
     match keyword {
-        "_search" if method == Method::Post => {
+        "_search" if method == FhirMethod::Post => {
             Ok(Route::new(Interaction::SearchType, t).body(BodyUse::FormSearch))
         }
         "_search" => Err(not_allowed(method, PathShape::TypeSearch)),
@@ -205,7 +205,7 @@ fn type_keyword(
 
 /// `[base]/[type]/[id]...`: instance interactions and compartment searches.
 fn instance(
-    method: Method,
+    method: FhirMethod,
     resource_type: ResourceType,
     id: &str,
     rest: &[&str],
@@ -252,21 +252,21 @@ fn instance(
 }
 
 /// `[base]/[type]/[id]`: read, update, patch, delete.
-fn instance_plain(method: Method, resource_type: ResourceType) -> Result<Route, ClassifyError> {
+fn instance_plain(method: FhirMethod, resource_type: ResourceType) -> Result<Route, ClassifyError> {
     let t = Some(resource_type);
     Ok(match method {
-        Method::Get | Method::Head => Route::new(Interaction::Read, t),
-        Method::Put => Route::new(Interaction::Update, t).body(BodyUse::Resource),
-        Method::Patch => Route::new(Interaction::Patch, t).body(BodyUse::PatchInput),
-        Method::Delete => Route::new(Interaction::Delete, t),
-        Method::Post => return Err(not_allowed(method, PathShape::Instance)),
+        FhirMethod::Get | FhirMethod::Head => Route::new(Interaction::Read, t),
+        FhirMethod::Put => Route::new(Interaction::Update, t).body(BodyUse::Resource),
+        FhirMethod::Patch => Route::new(Interaction::Patch, t).body(BodyUse::PatchInput),
+        FhirMethod::Delete => Route::new(Interaction::Delete, t),
+        FhirMethod::Post => return Err(not_allowed(method, PathShape::Instance)),
     })
 }
 
 /// `[base]/[Compartment]/[id]/*`, `/[type]` and their POST `_search` forms
 /// (<http://hl7.org/fhir/R4/search.html#compartments>).
 fn compartment(
-    method: Method,
+    method: FhirMethod,
     owner: ResourceType,
     id: &str,
     rest: &[&str],
@@ -297,7 +297,7 @@ fn compartment(
     }
     let body = match (method, post_search) {
         (m, false) if m.is_read() => BodyUse::Ignored,
-        (Method::Post, true) => BodyUse::FormSearch,
+        (FhirMethod::Post, true) => BodyUse::FormSearch,
         _ => return Err(not_allowed(method, PathShape::Compartment)),
     };
     let interaction = if resource_type.is_some() {

@@ -65,3 +65,39 @@ fn each_layer_depends_only_on_the_layers_below_it() {
         }
     }
 }
+
+/// Inside the agent crate, the TLS layer makes connections from connection specs: it does not
+/// read the policy's model (upstreams, integrations), which the app turns into those specs.
+/// The one policy type it takes is the plain `TlsMode` enum.
+#[test]
+fn the_tls_layer_does_not_read_the_policy_model() {
+    let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../fhirwall/src/proxy");
+    let mut files = vec![std::path::PathBuf::from(root).join("tls.rs")];
+    let mut dirs = vec![std::path::PathBuf::from(root).join("tls")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("tls sources") {
+            let path = entry.expect("entry").path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") {
+                files.push(path);
+            }
+        }
+    }
+    assert!(files.len() > 5, "found the TLS sources: {files:?}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).expect("source");
+        for (i, line) in text.lines().enumerate() {
+            let Some(at) = line.find("fhirwall_policy") else {
+                continue;
+            };
+            let used = &line[at..];
+            assert!(
+                used.starts_with("fhirwall_policy::TlsMode"),
+                "{}:{}: the TLS layer reads the policy model: {line}",
+                file.display(),
+                i + 1
+            );
+        }
+    }
+}

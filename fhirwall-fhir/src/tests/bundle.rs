@@ -245,14 +245,14 @@ fn malformed_entries_are_refused() {
         (
             r#"{"request":{"method":"DELETE","url":""}}"#,
             ClassifyError::MethodNotAllowed {
-                method: crate::Method::Delete,
+                method: crate::FhirMethod::Delete,
                 shape: crate::PathShape::Base,
             },
         ),
         (
             r#"{"request":{"method":"PUT","url":"Patient"},"resource":{"resourceType":"Patient"}}"#,
             ClassifyError::MissingConditionalCriteria {
-                method: crate::Method::Put,
+                method: crate::FhirMethod::Put,
             },
         ),
     ];

@@ -383,7 +383,7 @@ fn with_entries_walks_the_request_then_each_entry() {
 
 #[test]
 fn policy_files_can_name_types_interactions_and_methods() {
-    let parsed: (ResourceType, Interaction, crate::Method) =
+    let parsed: (ResourceType, Interaction, crate::FhirMethod) =
         serde_json::from_str(r#"["Observation", "history-instance", "PATCH"]"#)
             .expect("valid names");
     assert_eq!(
@@ -391,7 +391,7 @@ fn policy_files_can_name_types_interactions_and_methods() {
         (
             ResourceType::Observation,
             Interaction::HistoryInstance,
-            crate::Method::Patch
+            crate::FhirMethod::Patch
         )
     );
     assert!(serde_json::from_str::<ResourceType>(r#""observation""#).is_err());

@@ -7,7 +7,7 @@ use std::{
     sync::Arc,
 };
 
-use fhirwall_policy::{HostPort, Policy, Workload};
+use fhirwall_policy::{HostPort, Policy, Upstream, Workload};
 
 use crate::{
     audit::{Disposition, Record, WorkloadRecord},
@@ -44,6 +44,26 @@ pub fn routes(
     routes
 }
 
+/// How to connect to a policy upstream whose addresses resolved to `addresses`: the server name
+/// is `tls.server_name`, else the host of its first address. (The TLS layer knows connection
+/// specs, not the policy's upstreams.)
+fn upstream_spec(upstream: &Upstream, addresses: Vec<SocketAddr>) -> UpstreamSpec {
+    let server_name = upstream.tls.server_name.clone().unwrap_or_else(|| {
+        upstream
+            .addresses
+            .first()
+            .map(|a| a.host.clone())
+            .unwrap_or_default()
+    });
+    UpstreamSpec {
+        name: upstream.name.clone(),
+        addresses,
+        mode: upstream.tls.mode,
+        server_name,
+        ca_file: upstream.tls.ca_file.clone(),
+    }
+}
+
 /// How to connect to each upstream, and each integration's client certificate.
 #[must_use]
 pub fn upstream_table(
@@ -53,12 +73,7 @@ pub fn upstream_table(
     let upstreams = policy
         .upstreams
         .iter()
-        .map(|u| {
-            (
-                u.name.clone(),
-                UpstreamSpec::from_policy(u, addresses(u, resolved)),
-            )
-        })
+        .map(|u| (u.name.clone(), upstream_spec(u, addresses(u, resolved))))
         .collect();
     let identities = policy
         .integrations

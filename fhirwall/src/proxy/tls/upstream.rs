@@ -61,28 +61,6 @@ pub struct UpstreamSpec {
     pub ca_file: Option<PathBuf>,
 }
 
-impl UpstreamSpec {
-    /// The spec of a policy upstream whose addresses resolved to `addresses`: the server name is
-    /// `tls.server_name`, else the host of its first address.
-    #[must_use]
-    pub fn from_policy(upstream: &fhirwall_policy::Upstream, addresses: Vec<SocketAddr>) -> Self {
-        let server_name = upstream.tls.server_name.clone().unwrap_or_else(|| {
-            upstream
-                .addresses
-                .first()
-                .map(|a| a.host.clone())
-                .unwrap_or_default()
-        });
-        Self {
-            name: upstream.name.clone(),
-            addresses,
-            mode: upstream.tls.mode,
-            server_name,
-            ca_file: upstream.tls.ca_file.clone(),
-        }
-    }
-}
-
 /// An integration's mTLS client certificate (PEM chain, leaf first) and key (PEM, mode 0600).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientIdentity {
