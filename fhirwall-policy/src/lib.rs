@@ -73,6 +73,11 @@ pub use self::{
     workload::{ContainerRuntime, Workload},
 };
 
+/// One integration of one loaded [`Policy`], by position: meaningful only with the policy it
+/// came from ([`Policy::integration_ref_for`]), which its holder keeps beside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IntegrationRef(usize);
+
 /// Policy-wide settings (`kind: Settings`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,6 +139,22 @@ impl Policy {
         self.integrations
             .iter()
             .find(|i| i.workload.matches(workload))
+    }
+
+    /// The handle of the integration whose selector matches `workload` (the first, in file
+    /// order), to keep beside this policy instead of looking the integration up by name.
+    #[must_use]
+    pub fn integration_ref_for(&self, workload: &Workload) -> Option<IntegrationRef> {
+        self.integrations
+            .iter()
+            .position(|i| i.workload.matches(workload))
+            .map(IntegrationRef)
+    }
+
+    /// The integration a handle from this policy names.
+    #[must_use]
+    pub fn integration_at(&self, handle: IntegrationRef) -> Option<&Integration> {
+        self.integrations.get(handle.0)
     }
 
     #[must_use]

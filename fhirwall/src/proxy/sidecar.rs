@@ -31,7 +31,8 @@ use fhirwall_http::{
     ResponseHead,
 };
 use fhirwall_policy::{
-    self as policy, Integration, Policy, RateLimiter, RateOutcome, Subject, Workload,
+    self as policy, Integration, IntegrationRef, Policy, RateLimiter, RateOutcome, Subject,
+    Workload,
 };
 use tokio::sync::watch;
 use tracing::warn;
@@ -83,7 +84,7 @@ pub struct ConnectionHandler {
     upstream: Arc<str>,
     /// The integration matched under a given policy (matching walks every selector: once per
     /// connection and policy, not per request).
-    matched: Option<(Arc<PolicyState>, Option<String>)>,
+    matched: Option<(Arc<PolicyState>, Option<IntegrationRef>)>,
     /// The committed record of the request in flight, completed in `finish`.
     pending: Option<(CommittedSeq, String)>,
     /// The check the forwarded request's response gets, until the response arrives.
@@ -117,21 +118,20 @@ impl ConnectionHandler {
 
     /// The workload's integration under the current policy (also for the live-connection list).
     pub fn integration_name(&mut self) -> Option<String> {
-        self.policy().1
+        let (state, handle) = self.policy();
+        Some(state.policy.integration_at(handle?)?.name.clone())
     }
 
-    /// The current policy and the name of the workload's integration under it.
-    fn policy(&mut self) -> (Arc<PolicyState>, Option<String>) {
+    /// The current policy and the workload's integration in it. Matching walks every selector:
+    /// it is done once per connection and policy, not per request.
+    fn policy(&mut self) -> (Arc<PolicyState>, Option<IntegrationRef>) {
         let current = Arc::clone(&self.shared.policy.borrow());
         match &self.matched {
-            Some((state, name)) if Arc::ptr_eq(state, &current) => (current, name.clone()),
+            Some((state, handle)) if Arc::ptr_eq(state, &current) => (current, *handle),
             _ => {
-                let name = current
-                    .policy
-                    .integration_for(&self.workload)
-                    .map(|i| i.name.clone());
-                self.matched = Some((Arc::clone(&current), name.clone()));
-                (current, name)
+                let handle = current.policy.integration_ref_for(&self.workload);
+                self.matched = Some((Arc::clone(&current), handle));
+                (current, handle)
             }
         }
     }
@@ -157,6 +157,18 @@ impl ConnectionHandler {
         }
     }
 
+    /// Records why a request policy allowed is answered here after all, and answers it.
+    async fn refuse(
+        &mut self,
+        mut record: audit::Record,
+        refusal: &Refusal<'_>,
+        id: ExchangeId,
+    ) -> http::Dispatch<UpstreamKey> {
+        refusal.note(&mut record);
+        let answer = refusal.answer(id);
+        self.answer(record, answer, id).await
+    }
+
     fn audit_unavailable(
         &self,
         e: &audit::AuditError,
@@ -173,7 +185,7 @@ impl ConnectionHandler {
     /// Allowed (or observed): rate limit, commit, rewrite, forward.
     async fn forward(
         &mut self,
-        mut record: audit::Record,
+        record: audit::Record,
         integration: Option<&Integration>,
         limiter: &RateLimiter,
         head: &mut RequestHead,
@@ -182,38 +194,19 @@ impl ConnectionHandler {
         if let Some(i) = integration
             && let RateOutcome::Limited { retry_after } = limiter.check(&i.name, Instant::now())
         {
-            record::limited(&mut record, &i.name);
-            let reason = format!(
-                "rate limit of integration {} exceeded; retry in {} ms",
-                i.name,
-                retry_after.as_millis()
-            );
-            return self
-                .answer(
-                    record,
-                    operation_outcome::operation_outcome(429, IssueType::Throttled, &reason, id),
-                    id,
-                )
-                .await;
+            let refusal = Refusal::RateLimited {
+                integration: &i.name,
+                retry_after,
+            };
+            return self.refuse(record, &refusal, id).await;
         }
         let credential = match integration.and_then(|i| i.credentials.inject.as_ref()) {
             Some(inject) => match self.shared.secrets.read(inject.value_file.path()) {
                 Ok(value) => Some((inject.header.as_str().to_owned(), value)),
                 Err(e) => {
                     warn!(error = %e, "credential to inject is unreadable: refusing the request");
-                    record::internal_failure(
-                        &mut record,
-                        "the credential to inject is unavailable",
-                    );
                     return self
-                        .answer(
-                            record,
-                            operation_outcome::unavailable(
-                                "the integration's upstream credential is unavailable",
-                                id,
-                            ),
-                            id,
-                        )
+                        .refuse(record, &Refusal::CredentialUnavailable, id)
                         .await;
                 }
             },
@@ -349,11 +342,9 @@ impl Handler for ConnectionHandler {
         head: &mut RequestHead,
         body: Option<&[u8]>,
     ) -> http::Dispatch<UpstreamKey> {
-        let (state, integration_name) = self.policy();
+        let (state, handle) = self.policy();
         let policy = &state.policy;
-        let integration = integration_name
-            .as_deref()
-            .and_then(|n| policy.integration(n));
+        let integration = handle.and_then(|h| policy.integration_at(h));
         let mut record = record::base(
             &self.shared.node,
             &id,
@@ -362,7 +353,7 @@ impl Handler for ConnectionHandler {
             &self.upstream,
             head,
         );
-        record.integration.clone_from(&integration_name);
+        record.integration = integration.map(|i| i.name.clone());
         self.check = None;
         let plan = match self.plan(policy, integration, &mut record, head, body, id) {
             Ok(plan) => plan,
@@ -379,10 +370,7 @@ impl Handler for ConnectionHandler {
                     .map(policy::Upstream::authority)
                     .unwrap_or_default();
                 if head.headers.set_host(&authority).is_err() {
-                    record::internal_failure(&mut record, "the upstream has no valid name");
-                    let answer =
-                        operation_outcome::unavailable("the upstream has no valid name", id);
-                    return self.answer(record, answer, id).await;
+                    return self.refuse(record, &Refusal::UpstreamUnnamed, id).await;
                 }
                 self.check = Some(check);
                 self.forward(record, integration, &state.limiter, head, id)
@@ -432,5 +420,55 @@ impl Handler for ConnectionHandler {
     /// Engine errors are answered as FHIR OperationOutcomes, like every other refusal.
     fn error_response(&self, err: &http::HttpError, id: ExchangeId) -> Option<LocalResponse> {
         operation_outcome::for_error(err, id)
+    }
+}
+
+/// Why a request that policy allowed is answered by the sidecar instead of forwarded: each
+/// written once, as its audit note and its answer.
+enum Refusal<'a> {
+    /// The integration's rate limit is exceeded.
+    RateLimited {
+        integration: &'a str,
+        retry_after: std::time::Duration,
+    },
+    /// The credential to inject cannot be read.
+    CredentialUnavailable,
+    /// The upstream's configured authority is not a valid `Host`.
+    UpstreamUnnamed,
+}
+
+impl Refusal<'_> {
+    fn note(&self, record: &mut audit::Record) {
+        match self {
+            Refusal::RateLimited { integration, .. } => record::limited(record, integration),
+            Refusal::CredentialUnavailable => {
+                record::internal_failure(record, "the credential to inject is unavailable");
+            }
+            Refusal::UpstreamUnnamed => {
+                record::internal_failure(record, "the upstream has no valid name");
+            }
+        }
+    }
+
+    fn answer(&self, id: ExchangeId) -> LocalResponse {
+        match self {
+            Refusal::RateLimited {
+                integration,
+                retry_after,
+            } => {
+                let reason = format!(
+                    "rate limit of integration {integration} exceeded; retry in {} ms",
+                    retry_after.as_millis()
+                );
+                operation_outcome::operation_outcome(429, IssueType::Throttled, &reason, id)
+            }
+            Refusal::CredentialUnavailable => operation_outcome::unavailable(
+                "the integration's upstream credential is unavailable",
+                id,
+            ),
+            Refusal::UpstreamUnnamed => {
+                operation_outcome::unavailable("the upstream has no valid name", id)
+            }
+        }
     }
 }

@@ -105,8 +105,8 @@ impl ConnectionHandler {
         let integration = self
             .matched
             .as_ref()
-            .and_then(|(_, name)| name.as_deref())
-            .unwrap_or(NO_INTEGRATION);
+            .and_then(|(state, handle)| state.policy.integration_at((*handle)?))
+            .map_or(NO_INTEGRATION, |i| i.name.as_str());
         let counted = if refused { 1 } else { u64::from(withheld) };
         if counted > 0 {
             m.response_withheld
