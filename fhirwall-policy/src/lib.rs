@@ -141,6 +141,37 @@ impl Policy {
             .find(|i| i.workload.matches(workload))
     }
 
+    /// When each integration and exception expires, as (`"integration"` or `"exception"`,
+    /// name, time).
+    pub fn expiries(&self) -> impl Iterator<Item = (&'static str, &str, jiff::Timestamp)> {
+        self.integrations
+            .iter()
+            .filter_map(|i| Some(("integration", i.name.as_str(), i.expires?)))
+            .chain(
+                self.exceptions
+                    .iter()
+                    .map(|e| ("exception", e.name.as_str(), e.expires)),
+            )
+    }
+
+    /// How many integrations are in each status.
+    #[must_use]
+    pub fn integrations_by_status(&self) -> [(IntegrationStatus, usize); 3] {
+        [
+            IntegrationStatus::Active,
+            IntegrationStatus::Suspended,
+            IntegrationStatus::Revoked,
+        ]
+        .map(|status| {
+            let count = self
+                .integrations
+                .iter()
+                .filter(|i| i.status == status)
+                .count();
+            (status, count)
+        })
+    }
+
     /// The handle of the integration whose selector matches `workload` (the first, in file
     /// order), to keep beside this policy instead of looking the integration up by name.
     #[must_use]

@@ -81,7 +81,7 @@ impl AdminState {
 
     fn metrics_text(&self) -> String {
         if let Some(stats) = self.kernel() {
-            self.metrics.set_kernel(&stats);
+            self.metrics.set_kernel(&stats.named());
         }
         let healthy = matches!(self.audit.health(), audit::Health::Healthy);
         self.metrics.audit_healthy.set(i64::from(healthy));

@@ -90,7 +90,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     let kernel = Kernel::load(kernel_settings(config, &cgroups, agent_cgroup))?;
     let metrics = Arc::new(Metrics::new());
     // The loaded policy (operator revocations applied); reloads go through `Control::publish`.
-    metrics.set_policy(&policy);
+    metrics.set_policy(policy.expiries(), &policy.integrations_by_status());
     state_dir(&config.state_dir)?;
     let audit_db = config.state_dir.join("audit.db");
     let mut audit_config = AuditConfig::new(&audit_db);

@@ -1,13 +1,11 @@
 //! Prometheus metrics. Counters are bumped on the data plane (atomics, no locks); the kernel's
 //! per-CPU counters are read at scrape time on the admin runtime.
 
-use fhirwall_policy::{IntegrationStatus, Policy};
+use fhirwall_policy::IntegrationStatus;
 use prometheus::{
     Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder, core::Collector,
 };
-
-use crate::kernel::KernelStats;
 
 /// What every metric name starts with (and `_`).
 const PREFIX: &str = "fhirwall";
@@ -265,59 +263,33 @@ impl Metrics {
             .collect()
     }
 
-    /// Shows the policy now in force: when its integrations and exceptions expire, and how many
-    /// integrations are in each status. Series of removed entries go.
-    pub fn set_policy(&self, policy: &Policy) {
+    /// Shows the policy now in force: when its integrations and exceptions expire (kind, name,
+    /// time) and how many integrations are in each status. Series of removed entries go.
+    pub fn set_policy<'a>(
+        &self,
+        expiries: impl IntoIterator<Item = (&'static str, &'a str, jiff::Timestamp)>,
+        by_status: &[(IntegrationStatus, usize)],
+    ) {
         self.policy_expiry.reset();
-        let expiries = policy
-            .integrations
-            .iter()
-            .filter_map(|i| Some(("integration", i.name.as_str(), i.expires?)))
-            .chain(
-                policy
-                    .exceptions
-                    .iter()
-                    .map(|e| ("exception", e.name.as_str(), e.expires)),
-            );
         for (kind, name, at) in expiries {
             self.policy_expiry
                 .with_label_values(&[kind, name])
                 .set(at.as_second());
         }
         self.integrations.reset();
-        for status in [
-            IntegrationStatus::Active,
-            IntegrationStatus::Suspended,
-            IntegrationStatus::Revoked,
-        ] {
-            let count = policy
-                .integrations
-                .iter()
-                .filter(|i| i.status == status)
-                .count();
+        for (status, count) in by_status {
             self.integrations
                 .with_label_values(&[status.as_str()])
-                .set(i64::try_from(count).unwrap_or(i64::MAX));
+                .set(i64::try_from(*count).unwrap_or(i64::MAX));
         }
     }
 
-    /// Copies the kernel's counters into the exported gauges.
-    pub fn set_kernel(&self, stats: &KernelStats) {
-        let pairs = [
-            ("redirected", stats.redirected),
-            ("refused_denied", stats.refused_denied),
-            ("refused_unregistered", stats.refused_unregistered),
-            ("refused_agent_down", stats.refused_agent_down),
-            ("refused_store_full", stats.refused_store_full),
-            ("refused_not_tcp", stats.refused_not_tcp),
-            ("conns_full", stats.conns_full),
-            ("events_dropped", stats.events_dropped),
-            ("agent_passed", stats.agent_passed),
-        ];
-        for (name, value) in pairs {
+    /// Copies the kernel's counters, by name, into the exported gauges.
+    pub fn set_kernel(&self, counters: &[(&'static str, u64)]) {
+        for (name, value) in counters {
             self.kernel
                 .with_label_values(&[name])
-                .set(i64::try_from(value).unwrap_or(i64::MAX));
+                .set(i64::try_from(*value).unwrap_or(i64::MAX));
         }
     }
 
@@ -369,18 +341,26 @@ fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
 
 #[cfg(test)]
 mod tests {
-    use fhirwall_policy::{Exception, Integration};
+    use fhirwall_policy::{Exception, Integration, Policy};
 
     use super::*;
+    use crate::kernel::KernelStats;
+
+    fn show(metrics: &Metrics, policy: &Policy) {
+        metrics.set_policy(policy.expiries(), &policy.integrations_by_status());
+    }
 
     #[test]
     fn renders_prefixed_metrics_with_kernel_counters() {
         let metrics = Metrics::new();
         metrics.connections.with_label_values(&["attributed"]).inc();
-        metrics.set_kernel(&KernelStats {
-            redirected: 7,
-            ..KernelStats::default()
-        });
+        metrics.set_kernel(
+            &KernelStats {
+                redirected: 7,
+                ..KernelStats::default()
+            }
+            .named(),
+        );
         metrics.set_leaf_mints(3, 2);
         let text = metrics.render();
         assert!(
@@ -418,7 +398,7 @@ mod tests {
             integration("portal", Active, None),
         ]);
         policy.exceptions = vec![exception];
-        metrics.set_policy(&policy);
+        show(&metrics, &policy);
         let text = metrics.render();
         for line in [
             "fhirwall_policy_expiry_timestamp_seconds{kind=\"integration\",name=\"lab\"} 1798761600",
@@ -434,11 +414,14 @@ mod tests {
             "no expiry, no series: {text}"
         );
         // A reload without the exception and with lab revoked.
-        metrics.set_policy(&Policy::of_integrations(vec![integration(
-            "lab",
-            Revoked,
-            Some("2027-01-01T00:00:00Z"),
-        )]));
+        show(
+            &metrics,
+            &Policy::of_integrations(vec![integration(
+                "lab",
+                Revoked,
+                Some("2027-01-01T00:00:00Z"),
+            )]),
+        );
         let text = metrics.render();
         assert!(
             !text.contains("quarter"),

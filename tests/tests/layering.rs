@@ -101,3 +101,26 @@ fn the_tls_layer_does_not_read_the_policy_model() {
         }
     }
 }
+
+/// Metrics show numbers under names: the kernel and the policy name their own counters and
+/// expiries, and the app hands them over, so `metrics.rs` reads neither the kernel's types nor
+/// the policy model (its tests may build a policy to feed it).
+#[test]
+fn metrics_read_neither_kernel_types_nor_the_policy_model() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fhirwall/src/metrics.rs");
+    let text = std::fs::read_to_string(path).expect("metrics source");
+    let production = text.split("#[cfg(test)]").next().unwrap_or_default();
+    assert!(production.contains("pub fn set_policy"), "read {path}");
+    for forbidden in [
+        "crate::kernel",
+        "KernelStats",
+        "Policy,",
+        "Policy}",
+        "&Policy",
+    ] {
+        assert!(
+            !production.contains(forbidden),
+            "metrics.rs names {forbidden}: hand it names and numbers instead"
+        );
+    }
+}

@@ -86,6 +86,24 @@ pub struct KernelStats {
     pub agent_passed: u64,
 }
 
+impl KernelStats {
+    /// Each counter with its name, as metrics and reports show them.
+    #[must_use]
+    pub fn named(&self) -> [(&'static str, u64); 9] {
+        [
+            ("redirected", self.redirected),
+            ("refused_denied", self.refused_denied),
+            ("refused_unregistered", self.refused_unregistered),
+            ("refused_agent_down", self.refused_agent_down),
+            ("refused_store_full", self.refused_store_full),
+            ("refused_not_tcp", self.refused_not_tcp),
+            ("conns_full", self.conns_full),
+            ("events_dropped", self.events_dropped),
+            ("agent_passed", self.agent_passed),
+        ]
+    }
+}
+
 /// The established redirected connections, keyed as the sidecar sees them.
 #[derive(Clone)]
 pub struct ConnTable(Arc<HashMap<MapData, ConnKey, ConnRecord>>);

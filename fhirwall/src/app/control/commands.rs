@@ -13,7 +13,8 @@ impl Control {
     /// Publishes `policy` as enforced: operator revocations applied, rate limiter carried over.
     pub(super) fn publish(&mut self, mut policy: Policy) {
         self.overrides.apply(&mut policy);
-        self.metrics.set_policy(&policy);
+        self.metrics
+            .set_policy(policy.expiries(), &policy.integrations_by_status());
         let limiter = self
             .policy
             .borrow()
