@@ -136,9 +136,7 @@ impl Policy {
     /// load), so there is at most one.
     #[must_use]
     pub fn integration_for(&self, workload: &Workload) -> Option<&Integration> {
-        self.integrations
-            .iter()
-            .find(|i| i.workload.matches(workload))
+        self.integration_at(self.integration_ref_for(workload)?)
     }
 
     /// When each integration and exception expires, as (`"integration"` or `"exception"`,
@@ -172,8 +170,8 @@ impl Policy {
         })
     }
 
-    /// The handle of the integration whose selector matches `workload` (the first, in file
-    /// order), to keep beside this policy instead of looking the integration up by name.
+    /// The handle of the integration whose selector matches `workload` (at most one: selectors
+    /// never overlap), to keep beside this policy instead of looking the integration up by name.
     #[must_use]
     pub fn integration_ref_for(&self, workload: &Workload) -> Option<IntegrationRef> {
         self.integrations

@@ -135,15 +135,18 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
 
 fn fmt(check: bool) -> anyhow::Result<()> {
     setup::nightly_rustfmt()?;
-    let mut args = vec!["+nightly", "fmt", "--all"];
-    if check {
-        args.push("--check");
+    let check = if check { &["--check"][..] } else { &[] };
+    // The workspace, then the fuzz crate, which is outside it.
+    for scope in [&["--all"][..], &["--manifest-path", "fuzz/Cargo.toml"]] {
+        let args: Vec<&str> = ["+nightly", "fmt"]
+            .iter()
+            .chain(scope)
+            .chain(check)
+            .copied()
+            .collect();
+        sh::run("cargo", &args)?;
     }
-    sh::run("cargo", &args)?;
-    args.extend(["--manifest-path", "fuzz/Cargo.toml"]);
-    // `--all` and `--manifest-path` together format only that crate.
-    args.retain(|a| *a != "--all");
-    sh::run("cargo", &args)
+    Ok(())
 }
 
 fn fuzz(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {
@@ -158,8 +161,7 @@ fn fuzz(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {
     };
     let time = format!("-max_total_time={seconds}");
     for t in &targets {
-        // The eBPF programs are not what is fuzzed; the agent crate builds without them.
-        sh::run_env(
+        sh::run(
             "cargo",
             &[
                 "+nightly",
@@ -171,7 +173,6 @@ fn fuzz(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {
                 "--",
                 &time,
             ],
-            &[("AYA_BUILD_SKIP", "1")],
         )?;
     }
     Ok(())

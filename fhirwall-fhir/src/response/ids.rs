@@ -19,7 +19,7 @@ pub(super) const MAX_HELD: usize = super::MAX_PATIENTS;
 #[derive(Debug, Default)]
 pub(super) struct Budget(usize);
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(super) struct IdSet {
     /// The members are `slots[..len]`; the slots beyond keep their buffers for reuse.
     slots: Vec<String>,
@@ -28,16 +28,6 @@ pub(super) struct IdSet {
     index: HashSet<String>,
     overflowed: bool,
 }
-
-impl PartialEq for IdSet {
-    fn eq(&self, other: &Self) -> bool {
-        self.overflowed == other.overflowed
-            && self.len == other.len
-            && self.iter().all(|id| other.contains(id))
-    }
-}
-
-impl Eq for IdSet {}
 
 impl IdSet {
     pub(super) fn iter(&self) -> impl Iterator<Item = &str> {

@@ -318,7 +318,14 @@ impl Judge {
         let own = (t == ResourceType::Patient && !facts.contained)
             .then_some(facts.id.as_deref())
             .flatten();
-        self.truncated |= facts.referenced.overflowed();
+        // Patients past the bound count only if what carried them is released.
+        if facts.referenced.overflowed() {
+            if self.in_unit {
+                self.unit.mark_overflowed();
+            } else {
+                self.truncated = true;
+            }
+        }
         for id in facts.referenced.iter().chain(own) {
             if self.in_unit {
                 self.unit.insert(id, &mut self.unit_budget);

@@ -79,7 +79,7 @@ enum Role {
 }
 
 /// The facts of one resource, judged when its object closes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Default)]
 pub(super) struct Facts {
     pub resource_type: Option<ResourceType>,
     pub id: Option<String>,

@@ -25,7 +25,7 @@ use super::{
     AttributionError, ProcessKey, cgroups::CgroupPaths, exe_hash::ExeHasher, names::Names,
     pidfd::ProcessHandle, process_cache::ProcessCache, procfs::ProcFs,
 };
-use crate::kernel::{Caller, ConnTable, KernelError, from_addr, wall_time};
+use crate::kernel::{Caller, ConnTable, KernelError, from_addr};
 
 /// Where kernel records come from: the kernel's [`ConnTable`], or a stand-in in tests and benches.
 pub trait ConnLookup: Send + Sync {
@@ -188,12 +188,14 @@ impl Attributor {
         local: SocketAddr,
     ) -> Result<Attribution, AttributionError> {
         let record = self.lookup_record(peer, local).await?;
-        let workload = self.workload_of(&record).await?;
+        let caller = Caller::from_record(&record);
+        let connected_at = caller.time;
+        let workload = self.workload_for(caller, record.time_ns).await?;
         Ok(Attribution {
             workload,
             destination: SocketAddr::new(from_addr(&record.orig_addr), record.orig_port),
             cookie: record.cookie,
-            connected_at: wall_time(record.time_ns),
+            connected_at,
         })
     }
 
@@ -226,7 +228,17 @@ impl Attributor {
         &self,
         record: &ConnRecord,
     ) -> Result<Arc<Workload>, AttributionError> {
-        let caller = Caller::from_record(record);
+        self.workload_for(Caller::from_record(record), record.time_ns)
+            .await
+    }
+
+    /// [`Attributor::workload_of`] for a record already decoded; `connect_ns` is when the
+    /// kernel recorded the connect (CLOCK_MONOTONIC).
+    async fn workload_for(
+        &self,
+        caller: Caller,
+        connect_ns: u64,
+    ) -> Result<Arc<Workload>, AttributionError> {
         let cached = self.inner.processes.get(caller.tgid);
         // Fast path: the cached process's pidfd says whether it still runs. If it does, it has
         // held this pid since it started, so it made the connection unless it started after.
@@ -234,7 +246,7 @@ impl Attributor {
             && let Some(handle) = &hit.handle
         {
             if matches!(handle.has_exited(), Ok(false)) {
-                if self.started_after(hit.start_time, record.time_ns) {
+                if self.started_after(hit.start_time, connect_ns) {
                     return self.partial(caller).await;
                 }
                 if hit.hashed {
@@ -250,7 +262,7 @@ impl Attributor {
             Err(e) if e.is_process_gone() => return self.partial(caller).await,
             Err(e) => return Err(e),
         };
-        if self.started_after(stat.start_time, record.time_ns) {
+        if self.started_after(stat.start_time, connect_ns) {
             return self.partial(caller).await;
         }
         let key = ProcessKey {

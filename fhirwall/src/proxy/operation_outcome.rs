@@ -32,12 +32,7 @@ const FALLBACK: &[u8] =
 /// An `OperationOutcome` response: `status`, one issue of type `code` with `reason` and the
 /// correlation id in its diagnostics. `reason` must not contain request values.
 #[must_use]
-pub fn operation_outcome(
-    status: u16,
-    code: IssueType,
-    reason: &str,
-    id: ExchangeId,
-) -> LocalResponse {
+pub fn answer(status: u16, code: IssueType, reason: &str, id: ExchangeId) -> LocalResponse {
     let diagnostics = format!("{reason} (correlation id {id})");
     let outcome = OperationOutcome {
         resource_type: "OperationOutcome",
@@ -63,31 +58,31 @@ pub fn operation_outcome(
 /// 403: policy denied the request.
 #[must_use]
 pub fn forbidden(reason: &str, id: ExchangeId) -> LocalResponse {
-    operation_outcome(403, IssueType::Forbidden, reason, id)
+    answer(403, IssueType::Forbidden, reason, id)
 }
 
 /// 401: no acceptable credential (e.g. missing or unknown).
 #[must_use]
 pub fn unauthorized(reason: &str, id: ExchangeId) -> LocalResponse {
-    operation_outcome(401, IssueType::Login, reason, id)
+    answer(401, IssueType::Login, reason, id)
 }
 
 /// 401 for a credential that is known but unusable (revoked, suspended, shared beyond scope).
 #[must_use]
 pub fn security(reason: &str, id: ExchangeId) -> LocalResponse {
-    operation_outcome(401, IssueType::Security, reason, id)
+    answer(401, IssueType::Security, reason, id)
 }
 
 /// 400: the request content is invalid (e.g. a FHIR Bundle that does not parse).
 #[must_use]
 pub fn invalid(reason: &str, id: ExchangeId) -> LocalResponse {
-    operation_outcome(400, IssueType::Invalid, reason, id)
+    answer(400, IssueType::Invalid, reason, id)
 }
 
 /// 503: the proxy cannot serve now (shutting down, audit store unavailable); retry later.
 #[must_use]
 pub fn unavailable(reason: &str, id: ExchangeId) -> LocalResponse {
-    operation_outcome(503, IssueType::Transient, reason, id)
+    answer(503, IssueType::Transient, reason, id)
 }
 
 /// The answer to an engine error, or `None` when the client cannot be answered.
@@ -110,7 +105,7 @@ pub fn for_error(err: &HttpError, id: ExchangeId) -> Option<LocalResponse> {
         | HttpError::UpstreamTimeout { .. } => IssueType::Timeout,
         _ => IssueType::Exception,
     };
-    Some(operation_outcome(status, code, err.reason(), id))
+    Some(answer(status, code, err.reason(), id))
 }
 
 #[cfg(test)]

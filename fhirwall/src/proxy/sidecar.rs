@@ -306,7 +306,7 @@ impl ConnectionHandler {
             let (status, reason) = (e.http_status(), e.to_string());
             record::malformed(record, status, &reason);
             let code = record::issue_type(e.issue_type());
-            operation_outcome::operation_outcome(status, code, &reason, id)
+            operation_outcome::answer(status, code, &reason, id)
         })?;
         let continuation =
             bound.filter(|b| !fhir.query.paging.is_empty() && Some(b.integration.as_str()) == name);
@@ -460,7 +460,7 @@ impl Refusal<'_> {
                     "rate limit of integration {integration} exceeded; retry in {} ms",
                     retry_after.as_millis()
                 );
-                operation_outcome::operation_outcome(429, IssueType::Throttled, &reason, id)
+                operation_outcome::answer(429, IssueType::Throttled, &reason, id)
             }
             Refusal::CredentialUnavailable => operation_outcome::unavailable(
                 "the integration's upstream credential is unavailable",

@@ -110,7 +110,7 @@ impl ResponseGuard {
     fn answer(&self, violation: Violation) -> LocalResponse {
         let text = format!("{violation}; nothing of the response was released");
         if violation == Violation::Format && self.status >= 300 {
-            return operation_outcome::operation_outcome(502, IssueType::Exception, &text, self.id);
+            return operation_outcome::answer(502, IssueType::Exception, &text, self.id);
         }
         operation_outcome::forbidden(&text, self.id)
     }

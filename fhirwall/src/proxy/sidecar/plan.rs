@@ -73,7 +73,7 @@ impl ConnectionHandler {
             record::refused_format(record);
             let reason = "fhirwall checks this response and reads FHIR JSON: ask for \
                           application/fhir+json (the request asked for XML)";
-            return Plan::Refuse(operation_outcome::operation_outcome(
+            return Plan::Refuse(operation_outcome::answer(
                 406,
                 IssueType::NotSupported,
                 reason,
