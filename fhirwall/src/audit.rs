@@ -150,8 +150,12 @@ pub enum AuditError {
     },
     #[error("{url} answered HTTP {status}")]
     HttpStatus { url: String, status: u16 },
-    #[error("{url} sent a malformed HTTP response: {reason}")]
-    HttpResponse { url: String, reason: String },
+    #[error("HTTP with {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: hyper::Error,
+    },
 }
 
 /// Why a write failed, for alerts and metrics labels.

@@ -2,11 +2,12 @@
 
 use std::path::{Path, PathBuf};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::{Method, header};
+use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
-use tokio::{
-    io::{AsyncReadExt as _, AsyncWriteExt as _},
-    net::UnixStream,
-};
+use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -17,9 +18,11 @@ pub enum ClientError {
         source: std::io::Error,
     },
     #[error("talking to the agent failed")]
-    Io(#[source] std::io::Error),
+    Http(#[source] hyper::Error),
     #[error("the agent refused: {}", error_text(body))]
     Status { status: u16, body: String },
+    #[error("{0:?} is not a request path")]
+    Path(String),
     #[error("the agent's answer is not what this fhirwall expects")]
     Decode(#[source] serde_json::Error),
 }
@@ -46,7 +49,7 @@ impl AdminClient {
 
     /// `GET path`, decoded from JSON.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let body = self.request("GET", path, None).await?;
+        let body = self.request(Method::GET, path, Vec::new()).await?;
         serde_json::from_slice(&body).map_err(ClientError::Decode)
     }
 
@@ -57,54 +60,54 @@ impl AdminClient {
         body: &serde_json::Value,
     ) -> Result<T, ClientError> {
         let body = serde_json::to_vec(body).map_err(ClientError::Decode)?;
-        let answer = self.request("POST", path, Some(&body)).await?;
+        let answer = self.request(Method::POST, path, body).await?;
         serde_json::from_slice(&answer).map_err(ClientError::Decode)
     }
 
     async fn request(
         &self,
-        method: &str,
+        method: Method,
         path: &str,
-        body: Option<&[u8]>,
+        body: Vec<u8>,
     ) -> Result<Vec<u8>, ClientError> {
-        let mut stream =
+        let stream =
             UnixStream::connect(&self.socket)
                 .await
                 .map_err(|source| ClientError::Connect {
                     socket: self.socket.clone(),
                     source,
                 })?;
-        let body = body.unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: fhirwall\r\nConnection: close\r\n\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        stream
-            .write_all(head.as_bytes())
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(ClientError::Io)?;
-        stream.write_all(body).await.map_err(ClientError::Io)?;
-        let mut response = Vec::new();
-        stream
-            .read_to_end(&mut response)
+            .map_err(ClientError::Http)?;
+        // The connection is driven beside the request and ends with it.
+        let connection = tokio::spawn(connection);
+        let request = hyper::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::HOST, "fhirwall")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| ClientError::Path(path.to_owned()))?;
+        let response = sender
+            .send_request(request)
             .await
-            .map_err(ClientError::Io)?;
-        let split = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(response.len(), |i| i + 4);
-        let status = std::str::from_utf8(&response[..split])
-            .ok()
-            .and_then(|head| head.split_whitespace().nth(1))
-            .and_then(|s| s.parse::<u16>().ok())
-            .unwrap_or(0);
-        let body = response[split..].to_vec();
-        if status == 200 {
+            .map_err(ClientError::Http)?;
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(ClientError::Http)?
+            .to_bytes()
+            .to_vec();
+        drop(sender);
+        connection.abort();
+        if status.is_success() {
             Ok(body)
         } else {
             Err(ClientError::Status {
-                status,
+                status: status.as_u16(),
                 body: String::from_utf8_lossy(&body).into_owned(),
             })
         }

@@ -1,17 +1,24 @@
-//! One small HTTP/1.1 request per connection, answered and closed.
+//! The admin API's HTTP: hyper serves it, one task per connection; the routes are ours.
 
-use std::{io, path::Path, sync::Arc, time::Duration};
+use std::{convert::Infallible, io, path::Path, sync::Arc, time::Duration};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{StatusCode, body::Incoming, header, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Serialize;
 use tokio::{
-    io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _},
+    io::{AsyncRead, AsyncWrite},
     net::{TcpListener, UnixListener},
 };
 
 use super::{AdminState, operator};
 
-/// Requests larger than this are refused: the admin API takes small JSON bodies at most.
-const MAX_REQUEST: usize = 16 * 1024;
+/// Request heads larger than this are refused (hyper's smallest read buffer).
+const MAX_HEAD: usize = 8 * 1024;
+/// Bodies larger than this are refused: the admin API takes small JSON bodies at most.
+const MAX_BODY: usize = 16 * 1024;
+/// A request head, and then its body, must arrive within this long.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves the operator API on a Unix socket only root can open.
@@ -30,8 +37,11 @@ pub async fn serve_unix(path: &Path, state: Arc<AdminState>) -> io::Result<()> {
             .peer_cred()
             .ok()
             .map_or_else(|| "unknown".to_owned(), |c| operator_name(c.uid()));
-        let state = Arc::clone(&state);
-        tokio::spawn(async move { handle(stream, &state, Surface::Operator(operator)).await });
+        tokio::spawn(serve(
+            stream,
+            Arc::clone(&state),
+            Surface::Operator(operator),
+        ));
     }
 }
 
@@ -39,8 +49,7 @@ pub async fn serve_unix(path: &Path, state: Arc<AdminState>) -> io::Result<()> {
 pub async fn serve_metrics(listener: TcpListener, state: Arc<AdminState>) -> io::Result<()> {
     loop {
         let (stream, _) = listener.accept().await?;
-        let state = Arc::clone(&state);
-        tokio::spawn(async move { handle(stream, &state, Surface::Metrics).await });
+        tokio::spawn(serve(stream, Arc::clone(&state), Surface::Metrics));
     }
 }
 
@@ -51,7 +60,7 @@ pub(super) enum Surface {
     Metrics,
 }
 
-/// One parsed request.
+/// One request as the routes see it.
 pub(super) struct Request {
     pub method: String,
     pub path: String,
@@ -60,18 +69,48 @@ pub(super) struct Request {
     pub body: Vec<u8>,
 }
 
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+/// Serves one connection until the client closes it or breaks the protocol.
+async fn serve<S>(stream: S, state: Arc<AdminState>, surface: Surface)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let surface = Arc::new(surface);
+    let service = service_fn(move |request| {
+        let (state, surface) = (Arc::clone(&state), Arc::clone(&surface));
+        async move { Ok::<_, Infallible>(answer(&state, &surface, request).await) }
+    });
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD)
+        .serve_connection(TokioIo::new(stream), service);
+    // A client that breaks the protocol or goes away has nothing more to be told.
+    let _ = connection.await;
+}
+
+async fn answer(
     state: &AdminState,
-    surface: Surface,
-) {
-    let response = match tokio::time::timeout(READ_TIMEOUT, read_request(&mut stream)).await {
-        Ok(Ok(Some(request))) => route(state, &surface, &request).await,
-        Ok(Ok(None)) => Response::text(400, "malformed request\n"),
-        Ok(Err(_)) | Err(_) => return,
+    surface: &Surface,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
+    let (head, body) = request.into_parts();
+    let body =
+        match tokio::time::timeout(READ_TIMEOUT, Limited::new(body, MAX_BODY).collect()).await {
+            Ok(Ok(body)) => body.to_bytes().to_vec(),
+            Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+                return Response::text(413, "request body too large\n").into_hyper();
+            }
+            Ok(Err(_)) | Err(_) => {
+                return Response::text(400, "incomplete request body\n").into_hyper();
+            }
+        };
+    let request = Request {
+        method: head.method.as_str().to_owned(),
+        path: head.uri.path().to_owned(),
+        query: head.uri.query().unwrap_or_default().to_owned(),
+        body,
     };
-    let _ = stream.write_all(&response.encode()).await;
-    let _ = stream.shutdown().await;
+    route(state, surface, &request).await.into_hyper()
 }
 
 pub(super) async fn route(state: &AdminState, surface: &Surface, request: &Request) -> Response {
@@ -100,68 +139,6 @@ pub(super) async fn route(state: &AdminState, surface: &Surface, request: &Reque
         }
         (Surface::Operator(_), "GET", "/v1/kernel") => Response::json(200, &state.kernel()),
         (Surface::Operator(who), _, _) => operator::route(state, who, request).await,
-    }
-}
-
-/// Reads the request head and its `Content-Length` body; `None` when it is not HTTP we accept.
-async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> io::Result<Option<Request>> {
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut parsed = httparse::Request::new(&mut headers);
-        match parsed.parse(&buf) {
-            Ok(httparse::Status::Complete(head_len)) => {
-                let length = content_length(parsed.headers);
-                let (Some(method), Some(target), Some(length)) =
-                    (parsed.method, parsed.path, length)
-                else {
-                    return Ok(None);
-                };
-                // A fragment is never sent (RFC 9112 section 3.2); drop one if a client does.
-                let target = target.split('#').next().unwrap_or_default();
-                let (path, query) = target.split_once('?').unwrap_or((target, ""));
-                let (path, query) = (path.to_owned(), query.to_owned());
-                let method = method.to_owned();
-                if head_len + length > MAX_REQUEST {
-                    return Ok(None);
-                }
-                let mut body = buf[head_len..].to_vec();
-                while body.len() < length {
-                    let n = stream.read(&mut chunk).await?;
-                    if n == 0 {
-                        return Ok(None);
-                    }
-                    body.extend_from_slice(&chunk[..n]);
-                }
-                body.truncate(length);
-                return Ok(Some(Request {
-                    method,
-                    path,
-                    query,
-                    body,
-                }));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_REQUEST => {}
-            _ => return Ok(None),
-        }
-    }
-}
-
-/// The body length: 0 without the header, `None` (refuse) when it is repeated or not a number.
-fn content_length(headers: &[httparse::Header<'_>]) -> Option<usize> {
-    let mut values = headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case("content-length"));
-    match (values.next(), values.next()) {
-        (None, _) => Some(0),
-        (Some(h), None) => std::str::from_utf8(h.value).ok()?.trim().parse().ok(),
-        (Some(_), Some(_)) => None,
     }
 }
 
@@ -206,24 +183,14 @@ impl Response {
         }
     }
 
-    fn encode(&self) -> Vec<u8> {
-        let reason = match self.status {
-            200 => "OK",
-            400 => "Bad Request",
-            404 => "Not Found",
-            405 => "Method Not Allowed",
-            409 => "Conflict",
-            503 => "Service Unavailable",
-            _ => "Internal Server Error",
-        };
-        let mut out = format!(
-            "HTTP/1.1 {} {reason}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.status,
-            self.content_type,
-            self.body.len()
-        )
-        .into_bytes();
-        out.extend_from_slice(&self.body);
-        out
+    fn into_hyper(self) -> hyper::Response<Full<Bytes>> {
+        let mut response = hyper::Response::new(Full::new(Bytes::from(self.body)));
+        *response.status_mut() =
+            StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static(self.content_type),
+        );
+        response
     }
 }

@@ -294,5 +294,15 @@ async fn the_socket_serves_audit_queries_to_the_client() {
         matches!(&err, super::ClientError::Status { status: 400, body } if body.contains("limt")),
         "{err:?}"
     );
+    // The admin API takes small JSON bodies; a large one is refused before any route sees it.
+    let big = serde_json::json!({ "reason": "x".repeat(20 * 1024) });
+    let err = client
+        .post::<Value>("/v1/integrations/anything/revoke", &big)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, super::ClientError::Status { status: 413, .. }),
+        "{err:?}"
+    );
     served.abort();
 }

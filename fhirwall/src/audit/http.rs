@@ -1,24 +1,25 @@
-//! A minimal HTTP/1.1 client for pushing `AuditEvents`: one POST at a time on a kept-alive
-//! connection, TLS via rustls (ring provider) with the system's trust roots. Only what the
-//! exporter needs; the response body is read (to keep the connection usable) and discarded.
+//! The `AuditEvent` exporter's HTTP client: hyper over a kept-alive connection, one POST at a
+//! time, TLS via rustls (ring provider) with the system's trust roots. The response body is read
+//! (to keep the connection usable, up to a bound) and discarded.
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::{Uri, client::conn::http1::SendRequest, header};
+use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::{
-    io::{
-        AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _,
-        BufReader,
-    },
+    io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
-use tokio_rustls::{TlsConnector, client::TlsStream};
+use tokio_rustls::TlsConnector;
 
 use super::AuditError;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest status line or header we accept from the collector.
-const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// The largest response body read to keep the connection; a larger one closes it.
+const MAX_RESPONSE_BODY: usize = 1024 * 1024;
 
 /// Where events are `POSTed`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +28,7 @@ pub struct Target {
     pub tls: bool,
     pub host: String,
     pub port: u16,
+    /// Path and query, as sent in the request line.
     pub path: String,
 }
 
@@ -37,45 +39,54 @@ impl Target {
             url: url.to_owned(),
             reason,
         };
-        let (tls, rest) = match url.split_once("://") {
-            Some(("https", rest)) => (true, rest),
-            Some(("http", rest)) => (false, rest),
+        let uri: Uri = url.parse().map_err(|_| bad("not a URL"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
             _ => return Err(bad("expected http:// or https://")),
         };
-        let (authority, path) = rest
-            .find('/')
-            .map_or((rest, "/"), |i| (&rest[..i], &rest[i..]));
-        if authority.is_empty() || authority.contains('@') {
-            return Err(bad(
-                "expected a host (credentials in the URL are not accepted)",
-            ));
+        let authority = uri.authority().ok_or_else(|| bad("expected a host"))?;
+        if authority.as_str().contains('@') {
+            return Err(bad("credentials in the URL are not accepted"));
         }
-        let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) if !p.contains(']') => (h, p.parse().map_err(|_| bad("bad port"))?),
-            _ => (authority, if tls { 443 } else { 80 }),
+        let port = match authority.port_u16() {
+            Some(port) => port,
+            // Anything after the host is a port, and one that does not parse is refused.
+            None if authority.as_str() != authority.host() => return Err(bad("bad port")),
+            None if tls => 443,
+            None => 80,
         };
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || path.contains(char::is_whitespace) {
-            return Err(bad("bad host or path"));
+        let host = authority
+            .host()
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        if host.is_empty() {
+            return Err(bad("expected a host"));
         }
         Ok(Self {
             url: url.to_owned(),
             tls,
             host: host.to_owned(),
             port,
-            path: path.to_owned(),
+            path: uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
         })
     }
-}
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+    /// The `Host` header: the authority as written.
+    fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
 
 /// A client for one target; reconnects as needed.
 pub struct Client {
     target: Target,
     tls: Option<TlsConnector>,
-    conn: Option<BufReader<Box<dyn Io>>>,
+    connection: Option<SendRequest<Full<Bytes>>>,
 }
 
 impl Client {
@@ -87,82 +98,97 @@ impl Client {
         Ok(Self {
             target,
             tls,
-            conn: None,
+            connection: None,
         })
     }
 
     /// POSTs `body` and returns the response status. The connection is dropped after any error.
     pub async fn post(&mut self, content_type: &str, body: &[u8]) -> Result<u16, AuditError> {
-        let result = tokio::time::timeout(TIMEOUT, self.try_post(content_type, body)).await;
-        let result = result.unwrap_or_else(|_| {
-            Err(self.io_error("timed out", std::io::ErrorKind::TimedOut.into()))
-        });
+        let result = tokio::time::timeout(TIMEOUT, self.try_post(content_type, body))
+            .await
+            .unwrap_or_else(|_| {
+                Err(self.io_error("timed out", std::io::ErrorKind::TimedOut.into()))
+            });
         if result.is_err() {
-            self.conn = None;
+            self.connection = None;
         }
         result
     }
 
     async fn try_post(&mut self, content_type: &str, body: &[u8]) -> Result<u16, AuditError> {
-        if self.conn.is_none() {
-            self.conn = Some(BufReader::new(self.connect().await?));
-        }
-        let t = &self.target;
-        let host = if t.host.contains(':') {
-            format!("[{}]", t.host)
-        } else {
-            t.host.clone()
+        let mut sender = match self.connection.take() {
+            Some(sender) if !sender.is_closed() => sender,
+            _ => self.connect().await?,
         };
-        let head = format!(
-            "POST {} HTTP/1.1\r\nHost: {host}:{}\r\nContent-Type: {content_type}\r\nAccept: application/fhir+json\r\nContent-Length: {}\r\nUser-Agent: fhirwall\r\n\r\n",
-            t.path,
-            t.port,
-            body.len()
-        );
-        let url = t.url.clone();
-        let Some(conn) = self.conn.as_mut() else {
-            return Err(AuditError::WriterGone);
-        };
-        let io = |e| AuditError::Io {
-            what: format!("sending to {url}"),
-            source: e,
-        };
-        conn.get_mut()
-            .write_all(head.as_bytes())
+        sender.ready().await.map_err(|e| self.http_error(e))?;
+        let request = hyper::Request::post(&self.target.path)
+            .header(header::HOST, self.target.authority())
+            .header(header::CONTENT_TYPE, content_type)
+            .header(header::ACCEPT, "application/fhir+json")
+            .header(header::USER_AGENT, "fhirwall")
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .map_err(|_| AuditError::BadUrl {
+                url: self.target.url.clone(),
+                reason: "not a request target",
+            })?;
+        let response = sender
+            .send_request(request)
             .await
-            .map_err(io)?;
-        conn.get_mut().write_all(body).await.map_err(io)?;
-        conn.get_mut().flush().await.map_err(io)?;
-        let (status, close) = read_response(conn, &url).await?;
-        if close {
-            self.conn = None;
+            .map_err(|e| self.http_error(e))?;
+        let status = response.status().as_u16();
+        // The connection is kept only when the whole (bounded) body was read.
+        if Limited::new(response.into_body(), MAX_RESPONSE_BODY)
+            .collect()
+            .await
+            .is_ok()
+        {
+            self.connection = Some(sender);
         }
         Ok(status)
     }
 
-    async fn connect(&self) -> Result<Box<dyn Io>, AuditError> {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, AuditError> {
         let t = &self.target;
         let tcp = TcpStream::connect((t.host.as_str(), t.port))
             .await
             .map_err(|e| self.io_error("connecting", e))?;
         let _ = tcp.set_nodelay(true);
         let Some(tls) = &self.tls else {
-            return Ok(Box::new(tcp));
+            return self.handshake(tcp).await;
         };
         let name = ServerName::try_from(t.host.clone()).map_err(|_| AuditError::BadUrl {
             url: t.url.clone(),
             reason: "host is not a valid TLS server name",
         })?;
-        let stream: TlsStream<TcpStream> = tls
+        let stream = tls
             .connect(name, tcp)
             .await
             .map_err(|e| self.io_error("TLS handshake", e))?;
-        Ok(Box::new(stream))
+        self.handshake(stream).await
+    }
+
+    /// HTTP/1.1 on an open stream; the connection task ends when the sender is dropped.
+    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<Full<Bytes>>, AuditError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| self.http_error(e))?;
+        tokio::spawn(connection);
+        Ok(sender)
     }
 
     fn io_error(&self, what: &str, source: std::io::Error) -> AuditError {
         AuditError::Io {
             what: format!("{what} with {}", self.target.url),
+            source,
+        }
+    }
+
+    fn http_error(&self, source: hyper::Error) -> AuditError {
+        AuditError::Http {
+            url: self.target.url.clone(),
             source,
         }
     }
@@ -187,111 +213,8 @@ fn tls_connector(host: &str) -> Result<TlsConnector, AuditError> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// Reads one response, discarding the body. Returns the status and whether the server will close.
-async fn read_response<R: AsyncRead + Unpin>(
-    conn: &mut BufReader<R>,
-    url: &str,
-) -> Result<(u16, bool), AuditError> {
-    let bad = |reason: &str| AuditError::HttpResponse {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let io = |e| AuditError::Io {
-        what: format!("reading from {url}"),
-        source: e,
-    };
-    let mut head = Vec::new();
-    loop {
-        let before = head.len();
-        let n = conn.read_until(b'\n', &mut head).await.map_err(io)?;
-        if n == 0 {
-            return Err(bad("connection closed before the response"));
-        }
-        if head.len() > MAX_HEADER_BYTES {
-            return Err(bad("response head too large"));
-        }
-        if head[before..] == *b"\r\n" || head[before..] == *b"\n" {
-            break;
-        }
-    }
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    match response.parse(&head) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return Err(bad("unparseable status line or headers")),
-    }
-    let status = response.code.ok_or_else(|| bad("no status"))?;
-    let header = |name: &str| {
-        response
-            .headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .and_then(|h| std::str::from_utf8(h.value).ok())
-    };
-    let close = header("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
-    let chunked =
-        header("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"));
-    let length = header("content-length")
-        .map(|v| {
-            v.trim()
-                .parse::<u64>()
-                .map_err(|_| bad("bad Content-Length"))
-        })
-        .transpose()?;
-    if chunked {
-        skip_chunked(conn, url).await?;
-    } else if let Some(len) = length {
-        tokio::io::copy(&mut conn.take(len), &mut tokio::io::sink())
-            .await
-            .map_err(io)?;
-    } else if !(status == 204 || status == 304 || (100..200).contains(&status)) {
-        // No framing: the body runs to the end of the connection.
-        tokio::io::copy(conn, &mut tokio::io::sink())
-            .await
-            .map_err(io)?;
-        return Ok((status, true));
-    }
-    Ok((status, close))
-}
-
-/// Skips a chunked body (RFC 9112 section 7.1), trailers included.
-async fn skip_chunked<R: AsyncRead + Unpin>(
-    conn: &mut BufReader<R>,
-    url: &str,
-) -> Result<(), AuditError> {
-    let bad = |reason: &str| AuditError::HttpResponse {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let io = |e| AuditError::Io {
-        what: format!("reading from {url}"),
-        source: e,
-    };
-    loop {
-        let mut line = String::new();
-        if conn.read_line(&mut line).await.map_err(io)? == 0 || line.len() > 1024 {
-            return Err(bad("bad chunk size line"));
-        }
-        let size_hex = line.trim().split(';').next().unwrap_or("");
-        let size = u64::from_str_radix(size_hex, 16).map_err(|_| bad("bad chunk size"))?;
-        if size == 0 {
-            // Trailer section ends with an empty line.
-            loop {
-                line.clear();
-                if conn.read_line(&mut line).await.map_err(io)? == 0 || line.trim().is_empty() {
-                    return Ok(());
-                }
-            }
-        }
-        tokio::io::copy(&mut (&mut *conn).take(size), &mut tokio::io::sink())
-            .await
-            .map_err(io)?;
-        let mut crlf = [0u8; 2];
-        conn.read_exact(&mut crlf).await.map_err(io)?;
-    }
-}
-
 #[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests {
     use super::*;
 
@@ -335,24 +258,87 @@ mod tests {
         }
     }
 
+    /// A collector that answers each request on a connection with the next canned response,
+    /// recording how many connections it accepted.
+    async fn canned(
+        answers: &'static [&'static [u8]],
+    ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/AuditEvent", listener.local_addr().unwrap());
+        let connections = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            let mut next = answers.iter();
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut buf = Vec::new();
+                'requests: loop {
+                    // Read one request: its head and its Content-Length body.
+                    loop {
+                        let mut chunk = [0u8; 4096];
+                        let n = stream.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            break 'requests;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                            continue;
+                        };
+                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        if buf.len() >= end + 4 + length {
+                            buf.drain(..end + 4 + length);
+                            break;
+                        }
+                    }
+                    let Some(answer) = next.next() else { return };
+                    stream.write_all(answer).await.unwrap();
+                    if answer.ends_with(b"rest of body") {
+                        break;
+                    }
+                }
+            }
+        });
+        (url, connections)
+    }
+
     #[tokio::test]
-    async fn reads_each_framing() {
-        let cases: [(&[u8], u16, bool); 4] = [
-            (b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}", 201, false),
-            (b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", 503, true),
-            (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: v\r\n\r\n", 200, false),
-            (b"HTTP/1.1 200 OK\r\n\r\nrest of body", 200, true),
-        ];
-        for (bytes, status, close) in cases {
-            let mut r = BufReader::new(bytes);
-            assert_eq!(
-                read_response(&mut r, "u")
-                    .await
-                    .unwrap_or_else(|e| panic!("{e}")),
-                (status, close)
-            );
+    async fn reads_each_framing_and_keeps_the_connection_when_it_may() {
+        use std::sync::atomic::Ordering;
+        let (url, connections) = canned(&[
+            b"HTTP/1.1 201 Created\r\nContent-Length: 2\r\n\r\n{}",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3;x=y\r\nabc\r\n0\r\nT: v\r\n\r\n",
+            b"HTTP/1.1 503 Busy\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\n\r\nrest of body",
+            b"HTTP/1.1 204 No Content\r\n\r\n",
+        ])
+        .await;
+        let mut client = Client::new(Target::parse(&url).unwrap()).unwrap();
+        let mut statuses = Vec::new();
+        for _ in 0..5 {
+            statuses.push(client.post("application/fhir+json", b"{}").await.unwrap());
         }
-        let mut r = BufReader::new(&b"garbage\r\n\r\n"[..]);
-        assert!(read_response(&mut r, "u").await.is_err());
+        assert_eq!(statuses, [201, 200, 503, 200, 204]);
+        // Kept alive across the first three; `Connection: close` and a body that runs to the end
+        // of the connection each need a new one.
+        assert_eq!(connections.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test]
+    async fn a_malformed_response_is_an_error() {
+        let (url, _) = canned(&[b"garbage\r\n\r\n"]).await;
+        let mut client = Client::new(Target::parse(&url).unwrap()).unwrap();
+        let err = client
+            .post("application/fhir+json", b"{}")
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AuditError::Http { .. }), "{err:?}");
     }
 }
