@@ -142,7 +142,8 @@ pub trait Handler: Send {
     /// Decides the request. The head is mutable: rewrite fields here (replace `Authorization`
     /// with the integration's credential, add a correlation id). `body` is the whole decoded body
     /// when [`BodyMode::Buffer`] was asked and the request has one. The audit record must be
-    /// committed before this returns a [`Dispatch::Forward`].
+    /// committed before this returns a [`Dispatch::Forward`], or at least appended when
+    /// [`Handler::release`] holds the response until it is committed.
     fn decide(
         &mut self,
         id: ExchangeId,
@@ -150,9 +151,26 @@ pub trait Handler: Send {
         body: Option<&[u8]>,
     ) -> impl Future<Output = Dispatch<Self::Upstream>> + Send;
 
-    /// Called with the upstream's final response head, before any of it is sent; the
-    /// inspector returned sees the body. `has_body` is false for HEAD, 204 and 304 answers,
-    /// whose inspector (if any) is only told the body's end.
+    /// Awaited once the upstream's final response head arrived, before any of the response (the
+    /// head included) goes to the client and before [`Handler::inspect`]: a handler holds a
+    /// forwarded response here until something outside is ready (the sidecar, until the audit
+    /// record it appended before forwarding is durable). `Err` replaces the whole response with
+    /// the handler's answer, whose status [`Handler::finish`] is told; [`Handler::inspect`] is
+    /// then not called, and the upstream connection, whose body was not read, is not reused.
+    /// Not called when no final response head arrives (the engine's error answer goes out). The
+    /// engine sets no deadline here: a handler that may wait long bounds its own wait (and
+    /// answers, say, 503). The default releases at once.
+    fn release(
+        &mut self,
+        id: ExchangeId,
+    ) -> impl Future<Output = Result<(), LocalResponse>> + Send {
+        let _ = id;
+        std::future::ready(Ok(()))
+    }
+
+    /// Called with the upstream's final response head once [`Handler::release`] let it out,
+    /// before any of it is sent; the inspector returned sees the body. `has_body` is false for
+    /// HEAD, 204 and 304 answers, whose inspector (if any) is only told the body's end.
     fn inspect(
         &mut self,
         id: ExchangeId,

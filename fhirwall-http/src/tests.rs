@@ -4,5 +4,6 @@
 mod exchange;
 mod inspect;
 mod load;
+mod release;
 mod smuggling;
 mod support;

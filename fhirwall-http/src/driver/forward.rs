@@ -13,7 +13,10 @@
 //!    response byte came back;
 //! 5. the response head is read under the response timeout; interim 1xx responses are dropped
 //!    (the proxy answered `Expect` itself), 101 is refused (no upgrade was asked);
-//! 6. the connection goes back to the pool only after a complete, length-delimited response with
+//! 6. nothing of the response, head included, goes to the client (nor to the handler's inspector)
+//!    before the handler releases it; the handler's answer instead replaces the whole response,
+//!    and the upstream connection, its body unread, is not reused;
+//! 7. the connection goes back to the pool only after a complete, length-delimited response with
 //!    keep-alive and no extra bytes behind it.
 
 use std::time::Duration;
@@ -195,13 +198,18 @@ where
         }
     }
 
-    /// Sends the response head and streams the body to the client, through the handler's
-    /// inspector when it asks for one. Returns whether the upstream connection may be reused.
+    /// Once the handler released the response, sends its head and streams the body to the
+    /// client, through the handler's inspector when it asks for one. Returns whether the
+    /// upstream connection may be reused.
     async fn relay_response(
         &mut self,
         ex: &mut Exchange,
         up: &mut U::Stream,
     ) -> Result<bool, HttpError> {
+        if let Err(answer) = self.handler.release(ex.id).await {
+            ex.close = !self.head.keep_alive() || self.shutdown.requested();
+            return self.refuse(ex, &answer).await;
+        }
         let kind = self.resp.body(self.head.method());
         let has_body = kind != ResponseBody::None;
         let Some(mut inspector) = self.handler.inspect(ex.id, &self.resp, has_body) else {
@@ -387,9 +395,9 @@ where
         Ok(())
     }
 
-    /// The inspector refused the response: its answer replaces the response while nothing of
-    /// it went out; after that, the response is cut off. Either way the upstream connection,
-    /// whose body was not read to its end, is not reused.
+    /// The handler did not release the response, or its inspector refused it: the answer
+    /// replaces the response while nothing of it went out; after that, the response is cut off.
+    /// Either way the upstream connection, whose body was not read to its end, is not reused.
     async fn refuse(
         &mut self,
         ex: &mut Exchange,
@@ -397,6 +405,11 @@ where
     ) -> Result<bool, HttpError> {
         if ex.status.is_some() {
             return Err(HttpError::ResponseCut);
+        }
+        if !(200..=599).contains(&refusal.status) {
+            return Err(HttpError::InvalidStatus {
+                status: refusal.status,
+            });
         }
         self.write_local(refusal, ex.close, ex.is_head).await?;
         ex.status = Some(refusal.status);

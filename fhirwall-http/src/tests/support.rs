@@ -366,25 +366,27 @@ impl Handler for TestHandler {
 }
 
 /// Runs the driver on the far end of a duplex pair; returns the client end and the driver task.
-pub fn spawn_driver<C>(
+pub fn spawn_driver<C, H>(
     pool: Arc<Pool<C>>,
-    handler: TestHandler,
+    handler: H,
     limits: Limits,
 ) -> (DuplexStream, JoinHandle<ConnectionSummary>)
 where
     C: Connector<Key = SocketAddr> + 'static,
+    H: Handler<Upstream = SocketAddr> + 'static,
 {
     spawn_driver_with_shutdown(pool, handler, limits, std::future::pending())
 }
 
-pub fn spawn_driver_with_shutdown<C, F>(
+pub fn spawn_driver_with_shutdown<C, H, F>(
     pool: Arc<Pool<C>>,
-    mut handler: TestHandler,
+    mut handler: H,
     limits: Limits,
     shutdown: F,
 ) -> (DuplexStream, JoinHandle<ConnectionSummary>)
 where
     C: Connector<Key = SocketAddr> + 'static,
+    H: Handler<Upstream = SocketAddr> + 'static,
     F: Future<Output = ()> + Send + 'static,
 {
     let (client, server) = duplex(1024 * 1024);
