@@ -7,12 +7,8 @@
 //! so the time per element is the full latency of an unshared fsync. `latency_under_load` prints
 //! the p50/p99 latency one commit adds while 64 submitters keep the writer busy.
 //!
-//! `commit_inline_checkpoint/*` and `latency_under_load_inline_checkpoint` run the same loads
-//! with `Checkpoints::Inline` (SQLite copies the WAL back inside the commit that crosses the
-//! threshold, as the store did before the checkpointer thread), for a before/after in one run.
-//!
-//! The store lives in a temporary directory on the machine's disk with `synchronous=FULL`:
-//! every measured commit is durable.
+//! The journal lives in a temporary directory on the machine's disk and every measured commit
+//! is durable (`fdatasync`ed) before it is acknowledged; the index is fed behind it.
 
 use std::{
     hint::black_box,
@@ -21,7 +17,7 @@ use std::{
 };
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fhirwall::audit::{AuditConfig, AuditSink, Checkpoints, Disposition, Record, WorkloadRecord};
+use fhirwall::audit::{AuditConfig, AuditSink, Disposition, Record, WorkloadRecord};
 use tokio::runtime::Runtime;
 
 fn sample(n: u64) -> Record {
@@ -70,12 +66,8 @@ fn bench_dir() -> tempfile::TempDir {
     }
 }
 
-fn start(
-    dir: &tempfile::TempDir,
-    checkpoints: Checkpoints,
-) -> (Arc<AuditSink>, fhirwall::audit::AuditWriter) {
-    let mut config = AuditConfig::new(dir.path().join("audit.db"));
-    config.store.checkpoints = checkpoints;
+fn start(dir: &tempfile::TempDir) -> (Arc<AuditSink>, fhirwall::audit::AuditWriter) {
+    let config = AuditConfig::new(dir.path().join("audit.db"));
     let (sink, writer) = AuditSink::start(config).expect("start the audit writer");
     (Arc::new(sink), writer)
 }
@@ -98,23 +90,17 @@ async fn run(sink: &Arc<AuditSink>, submitters: u64, total: u64) {
 }
 
 fn commit(c: &mut Criterion) {
-    commit_group(c, "commit", Checkpoints::Background, &[1, 64, 1024]);
-    commit_group(
-        c,
-        "commit_inline_checkpoint",
-        Checkpoints::Inline,
-        &[64, 1024],
-    );
+    commit_group(c, "commit", &[1, 64, 1024]);
 }
 
 #[expect(
     clippy::cast_precision_loss,
     reason = "iteration counts far below 2^52"
 )]
-fn commit_group(c: &mut Criterion, name: &str, checkpoints: Checkpoints, submitters: &[u64]) {
+fn commit_group(c: &mut Criterion, name: &str, submitters: &[u64]) {
     let rt = Runtime::new().expect("tokio runtime");
     let dir = bench_dir();
-    let (sink, _writer) = start(&dir, checkpoints);
+    let (sink, _writer) = start(&dir);
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
@@ -140,16 +126,15 @@ fn commit_group(c: &mut Criterion, name: &str, checkpoints: Checkpoints, submitt
 }
 
 fn latency_under_load(_c: &mut Criterion) {
-    latency(Checkpoints::Background, "latency_under_load");
-    latency(Checkpoints::Inline, "latency_under_load_inline_checkpoint");
+    latency("latency_under_load");
 }
 
 /// Per-commit latency percentiles while 64 submitters keep the writer saturated.
 #[expect(clippy::cast_precision_loss, reason = "counts far below 2^52")]
-fn latency(checkpoints: Checkpoints, name: &str) {
+fn latency(name: &str) {
     let rt = Runtime::new().expect("tokio runtime");
     let dir = bench_dir();
-    let (sink, _writer) = start(&dir, checkpoints);
+    let (sink, _writer) = start(&dir);
     let mut latencies: Vec<Duration> = rt.block_on(async {
         let mut tasks = Vec::new();
         for t in 0..64u64 {

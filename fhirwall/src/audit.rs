@@ -45,10 +45,11 @@
 
 mod balp;
 mod chain;
-mod checkpoint;
 mod export;
 mod http;
 mod index;
+mod indexer;
+mod journal;
 mod pindex;
 mod query;
 mod record;
@@ -81,7 +82,7 @@ pub(crate) use tests::support as tests_support;
 pub use verify::{Anchor, Finding, Problem, Verification, verify};
 pub(crate) use writer::error_chain;
 pub use writer::{
-    AuditConfig, AuditMonitor, AuditSink, AuditStats, AuditWriter, CommittedSeq, Health,
+    Appended, AuditConfig, AuditMonitor, AuditSink, AuditStats, AuditWriter, CommittedSeq, Health,
 };
 
 /// Everything that can go wrong in the audit subsystem.
@@ -156,6 +157,12 @@ pub enum AuditError {
         #[source]
         source: hyper::Error,
     },
+    #[error("writing the audit journal failed ({kind})")]
+    Journal {
+        kind: WriteFailure,
+        #[source]
+        source: journal::JournalError,
+    },
 }
 
 /// Why a write failed, for alerts and metrics labels.
@@ -198,11 +205,27 @@ impl AuditError {
         Self::Write { kind, source }
     }
 
+    pub(crate) fn journal(source: journal::JournalError) -> Self {
+        let kind = match &source {
+            journal::JournalError::Io { source, .. } => match source.kind() {
+                std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded => {
+                    WriteFailure::DiskFull
+                }
+                std::io::ErrorKind::ReadOnlyFilesystem | std::io::ErrorKind::PermissionDenied => {
+                    WriteFailure::ReadOnly
+                }
+                _ => WriteFailure::Io,
+            },
+            _ => WriteFailure::Other,
+        };
+        Self::Journal { kind, source }
+    }
+
     /// The write failure behind this error, if it is one (looks through `Unavailable`).
     #[must_use]
     pub fn write_failure(&self) -> Option<WriteFailure> {
         match self {
-            Self::Write { kind, .. } => Some(*kind),
+            Self::Write { kind, .. } | Self::Journal { kind, .. } => Some(*kind),
             Self::Unavailable { source } => source.write_failure(),
             _ => None,
         }

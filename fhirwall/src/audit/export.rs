@@ -83,6 +83,7 @@ fn open_for_export(db: &Path) -> Result<Connection, AuditError> {
             source: std::io::ErrorKind::NotFound.into(),
         });
     }
+    super::indexer::catch_up(db)?;
     let conn = store::open(
         db,
         &store::StoreOptions {

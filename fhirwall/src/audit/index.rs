@@ -100,6 +100,17 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// An entry read back from the journal.
+    pub fn from_body(body: String, seq: u64) -> Result<Self, AuditError> {
+        let entry: Entry =
+            serde_json::from_str(&body).map_err(|source| AuditError::Corrupt { seq, source })?;
+        Ok(Self {
+            patients: entry.patients().to_vec(),
+            cols: IndexCols::of(&entry),
+            body,
+        })
+    }
+
     pub fn new(entry: &Entry) -> Result<Self, AuditError> {
         let body =
             serde_json::to_string(entry).map_err(|source| AuditError::Serialize { source })?;

@@ -1,11 +1,11 @@
-//! The `SQLite` store: schema, connection settings, chained appends and retention.
+//! The index: `SQLite`, derived from the journal (`journal.rs`, the commit point). Schema,
+//! connection settings, indexing rows the journal made durable, and retention's plan.
 //!
-//! Only the writer thread appends. Durability: WAL with `synchronous=FULL` fsyncs the WAL at every
-//! commit, so a transaction `SQLite` reports committed survives power loss. `NORMAL` would only
-//! fsync at checkpoints and could lose the last acknowledged transactions on power loss, which
-//! breaks "no request is forwarded without its audit record committed". Group commit pays that
-//! fsync once per batch instead of once per record (<https://www.sqlite.org/pragma.html#pragma_synchronous>,
-//! <https://www.sqlite.org/wal.html>).
+//! Every entry's row carries its body, seq and chain hashes exactly as the journal holds them,
+//! so queries, reports and exports read one table, and `verify` checks the rows against the
+//! journal. The index is written by one thread in large transactions (`indexer.rs`) with
+//! `synchronous=NORMAL`: a transaction lost to a power failure is indexed again from the
+//! journal.
 
 use std::{path::Path, time::Duration};
 
@@ -15,7 +15,7 @@ use super::{
     AuditError,
     chain::{self, GENESIS, Hash},
     index::Prepared,
-    record::{self, Entry, PruneMarker},
+    record::{self, PruneMarker},
 };
 
 /// Bumped when the schema changes; `open` refuses a store from a newer fhirwall.
@@ -66,10 +66,76 @@ CREATE TABLE IF NOT EXISTS export_cursors (
 );
 ";
 
-const INSERT_ENTRY: &str = "INSERT INTO entries (seq, kind, time_us, correlation_id, ref_seq,
-    integration, exe, exe_sha256, pid, container_id, pod_uid, systemd_unit, credential_fp,
-    resource_type, decision, body, prev_hash, hash)
+/// A row already there (another reader caught the index up first) is left as it is.
+const INDEX_ENTRY: &str = "INSERT OR IGNORE INTO entries (seq, kind, time_us, correlation_id,
+    ref_seq, integration, exe, exe_sha256, pid, container_id, pod_uid, systemd_unit,
+    credential_fp, resource_type, decision, body, prev_hash, hash)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
+
+/// One journal entry as the index stores it.
+#[derive(Clone, Debug)]
+pub struct IndexRow {
+    pub seq: u64,
+    pub prev_hash: Hash,
+    pub hash: Hash,
+    pub entry: Prepared,
+}
+
+/// Adds `rows` to the index in one transaction; rows it already has are skipped.
+pub fn index(conn: &mut Connection, rows: &[IndexRow]) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    {
+        let mut insert = tx.prepare_cached(INDEX_ENTRY)?;
+        let mut patient =
+            tx.prepare_cached("INSERT OR IGNORE INTO patients (seq, patient) VALUES (?1, ?2)")?;
+        for row in rows {
+            let seq = seq_i64(row.seq);
+            let c = &row.entry.cols;
+            insert.execute(params![
+                seq,
+                c.kind,
+                c.time_us,
+                c.correlation_id,
+                c.ref_seq,
+                c.integration,
+                c.exe,
+                c.exe_sha256,
+                c.pid,
+                c.container_id,
+                c.pod_uid,
+                c.systemd_unit,
+                c.credential_fp,
+                c.resource_type,
+                c.decision,
+                row.entry.body,
+                &row.prev_hash[..],
+                &row.hash[..],
+            ])?;
+            for p in &row.entry.patients {
+                patient.execute(params![seq, p])?;
+            }
+        }
+    }
+    tx.commit()
+}
+
+/// Removes index rows after `seq`: they were never durable in the journal (a crash cut them).
+pub fn truncate_after(conn: &mut Connection, seq: u64) -> Result<usize, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute("DELETE FROM patients WHERE seq > ?1", [seq_i64(seq)])?;
+    let removed = tx.execute("DELETE FROM entries WHERE seq > ?1", [seq_i64(seq)])?;
+    tx.commit()?;
+    Ok(removed)
+}
+
+/// Removes index rows `first..=last` (retention, after the journal's marker is durable).
+pub fn remove_range(conn: &mut Connection, first: u64, last: u64) -> Result<(), rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let range = [seq_i64(first), seq_i64(last)];
+    tx.execute("DELETE FROM patients WHERE seq BETWEEN ?1 AND ?2", range)?;
+    tx.execute("DELETE FROM entries WHERE seq BETWEEN ?1 AND ?2", range)?;
+    tx.commit()
+}
 
 /// How the store is opened.
 #[derive(Clone, Debug)]
@@ -194,20 +260,19 @@ pub fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
         path: path.to_owned(),
         source,
     };
+    // What the journal holds beyond the index is indexed first, so no committed record is
+    // missing from the answer. A store that cannot be written (a copy on read-only media) is
+    // read as it is.
+    if path.exists()
+        && let Err(e) = super::indexer::catch_up(path)
+    {
+        tracing::warn!(error = %super::writer::error_chain(&e), "the audit index could not be brought up to the journal; reading it as it is");
+    }
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
     super::pindex::attach_read_only(&conn, path);
     Ok(conn)
-}
-
-/// `PRAGMA wal_checkpoint(PASSIVE)`: copies what no reader still needs into the database file,
-/// without waiting for readers or writers
-/// (<https://www.sqlite.org/pragma.html#pragma_wal_checkpoint>). When everything was copied, the
-/// next write transaction starts the WAL over. A checkpoint already running on another
-/// connection makes this one a no-op.
-pub fn checkpoint(conn: &Connection) -> Result<(), rusqlite::Error> {
-    conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
 }
 
 /// Reads the chain head.
@@ -232,64 +297,6 @@ pub fn head(conn: &Connection) -> Result<Head, rusqlite::Error> {
     })
 }
 
-/// Appends `batch` after `head` in one transaction and returns the new head. Nothing is
-/// appended when it fails (the transaction rolls back on drop).
-pub fn append(
-    conn: &mut Connection,
-    head: Head,
-    batch: &[&Prepared],
-) -> Result<Head, rusqlite::Error> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let mut next = head;
-    {
-        let mut insert = tx.prepare_cached(INSERT_ENTRY)?;
-        let mut patient =
-            tx.prepare_cached("INSERT INTO patients (seq, patient) VALUES (?1, ?2)")?;
-        for entry in batch {
-            next = insert_one(&mut insert, &mut patient, next, entry)?;
-        }
-    }
-    tx.commit()?;
-    Ok(next)
-}
-
-fn insert_one(
-    insert: &mut rusqlite::CachedStatement<'_>,
-    patient: &mut rusqlite::CachedStatement<'_>,
-    prev: Head,
-    entry: &Prepared,
-) -> Result<Head, rusqlite::Error> {
-    let seq = prev.seq + 1;
-    let hash = chain::link(&prev.hash, seq, entry.body.as_bytes());
-    let seq_sql =
-        i64::try_from(seq).map_err(|_| rusqlite::Error::IntegralValueOutOfRange(0, i64::MAX))?;
-    let c = &entry.cols;
-    insert.execute(params![
-        seq_sql,
-        c.kind,
-        c.time_us,
-        c.correlation_id,
-        c.ref_seq,
-        c.integration,
-        c.exe,
-        c.exe_sha256,
-        c.pid,
-        c.container_id,
-        c.pod_uid,
-        c.systemd_unit,
-        c.credential_fp,
-        c.resource_type,
-        c.decision,
-        entry.body,
-        &prev.hash[..],
-        &hash[..],
-    ])?;
-    for p in &entry.patients {
-        patient.execute(params![seq_sql, p])?;
-    }
-    Ok(Head { seq, hash })
-}
-
 /// Retention limits. Whichever limit removes more wins, but never past what a registered
 /// exporter has yet to send (see `export.rs`): an exporter that falls behind holds records back
 /// rather than losing them, and `health()` shows the store growing.
@@ -303,13 +310,14 @@ pub struct Retention {
     pub max_batch: u64,
 }
 
-/// Prunes the oldest entries per `retention` after `head`, in one transaction that also appends
-/// the chained [`PruneMarker`]. Returns the new head and the marker, or `None` if nothing was due.
-pub fn prune(
-    conn: &mut Connection,
+/// What retention would prune now, after `head`, as the chained [`PruneMarker`] that records
+/// it; `None` if nothing is due. The writer appends the marker to the journal, then removes the
+/// entries from the index and the journal segments that hold nothing newer.
+pub fn plan_prune(
+    conn: &Connection,
     head: Head,
     retention: &Retention,
-) -> Result<Option<(Head, PruneMarker)>, AuditError> {
+) -> Result<Option<PruneMarker>, AuditError> {
     let read = |source| AuditError::Read { source };
     let Some(first) = first_seq(conn).map_err(read)? else {
         return Ok(None);
@@ -329,38 +337,14 @@ pub fn prune(
     } else {
         "max-bytes"
     };
-    let marker = PruneMarker {
+    Ok(Some(PruneMarker {
         time: record::now(),
         first_seq: first,
         last_seq: last,
         count: last - first + 1,
         last_hash: chain::to_hex(&last_hash),
         reason: reason.to_owned(),
-    };
-    let prepared = Prepared::new(&Entry::Pruned(marker.clone()))?;
-    let write = |source| AuditError::write(source);
-    let tx = conn
-        .transaction_with_behavior(TransactionBehavior::Immediate)
-        .map_err(write)?;
-    tx.execute(
-        "DELETE FROM patients WHERE seq BETWEEN ?1 AND ?2",
-        [seq_i64(first), seq_i64(last)],
-    )
-    .map_err(write)?;
-    tx.execute(
-        "DELETE FROM entries WHERE seq BETWEEN ?1 AND ?2",
-        [seq_i64(first), seq_i64(last)],
-    )
-    .map_err(write)?;
-    let new_head = {
-        let mut insert = tx.prepare_cached(INSERT_ENTRY).map_err(write)?;
-        let mut patient = tx
-            .prepare_cached("INSERT INTO patients (seq, patient) VALUES (?1, ?2)")
-            .map_err(write)?;
-        insert_one(&mut insert, &mut patient, head, &prepared).map_err(write)?
-    };
-    tx.commit().map_err(write)?;
-    Ok(Some((new_head, marker)))
+    }))
 }
 
 /// The last seq retention may remove, or `None`.

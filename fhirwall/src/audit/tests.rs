@@ -2,11 +2,11 @@
 
 pub(crate) mod support;
 
-mod checkpoint;
 mod disk_full;
 mod export;
 mod fhir;
 mod group_commit;
+mod journal;
 mod locked;
 mod pindex;
 mod query_report;

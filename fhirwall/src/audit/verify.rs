@@ -16,7 +16,7 @@
 
 use std::fmt;
 
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension as _};
 
 use super::{
     AuditError,
@@ -108,6 +108,12 @@ pub enum Problem {
     AnchorMismatch,
     /// The chain ends before a position known from outside (anchor or export cursor): truncated.
     Truncated { head: u64, known: String },
+    /// The journal cannot be read as a chain from here on.
+    JournalDamaged { detail: String },
+    /// The index row differs from the journal's frame of the same seq.
+    IndexDiffers,
+    /// The journal's entries `from..=to` have no index row.
+    NotIndexed { from: u64, to: u64 },
 }
 
 impl fmt::Display for Finding {
@@ -153,6 +159,20 @@ impl fmt::Display for Finding {
             Problem::AnchorMismatch => write!(
                 f,
                 "seq {seq}: hash differs from the external anchor (history rewritten)"
+            ),
+            Problem::JournalDamaged { detail } => {
+                write!(
+                    f,
+                    "seq {seq}: the journal is damaged after this entry: {detail}"
+                )
+            }
+            Problem::IndexDiffers => write!(
+                f,
+                "seq {seq}: the index differs from the journal (index edited or replaced)"
+            ),
+            Problem::NotIndexed { from, to } => write!(
+                f,
+                "seq {from}..={to}: in the journal but missing from the index (deleted)"
             ),
             Problem::Truncated { head, known } => {
                 write!(
@@ -228,6 +248,11 @@ pub fn verify(conn: &Connection, anchors: &[Anchor]) -> Result<Verification, Aud
         _ => (0, 0),
     };
     let mut verification = walk.finish(&cursors);
+    if let Some(db) = conn.path().filter(|p| !p.is_empty()) {
+        let dir = super::indexer::journal_dir(std::path::Path::new(db));
+        let pruned = verification.pruned_through.unwrap_or(0);
+        check_journal(conn, &dir, pruned, &mut verification.findings)?;
+    }
     if copy != (0, 0) && verification.findings.len() < MAX_FINDINGS {
         verification.findings.push(Finding {
             seq: 0,
@@ -238,6 +263,80 @@ pub fn verify(conn: &Connection, anchors: &[Anchor]) -> Result<Verification, Aud
         });
     }
     Ok(verification)
+}
+
+/// Walks the journal (the commit point) as one chain across its segments and checks that the
+/// index holds each of its entries as it is.
+fn check_journal(
+    conn: &Connection,
+    dir: &std::path::Path,
+    pruned_through: u64,
+    findings: &mut Vec<Finding>,
+) -> Result<(), AuditError> {
+    let read = |source| AuditError::Read { source };
+    let mut find = |seq, problem| {
+        if findings.len() < MAX_FINDINGS {
+            findings.push(Finding { seq, problem });
+        }
+    };
+    let mut stmt = conn
+        .prepare("SELECT hash FROM entries WHERE seq = ?1")
+        .map_err(read)?;
+    let mut expect: Option<Head> = None;
+    let mut missing: Option<(u64, u64)> = None;
+    let segments = super::journal::segments(dir).map_err(AuditError::journal)?;
+    let last = segments.len().saturating_sub(1);
+    for (i, (_, path)) in segments.iter().enumerate() {
+        let mut reader =
+            super::journal::SegmentReader::open(path, expect).map_err(AuditError::journal)?;
+        loop {
+            let frame = match reader.next_frame() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(e) => {
+                    find(
+                        expect.map_or(0, |h| h.seq),
+                        Problem::JournalDamaged {
+                            detail: e.to_string(),
+                        },
+                    );
+                    if i < last {
+                        return Ok(());
+                    }
+                    break;
+                }
+            };
+            expect = Some(Head {
+                seq: frame.seq,
+                hash: frame.hash,
+            });
+            if frame.seq <= pruned_through {
+                // Retention removed it from the index; its segment goes once nothing newer is
+                // in it.
+                continue;
+            }
+            let indexed: Option<Vec<u8>> = stmt
+                .query_row([super::store::seq_i64(frame.seq)], |r| r.get(0))
+                .optional()
+                .map_err(read)?;
+            match indexed {
+                None => {
+                    missing =
+                        Some(missing.map_or((frame.seq, frame.seq), |(from, _)| (from, frame.seq)));
+                    continue;
+                }
+                Some(hash) if hash != frame.hash => find(frame.seq, Problem::IndexDiffers),
+                Some(_) => {}
+            }
+            if let Some((from, to)) = missing.take() {
+                find(to, Problem::NotIndexed { from, to });
+            }
+        }
+    }
+    if let Some((from, to)) = missing {
+        find(to, Problem::NotIndexed { from, to });
+    }
+    Ok(())
 }
 
 fn export_cursors(conn: &Connection) -> rusqlite::Result<Vec<(String, u64)>> {

@@ -1,17 +1,25 @@
-//! The writer: one std thread owns the `SQLite` connection and commits records in groups.
+//! The writer: one std thread appends to the journal in groups, a second makes them durable.
 //!
-//! Callers on the tokio runtime serialize their record, queue it on a bounded channel and await a
-//! oneshot reply. The thread takes the first queued record, drains whatever else is queued (up to
-//! `max_batch`), appends them all in one transaction with one fsync, then answers every caller.
-//! While it fsyncs, new records queue up and form the next group, so the fsync cost is shared by
-//! all concurrent requests. A failed transaction fails every record in it, promptly and loudly;
-//! the next group tries again, so writes resume without a restart once the cause is gone.
+//! Callers on the tokio runtime serialize their record, queue it on a bounded channel and await
+//! a oneshot reply. The **appender** thread takes the first queued record, drains whatever else is
+//! queued (up to `max_batch`), writes them all as consecutive journal frames with one `pwrite`,
+//! and answers each caller with its seq and a handle on its batch's durability ([`Appended`]).
+//! The **syncer** thread `fdatasync`s the journal whenever something was written since its last
+//! sync, then marks every batch up to that point durable and hands their rows to the indexer.
+//! While it syncs, the appender keeps appending, so batches grow with load and one sync serves
+//! all of them (group commit), and a caller that may act before durability (a read, forwarded
+//! at once; its response held until then) overlaps its work with the sync. A failed sync fails
+//! every batch not yet durable; the appender goes back to the last durable frame and carries on,
+//! so writes resume without a restart once the cause is gone.
 
 use std::{
+    collections::VecDeque,
+    fs::File,
     path::PathBuf,
     sync::{
-        Arc, Mutex, PoisonError,
-        atomic::{AtomicU64, Ordering},
+        Arc, Condvar, Mutex, PoisonError,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc as std_mpsc,
     },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
@@ -21,34 +29,38 @@ use jiff::Timestamp;
 use prometheus::Histogram;
 use rusqlite::Connection;
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::{
     AuditError,
-    checkpoint::Checkpointer,
+    chain::Hash,
     index::Prepared,
-    pindex::Indexer,
+    indexer::{self, Indexer},
+    journal::{self, Journal, JournalOptions, Position},
+    pindex,
     record::{self, Completion, Entry, Record},
-    store::{self, Checkpoints, Durability, Head, Retention, StoreOptions},
+    store::{self, Durability, IndexRow, Retention, StoreOptions},
 };
 
-/// Where and how the audit store is written.
+/// Where and how the audit trail is written.
 #[derive(Clone, Debug)]
 pub struct AuditConfig {
+    /// The index (`SQLite`); the journal is the directory beside it (`audit.journal/`).
     pub path: PathBuf,
     pub store: StoreOptions,
+    pub journal: JournalOptions,
     pub retention: Retention,
     /// How often the writer applies `retention`.
     pub retention_interval: Duration,
     /// Records waiting for the writer; a full queue makes `commit` wait and `complete` fail.
     pub queue_capacity: usize,
-    /// Most records in one transaction.
+    /// Most records in one append.
     pub max_batch: usize,
-    /// Observes the duration of every committed transaction (the agent's
+    /// Observes the duration of every journal sync (the agent's
     /// `fhirwall_audit_commit_seconds`).
     pub commit_seconds: Option<Histogram>,
-    /// A commit slower than this is logged (at most once per `SLOW_COMMIT_LOG_EVERY`): every
-    /// request in flight waited for it.
+    /// A sync slower than this is logged (at most once per `SLOW_COMMIT_LOG_EVERY`): every
+    /// request waiting for durability waited for it.
     pub slow_commit: Duration,
 }
 
@@ -59,10 +71,8 @@ impl AuditConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            store: StoreOptions {
-                checkpoints: Checkpoints::Background,
-                ..StoreOptions::default()
-            },
+            store: StoreOptions::default(),
+            journal: JournalOptions::default(),
             retention: Retention {
                 max_batch: 20_000,
                 ..Retention::default()
@@ -119,14 +129,47 @@ pub struct AuditMonitor {
     shared: Arc<Shared>,
 }
 
-/// Owns the writer thread; [`AuditWriter::join`] waits for it to drain the queue after every
+/// Owns the writer threads; [`AuditWriter::join`] waits for them to drain the queue after every
 /// [`AuditSink`] is dropped.
 #[derive(Debug)]
 pub struct AuditWriter {
     thread: JoinHandle<()>,
 }
 
-type Reply = oneshot::Sender<Result<CommittedSeq, AuditError>>;
+/// Where a batch stands.
+#[derive(Clone, Debug)]
+enum BatchState {
+    Written,
+    Durable,
+    Failed(Arc<AuditError>),
+}
+
+/// A record appended to the journal: its seq, and a way to wait until it is durable.
+#[derive(Debug)]
+pub struct Appended {
+    pub seq: CommittedSeq,
+    batch: watch::Receiver<BatchState>,
+}
+
+impl Appended {
+    /// Resolves once the record is durable (`Ok`), or its batch failed to become durable
+    /// (`Err`: nothing the record stands for may reach anyone).
+    pub async fn durable(mut self) -> Result<CommittedSeq, AuditError> {
+        let state = self
+            .batch
+            .wait_for(|s| !matches!(s, BatchState::Written))
+            .await
+            .map_err(|_| AuditError::WriterGone)?
+            .clone();
+        match state {
+            BatchState::Durable => Ok(self.seq),
+            BatchState::Failed(source) => Err(AuditError::Unavailable { source }),
+            BatchState::Written => Err(AuditError::WriterGone),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Appended, AuditError>>;
 
 #[derive(Debug)]
 #[expect(
@@ -156,11 +199,27 @@ struct Shared {
 }
 
 impl AuditSink {
-    /// Opens (or creates) the store and starts the writer thread. Fails when the store cannot be
-    /// opened, so a misconfigured agent refuses to start instead of refusing every request.
+    /// Opens (or creates) the journal and its index and starts the writer threads. Fails when
+    /// either cannot be opened, so a misconfigured agent refuses to start instead of refusing
+    /// every request.
     pub fn start(config: AuditConfig) -> Result<(Self, AuditWriter), AuditError> {
-        let mut conn = store::open(&config.path, &config.store)?;
-        let head = store::head(&conn).map_err(|source| AuditError::Read { source })?;
+        let mut conn = store::open(&config.path, &indexer::options())?;
+        let index_head = store::head(&conn).map_err(|source| AuditError::Read { source })?;
+        // An empty journal continues the chain of a store written before the journal existed.
+        let dir = indexer::journal_dir(&config.path);
+        let journal =
+            Journal::open(&dir, config.journal, index_head).map_err(AuditError::journal)?;
+        let position = journal.position();
+        if index_head.seq > position.head.seq {
+            // The index ran ahead of what the journal made durable before a crash.
+            let removed =
+                store::truncate_after(&mut conn, position.head.seq).map_err(AuditError::write)?;
+            tracing::warn!(
+                removed,
+                journal_head = position.head.seq,
+                "audit index held entries the journal never made durable; removed"
+            );
+        }
         let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
         let shared = Arc::new(Shared {
             health: Mutex::new(Health::Healthy),
@@ -169,35 +228,48 @@ impl AuditSink {
             batches: AtomicU64::new(0),
             failed_batches: AtomicU64::new(0),
             pruned: AtomicU64::new(0),
-            head: AtomicU64::new(head.seq),
+            head: AtomicU64::new(position.head.seq),
         });
         let retention_on =
             config.retention.max_age.is_some() || config.retention.max_bytes.is_some();
         if retention_on {
             spawn_ticker(tx.downgrade(), config.retention_interval)?;
         }
-        // The thread also syncs the WAL when commits do not.
-        let thread_needed = config.store.checkpoints == Checkpoints::Background
-            || config.store.durability != Durability::Fsync;
-        let checkpointer = if thread_needed {
-            let c = Checkpointer::start(&config.path, &config.store)?;
-            c.watch(&mut conn).map_err(|source| AuditError::Open {
-                path: config.path.clone(),
-                source,
-            })?;
-            Some(c)
-        } else {
-            None
-        };
+        let (rows_tx, rows_rx) = std_mpsc::channel();
+        let indexer = Indexer::start(&config.path, rows_rx)?;
         // After the store is open (and migrated): the copy reads its `patients` table.
-        let indexer = Indexer::start(&config.path)?;
+        let patients = pindex::Indexer::start(&config.path)?;
+        let sync = Arc::new(Sync {
+            tail: Mutex::new(Tail {
+                durable: position,
+                written: position,
+                file: journal.file(),
+                pending: VecDeque::new(),
+                failed: None,
+                stop: false,
+            }),
+            wake: Condvar::new(),
+            background_failed: AtomicBool::new(false),
+        });
+        let syncer = {
+            let sync = Arc::clone(&sync);
+            let durability = config.store.durability;
+            let histogram = config.commit_seconds.clone();
+            let rows = rows_tx.clone();
+            thread::Builder::new()
+                .name("fhirwall-audit-sync".into())
+                .spawn(move || sync.run(durability, histogram.as_ref(), &rows))
+                .map_err(|source| AuditError::Thread { source })?
+        };
         let state = Writer {
+            journal,
             conn,
-            head,
-            broken: false,
-            slow: SlowCommits::default(),
-            checkpointer,
+            sync,
+            syncer: Some(syncer),
+            rows: rows_tx,
             _indexer: indexer,
+            _patients: patients,
+            hashes: Vec::new(),
             config,
             shared: Arc::clone(&shared),
         };
@@ -208,9 +280,10 @@ impl AuditSink {
         Ok((Self { tx, shared }, AuditWriter { thread }))
     }
 
-    /// Commits `record` and resolves once the transaction holding it is durable. Forward the
-    /// request only after this returns `Ok`; on `Err` answer 503 and do not forward.
-    pub async fn commit(&self, mut record: Record) -> Result<CommittedSeq, AuditError> {
+    /// Appends `record` to the journal and resolves once it is written there, not yet durable:
+    /// for a read-only request, forward it now and release its response only after
+    /// [`Appended::durable`]. On `Err` answer 503 and do not forward.
+    pub async fn append(&self, mut record: Record) -> Result<Appended, AuditError> {
         record.sanitize();
         let entry = Prepared::new(&Entry::Request(record))?;
         let (reply, rx) = oneshot::channel();
@@ -222,6 +295,12 @@ impl AuditSink {
             .await
             .map_err(|_| AuditError::WriterGone)?;
         rx.await.map_err(|_| AuditError::WriterGone)?
+    }
+
+    /// Commits `record` and resolves once it is durable. Forward a request that changes
+    /// anything only after this returns `Ok`; on `Err` answer 503 and do not forward.
+    pub async fn commit(&self, record: Record) -> Result<CommittedSeq, AuditError> {
+        self.append(record).await?.durable().await
     }
 
     /// Queues how a request ended without waiting for the commit (nothing waits on it). An `Err`
@@ -257,7 +336,7 @@ impl AuditSink {
     }
 
     /// Applies retention now (the writer also does so every `retention_interval`) and returns
-    /// how many entries were pruned. At most ten pruning transactions run per call.
+    /// how many entries were pruned. At most ten pruning rounds run per call.
     pub async fn prune_now(&self) -> Result<u64, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -298,11 +377,48 @@ impl Shared {
             head_seq: self.head.load(Ordering::Relaxed),
         }
     }
+
+    fn succeeded(&self, count: u64) {
+        self.committed.fetch_add(count, Ordering::Relaxed);
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Health::Failing {
+            consecutive_failures,
+            ..
+        } = &*health
+        {
+            tracing::warn!(consecutive_failures, "audit journal writable again");
+            *health = Health::Healthy;
+        }
+    }
+
+    fn failed(&self, records: u64, err: &AuditError) {
+        self.failed.fetch_add(records, Ordering::Relaxed);
+        self.failed_batches.fetch_add(1, Ordering::Relaxed);
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        let consecutive = match &*health {
+            Health::Failing {
+                consecutive_failures,
+                ..
+            } => consecutive_failures + 1,
+            Health::Healthy => 1,
+        };
+        let since = match &*health {
+            Health::Failing { since, .. } => *since,
+            Health::Healthy => record::now(),
+        };
+        *health = Health::Failing {
+            since,
+            consecutive_failures: consecutive,
+            last_error: error_chain(err),
+        };
+        tracing::error!(records, error = %error_chain(err), "audit journal write failed; refusing requests");
+    }
 }
 
 impl AuditWriter {
-    /// Waits until every queued record is committed (or failed) and the thread has exited. Call
-    /// after dropping every [`AuditSink`].
+    /// Waits until every queued record is durable (or failed) and the threads have exited.
+    /// Call after dropping every [`AuditSink`].
     pub fn join(self) {
         // The writer never panics on purpose; if it did, the records it held were already
         // answered with `WriterGone` by the dropped reply channels.
@@ -326,7 +442,7 @@ fn spawn_ticker(tx: mpsc::WeakSender<Job>, interval: Duration) -> Result<(), Aud
         .map_err(|source| AuditError::Thread { source })
 }
 
-/// Slow commits since the last warning about them.
+/// Slow syncs since the last warning about them.
 #[derive(Debug, Default)]
 struct SlowCommits {
     logged: Option<Instant>,
@@ -334,17 +450,162 @@ struct SlowCommits {
     worst: Duration,
 }
 
+/// A batch written and not yet durable.
+struct Pending {
+    signal: watch::Sender<BatchState>,
+    rows: Vec<IndexRow>,
+}
+
+/// What the appender and the syncer share.
+struct Tail {
+    durable: Position,
+    written: Position,
+    /// The segment being written.
+    file: Arc<File>,
+    pending: VecDeque<Pending>,
+    /// A sync failed: the appender must go back to `durable` before it appends again.
+    failed: Option<Arc<AuditError>>,
+    stop: bool,
+}
+
+struct Sync {
+    tail: Mutex<Tail>,
+    wake: Condvar,
+    /// With background durability: the last periodic sync failed, so nothing is accepted.
+    background_failed: AtomicBool,
+}
+
+impl Sync {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tail> {
+        self.tail.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run(
+        &self,
+        durability: Durability,
+        histogram: Option<&Histogram>,
+        rows: &std_mpsc::Sender<Vec<IndexRow>>,
+    ) {
+        let mut slow = SlowCommits::default();
+        loop {
+            let (file, upto, batches) = {
+                let mut tail = self.lock();
+                loop {
+                    let due = match durability {
+                        Durability::Fsync => !tail.pending.is_empty() && tail.failed.is_none(),
+                        Durability::Background { .. } => tail.written != tail.durable,
+                    };
+                    if due || tail.stop && (tail.pending.is_empty() || tail.failed.is_some()) {
+                        break;
+                    }
+                    tail = match durability {
+                        Durability::Fsync => {
+                            self.wake.wait(tail).unwrap_or_else(PoisonError::into_inner)
+                        }
+                        Durability::Background { fsync_interval } => {
+                            self.wake
+                                .wait_timeout(tail, fsync_interval)
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .0
+                        }
+                    };
+                }
+                if tail.stop && tail.written == tail.durable && tail.pending.is_empty() {
+                    return;
+                }
+                if tail.stop && tail.failed.is_some() {
+                    return;
+                }
+                let batches: Vec<Pending> = tail.pending.drain(..).collect();
+                (Arc::clone(&tail.file), tail.written, batches)
+            };
+            let started = Instant::now();
+            let result = file.sync_data();
+            let took = started.elapsed();
+            if let Some(h) = histogram {
+                h.observe(took.as_secs_f64());
+            }
+            slow.note(took);
+            let mut tail = self.lock();
+            match result {
+                Ok(()) => {
+                    tail.durable = upto;
+                    self.background_failed.store(false, Ordering::Relaxed);
+                    drop(tail);
+                    for batch in batches {
+                        let _ = batch.signal.send(BatchState::Durable);
+                        let _ = rows.send(batch.rows);
+                    }
+                }
+                Err(source) => {
+                    let err = Arc::new(AuditError::journal(journal::JournalError::Io {
+                        what: "cannot sync the audit journal",
+                        path: PathBuf::new(),
+                        source,
+                    }));
+                    if matches!(durability, Durability::Background { .. }) {
+                        // Released records cannot be recalled: refuse new ones until a sync
+                        // succeeds.
+                        self.background_failed.store(true, Ordering::Relaxed);
+                        continue;
+                    }
+                    // Everything after the last durable frame fails, also what was appended
+                    // while this sync ran.
+                    let later: Vec<Pending> = tail.pending.drain(..).collect();
+                    tail.failed = Some(Arc::clone(&err));
+                    drop(tail);
+                    for batch in batches.into_iter().chain(later) {
+                        let _ = batch.signal.send(BatchState::Failed(Arc::clone(&err)));
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl SlowCommits {
+    /// Warns about a sync slow enough that the requests waiting on it noticed.
+    fn note(&mut self, elapsed: Duration) {
+        if elapsed < SLOW_SYNC {
+            return;
+        }
+        self.since_log += 1;
+        self.worst = self.worst.max(elapsed);
+        let now = Instant::now();
+        if self
+            .logged
+            .is_some_and(|at| now - at < SLOW_COMMIT_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            ms = elapsed.as_millis(),
+            slow_syncs = self.since_log,
+            worst_ms = self.worst.as_millis(),
+            "audit journal sync slow (the audit disk stalls responses; see fhirwall_audit_commit_seconds)"
+        );
+        *self = Self {
+            logged: Some(now),
+            ..Self::default()
+        };
+    }
+}
+
+/// A sync slower than this is logged.
+const SLOW_SYNC: Duration = Duration::from_millis(100);
+
 struct Writer {
+    journal: Journal,
+    /// The index connection retention uses.
     conn: Connection,
-    head: Head,
-    /// The last transaction failed: re-read the head (and reopen if that fails) before the next.
-    broken: bool,
-    slow: SlowCommits,
-    /// With `Checkpoints::Background` or `Durability::Background`: told of every commit, asked
-    /// to restart a long WAL, and (background durability) whether the WAL's last fsync failed.
-    checkpointer: Option<Checkpointer>,
-    /// Keeps the patient index copy up to date (`pindex.rs`); stopped with the writer.
+    sync: Arc<Sync>,
+    syncer: Option<JoinHandle<()>>,
+    /// Durable rows for the indexer (background durability sends them at append).
+    rows: std_mpsc::Sender<Vec<IndexRow>>,
     _indexer: Indexer,
+    /// Keeps the patient index copy up to date (`pindex.rs`); stopped with the writer.
+    _patients: pindex::Indexer,
+    hashes: Vec<Hash>,
     config: AuditConfig,
     shared: Arc<Shared>,
 }
@@ -369,7 +630,7 @@ impl Writer {
                 }
             }
             if !batch.is_empty() {
-                self.commit_batch(&mut batch);
+                self.append_batch(&mut batch);
             }
             if let Some(reply) = prune {
                 let result = self.prune();
@@ -378,117 +639,121 @@ impl Writer {
                 }
             }
         }
+        self.stop();
     }
 
-    fn commit_batch(&mut self, batch: &mut Vec<(Prepared, Option<Reply>)>) {
-        let result = self.recover().and_then(|()| {
-            if let Some(c) = &self.checkpointer {
-                if c.sync_failed() {
-                    // Fail closed: what is committed now might never reach the disk.
-                    return Err(AuditError::Io {
-                        what: "the audit WAL could not be fsynced".into(),
-                        source: std::io::Error::other("background fsync failed"),
-                    });
+    /// Lets the syncer make the last batches durable, then stops it.
+    fn stop(&mut self) {
+        self.sync.lock().stop = true;
+        self.sync.wake.notify_all();
+        if let Some(syncer) = self.syncer.take() {
+            let _ = syncer.join();
+        }
+    }
+
+    /// Appends the batch and answers its callers; `false` when it failed.
+    fn append_batch(&mut self, batch: &mut Vec<(Prepared, Option<Reply>)>) -> bool {
+        rewind_if_failed(&mut self.journal, &mut self.sync.lock());
+        if self.sync.background_failed.load(Ordering::Relaxed) {
+            let err = AuditError::journal(journal::JournalError::Io {
+                what: "the audit journal could not be synced",
+                path: PathBuf::new(),
+                source: std::io::Error::other("background fsync failed"),
+            });
+            self.fail(batch, err);
+            return false;
+        }
+        let before = self.journal.position();
+        let appended = self.journal.append(
+            batch.iter().map(|(e, _)| e.body.as_bytes()),
+            &mut self.hashes,
+        );
+        let position = match appended {
+            Ok(position) => position,
+            Err(e) => {
+                // A batch that filled a segment may have left frames in the (synced) segment
+                // before; they stand, though their callers are told it failed (the safe side).
+                let mut tail = self.sync.lock();
+                tail.written = self.journal.position();
+                tail.file = self.journal.file();
+                if tail.written.segment != before.segment {
+                    tail.durable = tail.written;
                 }
-                c.restart_if_over(&self.conn);
+                drop(tail);
+                self.shared
+                    .head
+                    .store(self.journal.position().head.seq, Ordering::Relaxed);
+                self.fail(batch, AuditError::journal(e));
+                return false;
             }
-            let entries: Vec<&Prepared> = batch.iter().map(|(e, _)| e).collect();
-            let started = Instant::now();
-            let head =
-                store::append(&mut self.conn, self.head, &entries).map_err(AuditError::write)?;
-            self.took(started.elapsed(), entries.len());
-            Ok(head)
-        });
-        match result {
-            Ok(head) => {
-                let first = self.head.seq + 1;
-                let count = batch.len() as u64;
-                self.head = head;
-                // Counters first, so a caller that sees its acknowledgement also sees them.
-                self.succeeded(head, count);
-                for (i, (_, reply)) in (0u64..).zip(batch.drain(..)) {
-                    if let Some(reply) = reply {
-                        // A caller that stopped waiting (request cancelled) is fine: the
-                        // record is committed either way.
-                        let _ = reply.send(Ok(CommittedSeq(first + i)));
+        };
+        if position.segment != before.segment {
+            self.prepare_spare();
+        }
+        let first = before.head.seq + 1;
+        let count = batch.len() as u64;
+        let (signal, durable) = watch::channel(BatchState::Written);
+        let mut prev = before.head.hash;
+        let mut rows = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for ((entry, reply), (seq, hash)) in batch.drain(..).zip((first..).zip(&self.hashes)) {
+            rows.push(IndexRow {
+                seq,
+                prev_hash: prev,
+                hash: *hash,
+                entry,
+            });
+            prev = *hash;
+            replies.push((seq, reply));
+        }
+        let background = matches!(self.config.store.durability, Durability::Background { .. });
+        {
+            let mut tail = self.sync.lock();
+            if tail.failed.is_some() {
+                // A sync failed while this batch was written: it cannot become durable as is.
+                let err = tail.failed.clone();
+                rewind_if_failed(&mut self.journal, &mut tail);
+                drop(tail);
+                if let Some(err) = err {
+                    self.shared.failed(count, &err);
+                    for (_, reply) in replies {
+                        if let Some(reply) = reply {
+                            let _ = reply.send(Err(AuditError::Unavailable {
+                                source: Arc::clone(&err),
+                            }));
+                        }
                     }
                 }
+                return false;
             }
-            Err(err) => self.failed(batch, err),
+            tail.written = position;
+            tail.file = self.journal.file();
+            if background {
+                let _ = signal.send(BatchState::Durable);
+                let _ = self.rows.send(rows);
+            } else {
+                tail.pending.push_back(Pending { signal, rows });
+            }
         }
+        self.sync.wake.notify_one();
+        self.shared.head.store(position.head.seq, Ordering::Relaxed);
+        self.shared.succeeded(count);
+        for (seq, reply) in replies {
+            if let Some(reply) = reply {
+                // A caller that stopped waiting (request cancelled) is fine: the record is
+                // appended either way.
+                let _ = reply.send(Ok(Appended {
+                    seq: CommittedSeq(seq),
+                    batch: durable.clone(),
+                }));
+            }
+        }
+        true
     }
 
-    /// Accounts for a committed transaction's duration: the histogram, and a warning when it
-    /// was slow enough that the requests waiting on it noticed.
-    fn took(&mut self, elapsed: Duration, records: usize) {
-        if let Some(h) = &self.config.commit_seconds {
-            h.observe(elapsed.as_secs_f64());
-        }
-        if elapsed < self.config.slow_commit {
-            return;
-        }
-        let s = &mut self.slow;
-        s.since_log += 1;
-        s.worst = s.worst.max(elapsed);
-        let now = Instant::now();
-        if s.logged.is_some_and(|at| now - at < SLOW_COMMIT_LOG_EVERY) {
-            return;
-        }
-        tracing::warn!(
-            ms = elapsed.as_millis(),
-            records,
-            slow_commits = s.since_log,
-            worst_ms = s.worst.as_millis(),
-            "audit commit slow (the audit store's disk stalls forwarding; see fhirwall_audit_commit_seconds)"
-        );
-        *s = SlowCommits {
-            logged: Some(now),
-            ..SlowCommits::default()
-        };
-    }
-
-    fn succeeded(&self, head: Head, count: u64) {
-        let s = &self.shared;
-        s.head.store(head.seq, Ordering::Relaxed);
-        s.committed.fetch_add(count, Ordering::Relaxed);
-        s.batches.fetch_add(1, Ordering::Relaxed);
-        let mut health = s.health.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Health::Failing {
-            consecutive_failures,
-            ..
-        } = &*health
-        {
-            tracing::warn!(consecutive_failures, "audit store writable again");
-            *health = Health::Healthy;
-        }
-    }
-
-    fn failed(&mut self, batch: &mut Vec<(Prepared, Option<Reply>)>, err: AuditError) {
-        self.broken = true;
+    fn fail(&mut self, batch: &mut Vec<(Prepared, Option<Reply>)>, err: AuditError) {
+        self.shared.failed(batch.len() as u64, &err);
         let err = Arc::new(err);
-        let s = &self.shared;
-        s.failed.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        s.failed_batches.fetch_add(1, Ordering::Relaxed);
-        {
-            let mut health = s.health.lock().unwrap_or_else(PoisonError::into_inner);
-            let consecutive = match &*health {
-                Health::Failing {
-                    consecutive_failures,
-                    ..
-                } => consecutive_failures + 1,
-                Health::Healthy => 1,
-            };
-            let since = match &*health {
-                Health::Failing { since, .. } => *since,
-                Health::Healthy => record::now(),
-            };
-            *health = Health::Failing {
-                since,
-                consecutive_failures: consecutive,
-                last_error: error_chain(&err),
-            };
-        }
-        tracing::error!(records = batch.len(), error = %error_chain(&err), "audit store write failed; refusing requests");
         for (_, reply) in batch.drain(..) {
             if let Some(reply) = reply {
                 let _ = reply.send(Err(AuditError::Unavailable {
@@ -500,60 +765,66 @@ impl Writer {
         }
     }
 
-    /// After a failure: the in-memory head was not advanced, but re-read it in case the failing
-    /// COMMIT reached the disk after all (then those records exist though their callers were
-    /// told "failed", and refused their requests, which is the safe side). If even reading
-    /// fails, reopen the database.
-    fn recover(&mut self) -> Result<(), AuditError> {
-        if !self.broken {
-            return Ok(());
-        }
-        let head = if let Ok(head) = store::head(&self.conn) {
-            head
-        } else {
-            self.conn = store::open(&self.config.path, &self.config.store)?;
-            if let Some(c) = &self.checkpointer {
-                c.watch(&mut self.conn).map_err(|source| AuditError::Open {
-                    path: self.config.path.clone(),
-                    source,
-                })?;
-            }
-            store::head(&self.conn).map_err(|source| AuditError::Read { source })?
-        };
-        self.head = head;
-        self.shared.head.store(head.seq, Ordering::Relaxed);
-        self.broken = false;
-        Ok(())
+    /// Writes the next segment's zeros off this thread, so the next rotation is a rename.
+    fn prepare_spare(&self) {
+        let dir = indexer::journal_dir(&self.config.path);
+        let opts = self.config.journal;
+        let _ = thread::Builder::new()
+            .name("fhirwall-audit-spare".into())
+            .spawn(move || {
+                if let Err(e) = Journal::prepare_spare(&dir, opts) {
+                    tracing::warn!(error = %e, "cannot prepare the next audit journal segment; the next rotation will");
+                }
+            });
     }
 
+    /// Retention: appends the marker to the journal and makes it durable, then removes what it
+    /// covers from the index and the journal segments that hold nothing newer.
     fn prune(&mut self) -> Result<u64, AuditError> {
         let mut pruned = 0;
-        // Bounded per tick so a large backlog never holds up commits for long.
+        // Bounded per tick so a large backlog never holds up appends for long.
         for _ in 0..10 {
-            self.recover()?;
-            match store::prune(&mut self.conn, self.head, &self.config.retention) {
-                Ok(Some((head, marker))) => {
-                    self.head = head;
-                    self.shared.head.store(head.seq, Ordering::Relaxed);
-                    self.shared
-                        .pruned
-                        .fetch_add(marker.count, Ordering::Relaxed);
-                    pruned += marker.count;
-                    tracing::info!(
-                        first = marker.first_seq,
-                        last = marker.last_seq,
-                        "audit retention pruned"
-                    );
-                }
-                Ok(None) => return Ok(pruned),
-                Err(err) => {
-                    self.broken = true;
-                    tracing::warn!(error = %error_chain(&err), "audit retention failed; will retry");
-                    return Err(err);
-                }
+            // What is durable is what may be pruned against; the index may lag behind it.
+            indexer::catch_up(&self.config.path)?;
+            let head = self.journal.position().head;
+            let Some(marker) = store::plan_prune(&self.conn, head, &self.config.retention)? else {
+                return Ok(pruned);
+            };
+            let entry = Prepared::new(&Entry::Pruned(marker.clone()))?;
+            if !self.append_batch(&mut vec![(entry, None)]) {
+                return Err(AuditError::WriterGone);
             }
+            self.journal.file().sync_data().map_err(|source| {
+                AuditError::journal(journal::JournalError::Io {
+                    what: "cannot sync the audit journal",
+                    path: PathBuf::new(),
+                    source,
+                })
+            })?;
+            store::remove_range(&mut self.conn, marker.first_seq, marker.last_seq)
+                .map_err(AuditError::write)?;
+            journal::remove_through(&indexer::journal_dir(&self.config.path), marker.last_seq)
+                .map_err(AuditError::journal)?;
+            self.shared
+                .pruned
+                .fetch_add(marker.count, Ordering::Relaxed);
+            pruned += marker.count;
+            tracing::info!(
+                first = marker.first_seq,
+                last = marker.last_seq,
+                "audit retention pruned"
+            );
         }
         Ok(pruned)
+    }
+}
+
+/// After a failed sync: back to the last durable frame.
+fn rewind_if_failed(journal: &mut Journal, tail: &mut Tail) {
+    if tail.failed.take().is_some() {
+        journal.rewind(tail.durable);
+        tail.written = journal.position();
+        tail.file = journal.file();
     }
 }
 

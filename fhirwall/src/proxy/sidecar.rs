@@ -87,6 +87,8 @@ pub struct ConnectionHandler {
     matched: Option<(Arc<PolicyState>, Option<IntegrationRef>)>,
     /// The committed record of the request in flight, completed in `finish`.
     pending: Option<(CommittedSeq, String)>,
+    /// A read forwarded before its record was durable; its response waits for it.
+    durable: Option<audit::Appended>,
     /// The check the forwarded request's response gets, until the response arrives.
     check: Option<PendingCheck>,
     /// What the response check saw, for the completion record.
@@ -110,6 +112,7 @@ impl ConnectionHandler {
             upstream,
             matched: None,
             pending: None,
+            durable: None,
             check: None,
             checked: None,
             issued: None,
@@ -182,13 +185,16 @@ impl ConnectionHandler {
         ))
     }
 
-    /// Allowed (or observed): rate limit, commit, rewrite, forward.
+    /// Allowed (or observed): rate limit, record, rewrite, forward. A read-only request goes
+    /// out once its record is appended to the journal, and its response waits in
+    /// [`Handler::release`] until the record is durable; any other waits for durability here.
     async fn forward(
         &mut self,
         record: audit::Record,
         integration: Option<&Integration>,
         limiter: &RateLimiter,
         head: &mut RequestHead,
+        read_only: bool,
         id: ExchangeId,
     ) -> http::Dispatch<UpstreamKey> {
         if let Some(i) = integration
@@ -217,11 +223,16 @@ impl ConnectionHandler {
             .requests
             .with_label_values(&[record.decision.as_str()])
             .inc();
-        let seq = match self.shared.audit.commit(record).await {
-            Ok(seq) => seq,
+        let appended = match self.shared.audit.append(record).await {
+            Ok(appended) => appended,
             Err(e) => return self.audit_unavailable(&e, id),
         };
-        self.pending = Some((seq, id.to_string()));
+        self.pending = Some((appended.seq, id.to_string()));
+        if read_only {
+            self.durable = Some(appended);
+        } else if let Err(e) = appended.durable().await {
+            return self.audit_unavailable(&e, id);
+        }
         if let Some((name, value)) = credential
             && head.headers.insert(Bytes::from(name), value).is_err()
         {
@@ -361,7 +372,11 @@ impl Handler for ConnectionHandler {
         };
         match plan {
             Plan::Refuse(answer) => self.answer(record, answer, id).await,
-            Plan::Forward { check, strip } => {
+            Plan::Forward {
+                check,
+                strip,
+                read_only,
+            } => {
                 for name in &strip {
                     head.headers.remove(name);
                 }
@@ -373,8 +388,28 @@ impl Handler for ConnectionHandler {
                     return self.refuse(record, &Refusal::UpstreamUnnamed, id).await;
                 }
                 self.check = Some(check);
-                self.forward(record, integration, &state.limiter, head, id)
+                let read_only = read_only && matches!(head.method(), Method::Get | Method::Head);
+                self.forward(record, integration, &state.limiter, head, read_only, id)
                     .await
+            }
+        }
+    }
+
+    /// A read forwarded before its record was durable: nothing of its response goes out until
+    /// it is; if it cannot be made durable, the response is dropped for a 503.
+    async fn release(&mut self, id: ExchangeId) -> Result<(), LocalResponse> {
+        let Some(appended) = self.durable.take() else {
+            return Ok(());
+        };
+        match appended.durable().await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                self.shared.metrics.audit_failures.inc();
+                warn!(error = %e, "audit record not durable: the response is withheld");
+                Err(operation_outcome::unavailable(
+                    "the audit trail cannot be written; the response was withheld",
+                    id,
+                ))
             }
         }
     }
@@ -407,6 +442,8 @@ impl Handler for ConnectionHandler {
             m.upstream_errors.with_label_values(&[e.reason()]).inc();
         }
         let checked = self.checked.take();
+        // No response came back to hold (an upstream failure): nothing to wait for.
+        self.durable = None;
         let Some((seq, correlation)) = self.pending.take() else {
             return;
         };

@@ -75,7 +75,11 @@ async fn full_disk_fails_commits_loses_nothing_and_recovers() {
         }
     };
     let db = mount.path().join("audit.db");
-    let (sink, writer) = AuditSink::start(AuditConfig::new(&db)).unwrap();
+    let mut config = AuditConfig::new(&db);
+    // Segments small enough that the full disk is met at a rotation, the only time the journal
+    // asks for space: appends go into segments written in full beforehand.
+    config.journal.segment_bytes = 256 * 1024;
+    let (sink, writer) = AuditSink::start(config).unwrap();
     let mut acked = Vec::new();
     let mut n = 0u64;
     let commit = |sink: AuditSink, n: u64| async move {
@@ -90,7 +94,7 @@ async fn full_disk_fails_commits_loses_nothing_and_recovers() {
     }
 
     let filler = fill(mount.path());
-    // The WAL may still have room from earlier growth; commit until the store runs out of space.
+    // The current segment still has room; commit until the journal needs a new one.
     let mut failure = None;
     for _ in 0..100_000 {
         n += 1;

@@ -130,3 +130,9 @@ pub async fn seed(path: &Path, n: u64) {
 pub fn rw(path: &Path) -> rusqlite::Connection {
     rusqlite::Connection::open(path).unwrap_or_else(|e| panic!("open {}: {e}", path.display()))
 }
+
+/// Removes the journal, as an attacker who also controls it would, so what the index alone
+/// shows can be tested.
+pub fn drop_journal(path: &Path) {
+    std::fs::remove_dir_all(path.with_extension("journal")).unwrap();
+}

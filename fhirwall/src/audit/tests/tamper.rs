@@ -2,7 +2,7 @@
 
 use rusqlite::{Connection, params};
 
-use super::support::{rw, seed, temp_store};
+use super::support::{drop_journal, rw, seed, temp_store};
 use crate::audit::{Anchor, Problem, Verification, chain, open_read_only, verify};
 
 const N: u64 = 10;
@@ -182,10 +182,16 @@ async fn truncated_tail_is_caught_only_with_an_anchor() {
     seed(&path, N).await;
     let head = check(&path, &[]).head.unwrap();
     assert_eq!(head.seq, N);
-    // A careful attacker removes the patient index rows too (else they show up as orphans).
-    rw(&path)
-        .execute_batch("DELETE FROM entries WHERE seq > 8; DELETE FROM patients WHERE seq > 8;")
-        .unwrap();
+    let cut = "DELETE FROM entries WHERE seq > 8; DELETE FROM patients WHERE seq > 8;";
+    // The index alone: the journal has the entries, and the next reader indexes them again.
+    rw(&path).execute_batch(cut).unwrap();
+    let healed = check(&path, &[]);
+    assert!(healed.is_intact(), "{:?}", healed.findings);
+    assert_eq!(healed.entries, N);
+    // An attacker who controls the journal too removes it, and the patient index rows (else
+    // they show up as orphans).
+    drop_journal(&path);
+    rw(&path).execute_batch(cut).unwrap();
 
     // Without outside knowledge a shorter chain is still a valid chain.
     assert!(check(&path, &[]).is_intact());
@@ -225,8 +231,36 @@ async fn rewritten_history_is_caught_only_with_an_anchor() {
             hash: hash_at(&c, 5),
         }
     };
-    // An attacker who knows the algorithm edits seq 5 and recomputes every hash after it.
-    let c = rw(&path);
+    // An attacker who knows the algorithm edits seq 5 and recomputes every hash after it: in
+    // the index alone, the journal names every rewritten entry.
+    rewrite_from_5(&path);
+    let v = check(&path, &[]);
+    let differ: Vec<u64> = v
+        .findings
+        .iter()
+        .filter(|f| f.problem == Problem::IndexDiffers)
+        .map(|f| f.seq)
+        .collect();
+    assert_eq!(differ, (5..=N).collect::<Vec<_>>(), "{:?}", v.findings);
+    // With the journal rewritten (here: removed) as well, only an anchor tells.
+    drop_journal(&path);
+    assert!(
+        check(&path, &[]).is_intact(),
+        "a full rewrite is invisible to the chain alone"
+    );
+    for anchor in [head, mid] {
+        let v = check(&path, &[anchor]);
+        assert!(
+            v.findings
+                .iter()
+                .any(|f| f.seq == anchor.seq && f.problem == Problem::AnchorMismatch),
+            "{anchor}"
+        );
+    }
+}
+
+fn rewrite_from_5(path: &std::path::Path) {
+    let c = rw(path);
     c.execute(r#"UPDATE entries SET body = replace(body, '"upstream":"epic"', '"upstream":"evil"') WHERE seq = 5"#, []).unwrap();
     let mut prev = hash_at(&c, 4);
     for seq in 5..=i64::try_from(N).unwrap() {
@@ -242,19 +276,6 @@ async fn rewritten_history_is_caught_only_with_an_anchor() {
         )
         .unwrap();
         prev = hash;
-    }
-    assert!(
-        check(&path, &[]).is_intact(),
-        "a full rewrite is invisible to the chain alone"
-    );
-    for anchor in [head, mid] {
-        let v = check(&path, &[anchor]);
-        assert!(
-            v.findings
-                .iter()
-                .any(|f| f.seq == anchor.seq && f.problem == Problem::AnchorMismatch),
-            "{anchor}"
-        );
     }
 }
 

@@ -90,6 +90,8 @@ async fn commands_read_a_real_store() {
     let (code, text) = fhirwall_audit(&["verify", "--db", db]);
     assert_eq!(code, ExitCode::FAILURE, "{text}");
     assert!(text.contains("seq 12..=12: missing"), "{text}");
+    // Cutting the tail needs the journal gone too (else the next reader indexes it again).
+    support::drop_journal(&path);
     support::rw(&path)
         .execute("DELETE FROM entries WHERE seq > 25", [])
         .unwrap_or_default();

@@ -2,7 +2,7 @@
 //! headers that pass and the check its response gets.
 
 use fhirwall_fhir::{
-    FhirRequest, IssueType,
+    FhirRequest, Interaction, IssueType,
     response::{CheckMode, ResponseRules},
 };
 use fhirwall_http::{ExchangeId, LocalResponse};
@@ -25,6 +25,10 @@ pub(super) enum Plan {
         check: PendingCheck,
         /// Request headers not forwarded (lower-case names).
         strip: Vec<String>,
+        /// Known to change nothing on the server (reads, searches, history, capabilities, pages
+        /// and export files), so it may go out before its record is durable as long as its
+        /// response waits (with a GET or HEAD method: checked where the method is known).
+        read_only: bool,
     },
 }
 
@@ -93,6 +97,18 @@ impl ConnectionHandler {
                 issued,
             },
             strip: fhir.stripped_headers.clone(),
+            read_only: fhir.operation.is_none()
+                && matches!(
+                    fhir.interaction,
+                    Interaction::Read
+                        | Interaction::Vread
+                        | Interaction::HistoryInstance
+                        | Interaction::HistoryType
+                        | Interaction::HistorySystem
+                        | Interaction::SearchType
+                        | Interaction::SearchSystem
+                        | Interaction::Capabilities
+                ),
         }
     }
 
@@ -169,6 +185,9 @@ impl ConnectionHandler {
                 }),
             },
             strip,
+            // A page, an export file, an export's status; a DELETE of the status URL (which
+            // cancels the export) is not read-only, which the method check catches.
+            read_only: true,
         }
     }
 }

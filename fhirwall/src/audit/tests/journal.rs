@@ -1,0 +1,193 @@
+//! The journal on its own: frames, rotation, a torn tail, rewinding after a failed sync.
+
+use std::{fs::OpenOptions, os::unix::fs::FileExt as _, path::Path};
+
+use super::super::{
+    chain::{self, GENESIS},
+    journal::{self, Journal, JournalOptions},
+    store::Head,
+};
+
+const SMALL: JournalOptions = JournalOptions {
+    segment_bytes: 4096,
+};
+
+fn bodies(range: std::ops::Range<u32>) -> Vec<String> {
+    range
+        .map(|i| format!("{{\"n\":{i},\"pad\":\"{}\"}}", "x".repeat(100)))
+        .collect()
+}
+
+fn append(j: &mut Journal, bodies: &[String]) {
+    let mut hashes = Vec::new();
+    j.append(bodies.iter().map(String::as_bytes), &mut hashes)
+        .unwrap();
+    assert_eq!(hashes.len(), bodies.len());
+}
+
+fn all(dir: &Path) -> Vec<journal::Frame> {
+    journal::read_from(dir, 1, usize::MAX).unwrap()
+}
+
+/// The frames form the same chain `chain::link` defines, from the anchor on.
+fn assert_chain(frames: &[journal::Frame], anchor: Head) {
+    let mut head = anchor;
+    for f in frames {
+        assert_eq!(f.seq, head.seq + 1);
+        assert_eq!(f.prev_hash, head.hash);
+        assert_eq!(f.hash, chain::link(&head.hash, f.seq, f.body.as_bytes()));
+        head = Head {
+            seq: f.seq,
+            hash: f.hash,
+        };
+    }
+}
+
+#[test]
+fn appends_rotate_and_reopen_where_they_left_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = Head {
+        seq: 0,
+        hash: GENESIS,
+    };
+    let written = bodies(0..100);
+    {
+        let mut j = Journal::open(dir.path(), SMALL, genesis).unwrap();
+        for chunk in written.chunks(7) {
+            append(&mut j, chunk);
+        }
+        assert_eq!(j.position().head.seq, 100);
+    }
+    // About 150 bytes a frame in 4 KiB segments: several segments, each full of zeros first.
+    let segs = journal::segments(dir.path()).unwrap();
+    assert!(segs.len() > 3, "{segs:?}");
+    for (_, path) in &segs {
+        assert_eq!(std::fs::metadata(path).unwrap().len(), 4096);
+    }
+    let frames = all(dir.path());
+    assert_eq!(frames.len(), 100);
+    assert_chain(&frames, genesis);
+    assert_eq!(
+        frames.iter().map(|f| f.body.clone()).collect::<Vec<_>>(),
+        written
+    );
+    let head = Head {
+        seq: 100,
+        hash: frames[99].hash,
+    };
+    let mut j = Journal::open(dir.path(), SMALL, genesis).unwrap();
+    assert_eq!(j.position().head, head);
+    append(&mut j, &bodies(100..110));
+    let frames = all(dir.path());
+    assert_eq!(frames.len(), 110);
+    assert_chain(&frames, genesis);
+    // Reading from the middle starts at the right frame.
+    let tail = journal::read_from(dir.path(), 57, 5).unwrap();
+    assert_eq!(
+        tail.iter().map(|f| f.seq).collect::<Vec<_>>(),
+        [57, 58, 59, 60, 61]
+    );
+}
+
+#[test]
+fn a_torn_last_frame_is_cut_and_the_chain_continues() {
+    let dir = tempfile::tempdir().unwrap();
+    let anchor = Head {
+        seq: 41,
+        hash: [7; 32],
+    };
+    let opts = JournalOptions {
+        segment_bytes: 1 << 20,
+    };
+    let end = {
+        let mut j = Journal::open(dir.path(), opts, anchor).unwrap();
+        append(&mut j, &bodies(0..10));
+        j.position()
+    };
+    // A crash in the middle of the tenth frame: its last bytes never reached the disk.
+    let (_, path) = journal::segments(dir.path()).unwrap().pop().unwrap();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0; 40], end.offset - 40).unwrap();
+    let mut j = Journal::open(dir.path(), opts, anchor).unwrap();
+    assert_eq!(j.position().head.seq, 50, "frame 51 was cut");
+    append(&mut j, &bodies(20..25));
+    let frames = all(dir.path());
+    assert_eq!(frames.len(), 14);
+    assert_chain(&frames, anchor);
+    assert!(frames[9].body.contains("\"n\":20"), "{}", frames[9].body);
+    // Garbage from the torn frame is gone: nothing valid follows the new end.
+    assert_eq!(frames.last().unwrap().seq, 55);
+}
+
+#[test]
+fn damage_in_the_middle_of_a_frame_is_a_cut_not_a_skip() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = Head {
+        seq: 0,
+        hash: GENESIS,
+    };
+    let opts = JournalOptions {
+        segment_bytes: 1 << 20,
+    };
+    {
+        let mut j = Journal::open(dir.path(), opts, genesis).unwrap();
+        append(&mut j, &bodies(0..10));
+    }
+    let (_, path) = journal::segments(dir.path()).unwrap().pop().unwrap();
+    let frames = all(dir.path());
+    // Flip one byte inside the body of frame 4: frames 4.. do not follow any more.
+    let frame_len = (journal::FRAME_HEADER + frames[0].body.len()) as u64;
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(b"Y", 3 * frame_len + journal::FRAME_HEADER as u64 + 3)
+        .unwrap();
+    assert_eq!(
+        all(dir.path()).len(),
+        3,
+        "readers stop at the damaged frame"
+    );
+    let j = Journal::open(dir.path(), opts, genesis).unwrap();
+    assert_eq!(j.position().head.seq, 3);
+}
+
+#[test]
+fn rewinding_overwrites_what_was_not_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = Head {
+        seq: 0,
+        hash: GENESIS,
+    };
+    let mut j = Journal::open(dir.path(), SMALL, genesis).unwrap();
+    append(&mut j, &bodies(0..3));
+    let durable = j.position();
+    append(&mut j, &bodies(3..6));
+    j.rewind(durable);
+    append(&mut j, &bodies(10..12));
+    let frames = all(dir.path());
+    assert_eq!(frames.len(), 5);
+    assert_chain(&frames, genesis);
+    assert!(frames[3].body.contains("\"n\":10"));
+}
+
+#[test]
+fn frames_reject_every_kind_of_damage() {
+    let mut buf = Vec::new();
+    journal::encode(&mut buf, 9, &[1; 32], b"{\"a\":1}").unwrap();
+    assert!(matches!(
+        journal::decode(&buf),
+        journal::Decoded::Frame { seq: 9, .. }
+    ));
+    assert_eq!(journal::decode(&[0; 100]), journal::Decoded::End);
+    assert_eq!(journal::decode(&[0; 10]), journal::Decoded::End);
+    for at in 0..buf.len() {
+        let mut bad = buf.clone();
+        bad[at] ^= 0x40;
+        assert!(
+            matches!(journal::decode(&bad), journal::Decoded::Bad(_)),
+            "a flipped byte at {at} went unnoticed"
+        );
+    }
+    assert!(matches!(
+        journal::decode(&buf[..buf.len() - 1]),
+        journal::Decoded::Bad(_)
+    ));
+}
