@@ -95,6 +95,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     let audit_db = config.state_dir.join("audit.db");
     let mut audit_config = AuditConfig::new(&audit_db);
     audit_config.store.durability = config.audit.durability();
+    audit_config.journal.segment_bytes = config.audit.segment_mb * 1024 * 1024;
     audit_config.commit_seconds = Some(metrics.audit_commit_seconds.clone());
     let (audit, audit_writer) = AuditSink::start(audit_config)?;
     let attributor = Attributor::new(

@@ -1,14 +1,17 @@
-//! The tamper-evident audit trail: every decision is committed here before anything is forwarded.
+//! The tamper-evident audit trail: the journal is the commit point, `SQLite` its index.
 //!
 //! ```text
-//! proxy ── AuditSink::commit(Record).await ──► queue ──► writer thread (owns SQLite)
-//!                                                         group commit: one txn + one fsync
-//!                                                         per batch, hash chain per entry
-//!       ◄── Ok(CommittedSeq) after the txn is durable ◄──
-//! proxy ── AuditSink::complete(Completion) ──► queue (not awaited; chained like any entry)
+//! proxy ── AuditSink::append(Record).await ─► queue ─► appender thread: one pwrite per group
+//!       ◄── Appended { seq } (written, not yet durable) ◄─┘        │ journal segments
+//!       Appended::durable().await ◄── syncer thread: fdatasync, batches durable ─┘
+//!                                            └─► indexer thread (nice 10): SQLite, big txns
+//! proxy ── AuditSink::complete(Completion) ─► queue (not awaited; chained like any entry)
 //!
-//! responders: query / report / verify / export  (read the same file; export keeps a cursor)
+//! responders: query / report / verify / export  (catch the index up from the journal first)
 //! ```
+//!
+//! A write is forwarded after `commit` (append + durable); a read after `append`, its response
+//! released after `durable` (external synchrony).
 //!
 //! How the proxy uses it (the only calls on the request path are `commit` and `complete`):
 //!
@@ -39,7 +42,9 @@
 //! ```
 //!
 //! Files, in the order an entry travels: `record` (what is stored), `index` (queryable columns),
-//! `chain` (hashing), `store` (`SQLite` schema, append, retention), `writer` (group commit, health),
+//! `chain` (hashing), `journal` (segments and frames), `writer` (group commit, durability,
+//! health), `indexer` and `store` (the `SQLite` index, catching up, retention's plan), `pindex`
+//! (the patient index copy),
 //! then the readers: `verify`, `query`, `report`, `render` (table / JSON lines), `balp` (FHIR
 //! `AuditEvents`), `export` (cursors, JSON lines and FHIR push) with its small `http` client.
 

@@ -38,13 +38,16 @@ pub struct AgentConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuditSettings {
-    /// `fsync` (default): every group commit is fsynced before its requests are forwarded.
-    /// `background`: commits reach the operating system before forwarding (an agent crash loses
-    /// nothing) and the WAL is fsynced every `fsync_interval_ms` (a power loss can lose that
-    /// interval).
+    /// `fsync` (default): a write is forwarded, and a read's response released, only once its
+    /// record's group commit is fsynced in the journal. `background`: records reach the operating
+    /// system first (an agent crash loses nothing) and the journal is fsynced every
+    /// `fsync_interval_ms` (a power loss can lose that interval).
     pub durability: DurabilityMode,
     /// With `durability: background`: the longest a committed record may wait for its fsync.
     pub fsync_interval_ms: u64,
+    /// Size of each journal segment file, in MiB, written in full before use (so a full disk
+    /// shows at a rotation, not in the middle of a segment).
+    pub segment_mb: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +63,7 @@ impl Default for AuditSettings {
         Self {
             durability: DurabilityMode::Fsync,
             fsync_interval_ms: 100,
+            segment_mb: 64,
         }
     }
 }
@@ -260,6 +264,9 @@ impl AgentConfig {
                     .into(),
             );
         }
+        if !(1..=1024).contains(&self.audit.segment_mb) {
+            return Err("audit.segment_mb must be between 1 and 1024".into());
+        }
         if k.heartbeat_interval_ms == 0 || k.heartbeat_timeout_ms < 2 * k.heartbeat_interval_ms {
             return Err(
                 "kernel.heartbeat_timeout_ms must be at least twice heartbeat_interval_ms".into(),
@@ -332,6 +339,15 @@ mod tests {
         assert!(parse("audit:\n  durability: sometimes\n").is_err());
         assert!(parse("audit:\n  fsync_interval_ms: 0\n").is_err());
         assert!(parse("audit:\n  fsync_interval_ms: 60000\n").is_err());
+        assert!(parse("audit:\n  segment_mb: 0\n").is_err());
+        assert!(parse("audit:\n  segment_mb: 4096\n").is_err());
+        assert_eq!(
+            parse("audit:\n  segment_mb: 8\n")
+                .expect("valid")
+                .audit
+                .segment_mb,
+            8
+        );
     }
 
     #[test]

@@ -14,7 +14,9 @@
 //!   fhirwall-http    strict HTTP/1.1 framing; the sidecar is its Handler
 //!   fhirwall-fhir    classify: interaction, type, id, compartment, params, bundle entries
 //!   fhirwall-policy  workload -> integration; decide() -> Allow | Deny { reason }
-//!   audit/           record committed (group commit, hash chain) before anything is forwarded
+//!   audit/           record appended to the journal (group commit, hash chain); a read goes
+//!                    out at once, its response held until the record is durable; anything
+//!                    else waits for durability before it is forwarded
 //!   proxy/           forward upstream over TLS/mTLS, or answer 403 OperationOutcome
 //!   metrics, admin   Prometheus and the admin API, on their own runtime
 //! ```

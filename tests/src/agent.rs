@@ -38,6 +38,8 @@ pub struct AgentOptions {
     pub background_fsync_ms: Option<u64>,
     /// `sidecar.header_timeout_ms`, when not the default.
     pub header_timeout_ms: Option<u64>,
+    /// `audit.segment_mb`, when not the default.
+    pub segment_mb: Option<u64>,
 }
 
 impl AgentFiles {
@@ -75,10 +77,19 @@ impl AgentFiles {
             .header_timeout_ms
             .map(|ms| format!("  header_timeout_ms: {ms}\n"))
             .unwrap_or_default();
-        let audit = options
+        let background = options
             .background_fsync_ms
-            .map(|ms| format!("audit:\n  durability: background\n  fsync_interval_ms: {ms}\n"))
+            .map(|ms| format!("  durability: background\n  fsync_interval_ms: {ms}\n"))
             .unwrap_or_default();
+        let segment = options
+            .segment_mb
+            .map(|mb| format!("  segment_mb: {mb}\n"))
+            .unwrap_or_default();
+        let audit = if background.is_empty() && segment.is_empty() {
+            String::new()
+        } else {
+            format!("audit:\n{background}{segment}")
+        };
         let text = format!(
             "node_name: test-node\npolicies: {policies}\nstate_dir: {state}\n{audit}\
              sidecar:\n  listen_v4: 127.0.0.1\n  listen_v6: \"::1\"\n  transparent_port: {transparent_port}\n  agent_mark: {mark}\n{header_timeout}{explicit}\

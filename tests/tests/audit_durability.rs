@@ -191,8 +191,16 @@ fn a_full_disk_refuses_with_503_forwards_nothing_unrecorded_and_recovers_without
     if !kernel_available(test) {
         return;
     }
-    let world = World::new("active");
-    // Room for the WAL to reach its checkpoint size (16 MiB) before the filler takes the rest.
+    // Journal segments of 4 MiB: the full disk shows at the next rotation but one (the spare
+    // written ahead covers one), a few thousand requests after the filler.
+    let world = World::with_options(
+        "active",
+        &AgentOptions {
+            segment_mb: Some(4),
+            ..AgentOptions::default()
+        },
+    );
+    // Room for the journal, its spare and the index before the filler takes the rest.
     // Dropped after the agent (declared before it): unmounted also when the test fails.
     let disk = TmpfsGuard::mount(&world.state_dir(), "64M").expect("tmpfs for the state dir");
     let mut agent = world.start();

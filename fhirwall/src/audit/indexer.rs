@@ -24,6 +24,8 @@ use super::{
     store::{self, IndexRow, StoreOptions},
 };
 
+/// Entries a reader lays over an index it cannot write, at most.
+const MAX_OVERLAY: usize = 1_000_000;
 /// Rows per index transaction, at most.
 const MAX_ROWS: usize = 8192;
 /// How long the thread waits for rows before looking at the journal itself.
@@ -58,29 +60,49 @@ pub fn catch_up(db: &Path) -> Result<u64, AuditError> {
         return Ok(0);
     }
     let mut conn = store::open(db, &options())?;
-    catch_up_conn(&mut conn, &dir)
+    catch_up_conn(&mut conn, &dir, u64::MAX)
 }
 
-fn catch_up_conn(conn: &mut Connection, dir: &Path) -> Result<u64, AuditError> {
+/// Lays the journal's entries beyond the index over it, for `conn` only (see
+/// [`store::overlay`]).
+pub fn overlay_tail(conn: &Connection, db: &Path) -> Result<(), AuditError> {
+    let head = store::head(conn).map_err(|source| AuditError::Read { source })?;
+    let frames = journal::read_from(&journal_dir(db), head.seq + 1, MAX_OVERLAY)
+        .map_err(AuditError::journal)?;
+    let rows = rows_of(frames)?;
+    store::overlay(conn, &rows).map_err(|source| AuditError::Read { source })
+}
+
+fn rows_of(frames: Vec<journal::Frame>) -> Result<Vec<IndexRow>, AuditError> {
+    frames
+        .into_iter()
+        .map(|f| {
+            Ok(IndexRow {
+                seq: f.seq,
+                prev_hash: f.prev_hash,
+                hash: f.hash,
+                entry: Prepared::from_body(f.body, f.seq)?,
+            })
+        })
+        .collect()
+}
+
+/// Indexes the journal's entries after the index's head, through `upto`.
+fn catch_up_conn(conn: &mut Connection, dir: &Path, upto: u64) -> Result<u64, AuditError> {
     let mut added = 0;
     loop {
         let head = store::head(conn).map_err(|source| AuditError::Read { source })?;
-        let frames =
-            journal::read_from(dir, head.seq + 1, MAX_ROWS).map_err(AuditError::journal)?;
+        if head.seq >= upto {
+            return Ok(added);
+        }
+        let limit = usize::try_from(upto - head.seq)
+            .unwrap_or(MAX_ROWS)
+            .min(MAX_ROWS);
+        let frames = journal::read_from(dir, head.seq + 1, limit).map_err(AuditError::journal)?;
         if frames.is_empty() {
             return Ok(added);
         }
-        let rows = frames
-            .into_iter()
-            .map(|f| {
-                Ok(IndexRow {
-                    seq: f.seq,
-                    prev_hash: f.prev_hash,
-                    hash: f.hash,
-                    entry: Prepared::from_body(f.body, f.seq)?,
-                })
-            })
-            .collect::<Result<Vec<_>, AuditError>>()?;
+        let rows = rows_of(frames)?;
         added += rows.len() as u64;
         store::index(conn, &rows).map_err(AuditError::write)?;
     }
@@ -93,11 +115,16 @@ pub struct Indexer {
 }
 
 impl Indexer {
-    pub fn start(db: &Path, rows: mpsc::Receiver<Vec<IndexRow>>) -> Result<Self, AuditError> {
+    /// `durable` is the journal's head when the writer opened it: indexed first.
+    pub fn start(
+        db: &Path,
+        rows: mpsc::Receiver<Vec<IndexRow>>,
+        durable: u64,
+    ) -> Result<Self, AuditError> {
         let db = db.to_owned();
         let thread = thread::Builder::new()
             .name("fhirwall-audit-index".into())
-            .spawn(move || run(&db, &rows))
+            .spawn(move || run(&db, &rows, durable))
             .map_err(|source| AuditError::Thread { source })?;
         Ok(Self {
             thread: Some(thread),
@@ -113,7 +140,7 @@ impl Drop for Indexer {
     }
 }
 
-fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>) {
+fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>, durable: u64) {
     // SAFETY: setpriority on this thread's own id only changes its scheduling priority.
     unsafe {
         let tid = libc::gettid();
@@ -123,6 +150,8 @@ fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>) {
     let dir = journal_dir(db);
     let mut conn = None;
     let mut batch: Vec<IndexRow> = Vec::with_capacity(MAX_ROWS);
+    // What the journal held when the writer opened it (`durable`) is indexed first.
+    let mut started = false;
     let mut open = true;
     while open {
         match rows.recv_timeout(IDLE) {
@@ -140,25 +169,31 @@ fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>) {
                 }
             }
         }
-        if let Err(e) = index_batch(db, &dir, &mut conn, &mut batch) {
-            // The rows are in the journal; the next round (or a reader) indexes them.
-            tracing::warn!(error = %super::writer::error_chain(&e), "audit index behind the journal; will retry");
-            conn = None;
-            batch.clear();
-            if open {
-                thread::sleep(IDLE);
+        let startup = (!started).then_some(durable);
+        match index_batch(db, &dir, &mut conn, &mut batch, startup) {
+            Ok(()) => started = true,
+            Err(e) => {
+                // The rows are in the journal; a later round (or a reader) indexes them.
+                tracing::warn!(error = %super::writer::error_chain(&e), "audit index behind the journal; will retry");
+                conn = None;
+                batch.clear();
+                if open {
+                    thread::sleep(IDLE);
+                }
             }
         }
     }
 }
 
-/// Indexes `batch`, first reading from the journal whatever lies between the index's head and
-/// the batch (a start, a gap, rows a failed round dropped).
+/// Indexes `batch`, first reading from the journal what lies between the index's head and the
+/// batch (a gap: rows a failed round dropped). Only what the writer reported durable is read
+/// from the journal here, so a frame a failed sync is about to overwrite is never indexed.
 fn index_batch(
     db: &Path,
     dir: &Path,
     conn: &mut Option<Connection>,
     batch: &mut Vec<IndexRow>,
+    startup: Option<u64>,
 ) -> Result<(), AuditError> {
     if conn.is_none() {
         *conn = Some(store::open(db, &options())?);
@@ -166,15 +201,21 @@ fn index_batch(
     let Some(c) = conn.as_mut() else {
         return Ok(());
     };
-    let head = store::head(c).map_err(|source| AuditError::Read { source })?;
-    batch.retain(|row| row.seq > head.seq);
-    if batch.first().is_none_or(|row| row.seq != head.seq + 1) {
-        // The journal has what the batch does not start with; the batch is read again with it.
-        batch.clear();
-        catch_up_conn(c, dir)?;
-        return Ok(());
+    if let Some(durable) = startup {
+        catch_up_conn(c, dir, durable)?;
     }
-    store::index(c, batch).map_err(AuditError::write)?;
+    let Some(first) = batch.first().map(|row| row.seq) else {
+        return Ok(());
+    };
+    let mut head = store::head(c).map_err(|source| AuditError::Read { source })?;
+    if first > head.seq + 1 {
+        catch_up_conn(c, dir, first - 1)?;
+        head = store::head(c).map_err(|source| AuditError::Read { source })?;
+    }
+    batch.retain(|row| row.seq > head.seq);
+    if batch.first().is_some_and(|row| row.seq == head.seq + 1) {
+        store::index(c, batch).map_err(AuditError::write)?;
+    }
     batch.clear();
     Ok(())
 }

@@ -319,23 +319,32 @@ pub fn remove_through(dir: &Path, last: u64) -> Result<usize, JournalError> {
 /// to `to`.
 fn prepare(dir: &Path, to: &Path, bytes: u64) -> Result<(), JournalError> {
     let tmp = dir.join("spare.seg.tmp");
+    let result = write_zeros(dir, &tmp, to, bytes);
+    if result.is_err() {
+        // A partial segment would hold space the index and the next attempt need.
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn write_zeros(dir: &Path, tmp: &Path, to: &Path, bytes: u64) -> Result<(), JournalError> {
     let file = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
-        .open(&tmp)
-        .map_err(io_err("cannot create audit journal segment", &tmp))?;
+        .open(tmp)
+        .map_err(io_err("cannot create audit journal segment", tmp))?;
     let zeros = vec![0u8; ZERO_CHUNK];
     let mut at = 0;
     while at < bytes {
         let n = usize::try_from((bytes - at).min(ZERO_CHUNK as u64)).unwrap_or(ZERO_CHUNK);
         file.write_all_at(&zeros[..n], at)
-            .map_err(io_err("cannot write audit journal segment", &tmp))?;
+            .map_err(io_err("cannot write audit journal segment", tmp))?;
         at += n as u64;
     }
     file.sync_all()
-        .map_err(io_err("cannot sync audit journal segment", &tmp))?;
-    fs::rename(&tmp, to).map_err(io_err("cannot place audit journal segment", to))?;
+        .map_err(io_err("cannot sync audit journal segment", tmp))?;
+    fs::rename(tmp, to).map_err(io_err("cannot place audit journal segment", to))?;
     sync_dir(dir)
 }
 

@@ -66,12 +66,6 @@ CREATE TABLE IF NOT EXISTS export_cursors (
 );
 ";
 
-/// A row already there (another reader caught the index up first) is left as it is.
-const INDEX_ENTRY: &str = "INSERT OR IGNORE INTO entries (seq, kind, time_us, correlation_id,
-    ref_seq, integration, exe, exe_sha256, pid, container_id, pod_uid, systemd_unit,
-    credential_fp, resource_type, decision, body, prev_hash, hash)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)";
-
 /// One journal entry as the index stores it.
 #[derive(Clone, Debug)]
 pub struct IndexRow {
@@ -81,42 +75,75 @@ pub struct IndexRow {
     pub entry: Prepared,
 }
 
-/// Adds `rows` to the index in one transaction; rows it already has are skipped.
+/// Adds `rows` to the index in one transaction; rows it already has (another reader caught the
+/// index up first) are left as they are.
 pub fn index(conn: &mut Connection, rows: &[IndexRow]) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    {
-        let mut insert = tx.prepare_cached(INDEX_ENTRY)?;
-        let mut patient =
-            tx.prepare_cached("INSERT OR IGNORE INTO patients (seq, patient) VALUES (?1, ?2)")?;
-        for row in rows {
-            let seq = seq_i64(row.seq);
-            let c = &row.entry.cols;
-            insert.execute(params![
-                seq,
-                c.kind,
-                c.time_us,
-                c.correlation_id,
-                c.ref_seq,
-                c.integration,
-                c.exe,
-                c.exe_sha256,
-                c.pid,
-                c.container_id,
-                c.pod_uid,
-                c.systemd_unit,
-                c.credential_fp,
-                c.resource_type,
-                c.decision,
-                row.entry.body,
-                &row.prev_hash[..],
-                &row.hash[..],
-            ])?;
-            for p in &row.entry.patients {
-                patient.execute(params![seq, p])?;
-            }
+    insert_rows(&tx, "main.entries", "main.patients", rows)?;
+    tx.commit()
+}
+
+/// The journal's entries that the index lacks and cannot take (a full disk, read-only media),
+/// laid over it for this connection only: `entries` and `patients` then name views of the
+/// index's rows and these, so every query, report and verify sees them.
+pub fn overlay(conn: &Connection, rows: &[IndexRow]) -> Result<(), rusqlite::Error> {
+    conn.execute_batch(
+        "CREATE TEMP TABLE tail_entries AS SELECT * FROM main.entries WHERE 0;
+         CREATE TEMP TABLE tail_patients AS SELECT * FROM main.patients WHERE 0;",
+    )?;
+    insert_rows(conn, "temp.tail_entries", "temp.tail_patients", rows)?;
+    // Unqualified names resolve in `temp` first.
+    conn.execute_batch(
+        "CREATE TEMP VIEW entries AS
+             SELECT * FROM main.entries UNION ALL SELECT * FROM temp.tail_entries;
+         CREATE TEMP VIEW patients AS
+             SELECT * FROM main.patients UNION ALL SELECT * FROM temp.tail_patients;",
+    )
+}
+
+fn insert_rows(
+    conn: &Connection,
+    entries: &str,
+    patients: &str,
+    rows: &[IndexRow],
+) -> Result<(), rusqlite::Error> {
+    let mut insert = conn.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO {entries} (seq, kind, time_us, correlation_id, ref_seq,
+         integration, exe, exe_sha256, pid, container_id, pod_uid, systemd_unit, credential_fp,
+         resource_type, decision, body, prev_hash, hash)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+    ))?;
+    let mut patient = conn.prepare_cached(&format!(
+        "INSERT OR IGNORE INTO {patients} (seq, patient) VALUES (?1, ?2)"
+    ))?;
+    for row in rows {
+        let seq = seq_i64(row.seq);
+        let c = &row.entry.cols;
+        insert.execute(params![
+            seq,
+            c.kind,
+            c.time_us,
+            c.correlation_id,
+            c.ref_seq,
+            c.integration,
+            c.exe,
+            c.exe_sha256,
+            c.pid,
+            c.container_id,
+            c.pod_uid,
+            c.systemd_unit,
+            c.credential_fp,
+            c.resource_type,
+            c.decision,
+            row.entry.body,
+            &row.prev_hash[..],
+            &row.hash[..],
+        ])?;
+        for p in &row.entry.patients {
+            patient.execute(params![seq, p])?;
         }
     }
-    tx.commit()
+    Ok(())
 }
 
 /// Removes index rows after `seq`: they were never durable in the journal (a crash cut them).
@@ -261,17 +288,23 @@ pub fn open_read_only(path: &Path) -> Result<Connection, AuditError> {
         source,
     };
     // What the journal holds beyond the index is indexed first, so no committed record is
-    // missing from the answer. A store that cannot be written (a copy on read-only media) is
-    // read as it is.
-    if path.exists()
-        && let Err(e) = super::indexer::catch_up(path)
-    {
-        tracing::warn!(error = %super::writer::error_chain(&e), "the audit index could not be brought up to the journal; reading it as it is");
-    }
+    // missing from the answer; a deleted index is rebuilt here.
+    let journal = super::indexer::journal_dir(path).exists();
+    let caught_up = if path.exists() || journal {
+        super::indexer::catch_up(path).map(drop)
+    } else {
+        Ok(())
+    };
     let flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let conn = Connection::open_with_flags(path, flags).map_err(err)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(err)?;
     super::pindex::attach_read_only(&conn, path);
+    if let Err(e) = caught_up {
+        // The index cannot be written (a full disk, read-only media): the journal's tail is laid
+        // over it for this connection instead.
+        tracing::warn!(error = %super::writer::error_chain(&e), "the audit index cannot be brought up to the journal; reading the journal's tail beside it");
+        super::indexer::overlay_tail(&conn, path)?;
+    }
     Ok(conn)
 }
 

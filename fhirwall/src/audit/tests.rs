@@ -10,5 +10,6 @@ mod journal;
 mod locked;
 mod pindex;
 mod query_report;
+mod rebuild;
 mod retention;
 mod tamper;

@@ -236,7 +236,7 @@ impl AuditSink {
             spawn_ticker(tx.downgrade(), config.retention_interval)?;
         }
         let (rows_tx, rows_rx) = std_mpsc::channel();
-        let indexer = Indexer::start(&config.path, rows_rx)?;
+        let indexer = Indexer::start(&config.path, rows_rx, position.head.seq)?;
         // After the store is open (and migrated): the copy reads its `patients` table.
         let patients = pindex::Indexer::start(&config.path)?;
         let sync = Arc::new(Sync {
