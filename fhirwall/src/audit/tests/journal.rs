@@ -191,3 +191,40 @@ fn frames_reject_every_kind_of_damage() {
         journal::Decoded::Bad(_)
     ));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_cuts_a_torn_tail_at_start_and_the_chain_and_index_continue() {
+    use super::support::{record, seed_fixed, stop, temp_store};
+    use crate::audit::{AuditConfig, AuditSink, Filter, open_read_only, query, verify};
+
+    let (_dir, path) = temp_store();
+    seed_fixed(&path, 10).await;
+    // A crash while entry 10 was being written: its last bytes never reached the disk. The
+    // index had it already (as it may, from a reader that caught up before the crash).
+    let dir = path.with_extension("journal");
+    let (_, segment) = journal::segments(&dir).unwrap().pop().unwrap();
+    let mut reader = journal::SegmentReader::open(&segment, None).unwrap();
+    while reader.next_frame().unwrap().is_some() {}
+    let end = reader.offset();
+    let file = OpenOptions::new().write(true).open(&segment).unwrap();
+    file.write_all_at(&[0; 16], end - 16).unwrap();
+    drop(file);
+
+    let (sink, writer) = AuditSink::start(AuditConfig::new(&path)).unwrap();
+    let mut again = record(99, jiff::Timestamp::now());
+    again.correlation_id = "after-the-crash".into();
+    assert_eq!(
+        sink.commit(again).await.unwrap().0,
+        10,
+        "seq 10 is free again"
+    );
+    stop(sink, writer).await;
+
+    let conn = open_read_only(&path).unwrap();
+    let v = verify(&conn, &[]).unwrap();
+    assert!(v.is_intact(), "{:?}", v.findings);
+    let rows = query(&conn, &Filter::default()).unwrap();
+    assert_eq!(rows.len(), 10);
+    let last = rows.iter().find(|r| r.seq == 10).unwrap();
+    assert_eq!(last.record.correlation_id, "after-the-crash");
+}
