@@ -1,9 +1,10 @@
 //! The index: `SQLite`, derived from the journal, fed in large transactions off the commit path.
 //!
 //! The writer hands each durable batch's rows (already serialized and indexed by the callers) to
-//! a thread of its own, which inserts whatever has accumulated in one transaction. The thread runs
-//! at a lower scheduling priority, so under saturation it yields the CPU to the data plane and
-//! catches up when load drops. Whatever it has not reached yet, it reads back from the journal:
+//! a thread of its own, which inserts them in large transactions: it waits until `MIN_ROWS` have
+//! accumulated or the oldest has waited `MAX_WAIT`. The thread runs under `SCHED_IDLE`: it gets
+//! the CPU only when nothing else wants it, so under saturation the data plane never waits for
+//! the index, and the index catches up when load drops. Whatever it has not reached yet, it reads back from the journal:
 //! at start, after a gap, and whenever a reader calls [`catch_up`] (every query, report, export
 //! and verify does, so a committed record is never missing from an answer). Deleting the index is
 //! harmless: the next start or reader rebuilds it from the journal.
@@ -12,7 +13,7 @@ use std::{
     path::{Path, PathBuf},
     sync::mpsc,
     thread::{self, JoinHandle},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use rusqlite::Connection;
@@ -27,11 +28,11 @@ use super::{
 /// Entries a reader lays over an index it cannot write, at most.
 const MAX_OVERLAY: usize = 1_000_000;
 /// Rows per index transaction, at most.
-const MAX_ROWS: usize = 8192;
-/// How long the thread waits for rows before looking at the journal itself.
-const IDLE: Duration = Duration::from_secs(1);
-/// Scheduling niceness of the thread (the data plane runs at 0).
-const NICE: i32 = 10;
+const MAX_ROWS: usize = 16_384;
+/// Rows the thread waits for before it writes a transaction...
+const MIN_ROWS: usize = 4096;
+/// ...unless the oldest has waited this long.
+const MAX_WAIT: Duration = Duration::from_secs(1);
 
 /// The journal directory that belongs to an index file (`audit.db` -> `audit.journal/`).
 #[must_use]
@@ -59,7 +60,13 @@ pub fn catch_up(db: &Path) -> Result<u64, AuditError> {
     if !dir.exists() {
         return Ok(0);
     }
-    let mut conn = store::open(db, &options())?;
+    // A reader waits less for the lock than the indexer does: past it, it reads the journal's
+    // tail beside the index instead.
+    let opts = StoreOptions {
+        busy_timeout: Duration::from_secs(2),
+        ..options()
+    };
+    let mut conn = store::open(db, &opts)?;
     catch_up_conn(&mut conn, &dir, u64::MAX)
 }
 
@@ -123,7 +130,7 @@ impl Indexer {
     ) -> Result<Self, AuditError> {
         let db = db.to_owned();
         let thread = thread::Builder::new()
-            .name("fhirwall-audit-index".into())
+            .name("fw-audit-index".into())
             .spawn(move || run(&db, &rows, durable))
             .map_err(|source| AuditError::Thread { source })?;
         Ok(Self {
@@ -141,11 +148,14 @@ impl Drop for Indexer {
 }
 
 fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>, durable: u64) {
-    // SAFETY: setpriority on this thread's own id only changes its scheduling priority.
-    unsafe {
-        let tid = libc::gettid();
-        #[expect(clippy::cast_sign_loss, reason = "a thread id is positive")]
-        let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, NICE);
+    // SAFETY: sched_setscheduler on this thread (pid 0) with a valid parameter changes only
+    // its scheduling policy.
+    let idle = unsafe {
+        let param = libc::sched_param { sched_priority: 0 };
+        libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param)
+    };
+    if idle != 0 {
+        tracing::debug!("the audit indexer runs at normal priority (SCHED_IDLE refused)");
     }
     let dir = journal_dir(db);
     let mut conn = None;
@@ -154,10 +164,23 @@ fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>, durable: u64) {
     let mut started = false;
     let mut open = true;
     while open {
-        match rows.recv_timeout(IDLE) {
+        match rows.recv_timeout(MAX_WAIT) {
             Ok(first) => batch.extend(first),
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+        }
+        // Large transactions: wait for more rows while the first have waited less than MAX_WAIT.
+        let since = Instant::now();
+        while open && batch.len() < MIN_ROWS {
+            let left = MAX_WAIT.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            match rows.recv_timeout(left) {
+                Ok(more) => batch.extend(more),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => open = false,
+            }
         }
         while batch.len() < MAX_ROWS {
             match rows.try_recv() {
@@ -178,7 +201,7 @@ fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>, durable: u64) {
                 conn = None;
                 batch.clear();
                 if open {
-                    thread::sleep(IDLE);
+                    thread::sleep(MAX_WAIT);
                 }
             }
         }

@@ -21,7 +21,7 @@
 use std::{
     fs::{self, File, OpenOptions},
     io,
-    os::unix::fs::FileExt as _,
+    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
     path::{Path, PathBuf},
 };
 
@@ -328,24 +328,47 @@ fn prepare(dir: &Path, to: &Path, bytes: u64) -> Result<(), JournalError> {
 }
 
 fn write_zeros(dir: &Path, tmp: &Path, to: &Path, bytes: u64) -> Result<(), JournalError> {
-    let file = OpenOptions::new()
+    // Direct I/O where the file system has it: 64 MiB of zeros through the page cache would be
+    // dirty pages that the kernel throttles every writer on, the journal's appends included.
+    let direct = OpenOptions::new()
         .create(true)
         .truncate(true)
         .write(true)
+        .custom_flags(libc::O_DIRECT)
         .open(tmp)
-        .map_err(io_err("cannot create audit journal segment", tmp))?;
-    let zeros = vec![0u8; ZERO_CHUNK];
-    let mut at = 0;
-    while at < bytes {
-        let n = usize::try_from((bytes - at).min(ZERO_CHUNK as u64)).unwrap_or(ZERO_CHUNK);
-        file.write_all_at(&zeros[..n], at)
-            .map_err(io_err("cannot write audit journal segment", tmp))?;
-        at += n as u64;
-    }
+        .ok()
+        .filter(|file| fill(file, bytes).is_ok());
+    let file = if let Some(file) = direct {
+        file
+    } else {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .open(tmp)
+            .map_err(io_err("cannot create audit journal segment", tmp))?;
+        fill(&file, bytes).map_err(io_err("cannot write audit journal segment", tmp))?;
+        file
+    };
     file.sync_all()
         .map_err(io_err("cannot sync audit journal segment", tmp))?;
     fs::rename(tmp, to).map_err(io_err("cannot place audit journal segment", to))?;
     sync_dir(dir)
+}
+
+/// Writes `bytes` of zeros from a buffer aligned for direct I/O.
+fn fill(file: &File, bytes: u64) -> io::Result<()> {
+    const ALIGN: usize = 4096;
+    let raw = vec![0u8; ZERO_CHUNK + ALIGN];
+    let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
+    let zeros = &raw[start..start + ZERO_CHUNK];
+    let mut at = 0;
+    while at < bytes {
+        let n = usize::try_from((bytes - at).min(ZERO_CHUNK as u64)).unwrap_or(ZERO_CHUNK);
+        file.write_all_at(&zeros[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {

@@ -64,6 +64,10 @@ pub struct AuditConfig {
     pub slow_commit: Duration,
 }
 
+/// Durable batches waiting for the indexer, at most; beyond, the indexer reads them back from
+/// the journal.
+const INDEX_BACKLOG: usize = 4096;
+
 /// The least time between two "slow commit" warnings; the ones in between are counted.
 const SLOW_COMMIT_LOG_EVERY: Duration = Duration::from_mins(1);
 
@@ -169,7 +173,26 @@ impl Appended {
     }
 }
 
-type Reply = oneshot::Sender<Result<Appended, AuditError>>;
+/// How a caller wants to hear of its record.
+#[derive(Debug)]
+enum Reply {
+    /// Once it is written (and then, through [`Appended::durable`], once durable).
+    Appended(oneshot::Sender<Result<Appended, AuditError>>),
+    /// Once it is durable: one wake-up for a caller that waits for that anyway.
+    Durable(oneshot::Sender<Result<CommittedSeq, AuditError>>),
+}
+
+impl Reply {
+    fn fail(self, err: &Arc<AuditError>) {
+        let err = || AuditError::Unavailable {
+            source: Arc::clone(err),
+        };
+        match self {
+            Reply::Appended(tx) => drop(tx.send(Err(err()))),
+            Reply::Durable(tx) => drop(tx.send(Err(err()))),
+        }
+    }
+}
 
 #[derive(Debug)]
 #[expect(
@@ -235,7 +258,9 @@ impl AuditSink {
         if retention_on {
             spawn_ticker(tx.downgrade(), config.retention_interval)?;
         }
-        let (rows_tx, rows_rx) = std_mpsc::channel();
+        // Bounded: an indexer that falls behind reads what it missed from the journal instead
+        // of holding it in memory.
+        let (rows_tx, rows_rx) = std_mpsc::sync_channel(INDEX_BACKLOG);
         let indexer = Indexer::start(&config.path, rows_rx, position.head.seq)?;
         // After the store is open (and migrated): the copy reads its `patients` table.
         let patients = pindex::Indexer::start(&config.path)?;
@@ -257,7 +282,7 @@ impl AuditSink {
             let histogram = config.commit_seconds.clone();
             let rows = rows_tx.clone();
             thread::Builder::new()
-                .name("fhirwall-audit-sync".into())
+                .name("fw-audit-sync".into())
                 .spawn(move || sync.run(durability, histogram.as_ref(), &rows))
                 .map_err(|source| AuditError::Thread { source })?
         };
@@ -274,7 +299,7 @@ impl AuditSink {
             shared: Arc::clone(&shared),
         };
         let thread = thread::Builder::new()
-            .name("fhirwall-audit".into())
+            .name("fw-audit-append".into())
             .spawn(move || state.run(rx))
             .map_err(|source| AuditError::Thread { source })?;
         Ok((Self { tx, shared }, AuditWriter { thread }))
@@ -283,24 +308,30 @@ impl AuditSink {
     /// Appends `record` to the journal and resolves once it is written there, not yet durable:
     /// for a read-only request, forward it now and release its response only after
     /// [`Appended::durable`]. On `Err` answer 503 and do not forward.
-    pub async fn append(&self, mut record: Record) -> Result<Appended, AuditError> {
-        record.sanitize();
-        let entry = Prepared::new(&Entry::Request(record))?;
+    pub async fn append(&self, record: Record) -> Result<Appended, AuditError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Job::Append {
-                entry,
-                reply: Some(reply),
-            })
-            .await
-            .map_err(|_| AuditError::WriterGone)?;
+        self.send(record, Reply::Appended(reply)).await?;
         rx.await.map_err(|_| AuditError::WriterGone)?
     }
 
     /// Commits `record` and resolves once it is durable. Forward a request that changes
     /// anything only after this returns `Ok`; on `Err` answer 503 and do not forward.
     pub async fn commit(&self, record: Record) -> Result<CommittedSeq, AuditError> {
-        self.append(record).await?.durable().await
+        let (reply, rx) = oneshot::channel();
+        self.send(record, Reply::Durable(reply)).await?;
+        rx.await.map_err(|_| AuditError::WriterGone)?
+    }
+
+    async fn send(&self, mut record: Record, reply: Reply) -> Result<(), AuditError> {
+        record.sanitize();
+        let entry = Prepared::new(&Entry::Request(record))?;
+        self.tx
+            .send(Job::Append {
+                entry,
+                reply: Some(reply),
+            })
+            .await
+            .map_err(|_| AuditError::WriterGone)
     }
 
     /// Queues how a request ended without waiting for the commit (nothing waits on it). An `Err`
@@ -429,7 +460,7 @@ impl AuditWriter {
 /// Sends `Job::Prune` every `interval` until the sinks are gone.
 fn spawn_ticker(tx: mpsc::WeakSender<Job>, interval: Duration) -> Result<(), AuditError> {
     thread::Builder::new()
-        .name("fhirwall-audit-retention".into())
+        .name("fw-audit-retain".into())
         .spawn(move || {
             loop {
                 thread::sleep(interval);
@@ -452,8 +483,32 @@ struct SlowCommits {
 
 /// A batch written and not yet durable.
 struct Pending {
-    signal: watch::Sender<BatchState>,
+    /// For the callers that were told it was written.
+    signal: Option<watch::Sender<BatchState>>,
+    /// Callers told only once it is durable.
+    waiters: Vec<(u64, oneshot::Sender<Result<CommittedSeq, AuditError>>)>,
     rows: Vec<IndexRow>,
+}
+
+impl Pending {
+    fn durable(self, rows: &std_mpsc::SyncSender<Vec<IndexRow>>) {
+        if let Some(signal) = self.signal {
+            let _ = signal.send(BatchState::Durable);
+        }
+        for (seq, waiter) in self.waiters {
+            let _ = waiter.send(Ok(CommittedSeq(seq)));
+        }
+        let _ = rows.try_send(self.rows);
+    }
+
+    fn failed(self, err: &Arc<AuditError>) {
+        if let Some(signal) = self.signal {
+            let _ = signal.send(BatchState::Failed(Arc::clone(err)));
+        }
+        for (_, waiter) in self.waiters {
+            Reply::Durable(waiter).fail(err);
+        }
+    }
 }
 
 /// What the appender and the syncer share.
@@ -484,7 +539,7 @@ impl Sync {
         &self,
         durability: Durability,
         histogram: Option<&Histogram>,
-        rows: &std_mpsc::Sender<Vec<IndexRow>>,
+        rows: &std_mpsc::SyncSender<Vec<IndexRow>>,
     ) {
         let mut slow = SlowCommits::default();
         loop {
@@ -533,8 +588,7 @@ impl Sync {
                     self.background_failed.store(false, Ordering::Relaxed);
                     drop(tail);
                     for batch in batches {
-                        let _ = batch.signal.send(BatchState::Durable);
-                        let _ = rows.send(batch.rows);
+                        batch.durable(rows);
                     }
                 }
                 Err(source) => {
@@ -555,7 +609,7 @@ impl Sync {
                     tail.failed = Some(Arc::clone(&err));
                     drop(tail);
                     for batch in batches.into_iter().chain(later) {
-                        let _ = batch.signal.send(BatchState::Failed(Arc::clone(&err)));
+                        batch.failed(&err);
                     }
                 }
             }
@@ -601,7 +655,7 @@ struct Writer {
     sync: Arc<Sync>,
     syncer: Option<JoinHandle<()>>,
     /// Durable rows for the indexer (background durability sends them at append).
-    rows: std_mpsc::Sender<Vec<IndexRow>>,
+    rows: std_mpsc::SyncSender<Vec<IndexRow>>,
     _indexer: Indexer,
     /// Keeps the patient index copy up to date (`pindex.rs`); stopped with the writer.
     _patients: pindex::Indexer,
@@ -692,10 +746,10 @@ impl Writer {
         }
         let first = before.head.seq + 1;
         let count = batch.len() as u64;
-        let (signal, durable) = watch::channel(BatchState::Written);
         let mut prev = before.head.hash;
         let mut rows = Vec::with_capacity(batch.len());
-        let mut replies = Vec::with_capacity(batch.len());
+        let mut told_written = Vec::new();
+        let mut waiters = Vec::new();
         for ((entry, reply), (seq, hash)) in batch.drain(..).zip((first..).zip(&self.hashes)) {
             rows.push(IndexRow {
                 seq,
@@ -704,45 +758,53 @@ impl Writer {
                 entry,
             });
             prev = *hash;
-            replies.push((seq, reply));
+            match reply {
+                Some(Reply::Appended(tx)) => told_written.push((seq, tx)),
+                Some(Reply::Durable(tx)) => waiters.push((seq, tx)),
+                None => {}
+            }
         }
+        let (signal, durable) = if told_written.is_empty() {
+            (None, None)
+        } else {
+            let (signal, durable) = watch::channel(BatchState::Written);
+            (Some(signal), Some(durable))
+        };
+        let pending = Pending {
+            signal,
+            waiters,
+            rows,
+        };
         let background = matches!(self.config.store.durability, Durability::Background { .. });
         {
             let mut tail = self.sync.lock();
-            if tail.failed.is_some() {
+            if let Some(err) = tail.failed.clone() {
                 // A sync failed while this batch was written: it cannot become durable as is.
-                let err = tail.failed.clone();
                 rewind_if_failed(&mut self.journal, &mut tail);
                 drop(tail);
-                if let Some(err) = err {
-                    self.shared.failed(count, &err);
-                    for (_, reply) in replies {
-                        if let Some(reply) = reply {
-                            let _ = reply.send(Err(AuditError::Unavailable {
-                                source: Arc::clone(&err),
-                            }));
-                        }
-                    }
+                self.shared.failed(count, &err);
+                pending.failed(&err);
+                for (_, tx) in told_written {
+                    Reply::Appended(tx).fail(&err);
                 }
                 return false;
             }
             tail.written = position;
             tail.file = self.journal.file();
             if background {
-                let _ = signal.send(BatchState::Durable);
-                let _ = self.rows.send(rows);
+                pending.durable(&self.rows);
             } else {
-                tail.pending.push_back(Pending { signal, rows });
+                tail.pending.push_back(pending);
             }
         }
         self.sync.wake.notify_one();
         self.shared.head.store(position.head.seq, Ordering::Relaxed);
         self.shared.succeeded(count);
-        for (seq, reply) in replies {
-            if let Some(reply) = reply {
+        if let Some(durable) = durable {
+            for (seq, tx) in told_written {
                 // A caller that stopped waiting (request cancelled) is fine: the record is
                 // appended either way.
-                let _ = reply.send(Ok(Appended {
+                let _ = tx.send(Ok(Appended {
                     seq: CommittedSeq(seq),
                     batch: durable.clone(),
                 }));
@@ -756,9 +818,7 @@ impl Writer {
         let err = Arc::new(err);
         for (_, reply) in batch.drain(..) {
             if let Some(reply) = reply {
-                let _ = reply.send(Err(AuditError::Unavailable {
-                    source: Arc::clone(&err),
-                }));
+                reply.fail(&err);
             } else {
                 tracing::warn!("an unawaited completion entry was not committed");
             }
@@ -770,7 +830,7 @@ impl Writer {
         let dir = indexer::journal_dir(&self.config.path);
         let opts = self.config.journal;
         let _ = thread::Builder::new()
-            .name("fhirwall-audit-spare".into())
+            .name("fw-audit-spare".into())
             .spawn(move || {
                 if let Err(e) = Journal::prepare_spare(&dir, opts) {
                     tracing::warn!(error = %e, "cannot prepare the next audit journal segment; the next rotation will");
