@@ -107,11 +107,12 @@ async fn pruning_waits_for_registered_exporters() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pruning_by_size_brings_the_store_under_the_limit() {
     let (_dir, path) = temp_store();
-    let (sink, _writer) = AuditSink::start(AuditConfig::new(&path)).unwrap();
+    let (sink, writer) = AuditSink::start(AuditConfig::new(&path)).unwrap();
     for i in 1..=2000 {
         sink.commit(record(i, Timestamp::now())).await.unwrap();
     }
-    drop(sink);
+    // Stopped, so the index holds all of them before its size is read.
+    super::support::stop(sink, writer).await;
     let used = |c: &rusqlite::Connection| -> i64 {
         let q = |p: &str| {
             c.pragma_query_value(None, p, |r| r.get::<_, i64>(0))
