@@ -282,12 +282,14 @@ async fn deliver(
     cfg: &FhirExport,
     event: &serde_json::Value,
 ) -> Result<(), AuditError> {
-    let body = serde_json::to_vec(event).map_err(|source| AuditError::Serialize { source })?;
+    let body = bytes::Bytes::from(
+        serde_json::to_vec(event).map_err(|source| AuditError::Serialize { source })?,
+    );
     let mut backoff = Duration::from_millis(250);
     let mut attempts = 0u32;
     loop {
         attempts += 1;
-        let err = match client.post("application/fhir+json", &body).await {
+        let err = match client.post("application/fhir+json", body.clone()).await {
             Ok(status) if (200..300).contains(&status) => return Ok(()),
             Ok(status) => AuditError::HttpStatus {
                 url: cfg.url.clone(),

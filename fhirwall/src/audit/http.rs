@@ -103,7 +103,7 @@ impl Client {
     }
 
     /// POSTs `body` and returns the response status. The connection is dropped after any error.
-    pub async fn post(&mut self, content_type: &str, body: &[u8]) -> Result<u16, AuditError> {
+    pub async fn post(&mut self, content_type: &str, body: Bytes) -> Result<u16, AuditError> {
         let result = tokio::time::timeout(TIMEOUT, self.try_post(content_type, body))
             .await
             .unwrap_or_else(|_| {
@@ -115,7 +115,7 @@ impl Client {
         result
     }
 
-    async fn try_post(&mut self, content_type: &str, body: &[u8]) -> Result<u16, AuditError> {
+    async fn try_post(&mut self, content_type: &str, body: Bytes) -> Result<u16, AuditError> {
         let mut sender = match self.connection.take() {
             Some(sender) if !sender.is_closed() => sender,
             _ => self.connect().await?,
@@ -126,7 +126,7 @@ impl Client {
             .header(header::CONTENT_TYPE, content_type)
             .header(header::ACCEPT, "application/fhir+json")
             .header(header::USER_AGENT, "fhirwall")
-            .body(Full::new(Bytes::copy_from_slice(body)))
+            .body(Full::new(body))
             .map_err(|_| AuditError::BadUrl {
                 url: self.target.url.clone(),
                 reason: "not a request target",
@@ -323,7 +323,12 @@ mod tests {
         let mut client = Client::new(Target::parse(&url).unwrap()).unwrap();
         let mut statuses = Vec::new();
         for _ in 0..5 {
-            statuses.push(client.post("application/fhir+json", b"{}").await.unwrap());
+            statuses.push(
+                client
+                    .post("application/fhir+json", Bytes::from_static(b"{}"))
+                    .await
+                    .unwrap(),
+            );
         }
         assert_eq!(statuses, [201, 200, 503, 200, 204]);
         // Kept alive across the first three; `Connection: close` and a body that runs to the end
@@ -336,7 +341,7 @@ mod tests {
         let (url, _) = canned(&[b"garbage\r\n\r\n"]).await;
         let mut client = Client::new(Target::parse(&url).unwrap()).unwrap();
         let err = client
-            .post("application/fhir+json", b"{}")
+            .post("application/fhir+json", Bytes::from_static(b"{}"))
             .await
             .unwrap_err();
         assert!(matches!(err, AuditError::Http { .. }), "{err:?}");

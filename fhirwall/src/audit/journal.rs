@@ -276,7 +276,7 @@ pub fn read_from(dir: &Path, from: u64, limit: usize) -> Result<Vec<Frame>, Jour
         .rposition(|(first, _)| *first <= from)
         .unwrap_or(0);
     let mut out = Vec::new();
-    for (first, path) in &segs[start..] {
+    for (_, path) in &segs[start..] {
         let mut reader = SegmentReader::open(path, None)?;
         loop {
             match reader.next_frame() {
@@ -291,7 +291,6 @@ pub fn read_from(dir: &Path, from: u64, limit: usize) -> Result<Vec<Frame>, Jour
                 Err(e) => return Err(e),
             }
         }
-        let _ = first;
     }
     Ok(out)
 }
@@ -371,6 +370,12 @@ fn fill(file: &File, bytes: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// `fdatasync` of the segment being written; the error names the journal.
+pub fn sync_data(file: &File, dir: &Path) -> Result<(), JournalError> {
+    file.sync_data()
+        .map_err(io_err("cannot sync the audit journal", dir))
+}
+
 fn sync_dir(dir: &Path) -> Result<(), JournalError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
@@ -415,9 +420,9 @@ impl Journal {
         let mut segs = segments(dir)?;
         // A last segment without a single whole frame (a crash right after rotation) is removed:
         // the chain ends in the segment before it.
-        while let Some((first, path)) = segs.last().cloned() {
+        while let Some((_, path)) = segs.last().cloned() {
             let mut reader = SegmentReader::open(&path, None)?;
-            if matches!(reader.next_frame(), Ok(Some(_))) || segs.len() == 1 && first != 0 {
+            if matches!(reader.next_frame(), Ok(Some(_))) || segs.len() == 1 {
                 break;
             }
             fs::remove_file(&path).map_err(io_err(

@@ -18,7 +18,7 @@ use std::{
     path::PathBuf,
     sync::{
         Arc, Condvar, Mutex, PoisonError,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicU64, Ordering},
         mpsc as std_mpsc,
     },
     thread::{self, JoinHandle},
@@ -271,19 +271,21 @@ impl AuditSink {
                 file: journal.file(),
                 pending: VecDeque::new(),
                 failed: None,
+                background_failed: None,
                 stop: false,
             }),
             wake: Condvar::new(),
-            background_failed: AtomicBool::new(false),
+            dir: dir.clone(),
         });
         let syncer = {
             let sync = Arc::clone(&sync);
             let durability = config.store.durability;
             let histogram = config.commit_seconds.clone();
+            let slow = config.slow_commit;
             let rows = rows_tx.clone();
             thread::Builder::new()
                 .name("fw-audit-sync".into())
-                .spawn(move || sync.run(durability, histogram.as_ref(), &rows))
+                .spawn(move || sync.run(durability, histogram.as_ref(), slow, &rows))
                 .map_err(|source| AuditError::Thread { source })?
         };
         let state = Writer {
@@ -520,14 +522,17 @@ struct Tail {
     pending: VecDeque<Pending>,
     /// A sync failed: the appender must go back to `durable` before it appends again.
     failed: Option<Arc<AuditError>>,
+    /// With background durability: the last periodic sync failed, so nothing is accepted until
+    /// one succeeds (released records cannot be recalled).
+    background_failed: Option<Arc<AuditError>>,
     stop: bool,
 }
 
 struct Sync {
     tail: Mutex<Tail>,
     wake: Condvar,
-    /// With background durability: the last periodic sync failed, so nothing is accepted.
-    background_failed: AtomicBool,
+    /// The journal directory, for errors.
+    dir: PathBuf,
 }
 
 impl Sync {
@@ -539,68 +544,69 @@ impl Sync {
         &self,
         durability: Durability,
         histogram: Option<&Histogram>,
+        slow_after: Duration,
         rows: &std_mpsc::SyncSender<Vec<IndexRow>>,
     ) {
         let mut slow = SlowCommits::default();
         loop {
             let (file, upto, batches) = {
                 let mut tail = self.lock();
-                loop {
-                    let due = match durability {
-                        Durability::Fsync => !tail.pending.is_empty() && tail.failed.is_none(),
-                        Durability::Background { .. } => tail.written != tail.durable,
-                    };
-                    if due || tail.stop && (tail.pending.is_empty() || tail.failed.is_some()) {
-                        break;
+                match durability {
+                    // As soon as something waits for it.
+                    Durability::Fsync => {
+                        while !(tail.stop || !tail.pending.is_empty() && tail.failed.is_none()) {
+                            tail = self.wake.wait(tail).unwrap_or_else(PoisonError::into_inner);
+                        }
+                        if tail.stop && (tail.pending.is_empty() || tail.failed.is_some()) {
+                            return;
+                        }
                     }
-                    tail = match durability {
-                        Durability::Fsync => {
-                            self.wake.wait(tail).unwrap_or_else(PoisonError::into_inner)
-                        }
-                        Durability::Background { fsync_interval } => {
-                            self.wake
-                                .wait_timeout(tail, fsync_interval)
+                    // Once an interval, whatever was written (and a last time at stop).
+                    Durability::Background { fsync_interval } => {
+                        let deadline = Instant::now() + fsync_interval;
+                        while !tail.stop {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            if left.is_zero() {
+                                break;
+                            }
+                            tail = self
+                                .wake
+                                .wait_timeout(tail, left)
                                 .unwrap_or_else(PoisonError::into_inner)
-                                .0
+                                .0;
                         }
-                    };
-                }
-                if tail.stop && tail.written == tail.durable && tail.pending.is_empty() {
-                    return;
-                }
-                if tail.stop && tail.failed.is_some() {
-                    return;
+                        if tail.written == tail.durable {
+                            if tail.stop {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
                 }
                 let batches: Vec<Pending> = tail.pending.drain(..).collect();
                 (Arc::clone(&tail.file), tail.written, batches)
             };
             let started = Instant::now();
-            let result = file.sync_data();
+            let result = journal::sync_data(&file, &self.dir);
             let took = started.elapsed();
             if let Some(h) = histogram {
                 h.observe(took.as_secs_f64());
             }
-            slow.note(took);
+            slow.note(took, slow_after);
             let mut tail = self.lock();
             match result {
                 Ok(()) => {
                     tail.durable = upto;
-                    self.background_failed.store(false, Ordering::Relaxed);
+                    tail.background_failed = None;
                     drop(tail);
                     for batch in batches {
                         batch.durable(rows);
                     }
                 }
-                Err(source) => {
-                    let err = Arc::new(AuditError::journal(journal::JournalError::Io {
-                        what: "cannot sync the audit journal",
-                        path: PathBuf::new(),
-                        source,
-                    }));
+                Err(e) => {
+                    let err = Arc::new(AuditError::journal(e));
                     if matches!(durability, Durability::Background { .. }) {
-                        // Released records cannot be recalled: refuse new ones until a sync
-                        // succeeds.
-                        self.background_failed.store(true, Ordering::Relaxed);
+                        tail.background_failed = Some(err);
                         continue;
                     }
                     // Everything after the last durable frame fails, also what was appended
@@ -619,8 +625,8 @@ impl Sync {
 
 impl SlowCommits {
     /// Warns about a sync slow enough that the requests waiting on it noticed.
-    fn note(&mut self, elapsed: Duration) {
-        if elapsed < SLOW_SYNC {
+    fn note(&mut self, elapsed: Duration, slow_after: Duration) {
+        if elapsed < slow_after {
             return;
         }
         self.since_log += 1;
@@ -644,9 +650,6 @@ impl SlowCommits {
         };
     }
 }
-
-/// A sync slower than this is logged.
-const SLOW_SYNC: Duration = Duration::from_millis(100);
 
 struct Writer {
     journal: Journal,
@@ -707,14 +710,13 @@ impl Writer {
 
     /// Appends the batch and answers its callers; `false` when it failed.
     fn append_batch(&mut self, batch: &mut Vec<(Prepared, Option<Reply>)>) -> bool {
-        rewind_if_failed(&mut self.journal, &mut self.sync.lock());
-        if self.sync.background_failed.load(Ordering::Relaxed) {
-            let err = AuditError::journal(journal::JournalError::Io {
-                what: "the audit journal could not be synced",
-                path: PathBuf::new(),
-                source: std::io::Error::other("background fsync failed"),
-            });
-            self.fail(batch, err);
+        let refused = {
+            let mut tail = self.sync.lock();
+            rewind_if_failed(&mut self.journal, &mut tail);
+            tail.background_failed.clone()
+        };
+        if let Some(err) = refused {
+            self.fail_shared(batch, &err);
             return false;
         }
         let before = self.journal.position();
@@ -795,9 +797,9 @@ impl Writer {
                 pending.durable(&self.rows);
             } else {
                 tail.pending.push_back(pending);
+                self.sync.wake.notify_one();
             }
         }
-        self.sync.wake.notify_one();
         self.shared.head.store(position.head.seq, Ordering::Relaxed);
         self.shared.succeeded(count);
         if let Some(durable) = durable {
@@ -814,11 +816,14 @@ impl Writer {
     }
 
     fn fail(&mut self, batch: &mut Vec<(Prepared, Option<Reply>)>, err: AuditError) {
-        self.shared.failed(batch.len() as u64, &err);
-        let err = Arc::new(err);
+        self.fail_shared(batch, &Arc::new(err));
+    }
+
+    fn fail_shared(&mut self, batch: &mut Vec<(Prepared, Option<Reply>)>, err: &Arc<AuditError>) {
+        self.shared.failed(batch.len() as u64, err);
         for (_, reply) in batch.drain(..) {
             if let Some(reply) = reply {
-                reply.fail(&err);
+                reply.fail(err);
             } else {
                 tracing::warn!("an unawaited completion entry was not committed");
             }
@@ -854,13 +859,8 @@ impl Writer {
             if !self.append_batch(&mut vec![(entry, None)]) {
                 return Err(AuditError::WriterGone);
             }
-            self.journal.file().sync_data().map_err(|source| {
-                AuditError::journal(journal::JournalError::Io {
-                    what: "cannot sync the audit journal",
-                    path: PathBuf::new(),
-                    source,
-                })
-            })?;
+            journal::sync_data(&self.journal.file(), &self.sync.dir)
+                .map_err(AuditError::journal)?;
             store::remove_range(&mut self.conn, marker.first_seq, marker.last_seq)
                 .map_err(AuditError::write)?;
             journal::remove_through(&indexer::journal_dir(&self.config.path), marker.last_seq)

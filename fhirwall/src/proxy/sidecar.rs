@@ -85,7 +85,7 @@ pub struct ConnectionHandler {
     /// The integration matched under a given policy (matching walks every selector: once per
     /// connection and policy, not per request).
     matched: Option<(Arc<PolicyState>, Option<IntegrationRef>)>,
-    /// The committed record of the request in flight, completed in `finish`.
+    /// The record of the request in flight (appended, or committed), completed in `finish`.
     pending: Option<(CommittedSeq, String)>,
     /// A read forwarded before its record was durable; its response waits for it.
     durable: Option<audit::Appended>,
@@ -223,16 +223,21 @@ impl ConnectionHandler {
             .requests
             .with_label_values(&[record.decision.as_str()])
             .inc();
-        let appended = match self.shared.audit.append(record).await {
-            Ok(appended) => appended,
+        let audit = &self.shared.audit;
+        let recorded = if read_only {
+            audit.append(record).await.map(|appended| {
+                let seq = appended.seq;
+                self.durable = Some(appended);
+                seq
+            })
+        } else {
+            audit.commit(record).await
+        };
+        let seq = match recorded {
+            Ok(seq) => seq,
             Err(e) => return self.audit_unavailable(&e, id),
         };
-        self.pending = Some((appended.seq, id.to_string()));
-        if read_only {
-            self.durable = Some(appended);
-        } else if let Err(e) = appended.durable().await {
-            return self.audit_unavailable(&e, id);
-        }
+        self.pending = Some((seq, id.to_string()));
         if let Some((name, value)) = credential
             && head.headers.insert(Bytes::from(name), value).is_err()
         {
