@@ -66,10 +66,22 @@ fn bench_dir() -> tempfile::TempDir {
     }
 }
 
-fn start(dir: &tempfile::TempDir) -> (Arc<AuditSink>, fhirwall::audit::AuditWriter) {
-    let config = AuditConfig::new(dir.path().join("audit.db"));
+fn start(
+    dir: &tempfile::TempDir,
+) -> (
+    Arc<AuditSink>,
+    fhirwall::audit::AuditWriter,
+    prometheus::Histogram,
+) {
+    let syncs =
+        prometheus::Histogram::with_opts(prometheus::HistogramOpts::new("syncs", "journal syncs"))
+            .expect("a histogram");
+    let config = AuditConfig {
+        commit_seconds: Some(syncs.clone()),
+        ..AuditConfig::new(dir.path().join("audit.db"))
+    };
     let (sink, writer) = AuditSink::start(config).expect("start the audit writer");
-    (Arc::new(sink), writer)
+    (Arc::new(sink), writer, syncs)
 }
 
 /// Commits `total` records from `submitters` tasks, each awaiting its own commits in turn.
@@ -100,7 +112,7 @@ fn commit(c: &mut Criterion) {
 fn commit_group(c: &mut Criterion, name: &str, submitters: &[u64]) {
     let rt = Runtime::new().expect("tokio runtime");
     let dir = bench_dir();
-    let (sink, _writer) = start(&dir);
+    let (sink, _writer, _) = start(&dir);
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
     group.sample_size(10);
@@ -134,7 +146,7 @@ fn latency_under_load(_c: &mut Criterion) {
 fn latency(name: &str) {
     let rt = Runtime::new().expect("tokio runtime");
     let dir = bench_dir();
-    let (sink, _writer) = start(&dir);
+    let (sink, _writer, syncs) = start(&dir);
     let mut latencies: Vec<Duration> = rt.block_on(async {
         let mut tasks = Vec::new();
         for t in 0..64u64 {
@@ -159,13 +171,15 @@ fn latency(name: &str) {
     let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
     let stats = sink.stats();
     println!(
-        "{name} (64 submitters, {} commits, {} transactions, {:.0} records/txn): p50 {:?}  p99 {:?}  max {:?}",
+        "{name} (64 submitters, {} commits, {} transactions, {:.0} records/txn): p50 {:?}  p99 {:?}  max {:?}; journal syncs {} (mean {:?})",
         latencies.len(),
         stats.committed_batches,
         stats.committed_records as f64 / stats.committed_batches.max(1) as f64,
         pct(50),
         pct(99),
         latencies[latencies.len() - 1],
+        syncs.get_sample_count(),
+        Duration::from_secs_f64(syncs.get_sample_sum() / syncs.get_sample_count().max(1) as f64),
     );
 }
 

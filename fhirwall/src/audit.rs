@@ -1,11 +1,11 @@
 //! The tamper-evident audit trail: the journal is the commit point, `SQLite` its index.
 //!
 //! ```text
-//! proxy ── AuditSink::append(Record).await ─► queue ─► appender thread: one pwrite per group
-//!       ◄── Appended { seq } (written, not yet durable) ◄─┘        │ journal segments
-//!       Appended::durable().await ◄── syncer thread: fdatasync, batches durable ─┘
-//!                                            └─► indexer thread (nice 10): SQLite, big txns
-//! proxy ── AuditSink::complete(Completion) ─► queue (not awaited; chained like any entry)
+//! proxy ── AuditSink::append(Record) ─► open batch (seq, frame, chain hash; caller's thread)
+//!       ◄── Appended { seq } (not yet durable)           │
+//!       Appended::durable().await ◄── flusher thread: pwrite + fdatasync per batch
+//!                                    └─► indexer thread (SCHED_IDLE): SQLite, big txns
+//! proxy ── AuditSink::complete(Completion) ─► open batch (not awaited; chained like any entry)
 //!
 //! responders: query / report / verify / export  (catch the index up from the journal first)
 //! ```
@@ -42,8 +42,8 @@
 //! ```
 //!
 //! Files, in the order an entry travels: `record` (what is stored), `index` (queryable columns),
-//! `chain` (hashing), `journal` (segments and frames), `writer` (group commit, durability,
-//! health), `indexer` and `store` (the `SQLite` index, catching up, retention's plan), `pindex`
+//! `chain` (hashing), `journal` (segments and frames), `writer` (appending, group commit,
+//! durability, health), `indexer` and `store` (the `SQLite` index, catching up, retention's plan), `pindex`
 //! (the patient index copy),
 //! then the readers: `verify`, `query`, `report`, `render` (table / JSON lines), `balp` (FHIR
 //! `AuditEvents`), `export` (cursors, JSON lines and FHIR push) with its small `http` client.

@@ -147,7 +147,9 @@ impl Drop for Indexer {
     }
 }
 
-fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>, durable: u64) {
+/// Puts the calling thread under `SCHED_IDLE`: it runs only when no other thread wants the CPU.
+/// Derived work (the index, the patient copy) must never take the CPU from the data plane.
+pub(crate) fn idle_priority(what: &str) {
     // SAFETY: sched_setscheduler on this thread (pid 0) with a valid parameter changes only
     // its scheduling policy.
     let idle = unsafe {
@@ -155,8 +157,12 @@ fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>, durable: u64) {
         libc::sched_setscheduler(0, libc::SCHED_IDLE, &raw const param)
     };
     if idle != 0 {
-        tracing::debug!("the audit indexer runs at normal priority (SCHED_IDLE refused)");
+        tracing::debug!(what, "runs at normal priority (SCHED_IDLE refused)");
     }
+}
+
+fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>, durable: u64) {
+    idle_priority("the audit indexer");
     let dir = journal_dir(db);
     let mut conn = None;
     let mut batch: Vec<IndexRow> = Vec::with_capacity(MAX_ROWS);

@@ -397,6 +397,60 @@ impl Default for JournalOptions {
     }
 }
 
+/// Frames encoded for one write: their bytes, and where each ends with the chain's head after
+/// it. Encoding (CRC and chain hash) happens where the entry is appended, writing elsewhere.
+#[derive(Debug, Default)]
+pub struct Frames {
+    pub bytes: Vec<u8>,
+    pub marks: Vec<Mark>,
+}
+
+/// The end of one frame in [`Frames::bytes`], and the chain's head once it is written.
+#[derive(Clone, Copy, Debug)]
+pub struct Mark {
+    pub end: usize,
+    pub head: Head,
+}
+
+impl Frames {
+    /// Encodes `body` as the frame after `head` and returns the new head. A body that would
+    /// not fit in an empty segment is refused before anything is encoded.
+    pub fn push(
+        &mut self,
+        head: Head,
+        body: &[u8],
+        opts: JournalOptions,
+    ) -> Result<Head, JournalError> {
+        if (FRAME_HEADER + body.len()) as u64 > opts.segment_bytes {
+            return Err(JournalError::TooLarge(body.len()));
+        }
+        let seq = head.seq + 1;
+        encode(&mut self.bytes, seq, &head.hash, body)?;
+        let next = Head {
+            seq,
+            hash: chain::link(&head.hash, seq, body),
+        };
+        self.marks.push(Mark {
+            end: self.bytes.len(),
+            head: next,
+        });
+        Ok(next)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.marks.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.marks.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.marks.len()
+    }
+}
+
 /// The writer's side of the journal: appends frames and rotates segments. Durability is the
 /// caller's: [`Journal::file`] is what to `fdatasync`.
 pub struct Journal {
@@ -406,8 +460,6 @@ pub struct Journal {
     position: Position,
     /// The head the current segment follows.
     segment_start: Head,
-    /// Frames are encoded here, then written with one `pwrite`.
-    buf: Vec<u8>,
 }
 
 impl Journal {
@@ -458,7 +510,6 @@ impl Journal {
             file: std::sync::Arc::new(file),
             position,
             segment_start,
-            buf: Vec::with_capacity(256 * 1024),
         })
     }
 
@@ -543,58 +594,70 @@ impl Journal {
         std::sync::Arc::clone(&self.file)
     }
 
-    /// Appends `bodies` as consecutive frames and returns the new position. They are in the
-    /// operating system's hands, not yet durable. When it fails, nothing is appended to the
-    /// segment being written; a batch that filled a segment may have left its first frames in
-    /// the (synced) segment before, and [`Journal::position`] says where the chain stands.
-    /// `hashes` gets each appended frame's chain hash, in order.
+    /// Appends `bodies` as consecutive frames and returns the new position (see
+    /// [`Journal::write_frames`]). `hashes` gets each appended frame's chain hash, in order.
+    #[cfg(test)]
     pub fn append<'a>(
         &mut self,
         bodies: impl IntoIterator<Item = &'a [u8]>,
         hashes: &mut Vec<Hash>,
     ) -> Result<Position, JournalError> {
-        self.buf.clear();
-        hashes.clear();
-        let mut start = self.position;
-        let mut head = start.head;
+        let mut frames = Frames::default();
+        let mut head = self.position.head;
         for body in bodies {
-            let frame_len = (FRAME_HEADER + body.len()) as u64;
-            if frame_len > self.opts.segment_bytes {
-                return Err(JournalError::TooLarge(body.len()));
-            }
-            if start.offset + self.buf.len() as u64 + frame_len > self.opts.segment_bytes {
-                // Out of room: what is encoded goes into this segment, the rest into the next.
-                self.flush_buf(start)?;
+            head = frames.push(head, body, self.opts)?;
+        }
+        hashes.clear();
+        hashes.extend(frames.marks.iter().map(|m| m.head.hash));
+        self.write_frames(&frames)
+    }
+
+    /// Writes frames encoded by [`Frames::push`] after the current position, rotating to a new
+    /// segment where the next frame does not fit, and returns the new position. They are in
+    /// the operating system's hands, not yet durable. When it fails, nothing is appended to
+    /// the segment being written; frames that filled a segment may have been left in the
+    /// (synced) segment before, and [`Journal::position`] says where the chain stands.
+    pub fn write_frames(&mut self, frames: &Frames) -> Result<Position, JournalError> {
+        let mut start = self.position;
+        // Bytes of `frames` before the part not yet written.
+        let mut written = 0;
+        let mut frame_start = 0;
+        let mut head = start.head;
+        for mark in &frames.marks {
+            let pending = (mark.end - written) as u64;
+            if start.offset + pending > self.opts.segment_bytes && frame_start > written {
+                // Out of room: the frames before this one go into this segment, the rest into
+                // the next.
+                self.flush(&frames.bytes[written..frame_start], start)?;
                 self.position = Position {
                     head,
                     segment: start.segment,
-                    offset: start.offset + self.buf.len() as u64,
+                    offset: start.offset + (frame_start - written) as u64,
                 };
                 self.rotate(head)?;
-                self.buf.clear();
+                written = frame_start;
+                start = self.position;
+            } else if start.offset + pending > self.opts.segment_bytes && start.offset > 0 {
+                // The first frame of this write does not fit behind what the segment holds.
+                self.rotate(head)?;
                 start = self.position;
             }
-            let at = self.buf.len();
-            encode(&mut self.buf, head.seq + 1, &head.hash, body)?;
-            head = Head {
-                seq: head.seq + 1,
-                hash: chain::link(&head.hash, head.seq + 1, &self.buf[at + FRAME_HEADER..]),
-            };
-            hashes.push(head.hash);
+            frame_start = mark.end;
+            head = mark.head;
         }
-        self.flush_buf(start)?;
+        self.flush(&frames.bytes[written..], start)?;
         self.position = Position {
             head,
             segment: start.segment,
-            offset: start.offset + self.buf.len() as u64,
+            offset: start.offset + (frames.bytes.len() - written) as u64,
         };
         Ok(self.position)
     }
 
-    fn flush_buf(&self, at: Position) -> Result<(), JournalError> {
+    fn flush(&self, bytes: &[u8], at: Position) -> Result<(), JournalError> {
         let path = segment_path(&self.dir, at.segment);
         self.file
-            .write_all_at(&self.buf, at.offset)
+            .write_all_at(bytes, at.offset)
             .map_err(io_err("cannot write audit journal segment", &path))
     }
 
@@ -640,6 +703,16 @@ impl Journal {
                 offset: 0,
             }
         };
+    }
+
+    /// Bytes left in the segment being written.
+    pub fn room(&self) -> u64 {
+        self.opts.segment_bytes.saturating_sub(self.position.offset)
+    }
+
+    /// Whether the next segment is already prepared.
+    pub fn spare_ready(dir: &Path) -> bool {
+        dir.join(SPARE).is_file()
     }
 
     /// Writes the next spare segment if there is none (run off the writer's thread).

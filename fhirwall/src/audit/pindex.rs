@@ -4,7 +4,8 @@
 //! chained `patients` table would take one random B-tree insert per record inside the commit
 //! that every request waits for; each such insert dirties a page of its own, which the commit
 //! writes to the WAL and syncs. Measured, that one index halved the writer's throughput. So a
-//! commit only appends `(seq, patient)` rows in seq order, and a thread of its own copies them,
+//! commit only appends `(seq, patient)` rows in seq order, and a thread of its own (under
+//! `SCHED_IDLE`, so it never takes the CPU from the data plane) copies them,
 //! in chunks sorted by patient, into a separate file next to the store (`audit.db` →
 //! `audit-patients.db`, WAL with `synchronous=NORMAL`: atomic, never fsynced per chunk).
 //!
@@ -167,6 +168,7 @@ impl Drop for Indexer {
 }
 
 fn run(conn: &Connection, stop: &AtomicBool) {
+    super::indexer::idle_priority("the patient index copy");
     let mut failing = false;
     let mut since_prune = Duration::ZERO;
     while !stop.load(Ordering::SeqCst) {

@@ -1,0 +1,422 @@
+//! The flusher thread: takes the open batch, writes it, makes it durable, tells its callers,
+//! and applies retention between batches.
+
+use std::{
+    mem,
+    path::PathBuf,
+    sync::{Arc, PoisonError, atomic::Ordering, mpsc as std_mpsc},
+    thread,
+    time::{Duration, Instant},
+};
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::{
+    AuditConfig, Shared,
+    log::{Batch, Log, Refused, Spare},
+};
+use crate::audit::{
+    AuditError,
+    index::Prepared,
+    indexer::{self, Indexer},
+    journal::{self, Frames, Journal, JournalOptions, Position},
+    pindex,
+    record::Entry,
+    store::{self, Durability, IndexRow},
+};
+
+/// The least time between two "slow commit" warnings; the ones in between are counted.
+const SLOW_COMMIT_LOG_EVERY: Duration = Duration::from_mins(1);
+
+/// How often a spare segment that could not be prepared is tried again.
+const SPARE_RETRY: Duration = Duration::from_millis(250);
+
+/// Bytes of a written batch's buffer kept for the next one, at most.
+const KEEP_BUFFER: usize = 4 * 1024 * 1024;
+
+pub(super) struct Flusher {
+    pub log: Arc<Log>,
+    pub journal: Journal,
+    /// The end of what callers were told is safe: durable with `fsync`, written with
+    /// `background`. A failure goes back here.
+    pub good: Position,
+    /// The index connection retention uses.
+    pub conn: Connection,
+    /// Durable rows for the indexer.
+    pub rows: std_mpsc::SyncSender<Vec<IndexRow>>,
+    pub indexer: Indexer,
+    /// Keeps the patient index copy up to date (`pindex.rs`); stopped with the flusher.
+    pub patients: pindex::Indexer,
+    pub config: AuditConfig,
+    pub shared: Arc<Shared>,
+    /// The last written batch's buffers, for the next.
+    pub spare: Frames,
+}
+
+/// What the flusher does next.
+enum Work {
+    Write(Batch),
+    /// Background durability: the interval's sync.
+    Sync,
+    Prune(Vec<oneshot::Sender<Result<u64, AuditError>>>),
+    Stop,
+}
+
+/// The flusher's clocks and counters.
+struct Pace {
+    next_prune: Option<Instant>,
+    /// Background durability: written since the last sync, and when the next is due.
+    unsynced: bool,
+    next_sync: Instant,
+    slow: SlowCommits,
+}
+
+impl Flusher {
+    pub fn run(mut self) {
+        let retention = &self.config.retention;
+        let retention_on = retention.max_age.is_some() || retention.max_bytes.is_some();
+        let mut pace = Pace {
+            next_prune: retention_on.then(|| Instant::now() + self.config.retention_interval),
+            unsynced: false,
+            next_sync: Instant::now(),
+            slow: SlowCommits::default(),
+        };
+        loop {
+            match self.next(&pace) {
+                Work::Write(batch) => self.write(batch, &mut pace),
+                Work::Sync => self.periodic_sync(&mut pace),
+                Work::Prune(replies) => {
+                    if retention_on {
+                        pace.next_prune = Some(Instant::now() + self.config.retention_interval);
+                    }
+                    let result = self.prune(&mut pace);
+                    answer(replies, result);
+                }
+                Work::Stop => {
+                    if pace.unsynced {
+                        self.periodic_sync(&mut pace);
+                    }
+                    let Self {
+                        rows,
+                        indexer,
+                        patients,
+                        ..
+                    } = self;
+                    // The indexer sees the end of its rows, then it and the patient copy finish
+                    // what they were given.
+                    drop(rows);
+                    drop((indexer, patients));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Waits for work: the open batch first, then retention, the interval's sync, and stop.
+    fn next(&mut self, pace: &Pace) -> Work {
+        let mut state = self.log.lock();
+        loop {
+            let now = Instant::now();
+            if !state.prune.is_empty() || pace.next_prune.is_some_and(|at| now >= at) {
+                return Work::Prune(mem::take(&mut state.prune));
+            }
+            if !state.open.frames.is_empty() {
+                let batch = Log::take(&mut state, mem::take(&mut self.spare));
+                drop(state);
+                self.log.room.notify_waiters();
+                return Work::Write(batch);
+            }
+            if pace.unsynced && now >= pace.next_sync {
+                return Work::Sync;
+            }
+            if state.stop {
+                return Work::Stop;
+            }
+            let deadline = [pace.next_prune, pace.unsynced.then_some(pace.next_sync)]
+                .into_iter()
+                .flatten()
+                .min();
+            state.idle = true;
+            state = match deadline {
+                None => self
+                    .log
+                    .wake
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(at) => {
+                    self.log
+                        .wake
+                        .wait_timeout(state, at.saturating_duration_since(now))
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+            state.idle = false;
+        }
+    }
+
+    /// Writes `batch`; with `fsync` makes it durable before its callers hear of it.
+    fn write(&mut self, mut batch: Batch, pace: &mut Pace) {
+        let count = batch.len() as u64;
+        let segment = self.journal.position().segment;
+        let written = self
+            .journal
+            .write_frames(&batch.frames)
+            .map_err(AuditError::journal);
+        // A burst's buffers are not kept.
+        if batch.frames.bytes.capacity() <= KEEP_BUFFER {
+            self.spare = mem::take(&mut batch.frames);
+        }
+        let spare_failed = self.moved(segment);
+        let result = written.and_then(|_| match self.config.store.durability {
+            Durability::Fsync => self.sync(pace),
+            Durability::Background { .. } => {
+                pace.unsynced = true;
+                Ok(())
+            }
+        });
+        match result {
+            Ok(()) => {
+                self.good = self.journal.position();
+                self.shared
+                    .head
+                    .store(self.good.head.seq, Ordering::Relaxed);
+                self.shared.succeeded(count, !spare_failed);
+                batch.durable(&self.rows);
+            }
+            Err(err) => self.fail(batch, err),
+        }
+    }
+
+    /// Tells appenders how much room the segment has left; when the journal moved on from
+    /// `segment`, the spare was used and the next one is prepared. Returns whether the spare is
+    /// failing (the journal is not healthy whatever this write did).
+    fn moved(&self, segment: u64) -> bool {
+        let rotated = self.journal.position().segment != segment;
+        let mut state = self.log.lock();
+        state.room = self.journal.room();
+        if rotated {
+            state.spare = Spare::Preparing;
+        }
+        let failed = matches!(state.spare, Spare::Failed(_));
+        drop(state);
+        if rotated {
+            spawn_spare(
+                &self.log,
+                &self.shared,
+                indexer::journal_dir(&self.config.path),
+                self.config.journal,
+            );
+        }
+        failed
+    }
+
+    /// `fdatasync`s the segment being written, timed for the commit histogram.
+    fn sync(&self, pace: &mut Pace) -> Result<(), AuditError> {
+        let started = Instant::now();
+        let dir = indexer::journal_dir(&self.config.path);
+        let result = journal::sync_data(&self.journal.file(), &dir).map_err(AuditError::journal);
+        let took = started.elapsed();
+        if let Some(h) = &self.config.commit_seconds {
+            h.observe(took.as_secs_f64());
+        }
+        pace.slow.note(took, self.config.slow_commit);
+        result
+    }
+
+    /// Background durability's sync, once per interval: while it fails, nothing new is
+    /// accepted (what was released cannot be recalled).
+    fn periodic_sync(&self, pace: &mut Pace) {
+        if let Durability::Background { fsync_interval } = self.config.store.durability {
+            pace.next_sync = Instant::now() + fsync_interval;
+        }
+        match self.sync(pace) {
+            Ok(()) => {
+                pace.unsynced = false;
+                self.log.lock().refused = None;
+                self.shared.healthy();
+            }
+            Err(err) => {
+                self.shared.failing(&err);
+                tracing::error!(error = %super::error_chain(&err), "audit journal sync failed; refusing requests");
+                self.log.lock().refused = Some(Arc::new(err));
+            }
+        }
+    }
+
+    /// `batch` did not become durable: it fails, and so does everything appended behind it
+    /// (chained on it); the chain goes back to the last good frame.
+    fn fail(&mut self, batch: Batch, err: AuditError) {
+        let err = Arc::new(err);
+        let later = {
+            let mut state = self.log.lock();
+            self.journal.rewind(self.good);
+            self.good = self.journal.position();
+            state.head = self.good.head;
+            state.room = self.journal.room();
+            Log::take(&mut state, Frames::default())
+        };
+        self.log.room.notify_waiters();
+        self.shared
+            .head
+            .store(self.good.head.seq, Ordering::Relaxed);
+        self.shared.failed((batch.len() + later.len()) as u64, &err);
+        batch.failed(&err);
+        later.failed(&err);
+    }
+
+    /// Retention: appends the marker to the journal and makes it durable, then removes what it
+    /// covers from the index and the journal segments that hold nothing newer.
+    fn prune(&mut self, pace: &mut Pace) -> Result<u64, AuditError> {
+        let mut pruned = 0;
+        // Bounded per tick so a large backlog never holds up appends for long.
+        for _ in 0..10 {
+            // What is good is what may be pruned against; the index may lag behind it.
+            indexer::catch_up(&self.config.path)?;
+            let Some(marker) =
+                store::plan_prune(&self.conn, self.good.head, &self.config.retention)?
+            else {
+                return Ok(pruned);
+            };
+            let entry = Prepared::new(&Entry::Pruned(marker.clone()))?;
+            // Behind whatever is open, like any entry.
+            let appended = match self.log.push(entry) {
+                Ok(appended) => appended,
+                // The disk is behind: the next tick prunes.
+                Err(Refused::Full(_)) => return Ok(pruned),
+                Err(Refused::Err(err)) => return Err(err),
+            };
+            let batch = Log::take(&mut self.log.lock(), Frames::default());
+            self.log.room.notify_waiters();
+            self.write(batch, pace);
+            match appended.settled() {
+                Some(Ok(_)) => {}
+                Some(Err(err)) => return Err(err),
+                None => return Err(AuditError::WriterGone),
+            }
+            if pace.unsynced {
+                self.sync(pace)?;
+            }
+            store::remove_range(&mut self.conn, marker.first_seq, marker.last_seq)
+                .map_err(AuditError::write)?;
+            journal::remove_through(&indexer::journal_dir(&self.config.path), marker.last_seq)
+                .map_err(AuditError::journal)?;
+            self.shared
+                .pruned
+                .fetch_add(marker.count, Ordering::Relaxed);
+            pruned += marker.count;
+            tracing::info!(
+                first = marker.first_seq,
+                last = marker.last_seq,
+                "audit retention pruned"
+            );
+        }
+        Ok(pruned)
+    }
+}
+
+/// Writes the next segment's zeros off the flusher's thread, so that the next rotation is a
+/// rename; on failure (a full disk) retries every `SPARE_RETRY` until it succeeds or the writer stops.
+pub(super) fn spawn_spare(
+    log: &Arc<Log>,
+    shared: &Arc<Shared>,
+    dir: PathBuf,
+    opts: JournalOptions,
+) {
+    let (thread_log, thread_shared) = (Arc::clone(log), Arc::clone(shared));
+    let spawned = thread::Builder::new()
+        .name("fw-audit-spare".into())
+        .spawn(move || {
+            let (log, shared) = (thread_log, thread_shared);
+            let mut failed = false;
+            loop {
+                let result = Journal::prepare_spare(&dir, opts);
+                let mut state = log.lock();
+                match result {
+                    Ok(()) => {
+                        state.spare = Spare::Ready;
+                        drop(state);
+                        log.room.notify_waiters();
+                        if failed {
+                            tracing::warn!("the next audit journal segment is ready again");
+                            shared.healthy();
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        if state.stop {
+                            return;
+                        }
+                        let err = Arc::new(AuditError::journal(e));
+                        state.spare = Spare::Failed(Arc::clone(&err));
+                        drop(state);
+                        log.room.notify_waiters();
+                        if !failed {
+                            tracing::error!(error = %super::error_chain(&*err), "cannot prepare the next audit journal segment; requests that need it are refused until it can");
+                        }
+                        shared.failing(&err);
+                        failed = true;
+                    }
+                }
+                thread::sleep(SPARE_RETRY);
+            }
+        });
+    if let Err(e) = spawned {
+        let err = Arc::new(AuditError::Thread { source: e });
+        shared.failing(&err);
+        log.lock().spare = Spare::Failed(err);
+    }
+}
+
+/// Answers the `prune_now` callers (a tick has none).
+fn answer(replies: Vec<oneshot::Sender<Result<u64, AuditError>>>, result: Result<u64, AuditError>) {
+    let result = result.map_err(Arc::new);
+    for reply in replies {
+        let _ = reply.send(match &result {
+            Ok(n) => Ok(*n),
+            Err(err) => Err(AuditError::Unavailable {
+                source: Arc::clone(err),
+            }),
+        });
+    }
+    if let Err(err) = result {
+        tracing::warn!(error = %super::error_chain(&*err), "audit retention failed; retrying at the next tick");
+    }
+}
+
+/// Slow syncs since the last warning about them.
+#[derive(Debug, Default)]
+struct SlowCommits {
+    logged: Option<Instant>,
+    since_log: u64,
+    worst: Duration,
+}
+
+impl SlowCommits {
+    /// Warns about a sync slow enough that the requests waiting on it noticed.
+    fn note(&mut self, elapsed: Duration, slow_after: Duration) {
+        if elapsed < slow_after {
+            return;
+        }
+        self.since_log += 1;
+        self.worst = self.worst.max(elapsed);
+        let now = Instant::now();
+        if self
+            .logged
+            .is_some_and(|at| now - at < SLOW_COMMIT_LOG_EVERY)
+        {
+            return;
+        }
+        tracing::warn!(
+            ms = elapsed.as_millis(),
+            slow_syncs = self.since_log,
+            worst_ms = self.worst.as_millis(),
+            "audit journal sync slow (the audit disk stalls responses; see fhirwall_audit_commit_seconds)"
+        );
+        *self = Self {
+            logged: Some(now),
+            ..Self::default()
+        };
+    }
+}

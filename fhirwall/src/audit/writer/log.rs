@@ -1,0 +1,211 @@
+//! The open batch: where callers append, on their own thread, under one short lock.
+//!
+//! Appending is encoding: the caller's entry gets the next seq, its frame (CRC32C) and its chain
+//! hash, and joins the batch the flusher will write next. No thread hop and no system call: the
+//! flusher is woken only when it sleeps, and a caller hears of durability through its batch's
+//! [`watch`] channel (one wake-up per batch, not per record).
+
+use std::{
+    mem,
+    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+};
+
+use tokio::sync::{Notify, oneshot, watch};
+
+use super::{Appended, CommittedSeq};
+use crate::audit::{
+    AuditError,
+    index::Prepared,
+    journal::{FRAME_HEADER, Frames, JournalOptions},
+    store::{Head, IndexRow},
+};
+
+/// Bytes of encoded frames the open batch holds at most; an `append` beyond waits for the
+/// flusher to take it, a `complete` fails (the bound on memory while the disk stalls).
+pub(super) const MAX_OPEN_BYTES: usize = 32 * 1024 * 1024;
+
+/// Where a batch stands.
+#[derive(Clone, Debug)]
+pub(super) enum BatchState {
+    Written,
+    Durable,
+    Failed(Arc<AuditError>),
+}
+
+/// Entries appended and not yet taken by the flusher.
+#[derive(Debug)]
+pub(super) struct Batch {
+    pub frames: Frames,
+    pub rows: Vec<IndexRow>,
+    pub signal: watch::Sender<BatchState>,
+}
+
+impl Batch {
+    fn new(frames: Frames) -> Self {
+        Self {
+            frames,
+            rows: Vec::new(),
+            signal: watch::Sender::new(BatchState::Written),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.frames.len()
+    }
+
+    pub fn durable(self, rows: &std::sync::mpsc::SyncSender<Vec<IndexRow>>) {
+        self.signal.send_replace(BatchState::Durable);
+        // A full backlog is read back from the journal by the indexer.
+        let _ = rows.try_send(self.rows);
+    }
+
+    pub fn failed(self, err: &Arc<AuditError>) {
+        self.signal
+            .send_replace(BatchState::Failed(Arc::clone(err)));
+    }
+}
+
+/// Whether the next segment is ready for when the current one fills.
+#[derive(Clone, Debug)]
+pub(super) enum Spare {
+    Ready,
+    Preparing,
+    /// The last attempt failed (a full disk): entries that would need the next segment are
+    /// refused, before anything they stand for is forwarded.
+    Failed(Arc<AuditError>),
+}
+
+/// What appenders and the flusher share.
+#[derive(Debug)]
+pub(super) struct State {
+    /// The chain's head, including the open batch.
+    pub head: Head,
+    pub open: Batch,
+    /// Bytes left in the segment being written, behind what the flusher wrote.
+    pub room: u64,
+    pub spare: Spare,
+    /// The flusher waits for work; the next append wakes it.
+    pub idle: bool,
+    /// The last sink is gone: the flusher writes what is open and stops.
+    pub stop: bool,
+    /// Background durability: the last periodic sync failed, so nothing is accepted until one
+    /// succeeds (released records cannot be recalled).
+    pub refused: Option<Arc<AuditError>>,
+    /// `prune_now` callers.
+    pub prune: Vec<oneshot::Sender<Result<u64, AuditError>>>,
+}
+
+#[derive(Debug)]
+pub(super) struct Log {
+    state: Mutex<State>,
+    /// Wakes the flusher.
+    pub wake: Condvar,
+    /// Wakes appenders waiting for room.
+    pub room: Notify,
+    opts: JournalOptions,
+}
+
+/// Why an entry was not appended.
+pub(super) enum Refused {
+    /// The open batch is full, or the entry needs the next segment while it is being prepared
+    /// (the entry is handed back): wait for the flusher, or fail.
+    Full(Box<Prepared>),
+    Err(AuditError),
+}
+
+impl Log {
+    pub fn new(head: Head, room: u64, spare: Spare, opts: JournalOptions) -> Self {
+        Self {
+            state: Mutex::new(State {
+                head,
+                open: Batch::new(Frames::default()),
+                room,
+                spare,
+                idle: false,
+                stop: false,
+                refused: None,
+                prune: Vec::new(),
+            }),
+            wake: Condvar::new(),
+            room: Notify::new(),
+            opts,
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Appends `entry` to the open batch and returns how to wait for its durability.
+    pub fn push(&self, entry: Prepared) -> Result<Appended, Refused> {
+        let mut state = self.lock();
+        if let Some(err) = &state.refused {
+            return Err(Refused::Err(AuditError::Unavailable {
+                source: Arc::clone(err),
+            }));
+        }
+        let open = state.open.frames.bytes.len();
+        if open >= MAX_OPEN_BYTES {
+            return Err(Refused::Full(Box::new(entry)));
+        }
+        // An entry that needs the next segment waits for it, or fails when it cannot be made:
+        // a full disk shows here, before the request is forwarded, not after.
+        if (open + FRAME_HEADER + entry.body.len()) as u64 > state.room {
+            match &state.spare {
+                Spare::Ready => {}
+                Spare::Preparing => return Err(Refused::Full(Box::new(entry))),
+                Spare::Failed(err) => {
+                    return Err(Refused::Err(AuditError::Unavailable {
+                        source: Arc::clone(err),
+                    }));
+                }
+            }
+        }
+        let prev = state.head;
+        let head = state
+            .open
+            .frames
+            .push(prev, entry.body.as_bytes(), self.opts)
+            .map_err(|e| Refused::Err(AuditError::journal(e)))?;
+        state.head = head;
+        state.open.rows.push(IndexRow {
+            seq: head.seq,
+            prev_hash: prev.hash,
+            hash: head.hash,
+            entry,
+        });
+        let appended = Appended {
+            seq: CommittedSeq(head.seq),
+            batch: state.open.signal.subscribe(),
+        };
+        if mem::take(&mut state.idle) {
+            self.wake.notify_one();
+        }
+        Ok(appended)
+    }
+
+    /// Appends, waiting for room while the open batch is full.
+    pub async fn push_waiting(&self, mut entry: Prepared) -> Result<Appended, AuditError> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before trying, so a flusher taking the batch in between is not missed.
+            room.as_mut().enable();
+            match self.push(entry) {
+                Ok(appended) => return Ok(appended),
+                Err(Refused::Err(err)) => return Err(err),
+                Err(Refused::Full(back)) => {
+                    entry = *back;
+                    room.await;
+                }
+            }
+        }
+    }
+
+    /// Takes the open batch for writing; the next one encodes into `spare` (a written
+    /// batch's buffers, emptied: no allocation per batch once they have grown).
+    pub fn take(state: &mut State, mut spare: Frames) -> Batch {
+        spare.clear();
+        mem::replace(&mut state.open, Batch::new(spare))
+    }
+}
