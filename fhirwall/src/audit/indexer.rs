@@ -147,8 +147,17 @@ impl Drop for Indexer {
     }
 }
 
-/// Puts the calling thread under `SCHED_IDLE`: it runs only when no other thread wants the CPU.
-/// Derived work (the index, the patient copy) must never take the CPU from the data plane.
+// ioprio_set(2) arguments (linux/ioprio.h): the calling thread, the idle class.
+const IOPRIO_WHO_PROCESS: libc::c_long = 1;
+const IOPRIO_CLASS_IDLE: libc::c_long = 3;
+const IOPRIO_CLASS_SHIFT: u32 = 13;
+
+/// Puts the calling thread under `SCHED_IDLE` (it runs only when no other thread wants the CPU)
+/// and in the idle I/O class (the block layer's scheduler, mq-deadline or BFQ, dispatches its
+/// writes only when nothing else waits): derived work (the index, the patient copy) must take
+/// neither the CPU from the data plane nor the audit disk from the journal, whose syncs every
+/// request waits for. The I/O class covers what the thread itself writes back (`SQLite`'s
+/// checkpoints and syncs), not the kernel's own periodic writeback.
 pub(crate) fn idle_priority(what: &str) {
     // SAFETY: sched_setscheduler on this thread (pid 0) with a valid parameter changes only
     // its scheduling policy.
@@ -158,6 +167,18 @@ pub(crate) fn idle_priority(what: &str) {
     };
     if idle != 0 {
         tracing::debug!(what, "runs at normal priority (SCHED_IDLE refused)");
+    }
+    // SAFETY: ioprio_set on the calling thread (who 0) changes only its I/O priority.
+    let io = unsafe {
+        libc::syscall(
+            libc::SYS_ioprio_set,
+            IOPRIO_WHO_PROCESS,
+            0,
+            IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+        )
+    };
+    if io != 0 {
+        tracing::debug!(what, "writes at normal I/O priority (idle class refused)");
     }
 }
 

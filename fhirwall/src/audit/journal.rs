@@ -316,9 +316,9 @@ pub fn remove_through(dir: &Path, last: u64) -> Result<usize, JournalError> {
 
 /// Writes a segment full of zeros under a temporary name and makes it durable, then renames it
 /// to `to`.
-fn prepare(dir: &Path, to: &Path, bytes: u64) -> Result<(), JournalError> {
+fn prepare(dir: &Path, to: &Path, bytes: u64, pace: &dyn Fn()) -> Result<(), JournalError> {
     let tmp = dir.join("spare.seg.tmp");
-    let result = write_zeros(dir, &tmp, to, bytes);
+    let result = write_zeros(dir, &tmp, to, bytes, pace);
     if result.is_err() {
         // A partial segment would hold space the index and the next attempt need.
         let _ = fs::remove_file(&tmp);
@@ -326,7 +326,13 @@ fn prepare(dir: &Path, to: &Path, bytes: u64) -> Result<(), JournalError> {
     result
 }
 
-fn write_zeros(dir: &Path, tmp: &Path, to: &Path, bytes: u64) -> Result<(), JournalError> {
+fn write_zeros(
+    dir: &Path,
+    tmp: &Path,
+    to: &Path,
+    bytes: u64,
+    pace: &dyn Fn(),
+) -> Result<(), JournalError> {
     // Direct I/O where the file system has it: 64 MiB of zeros through the page cache would be
     // dirty pages that the kernel throttles every writer on, the journal's appends included.
     let direct = OpenOptions::new()
@@ -336,7 +342,7 @@ fn write_zeros(dir: &Path, tmp: &Path, to: &Path, bytes: u64) -> Result<(), Jour
         .custom_flags(libc::O_DIRECT)
         .open(tmp)
         .ok()
-        .filter(|file| fill(file, bytes).is_ok());
+        .filter(|file| fill(file, bytes, pace).is_ok());
     let file = if let Some(file) = direct {
         file
     } else {
@@ -346,7 +352,7 @@ fn write_zeros(dir: &Path, tmp: &Path, to: &Path, bytes: u64) -> Result<(), Jour
             .write(true)
             .open(tmp)
             .map_err(io_err("cannot create audit journal segment", tmp))?;
-        fill(&file, bytes).map_err(io_err("cannot write audit journal segment", tmp))?;
+        fill(&file, bytes, pace).map_err(io_err("cannot write audit journal segment", tmp))?;
         file
     };
     file.sync_all()
@@ -356,7 +362,7 @@ fn write_zeros(dir: &Path, tmp: &Path, to: &Path, bytes: u64) -> Result<(), Jour
 }
 
 /// Writes `bytes` of zeros from a buffer aligned for direct I/O.
-fn fill(file: &File, bytes: u64) -> io::Result<()> {
+fn fill(file: &File, bytes: u64, pace: &dyn Fn()) -> io::Result<()> {
     const ALIGN: usize = 4096;
     let raw = vec![0u8; ZERO_CHUNK + ALIGN];
     let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
@@ -366,6 +372,7 @@ fn fill(file: &File, bytes: u64) -> io::Result<()> {
         let n = usize::try_from((bytes - at).min(ZERO_CHUNK as u64)).unwrap_or(ZERO_CHUNK);
         file.write_all_at(&zeros[..n], at)?;
         at += n as u64;
+        pace();
     }
     Ok(())
 }
@@ -487,7 +494,7 @@ impl Journal {
             None => {
                 let first = anchor.seq + 1;
                 let path = segment_path(dir, first);
-                prepare(dir, &path, opts.segment_bytes)?;
+                prepare(dir, &path, opts.segment_bytes, &|| {})?;
                 let position = Position {
                     head: anchor,
                     segment: first,
@@ -673,7 +680,7 @@ impl Journal {
         if fs::rename(&spare, &path).is_ok() {
             sync_dir(&self.dir)?;
         } else {
-            prepare(&self.dir, &path, self.opts.segment_bytes)?;
+            prepare(&self.dir, &path, self.opts.segment_bytes, &|| {})?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -716,11 +723,17 @@ impl Journal {
     }
 
     /// Writes the next spare segment if there is none (run off the writer's thread).
-    pub fn prepare_spare(dir: &Path, opts: JournalOptions) -> Result<(), JournalError> {
+    /// `pace` runs after each chunk of zeros: the caller spreads the writing out, so that no
+    /// journal sync has to carry a whole segment of zeros to the disk at once.
+    pub fn prepare_spare(
+        dir: &Path,
+        opts: JournalOptions,
+        pace: &dyn Fn(),
+    ) -> Result<(), JournalError> {
         let spare = dir.join(SPARE);
         if spare.exists() {
             return Ok(());
         }
-        prepare(dir, &spare, opts.segment_bytes)
+        prepare(dir, &spare, opts.segment_bytes, pace)
     }
 }

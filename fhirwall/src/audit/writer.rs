@@ -54,10 +54,11 @@ pub struct AuditConfig {
     pub retention: Retention,
     /// How often the writer applies `retention`.
     pub retention_interval: Duration,
-    /// Observes the duration of every journal sync (the agent's
+    /// Observes the duration of every group commit, from the flusher taking the batch to its
+    /// release: the write, and with `fsync` the sync (the agent's
     /// `fhirwall_audit_commit_seconds`).
     pub commit_seconds: Option<Histogram>,
-    /// A sync slower than this is logged (at most once per `SLOW_COMMIT_LOG_EVERY`): every
+    /// A commit slower than this is logged (at most once per `SLOW_COMMIT_LOG_EVERY`): every
     /// request waiting for durability waited for it.
     pub slow_commit: Duration,
 }

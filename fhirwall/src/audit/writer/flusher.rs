@@ -29,6 +29,11 @@ use crate::audit::{
 /// The least time between two "slow commit" warnings; the ones in between are counted.
 const SLOW_COMMIT_LOG_EVERY: Duration = Duration::from_mins(1);
 
+/// The pause between two chunks of a spare segment's zeros while there is time: a 64 MiB
+/// segment then takes about a second, and each journal sync carries at most a chunk or two of
+/// zeros to the disk, instead of the one after a rotation carrying the whole segment.
+const SPARE_PACE: Duration = Duration::from_millis(10);
+
 /// How often a spare segment that could not be prepared is tried again.
 const SPARE_RETRY: Duration = Duration::from_millis(250);
 
@@ -158,6 +163,7 @@ impl Flusher {
 
     /// Writes `batch`; with `fsync` makes it durable before its callers hear of it.
     fn write(&mut self, mut batch: Batch, pace: &mut Pace) {
+        let started = Instant::now();
         let count = batch.len() as u64;
         let segment = self.journal.position().segment;
         let written = self
@@ -170,12 +176,19 @@ impl Flusher {
         }
         let spare_failed = self.moved(segment);
         let result = written.and_then(|_| match self.config.store.durability {
-            Durability::Fsync => self.sync(pace),
+            Durability::Fsync => self.sync(),
             Durability::Background { .. } => {
                 pace.unsynced = true;
                 Ok(())
             }
         });
+        // The commit: from taking the batch to releasing its callers (the write, and the sync
+        // with `fsync`): what every request in it waited for.
+        let took = started.elapsed();
+        if let Some(h) = &self.config.commit_seconds {
+            h.observe(took.as_secs_f64());
+        }
+        pace.slow.note(took, self.config.slow_commit);
         match result {
             Ok(()) => {
                 self.good = self.journal.position();
@@ -212,17 +225,10 @@ impl Flusher {
         failed
     }
 
-    /// `fdatasync`s the segment being written, timed for the commit histogram.
-    fn sync(&self, pace: &mut Pace) -> Result<(), AuditError> {
-        let started = Instant::now();
+    /// `fdatasync`s the segment being written.
+    fn sync(&self) -> Result<(), AuditError> {
         let dir = indexer::journal_dir(&self.config.path);
-        let result = journal::sync_data(&self.journal.file(), &dir).map_err(AuditError::journal);
-        let took = started.elapsed();
-        if let Some(h) = &self.config.commit_seconds {
-            h.observe(took.as_secs_f64());
-        }
-        pace.slow.note(took, self.config.slow_commit);
-        result
+        journal::sync_data(&self.journal.file(), &dir).map_err(AuditError::journal)
     }
 
     /// Background durability's sync, once per interval: while it fails, nothing new is
@@ -231,7 +237,7 @@ impl Flusher {
         if let Durability::Background { fsync_interval } = self.config.store.durability {
             pace.next_sync = Instant::now() + fsync_interval;
         }
-        match self.sync(pace) {
+        match self.sync() {
             Ok(()) => {
                 pace.unsynced = false;
                 self.log.lock().refused = None;
@@ -296,7 +302,7 @@ impl Flusher {
                 None => return Err(AuditError::WriterGone),
             }
             if pace.unsynced {
-                self.sync(pace)?;
+                self.sync()?;
             }
             store::remove_range(&mut self.conn, marker.first_seq, marker.last_seq)
                 .map_err(AuditError::write)?;
@@ -330,8 +336,15 @@ pub(super) fn spawn_spare(
         .spawn(move || {
             let (log, shared) = (thread_log, thread_shared);
             let mut failed = false;
+            // A chunk of zeros (1 MiB) every `SPARE_PACE` while the segment being written has
+            // more than a quarter left; at full speed past that.
+            let pace = || {
+                if log.lock().room > opts.segment_bytes / 4 {
+                    thread::sleep(SPARE_PACE);
+                }
+            };
             loop {
-                let result = Journal::prepare_spare(&dir, opts);
+                let result = Journal::prepare_spare(&dir, opts, &pace);
                 let mut state = log.lock();
                 match result {
                     Ok(()) => {
@@ -385,7 +398,7 @@ fn answer(replies: Vec<oneshot::Sender<Result<u64, AuditError>>>, result: Result
     }
 }
 
-/// Slow syncs since the last warning about them.
+/// Slow commits since the last warning about them.
 #[derive(Debug, Default)]
 struct SlowCommits {
     logged: Option<Instant>,
@@ -394,7 +407,7 @@ struct SlowCommits {
 }
 
 impl SlowCommits {
-    /// Warns about a sync slow enough that the requests waiting on it noticed.
+    /// Warns about a commit slow enough that the requests waiting on it noticed.
     fn note(&mut self, elapsed: Duration, slow_after: Duration) {
         if elapsed < slow_after {
             return;
@@ -410,9 +423,9 @@ impl SlowCommits {
         }
         tracing::warn!(
             ms = elapsed.as_millis(),
-            slow_syncs = self.since_log,
+            slow_commits = self.since_log,
             worst_ms = self.worst.as_millis(),
-            "audit journal sync slow (the audit disk stalls responses; see fhirwall_audit_commit_seconds)"
+            "audit journal commit slow (the audit disk stalls responses; see fhirwall_audit_commit_seconds)"
         );
         *self = Self {
             logged: Some(now),
