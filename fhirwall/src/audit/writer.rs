@@ -43,6 +43,7 @@ use super::{
 
 mod flusher;
 mod log;
+mod spare;
 
 /// Where and how the audit trail is written.
 #[derive(Clone, Debug)]
@@ -111,6 +112,8 @@ pub struct AuditStats {
     pub failed_batches: u64,
     pub pruned_records: u64,
     pub head_seq: u64,
+    /// `fdatasync`s of the journal that succeeded.
+    pub journal_syncs: u64,
 }
 
 /// Handle the proxy uses to record decisions; cheap to clone, one per task is fine.
@@ -197,6 +200,7 @@ struct Shared {
     failed_batches: AtomicU64,
     pruned: AtomicU64,
     head: AtomicU64,
+    syncs: AtomicU64,
 }
 
 impl AuditSink {
@@ -229,6 +233,7 @@ impl AuditSink {
             failed_batches: AtomicU64::new(0),
             pruned: AtomicU64::new(0),
             head: AtomicU64::new(position.head.seq),
+            syncs: AtomicU64::new(0),
         });
         // Bounded: an indexer that falls behind reads what it missed from the journal instead
         // of holding it in memory.
@@ -249,7 +254,7 @@ impl AuditSink {
             config.journal,
         ));
         if preparing {
-            flusher::spawn_spare(&log, &shared, dir.clone(), config.journal);
+            spare::spawn(&log, &shared, dir.clone(), config.journal);
         }
         let flusher = Flusher {
             log: Arc::clone(&log),
@@ -370,6 +375,7 @@ impl Shared {
             failed_batches: self.failed_batches.load(Ordering::Relaxed),
             pruned_records: self.pruned.load(Ordering::Relaxed),
             head_seq: self.head.load(Ordering::Relaxed),
+            journal_syncs: self.syncs.load(Ordering::Relaxed),
         }
     }
 

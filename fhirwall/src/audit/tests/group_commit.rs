@@ -126,3 +126,48 @@ async fn every_transaction_is_timed_for_the_commit_histogram() {
         "a commit with fsync takes time"
     );
 }
+
+/// `background` durability keeps syncing once per interval while appends go on (the order of
+/// the flusher's choices is tested in `writer/flusher.rs`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn background_durability_syncs_every_interval_under_steady_load() {
+    let (_dir, path) = temp_store();
+    let mut config = AuditConfig::new(&path);
+    config.store.durability = crate::audit::Durability::Background {
+        fsync_interval: std::time::Duration::from_millis(20),
+    };
+    let (sink, writer) = AuditSink::start(config).unwrap();
+    let seq = sink
+        .commit(record(0, jiff::Timestamp::now()))
+        .await
+        .unwrap();
+    // Completions from four threads without a pause.
+    let loaders: Vec<_> = (0..4u64)
+        .map(|t| {
+            let loader = sink.clone();
+            tokio::task::spawn_blocking(move || {
+                let until = std::time::Instant::now() + std::time::Duration::from_millis(500);
+                let mut n = 0u64;
+                while std::time::Instant::now() < until {
+                    let done = Completion::new(seq, format!("t{t}-{n}"), Fate::Completed);
+                    if loader.complete(done).is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let mut appended = 0;
+    for loader in loaders {
+        appended += loader.await.unwrap();
+    }
+    let stats = sink.stats();
+    stop(sink, writer).await;
+    assert!(appended > 1000, "steady load: {appended} completions");
+    // 500 ms at one sync per 20 ms is 25; allow for a slow machine, not for none.
+    assert!(
+        stats.journal_syncs >= 5,
+        "syncs during 500 ms of steady load: {stats:?}"
+    );
+}

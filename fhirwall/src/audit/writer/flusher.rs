@@ -3,9 +3,7 @@
 
 use std::{
     mem,
-    path::PathBuf,
     sync::{Arc, PoisonError, atomic::Ordering, mpsc as std_mpsc},
-    thread,
     time::{Duration, Instant},
 };
 
@@ -15,12 +13,13 @@ use tokio::sync::oneshot;
 use super::{
     AuditConfig, Shared,
     log::{Batch, Log, Refused, Spare},
+    spare,
 };
 use crate::audit::{
     AuditError,
     index::Prepared,
     indexer::{self, Indexer},
-    journal::{self, Frames, Journal, JournalOptions, Position},
+    journal::{self, Frames, Journal, Position},
     pindex,
     record::Entry,
     store::{self, Durability, IndexRow},
@@ -28,14 +27,6 @@ use crate::audit::{
 
 /// The least time between two "slow commit" warnings; the ones in between are counted.
 const SLOW_COMMIT_LOG_EVERY: Duration = Duration::from_mins(1);
-
-/// The pause between two chunks of a spare segment's zeros while there is time: a 64 MiB
-/// segment then takes about a second, and each journal sync carries at most a chunk or two of
-/// zeros to the disk, instead of the one after a rotation carrying the whole segment.
-const SPARE_PACE: Duration = Duration::from_millis(10);
-
-/// How often a spare segment that could not be prepared is tried again.
-const SPARE_RETRY: Duration = Duration::from_millis(250);
 
 /// Bytes of a written batch's buffer kept for the next one, at most.
 const KEEP_BUFFER: usize = 4 * 1024 * 1024;
@@ -66,6 +57,33 @@ enum Work {
     Sync,
     Prune(Vec<oneshot::Sender<Result<u64, AuditError>>>),
     Stop,
+}
+
+/// What the flusher turns to next.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Next {
+    Prune,
+    Sync,
+    Write,
+    Stop,
+    Wait,
+}
+
+/// Retention and the interval's sync when they are due come before the open batch, which under
+/// steady load is never empty when the flusher looks (they would wait forever behind it); the
+/// open batch comes before stopping, so that everything appended is written.
+fn choose(now: Instant, pace: &Pace, prune_asked: bool, open: bool, stop: bool) -> Next {
+    if prune_asked || pace.next_prune.is_some_and(|at| now >= at) {
+        Next::Prune
+    } else if pace.unsynced && now >= pace.next_sync {
+        Next::Sync
+    } else if open {
+        Next::Write
+    } else if stop {
+        Next::Stop
+    } else {
+        Next::Wait
+    }
 }
 
 /// The flusher's clocks and counters.
@@ -118,25 +136,23 @@ impl Flusher {
         }
     }
 
-    /// Waits for work: the open batch first, then retention, the interval's sync, and stop.
+    /// Waits for work, in the order [`choose`] gives.
     fn next(&mut self, pace: &Pace) -> Work {
         let mut state = self.log.lock();
         loop {
             let now = Instant::now();
-            if !state.prune.is_empty() || pace.next_prune.is_some_and(|at| now >= at) {
-                return Work::Prune(mem::take(&mut state.prune));
-            }
-            if !state.open.frames.is_empty() {
-                let batch = Log::take(&mut state, mem::take(&mut self.spare));
-                drop(state);
-                self.log.room.notify_waiters();
-                return Work::Write(batch);
-            }
-            if pace.unsynced && now >= pace.next_sync {
-                return Work::Sync;
-            }
-            if state.stop {
-                return Work::Stop;
+            let open = !state.open.frames.is_empty();
+            match choose(now, pace, !state.prune.is_empty(), open, state.stop) {
+                Next::Prune => return Work::Prune(mem::take(&mut state.prune)),
+                Next::Sync => return Work::Sync,
+                Next::Write => {
+                    let batch = Log::take(&mut state, mem::take(&mut self.spare));
+                    drop(state);
+                    self.log.room.notify_waiters();
+                    return Work::Write(batch);
+                }
+                Next::Stop => return Work::Stop,
+                Next::Wait => {}
             }
             let deadline = [pace.next_prune, pace.unsynced.then_some(pace.next_sync)]
                 .into_iter()
@@ -215,7 +231,7 @@ impl Flusher {
         let failed = matches!(state.spare, Spare::Failed(_));
         drop(state);
         if rotated {
-            spawn_spare(
+            spare::spawn(
                 &self.log,
                 &self.shared,
                 indexer::journal_dir(&self.config.path),
@@ -228,7 +244,9 @@ impl Flusher {
     /// `fdatasync`s the segment being written.
     fn sync(&self) -> Result<(), AuditError> {
         let dir = indexer::journal_dir(&self.config.path);
-        journal::sync_data(&self.journal.file(), &dir).map_err(AuditError::journal)
+        journal::sync_data(&self.journal.file(), &dir).map_err(AuditError::journal)?;
+        self.shared.syncs.fetch_add(1, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Background durability's sync, once per interval: while it fails, nothing new is
@@ -322,66 +340,6 @@ impl Flusher {
     }
 }
 
-/// Writes the next segment's zeros off the flusher's thread, so that the next rotation is a
-/// rename; on failure (a full disk) retries every `SPARE_RETRY` until it succeeds or the writer stops.
-pub(super) fn spawn_spare(
-    log: &Arc<Log>,
-    shared: &Arc<Shared>,
-    dir: PathBuf,
-    opts: JournalOptions,
-) {
-    let (thread_log, thread_shared) = (Arc::clone(log), Arc::clone(shared));
-    let spawned = thread::Builder::new()
-        .name("fw-audit-spare".into())
-        .spawn(move || {
-            let (log, shared) = (thread_log, thread_shared);
-            let mut failed = false;
-            // A chunk of zeros (1 MiB) every `SPARE_PACE` while the segment being written has
-            // more than a quarter left; at full speed past that.
-            let pace = || {
-                if log.lock().room > opts.segment_bytes / 4 {
-                    thread::sleep(SPARE_PACE);
-                }
-            };
-            loop {
-                let result = Journal::prepare_spare(&dir, opts, &pace);
-                let mut state = log.lock();
-                match result {
-                    Ok(()) => {
-                        state.spare = Spare::Ready;
-                        drop(state);
-                        log.room.notify_waiters();
-                        if failed {
-                            tracing::warn!("the next audit journal segment is ready again");
-                            shared.healthy();
-                        }
-                        return;
-                    }
-                    Err(e) => {
-                        if state.stop {
-                            return;
-                        }
-                        let err = Arc::new(AuditError::journal(e));
-                        state.spare = Spare::Failed(Arc::clone(&err));
-                        drop(state);
-                        log.room.notify_waiters();
-                        if !failed {
-                            tracing::error!(error = %super::error_chain(&*err), "cannot prepare the next audit journal segment; requests that need it are refused until it can");
-                        }
-                        shared.failing(&err);
-                        failed = true;
-                    }
-                }
-                thread::sleep(SPARE_RETRY);
-            }
-        });
-    if let Err(e) = spawned {
-        let err = Arc::new(AuditError::Thread { source: e });
-        shared.failing(&err);
-        log.lock().spare = Spare::Failed(err);
-    }
-}
-
 /// Answers the `prune_now` callers (a tick has none).
 fn answer(replies: Vec<oneshot::Sender<Result<u64, AuditError>>>, result: Result<u64, AuditError>) {
     let result = result.map_err(Arc::new);
@@ -431,5 +389,64 @@ impl SlowCommits {
             logged: Some(now),
             ..Self::default()
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_is_due_comes_before_the_open_batch_and_stop_comes_last() {
+        let now = Instant::now();
+        let later = now + Duration::from_secs(1);
+        let pace = |next_prune, unsynced, next_sync| Pace {
+            next_prune,
+            unsynced,
+            next_sync,
+            slow: SlowCommits::default(),
+        };
+        // (pace, prune asked, open batch, stop) -> next
+        let cases = [
+            (pace(None, true, now), false, true, false, Next::Sync),
+            (pace(None, true, later), false, true, false, Next::Write),
+            (pace(None, false, now), false, true, false, Next::Write),
+            (pace(Some(now), true, now), false, true, false, Next::Prune),
+            (
+                pace(Some(later), false, now),
+                true,
+                true,
+                false,
+                Next::Prune,
+            ),
+            (
+                pace(Some(later), false, now),
+                false,
+                true,
+                true,
+                Next::Write,
+            ),
+            (
+                pace(Some(later), false, now),
+                false,
+                false,
+                true,
+                Next::Stop,
+            ),
+            (
+                pace(Some(later), true, later),
+                false,
+                false,
+                false,
+                Next::Wait,
+            ),
+        ];
+        for (i, (pace, prune_asked, open, stop, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                choose(now, &pace, prune_asked, open, stop),
+                want,
+                "case {i}"
+            );
+        }
     }
 }
