@@ -278,8 +278,9 @@ impl Flusher {
             self.journal.rewind(self.good);
             self.good = self.journal.position();
             state.head = self.good.head;
+            let later = Log::take(&mut state, Frames::default());
             state.room = self.journal.room();
-            Log::take(&mut state, Frames::default())
+            later
         };
         self.log.room.notify_waiters();
         self.shared

@@ -203,9 +203,72 @@ impl Log {
     }
 
     /// Takes the open batch for writing; the next one encodes into `spare` (a written
-    /// batch's buffers, emptied: no allocation per batch once they have grown).
+    /// batch's buffers, emptied: no allocation per batch once they have grown). The segment's
+    /// room shrinks by the batch at once: entries appended while it is being written must see
+    /// that they need the next segment (the flusher sets the exact room after the write).
     pub fn take(state: &mut State, mut spare: Frames) -> Batch {
         spare.clear();
-        mem::replace(&mut state.open, Batch::new(spare))
+        let batch = mem::replace(&mut state.open, Batch::new(spare));
+        state.room = state.room.saturating_sub(batch.frames.bytes.len() as u64);
+        batch
+    }
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+    use crate::audit::{chain::GENESIS, record::Entry, tests_support::record};
+
+    fn entry(n: u64) -> Prepared {
+        Prepared::new(&Entry::Request(record(n, jiff::Timestamp::now()))).unwrap()
+    }
+
+    /// Room for `frames` entries like `entry(0)` in the segment being written.
+    fn log_with_room_for(frames: u64, spare: Spare) -> Log {
+        let frame = (FRAME_HEADER + entry(0).body.len()) as u64;
+        let head = Head {
+            seq: 0,
+            hash: GENESIS,
+        };
+        Log::new(
+            head,
+            frames * frame + frame / 2,
+            spare,
+            JournalOptions::default(),
+        )
+    }
+
+    #[test]
+    fn an_entry_that_needs_the_next_segment_is_refused_while_it_cannot_be_made() {
+        let failed = Spare::Failed(Arc::new(AuditError::WriterGone));
+        let log = log_with_room_for(2, failed);
+        assert!(log.push(entry(1)).is_ok());
+        assert!(log.push(entry(2)).is_ok());
+        assert!(matches!(log.push(entry(3)), Err(Refused::Err(_))));
+    }
+
+    #[test]
+    fn a_batch_being_written_counts_against_the_room() {
+        let failed = Spare::Failed(Arc::new(AuditError::WriterGone));
+        let log = log_with_room_for(2, failed);
+        assert!(log.push(entry(1)).is_ok());
+        // The flusher takes the batch; it is not written yet.
+        let batch = Log::take(&mut log.lock(), Frames::default());
+        assert_eq!(batch.len(), 1);
+        assert!(log.push(entry(2)).is_ok());
+        assert!(
+            matches!(log.push(entry(3)), Err(Refused::Err(_))),
+            "the third entry needs the next segment even though the open batch holds one"
+        );
+    }
+
+    #[test]
+    fn an_entry_that_needs_the_next_segment_waits_while_it_is_prepared() {
+        let log = log_with_room_for(1, Spare::Preparing);
+        assert!(log.push(entry(1)).is_ok());
+        assert!(matches!(log.push(entry(2)), Err(Refused::Full(_))));
+        log.lock().spare = Spare::Ready;
+        assert!(log.push(entry(2)).is_ok());
     }
 }
