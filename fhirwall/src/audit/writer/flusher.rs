@@ -407,40 +407,17 @@ mod tests {
             next_sync,
             slow: SlowCommits::default(),
         };
+        let (t, f, soon) = (true, false, Some(later));
         // (pace, prune asked, open batch, stop) -> next
         let cases = [
-            (pace(None, true, now), false, true, false, Next::Sync),
-            (pace(None, true, later), false, true, false, Next::Write),
-            (pace(None, false, now), false, true, false, Next::Write),
-            (pace(Some(now), true, now), false, true, false, Next::Prune),
-            (
-                pace(Some(later), false, now),
-                true,
-                true,
-                false,
-                Next::Prune,
-            ),
-            (
-                pace(Some(later), false, now),
-                false,
-                true,
-                true,
-                Next::Write,
-            ),
-            (
-                pace(Some(later), false, now),
-                false,
-                false,
-                true,
-                Next::Stop,
-            ),
-            (
-                pace(Some(later), true, later),
-                false,
-                false,
-                false,
-                Next::Wait,
-            ),
+            (pace(None, t, now), f, t, f, Next::Sync),
+            (pace(None, t, later), f, t, f, Next::Write),
+            (pace(None, f, now), f, t, f, Next::Write),
+            (pace(Some(now), t, now), f, t, f, Next::Prune),
+            (pace(soon, f, now), t, t, f, Next::Prune),
+            (pace(soon, f, now), f, t, t, Next::Write),
+            (pace(soon, f, now), f, f, t, Next::Stop),
+            (pace(soon, t, later), f, f, f, Next::Wait),
         ];
         for (i, (pace, prune_asked, open, stop, want)) in cases.into_iter().enumerate() {
             assert_eq!(
