@@ -191,7 +191,7 @@ async fn audit_report_and_verify() {
 
     rw(&db)
         .execute(
-            "UPDATE entries SET body = replace(body, 'Patient/p2', 'Patient/p3') WHERE seq = 7",
+            "UPDATE entry_rows SET body = replace(body, 'Patient/p2', 'Patient/p3') WHERE seq = 7",
             [],
         )
         .unwrap();

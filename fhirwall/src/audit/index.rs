@@ -18,15 +18,44 @@ pub struct IndexCols {
     /// For a completion: the seq of its request.
     pub ref_seq: Option<i64>,
     pub integration: Option<String>,
+    pub workload: WorkloadCols,
+    pub credential_fp: Option<String>,
+    pub resource_type: Option<String>,
+    pub decision: Option<String>,
+}
+
+/// The columns that name the process behind a request. The index stores each distinct set once
+/// (table `workloads`) and every entry refers to it: a host's requests come from a handful of
+/// processes, and indexing long paths and hashes once per request was most of the index's work.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WorkloadCols {
     pub exe: Option<String>,
     pub exe_sha256: Option<String>,
     pub pid: Option<i64>,
     pub container_id: Option<String>,
     pub pod_uid: Option<String>,
     pub systemd_unit: Option<String>,
-    pub credential_fp: Option<String>,
-    pub resource_type: Option<String>,
-    pub decision: Option<String>,
+}
+
+impl WorkloadCols {
+    /// Whether the entry names a process at all (completions and retention markers do not).
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+
+    /// The `workloads.key` of this set: what `SQLite`'s `json_array()` makes of the same six
+    /// columns, so that the schema migration and the indexer agree on it.
+    pub fn key(&self) -> String {
+        serde_json::json!([
+            self.exe,
+            self.exe_sha256,
+            self.pid,
+            self.container_id,
+            self.pod_uid,
+            self.systemd_unit
+        ])
+        .to_string()
+    }
 }
 
 /// The column list matching [`IndexCols::read`].
@@ -56,12 +85,14 @@ impl IndexCols {
         Self {
             correlation_id: Some(r.correlation_id.clone()),
             integration: r.integration.clone(),
-            exe: w.exe.clone(),
-            exe_sha256: w.exe_sha256.clone(),
-            pid: Some(i64::from(w.tgid)),
-            container_id: w.container_id.clone(),
-            pod_uid: w.pod_uid.clone(),
-            systemd_unit: w.systemd_unit.clone(),
+            workload: WorkloadCols {
+                exe: w.exe.clone(),
+                exe_sha256: w.exe_sha256.clone(),
+                pid: Some(i64::from(w.tgid)),
+                container_id: w.container_id.clone(),
+                pod_uid: w.pod_uid.clone(),
+                systemd_unit: w.systemd_unit.clone(),
+            },
             credential_fp: r.credential_fingerprint.clone(),
             resource_type: r.resource_type.clone(),
             decision: Some(r.decision.as_str().to_owned()),
@@ -77,12 +108,14 @@ impl IndexCols {
             correlation_id: row.get(at + 2)?,
             ref_seq: row.get(at + 3)?,
             integration: row.get(at + 4)?,
-            exe: row.get(at + 5)?,
-            exe_sha256: row.get(at + 6)?,
-            pid: row.get(at + 7)?,
-            container_id: row.get(at + 8)?,
-            pod_uid: row.get(at + 9)?,
-            systemd_unit: row.get(at + 10)?,
+            workload: WorkloadCols {
+                exe: row.get(at + 5)?,
+                exe_sha256: row.get(at + 6)?,
+                pid: row.get(at + 7)?,
+                container_id: row.get(at + 8)?,
+                pod_uid: row.get(at + 9)?,
+                systemd_unit: row.get(at + 10)?,
+            },
             credential_fp: row.get(at + 11)?,
             resource_type: row.get(at + 12)?,
             decision: row.get(at + 13)?,

@@ -7,64 +7,129 @@
 //! `synchronous=NORMAL`: a transaction lost to a power failure is indexed again from the
 //! journal.
 
-use std::{path::Path, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavior, params};
 
 use super::{
     AuditError,
     chain::{self, GENESIS, Hash},
-    index::Prepared,
+    index::{Prepared, WorkloadCols},
     record::{self, PruneMarker},
 };
 
 /// Bumped when the schema changes; `open` refuses a store from a newer fhirwall.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS entries (
-    seq            INTEGER PRIMARY KEY,
-    kind           TEXT NOT NULL,
-    time_us        INTEGER NOT NULL,
-    correlation_id TEXT,
-    ref_seq        INTEGER,
-    integration    TEXT,
-    exe            TEXT,
-    exe_sha256     TEXT,
-    pid            INTEGER,
-    container_id   TEXT,
-    pod_uid        TEXT,
-    systemd_unit   TEXT,
-    credential_fp  TEXT,
-    resource_type  TEXT,
-    decision       TEXT,
-    body           TEXT NOT NULL,
-    prev_hash      BLOB NOT NULL,
-    hash           BLOB NOT NULL
-);
-CREATE INDEX IF NOT EXISTS entries_time ON entries (time_us);
-CREATE INDEX IF NOT EXISTS entries_integration ON entries (integration, time_us);
-CREATE INDEX IF NOT EXISTS entries_ref ON entries (ref_seq) WHERE ref_seq IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_exe ON entries (exe) WHERE exe IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_sha256 ON entries (exe_sha256) WHERE exe_sha256 IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_container ON entries (container_id) WHERE container_id IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_pod ON entries (pod_uid) WHERE pod_uid IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_unit ON entries (systemd_unit) WHERE systemd_unit IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_credential ON entries (credential_fp) WHERE credential_fp IS NOT NULL;
-CREATE TABLE IF NOT EXISTS patients (
-    seq     INTEGER NOT NULL,
-    patient TEXT NOT NULL,
-    PRIMARY KEY (seq, patient)
-) WITHOUT ROWID;
--- Version 1 indexed patients here, inside every commit; the index is now built apart
--- (pindex.rs).
-DROP INDEX IF EXISTS patients_patient;
-CREATE TABLE IF NOT EXISTS export_cursors (
-    name       TEXT PRIMARY KEY,
-    seq        INTEGER NOT NULL,
-    updated_us INTEGER NOT NULL
-);
-";
+/// The tables that hold the entries, in database `db` (`main`; `temp` for a reader's overlay)
+/// with names starting with `prefix`. Each distinct set of workload columns is stored once.
+fn tables(db: &str, prefix: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {db}.{prefix}workloads (
+            id           INTEGER PRIMARY KEY,
+            -- The six columns below as json_array(): one row per distinct set.
+            key          TEXT NOT NULL UNIQUE,
+            exe          TEXT,
+            exe_sha256   TEXT,
+            pid          INTEGER,
+            container_id TEXT,
+            pod_uid      TEXT,
+            systemd_unit TEXT
+        );
+        CREATE TABLE IF NOT EXISTS {db}.{prefix}entry_rows (
+            seq            INTEGER PRIMARY KEY,
+            kind           TEXT NOT NULL,
+            time_us        INTEGER NOT NULL,
+            correlation_id TEXT,
+            ref_seq        INTEGER,
+            integration    TEXT,
+            workload       INTEGER,
+            credential_fp  TEXT,
+            resource_type  TEXT,
+            decision       TEXT,
+            body           TEXT NOT NULL,
+            prev_hash      BLOB NOT NULL,
+            hash           BLOB NOT NULL
+        );
+        CREATE TABLE IF NOT EXISTS {db}.{prefix}patients (
+            seq     INTEGER NOT NULL,
+            patient TEXT NOT NULL,
+            PRIMARY KEY (seq, patient)
+        ) WITHOUT ROWID;"
+    )
+}
+
+/// The entries of [`tables`] as readers see them: one row per entry with every column.
+fn entries_of(db: &str, prefix: &str) -> String {
+    format!(
+        "SELECT e.seq, e.kind, e.time_us, e.correlation_id, e.ref_seq, e.integration,
+                w.exe, w.exe_sha256, w.pid, w.container_id, w.pod_uid, w.systemd_unit,
+                e.credential_fp, e.resource_type, e.decision, e.body, e.prev_hash, e.hash
+         FROM {db}.{prefix}entry_rows e LEFT JOIN {db}.{prefix}workloads w ON w.id = e.workload"
+    )
+}
+
+/// The schema of a new store. `entries` is a view that puts each entry's workload columns back
+/// beside it, so readers (queries, reports, exports, verify) see one table with every column.
+fn schema() -> String {
+    format!(
+        "{tables}
+        CREATE INDEX IF NOT EXISTS workloads_exe ON workloads (exe) WHERE exe IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS workloads_sha256 ON workloads (exe_sha256) WHERE exe_sha256 IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS workloads_pid ON workloads (pid) WHERE pid IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS workloads_container ON workloads (container_id) WHERE container_id IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS workloads_pod ON workloads (pod_uid) WHERE pod_uid IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS workloads_unit ON workloads (systemd_unit) WHERE systemd_unit IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS entries_time ON entry_rows (time_us);
+        CREATE INDEX IF NOT EXISTS entries_integration ON entry_rows (integration, time_us);
+        CREATE INDEX IF NOT EXISTS entries_ref ON entry_rows (ref_seq) WHERE ref_seq IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS entries_workload ON entry_rows (workload) WHERE workload IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS entries_credential ON entry_rows (credential_fp) WHERE credential_fp IS NOT NULL;
+        CREATE VIEW IF NOT EXISTS entries AS {entries};
+        -- Version 1 indexed patients here, inside every commit; the index is now built apart
+        -- (pindex.rs).
+        DROP INDEX IF EXISTS patients_patient;
+        CREATE TABLE IF NOT EXISTS export_cursors (
+            name       TEXT PRIMARY KEY,
+            seq        INTEGER NOT NULL,
+            updated_us INTEGER NOT NULL
+        );",
+        tables = tables("main", ""),
+        entries = entries_of("main", ""),
+    )
+}
+
+/// From version 2 (every workload column in every row of table `entries`), in two steps around
+/// [`schema`]: the old table steps aside (its indexes dropped, so the new table gets its own of
+/// the same names), then its rows move into `entry_rows` with their workload interned. Index
+/// rows may predate the journal (a version 1 store), so they are moved, not rebuilt.
+const FROM_VERSION_2: [&str; 2] = [
+    "ALTER TABLE entries RENAME TO entries_v2;
+     DROP INDEX IF EXISTS entries_time;
+     DROP INDEX IF EXISTS entries_integration;
+     DROP INDEX IF EXISTS entries_ref;
+     DROP INDEX IF EXISTS entries_exe;
+     DROP INDEX IF EXISTS entries_sha256;
+     DROP INDEX IF EXISTS entries_container;
+     DROP INDEX IF EXISTS entries_pod;
+     DROP INDEX IF EXISTS entries_unit;
+     DROP INDEX IF EXISTS entries_credential;",
+    "INSERT OR IGNORE INTO workloads
+         (key, exe, exe_sha256, pid, container_id, pod_uid, systemd_unit)
+     SELECT json_array(exe, exe_sha256, pid, container_id, pod_uid, systemd_unit),
+            exe, exe_sha256, pid, container_id, pod_uid, systemd_unit
+     FROM entries_v2
+     WHERE coalesce(exe, exe_sha256, pid, container_id, pod_uid, systemd_unit) IS NOT NULL
+     ORDER BY seq;
+     INSERT INTO entry_rows
+     SELECT seq, kind, time_us, correlation_id, ref_seq, integration,
+            (SELECT id FROM workloads
+             WHERE key = json_array(e.exe, e.exe_sha256, e.pid, e.container_id, e.pod_uid,
+                                    e.systemd_unit)),
+            credential_fp, resource_type, decision, body, prev_hash, hash
+     FROM entries_v2 e;
+     DROP TABLE entries_v2;",
+];
 
 /// One journal entry as the index stores it.
 #[derive(Clone, Debug)]
@@ -79,7 +144,7 @@ pub struct IndexRow {
 /// index up first) are left as they are.
 pub fn index(conn: &mut Connection, rows: &[IndexRow]) -> Result<(), rusqlite::Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    insert_rows(&tx, "main.entries", "main.patients", rows)?;
+    insert_rows(&tx, "main", "", rows)?;
     tx.commit()
 }
 
@@ -87,35 +152,36 @@ pub fn index(conn: &mut Connection, rows: &[IndexRow]) -> Result<(), rusqlite::E
 /// laid over it for this connection only: `entries` and `patients` then name views of the
 /// index's rows and these, so every query, report and verify sees them.
 pub fn overlay(conn: &Connection, rows: &[IndexRow]) -> Result<(), rusqlite::Error> {
-    conn.execute_batch(
-        "CREATE TEMP TABLE tail_entries AS SELECT * FROM main.entries WHERE 0;
-         CREATE TEMP TABLE tail_patients AS SELECT * FROM main.patients WHERE 0;",
-    )?;
-    insert_rows(conn, "temp.tail_entries", "temp.tail_patients", rows)?;
+    conn.execute_batch(&tables("temp", "tail_"))?;
+    insert_rows(conn, "temp", "tail_", rows)?;
     // Unqualified names resolve in `temp` first.
-    conn.execute_batch(
+    conn.execute_batch(&format!(
         "CREATE TEMP VIEW entries AS
-             SELECT * FROM main.entries UNION ALL SELECT * FROM temp.tail_entries;
+             SELECT * FROM main.entries UNION ALL {tail};
          CREATE TEMP VIEW patients AS
              SELECT * FROM main.patients UNION ALL SELECT * FROM temp.tail_patients;",
-    )
+        tail = entries_of("temp", "tail_"),
+    ))
 }
 
+/// Inserts `rows` into the [`tables`] named by `db` and `prefix`. Within the caller's
+/// transaction the workload ids found or made stay valid: retention removes unused workloads in
+/// transactions of its own.
 fn insert_rows(
     conn: &Connection,
-    entries: &str,
-    patients: &str,
+    db: &str,
+    prefix: &str,
     rows: &[IndexRow],
 ) -> Result<(), rusqlite::Error> {
     let mut insert = conn.prepare_cached(&format!(
-        "INSERT OR IGNORE INTO {entries} (seq, kind, time_us, correlation_id, ref_seq,
-         integration, exe, exe_sha256, pid, container_id, pod_uid, systemd_unit, credential_fp,
-         resource_type, decision, body, prev_hash, hash)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18)"
+        "INSERT OR IGNORE INTO {db}.{prefix}entry_rows (seq, kind, time_us, correlation_id,
+         ref_seq, integration, workload, credential_fp, resource_type, decision, body, prev_hash,
+         hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
     ))?;
     let mut patient = conn.prepare_cached(&format!(
-        "INSERT OR IGNORE INTO {patients} (seq, patient) VALUES (?1, ?2)"
+        "INSERT OR IGNORE INTO {db}.{prefix}patients (seq, patient) VALUES (?1, ?2)"
     ))?;
+    let mut workloads = Workloads::new(conn, &format!("{db}.{prefix}workloads"))?;
     for row in rows {
         let seq = seq_i64(row.seq);
         let c = &row.entry.cols;
@@ -126,12 +192,7 @@ fn insert_rows(
             c.correlation_id,
             c.ref_seq,
             c.integration,
-            c.exe,
-            c.exe_sha256,
-            c.pid,
-            c.container_id,
-            c.pod_uid,
-            c.systemd_unit,
+            workloads.id(&c.workload)?,
             c.credential_fp,
             c.resource_type,
             c.decision,
@@ -146,11 +207,55 @@ fn insert_rows(
     Ok(())
 }
 
+/// Finds or adds the `workloads` row of a set of workload columns, remembering what it found.
+struct Workloads<'c> {
+    find: rusqlite::CachedStatement<'c>,
+    add: rusqlite::CachedStatement<'c>,
+    known: HashMap<WorkloadCols, i64>,
+}
+
+impl<'c> Workloads<'c> {
+    fn new(conn: &'c Connection, table: &str) -> Result<Self, rusqlite::Error> {
+        Ok(Self {
+            find: conn.prepare_cached(&format!("SELECT id FROM {table} WHERE key = ?1"))?,
+            add: conn.prepare_cached(&format!(
+                "INSERT INTO {table} (key, exe, exe_sha256, pid, container_id, pod_uid,
+                 systemd_unit) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+            ))?,
+            known: HashMap::new(),
+        })
+    }
+
+    fn id(&mut self, w: &WorkloadCols) -> Result<Option<i64>, rusqlite::Error> {
+        if w.is_empty() {
+            return Ok(None);
+        }
+        if let Some(id) = self.known.get(w) {
+            return Ok(Some(*id));
+        }
+        let key = w.key();
+        let id = match self.find.query_row([&key], |r| r.get(0)).optional()? {
+            Some(id) => id,
+            None => self.add.insert(params![
+                key,
+                w.exe,
+                w.exe_sha256,
+                w.pid,
+                w.container_id,
+                w.pod_uid,
+                w.systemd_unit
+            ])?,
+        };
+        self.known.insert(w.clone(), id);
+        Ok(Some(id))
+    }
+}
+
 /// Removes index rows after `seq`: they were never durable in the journal (a crash cut them).
 pub fn truncate_after(conn: &mut Connection, seq: u64) -> Result<usize, rusqlite::Error> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     tx.execute("DELETE FROM patients WHERE seq > ?1", [seq_i64(seq)])?;
-    let removed = tx.execute("DELETE FROM entries WHERE seq > ?1", [seq_i64(seq)])?;
+    let removed = tx.execute("DELETE FROM entry_rows WHERE seq > ?1", [seq_i64(seq)])?;
     tx.commit()?;
     Ok(removed)
 }
@@ -160,7 +265,24 @@ pub fn remove_range(conn: &mut Connection, first: u64, last: u64) -> Result<(), 
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let range = [seq_i64(first), seq_i64(last)];
     tx.execute("DELETE FROM patients WHERE seq BETWEEN ?1 AND ?2", range)?;
-    tx.execute("DELETE FROM entries WHERE seq BETWEEN ?1 AND ?2", range)?;
+    // The workloads only these entries named go with them (not all unused ones: that would be
+    // a scan of every workload per pass).
+    tx.execute(
+        "CREATE TEMP TABLE IF NOT EXISTS pruned_workloads (id INTEGER PRIMARY KEY)",
+        [],
+    )?;
+    tx.execute(
+        "INSERT OR IGNORE INTO temp.pruned_workloads SELECT DISTINCT workload FROM entry_rows
+         WHERE seq BETWEEN ?1 AND ?2 AND workload IS NOT NULL",
+        range,
+    )?;
+    tx.execute("DELETE FROM entry_rows WHERE seq BETWEEN ?1 AND ?2", range)?;
+    tx.execute(
+        "DELETE FROM workloads WHERE id IN (SELECT id FROM temp.pruned_workloads)
+         AND NOT EXISTS (SELECT 1 FROM entry_rows WHERE workload = workloads.id)",
+        [],
+    )?;
+    tx.execute("DELETE FROM temp.pruned_workloads", [])?;
     tx.commit()
 }
 
@@ -274,11 +396,24 @@ pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection, AuditError> 
     // Only a new store is written to here: reopening after a failure (a full disk) must not
     // need space.
     if version < SCHEMA_VERSION {
-        conn.execute_batch(SCHEMA).map_err(err)?;
-        conn.pragma_update(None, "user_version", SCHEMA_VERSION)
-            .map_err(err)?;
+        migrate(&conn).map_err(err)?;
     }
     Ok(conn)
+}
+
+/// Brings a store of an older schema (or a new, empty file) to [`SCHEMA_VERSION`], in one
+/// transaction: a failure leaves the store as it was.
+fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
+    let old_table: bool = conn.query_row(
+        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'entries'",
+        [],
+        |r| r.get(0),
+    )?;
+    let [aside, moves] = if old_table { FROM_VERSION_2 } else { ["", ""] };
+    conn.execute_batch(&format!(
+        "BEGIN IMMEDIATE; {aside} {schema} {moves} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
+        schema = schema()
+    ))
 }
 
 /// Opens an existing store without creating or migrating anything (queries, verify).

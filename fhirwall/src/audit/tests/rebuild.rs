@@ -64,3 +64,64 @@ async fn a_deleted_index_is_rebuilt_and_answers_the_same() {
     assert_eq!(after.0[..40], before.0[..]);
     assert_eq!(after.2, 41);
 }
+
+/// Turns a store into the version 2 layout: every workload column in every row of table
+/// `entries`, no `workloads` table.
+fn to_version_2(path: &std::path::Path) {
+    super::support::rw(path)
+        .execute_batch(
+            "CREATE TABLE old_entries AS SELECT * FROM entries;
+             DROP VIEW entries;
+             DROP TABLE entry_rows;
+             DROP TABLE workloads;
+             ALTER TABLE old_entries RENAME TO entries;
+             CREATE INDEX entries_exe ON entries (exe) WHERE exe IS NOT NULL;
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_2_index_is_migrated_in_place_and_answers_the_same() {
+    let (_dir, path) = temp_store();
+    seed_fixed(&path, 40).await;
+    let before = answers(&path);
+    to_version_2(&path);
+    // The rows move; they are not rebuilt from the journal (a version 1 store's rows predate
+    // it), so the journal goes too, and the answers still match.
+    super::support::drop_journal(&path);
+    // The agent's start migrates (a reader changes nothing where there is no journal).
+    let (sink, writer) = AuditSink::start(AuditConfig::new(&path)).unwrap();
+    stop(sink, writer).await;
+    let after = answers(&path);
+    assert_eq!(after, before);
+    let conn = super::support::rw(&path);
+    let (version, workloads): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), count(*) FROM workloads",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    // Forty requests from the fixture's three processes.
+    assert_eq!((version, workloads), (3, 3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_workload_is_indexed_once_and_retention_removes_what_only_pruned_entries_named() {
+    let (_dir, path) = temp_store();
+    seed_fixed(&path, 40).await;
+    let conn = super::support::rw(&path);
+    let count = |conn: &rusqlite::Connection| -> i64 {
+        conn.query_row("SELECT count(*) FROM workloads", [], |r| r.get(0))
+            .unwrap()
+    };
+    assert_eq!(count(&conn), 3);
+    // Entries 1..=39 go: workloads 0 (seq 39) and 2 (seq 38) are named by none left.
+    crate::audit::store::remove_range(&mut super::support::rw(&path), 1, 39).unwrap();
+    assert_eq!(count(&conn), 1);
+    let exe: String = conn
+        .query_row("SELECT exe FROM entries WHERE seq = 40", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(exe, "/usr/local/bin/lab-sync");
+}

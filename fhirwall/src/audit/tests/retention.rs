@@ -53,7 +53,7 @@ async fn pruning_by_age_leaves_a_verifiable_chain() {
     // Tampering after a prune is still caught ...
     rw(&path)
         .execute(
-            "UPDATE entries SET body = replace(body, 'epic', 'evil') WHERE seq = 25",
+            "UPDATE entry_rows SET body = replace(body, 'epic', 'evil') WHERE seq = 25",
             [],
         )
         .unwrap();
@@ -66,7 +66,7 @@ async fn pruning_by_age_leaves_a_verifiable_chain() {
     );
     // ... and so is removing the marker that accounts for the pruned prefix.
     rw(&path)
-        .execute("DELETE FROM entries WHERE kind = 'pruned'", [])
+        .execute("DELETE FROM entry_rows WHERE kind = 'pruned'", [])
         .unwrap();
     assert!(
         verify(&conn, &[])

@@ -23,12 +23,15 @@ fn hash_at(conn: &Connection, seq: i64) -> [u8; 32] {
 /// Moves rows `from..` up by one seq (through a scratch range, as the primary key is unique).
 fn shift_up(conn: &Connection, from: i64) {
     conn.execute(
-        "UPDATE entries SET seq = seq + 1000 WHERE seq >= ?1",
+        "UPDATE entry_rows SET seq = seq + 1000 WHERE seq >= ?1",
         [from],
     )
     .unwrap();
-    conn.execute("UPDATE entries SET seq = seq - 999 WHERE seq >= 1000", [])
-        .unwrap();
+    conn.execute(
+        "UPDATE entry_rows SET seq = seq - 999 WHERE seq >= 1000",
+        [],
+    )
+    .unwrap();
     conn.execute(
         "UPDATE patients SET seq = seq + 1000 WHERE seq >= ?1",
         [from],
@@ -45,11 +48,11 @@ type Expect = fn(&Problem) -> bool;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[expect(clippy::too_many_lines, reason = "one table of cases")]
 async fn verify_names_each_kind_of_tampering() {
-    let cases: [(&str, Tamper, u64, Expect); 9] = [
+    let cases: [(&str, Tamper, u64, Expect); 10] = [
         (
             "edit a body field",
             |c| {
-                c.execute(r#"UPDATE entries SET body = replace(body, '"upstream":"epic"', '"upstream":"evil"') WHERE seq = 4"#, []).unwrap();
+                c.execute(r#"UPDATE entry_rows SET body = replace(body, '"upstream":"epic"', '"upstream":"evil"') WHERE seq = 4"#, []).unwrap();
             },
             4,
             |p| *p == Problem::ContentMismatch,
@@ -58,13 +61,26 @@ async fn verify_names_each_kind_of_tampering() {
             "edit an index column",
             |c| {
                 c.execute(
-                    "UPDATE entries SET integration = 'someone-else' WHERE seq = 5",
+                    "UPDATE entry_rows SET integration = 'someone-else' WHERE seq = 5",
                     [],
                 )
                 .unwrap();
             },
             5,
             |p| matches!(p, Problem::ColumnEdited { column } if column == "integration"),
+        ),
+        (
+            "edit a workload row that several entries share",
+            |c| {
+                c.execute(
+                    "UPDATE workloads SET exe = '/tmp/innocent'
+                     WHERE id = (SELECT workload FROM entry_rows WHERE seq = 4)",
+                    [],
+                )
+                .unwrap();
+            },
+            7,
+            |p| matches!(p, Problem::ColumnEdited { column } if column == "exe"),
         ),
         (
             "remove a patient index row",
@@ -89,7 +105,8 @@ async fn verify_names_each_kind_of_tampering() {
         (
             "delete a row",
             |c| {
-                c.execute("DELETE FROM entries WHERE seq = 7", []).unwrap();
+                c.execute("DELETE FROM entry_rows WHERE seq = 7", [])
+                    .unwrap();
             },
             8,
             |p| *p == Problem::Missing { from: 7, to: 7 },
@@ -102,7 +119,7 @@ async fn verify_names_each_kind_of_tampering() {
                     .query_row("SELECT body FROM entries WHERE seq = 3", [], |r| r.get(0))
                     .unwrap();
                 c.execute(
-                "INSERT INTO entries (seq, kind, time_us, body, prev_hash, hash) VALUES (11, 'request', 0, ?1, ?2, ?3)",
+                "INSERT INTO entry_rows (seq, kind, time_us, body, prev_hash, hash) VALUES (11, 'request', 0, ?1, ?2, ?3)",
                 params![body, &prev[..], &[7u8; 32][..]],
             ).unwrap();
             },
@@ -119,7 +136,7 @@ async fn verify_names_each_kind_of_tampering() {
                     .unwrap();
                 let hash = chain::link(&prev, 6, body.as_bytes());
                 c.execute(
-                "INSERT INTO entries (seq, kind, time_us, body, prev_hash, hash) SELECT 6, kind, time_us, body, ?1, ?2 FROM entries WHERE seq = 5",
+                "INSERT INTO entry_rows (seq, kind, time_us, body, prev_hash, hash) SELECT 6, kind, time_us, body, ?1, ?2 FROM entries WHERE seq = 5",
                 params![&prev[..], &hash[..]],
             ).unwrap();
             },
@@ -129,11 +146,11 @@ async fn verify_names_each_kind_of_tampering() {
         (
             "swap two rows",
             |c| {
-                c.execute("UPDATE entries SET seq = -1 WHERE seq = 3", [])
+                c.execute("UPDATE entry_rows SET seq = -1 WHERE seq = 3", [])
                     .unwrap();
-                c.execute("UPDATE entries SET seq = 3 WHERE seq = 4", [])
+                c.execute("UPDATE entry_rows SET seq = 3 WHERE seq = 4", [])
                     .unwrap();
-                c.execute("UPDATE entries SET seq = 4 WHERE seq = -1", [])
+                c.execute("UPDATE entry_rows SET seq = 4 WHERE seq = -1", [])
                     .unwrap();
             },
             3,
@@ -142,7 +159,8 @@ async fn verify_names_each_kind_of_tampering() {
         (
             "delete the oldest rows",
             |c| {
-                c.execute("DELETE FROM entries WHERE seq <= 2", []).unwrap();
+                c.execute("DELETE FROM entry_rows WHERE seq <= 2", [])
+                    .unwrap();
                 c.execute("DELETE FROM patients WHERE seq <= 2", [])
                     .unwrap();
             },
@@ -182,7 +200,7 @@ async fn truncated_tail_is_caught_only_with_an_anchor() {
     seed(&path, N).await;
     let head = check(&path, &[]).head.unwrap();
     assert_eq!(head.seq, N);
-    let cut = "DELETE FROM entries WHERE seq > 8; DELETE FROM patients WHERE seq > 8;";
+    let cut = "DELETE FROM entry_rows WHERE seq > 8; DELETE FROM patients WHERE seq > 8;";
     // The index alone: the journal has the entries, and the next reader indexes them again.
     rw(&path).execute_batch(cut).unwrap();
     let healed = check(&path, &[]);
@@ -261,7 +279,7 @@ async fn rewritten_history_is_caught_only_with_an_anchor() {
 
 fn rewrite_from_5(path: &std::path::Path) {
     let c = rw(path);
-    c.execute(r#"UPDATE entries SET body = replace(body, '"upstream":"epic"', '"upstream":"evil"') WHERE seq = 5"#, []).unwrap();
+    c.execute(r#"UPDATE entry_rows SET body = replace(body, '"upstream":"epic"', '"upstream":"evil"') WHERE seq = 5"#, []).unwrap();
     let mut prev = hash_at(&c, 4);
     for seq in 5..=i64::try_from(N).unwrap() {
         let body: String = c
@@ -271,7 +289,7 @@ fn rewrite_from_5(path: &std::path::Path) {
             .unwrap();
         let hash = chain::link(&prev, u64::try_from(seq).unwrap(), body.as_bytes());
         c.execute(
-            "UPDATE entries SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+            "UPDATE entry_rows SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
             params![&prev[..], &hash[..], seq],
         )
         .unwrap();

@@ -85,7 +85,7 @@ async fn commands_read_a_real_store() {
     assert_eq!(report["distinctPatients"], 5, "{text}");
 
     support::rw(&path)
-        .execute("DELETE FROM entries WHERE seq = 12", [])
+        .execute("DELETE FROM entry_rows WHERE seq = 12", [])
         .unwrap_or_default();
     let (code, text) = fhirwall_audit(&["verify", "--db", db]);
     assert_eq!(code, ExitCode::FAILURE, "{text}");
@@ -93,7 +93,7 @@ async fn commands_read_a_real_store() {
     // Cutting the tail needs the journal gone too (else the next reader indexes it again).
     support::drop_journal(&path);
     support::rw(&path)
-        .execute("DELETE FROM entries WHERE seq > 25", [])
+        .execute("DELETE FROM entry_rows WHERE seq > 25", [])
         .unwrap_or_default();
     let (code, text) = fhirwall_audit(&["verify", "--db", db, "--anchor", &head]);
     assert_eq!(code, ExitCode::FAILURE, "{text}");
