@@ -21,7 +21,10 @@
 use std::{
     fs::{self, File, OpenOptions},
     io,
-    os::unix::fs::{FileExt as _, OpenOptionsExt as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{FileExt as _, OpenOptionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -377,6 +380,49 @@ fn fill(file: &File, bytes: u64, pace: &dyn Fn()) -> io::Result<()> {
     Ok(())
 }
 
+/// The page size the journal pads its writes to.
+const PAGE: usize = 4096;
+static ZERO_PAGE: [u8; PAGE] = [0; PAGE];
+
+/// Writes `bytes` and then `pad` (< [`PAGE`]) zeros at `offset`, in one system call where the
+/// kernel takes it all.
+fn write_padded(file: &File, bytes: &[u8], pad: usize, offset: u64) -> io::Result<()> {
+    let zeros = &ZERO_PAGE[..pad.min(PAGE)];
+    let iov = [
+        libc::iovec {
+            iov_base: bytes.as_ptr().cast_mut().cast(),
+            iov_len: bytes.len(),
+        },
+        libc::iovec {
+            iov_base: zeros.as_ptr().cast_mut().cast(),
+            iov_len: zeros.len(),
+        },
+    ];
+    let at =
+        libc::off_t::try_from(offset).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    let written = loop {
+        // SAFETY: both iovecs point into slices that outlive the call; the kernel only reads
+        // them.
+        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), 2, at) };
+        if let Ok(n) = usize::try_from(n) {
+            break n;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    };
+    // A short write (a signal, a full disk on the way): the rest goes the simple way.
+    if let Some(rest) = bytes.get(written..) {
+        file.write_all_at(rest, offset + written as u64)?;
+        file.write_all_at(zeros, offset + bytes.len() as u64)?;
+    } else {
+        let done = written - bytes.len();
+        file.write_all_at(&zeros[done..], offset + written as u64)?;
+    }
+    Ok(())
+}
+
 /// `fdatasync` of the segment being written; the error names the journal.
 pub fn sync_data(file: &File, dir: &Path) -> Result<(), JournalError> {
     file.sync_data()
@@ -661,10 +707,18 @@ impl Journal {
         Ok(self.position)
     }
 
+    /// Writes `bytes` at `at`, and zeros after them to the end of their last page: a write
+    /// that covers a page only in part makes the kernel read the rest of it from the disk first
+    /// (the segment was zeroed around the page cache), a read that every commit behind it would
+    /// wait for. Past the frames the segment holds zeros anyway.
     fn flush(&self, bytes: &[u8], at: Position) -> Result<(), JournalError> {
         let path = segment_path(&self.dir, at.segment);
-        self.file
-            .write_all_at(bytes, at.offset)
+        let end = at.offset + bytes.len() as u64;
+        let page_end = end
+            .next_multiple_of(PAGE as u64)
+            .min(self.opts.segment_bytes);
+        let pad = usize::try_from(page_end.saturating_sub(end)).unwrap_or(0);
+        write_padded(&self.file, bytes, pad, at.offset)
             .map_err(io_err("cannot write audit journal segment", &path))
     }
 

@@ -341,8 +341,8 @@ impl Default for StoreOptions {
     }
 }
 
-/// The last entry of the chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The last entry of the chain; the default is an empty chain's (seq 0, [`GENESIS`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Head {
     /// 0 for an empty store.
     pub seq: u64,

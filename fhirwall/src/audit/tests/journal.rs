@@ -228,3 +228,41 @@ async fn the_writer_cuts_a_torn_tail_at_start_and_the_chain_and_index_continue()
     let last = rows.iter().find(|r| r.seq == 10).unwrap();
     assert_eq!(last.record.correlation_id, "after-the-crash");
 }
+
+/// Writes are padded with zeros to the end of their page (so the kernel never reads a page
+/// back to complete it), never past the segment's end: stale bytes behind the frames (a write
+/// that failed and was rewound) are cleared up to there.
+#[test]
+fn writes_pad_to_the_page_and_stay_inside_the_segment() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = Head::default();
+    // Not a multiple of the page: the last write of a segment is padded to the segment's end.
+    let opts = JournalOptions {
+        segment_bytes: 4096 + 1500,
+    };
+    let written = bodies(0..60);
+    let mut j = Journal::open(dir.path(), opts, genesis).unwrap();
+    append(&mut j, &written[..3]);
+    let (_, path) = journal::segments(dir.path()).unwrap().pop().unwrap();
+    let stale = |from: u64| {
+        let file = OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all_at(&vec![0xAA; 4096], from).unwrap();
+    };
+    stale(j.position().offset);
+    append(&mut j, &written[3..4]);
+    let data = std::fs::read(&path).unwrap();
+    let at = usize::try_from(j.position().offset).unwrap();
+    assert!(data[at..4096].iter().all(|b| *b == 0), "padded to the page");
+    assert!(data[4096..].contains(&0xAA), "and not beyond it");
+    for chunk in written[4..].chunks(5) {
+        append(&mut j, chunk);
+    }
+    for (_, path) in journal::segments(dir.path()).unwrap() {
+        let len = std::fs::metadata(&path).unwrap().len();
+        assert_eq!(len, opts.segment_bytes, "{}", path.display());
+    }
+    drop(j);
+    let frames = all(dir.path());
+    assert_eq!(frames.len(), 60);
+    assert_chain(&frames, genesis);
+}
