@@ -49,6 +49,7 @@
 //! `AuditEvents`), `export` (cursors, JSON lines and FHIR push) with its small `http` client.
 
 mod balp;
+mod bodies;
 mod chain;
 mod export;
 mod http;
@@ -161,6 +162,12 @@ pub enum AuditError {
         url: String,
         #[source]
         source: hyper::Error,
+    },
+    #[error("reading audit entry seq {seq} from the journal failed")]
+    JournalRead {
+        seq: u64,
+        #[source]
+        source: journal::JournalError,
     },
     #[error("writing the audit journal failed ({kind})")]
     Journal {

@@ -340,7 +340,7 @@ fn real_records_export_as_valid_fhir_answer_on_the_admin_api_and_tampering_is_na
     let conn = rusqlite::Connection::open(world.db()).expect("open the store");
     let changed = conn
         .execute(
-            "UPDATE entry_rows SET body = replace(body, '\"method\":\"GET\"', '\"method\":\"PUT\"') WHERE seq = ?1",
+            "UPDATE entry_rows SET decision = 'forged' WHERE seq = ?1",
             [i64::try_from(seq).expect("small seq")],
         )
         .expect("edit");

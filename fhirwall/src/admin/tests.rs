@@ -12,7 +12,7 @@ use super::{
 use crate::{
     audit::{
         self, AuditConfig, AuditSink, AuditWriter,
-        tests_support::{rw, seed_fixed, temp_store},
+        tests_support::{edit_journal, seed_fixed, temp_store},
     },
     metrics::Metrics,
     proxy::live::LiveConnections,
@@ -189,12 +189,7 @@ async fn audit_report_and_verify() {
     let anchored = json(&state, &format!("/v1/audit/verify?anchor={head}")).await;
     assert_eq!(anchored["intact"], true, "{anchored}");
 
-    rw(&db)
-        .execute(
-            "UPDATE entry_rows SET body = replace(body, 'Patient/p2', 'Patient/p3') WHERE seq = 7",
-            [],
-        )
-        .unwrap();
+    edit_journal(&db, 7, |b| b.replace("Patient/p2", "Patient/p3"), false);
     let tampered = json(&state, "/v1/audit/verify").await;
     assert_eq!(tampered["intact"], false, "{tampered}");
     assert_eq!(tampered["findings"][0]["seq"], 7, "{tampered}");

@@ -23,7 +23,9 @@ use std::{
 use rusqlite::{Connection, OptionalExtension as _};
 
 use super::{
-    AuditError, balp, chain,
+    AuditError, balp,
+    bodies::Bodies,
+    chain,
     http::{Client, Target},
     query::{Filter, query},
     record, store,
@@ -200,22 +202,35 @@ fn entries_after(conn: &Connection, after: u64) -> Result<Vec<(u64, String)>, Au
     let read = |source| AuditError::Read { source };
     let mut stmt = conn
         .prepare_cached(
-            "SELECT seq, body, prev_hash, hash FROM entries WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+            "SELECT seq, body, frame_at, prev_hash, hash FROM entries WHERE seq > ?1
+             ORDER BY seq LIMIT ?2",
         )
         .map_err(read)?;
     let rows = stmt
         .query_map((store::seq_i64(after), BATCH), |r| {
-            let seq = u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0);
-            let body: String = r.get(1)?;
-            let prev = chain::to_hex(&r.get::<_, Vec<u8>>(2)?);
-            let hash = chain::to_hex(&r.get::<_, Vec<u8>>(3)?);
             Ok((
-                seq,
-                format!(r#"{{"seq":{seq},"prevHash":"{prev}","hash":"{hash}","entry":{body}}}"#),
+                u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
+                r.get::<_, Option<String>>(1)?,
+                r.get::<_, Option<i64>>(2)?,
+                chain::to_hex(&r.get::<_, Vec<u8>>(3)?),
+                chain::to_hex(&r.get::<_, Vec<u8>>(4)?),
             ))
         })
         .map_err(read)?;
-    rows.collect::<Result<_, _>>().map_err(read)
+    let mut bodies = Bodies::of(conn);
+    let mut out = Vec::new();
+    for row in rows {
+        let (seq, body, frame_at, prev, hash) = row.map_err(read)?;
+        // Gone meanwhile: retention removed it; the export goes on after it.
+        let Some(body) = bodies.get(seq, body, frame_at)? else {
+            continue;
+        };
+        out.push((
+            seq,
+            format!(r#"{{"seq":{seq},"prevHash":"{prev}","hash":"{hash}","entry":{body}}}"#),
+        ));
+    }
+    Ok(out)
 }
 
 #[derive(Clone, Debug)]

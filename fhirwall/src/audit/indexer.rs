@@ -88,6 +88,7 @@ fn rows_of(frames: Vec<journal::Frame>) -> Result<Vec<IndexRow>, AuditError> {
                 seq: f.seq,
                 prev_hash: f.prev_hash,
                 hash: f.hash,
+                offset: f.offset,
                 entry: Prepared::from_body(f.body, f.seq)?,
             })
         })

@@ -49,6 +49,9 @@ pub struct Frame {
     /// `chain::link(prev_hash, seq, body)`.
     pub hash: Hash,
     pub body: String,
+    /// Where the frame starts in its segment (the segment is the last one whose first seq is at
+    /// most `seq`): what the index keeps instead of the body.
+    pub offset: u64,
 }
 
 /// Where the journal's writer stands: the last frame and the byte after it.
@@ -255,6 +258,7 @@ impl SegmentReader {
                     return Err(damaged("a frame body that is not UTF-8"));
                 };
                 let hash = chain::link(&prev, seq, body.as_bytes());
+                let offset = self.offset as u64;
                 self.offset = at + len;
                 self.expect = Some(Head { seq, hash });
                 Ok(Some(Frame {
@@ -262,6 +266,7 @@ impl SegmentReader {
                     prev_hash: prev,
                     hash,
                     body: body.to_owned(),
+                    offset,
                 }))
             }
         }
@@ -296,6 +301,98 @@ pub fn read_from(dir: &Path, from: u64, limit: usize) -> Result<Vec<Frame>, Jour
         }
     }
     Ok(out)
+}
+
+/// Reads single frames where the index says they are, keeping the segment last read open
+/// (readers ask in seq order).
+#[derive(Debug)]
+pub struct FrameReader {
+    dir: PathBuf,
+    segments: Vec<(u64, PathBuf)>,
+    open: Option<(u64, File)>,
+}
+
+impl FrameReader {
+    pub fn new(dir: &Path) -> Result<Self, JournalError> {
+        Ok(Self {
+            dir: dir.to_owned(),
+            segments: segments(dir)?,
+            open: None,
+        })
+    }
+
+    /// The body of frame `seq` at `offset` of its segment; `Ok(None)` when that segment is gone
+    /// (retention removed it after the index row was read). A frame that is not there, or not
+    /// whole, is an error that names it.
+    pub fn body(&mut self, seq: u64, offset: u64) -> Result<Option<String>, JournalError> {
+        match self.body_once(seq, offset) {
+            // The journal may have gained a segment since the list was read.
+            Err(JournalError::Damaged { .. }) => {
+                self.segments = segments(&self.dir)?;
+                self.open = None;
+                self.body_once(seq, offset)
+            }
+            read => read,
+        }
+    }
+
+    fn body_once(&mut self, seq: u64, offset: u64) -> Result<Option<String>, JournalError> {
+        let path = self.dir.clone();
+        let damaged = |reason| JournalError::Damaged {
+            path: path.clone(),
+            offset,
+            reason,
+        };
+        let Some(file) = self.segment_of(seq)? else {
+            return Ok(None);
+        };
+        let mut header = [0u8; FRAME_HEADER];
+        file.read_exact_at(&mut header, offset)
+            .map_err(|_| damaged("the index points past the end of a segment"))?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let mut buf = vec![0u8; FRAME_HEADER + len.min(MAX_BODY)];
+        file.read_exact_at(&mut buf, offset)
+            .map_err(|_| damaged("a frame body runs past the end of the segment"))?;
+        match decode(&buf) {
+            Decoded::Frame {
+                seq: found,
+                body_at,
+                len,
+                ..
+            } if found == seq => {
+                buf.truncate(body_at + len);
+                buf.drain(..body_at);
+                String::from_utf8(buf)
+                    .map(Some)
+                    .map_err(|_| damaged("a frame body that is not UTF-8"))
+            }
+            Decoded::Frame { .. } | Decoded::End => {
+                Err(damaged("the index points at another frame than its own"))
+            }
+            Decoded::Bad(reason) => Err(damaged(reason)),
+        }
+    }
+
+    fn segment_of(&mut self, seq: u64) -> Result<Option<&File>, JournalError> {
+        let Some(first) = self
+            .segments
+            .iter()
+            .rev()
+            .map(|(first, _)| *first)
+            .find(|first| *first <= seq)
+        else {
+            return Ok(None);
+        };
+        if self.open.as_ref().is_none_or(|(at, _)| *at != first) {
+            let path = segment_path(&self.dir, first);
+            match File::open(&path) {
+                Ok(file) => self.open = Some((first, file)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io_err("cannot read audit journal segment", &path)(e)),
+            }
+        }
+        Ok(self.open.as_ref().map(|(_, file)| file))
+    }
 }
 
 /// Removes the segments that hold nothing after `last` (retention), never the one being
@@ -662,7 +759,7 @@ impl Journal {
         }
         hashes.clear();
         hashes.extend(frames.marks.iter().map(|m| m.head.hash));
-        self.write_frames(&frames)
+        self.write_frames(&frames, &mut Vec::new())
     }
 
     /// Writes frames encoded by [`Frames::push`] after the current position, rotating to a new
@@ -670,7 +767,13 @@ impl Journal {
     /// the operating system's hands, not yet durable. When it fails, nothing is appended to
     /// the segment being written; frames that filled a segment may have been left in the
     /// (synced) segment before, and [`Journal::position`] says where the chain stands.
-    pub fn write_frames(&mut self, frames: &Frames) -> Result<Position, JournalError> {
+    /// `offsets` gets where each frame starts in its segment, in order.
+    pub fn write_frames(
+        &mut self,
+        frames: &Frames,
+        offsets: &mut Vec<u64>,
+    ) -> Result<Position, JournalError> {
+        offsets.clear();
         let mut start = self.position;
         // Bytes of `frames` before the part not yet written.
         let mut written = 0;
@@ -695,6 +798,7 @@ impl Journal {
                 self.rotate(head)?;
                 start = self.position;
             }
+            offsets.push(start.offset + (frame_start - written) as u64);
             frame_start = mark.end;
             head = mark.head;
         }

@@ -7,7 +7,9 @@ use rusqlite::{Connection, OptionalExtension as _, params_from_iter, types::Valu
 use serde::Serialize;
 
 use super::{
-    AuditError, chain, pindex,
+    AuditError,
+    bodies::Bodies,
+    chain, pindex,
     record::{Completion, Disposition, Entry, Record},
     store::seq_i64,
 };
@@ -74,29 +76,39 @@ pub fn query(conn: &Connection, filter: &Filter) -> Result<Vec<QueryRow>, AuditE
             Ok((
                 r.get::<_, i64>(0)?,
                 r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, String>(2)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, Option<i64>>(3)?,
             ))
         })
         .map_err(read)?;
     let mut completion = conn
         .prepare_cached(
-            "SELECT body FROM entries WHERE ref_seq = ?1 AND kind = 'completion' ORDER BY seq LIMIT 1",
+            "SELECT seq, body, frame_at FROM entries WHERE ref_seq = ?1 AND kind = 'completion'
+             ORDER BY seq LIMIT 1",
         )
         .map_err(read)?;
+    let mut bodies = Bodies::of(conn);
     let mut out = Vec::new();
     for row in rows {
-        let (seq, hash, body) = row.map_err(read)?;
+        let (seq, hash, body, frame_at) = row.map_err(read)?;
         let seq = u64::try_from(seq).unwrap_or(0);
-        let Entry::Request(record) = parse(seq, &body)? else {
+        // `None`: removed by retention since the row was read.
+        let Some(Entry::Request(record)) = parse(seq, bodies.get(seq, body, frame_at)?)? else {
             continue;
         };
-        let done: Option<String> = completion
-            .query_row([seq_i64(seq)], |r| r.get(0))
+        let done: Option<(i64, Option<String>, Option<i64>)> = completion
+            .query_row([seq_i64(seq)], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()
             .map_err(read)?;
-        let completion = match done.map(|b| parse(seq, &b)).transpose()? {
-            Some(Entry::Completion(c)) => Some(c),
-            _ => None,
+        let completion = match done {
+            Some((at, body, frame_at)) => {
+                let at = u64::try_from(at).unwrap_or(0);
+                match parse(at, bodies.get(at, body, frame_at)?)? {
+                    Some(Entry::Completion(c)) => Some(c),
+                    _ => None,
+                }
+            }
+            None => None,
         };
         out.push(QueryRow {
             seq,
@@ -154,14 +166,16 @@ pub fn since(span: &str, now: Timestamp) -> Result<Timestamp, String> {
         .map_err(|e| format!("span {span:?} too large: {e}"))
 }
 
-fn parse(seq: u64, body: &str) -> Result<Entry, AuditError> {
-    serde_json::from_str(body).map_err(|source| AuditError::Corrupt { seq, source })
+fn parse(seq: u64, body: Option<String>) -> Result<Option<Entry>, AuditError> {
+    body.map(|b| serde_json::from_str(&b).map_err(|source| AuditError::Corrupt { seq, source }))
+        .transpose()
 }
 
 /// The SQL and its parameters for `filter`. Values are always bound, never spliced into the SQL.
 /// `copy_upto`: how far the patient index copy reaches (`pindex.rs`), `None` without one.
 fn build_sql(f: &Filter, copy_upto: Option<u64>) -> (String, Vec<Value>) {
-    let mut sql = String::from("SELECT seq, hash, body FROM entries WHERE kind = 'request'");
+    let mut sql =
+        String::from("SELECT seq, hash, body, frame_at FROM entries WHERE kind = 'request'");
     let mut values = Vec::new();
     let mut eq = |column: &str, value: Option<Value>| {
         if let Some(v) = value {

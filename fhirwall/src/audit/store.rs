@@ -1,9 +1,10 @@
 //! The index: `SQLite`, derived from the journal (`journal.rs`, the commit point). Schema,
 //! connection settings, indexing rows the journal made durable, and retention's plan.
 //!
-//! Every entry's row carries its body, seq and chain hashes exactly as the journal holds them,
-//! so queries, reports and exports read one table, and `verify` checks the rows against the
-//! journal. The index is written by one thread in large transactions (`indexer.rs`) with
+//! Every entry's row carries its seq and chain hashes exactly as the journal holds them, its
+//! query columns, and where its frame starts in its journal segment: the body stays in the
+//! journal and readers fetch it from there (`bodies.rs`), so the index writes a fraction of
+//! what it would with bodies. `verify` checks the rows against the journal. The index is written by one thread in large transactions (`indexer.rs`) with
 //! `synchronous=NORMAL`: a transaction lost to a power failure is indexed again from the
 //! journal.
 
@@ -19,7 +20,7 @@ use super::{
 };
 
 /// Bumped when the schema changes; `open` refuses a store from a newer fhirwall.
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// The tables that hold the entries, in database `db` (`main`; `temp` for a reader's overlay)
 /// with names starting with `prefix`. Each distinct set of workload columns is stored once.
@@ -47,7 +48,10 @@ fn tables(db: &str, prefix: &str) -> String {
             credential_fp  TEXT,
             resource_type  TEXT,
             decision       TEXT,
-            body           TEXT NOT NULL,
+            -- Where the entry's frame starts in its journal segment, which holds the body
+            -- (rows moved from an index older than version 4 carry the body instead).
+            frame_at       INTEGER,
+            body           TEXT,
             prev_hash      BLOB NOT NULL,
             hash           BLOB NOT NULL
         );
@@ -64,7 +68,8 @@ fn entries_of(db: &str, prefix: &str) -> String {
     format!(
         "SELECT e.seq, e.kind, e.time_us, e.correlation_id, e.ref_seq, e.integration,
                 w.exe, w.exe_sha256, w.pid, w.container_id, w.pod_uid, w.systemd_unit,
-                e.credential_fp, e.resource_type, e.decision, e.body, e.prev_hash, e.hash
+                e.credential_fp, e.resource_type, e.decision, e.body, e.prev_hash, e.hash,
+                e.frame_at
          FROM {db}.{prefix}entry_rows e LEFT JOIN {db}.{prefix}workloads w ON w.id = e.workload"
     )
 }
@@ -99,12 +104,9 @@ fn schema() -> String {
     )
 }
 
-/// From version 2 (every workload column in every row of table `entries`), in two steps around
-/// [`schema`]: the old table steps aside (its indexes dropped, so the new table gets its own of
-/// the same names), then its rows move into `entry_rows` with their workload interned. Index
-/// rows may predate the journal (a version 1 store), so they are moved, not rebuilt.
-const FROM_VERSION_2: [&str; 2] = [
-    "ALTER TABLE entries RENAME TO entries_v2;
+/// The indexes of versions 2 and 3, dropped when their table steps aside so that the new table
+/// gets its own of the same names.
+const OLD_INDEXES: &str = "
      DROP INDEX IF EXISTS entries_time;
      DROP INDEX IF EXISTS entries_integration;
      DROP INDEX IF EXISTS entries_ref;
@@ -113,23 +115,51 @@ const FROM_VERSION_2: [&str; 2] = [
      DROP INDEX IF EXISTS entries_container;
      DROP INDEX IF EXISTS entries_pod;
      DROP INDEX IF EXISTS entries_unit;
-     DROP INDEX IF EXISTS entries_credential;",
-    "INSERT OR IGNORE INTO workloads
-         (key, exe, exe_sha256, pid, container_id, pod_uid, systemd_unit)
-     SELECT json_array(exe, exe_sha256, pid, container_id, pod_uid, systemd_unit),
-            exe, exe_sha256, pid, container_id, pod_uid, systemd_unit
-     FROM entries_v2
-     WHERE coalesce(exe, exe_sha256, pid, container_id, pod_uid, systemd_unit) IS NOT NULL
-     ORDER BY seq;
-     INSERT INTO entry_rows
-     SELECT seq, kind, time_us, correlation_id, ref_seq, integration,
-            (SELECT id FROM workloads
-             WHERE key = json_array(e.exe, e.exe_sha256, e.pid, e.container_id, e.pod_uid,
-                                    e.systemd_unit)),
-            credential_fp, resource_type, decision, body, prev_hash, hash
-     FROM entries_v2 e;
-     DROP TABLE entries_v2;",
-];
+     DROP INDEX IF EXISTS entries_workload;
+     DROP INDEX IF EXISTS entries_credential;";
+
+/// The columns rows of versions 2 and 3 move into; their bodies move with them (`frame_at`
+/// stays empty): rows may predate the journal (a version 1 store), so they are moved, not
+/// rebuilt.
+const MOVED: &str = "seq, kind, time_us, correlation_id, ref_seq, integration, workload, \
+    credential_fp, resource_type, decision, body, prev_hash, hash";
+
+/// From version 2 (every workload column in every row of table `entries`), in two steps around
+/// [`schema`]: the old table steps aside, then its rows move into `entry_rows` with their
+/// workload interned.
+fn from_version_2() -> [String; 2] {
+    [
+        format!("ALTER TABLE entries RENAME TO entries_v2; {OLD_INDEXES}"),
+        format!(
+            "INSERT OR IGNORE INTO workloads
+                 (key, exe, exe_sha256, pid, container_id, pod_uid, systemd_unit)
+             SELECT json_array(exe, exe_sha256, pid, container_id, pod_uid, systemd_unit),
+                    exe, exe_sha256, pid, container_id, pod_uid, systemd_unit
+             FROM entries_v2
+             WHERE coalesce(exe, exe_sha256, pid, container_id, pod_uid, systemd_unit) IS NOT NULL
+             ORDER BY seq;
+             INSERT INTO entry_rows ({MOVED})
+             SELECT seq, kind, time_us, correlation_id, ref_seq, integration,
+                    (SELECT id FROM workloads
+                     WHERE key = json_array(e.exe, e.exe_sha256, e.pid, e.container_id,
+                                            e.pod_uid, e.systemd_unit)),
+                    credential_fp, resource_type, decision, body, prev_hash, hash
+             FROM entries_v2 e;
+             DROP TABLE entries_v2;"
+        ),
+    ]
+}
+
+/// From version 3 (each row carrying its body): the same two steps; `workloads` stays.
+fn from_version_3() -> [String; 2] {
+    [
+        format!("DROP VIEW entries; ALTER TABLE entry_rows RENAME TO entry_rows_v3; {OLD_INDEXES}"),
+        format!(
+            "INSERT INTO entry_rows ({MOVED}) SELECT {MOVED} FROM entry_rows_v3;
+             DROP TABLE entry_rows_v3;"
+        ),
+    ]
+}
 
 /// One journal entry as the index stores it.
 #[derive(Clone, Debug)]
@@ -137,6 +167,9 @@ pub struct IndexRow {
     pub seq: u64,
     pub prev_hash: Hash,
     pub hash: Hash,
+    /// Where the frame starts in its journal segment: the index keeps this, not the body.
+    pub offset: u64,
+    /// The body is not needed here (and is empty in rows the writer hands over).
     pub entry: Prepared,
 }
 
@@ -175,8 +208,8 @@ fn insert_rows(
 ) -> Result<(), rusqlite::Error> {
     let mut insert = conn.prepare_cached(&format!(
         "INSERT OR IGNORE INTO {db}.{prefix}entry_rows (seq, kind, time_us, correlation_id,
-         ref_seq, integration, workload, credential_fp, resource_type, decision, body, prev_hash,
-         hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
+         ref_seq, integration, workload, credential_fp, resource_type, decision, frame_at,
+         prev_hash, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"
     ))?;
     let mut patient = conn.prepare_cached(&format!(
         "INSERT OR IGNORE INTO {db}.{prefix}patients (seq, patient) VALUES (?1, ?2)"
@@ -196,7 +229,7 @@ fn insert_rows(
             c.credential_fp,
             c.resource_type,
             c.decision,
-            row.entry.body,
+            i64::try_from(row.offset).unwrap_or(i64::MAX),
             &row.prev_hash[..],
             &row.hash[..],
         ])?;
@@ -396,20 +429,28 @@ pub fn open(path: &Path, opts: &StoreOptions) -> Result<Connection, AuditError> 
     // Only a new store is written to here: reopening after a failure (a full disk) must not
     // need space.
     if version < SCHEMA_VERSION {
-        migrate(&conn).map_err(err)?;
+        migrate(&conn, version).map_err(err)?;
     }
     Ok(conn)
 }
 
 /// Brings a store of an older schema (or a new, empty file) to [`SCHEMA_VERSION`], in one
 /// transaction: a failure leaves the store as it was.
-fn migrate(conn: &Connection) -> Result<(), rusqlite::Error> {
-    let old_table: bool = conn.query_row(
-        "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = 'entries'",
-        [],
-        |r| r.get(0),
-    )?;
-    let [aside, moves] = if old_table { FROM_VERSION_2 } else { ["", ""] };
+fn migrate(conn: &Connection, version: i64) -> Result<(), rusqlite::Error> {
+    let table = |name: &str| -> Result<bool, rusqlite::Error> {
+        conn.query_row(
+            "SELECT count(*) > 0 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+    };
+    let [aside, moves] = if version == 3 {
+        from_version_3()
+    } else if table("entries")? {
+        from_version_2()
+    } else {
+        [String::new(), String::new()]
+    };
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE; {aside} {schema} {moves} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;",
         schema = schema()

@@ -20,6 +20,7 @@ use rusqlite::{Connection, OptionalExtension as _};
 
 use super::{
     AuditError,
+    bodies::Bodies,
     chain::{self, GENESIS, Hash},
     index::{COLUMNS, IndexCols},
     pindex,
@@ -188,7 +189,8 @@ impl fmt::Display for Finding {
 struct Stored {
     seq: u64,
     cols: IndexCols,
-    body: String,
+    /// `None` when it could not be read (a finding says why).
+    body: Option<String>,
     prev_hash: Vec<u8>,
     hash: Vec<u8>,
 }
@@ -203,7 +205,8 @@ pub fn verify(conn: &Connection, anchors: &[Anchor]) -> Result<Verification, Aud
         anchors: sorted,
         ..Walk::default()
     };
-    let sql = format!("SELECT seq, {COLUMNS}, body, prev_hash, hash FROM entries ORDER BY seq");
+    let sql =
+        format!("SELECT seq, {COLUMNS}, body, prev_hash, hash, frame_at FROM entries ORDER BY seq");
     let mut stmt = conn.prepare(&sql).map_err(read)?;
     let mut patients_stmt = conn
         .prepare("SELECT seq, patient FROM patients ORDER BY seq, patient")
@@ -214,17 +217,43 @@ pub fn verify(conn: &Connection, anchors: &[Anchor]) -> Result<Verification, Aud
         .peekable();
     let rows = stmt
         .query_map([], |r| {
-            Ok(Stored {
-                seq: u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0),
-                cols: IndexCols::read(r, 1)?,
-                body: r.get(15)?,
-                prev_hash: r.get(16)?,
-                hash: r.get(17)?,
-            })
+            let seq = u64::try_from(r.get::<_, i64>(0)?).unwrap_or(0);
+            Ok((
+                Stored {
+                    seq,
+                    cols: IndexCols::read(r, 1)?,
+                    body: r.get(15)?,
+                    prev_hash: r.get(16)?,
+                    hash: r.get(17)?,
+                },
+                r.get::<_, Option<i64>>(18)?,
+            ))
         })
         .map_err(read)?;
+    let mut bodies = Bodies::of(conn);
     for row in rows {
-        let row = row.map_err(read)?;
+        let (mut row, frame_at) = row.map_err(read)?;
+        row.body = match bodies.get(row.seq, row.body.take(), frame_at) {
+            Ok(Some(body)) => Some(body),
+            Ok(None) => {
+                walk.find(
+                    row.seq,
+                    Problem::Unreadable {
+                        detail: "its journal segment is gone".to_owned(),
+                    },
+                );
+                None
+            }
+            Err(e) => {
+                walk.find(
+                    row.seq,
+                    Problem::Unreadable {
+                        detail: super::writer::error_chain(&e),
+                    },
+                );
+                None
+            }
+        };
         let mut mine = Vec::new();
         while let Some(Ok((seq, _))) = patients.peek() {
             let seq = u64::try_from(*seq).unwrap_or(0);
@@ -375,9 +404,11 @@ impl Walk {
         let seq = row.seq;
         let stored_hash = chain::from_blob(&row.hash);
         let prev_hash = chain::from_blob(&row.prev_hash);
-        let recomputed = prev_hash.map(|p| chain::link(&p, seq, row.body.as_bytes()));
-        if recomputed.is_none() || recomputed != stored_hash {
-            self.find(seq, Problem::ContentMismatch);
+        if let Some(body) = &row.body {
+            let recomputed = prev_hash.map(|p| chain::link(&p, seq, body.as_bytes()));
+            if recomputed.is_none() || recomputed != stored_hash {
+                self.find(seq, Problem::ContentMismatch);
+            }
         }
         match self.prev {
             None => {
@@ -416,7 +447,10 @@ impl Walk {
     }
 
     fn check_body(&mut self, row: &Stored, patients: &[String]) {
-        let entry: Entry = match serde_json::from_str(&row.body) {
+        let Some(body) = &row.body else {
+            return;
+        };
+        let entry: Entry = match serde_json::from_str(body) {
             Ok(e) => e,
             Err(e) => {
                 return self.find(

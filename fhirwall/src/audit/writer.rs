@@ -267,6 +267,7 @@ impl AuditSink {
             config,
             shared: Arc::clone(&shared),
             spare: Frames::default(),
+            offsets: Vec::new(),
         };
         let thread = thread::Builder::new()
             .name("fw-audit-sync".into())

@@ -144,8 +144,9 @@ async fn full_disk_fails_commits_loses_nothing_and_recovers() {
     );
     assert!(
         matches!(sink.health(), Health::Failing { .. }),
-        "{:?}",
-        sink.health()
+        "{:?} {failure:?} {:?}",
+        sink.health(),
+        sink.stats()
     );
     // Still full: the next commit fails too, promptly, instead of hanging.
     n += 1;

@@ -190,13 +190,25 @@ async fn stored_paths_never_keep_query_values() {
         "{:?}",
         rows[0].record.path
     );
-    let body: String = super::support::rw(&path)
-        .query_row("SELECT group_concat(body) FROM entries", [], |r| r.get(0))
+    let journal = crate::audit::journal::read_from(&path.with_extension("journal"), 1, 100)
+        .unwrap()
+        .into_iter()
+        .map(|f| f.body)
+        .collect::<String>();
+    let index: String = super::support::rw(&path)
+        .query_row(
+            "SELECT group_concat(correlation_id) FROM entries",
+            [],
+            |r| r.get(0),
+        )
         .unwrap();
-    assert!(
-        !body.contains("Patient%2F"),
-        "search values must not reach the store"
-    );
+    assert!(journal.contains("/Observation?patient"), "{journal}");
+    for stored in [journal, index] {
+        assert!(
+            !stored.contains("Patient%2F"),
+            "search values must not reach the store"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

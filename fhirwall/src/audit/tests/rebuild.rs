@@ -65,46 +65,77 @@ async fn a_deleted_index_is_rebuilt_and_answers_the_same() {
     assert_eq!(after.2, 41);
 }
 
-/// Turns a store into the version 2 layout: every workload column in every row of table
-/// `entries`, no `workloads` table.
-fn to_version_2(path: &std::path::Path) {
-    super::support::rw(path)
-        .execute_batch(
-            "CREATE TABLE old_entries AS SELECT * FROM entries;
+/// Turns a store into the layout of schema `version` (2: every workload column in every row of
+/// table `entries`; 3: workloads interned, each row carrying its body), bodies included.
+fn to_version(path: &std::path::Path, version: i64) {
+    let conn = super::support::rw(path);
+    let old = match version {
+        2 => {
+            "CREATE TABLE old AS SELECT * FROM entries;
              DROP VIEW entries;
              DROP TABLE entry_rows;
              DROP TABLE workloads;
-             ALTER TABLE old_entries RENAME TO entries;
-             CREATE INDEX entries_exe ON entries (exe) WHERE exe IS NOT NULL;
-             PRAGMA user_version = 2;",
+             ALTER TABLE old DROP COLUMN frame_at;
+             ALTER TABLE old RENAME TO entries;
+             CREATE INDEX entries_exe ON entries (exe) WHERE exe IS NOT NULL;"
+        }
+        _ => {
+            "CREATE TABLE old AS SELECT * FROM entry_rows;
+             DROP VIEW entries;
+             DROP TABLE entry_rows;
+             ALTER TABLE old DROP COLUMN frame_at;
+             ALTER TABLE old RENAME TO entry_rows;
+             CREATE INDEX entries_workload ON entry_rows (workload);
+             CREATE VIEW entries AS SELECT e.seq, e.kind, e.time_us, e.correlation_id,
+                 e.ref_seq, e.integration, w.exe, w.exe_sha256, w.pid, w.container_id,
+                 w.pod_uid, w.systemd_unit, e.credential_fp, e.resource_type, e.decision,
+                 e.body, e.prev_hash, e.hash
+             FROM entry_rows e LEFT JOIN workloads w ON w.id = e.workload;"
+        }
+    };
+    conn.execute_batch(old).unwrap();
+    let table = if version == 2 {
+        "entries"
+    } else {
+        "entry_rows"
+    };
+    let dir = path.with_extension("journal");
+    for frame in crate::audit::journal::read_from(&dir, 1, usize::MAX).unwrap() {
+        conn.execute(
+            &format!("UPDATE {table} SET body = ?1 WHERE seq = ?2"),
+            rusqlite::params![frame.body, i64::try_from(frame.seq).unwrap()],
         )
         .unwrap();
+    }
+    conn.pragma_update(None, "user_version", version).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_2_index_is_migrated_in_place_and_answers_the_same() {
-    let (_dir, path) = temp_store();
-    seed_fixed(&path, 40).await;
-    let before = answers(&path);
-    to_version_2(&path);
-    // The rows move; they are not rebuilt from the journal (a version 1 store's rows predate
-    // it), so the journal goes too, and the answers still match.
-    super::support::drop_journal(&path);
-    // The agent's start migrates (a reader changes nothing where there is no journal).
-    let (sink, writer) = AuditSink::start(AuditConfig::new(&path)).unwrap();
-    stop(sink, writer).await;
-    let after = answers(&path);
-    assert_eq!(after, before);
-    let conn = super::support::rw(&path);
-    let (version, workloads): (i64, i64) = conn
-        .query_row(
-            "SELECT (SELECT user_version FROM pragma_user_version), count(*) FROM workloads",
-            [],
-            |r| Ok((r.get(0)?, r.get(1)?)),
-        )
-        .unwrap();
-    // Forty requests from the fixture's three processes.
-    assert_eq!((version, workloads), (3, 3));
+async fn an_older_index_is_migrated_in_place_and_answers_the_same() {
+    for version in [2, 3] {
+        let (_dir, path) = temp_store();
+        seed_fixed(&path, 40).await;
+        let before = answers(&path);
+        to_version(&path, version);
+        // The rows move with their bodies; they are not rebuilt from the journal (a version 1
+        // store's rows predate it), so the journal goes too, and the answers still match.
+        super::support::drop_journal(&path);
+        // The agent's start migrates (a reader changes nothing where there is no journal).
+        let (sink, writer) = AuditSink::start(AuditConfig::new(&path)).unwrap();
+        stop(sink, writer).await;
+        let after = answers(&path);
+        assert_eq!(after, before, "from version {version}");
+        let conn = super::support::rw(&path);
+        let (now, workloads): (i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT user_version FROM pragma_user_version), count(*) FROM workloads",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        // Forty requests from the fixture's three processes.
+        assert_eq!((now, workloads), (4, 3), "from version {version}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -51,12 +51,7 @@ async fn pruning_by_age_leaves_a_verifiable_chain() {
     assert_eq!(query(&conn, &Filter::default()).unwrap().len(), 11);
 
     // Tampering after a prune is still caught ...
-    rw(&path)
-        .execute(
-            "UPDATE entry_rows SET body = replace(body, 'epic', 'evil') WHERE seq = 25",
-            [],
-        )
-        .unwrap();
+    super::support::edit_journal(&path, 25, |b| b.replace("epic", "evil"), false);
     assert!(
         verify(&conn, &[])
             .unwrap()

@@ -134,5 +134,97 @@ pub fn rw(path: &Path) -> rusqlite::Connection {
 /// Removes the journal, as an attacker who also controls it would, so what the index alone
 /// shows can be tested.
 pub fn drop_journal(path: &Path) {
-    std::fs::remove_dir_all(path.with_extension("journal")).unwrap();
+    let dir = path.with_extension("journal");
+    // A stopped writer's spare-segment thread is not joined: let it finish first, or its
+    // rename races the next writer's in the recreated directory.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while dir.join("spare.seg.tmp").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// The body of journal entry `seq`.
+pub fn body_of(path: &Path, seq: u64) -> String {
+    let dir = path.with_extension("journal");
+    let frames = crate::audit::journal::read_from(&dir, seq, 1).unwrap();
+    assert_eq!(frames.first().map(|f| f.seq), Some(seq), "frame {seq}");
+    frames.into_iter().next().unwrap().body
+}
+
+/// The segment holding `seq`, its bytes, and every frame's (seq, offset, prev, body) in it.
+type Framed = (u64, usize, crate::audit::chain::Hash, String);
+fn segment_with(path: &Path, seq: u64) -> (PathBuf, Vec<u8>, Vec<Framed>) {
+    use crate::audit::journal::{Decoded, decode, segments};
+    let dir = path.with_extension("journal");
+    let (_, file) = segments(&dir)
+        .unwrap()
+        .into_iter()
+        .rev()
+        .find(|(first, _)| *first <= seq)
+        .unwrap();
+    let data = std::fs::read(&file).unwrap();
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while let Decoded::Frame {
+        seq,
+        prev,
+        body_at,
+        len,
+    } = decode(&data[at..])
+    {
+        let body = std::str::from_utf8(&data[at + body_at..at + body_at + len]).unwrap();
+        frames.push((seq, at, prev, body.to_owned()));
+        at += body_at + len;
+    }
+    (file, data, frames)
+}
+
+/// Edits journal entries as an attacker with the files would, keeping every frame's CRC valid:
+/// `edit` changes the body of `seq` (keeping its length, so nothing moves); with `rechain`,
+/// every later frame of its segment is re-encoded to follow the new hash (a rewritten history),
+/// and the index rows get the new hashes too. Returns the new hash of each rewritten seq.
+pub fn edit_journal(
+    path: &Path,
+    seq: u64,
+    edit: impl Fn(&str) -> String,
+    rechain: bool,
+) -> Vec<(u64, crate::audit::chain::Hash)> {
+    use crate::audit::{chain, journal::encode};
+    let (file, mut data, frames) = segment_with(path, seq);
+    let mut prev = None;
+    let mut rewritten = Vec::new();
+    for (s, at, stored_prev, body) in frames {
+        if s < seq || (s > seq && !rechain) {
+            continue;
+        }
+        let body = if s == seq { edit(&body) } else { body };
+        let prev_hash = prev.unwrap_or(stored_prev);
+        let mut frame = Vec::new();
+        encode(&mut frame, s, &prev_hash, body.as_bytes()).unwrap();
+        data[at..at + frame.len()].copy_from_slice(&frame);
+        let hash = chain::link(&prev_hash, s, body.as_bytes());
+        rewritten.push((s, hash));
+        if rechain {
+            rw(path)
+                .execute(
+                    "UPDATE entry_rows SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
+                    rusqlite::params![&prev_hash[..], &hash[..], i64::try_from(s).unwrap()],
+                )
+                .unwrap();
+        }
+        prev = Some(hash);
+    }
+    std::fs::write(file, data).unwrap();
+    rewritten
+}
+
+/// Cuts the journal after entry `seq` (zeros from the next frame to the end of its segment),
+/// as an attacker truncating the trail would.
+pub fn cut_journal_after(path: &Path, seq: u64) {
+    let (file, mut data, frames) = segment_with(path, seq);
+    let (_, at, _, _) = frames.iter().find(|f| f.0 == seq + 1).unwrap();
+    let at = *at;
+    data[at..].fill(0);
+    std::fs::write(file, data).unwrap();
 }

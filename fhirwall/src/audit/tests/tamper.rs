@@ -1,8 +1,9 @@
-//! `verify` against every kind of tampering, done the way an attacker with the file would: SQL.
+//! `verify` against every kind of tampering, done the way an attacker with the files would:
+//! SQL on the index, and rewritten frames (with valid CRCs) in the journal.
 
 use rusqlite::{Connection, params};
 
-use super::support::{drop_journal, rw, seed, temp_store};
+use super::support::{body_of, cut_journal_after, edit_journal, rw, seed, temp_store};
 use crate::audit::{Anchor, Problem, Verification, chain, open_read_only, verify};
 
 const N: u64 = 10;
@@ -42,7 +43,7 @@ fn shift_up(conn: &Connection, from: i64) {
 }
 
 /// Each case tampers with a fresh 10-entry store and names a finding `verify` must report.
-type Tamper = fn(&Connection);
+type Tamper = fn(&std::path::Path);
 type Expect = fn(&Problem) -> bool;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -50,16 +51,22 @@ type Expect = fn(&Problem) -> bool;
 async fn verify_names_each_kind_of_tampering() {
     let cases: [(&str, Tamper, u64, Expect); 10] = [
         (
-            "edit a body field",
-            |c| {
-                c.execute(r#"UPDATE entry_rows SET body = replace(body, '"upstream":"epic"', '"upstream":"evil"') WHERE seq = 4"#, []).unwrap();
+            "edit a body field in the journal",
+            |path| {
+                edit_journal(
+                    path,
+                    4,
+                    |b| b.replace(r#""upstream":"epic""#, r#""upstream":"evil""#),
+                    false,
+                );
             },
             4,
             |p| *p == Problem::ContentMismatch,
         ),
         (
             "edit an index column",
-            |c| {
+            |path| {
+                let c = &rw(path);
                 c.execute(
                     "UPDATE entry_rows SET integration = 'someone-else' WHERE seq = 5",
                     [],
@@ -71,7 +78,8 @@ async fn verify_names_each_kind_of_tampering() {
         ),
         (
             "edit a workload row that several entries share",
-            |c| {
+            |path| {
+                let c = &rw(path);
                 c.execute(
                     "UPDATE workloads SET exe = '/tmp/innocent'
                      WHERE id = (SELECT workload FROM entry_rows WHERE seq = 4)",
@@ -84,7 +92,8 @@ async fn verify_names_each_kind_of_tampering() {
         ),
         (
             "remove a patient index row",
-            |c| {
+            |path| {
+                let c = &rw(path);
                 c.execute("DELETE FROM patients WHERE seq = 6", []).unwrap();
             },
             6,
@@ -92,7 +101,8 @@ async fn verify_names_each_kind_of_tampering() {
         ),
         (
             "add a patient index row",
-            |c| {
+            |path| {
+                let c = &rw(path);
                 c.execute(
                     "INSERT INTO patients (seq, patient) VALUES (2, 'Patient/forged')",
                     [],
@@ -104,7 +114,8 @@ async fn verify_names_each_kind_of_tampering() {
         ),
         (
             "delete a row",
-            |c| {
+            |path| {
+                let c = &rw(path);
                 c.execute("DELETE FROM entry_rows WHERE seq = 7", [])
                     .unwrap();
             },
@@ -113,11 +124,10 @@ async fn verify_names_each_kind_of_tampering() {
         ),
         (
             "append a forged row",
-            |c| {
+            |path| {
+                let c = &rw(path);
                 let prev = hash_at(c, 10);
-                let body: String = c
-                    .query_row("SELECT body FROM entries WHERE seq = 3", [], |r| r.get(0))
-                    .unwrap();
+                let body = body_of(path, 3);
                 c.execute(
                 "INSERT INTO entry_rows (seq, kind, time_us, body, prev_hash, hash) VALUES (11, 'request', 0, ?1, ?2, ?3)",
                 params![body, &prev[..], &[7u8; 32][..]],
@@ -128,24 +138,24 @@ async fn verify_names_each_kind_of_tampering() {
         ),
         (
             "insert a forged row in the middle with a correct own hash",
-            |c| {
+            |path| {
+                let c = &rw(path);
                 shift_up(c, 6);
                 let prev = hash_at(c, 5);
-                let body: String = c
-                    .query_row("SELECT body FROM entries WHERE seq = 5", [], |r| r.get(0))
-                    .unwrap();
+                let body = body_of(path, 5);
                 let hash = chain::link(&prev, 6, body.as_bytes());
                 c.execute(
-                "INSERT INTO entry_rows (seq, kind, time_us, body, prev_hash, hash) SELECT 6, kind, time_us, body, ?1, ?2 FROM entries WHERE seq = 5",
-                params![&prev[..], &hash[..]],
+                "INSERT INTO entry_rows (seq, kind, time_us, body, prev_hash, hash) SELECT 6, kind, time_us, ?3, ?1, ?2 FROM entries WHERE seq = 5",
+                params![&prev[..], &hash[..], body],
             ).unwrap();
             },
             7,
-            |p| *p == Problem::ContentMismatch,
+            |p| *p == Problem::IndexDiffers,
         ),
         (
             "swap two rows",
-            |c| {
+            |path| {
+                let c = &rw(path);
                 c.execute("UPDATE entry_rows SET seq = -1 WHERE seq = 3", [])
                     .unwrap();
                 c.execute("UPDATE entry_rows SET seq = 3 WHERE seq = 4", [])
@@ -154,11 +164,12 @@ async fn verify_names_each_kind_of_tampering() {
                     .unwrap();
             },
             3,
-            |p| *p == Problem::ContentMismatch,
+            |p| *p == Problem::IndexDiffers,
         ),
         (
             "delete the oldest rows",
-            |c| {
+            |path| {
+                let c = &rw(path);
                 c.execute("DELETE FROM entry_rows WHERE seq <= 2", [])
                     .unwrap();
                 c.execute("DELETE FROM patients WHERE seq <= 2", [])
@@ -177,7 +188,7 @@ async fn verify_names_each_kind_of_tampering() {
             "{name}: untouched store must verify: {:?}",
             before.findings
         );
-        tamper(&rw(&path));
+        tamper(&path);
         let after = check(&path, &[]);
         assert!(
             after
@@ -206,9 +217,9 @@ async fn truncated_tail_is_caught_only_with_an_anchor() {
     let healed = check(&path, &[]);
     assert!(healed.is_intact(), "{:?}", healed.findings);
     assert_eq!(healed.entries, N);
-    // An attacker who controls the journal too removes it, and the patient index rows (else
+    // An attacker who controls the journal too cuts it, and the patient index rows (else
     // they show up as orphans).
-    drop_journal(&path);
+    cut_journal_after(&path, 8);
     rw(&path).execute_batch(cut).unwrap();
 
     // Without outside knowledge a shorter chain is still a valid chain.
@@ -250,8 +261,12 @@ async fn rewritten_history_is_caught_only_with_an_anchor() {
         }
     };
     // An attacker who knows the algorithm edits seq 5 and recomputes every hash after it: in
-    // the index alone, the journal names every rewritten entry.
+    // the index alone (the journal as it was), the journal names every rewritten entry.
+    let journal = path.with_extension("journal");
+    let kept = tempfile::tempdir().unwrap();
+    copy_dir(&journal, kept.path());
     rewrite_from_5(&path);
+    copy_dir(kept.path(), &journal);
     let v = check(&path, &[]);
     let differ: Vec<u64> = v
         .findings
@@ -260,11 +275,13 @@ async fn rewritten_history_is_caught_only_with_an_anchor() {
         .map(|f| f.seq)
         .collect();
     assert_eq!(differ, (5..=N).collect::<Vec<_>>(), "{:?}", v.findings);
-    // With the journal rewritten (here: removed) as well, only an anchor tells.
-    drop_journal(&path);
+    // With the journal rewritten as well, only an anchor tells.
+    rewrite_from_5(&path);
+    let v = check(&path, &[]);
     assert!(
-        check(&path, &[]).is_intact(),
-        "a full rewrite is invisible to the chain alone"
+        v.is_intact(),
+        "a full rewrite is invisible to the chain alone: {:?}",
+        v.findings
     );
     for anchor in [head, mid] {
         let v = check(&path, &[anchor]);
@@ -278,22 +295,19 @@ async fn rewritten_history_is_caught_only_with_an_anchor() {
 }
 
 fn rewrite_from_5(path: &std::path::Path) {
-    let c = rw(path);
-    c.execute(r#"UPDATE entry_rows SET body = replace(body, '"upstream":"epic"', '"upstream":"evil"') WHERE seq = 5"#, []).unwrap();
-    let mut prev = hash_at(&c, 4);
-    for seq in 5..=i64::try_from(N).unwrap() {
-        let body: String = c
-            .query_row("SELECT body FROM entries WHERE seq = ?1", [seq], |r| {
-                r.get(0)
-            })
-            .unwrap();
-        let hash = chain::link(&prev, u64::try_from(seq).unwrap(), body.as_bytes());
-        c.execute(
-            "UPDATE entry_rows SET prev_hash = ?1, hash = ?2 WHERE seq = ?3",
-            params![&prev[..], &hash[..], seq],
-        )
-        .unwrap();
-        prev = hash;
+    let rewritten = edit_journal(
+        path,
+        5,
+        |b| b.replace(r#""upstream":"epic""#, r#""upstream":"evil""#),
+        true,
+    );
+    assert_eq!(rewritten.len(), usize::try_from(N).unwrap() - 4);
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
     }
 }
 

@@ -48,6 +48,8 @@ pub(super) struct Flusher {
     pub shared: Arc<Shared>,
     /// The last written batch's buffers, for the next.
     pub spare: Frames,
+    /// Where the last written batch's frames start in their segments.
+    pub offsets: Vec<u64>,
 }
 
 /// What the flusher does next.
@@ -184,13 +186,16 @@ impl Flusher {
         let segment = self.journal.position().segment;
         let written = self
             .journal
-            .write_frames(&batch.frames)
+            .write_frames(&batch.frames, &mut self.offsets)
             .map_err(AuditError::journal);
+        for (row, offset) in batch.rows.iter_mut().zip(&self.offsets) {
+            row.offset = *offset;
+        }
         // A burst's buffers are not kept.
         if batch.frames.bytes.capacity() <= KEEP_BUFFER {
             self.spare = mem::take(&mut batch.frames);
         }
-        let spare_failed = self.moved(segment);
+        self.moved(segment);
         let result = written.and_then(|_| match self.config.store.durability {
             Durability::Fsync => self.sync(),
             Durability::Background { .. } => {
@@ -211,7 +216,13 @@ impl Flusher {
                 self.shared
                     .head
                     .store(self.good.head.seq, Ordering::Relaxed);
-                self.shared.succeeded(count, !spare_failed);
+                // Healthy only while the spare is not failing, judged under the lock the spare's
+                // thread reports a failure under: else a batch finishing as the spare fails
+                // would mark the journal healthy while entries are being refused.
+                let state = self.log.lock();
+                let healthy = !matches!(state.spare, Spare::Failed(_));
+                self.shared.succeeded(count, healthy);
+                drop(state);
                 batch.durable(&self.rows);
             }
             Err(err) => self.fail(batch, err),
@@ -219,16 +230,14 @@ impl Flusher {
     }
 
     /// Tells appenders how much room the segment has left; when the journal moved on from
-    /// `segment`, the spare was used and the next one is prepared. Returns whether the spare is
-    /// failing (the journal is not healthy whatever this write did).
-    fn moved(&self, segment: u64) -> bool {
+    /// `segment`, the spare was used and the next one is prepared.
+    fn moved(&self, segment: u64) {
         let rotated = self.journal.position().segment != segment;
         let mut state = self.log.lock();
         state.room = self.journal.room();
         if rotated {
             state.spare = Spare::Preparing;
         }
-        let failed = matches!(state.spare, Spare::Failed(_));
         drop(state);
         if rotated {
             spare::spawn(
@@ -238,7 +247,6 @@ impl Flusher {
                 self.config.journal,
             );
         }
-        failed
     }
 
     /// `fdatasync`s the segment being written.

@@ -137,7 +137,7 @@ impl Log {
     }
 
     /// Appends `entry` to the open batch and returns how to wait for its durability.
-    pub fn push(&self, entry: Prepared) -> Result<Appended, Refused> {
+    pub fn push(&self, mut entry: Prepared) -> Result<Appended, Refused> {
         let mut state = self.lock();
         if let Some(err) = &state.refused {
             return Err(Refused::Err(AuditError::Unavailable {
@@ -168,10 +168,13 @@ impl Log {
             .push(prev, entry.body.as_bytes(), self.opts)
             .map_err(|e| Refused::Err(AuditError::journal(e)))?;
         state.head = head;
+        // The index reads the body from the journal; the flusher fills in where it lands.
+        let body = mem::take(&mut entry.body);
         state.open.rows.push(IndexRow {
             seq: head.seq,
             prev_hash: prev.hash,
             hash: head.hash,
+            offset: 0,
             entry,
         });
         let appended = Appended {
@@ -181,6 +184,9 @@ impl Log {
         if mem::take(&mut state.idle) {
             self.wake.notify_one();
         }
+        // Freed outside the lock.
+        drop(state);
+        drop(body);
         Ok(appended)
     }
 

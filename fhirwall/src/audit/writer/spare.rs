@@ -37,12 +37,9 @@ pub(super) fn spawn(log: &Arc<Log>, shared: &Arc<Shared>, dir: PathBuf, opts: Jo
                 }
             };
             loop {
-                let result = Journal::prepare_spare(&dir, opts, &pace);
-                let mut state = log.lock();
-                match result {
+                match Journal::prepare_spare(&dir, opts, &pace) {
                     Ok(()) => {
-                        state.spare = Spare::Ready;
-                        drop(state);
+                        log.lock().spare = Spare::Ready;
                         log.room.notify_waiters();
                         if failed {
                             tracing::warn!("the next audit journal segment is ready again");
@@ -51,17 +48,20 @@ pub(super) fn spawn(log: &Arc<Log>, shared: &Arc<Shared>, dir: PathBuf, opts: Jo
                         return;
                     }
                     Err(e) => {
+                        let err = Arc::new(AuditError::journal(e));
+                        let mut state = log.lock();
                         if state.stop {
                             return;
                         }
-                        let err = Arc::new(AuditError::journal(e));
+                        // Under the lock the flusher judges health under (see `Flusher::write`),
+                        // and before the first entry is refused for it.
+                        shared.failing(&err);
                         state.spare = Spare::Failed(Arc::clone(&err));
                         drop(state);
                         log.room.notify_waiters();
                         if !failed {
                             tracing::error!(error = %super::error_chain(&*err), "cannot prepare the next audit journal segment; requests that need it are refused until it can");
                         }
-                        shared.failing(&err);
                         failed = true;
                     }
                 }
