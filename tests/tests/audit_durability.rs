@@ -68,6 +68,14 @@ fn stored_ids(world: &World) -> Vec<String> {
 
 /// Every request the destination received has its record in the store.
 fn assert_every_forwarded_request_recorded(world: &World) -> usize {
+    assert_forwarded_requests_recorded(world, 0)
+}
+
+/// Every request the destination received has its record in the store, but for at most
+/// `unanswered`: reads are forwarded once their record is appended and answered once it is
+/// durable, so a read in flight when the agent is killed may reach the destination without a
+/// record, as long as its response reached no one (`unanswered` counts those).
+fn assert_forwarded_requests_recorded(world: &World, unanswered: usize) -> usize {
     let received = world.destination.request_ids();
     assert_eq!(
         received.len(),
@@ -77,8 +85,9 @@ fn assert_every_forwarded_request_recorded(world: &World) -> usize {
     let stored: BTreeSet<String> = stored_ids(world).into_iter().collect();
     let missing: Vec<&String> = received.iter().filter(|id| !stored.contains(*id)).collect();
     assert!(
-        missing.is_empty(),
-        "{} of {} forwarded requests have no audit record, e.g. {:?}",
+        missing.len() <= unanswered,
+        "{} of {} forwarded requests have no audit record, and only {unanswered} went \
+         unanswered, e.g. {:?}",
         missing.len(),
         received.len(),
         &missing[..missing.len().min(5)]
@@ -165,14 +174,20 @@ fn kill_9_under_load(options: &AgentOptions) {
     assert!(counts.get("200").copied().unwrap_or(0) > 0, "{counts:?}");
     assert!(answered > 0);
 
-    assert_eq!(assert_every_forwarded_request_recorded(&world), received);
+    // Forwarded, but no client saw a response: reads in flight at the kill, whose records
+    // may be lost with it (their responses were held until durability and never released).
+    let unanswered = received.saturating_sub(usize::try_from(answered).unwrap_or(usize::MAX));
+    assert_eq!(
+        assert_forwarded_requests_recorded(&world, unanswered),
+        received
+    );
     let (code, out) = verify(&world);
     assert_eq!(code, 0, "the chain must verify after kill -9:\n{out}");
 
     let _again = world.start();
     let report = world.probe(&["--send", READ]);
     assert_eq!(status(&report), Some(200), "{report}");
-    assert_every_forwarded_request_recorded(&world);
+    assert_forwarded_requests_recorded(&world, unanswered);
     let ids = stored_ids(&world);
     let distinct: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(
