@@ -50,16 +50,15 @@ impl Bodies {
         let Some(at) = frame_at.and_then(|at| u64::try_from(at).ok()) else {
             return Err(missing("an index row with neither a body nor a frame"));
         };
-        if self.journal.is_none() {
+        let journal = if let Some(journal) = &mut self.journal {
+            journal
+        } else {
             let Some(dir) = &self.dir else {
                 return Err(missing("an index without a journal beside it"));
             };
             let reader =
                 FrameReader::new(dir).map_err(|source| AuditError::JournalRead { seq, source })?;
-            self.journal = Some(reader);
-        }
-        let Some(journal) = self.journal.as_mut() else {
-            return Ok(None);
+            self.journal.insert(reader)
         };
         journal
             .body(seq, at)

@@ -233,24 +233,15 @@ pub fn verify(conn: &Connection, anchors: &[Anchor]) -> Result<Verification, Aud
     let mut bodies = Bodies::of(conn);
     for row in rows {
         let (mut row, frame_at) = row.map_err(read)?;
-        row.body = match bodies.get(row.seq, row.body.take(), frame_at) {
+        let read = bodies.get(row.seq, row.body.take(), frame_at);
+        row.body = match read {
             Ok(Some(body)) => Some(body),
-            Ok(None) => {
-                walk.find(
-                    row.seq,
-                    Problem::Unreadable {
-                        detail: "its journal segment is gone".to_owned(),
-                    },
-                );
-                None
-            }
-            Err(e) => {
-                walk.find(
-                    row.seq,
-                    Problem::Unreadable {
-                        detail: super::writer::error_chain(&e),
-                    },
-                );
+            unreadable => {
+                let detail = match unreadable {
+                    Err(e) => super::writer::error_chain(&e),
+                    _ => "its journal segment is gone".to_owned(),
+                };
+                walk.find(row.seq, Problem::Unreadable { detail });
                 None
             }
         };

@@ -224,7 +224,7 @@ impl Log {
 #[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests {
     use super::*;
-    use crate::audit::{chain::GENESIS, record::Entry, tests_support::record};
+    use crate::audit::{record::Entry, tests_support::record};
 
     fn entry(n: u64) -> Prepared {
         Prepared::new(&Entry::Request(record(n, jiff::Timestamp::now()))).unwrap()
@@ -233,12 +233,8 @@ mod tests {
     /// Room for `frames` entries like `entry(0)` in the segment being written.
     fn log_with_room_for(frames: u64, spare: Spare) -> Log {
         let frame = (FRAME_HEADER + entry(0).body.len()) as u64;
-        let head = Head {
-            seq: 0,
-            hash: GENESIS,
-        };
         Log::new(
-            head,
+            Head::default(),
             frames * frame + frame / 2,
             spare,
             JournalOptions::default(),
