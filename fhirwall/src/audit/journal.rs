@@ -8,6 +8,9 @@
 //!
 //! frame: len u32 LE | crc32c u32 LE | seq u64 LE | prev_hash [32] | body [len]
 //!        crc32c over len, seq, prev_hash and body
+//! block: len | 1<<31 | crc32c | seq | prev_hash | raw_len u32 LE | LZ4 [len - 4]
+//!        frames seq, seq + 1, ... (raw_len bytes) compressed together; seq and prev_hash are
+//!        the first frame's; crc32c over len, seq, prev_hash, raw_len and the LZ4 bytes
 //! ```
 //!
 //! A frame's chain hash is [`chain::link`] of its predecessor's hash, its seq and its body: the
@@ -17,6 +20,12 @@
 //! length is zero. A crash can leave a torn last frame: opening the journal cuts it (its CRC or
 //! its place in the chain does not match) and zeroes what follows, and the chain continues from
 //! the last whole frame.
+//!
+//! Each write compresses its frames into blocks (the records of one group commit repeat most
+//! of their text: a tenth of the bytes to write and sync), and writes frames as they are where
+//! that does not make them smaller. A block is read whole or not at all: its CRC, then each of
+//! its frames' own. The index addresses a frame in a block by the block's offset and the
+//! frame's place in the decompressed bytes (`IN_BLOCK`).
 
 use std::{
     fs::{self, File, OpenOptions},
@@ -40,6 +49,28 @@ pub const MAX_BODY: usize = 16 * 1024 * 1024;
 const SPARE: &str = "spare.seg";
 /// Zeros written per call while a segment is prepared.
 const ZERO_CHUNK: usize = 1024 * 1024;
+/// The length word's flag for a block.
+const BLOCK: u32 = 1 << 31;
+/// Bytes of frames compressed into one block, at most.
+const BLOCK_RAW: usize = 1024 * 1024;
+/// An offset with this bit names a frame in a block: the block's offset in its segment shifted
+/// left by [`INNER_BITS`], and the frame's offset in the block's decompressed bytes below.
+const IN_BLOCK: u64 = 1 << 62;
+const INNER_BITS: u32 = 24;
+/// Segments this large or larger are written without blocks (their offsets would not fit).
+const BLOCK_SEGMENT_LIMIT: u64 = 1 << (62 - INNER_BITS);
+
+/// Where frame offset `offset` points: the block's offset and the frame's place in it, or
+/// `None` for a frame on its own.
+fn in_block(offset: u64) -> Option<(u64, usize)> {
+    (offset & IN_BLOCK != 0).then(|| {
+        let inner = offset & ((1 << INNER_BITS) - 1);
+        (
+            (offset & !IN_BLOCK) >> INNER_BITS,
+            usize::try_from(inner).unwrap_or(usize::MAX),
+        )
+    })
+}
 
 /// One entry as the journal holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -150,13 +181,20 @@ pub enum Decoded {
         body_at: usize,
         len: usize,
     },
+    /// A whole block: `len` bytes from `body_at` hold its raw length and its LZ4 bytes.
+    Block {
+        seq: u64,
+        prev: Hash,
+        body_at: usize,
+        len: usize,
+    },
     /// A zero length: the end of the written data.
     End,
     /// Not a frame: torn, or damaged.
     Bad(&'static str),
 }
 
-/// Reads the frame at the start of `buf`, checking its CRC.
+/// Reads the frame (or block) at the start of `buf`, checking its CRC.
 pub fn decode(buf: &[u8]) -> Decoded {
     let Some(header) = buf.get(..FRAME_HEADER) else {
         return if buf.iter().all(|b| *b == 0) {
@@ -168,7 +206,8 @@ pub fn decode(buf: &[u8]) -> Decoded {
     let word = |at: usize| {
         u32::from_le_bytes([header[at], header[at + 1], header[at + 2], header[at + 3]])
     };
-    let len = word(0) as usize;
+    let block = word(0) & BLOCK != 0;
+    let len = (word(0) & !BLOCK) as usize;
     if len == 0 {
         return if header.iter().all(|b| *b == 0) {
             Decoded::End
@@ -192,12 +231,99 @@ pub fn decode(buf: &[u8]) -> Decoded {
     seq.copy_from_slice(&header[8..16]);
     let mut prev = GENESIS;
     prev.copy_from_slice(&header[16..FRAME_HEADER]);
-    Decoded::Frame {
-        seq: u64::from_le_bytes(seq),
-        prev,
-        body_at: FRAME_HEADER,
-        len,
+    let seq = u64::from_le_bytes(seq);
+    if block {
+        Decoded::Block {
+            seq,
+            prev,
+            body_at: FRAME_HEADER,
+            len,
+        }
+    } else {
+        Decoded::Frame {
+            seq,
+            prev,
+            body_at: FRAME_HEADER,
+            len,
+        }
     }
+}
+
+/// The frames a block's payload (its raw length, then LZ4) decompresses to.
+fn unpack(payload: &[u8], raw: &mut Vec<u8>) -> Result<(), &'static str> {
+    let (Some(size), Some(lz4)) = (payload.get(..4), payload.get(4..)) else {
+        return Err("a block too short to hold its size");
+    };
+    let size = u32::from_le_bytes([size[0], size[1], size[2], size[3]]) as usize;
+    if size == 0 || size > BLOCK_RAW {
+        return Err("a block size beyond the largest block");
+    }
+    raw.clear();
+    raw.resize(size, 0);
+    match lz4_flex::block::decompress_into(lz4, raw) {
+        Ok(n) if n == size => Ok(()),
+        Ok(_) => Err("a block shorter than its size"),
+        Err(_) => Err("a block that does not decompress"),
+    }
+}
+
+/// The frame [`decode`] found in `buf` (`body_at`, `len`), checked to follow `expect`.
+fn checked(
+    buf: &[u8],
+    (seq, prev, body_at, len): (u64, Hash, usize, usize),
+    expect: Option<Head>,
+    offset: u64,
+) -> Result<Frame, &'static str> {
+    if let Some(expect) = expect {
+        if expect.seq.checked_add(1) != Some(seq) {
+            return Err("a frame out of sequence");
+        }
+        if prev != expect.hash {
+            return Err("a frame that does not follow its predecessor's hash");
+        }
+    }
+    let body = std::str::from_utf8(&buf[body_at..body_at + len])
+        .map_err(|_| "a frame body that is not UTF-8")?;
+    Ok(Frame {
+        seq,
+        prev_hash: prev,
+        hash: chain::link(&prev, seq, body.as_bytes()),
+        body: body.to_owned(),
+        offset,
+    })
+}
+
+/// The frames of a decompressed block, the first one `first` (the block's own seq and
+/// predecessor); all of them whole and chained, or an error.
+fn block_frames(raw: &[u8], first: Head, block_at: u64) -> Result<Vec<Frame>, &'static str> {
+    let mut frames = Vec::new();
+    let mut expect = first;
+    let mut inner = 0;
+    while inner < raw.len() {
+        let Decoded::Frame {
+            seq,
+            prev,
+            body_at,
+            len,
+        } = decode(&raw[inner..])
+        else {
+            return Err("a block that does not hold whole frames");
+        };
+        let offset = IN_BLOCK | block_at << INNER_BITS | inner as u64;
+        let frame = checked(
+            &raw[inner..],
+            (seq, prev, body_at, len),
+            Some(expect),
+            offset,
+        )?;
+        expect = Head {
+            seq: frame.seq,
+            hash: frame.hash,
+        };
+        frames.push(frame);
+        inner += body_at + len;
+    }
+    Ok(frames)
 }
 
 /// Reads a segment's frames in order, checking each against its predecessor. Stops at the end
@@ -209,6 +335,9 @@ pub struct SegmentReader {
     /// The seq and hash the next frame must follow (`None`: the segment's first frame, taken as
     /// it is).
     expect: Option<Head>,
+    /// Frames of the block read last, not yet returned (reversed: the next is last).
+    pending: Vec<Frame>,
+    raw: Vec<u8>,
 }
 
 impl SegmentReader {
@@ -219,6 +348,8 @@ impl SegmentReader {
             data,
             offset: 0,
             expect,
+            pending: Vec::new(),
+            raw: Vec::new(),
         })
     }
 
@@ -229,12 +360,16 @@ impl SegmentReader {
 
     /// The next frame, `Ok(None)` at the end of the data.
     pub fn next_frame(&mut self) -> Result<Option<Frame>, JournalError> {
+        if let Some(frame) = self.pending.pop() {
+            return Ok(Some(frame));
+        }
         let damaged = |reason| JournalError::Damaged {
             path: self.path.clone(),
             offset: self.offset as u64,
             reason,
         };
-        match decode(&self.data[self.offset..]) {
+        let at = self.offset;
+        match decode(&self.data[at..]) {
             Decoded::End => Ok(None),
             Decoded::Bad(reason) => Err(damaged(reason)),
             Decoded::Frame {
@@ -243,31 +378,49 @@ impl SegmentReader {
                 body_at,
                 len,
             } => {
-                if let Some(expect) = self.expect {
-                    if seq != expect.seq + 1 {
-                        return Err(damaged("a frame out of sequence"));
-                    }
-                    if prev != expect.hash {
-                        return Err(damaged(
-                            "a frame that does not follow its predecessor's hash",
-                        ));
-                    }
-                }
-                let at = self.offset + body_at;
-                let Ok(body) = std::str::from_utf8(&self.data[at..at + len]) else {
-                    return Err(damaged("a frame body that is not UTF-8"));
-                };
-                let hash = chain::link(&prev, seq, body.as_bytes());
-                let offset = self.offset as u64;
-                self.offset = at + len;
-                self.expect = Some(Head { seq, hash });
-                Ok(Some(Frame {
+                let frame = checked(
+                    &self.data[at..],
+                    (seq, prev, body_at, len),
+                    self.expect,
+                    at as u64,
+                )
+                .map_err(damaged)?;
+                self.offset = at + body_at + len;
+                self.expect = Some(Head {
                     seq,
-                    prev_hash: prev,
-                    hash,
-                    body: body.to_owned(),
-                    offset,
-                }))
+                    hash: frame.hash,
+                });
+                Ok(Some(frame))
+            }
+            Decoded::Block {
+                seq,
+                prev,
+                body_at,
+                len,
+            } => {
+                if let Some(expect) = self.expect
+                    && (expect.seq.checked_add(1) != Some(seq) || prev != expect.hash)
+                {
+                    return Err(damaged("a block that does not follow its predecessor"));
+                }
+                unpack(&self.data[at + body_at..at + body_at + len], &mut self.raw)
+                    .map_err(damaged)?;
+                let first = Head {
+                    seq: seq.wrapping_sub(1),
+                    hash: prev,
+                };
+                let mut frames = block_frames(&self.raw, first, at as u64).map_err(damaged)?;
+                let Some(last) = frames.last() else {
+                    return Err(damaged("an empty block"));
+                };
+                self.expect = Some(Head {
+                    seq: last.seq,
+                    hash: last.hash,
+                });
+                self.offset = at + body_at + len;
+                frames.reverse();
+                self.pending = frames;
+                Ok(self.pending.pop())
             }
         }
     }
@@ -303,13 +456,15 @@ pub fn read_from(dir: &Path, from: u64, limit: usize) -> Result<Vec<Frame>, Jour
     Ok(out)
 }
 
-/// Reads single frames where the index says they are, keeping the segment last read open
-/// (readers ask in seq order).
+/// Reads single frames where the index says they are, keeping the segment and the block last
+/// read (readers ask in seq order).
 #[derive(Debug)]
 pub struct FrameReader {
     dir: PathBuf,
     segments: Vec<(u64, PathBuf)>,
     open: Option<(u64, File)>,
+    /// The block last read: its segment, its offset, its frames' bytes.
+    block: Option<(u64, u64, Vec<u8>)>,
 }
 
 impl FrameReader {
@@ -318,18 +473,20 @@ impl FrameReader {
             dir: dir.to_owned(),
             segments: segments(dir)?,
             open: None,
+            block: None,
         })
     }
 
     /// The body of frame `seq` at `offset` of its segment; `Ok(None)` when that segment is gone
     /// (retention removed it after the index row was read). A frame that is not there, or not
-    /// whole, is an error that names it.
+    /// whole, is an error that names its segment.
     pub fn body(&mut self, seq: u64, offset: u64) -> Result<Option<String>, JournalError> {
         match self.body_once(seq, offset) {
             // The journal may have gained a segment since the list was read.
             Err(JournalError::Damaged { .. }) => {
                 self.segments = segments(&self.dir)?;
                 self.open = None;
+                self.block = None;
                 self.body_once(seq, offset)
             }
             read => read,
@@ -337,43 +494,60 @@ impl FrameReader {
     }
 
     fn body_once(&mut self, seq: u64, offset: u64) -> Result<Option<String>, JournalError> {
-        let path = self.dir.clone();
-        let damaged = |reason| JournalError::Damaged {
+        let Some(first) = self.segment_of(seq)? else {
+            return Ok(None);
+        };
+        let path = segment_path(&self.dir, first);
+        let damaged = |offset, reason| JournalError::Damaged {
             path: path.clone(),
             offset,
             reason,
         };
-        let Some(file) = self.segment_of(seq)? else {
-            return Ok(None);
+        let Some((block_at, inner)) = in_block(offset) else {
+            let buf = self.read_at(offset).map_err(|r| damaged(offset, r))?;
+            return body_in(&buf, seq).map(Some).map_err(|r| damaged(offset, r));
+        };
+        let cached = self
+            .block
+            .as_ref()
+            .is_some_and(|(segment, at, _)| *segment == first && *at == block_at);
+        if !cached {
+            let buf = self.read_at(block_at).map_err(|r| damaged(block_at, r))?;
+            let Decoded::Block { body_at, len, .. } = decode(&buf) else {
+                return Err(damaged(
+                    block_at,
+                    "the index points at a block that is not there",
+                ));
+            };
+            let mut raw = Vec::new();
+            unpack(&buf[body_at..body_at + len], &mut raw).map_err(|r| damaged(block_at, r))?;
+            self.block = Some((first, block_at, raw));
+        }
+        let raw = self.block.as_ref().map_or(&[][..], |(_, _, raw)| raw);
+        let frame = raw
+            .get(inner..)
+            .ok_or("the index points past the end of a block")
+            .and_then(|frame| body_in(frame, seq));
+        frame.map(Some).map_err(|r| damaged(offset, r))
+    }
+
+    /// The frame or block at `offset` of the open segment, whole (its CRC is not checked here).
+    fn read_at(&self, offset: u64) -> Result<Vec<u8>, &'static str> {
+        let Some((_, file)) = &self.open else {
+            return Err("a segment that is not open");
         };
         let mut header = [0u8; FRAME_HEADER];
         file.read_exact_at(&mut header, offset)
-            .map_err(|_| damaged("the index points past the end of a segment"))?;
-        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let mut buf = vec![0u8; FRAME_HEADER + len.min(MAX_BODY)];
+            .map_err(|_| "the index points past the end of a segment")?;
+        let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) & !BLOCK;
+        let mut buf = vec![0u8; FRAME_HEADER + (len as usize).min(MAX_BODY)];
         file.read_exact_at(&mut buf, offset)
-            .map_err(|_| damaged("a frame body runs past the end of the segment"))?;
-        match decode(&buf) {
-            Decoded::Frame {
-                seq: found,
-                body_at,
-                len,
-                ..
-            } if found == seq => {
-                buf.truncate(body_at + len);
-                buf.drain(..body_at);
-                String::from_utf8(buf)
-                    .map(Some)
-                    .map_err(|_| damaged("a frame body that is not UTF-8"))
-            }
-            Decoded::Frame { .. } | Decoded::End => {
-                Err(damaged("the index points at another frame than its own"))
-            }
-            Decoded::Bad(reason) => Err(damaged(reason)),
-        }
+            .map_err(|_| "a frame body runs past the end of the segment")?;
+        Ok(buf)
     }
 
-    fn segment_of(&mut self, seq: u64) -> Result<Option<&File>, JournalError> {
+    /// Opens the segment that holds `seq` and returns its first seq; `None` when it is gone.
+    fn segment_of(&mut self, seq: u64) -> Result<Option<u64>, JournalError> {
         let Some(first) = self
             .segments
             .iter()
@@ -391,7 +565,25 @@ impl FrameReader {
                 Err(e) => return Err(io_err("cannot read audit journal segment", &path)(e)),
             }
         }
-        Ok(self.open.as_ref().map(|(_, file)| file))
+        Ok(Some(first))
+    }
+}
+
+/// The body of frame `seq` at the start of `buf`.
+fn body_in(buf: &[u8], seq: u64) -> Result<String, &'static str> {
+    match decode(buf) {
+        Decoded::Frame {
+            seq: found,
+            body_at,
+            len,
+            ..
+        } if found == seq => std::str::from_utf8(&buf[body_at..body_at + len])
+            .map(str::to_owned)
+            .map_err(|_| "a frame body that is not UTF-8"),
+        Decoded::Frame { .. } | Decoded::Block { .. } | Decoded::End => {
+            Err("the index points at another frame than its own")
+        }
+        Decoded::Bad(reason) => Err(reason),
     }
 }
 
@@ -610,7 +802,14 @@ pub struct Journal {
     position: Position,
     /// The head the current segment follows.
     segment_start: Head,
+    /// What the next write puts into the segment, and a block being packed (kept between
+    /// writes: no allocation per write once they have grown).
+    out: Vec<u8>,
+    packed: Vec<u8>,
 }
+
+/// Bytes of the write buffers kept between writes, at most.
+const KEEP_BUFFER: usize = 4 * 1024 * 1024;
 
 impl Journal {
     /// Opens the journal in `dir` (creating it), cutting a torn tail. An empty journal starts
@@ -660,6 +859,8 @@ impl Journal {
             file: std::sync::Arc::new(file),
             position,
             segment_start,
+            out: Vec::new(),
+            packed: Vec::new(),
         })
     }
 
@@ -762,53 +963,136 @@ impl Journal {
         self.write_frames(&frames, &mut Vec::new())
     }
 
-    /// Writes frames encoded by [`Frames::push`] after the current position, rotating to a new
-    /// segment where the next frame does not fit, and returns the new position. They are in
-    /// the operating system's hands, not yet durable. When it fails, nothing is appended to
-    /// the segment being written; frames that filled a segment may have been left in the
-    /// (synced) segment before, and [`Journal::position`] says where the chain stands.
-    /// `offsets` gets where each frame starts in its segment, in order.
+    /// Writes frames encoded by [`Frames::push`] after the current position, compressed into
+    /// blocks where that makes them smaller, rotating to a new segment where the next frame
+    /// or block does not fit, and returns the new position. They are in the operating system's
+    /// hands, not yet durable. When it fails, nothing is appended to the segment being written;
+    /// frames that filled a segment may have been left in the (synced) segment before, and
+    /// [`Journal::position`] says where the chain stands. `offsets` gets where each frame is
+    /// (its offset in its segment, or its place in a block), in order.
     pub fn write_frames(
         &mut self,
         frames: &Frames,
         offsets: &mut Vec<u64>,
     ) -> Result<Position, JournalError> {
         offsets.clear();
-        let mut start = self.position;
-        // Bytes of `frames` before the part not yet written.
-        let mut written = 0;
-        let mut frame_start = 0;
-        let mut head = start.head;
-        for mark in &frames.marks {
-            let pending = (mark.end - written) as u64;
-            if start.offset + pending > self.opts.segment_bytes && frame_start > written {
-                // Out of room: the frames before this one go into this segment, the rest into
-                // the next.
-                self.flush(&frames.bytes[written..frame_start], start)?;
-                self.position = Position {
-                    head,
-                    segment: start.segment,
-                    offset: start.offset + (frame_start - written) as u64,
-                };
-                self.rotate(head)?;
-                written = frame_start;
-                start = self.position;
-            } else if start.offset + pending > self.opts.segment_bytes && start.offset > 0 {
-                // The first frame of this write does not fit behind what the segment holds.
-                self.rotate(head)?;
-                start = self.position;
-            }
-            offsets.push(start.offset + (frame_start - written) as u64);
-            frame_start = mark.end;
-            head = mark.head;
+        let mut out = std::mem::take(&mut self.out);
+        out.clear();
+        let written = self.write_blocks(frames, offsets, &mut out);
+        if out.capacity() <= KEEP_BUFFER {
+            self.out = out;
         }
-        self.flush(&frames.bytes[written..], start)?;
+        if self.packed.capacity() > KEEP_BUFFER {
+            self.packed = Vec::new();
+        }
+        written
+    }
+
+    fn write_blocks(
+        &mut self,
+        frames: &Frames,
+        offsets: &mut Vec<u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<Position, JournalError> {
+        // Where `out` goes, and the head after what it holds.
+        let mut start = self.position;
+        let mut head = start.head;
+        let (mut from, mut raw_from) = (0, 0);
+        while from < frames.marks.len() {
+            // The next run: the frames from `from` whose bytes stay within a block.
+            let to = from
+                + 1
+                + frames.marks[from + 1..]
+                    .iter()
+                    .take_while(|m| m.end - raw_from <= BLOCK_RAW)
+                    .count();
+            let raw_to = frames.marks[to - 1].end;
+            if self.pack(&frames.bytes[raw_from..raw_to], head) {
+                self.make_room(out, &mut start, head, self.packed.len())?;
+                let block_at = start.offset + out.len() as u64;
+                let mut inner = 0;
+                for mark in &frames.marks[from..to] {
+                    offsets.push(IN_BLOCK | block_at << INNER_BITS | inner as u64);
+                    inner = mark.end - raw_from;
+                }
+                out.extend_from_slice(&self.packed);
+            } else {
+                let mut frame_start = raw_from;
+                for mark in &frames.marks[from..to] {
+                    self.make_room(out, &mut start, head, mark.end - frame_start)?;
+                    offsets.push(start.offset + out.len() as u64);
+                    out.extend_from_slice(&frames.bytes[frame_start..mark.end]);
+                    frame_start = mark.end;
+                    head = mark.head;
+                }
+            }
+            head = frames.marks[to - 1].head;
+            (from, raw_from) = (to, raw_to);
+        }
+        self.flush(out, start)?;
         self.position = Position {
             head,
             segment: start.segment,
-            offset: start.offset + (frames.bytes.len() - written) as u64,
+            offset: start.offset + out.len() as u64,
         };
         Ok(self.position)
+    }
+
+    /// Compresses `raw` (whole frames, the first one after `head`) into a block in
+    /// `self.packed`; `false` when the block would not be smaller, or would not fit in a
+    /// segment.
+    fn pack(&mut self, raw: &[u8], head: Head) -> bool {
+        const AT: usize = FRAME_HEADER + 4;
+        if self.opts.segment_bytes >= BLOCK_SEGMENT_LIMIT {
+            return false;
+        }
+        let packed = &mut self.packed;
+        packed.clear();
+        packed.resize(AT + lz4_flex::block::get_maximum_output_size(raw.len()), 0);
+        let Ok(n) = lz4_flex::block::compress_into(raw, &mut packed[AT..]) else {
+            return false;
+        };
+        packed.truncate(AT + n);
+        if packed.len() >= raw.len() || packed.len() as u64 > self.opts.segment_bytes {
+            return false;
+        }
+        // Both below `BLOCK_RAW`.
+        let len = u32::try_from(packed.len() - FRAME_HEADER).unwrap_or(0) | BLOCK;
+        let raw_len = u32::try_from(raw.len()).unwrap_or(0);
+        packed[..4].copy_from_slice(&len.to_le_bytes());
+        packed[8..16].copy_from_slice(&(head.seq + 1).to_le_bytes());
+        packed[16..FRAME_HEADER].copy_from_slice(&head.hash);
+        packed[FRAME_HEADER..AT].copy_from_slice(&raw_len.to_le_bytes());
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&packed[..4]), &packed[8..]);
+        packed[4..8].copy_from_slice(&crc.to_le_bytes());
+        true
+    }
+
+    /// Makes room for `len` more bytes behind `out`: where they do not fit in the segment (and
+    /// it holds something), writes `out` into it and moves on to a new one after `head`.
+    fn make_room(
+        &mut self,
+        out: &mut Vec<u8>,
+        start: &mut Position,
+        head: Head,
+        len: usize,
+    ) -> Result<(), JournalError> {
+        let end = start.offset + out.len() as u64;
+        if end + len as u64 <= self.opts.segment_bytes || end == 0 {
+            return Ok(());
+        }
+        if !out.is_empty() {
+            self.flush(out, *start)?;
+            self.position = Position {
+                head,
+                segment: start.segment,
+                offset: end,
+            };
+            out.clear();
+        }
+        self.rotate(head)?;
+        *start = self.position;
+        Ok(())
     }
 
     /// Writes `bytes` at `at`, and zeros after them to the end of their last page: a write

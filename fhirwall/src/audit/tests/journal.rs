@@ -18,6 +18,25 @@ fn bodies(range: std::ops::Range<u32>) -> Vec<String> {
         .collect()
 }
 
+/// Bodies that do not compress: written as frames on their own.
+fn random_bodies(n: usize) -> Vec<String> {
+    use std::fmt::Write as _;
+    let mut noise = 0x9E37_79B9_7F4A_7C15_u64;
+    (0..n)
+        .map(|_| {
+            let mut body = String::from("{\"n\":\"");
+            for _ in 0..8 {
+                noise ^= noise << 13;
+                noise ^= noise >> 7;
+                noise ^= noise << 17;
+                write!(body, "{noise:016x}").unwrap();
+            }
+            body.push_str("\"}");
+            body
+        })
+        .collect()
+}
+
 fn append(j: &mut Journal, bodies: &[String]) {
     let mut hashes = Vec::new();
     j.append(bodies.iter().map(String::as_bytes), &mut hashes)
@@ -50,7 +69,7 @@ fn appends_rotate_and_reopen_where_they_left_off() {
         seq: 0,
         hash: GENESIS,
     };
-    let written = bodies(0..100);
+    let written = random_bodies(100);
     {
         let mut j = Journal::open(dir.path(), SMALL, genesis).unwrap();
         for chunk in written.chunks(7) {
@@ -80,6 +99,11 @@ fn appends_rotate_and_reopen_where_they_left_off() {
     append(&mut j, &bodies(100..110));
     let frames = all(dir.path());
     assert_eq!(frames.len(), 110);
+    assert_eq!(
+        frames[100].body,
+        bodies(100..101)[0],
+        "blocks follow frames"
+    );
     assert_chain(&frames, genesis);
     // Reading from the middle starts at the right frame.
     let tail = journal::read_from(dir.path(), 57, 5).unwrap();
@@ -101,10 +125,11 @@ fn a_torn_last_frame_is_cut_and_the_chain_continues() {
     };
     let end = {
         let mut j = Journal::open(dir.path(), opts, anchor).unwrap();
-        append(&mut j, &bodies(0..10));
+        append(&mut j, &bodies(0..9));
+        append(&mut j, &bodies(9..10));
         j.position()
     };
-    // A crash in the middle of the tenth frame: its last bytes never reached the disk.
+    // A crash in the middle of the last write: its last bytes never reached the disk.
     let (_, path) = journal::segments(dir.path()).unwrap().pop().unwrap();
     let file = OpenOptions::new().write(true).open(&path).unwrap();
     file.write_all_at(&[0; 40], end.offset - 40).unwrap();
@@ -120,7 +145,7 @@ fn a_torn_last_frame_is_cut_and_the_chain_continues() {
 }
 
 #[test]
-fn damage_in_the_middle_of_a_frame_is_a_cut_not_a_skip() {
+fn damage_in_the_middle_of_a_block_is_a_cut_not_a_skip() {
     let dir = tempfile::tempdir().unwrap();
     let genesis = Head {
         seq: 0,
@@ -129,24 +154,129 @@ fn damage_in_the_middle_of_a_frame_is_a_cut_not_a_skip() {
     let opts = JournalOptions {
         segment_bytes: 1 << 20,
     };
-    {
+    let second = {
         let mut j = Journal::open(dir.path(), opts, genesis).unwrap();
-        append(&mut j, &bodies(0..10));
-    }
+        append(&mut j, &bodies(0..3));
+        let second = j.position().offset;
+        append(&mut j, &bodies(3..10));
+        second
+    };
     let (_, path) = journal::segments(dir.path()).unwrap().pop().unwrap();
-    let frames = all(dir.path());
-    // Flip one byte inside the body of frame 4: frames 4.. do not follow any more.
-    let frame_len = (journal::FRAME_HEADER + frames[0].body.len()) as u64;
-    let file = OpenOptions::new().write(true).open(&path).unwrap();
-    file.write_all_at(b"Y", 3 * frame_len + journal::FRAME_HEADER as u64 + 3)
+    // Flip one byte inside the second write's block: none of frames 4.. can be read.
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
         .unwrap();
+    let mut byte = [0u8];
+    let at = second + journal::FRAME_HEADER as u64 + 10;
+    file.read_exact_at(&mut byte, at).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x20], at).unwrap();
     assert_eq!(
         all(dir.path()).len(),
         3,
-        "readers stop at the damaged frame"
+        "readers stop at the damaged block"
     );
     let j = Journal::open(dir.path(), opts, genesis).unwrap();
     assert_eq!(j.position().head.seq, 3);
+}
+
+/// Bodies that repeat their text are written as blocks, random ones as frames; a reader finds
+/// every body where the write said it is, and reading all of them gives back the chain.
+#[test]
+fn blocks_hold_what_compresses_and_frames_what_does_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = Head::default();
+    let opts = JournalOptions {
+        segment_bytes: 8 * 1024,
+    };
+    let mut j = Journal::open(dir.path(), opts, genesis).unwrap();
+    let mut random = random_bodies(30).into_iter();
+    let mut written = Vec::new();
+    let mut located = Vec::new();
+    // Bytes of the alike batches' frames, and what they took in their segment.
+    let (mut raw, mut stored) = (0, 0);
+    for round in 0..40 {
+        let batch: Vec<String> = if round % 4 == 3 {
+            random.by_ref().take(3).collect()
+        } else {
+            bodies(round * 20..round * 20 + 20)
+        };
+        let mut frames = journal::Frames::default();
+        let mut head = j.position().head;
+        for body in &batch {
+            head = frames.push(head, body.as_bytes(), opts).unwrap();
+        }
+        let before = j.position();
+        let mut offsets = Vec::new();
+        let after = j.write_frames(&frames, &mut offsets).unwrap();
+        if round % 4 != 3 && after.segment == before.segment {
+            raw += frames.bytes.len();
+            stored += usize::try_from(after.offset - before.offset).unwrap();
+        }
+        assert_eq!(offsets.len(), batch.len());
+        let first = head.seq + 1 - batch.len() as u64;
+        located.extend((first..).zip(offsets));
+        written.extend(batch);
+    }
+    assert!(
+        journal::segments(dir.path()).unwrap().len() > 2,
+        "blocks rotate too"
+    );
+    assert!(stored * 3 < raw, "{raw} bytes of frames took {stored}");
+    let frames = all(dir.path());
+    assert_eq!(frames.len(), written.len());
+    assert_chain(&frames, genesis);
+    let mut reader = journal::FrameReader::new(dir.path()).unwrap();
+    for ((seq, offset), body) in located.iter().zip(&written) {
+        assert_eq!(reader.body(*seq, *offset).unwrap().as_ref(), Some(body));
+    }
+    // The random bodies were written on their own, the rest in blocks.
+    let alone = located.iter().filter(|(_, o)| *o < 1 << 62).count();
+    assert_eq!(alone, 30, "{located:?}");
+}
+
+/// A block rewritten by someone who knows the format (its CRC recomputed) still names the
+/// frame inside it that no longer matches its own CRC.
+#[test]
+fn a_frame_changed_inside_a_valid_block_is_damage() {
+    let dir = tempfile::tempdir().unwrap();
+    let genesis = Head::default();
+    let opts = JournalOptions {
+        segment_bytes: 1 << 20,
+    };
+    let mut j = Journal::open(dir.path(), opts, genesis).unwrap();
+    append(&mut j, &bodies(0..8));
+    drop(j);
+    let (_, path) = journal::segments(dir.path()).unwrap().pop().unwrap();
+    let data = std::fs::read(&path).unwrap();
+    let journal::Decoded::Block { body_at, len, .. } = journal::decode(&data) else {
+        panic!("eight alike bodies make a block");
+    };
+    let payload = &data[body_at..body_at + len];
+    let mut raw = lz4_flex::block::decompress(&payload[4..], 1 << 20).unwrap();
+    // Frame 2's body, one byte changed, its frame CRC left as it was.
+    let at = raw.windows(5).position(|w| w == b"\"n\":1").unwrap();
+    raw[at + 4] = b'7';
+    let lz4 = lz4_flex::block::compress(&raw);
+    let mut block = Vec::new();
+    let len = u32::try_from(4 + lz4.len()).unwrap() | 1 << 31;
+    block.extend_from_slice(&len.to_le_bytes());
+    block.extend_from_slice(&[0; 4]);
+    block.extend_from_slice(&data[8..journal::FRAME_HEADER]);
+    block.extend_from_slice(&u32::try_from(raw.len()).unwrap().to_le_bytes());
+    block.extend_from_slice(&lz4);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&block[..4]), &block[8..]);
+    block[4..8].copy_from_slice(&crc.to_le_bytes());
+    let mut tampered = block;
+    tampered.resize(data.len(), 0);
+    std::fs::write(&path, tampered).unwrap();
+    let mut reader = journal::SegmentReader::open(&path, None).unwrap();
+    let err = reader.next_frame().unwrap_err();
+    assert!(
+        err.to_string().contains("does not hold whole frames"),
+        "{err}"
+    );
 }
 
 #[test]

@@ -152,10 +152,12 @@ pub fn body_of(path: &Path, seq: u64) -> String {
     frames.into_iter().next().unwrap().body
 }
 
-/// The segment holding `seq`, its bytes, and every frame's (seq, offset, prev, body) in it.
+/// The segment holding `seq`, its bytes, and every frame's (seq, offset, prev, body) in it,
+/// rewritten with every frame on its own (no blocks), the index pointing at them: what an
+/// attacker would do first to edit single frames in place.
 type Framed = (u64, usize, crate::audit::chain::Hash, String);
 fn segment_with(path: &Path, seq: u64) -> (PathBuf, Vec<u8>, Vec<Framed>) {
-    use crate::audit::journal::{Decoded, decode, segments};
+    use crate::audit::journal::{SegmentReader, encode, segments};
     let dir = path.with_extension("journal");
     let (_, file) = segments(&dir)
         .unwrap()
@@ -163,20 +165,33 @@ fn segment_with(path: &Path, seq: u64) -> (PathBuf, Vec<u8>, Vec<Framed>) {
         .rev()
         .find(|(first, _)| *first <= seq)
         .unwrap();
-    let data = std::fs::read(&file).unwrap();
-    let mut frames = Vec::new();
-    let mut at = 0;
-    while let Decoded::Frame {
-        seq,
-        prev,
-        body_at,
-        len,
-    } = decode(&data[at..])
-    {
-        let body = std::str::from_utf8(&data[at + body_at..at + body_at + len]).unwrap();
-        frames.push((seq, at, prev, body.to_owned()));
-        at += body_at + len;
+    let size = usize::try_from(std::fs::metadata(&file).unwrap().len()).unwrap();
+    let mut reader = SegmentReader::open(&file, None).unwrap();
+    let (mut data, mut frames) = (Vec::new(), Vec::new());
+    let conn = rw(path);
+    while let Some(frame) = reader.next_frame().unwrap() {
+        frames.push((frame.seq, data.len(), frame.prev_hash, frame.body.clone()));
+        conn.execute(
+            "UPDATE entry_rows SET frame_at = ?1 WHERE seq = ?2",
+            rusqlite::params![
+                i64::try_from(data.len()).unwrap(),
+                i64::try_from(frame.seq).unwrap()
+            ],
+        )
+        .unwrap();
+        encode(
+            &mut data,
+            frame.seq,
+            &frame.prev_hash,
+            frame.body.as_bytes(),
+        )
+        .unwrap();
     }
+    assert!(
+        data.len() <= size,
+        "the frames fit in their segment on their own"
+    );
+    data.resize(size, 0);
     (file, data, frames)
 }
 
