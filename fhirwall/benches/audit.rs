@@ -20,10 +20,6 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fhirwall::audit::{AuditConfig, AuditSink, Disposition, Record, WorkloadRecord};
 use tokio::runtime::Runtime;
 
-/// The agent's allocator, so that the bench measures the agent's audit path.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn sample(n: u64) -> Record {
     let workload = WorkloadRecord {
         pid: 4242,

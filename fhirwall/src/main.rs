@@ -6,10 +6,6 @@ use std::{path::PathBuf, process::ExitCode};
 use clap::{Parser, Subcommand};
 use fhirwall::{cli, config::AgentConfig};
 
-/// The agent's allocator (the audit bench uses the same, so that it measures what runs).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "fhirwall",
