@@ -608,7 +608,7 @@ pub fn remove_through(dir: &Path, last: u64) -> Result<usize, JournalError> {
 
 /// Writes a segment full of zeros under a temporary name and makes it durable, then renames it
 /// to `to`.
-fn prepare(dir: &Path, to: &Path, bytes: u64, pace: &dyn Fn()) -> Result<(), JournalError> {
+fn prepare(dir: &Path, to: &Path, bytes: u64, pace: Pace<'_>) -> Result<(), JournalError> {
     let tmp = dir.join("spare.seg.tmp");
     let result = write_zeros(dir, &tmp, to, bytes, pace);
     if result.is_err() {
@@ -623,7 +623,7 @@ fn write_zeros(
     tmp: &Path,
     to: &Path,
     bytes: u64,
-    pace: &dyn Fn(),
+    pace: Pace<'_>,
 ) -> Result<(), JournalError> {
     // Direct I/O where the file system has it: 64 MiB of zeros through the page cache would be
     // dirty pages that the kernel throttles every writer on, the journal's appends included.
@@ -633,8 +633,14 @@ fn write_zeros(
         .write(true)
         .custom_flags(libc::O_DIRECT)
         .open(tmp)
-        .ok()
-        .filter(|file| fill(file, bytes, pace).is_ok());
+        .ok();
+    let direct = match direct.map(|file| fill(&file, bytes, pace).map(|()| file)) {
+        Some(Ok(file)) => Some(file),
+        Some(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {
+            return Err(io_err("stopped writing audit journal segment", tmp)(e));
+        }
+        Some(Err(_)) | None => None,
+    };
     let file = if let Some(file) = direct {
         file
     } else {
@@ -653,8 +659,12 @@ fn write_zeros(
     sync_dir(dir)
 }
 
-/// Writes `bytes` of zeros from a buffer aligned for direct I/O.
-fn fill(file: &File, bytes: u64, pace: &dyn Fn()) -> io::Result<()> {
+/// Runs after each chunk of zeros while a segment is prepared, and says whether to go on.
+pub type Pace<'a> = &'a dyn Fn() -> bool;
+
+/// Writes `bytes` of zeros from a buffer aligned for direct I/O; `Interrupted` when `pace`
+/// says to stop.
+fn fill(file: &File, bytes: u64, pace: Pace<'_>) -> io::Result<()> {
     const ALIGN: usize = 4096;
     let raw = vec![0u8; ZERO_CHUNK + ALIGN];
     let start = raw.as_ptr().align_offset(ALIGN).min(ALIGN);
@@ -664,7 +674,12 @@ fn fill(file: &File, bytes: u64, pace: &dyn Fn()) -> io::Result<()> {
         let n = usize::try_from((bytes - at).min(ZERO_CHUNK as u64)).unwrap_or(ZERO_CHUNK);
         file.write_all_at(&zeros[..n], at)?;
         at += n as u64;
-        pace();
+        if !pace() {
+            return Err(io::Error::new(
+                io::ErrorKind::Interrupted,
+                "the audit writer is stopping",
+            ));
+        }
     }
     Ok(())
 }
@@ -836,7 +851,7 @@ impl Journal {
             None => {
                 let first = anchor.seq + 1;
                 let path = segment_path(dir, first);
-                prepare(dir, &path, opts.segment_bytes, &|| {})?;
+                prepare(dir, &path, opts.segment_bytes, &|| true)?;
                 let position = Position {
                     head: anchor,
                     segment: first,
@@ -1122,7 +1137,7 @@ impl Journal {
         if fs::rename(&spare, &path).is_ok() {
             sync_dir(&self.dir)?;
         } else {
-            prepare(&self.dir, &path, self.opts.segment_bytes, &|| {})?;
+            prepare(&self.dir, &path, self.opts.segment_bytes, &|| true)?;
         }
         let file = OpenOptions::new()
             .read(true)
@@ -1166,11 +1181,12 @@ impl Journal {
 
     /// Writes the next spare segment if there is none (run off the writer's thread).
     /// `pace` runs after each chunk of zeros: the caller spreads the writing out, so that no
-    /// journal sync has to carry a whole segment of zeros to the disk at once.
+    /// journal sync has to carry a whole segment of zeros to the disk at once, and stops it
+    /// (the partial segment is removed) by returning `false`.
     pub fn prepare_spare(
         dir: &Path,
         opts: JournalOptions,
-        pace: &dyn Fn(),
+        pace: Pace<'_>,
     ) -> Result<(), JournalError> {
         let spare = dir.join(SPARE);
         if spare.exists() {

@@ -253,9 +253,11 @@ impl AuditSink {
             spare,
             config.journal,
         ));
-        if preparing {
-            spare::spawn(&log, &shared, dir.clone(), config.journal);
-        }
+        let spare_threads = if preparing {
+            spare::spawn(&log, &shared, dir.clone(), config.journal)
+        } else {
+            None
+        };
         let flusher = Flusher {
             log: Arc::clone(&log),
             journal,
@@ -268,6 +270,7 @@ impl AuditSink {
             shared: Arc::clone(&shared),
             spare: Frames::default(),
             offsets: Vec::new(),
+            spare_threads: spare_threads.into_iter().collect(),
         };
         let thread = thread::Builder::new()
             .name("fw-audit-sync".into())
@@ -433,7 +436,8 @@ impl Shared {
 }
 
 impl AuditWriter {
-    /// Waits until everything appended is durable (or failed) and the flusher has exited. Call
+    /// Waits until everything appended is durable (or failed) and the flusher has exited, with
+    /// the thread preparing the next segment (stopped between two chunks of its zeros). Call
     /// after dropping every [`AuditSink`].
     pub fn join(self) {
         // The flusher never panics on purpose; if it did, the batches it held were answered

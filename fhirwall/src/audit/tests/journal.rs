@@ -396,3 +396,34 @@ fn writes_pad_to_the_page_and_stay_inside_the_segment() {
     assert_eq!(frames.len(), 60);
     assert_chain(&frames, genesis);
 }
+
+/// Stopping the writer stops the thread that prepares the next segment and waits for it: no
+/// half-written spare is left behind to race the next writer in the same directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_writer_leaves_no_half_written_spare() {
+    use super::support::{record, stop, temp_store};
+    use crate::audit::{AuditConfig, AuditSink};
+
+    let (_dir, path) = temp_store();
+    // A fresh journal prepares its spare (64 MiB of zeros, paced over about a second) from the
+    // start; the writer is stopped while that is under way.
+    let (sink, writer) = AuditSink::start(AuditConfig::new(&path)).unwrap();
+    sink.commit(record(1, jiff::Timestamp::now()))
+        .await
+        .unwrap();
+    stop(sink, writer).await;
+    let dir = path.with_extension("journal");
+    assert!(
+        !dir.join("spare.seg.tmp").exists(),
+        "the spare's thread was still writing after the writer stopped"
+    );
+    let (sink, writer) = AuditSink::start(AuditConfig::new(&path)).unwrap();
+    assert_eq!(
+        sink.commit(record(2, jiff::Timestamp::now()))
+            .await
+            .unwrap()
+            .0,
+        2
+    );
+    stop(sink, writer).await;
+}

@@ -135,12 +135,6 @@ pub fn rw(path: &Path) -> rusqlite::Connection {
 /// shows can be tested.
 pub fn drop_journal(path: &Path) {
     let dir = path.with_extension("journal");
-    // A stopped writer's spare-segment thread is not joined: let it finish first, or its
-    // rename races the next writer's in the recreated directory.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while dir.join("spare.seg.tmp").exists() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
     std::fs::remove_dir_all(dir).unwrap();
 }
 

@@ -4,6 +4,7 @@
 use std::{
     mem,
     sync::{Arc, PoisonError, atomic::Ordering, mpsc as std_mpsc},
+    thread::JoinHandle,
     time::{Duration, Instant},
 };
 
@@ -50,6 +51,8 @@ pub(super) struct Flusher {
     pub spare: Frames,
     /// Where the last written batch's frames start in their segments.
     pub offsets: Vec<u64>,
+    /// Threads preparing spare segments, joined before the flusher exits.
+    pub spare_threads: Vec<JoinHandle<()>>,
 }
 
 /// What the flusher does next.
@@ -126,12 +129,17 @@ impl Flusher {
                         rows,
                         indexer,
                         patients,
+                        spare_threads,
                         ..
                     } = self;
                     // The indexer sees the end of its rows, then it and the patient copy finish
                     // what they were given.
                     drop(rows);
                     drop((indexer, patients));
+                    // They see `stop` and leave between two chunks of zeros.
+                    for thread in spare_threads {
+                        let _ = thread.join();
+                    }
                     return;
                 }
             }
@@ -231,7 +239,7 @@ impl Flusher {
 
     /// Tells appenders how much room the segment has left; when the journal moved on from
     /// `segment`, the spare was used and the next one is prepared.
-    fn moved(&self, segment: u64) {
+    fn moved(&mut self, segment: u64) {
         let rotated = self.journal.position().segment != segment;
         let mut state = self.log.lock();
         state.room = self.journal.room();
@@ -240,12 +248,13 @@ impl Flusher {
         }
         drop(state);
         if rotated {
-            spare::spawn(
+            self.spare_threads.retain(|thread| !thread.is_finished());
+            self.spare_threads.extend(spare::spawn(
                 &self.log,
                 &self.shared,
                 indexer::journal_dir(&self.config.path),
                 self.config.journal,
-            );
+            ));
         }
     }
 

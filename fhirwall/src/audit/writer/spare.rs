@@ -1,7 +1,12 @@
 //! The spare segment: the next journal segment, written full of zeros before it is needed, off
 //! the flusher's thread.
 
-use std::{path::PathBuf, sync::Arc, thread, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    thread::{self, JoinHandle},
+    time::Duration,
+};
 
 use super::{
     Shared,
@@ -22,7 +27,14 @@ const SPARE_RETRY: Duration = Duration::from_millis(250);
 
 /// Writes the next segment's zeros off the flusher's thread, so that the next rotation is a
 /// rename; on failure (a full disk) retries every `SPARE_RETRY` until it succeeds or the writer stops.
-pub(super) fn spawn(log: &Arc<Log>, shared: &Arc<Shared>, dir: PathBuf, opts: JournalOptions) {
+/// Once the writer is stopping, it stops between two chunks and removes what it wrote; the
+/// flusher joins it before it exits.
+pub(super) fn spawn(
+    log: &Arc<Log>,
+    shared: &Arc<Shared>,
+    dir: PathBuf,
+    opts: JournalOptions,
+) -> Option<JoinHandle<()>> {
     let (thread_log, thread_shared) = (Arc::clone(log), Arc::clone(shared));
     let spawned = thread::Builder::new()
         .name("fw-audit-spare".into())
@@ -30,11 +42,18 @@ pub(super) fn spawn(log: &Arc<Log>, shared: &Arc<Shared>, dir: PathBuf, opts: Jo
             let (log, shared) = (thread_log, thread_shared);
             let mut failed = false;
             // A chunk of zeros (1 MiB) every `SPARE_PACE` while the segment being written has
-            // more than a quarter left; at full speed past that.
+            // more than a quarter left; at full speed past that; none once the writer stops.
             let pace = || {
-                if log.lock().room > opts.segment_bytes / 4 {
+                let state = log.lock();
+                if state.stop {
+                    return false;
+                }
+                let roomy = state.room > opts.segment_bytes / 4;
+                drop(state);
+                if roomy {
                     thread::sleep(SPARE_PACE);
                 }
+                true
             };
             loop {
                 match Journal::prepare_spare(&dir, opts, &pace) {
@@ -68,9 +87,13 @@ pub(super) fn spawn(log: &Arc<Log>, shared: &Arc<Shared>, dir: PathBuf, opts: Jo
                 thread::sleep(SPARE_RETRY);
             }
         });
-    if let Err(e) = spawned {
-        let err = Arc::new(AuditError::Thread { source: e });
-        shared.failing(&err);
-        log.lock().spare = Spare::Failed(err);
+    match spawned {
+        Ok(thread) => Some(thread),
+        Err(e) => {
+            let err = Arc::new(AuditError::Thread { source: e });
+            shared.failing(&err);
+            log.lock().spare = Spare::Failed(err);
+            None
+        }
     }
 }
