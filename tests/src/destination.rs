@@ -1,6 +1,8 @@
 //! A plain-HTTP FHIR stand-in for the protected destination: it counts every request it
 //! receives and keeps each one's `X-Request-Id` (the sidecar sets it to the audit record's
-//! correlation id), so a test can hold what arrived against what the audit store holds.
+//! correlation id), so a test can hold what arrived against what the audit store holds. Its
+//! answer carries that id back (as the Patient's `meta.source`, `urn:fhirwall-request:<id>`),
+//! so a client can tell which requests it got an answer to.
 
 use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
@@ -11,6 +13,9 @@ use std::{
     },
     thread,
 };
+
+/// What the answer's `meta.source` holds before the request's id.
+pub const SOURCE: &str = "urn:fhirwall-request:";
 
 /// The stand-in, serving on its own threads (one per connection) for the life of the test.
 pub struct Destination {
@@ -76,7 +81,8 @@ fn serve(stream: TcpStream, count: &AtomicUsize, ids: &Mutex<Vec<String>>) {
             let _ = write.write_all(b"direct");
             return;
         }
-        if let Some(id) = header(&head, "x-request-id") {
+        let id = header(&head, "x-request-id");
+        if let Some(id) = id {
             ids.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(id.to_owned());
@@ -88,13 +94,23 @@ fn serve(stream: TcpStream, count: &AtomicUsize, ids: &Mutex<Vec<String>>) {
             return;
         }
         let close = header(&head, "connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
-        let body = br#"{"resourceType":"Patient","id":"1"}"#;
+        let body = match id {
+            Some(id) => serde_json::json!({
+                "resourceType": "Patient",
+                "id": "1",
+                "meta": { "source": format!("{SOURCE}{id}") },
+            })
+            .to_string(),
+            None => r#"{"resourceType":"Patient","id":"1"}"#.to_owned(),
+        };
         let response = format!(
             "HTTP/1.1 200 OK\r\nContent-Type: application/fhir+json\r\nContent-Length: {}\r\n{}\r\n",
             body.len(),
             if close { "Connection: close\r\n" } else { "" },
         );
-        if write.write_all(response.as_bytes()).is_err() || write.write_all(body).is_err() {
+        if write.write_all(response.as_bytes()).is_err()
+            || write.write_all(body.as_bytes()).is_err()
+        {
             return;
         }
         if close {

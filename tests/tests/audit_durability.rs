@@ -36,11 +36,20 @@ fn load(world: &World) -> Vec<Probe> {
         .collect()
 }
 
-/// Stops the load generators; their reports merged: count per status, a sample body per status.
-/// Transport errors (resets, refused connects while the agent is down) are printed.
-fn stop(clients: Vec<Probe>) -> (BTreeMap<String, u64>, BTreeMap<String, String>) {
+/// What the load generators saw: count per status, a sample body per status, and the request
+/// ids of the destination's answers that reached them.
+struct Seen {
+    counts: BTreeMap<String, u64>,
+    samples: BTreeMap<String, String>,
+    answered: BTreeSet<String>,
+}
+
+/// Stops the load generators and merges their reports. Transport errors (resets, refused
+/// connects while the agent is down) are printed.
+fn stop(clients: Vec<Probe>) -> Seen {
     let mut counts = BTreeMap::new();
     let mut samples = BTreeMap::new();
+    let mut answered = BTreeSet::new();
     for mut client in clients {
         client.go().expect("stop the client");
         let report = client.report().expect("client report");
@@ -53,8 +62,14 @@ fn stop(clients: Vec<Probe>) -> (BTreeMap<String, u64>, BTreeMap<String, String>
                 .entry(status.clone())
                 .or_insert_with(|| body.as_str().unwrap_or_default().to_owned());
         }
+        let ids = report["answered"].as_array().expect("answered ids");
+        answered.extend(ids.iter().filter_map(|id| id.as_str().map(str::to_owned)));
     }
-    (counts, samples)
+    Seen {
+        counts,
+        samples,
+        answered,
+    }
 }
 
 /// Correlation ids of every request record in the store, read with `fhirwall audit query`.
@@ -68,14 +83,35 @@ fn stored_ids(world: &World) -> Vec<String> {
 
 /// Every request the destination received has its record in the store.
 fn assert_every_forwarded_request_recorded(world: &World) -> usize {
-    assert_forwarded_requests_recorded(world, 0)
+    let (received, missing) = forwarded_without_record(world);
+    assert!(
+        missing.is_empty(),
+        "{} of {received} forwarded requests have no audit record, e.g. {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    received
 }
 
-/// Every request the destination received has its record in the store, but for at most
-/// `unanswered`: reads are forwarded once their record is appended and answered once it is
-/// durable, so a read in flight when the agent is killed may reach the destination without a
-/// record, as long as its response reached no one (`unanswered` counts those).
-fn assert_forwarded_requests_recorded(world: &World, unanswered: usize) -> usize {
+/// Every request whose answer reached a client (`answered`) has its record in the store: reads
+/// are forwarded once their record is appended and answered once it is durable, so a read in
+/// flight when the agent is killed may reach the destination without a record, as long as its
+/// answer reached no one. Returns how many requests the destination received, and how many of
+/// them have no record (all unanswered).
+fn assert_answered_requests_recorded(world: &World, answered: &BTreeSet<String>) -> (usize, usize) {
+    let (received, missing) = forwarded_without_record(world);
+    let lost: Vec<&String> = missing.iter().filter(|id| answered.contains(*id)).collect();
+    assert!(
+        lost.is_empty(),
+        "{} requests were answered to a client without a durable audit record, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
+    (received, missing.len())
+}
+
+/// How many requests the destination received, and the ids of those without a record.
+fn forwarded_without_record(world: &World) -> (usize, Vec<String>) {
     let received = world.destination.request_ids();
     assert_eq!(
         received.len(),
@@ -83,16 +119,12 @@ fn assert_forwarded_requests_recorded(world: &World, unanswered: usize) -> usize
         "every forwarded request carries the sidecar's X-Request-Id"
     );
     let stored: BTreeSet<String> = stored_ids(world).into_iter().collect();
-    let missing: Vec<&String> = received.iter().filter(|id| !stored.contains(*id)).collect();
-    assert!(
-        missing.len() <= unanswered,
-        "{} of {} forwarded requests have no audit record, and only {unanswered} went \
-         unanswered, e.g. {:?}",
-        missing.len(),
-        received.len(),
-        &missing[..missing.len().min(5)]
-    );
-    received.len()
+    let count = received.len();
+    let missing = received
+        .into_iter()
+        .filter(|id| !stored.contains(id))
+        .collect();
+    (count, missing)
 }
 
 /// Waits until the destination has received no new request for a moment.
@@ -168,26 +200,30 @@ fn kill_9_under_load(options: &AgentOptions) {
     );
     agent.kill();
     let received = settled(&world);
-    let (counts, _) = stop(clients);
-    let answered: u64 = counts.values().sum();
+    let seen = stop(clients);
+    let counts = &seen.counts;
     eprintln!("forwarded {received} requests before kill -9; clients saw {counts:?}");
-    assert!(counts.get("200").copied().unwrap_or(0) > 0, "{counts:?}");
-    assert!(answered > 0);
-
-    // Forwarded, but no client saw a response: reads in flight at the kill, whose records
-    // may be lost with it (their responses were held until durability and never released).
-    let unanswered = received.saturating_sub(usize::try_from(answered).unwrap_or(usize::MAX));
+    let ok = counts.get("200").copied().unwrap_or(0);
+    assert!(ok > 0, "{counts:?}");
     assert_eq!(
-        assert_forwarded_requests_recorded(&world, unanswered),
-        received
+        seen.answered.len() as u64,
+        ok,
+        "every answer the clients got names its request: {:?}",
+        seen.samples.get("200")
     );
+
+    // Forwarded without a record only where no client saw the answer: reads in flight at the
+    // kill, whose records died with the agent (their answers were held until durability).
+    let (all, unrecorded) = assert_answered_requests_recorded(&world, &seen.answered);
+    assert_eq!(all, received);
+    eprintln!("{unrecorded} forwarded reads have no record; none of them was answered");
     let (code, out) = verify(&world);
     assert_eq!(code, 0, "the chain must verify after kill -9:\n{out}");
 
     let _again = world.start();
     let report = world.probe(&["--send", READ]);
     assert_eq!(status(&report), Some(200), "{report}");
-    assert_forwarded_requests_recorded(&world, unanswered);
+    assert_answered_requests_recorded(&world, &seen.answered);
     let ids = stored_ids(&world);
     let distinct: BTreeSet<&String> = ids.iter().collect();
     assert_eq!(
@@ -251,7 +287,9 @@ fn a_full_disk_refuses_with_503_forwards_nothing_unrecorded_and_recovers_without
         "failing"
     );
     assert_eq!(world.metric("fhirwall_audit_store_healthy"), Some(0.0));
-    let (counts, samples) = stop(clients);
+    let Seen {
+        counts, samples, ..
+    } = stop(clients);
     eprintln!("clients saw {counts:?}");
     let refused = samples.get("503").expect("clients got 503 answers");
     assert!(
@@ -278,7 +316,7 @@ fn a_full_disk_refuses_with_503_forwards_nothing_unrecorded_and_recovers_without
     let more = eventually(Duration::from_mins(1), || {
         (world.destination.accepted() >= before + 100).then_some(())
     });
-    let (counts, _) = stop(clients);
+    let Seen { counts, .. } = stop(clients);
     assert!(more.is_some(), "load after recovery: {counts:?}");
     assert!(!counts.contains_key("503"), "{counts:?}");
     settled(&world);

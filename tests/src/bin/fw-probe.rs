@@ -112,6 +112,8 @@ mod load {
         });
         let mut statuses: BTreeMap<u16, u64> = BTreeMap::new();
         let mut samples: BTreeMap<u16, String> = BTreeMap::new();
+        // The request ids the destination echoed in answers that reached this client.
+        let mut answered: Vec<String> = Vec::new();
         let mut errors: BTreeMap<String, u64> = BTreeMap::new();
         let mut conn: Option<BufReader<TcpStream>> = None;
         while !stop.load(Ordering::SeqCst) {
@@ -129,6 +131,7 @@ mod load {
             match exchange(stream, &request) {
                 Ok((status, body, stream)) => {
                     *statuses.entry(status).or_default() += 1;
+                    answered.extend(echoed_id(&body));
                     samples.entry(status).or_insert(body);
                     conn = stream;
                 }
@@ -138,7 +141,17 @@ mod load {
                 }
             }
         }
-        json!({"ok": true, "statuses": statuses, "samples": samples, "errors": errors}).to_string()
+        json!({"ok": true, "statuses": statuses, "samples": samples, "errors": errors, "answered": answered})
+            .to_string()
+    }
+
+    /// The request id the test destination put into its answer (`meta.source`), if any.
+    fn echoed_id(body: &str) -> Option<String> {
+        let value: serde_json::Value = serde_json::from_str(body).ok()?;
+        let source = value.pointer("/meta/source")?.as_str()?;
+        source
+            .strip_prefix(fhirwall_tests::destination::SOURCE)
+            .map(str::to_owned)
     }
 
     fn connect(args: &Args, addr: SocketAddr) -> Result<TcpStream, i32> {
@@ -193,6 +206,10 @@ mod load {
             .take(length)
             .read_to_string(&mut body)
             .map_err(|_| "body")?;
+        // Cut off before its end (the sidecar was killed mid-answer): not an answer.
+        if body.len() as u64 != length {
+            return Err("short body");
+        }
         let close = header("connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
         Ok((status, body, (!close).then_some(stream)))
     }
