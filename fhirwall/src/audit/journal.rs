@@ -1054,11 +1054,11 @@ impl Journal {
     }
 
     /// Compresses `raw` (whole frames, the first one after `head`) into a block in
-    /// `self.packed`; `false` when the block would not be smaller, or would not fit in a
-    /// segment.
+    /// `self.packed`; `false` when the block would not be smaller, would not fit in a segment,
+    /// or `raw` is larger than a block may hold (one frame alone can be).
     fn pack(&mut self, raw: &[u8], head: Head) -> bool {
         const AT: usize = FRAME_HEADER + 4;
-        if self.opts.segment_bytes >= BLOCK_SEGMENT_LIMIT {
+        if self.opts.segment_bytes >= BLOCK_SEGMENT_LIMIT || raw.len() > BLOCK_RAW {
             return false;
         }
         let packed = &mut self.packed;

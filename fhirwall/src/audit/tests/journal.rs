@@ -236,6 +236,42 @@ fn blocks_hold_what_compresses_and_frames_what_does_not() {
     assert_eq!(alone, 30, "{located:?}");
 }
 
+/// A frame larger than a block may hold is written on its own, between blocks, and reads back.
+#[test]
+fn a_frame_larger_than_a_block_is_written_on_its_own() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = JournalOptions {
+        segment_bytes: 8 << 20,
+    };
+    let mut j = Journal::open(dir.path(), opts, Head::default()).unwrap();
+    let large = format!("{{\"pad\":\"{}\"}}", "x".repeat(2 << 20));
+    let mut written = bodies(0..5);
+    written.push(large);
+    written.extend(bodies(5..10));
+    let mut frames = journal::Frames::default();
+    let mut head = j.position().head;
+    for body in &written {
+        head = frames.push(head, body.as_bytes(), opts).unwrap();
+    }
+    let mut offsets = Vec::new();
+    j.write_frames(&frames, &mut offsets).unwrap();
+    assert!(offsets[5] < 1 << 62, "the large frame is not in a block");
+    assert!(
+        offsets[0] >= 1 << 62 && offsets[6] >= 1 << 62,
+        "{offsets:?}"
+    );
+    let frames = all(dir.path());
+    assert_eq!(
+        frames.iter().map(|f| f.body.clone()).collect::<Vec<_>>(),
+        written
+    );
+    let mut reader = journal::FrameReader::new(dir.path()).unwrap();
+    assert_eq!(
+        reader.body(6, offsets[5]).unwrap().as_ref(),
+        Some(&written[5])
+    );
+}
+
 /// A block rewritten by someone who knows the format (its CRC recomputed) still names the
 /// frame inside it that no longer matches its own CRC.
 #[test]
