@@ -60,6 +60,11 @@ const INNER_BITS: u32 = 24;
 /// Segments this large or larger are written without blocks (their offsets would not fit).
 const BLOCK_SEGMENT_LIMIT: u64 = 1 << (62 - INNER_BITS);
 
+/// The offset of the frame `inner` bytes into the block at `block_at` (see [`in_block`]).
+fn block_offset(block_at: u64, inner: usize) -> u64 {
+    IN_BLOCK | block_at << INNER_BITS | inner as u64
+}
+
 /// Where frame offset `offset` points: the block's offset and the frame's place in it, or
 /// `None` for a frame on its own.
 fn in_block(offset: u64) -> Option<(u64, usize)> {
@@ -156,19 +161,23 @@ pub fn encode(out: &mut Vec<u8>, seq: u64, prev: &Hash, body: &[u8]) -> Result<(
     if body.len() > MAX_BODY {
         return Err(JournalError::TooLarge(body.len()));
     }
-    // Bounded by MAX_BODY above.
-    let len = u32::try_from(body.len()).unwrap_or(u32::MAX).to_le_bytes();
-    let seq_bytes = seq.to_le_bytes();
-    let mut crc = crc32c::crc32c(&len);
-    crc = crc32c::crc32c_append(crc, &seq_bytes);
-    crc = crc32c::crc32c_append(crc, prev);
-    crc = crc32c::crc32c_append(crc, body);
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out.extend_from_slice(&seq_bytes);
-    out.extend_from_slice(prev);
+    let start = out.len();
+    out.resize(start + FRAME_HEADER, 0);
     out.extend_from_slice(body);
+    // Bounded by MAX_BODY above.
+    let len = u32::try_from(body.len()).unwrap_or(u32::MAX);
+    seal(&mut out[start..], len, seq, prev);
     Ok(())
+}
+
+/// Fills in the header of the frame or block in `out` (its header's room, then its body or
+/// payload): the length word, seq, predecessor, and the CRC over all of them and the body.
+fn seal(out: &mut [u8], len_word: u32, seq: u64, prev: &Hash) {
+    out[..4].copy_from_slice(&len_word.to_le_bytes());
+    out[8..16].copy_from_slice(&seq.to_le_bytes());
+    out[16..FRAME_HEADER].copy_from_slice(prev);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[..4]), &out[8..]);
+    out[4..8].copy_from_slice(&crc.to_le_bytes());
 }
 
 /// What [`decode`] found at an offset.
@@ -309,7 +318,7 @@ fn block_frames(raw: &[u8], first: Head, block_at: u64) -> Result<Vec<Frame>, &'
         else {
             return Err("a block that does not hold whole frames");
         };
-        let offset = IN_BLOCK | block_at << INNER_BITS | inner as u64;
+        let offset = block_offset(block_at, inner);
         let frame = checked(
             &raw[inner..],
             (seq, prev, body_at, len),
@@ -1027,7 +1036,7 @@ impl Journal {
                 let block_at = start.offset + out.len() as u64;
                 let mut inner = 0;
                 for mark in &frames.marks[from..to] {
-                    offsets.push(IN_BLOCK | block_at << INNER_BITS | inner as u64);
+                    offsets.push(block_offset(block_at, inner));
                     inner = mark.end - raw_from;
                 }
                 out.extend_from_slice(&self.packed);
@@ -1074,12 +1083,8 @@ impl Journal {
         // Both below `BLOCK_RAW`.
         let len = u32::try_from(packed.len() - FRAME_HEADER).unwrap_or(0) | BLOCK;
         let raw_len = u32::try_from(raw.len()).unwrap_or(0);
-        packed[..4].copy_from_slice(&len.to_le_bytes());
-        packed[8..16].copy_from_slice(&(head.seq + 1).to_le_bytes());
-        packed[16..FRAME_HEADER].copy_from_slice(&head.hash);
         packed[FRAME_HEADER..AT].copy_from_slice(&raw_len.to_le_bytes());
-        let crc = crc32c::crc32c_append(crc32c::crc32c(&packed[..4]), &packed[8..]);
-        packed[4..8].copy_from_slice(&crc.to_le_bytes());
+        seal(packed, len, head.seq + 1, &head.hash);
         true
     }
 
