@@ -171,10 +171,11 @@ fn latency(name: &str) {
     let pct = |p: usize| latencies[(latencies.len() * p / 100).min(latencies.len() - 1)];
     let stats = sink.stats();
     println!(
-        "{name} (64 submitters, {} commits, {} transactions, {:.0} records/txn): p50 {:?}  p99 {:?}  max {:?}; group commits (write + sync) {} (mean {:?})",
+        "{name} (64 submitters, {} commits, {} transactions, {:.0} records/txn, {} held for more): p50 {:?}  p99 {:?}  max {:?}; group commits (write + sync) {} (mean {:?})",
         latencies.len(),
         stats.committed_batches,
         stats.committed_records as f64 / stats.committed_batches.max(1) as f64,
+        stats.gathered_batches,
         pct(50),
         pct(99),
         latencies[latencies.len() - 1],

@@ -803,10 +803,6 @@ impl Frames {
         Ok(next)
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.marks.is_empty()
-    }
-
     pub fn clear(&mut self) {
         self.bytes.clear();
         self.marks.clear();

@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, watch};
 
 use self::{
     flusher::Flusher,
-    log::{BatchState, Log, Refused, Spare},
+    log::{BatchState, Caller, Log, Refused, Spare},
 };
 use super::{
     AuditError,
@@ -114,6 +114,8 @@ pub struct AuditStats {
     pub head_seq: u64,
     /// `fdatasync`s of the journal that succeeded.
     pub journal_syncs: u64,
+    /// Batches the flusher held back for more entries before writing them (`fsync` only).
+    pub gathered_batches: u64,
 }
 
 /// Handle the proxy uses to record decisions; cheap to clone, one per task is fine.
@@ -201,6 +203,7 @@ struct Shared {
     pruned: AtomicU64,
     head: AtomicU64,
     syncs: AtomicU64,
+    gathered: AtomicU64,
 }
 
 impl AuditSink {
@@ -234,6 +237,7 @@ impl AuditSink {
             pruned: AtomicU64::new(0),
             head: AtomicU64::new(position.head.seq),
             syncs: AtomicU64::new(0),
+            gathered: AtomicU64::new(0),
         });
         // Bounded: an indexer that falls behind reads what it missed from the journal instead
         // of holding it in memory.
@@ -288,10 +292,14 @@ impl AuditSink {
     /// forward it now and release its response only after [`Appended::durable`]. Waits only
     /// while the open batch is full (the disk is behind). On `Err` answer 503 and do not
     /// forward.
-    pub async fn append(&self, mut record: Record) -> Result<Appended, AuditError> {
+    pub async fn append(&self, record: Record) -> Result<Appended, AuditError> {
+        self.append_as(record, Caller::GoesOn).await
+    }
+
+    async fn append_as(&self, mut record: Record, caller: Caller) -> Result<Appended, AuditError> {
         record.sanitize();
         let entry = Prepared::new(&Entry::Request(record))?;
-        let appended = self.log.push_waiting(entry).await;
+        let appended = self.log.push_waiting(entry, caller).await;
         if appended.is_err() {
             self.shared.failed.fetch_add(1, Ordering::Relaxed);
         }
@@ -301,7 +309,7 @@ impl AuditSink {
     /// Commits `record` and resolves once it is durable. Forward a request that changes
     /// anything only after this returns `Ok`; on `Err` answer 503 and do not forward.
     pub async fn commit(&self, record: Record) -> Result<CommittedSeq, AuditError> {
-        self.append(record).await?.durable().await
+        self.append_as(record, Caller::Waits).await?.durable().await
     }
 
     /// Appends how a request ended without waiting for durability (nothing waits on it). An
@@ -310,7 +318,7 @@ impl AuditSink {
     pub fn complete(&self, mut completion: Completion) -> Result<(), AuditError> {
         completion.sanitize();
         let entry = Prepared::new(&Entry::Completion(completion))?;
-        let refused = match self.log.push(entry) {
+        let refused = match self.log.push(entry, Caller::GoesOn) {
             Ok(_) => return Ok(()),
             Err(Refused::Full(_)) => AuditError::QueueFull,
             Err(Refused::Err(err)) => err,
@@ -344,7 +352,7 @@ impl AuditSink {
         {
             let mut state = self.log.lock();
             state.prune.push(reply);
-            state.idle = false;
+            state.wake_at = None;
         }
         self.log.wake.notify_one();
         rx.await.map_err(|_| AuditError::WriterGone)?
@@ -380,6 +388,7 @@ impl Shared {
             pruned_records: self.pruned.load(Ordering::Relaxed),
             head_seq: self.head.load(Ordering::Relaxed),
             journal_syncs: self.syncs.load(Ordering::Relaxed),
+            gathered_batches: self.gathered.load(Ordering::Relaxed),
         }
     }
 

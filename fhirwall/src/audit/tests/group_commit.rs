@@ -1,6 +1,13 @@
 //! Many concurrent committers share transactions; every one is acknowledged and present.
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
 
 use super::support::{record, stop, temp_store};
 use crate::audit::{
@@ -108,7 +115,7 @@ async fn every_transaction_is_timed_for_the_commit_histogram() {
     let (sink, writer) = AuditSink::start(AuditConfig {
         commit_seconds: Some(histogram.clone()),
         // Every commit counts as slow: the warning's rate limit is exercised too.
-        slow_commit: std::time::Duration::ZERO,
+        slow_commit: Duration::ZERO,
         ..AuditConfig::new(&path)
     })
     .unwrap();
@@ -127,6 +134,68 @@ async fn every_transaction_is_timed_for_the_commit_histogram() {
     );
 }
 
+/// With `fsync`, the batch after a commit of several entries is held for more while none of its
+/// callers waits for it (completions here, reads in the proxy); a caller that waits (a commit)
+/// is never held, alone or among many.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_no_caller_waits_for_are_gathered_and_waiting_callers_never_are() {
+    let (_dir, path) = temp_store();
+    let (sink, writer) = AuditSink::start(AuditConfig::new(&path)).unwrap();
+    let mut last = None;
+    for n in 0..20 {
+        last = Some(
+            sink.commit(record(n, jiff::Timestamp::now()))
+                .await
+                .unwrap(),
+        );
+    }
+    let alone = sink.stats();
+    assert_eq!(alone.committed_batches, 20, "{alone:?}");
+    assert_eq!(
+        alone.gathered_batches, 0,
+        "a lone caller was held: {alone:?}"
+    );
+    let committers: Vec<_> = (0..16u64)
+        .map(|t| {
+            let sink = sink.clone();
+            tokio::spawn(async move {
+                for i in 0..20 {
+                    sink.commit(record(100 + t * 20 + i, jiff::Timestamp::now()))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for committer in committers {
+        committer.await.unwrap();
+    }
+    let together = sink.stats();
+    assert!(
+        together.committed_batches < alone.committed_batches + 320,
+        "16 committers shared commits: {together:?}"
+    );
+    assert_eq!(
+        together.gathered_batches, 0,
+        "a batch callers waited for was held: {together:?}"
+    );
+
+    // Completions from a thread that never waits for durability.
+    let (loading, load) = completion_load(&sink, last.unwrap(), 1, Duration::from_micros(20));
+    let deadline = Instant::now() + Duration::from_mins(1);
+    while sink.stats().gathered_batches < 3 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    loading.store(false, Ordering::Relaxed);
+    load.await.unwrap();
+    let streamed = sink.stats();
+    stop(sink, writer).await;
+    assert!(
+        streamed.gathered_batches >= 3,
+        "no batch was gathered under a steady stream: {streamed:?}"
+    );
+}
+
 /// `background` durability keeps syncing while appends go on: a sync is not left for the end of
 /// the load. The load runs until several syncs were seen during it (a slow or busy disk makes
 /// the test slower, not wrong; it failed on CI as a count in a fixed 500 ms). That a due sync
@@ -134,14 +203,6 @@ async fn every_transaction_is_timed_for_the_commit_histogram() {
 /// choice itself in `writer/flusher.rs`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn background_durability_syncs_every_interval_under_steady_load() {
-    use std::{
-        sync::{
-            Arc,
-            atomic::{AtomicBool, Ordering},
-        },
-        time::{Duration, Instant},
-    };
-
     const SYNCS: u64 = 5;
     let (_dir, path) = temp_store();
     let mut config = AuditConfig::new(&path);
@@ -153,26 +214,10 @@ async fn background_durability_syncs_every_interval_under_steady_load() {
         .commit(record(0, jiff::Timestamp::now()))
         .await
         .unwrap();
-    let loading = Arc::new(AtomicBool::new(true));
     // Completions from four threads without a pause, until told to stop.
-    let loaders: Vec<_> = (0..4u64)
-        .map(|t| {
-            let loader = sink.clone();
-            let loading = Arc::clone(&loading);
-            tokio::task::spawn_blocking(move || {
-                let mut n = 0u64;
-                while loading.load(Ordering::Relaxed) {
-                    let done = Completion::new(seq, format!("t{t}-{n}"), Fate::Completed);
-                    if loader.complete(done).is_ok() {
-                        n += 1;
-                    }
-                }
-                n
-            })
-        })
-        .collect();
+    let (loading, load) = completion_load(&sink, seq, 4, Duration::ZERO);
     // Wait until the loaders are appending, then for the syncs, while they go on.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_mins(1);
     while sink.stats().committed_batches < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -182,10 +227,7 @@ async fn background_durability_syncs_every_interval_under_steady_load() {
     }
     let during = sink.stats();
     loading.store(false, Ordering::Relaxed);
-    let mut appended = 0;
-    for loader in loaders {
-        appended += loader.await.unwrap();
-    }
+    let appended = load.await.unwrap();
     stop(sink, writer).await;
     assert!(
         during.journal_syncs >= before.journal_syncs + SYNCS,
@@ -196,4 +238,41 @@ async fn background_durability_syncs_every_interval_under_steady_load() {
         "the load was writing batches meanwhile: {before:?} then {during:?}"
     );
     assert!(appended > 1000, "steady load: {appended} completions");
+}
+
+/// Completions of `seq` appended from `threads` threads (each pausing `pause` between two) until
+/// the returned flag is cleared; the handle answers how many were appended.
+fn completion_load(
+    sink: &AuditSink,
+    seq: crate::audit::CommittedSeq,
+    threads: u64,
+    pause: Duration,
+) -> (Arc<AtomicBool>, tokio::task::JoinHandle<u64>) {
+    let loading = Arc::new(AtomicBool::new(true));
+    let loaders: Vec<_> = (0..threads)
+        .map(|t| {
+            let (sink, loading) = (sink.clone(), Arc::clone(&loading));
+            tokio::task::spawn_blocking(move || {
+                let mut n = 0u64;
+                while loading.load(Ordering::Relaxed) {
+                    let done = Completion::new(seq, format!("t{t}-{n}"), Fate::Completed);
+                    if sink.complete(done).is_ok() {
+                        n += 1;
+                    }
+                    if !pause.is_zero() {
+                        std::thread::sleep(pause);
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let total = tokio::spawn(async move {
+        let mut total = 0;
+        for loader in loaders {
+            total += loader.await.unwrap();
+        }
+        total
+    });
+    (loading, total)
 }

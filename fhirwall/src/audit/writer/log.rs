@@ -2,7 +2,7 @@
 //!
 //! Appending is encoding: the caller's entry gets the next seq, its frame (CRC32C) and its chain
 //! hash, and joins the batch the flusher will write next. No thread hop and no system call: the
-//! flusher is woken only when it sleeps, and a caller hears of durability through its batch's
+//! flusher is woken only when it sleeps and the batch holds what it waits for, and a caller hears of durability through its batch's
 //! [`watch`] channel (one wake-up per batch, not per record).
 
 use std::{
@@ -37,7 +37,18 @@ pub(super) enum BatchState {
 pub(super) struct Batch {
     pub frames: Frames,
     pub rows: Vec<IndexRow>,
+    /// Entries whose callers do nothing until the batch is durable.
+    pub waiting: usize,
     pub signal: watch::Sender<BatchState>,
+}
+
+/// What a caller does once its entry is appended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Caller {
+    /// Nothing until the entry is durable (a write's record, committed before forwarding).
+    Waits,
+    /// Its work (a read forwarded at once, a completion, retention's own marker).
+    GoesOn,
 }
 
 impl Batch {
@@ -45,6 +56,7 @@ impl Batch {
         Self {
             frames,
             rows: Vec::new(),
+            waiting: 0,
             signal: watch::Sender::new(BatchState::Written),
         }
     }
@@ -84,8 +96,10 @@ pub(super) struct State {
     /// Bytes left in the segment being written, behind what the flusher wrote.
     pub room: u64,
     pub spare: Spare,
-    /// The flusher waits for work; the next append wakes it.
-    pub idle: bool,
+    /// The flusher sleeps until the open batch holds this many entries (one: any work; more:
+    /// it is gathering a batch that began during the last commit); the append that gets there
+    /// wakes it.
+    pub wake_at: Option<usize>,
     /// The last sink is gone: the flusher writes what is open and stops.
     pub stop: bool,
     /// Background durability: the last periodic sync failed, so nothing is accepted until one
@@ -121,7 +135,7 @@ impl Log {
                 open: Batch::new(Frames::default()),
                 room,
                 spare,
-                idle: false,
+                wake_at: None,
                 stop: false,
                 refused: None,
                 prune: Vec::new(),
@@ -137,7 +151,7 @@ impl Log {
     }
 
     /// Appends `entry` to the open batch and returns how to wait for its durability.
-    pub fn push(&self, mut entry: Prepared) -> Result<Appended, Refused> {
+    pub fn push(&self, mut entry: Prepared, caller: Caller) -> Result<Appended, Refused> {
         let mut state = self.lock();
         if let Some(err) = &state.refused {
             return Err(Refused::Err(AuditError::Unavailable {
@@ -181,7 +195,15 @@ impl Log {
             seq: CommittedSeq(head.seq),
             batch: state.open.signal.subscribe(),
         };
-        if mem::take(&mut state.idle) {
+        if caller == Caller::Waits {
+            state.open.waiting += 1;
+        }
+        // A waiting caller ends a gathering: the batch is written for it at once.
+        if state
+            .wake_at
+            .is_some_and(|n| state.open.len() >= n || caller == Caller::Waits)
+        {
+            state.wake_at = None;
             self.wake.notify_one();
         }
         // Freed outside the lock.
@@ -191,13 +213,17 @@ impl Log {
     }
 
     /// Appends, waiting for room while the open batch is full.
-    pub async fn push_waiting(&self, mut entry: Prepared) -> Result<Appended, AuditError> {
+    pub async fn push_waiting(
+        &self,
+        mut entry: Prepared,
+        caller: Caller,
+    ) -> Result<Appended, AuditError> {
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
             // Registered before trying, so a flusher taking the batch in between is not missed.
             room.as_mut().enable();
-            match self.push(entry) {
+            match self.push(entry, caller) {
                 Ok(appended) => return Ok(appended),
                 Err(Refused::Err(err)) => return Err(err),
                 Err(Refused::Full(back)) => {
@@ -245,22 +271,25 @@ mod tests {
     fn an_entry_that_needs_the_next_segment_is_refused_while_it_cannot_be_made() {
         let failed = Spare::Failed(Arc::new(AuditError::WriterGone));
         let log = log_with_room_for(2, failed);
-        assert!(log.push(entry(1)).is_ok());
-        assert!(log.push(entry(2)).is_ok());
-        assert!(matches!(log.push(entry(3)), Err(Refused::Err(_))));
+        assert!(log.push(entry(1), Caller::GoesOn).is_ok());
+        assert!(log.push(entry(2), Caller::GoesOn).is_ok());
+        assert!(matches!(
+            log.push(entry(3), Caller::GoesOn),
+            Err(Refused::Err(_))
+        ));
     }
 
     #[test]
     fn a_batch_being_written_counts_against_the_room() {
         let failed = Spare::Failed(Arc::new(AuditError::WriterGone));
         let log = log_with_room_for(2, failed);
-        assert!(log.push(entry(1)).is_ok());
+        assert!(log.push(entry(1), Caller::GoesOn).is_ok());
         // The flusher takes the batch; it is not written yet.
         let batch = Log::take(&mut log.lock(), Frames::default());
         assert_eq!(batch.len(), 1);
-        assert!(log.push(entry(2)).is_ok());
+        assert!(log.push(entry(2), Caller::GoesOn).is_ok());
         assert!(
-            matches!(log.push(entry(3)), Err(Refused::Err(_))),
+            matches!(log.push(entry(3), Caller::GoesOn), Err(Refused::Err(_))),
             "the third entry needs the next segment even though the open batch holds one"
         );
     }
@@ -268,9 +297,12 @@ mod tests {
     #[test]
     fn an_entry_that_needs_the_next_segment_waits_while_it_is_prepared() {
         let log = log_with_room_for(1, Spare::Preparing);
-        assert!(log.push(entry(1)).is_ok());
-        assert!(matches!(log.push(entry(2)), Err(Refused::Full(_))));
+        assert!(log.push(entry(1), Caller::GoesOn).is_ok());
+        assert!(matches!(
+            log.push(entry(2), Caller::GoesOn),
+            Err(Refused::Full(_))
+        ));
         log.lock().spare = Spare::Ready;
-        assert!(log.push(entry(2)).is_ok());
+        assert!(log.push(entry(2), Caller::GoesOn).is_ok());
     }
 }
