@@ -197,30 +197,33 @@ impl Flusher {
                 entries: state.open.len(),
                 waited_on: state.open.waiting > 0,
             };
-            let wake_at = match choose(now, pace, !state.prune.is_empty(), open, state.stop) {
-                Next::Prune => return Work::Prune(mem::take(&mut state.prune)),
-                Next::Sync => return Work::Sync,
-                Next::Write => {
-                    let batch = Log::take(&mut state, mem::take(&mut self.spare));
-                    drop(state);
-                    pace.gather = None;
-                    if gathered {
-                        self.shared.gathered.fetch_add(1, Ordering::Relaxed);
+            // Sleep until the open batch holds `wake_at` entries, or the gathering ends.
+            let (wake_at, gather_until) =
+                match choose(now, pace, !state.prune.is_empty(), open, state.stop) {
+                    Next::Prune => return Work::Prune(mem::take(&mut state.prune)),
+                    Next::Sync => return Work::Sync,
+                    Next::Write => {
+                        let batch = Log::take(&mut state, mem::take(&mut self.spare));
+                        drop(state);
+                        pace.gather = None;
+                        if gathered {
+                            self.shared.gathered.fetch_add(1, Ordering::Relaxed);
+                        }
+                        self.log.room.notify_waiters();
+                        return Work::Write(batch);
                     }
-                    self.log.room.notify_waiters();
-                    return Work::Write(batch);
-                }
-                Next::Stop => return Work::Stop,
-                Next::Gather => {
-                    gathered = true;
-                    pace.gather.map_or(1, |g| g.entries)
-                }
-                Next::Wait => 1,
-            };
+                    Next::Stop => return Work::Stop,
+                    Next::Gather => {
+                        gathered = true;
+                        pace.gather
+                            .map_or((1, None), |g| (g.entries, Some(g.until)))
+                    }
+                    Next::Wait => (1, None),
+                };
             let deadline = [
                 pace.next_prune,
                 pace.unsynced.then_some(pace.next_sync),
-                pace.gather.filter(|_| wake_at > 1).map(|g| g.until),
+                gather_until,
             ]
             .into_iter()
             .flatten()
