@@ -2,8 +2,9 @@
 //!
 //! Appending is encoding: the caller's entry gets the next seq, its frame (CRC32C) and its chain
 //! hash, and joins the batch the flusher will write next. No thread hop and no system call: the
-//! flusher is woken only when it sleeps and the batch holds what it waits for, and a caller hears of durability through its batch's
-//! [`watch`] channel (one wake-up per batch, not per record).
+//! flusher is woken only when it sleeps and the batch now holds what it waits for (or a caller
+//! that waits joined it), and a caller hears of durability through its batch's [`watch`]
+//! channel (one wake-up per batch, not per record).
 
 use std::{
     mem,
@@ -97,8 +98,8 @@ pub(super) struct State {
     pub room: u64,
     pub spare: Spare,
     /// The flusher sleeps until the open batch holds this many entries (one: any work; more:
-    /// it is gathering a batch that began during the last commit); the append that gets there
-    /// wakes it.
+    /// it holds the batch after a commit for more entries); the append that gets there, or
+    /// one whose caller waits, wakes it.
     pub wake_at: Option<usize>,
     /// The last sink is gone: the flusher writes what is open and stops.
     pub stop: bool,
