@@ -47,6 +47,8 @@ pub const FRAME_HEADER: usize = 4 + 4 + 8 + 32;
 /// The largest body a frame may hold; a larger length is a torn or damaged frame.
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 const SPARE: &str = "spare.seg";
+/// The spare while it is being written.
+pub(crate) const SPARE_TMP: &str = "spare.seg.tmp";
 /// Zeros written per call while a segment is prepared.
 const ZERO_CHUNK: usize = 1024 * 1024;
 /// The length word's flag for a block.
@@ -618,7 +620,7 @@ pub fn remove_through(dir: &Path, last: u64) -> Result<usize, JournalError> {
 /// Writes a segment full of zeros under a temporary name and makes it durable, then renames it
 /// to `to`.
 fn prepare(dir: &Path, to: &Path, bytes: u64, pace: Pace<'_>) -> Result<(), JournalError> {
-    let tmp = dir.join("spare.seg.tmp");
+    let tmp = dir.join(SPARE_TMP);
     let result = write_zeros(dir, &tmp, to, bytes, pace);
     if result.is_err() {
         // A partial segment would hold space the index and the next attempt need.
@@ -837,7 +839,7 @@ impl Journal {
     /// genesis).
     pub fn open(dir: &Path, opts: JournalOptions, anchor: Head) -> Result<Self, JournalError> {
         fs::create_dir_all(dir).map_err(io_err("cannot create the audit journal", dir))?;
-        let _ = fs::remove_file(dir.join("spare.seg.tmp"));
+        let _ = fs::remove_file(dir.join(SPARE_TMP));
         let mut segs = segments(dir)?;
         // A last segment without a single whole frame (a crash right after rotation) is removed:
         // the chain ends in the segment before it.

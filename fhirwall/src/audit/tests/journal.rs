@@ -438,7 +438,7 @@ fn writes_pad_to_the_page_and_stay_inside_the_segment() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_writer_leaves_no_half_written_spare() {
     use super::support::{record, stop, temp_store};
-    use crate::audit::{AuditConfig, AuditSink};
+    use crate::audit::{AuditConfig, AuditSink, indexer, journal::SPARE_TMP};
 
     let (_dir, path) = temp_store();
     // A fresh journal prepares its spare (64 MiB of zeros, paced over about a second) from the
@@ -448,9 +448,8 @@ async fn stopping_the_writer_leaves_no_half_written_spare() {
         .await
         .unwrap();
     stop(sink, writer).await;
-    let dir = path.with_extension("journal");
     assert!(
-        !dir.join("spare.seg.tmp").exists(),
+        !indexer::journal_dir(&path).join(SPARE_TMP).exists(),
         "the spare's thread was still writing after the writer stopped"
     );
     let (sink, writer) = AuditSink::start(AuditConfig::new(&path)).unwrap();
