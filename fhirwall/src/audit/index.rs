@@ -1,13 +1,11 @@
-//! The queryable columns of an entry, derived from its body by one pure function. The writer
-//! stores them beside the body; `verify` derives them again and compares, so editing a column
-//! (to hide a row from a query) is caught even though the columns are not hashed themselves.
+//! The queryable columns of an entry, derived from it by one pure function. The indexer stores
+//! them (the body stays in the journal); `verify` derives them again and compares, so editing a
+//! column (to hide a row from a query) is caught even though the columns are not hashed
+//! themselves.
 
 use rusqlite::Row;
 
-use super::{
-    AuditError,
-    record::{Entry, Record},
-};
+use super::record::{Entry, Record};
 
 /// The indexed columns of `entries`, in table order after `seq`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -119,39 +117,6 @@ impl IndexCols {
             credential_fp: row.get(at + 11)?,
             resource_type: row.get(at + 12)?,
             decision: row.get(at + 13)?,
-        })
-    }
-}
-
-/// An entry ready for the writer: serialized and indexed by the caller, so the single writer
-/// thread only hashes and inserts.
-#[derive(Clone, Debug)]
-pub struct Prepared {
-    pub body: String,
-    pub cols: IndexCols,
-    pub patients: Vec<String>,
-}
-
-impl Prepared {
-    /// An entry read back from the journal.
-    pub fn from_body(body: String, seq: u64) -> Result<Self, AuditError> {
-        let entry: Entry =
-            serde_json::from_str(&body).map_err(|source| AuditError::Corrupt { seq, source })?;
-        Ok(Self {
-            patients: entry.patients().to_vec(),
-            cols: IndexCols::of(&entry),
-            body,
-        })
-    }
-
-    pub fn new(entry: &Entry) -> Result<Self, AuditError> {
-        let body =
-            serde_json::to_string(entry).map_err(|source| AuditError::Serialize { source })?;
-        let patients = entry.patients().to_vec();
-        Ok(Self {
-            body,
-            cols: IndexCols::of(entry),
-            patients,
         })
     }
 }

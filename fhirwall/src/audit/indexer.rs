@@ -11,7 +11,11 @@
 
 use std::{
     path::{Path, PathBuf},
-    sync::mpsc,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+        mpsc,
+    },
     thread::{self, JoinHandle},
     time::{Duration, Instant},
 };
@@ -19,14 +23,18 @@ use std::{
 use rusqlite::Connection;
 
 use super::{
-    AuditError,
-    index::Prepared,
-    journal,
+    AuditError, journal,
     store::{self, IndexRow, StoreOptions},
 };
 
 /// Entries a reader lays over an index it cannot write, at most.
 const MAX_OVERLAY: usize = 1_000_000;
+/// Durable rows handed to the indexer and not yet taken by it, at most: beyond, the writer drops
+/// them and the indexer reads them back from the journal (an entry in memory is larger than its
+/// frame, so a lagging indexer must not hold an unbounded number).
+const MAX_BACKLOG_ROWS: usize = 32_768;
+/// Batches handed over and not yet taken, at most (the channel's own bound).
+const MAX_BACKLOG_BATCHES: usize = 4096;
 /// Rows per index transaction, at most.
 const MAX_ROWS: usize = 16_384;
 /// Rows the thread waits for before it writes a transaction...
@@ -89,7 +97,8 @@ fn rows_of(frames: Vec<journal::Frame>) -> Result<Vec<IndexRow>, AuditError> {
                 prev_hash: f.prev_hash,
                 hash: f.hash,
                 offset: f.offset,
-                entry: Prepared::from_body(f.body, f.seq)?,
+                entry: serde_json::from_str(&f.body)
+                    .map_err(|source| AuditError::Corrupt { seq: f.seq, source })?,
             })
         })
         .collect()
@@ -124,19 +133,74 @@ pub struct Indexer {
 
 impl Indexer {
     /// `durable` is the journal's head when the writer opened it: indexed first.
-    pub fn start(
-        db: &Path,
-        rows: mpsc::Receiver<Vec<IndexRow>>,
-        durable: u64,
-    ) -> Result<Self, AuditError> {
+    /// Starts the indexer of `db`, whose journal was durable through `durable`; the writer
+    /// hands it durable rows through the [`Feed`].
+    pub fn start(db: &Path, durable: u64) -> Result<(Self, Feed), AuditError> {
+        let (tx, rx) = mpsc::sync_channel(MAX_BACKLOG_BATCHES);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let feed = Feed {
+            tx,
+            backlog: Arc::clone(&backlog),
+        };
         let db = db.to_owned();
         let thread = thread::Builder::new()
             .name("fw-audit-index".into())
-            .spawn(move || run(&db, &rows, durable))
+            .spawn(move || {
+                run(
+                    &db,
+                    &Taken {
+                        rx,
+                        backlog: &backlog,
+                    },
+                    durable,
+                );
+            })
             .map_err(|source| AuditError::Thread { source })?;
-        Ok(Self {
+        let indexer = Self {
             thread: Some(thread),
-        })
+        };
+        Ok((indexer, feed))
+    }
+}
+
+/// The writer's end of the indexer's backlog.
+#[derive(Debug)]
+pub struct Feed {
+    tx: mpsc::SyncSender<Vec<IndexRow>>,
+    /// Rows sent and not yet taken.
+    backlog: Arc<AtomicUsize>,
+}
+
+impl Feed {
+    /// Hands over durable rows, or drops them when the backlog is full: they are in the
+    /// journal, and the indexer reads a gap back from there.
+    pub fn send(&self, rows: Vec<IndexRow>) {
+        let n = rows.len();
+        let before = self.backlog.fetch_add(n, Ordering::Relaxed);
+        if before + n > MAX_BACKLOG_ROWS || self.tx.try_send(rows).is_err() {
+            self.backlog.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// The indexer's end: every batch it takes leaves the backlog.
+struct Taken<'a> {
+    rx: mpsc::Receiver<Vec<IndexRow>>,
+    backlog: &'a AtomicUsize,
+}
+
+impl Taken<'_> {
+    fn took(&self, rows: Vec<IndexRow>) -> Vec<IndexRow> {
+        self.backlog.fetch_sub(rows.len(), Ordering::Relaxed);
+        rows
+    }
+
+    fn recv_timeout(&self, wait: Duration) -> Result<Vec<IndexRow>, mpsc::RecvTimeoutError> {
+        self.rx.recv_timeout(wait).map(|rows| self.took(rows))
+    }
+
+    fn try_recv(&self) -> Result<Vec<IndexRow>, mpsc::TryRecvError> {
+        self.rx.try_recv().map(|rows| self.took(rows))
     }
 }
 
@@ -183,7 +247,7 @@ pub(crate) fn idle_priority(what: &str) {
     }
 }
 
-fn run(db: &Path, rows: &mpsc::Receiver<Vec<IndexRow>>, durable: u64) {
+fn run(db: &Path, rows: &Taken<'_>, durable: u64) {
     idle_priority("the audit indexer");
     let dir = journal_dir(db);
     let mut conn = None;
@@ -269,4 +333,57 @@ fn index_batch(
     }
     batch.clear();
     Ok(())
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+    use crate::audit::{record::Entry, tests_support::record};
+
+    fn rows(first: u64, n: usize) -> Vec<IndexRow> {
+        (first..)
+            .take(n)
+            .map(|seq| IndexRow {
+                seq,
+                prev_hash: [0; 32],
+                hash: [0; 32],
+                offset: 0,
+                entry: Entry::Request(record(seq, jiff::Timestamp::now())),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_backlog_is_bounded_by_rows_and_frees_what_the_indexer_takes() {
+        let (tx, rx) = mpsc::sync_channel(MAX_BACKLOG_BATCHES);
+        let backlog = Arc::new(AtomicUsize::new(0));
+        let feed = Feed {
+            tx,
+            backlog: Arc::clone(&backlog),
+        };
+        let taken = Taken {
+            rx,
+            backlog: &backlog,
+        };
+        let per_batch = 1000;
+        let batches = MAX_BACKLOG_ROWS / per_batch;
+        let mut first = 1;
+        for _ in 0..batches + 3 {
+            feed.send(rows(first, per_batch));
+            first += 1000;
+        }
+        // Whole batches up to the bound were kept; the rest were dropped, not queued.
+        assert_eq!(backlog.load(Ordering::Relaxed), batches * per_batch);
+        let mut kept = 0;
+        while let Ok(batch) = taken.try_recv() {
+            assert_eq!(batch.len(), per_batch);
+            kept += 1;
+        }
+        assert_eq!(kept, batches);
+        assert_eq!(backlog.load(Ordering::Relaxed), 0);
+        // Room again once taken.
+        feed.send(rows(1, per_batch));
+        assert_eq!(taken.try_recv().unwrap().len(), per_batch);
+    }
 }

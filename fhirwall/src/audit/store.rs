@@ -15,8 +15,8 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension as _, TransactionBehavio
 use super::{
     AuditError,
     chain::{self, GENESIS, Hash},
-    index::{Prepared, WorkloadCols},
-    record::{self, PruneMarker},
+    index::{IndexCols, WorkloadCols},
+    record::{self, Entry, PruneMarker},
 };
 
 /// Bumped when the schema changes; `open` refuses a store from a newer fhirwall.
@@ -169,8 +169,9 @@ pub struct IndexRow {
     pub hash: Hash,
     /// Where the frame starts in its journal segment: the index keeps this, not the body.
     pub offset: u64,
-    /// The body is not needed here (and is empty in rows the writer hands over).
-    pub entry: Prepared,
+    /// The entry itself: the indexer takes its columns and patients (off the request's
+    /// thread), and leaves its body in the journal.
+    pub entry: Entry,
 }
 
 /// Adds `rows` to the index in one transaction; rows it already has (another reader caught the
@@ -217,7 +218,7 @@ fn insert_rows(
     let mut workloads = Workloads::new(conn, &format!("{db}.{prefix}workloads"))?;
     for row in rows {
         let seq = seq_i64(row.seq);
-        let c = &row.entry.cols;
+        let c = &IndexCols::of(&row.entry);
         insert.execute(params![
             seq,
             c.kind,
@@ -233,7 +234,7 @@ fn insert_rows(
             &row.prev_hash[..],
             &row.hash[..],
         ])?;
-        for p in &row.entry.patients {
+        for p in row.entry.patients() {
             patient.execute(params![seq, p])?;
         }
     }

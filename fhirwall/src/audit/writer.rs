@@ -16,7 +16,6 @@ use std::{
     sync::{
         Arc, Mutex, PoisonError,
         atomic::{AtomicU64, Ordering},
-        mpsc as std_mpsc,
     },
     thread::{self, JoinHandle},
     time::Duration,
@@ -29,11 +28,10 @@ use tokio::sync::{oneshot, watch};
 
 use self::{
     flusher::Flusher,
-    log::{BatchState, Caller, Log, Refused, Spare},
+    log::{BatchState, Caller, Log, Refused, Serialized, Spare},
 };
 use super::{
     AuditError,
-    index::Prepared,
     indexer::{self, Indexer},
     journal::{Frames, Journal, JournalOptions},
     pindex,
@@ -63,10 +61,6 @@ pub struct AuditConfig {
     /// request waiting for durability waited for it.
     pub slow_commit: Duration,
 }
-
-/// Durable batches waiting for the indexer, at most; beyond, the indexer reads them back from
-/// the journal.
-const INDEX_BACKLOG: usize = 4096;
 
 impl AuditConfig {
     pub fn new(path: impl Into<PathBuf>) -> Self {
@@ -241,8 +235,7 @@ impl AuditSink {
         });
         // Bounded: an indexer that falls behind reads what it missed from the journal instead
         // of holding it in memory.
-        let (rows_tx, rows_rx) = std_mpsc::sync_channel(INDEX_BACKLOG);
-        let indexer = Indexer::start(&config.path, rows_rx, position.head.seq)?;
+        let (indexer, feed) = Indexer::start(&config.path, position.head.seq)?;
         // After the store is open (and migrated): the copy reads its `patients` table.
         let patients = pindex::Indexer::start(&config.path)?;
         let spare = if Journal::spare_ready(&dir) {
@@ -267,7 +260,7 @@ impl AuditSink {
             journal,
             good: position,
             conn,
-            rows: rows_tx,
+            feed,
             indexer,
             patients,
             config,
@@ -298,7 +291,7 @@ impl AuditSink {
 
     async fn append_as(&self, mut record: Record, caller: Caller) -> Result<Appended, AuditError> {
         record.sanitize();
-        let entry = Prepared::new(&Entry::Request(record))?;
+        let entry = Serialized::new(Entry::Request(record))?;
         let appended = self.log.push_waiting(entry, caller).await;
         if appended.is_err() {
             self.shared.failed.fetch_add(1, Ordering::Relaxed);
@@ -317,7 +310,7 @@ impl AuditSink {
     /// counted in [`AuditStats::failed_records`] and logged.
     pub fn complete(&self, mut completion: Completion) -> Result<(), AuditError> {
         completion.sanitize();
-        let entry = Prepared::new(&Entry::Completion(completion))?;
+        let entry = Serialized::new(Entry::Completion(completion))?;
         let refused = match self.log.push(entry, Caller::GoesOn) {
             Ok(_) => return Ok(()),
             Err(Refused::Full(_)) => AuditError::QueueFull,

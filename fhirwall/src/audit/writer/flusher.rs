@@ -3,7 +3,7 @@
 
 use std::{
     mem,
-    sync::{Arc, PoisonError, atomic::Ordering, mpsc as std_mpsc},
+    sync::{Arc, PoisonError, atomic::Ordering},
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -13,17 +13,16 @@ use tokio::sync::oneshot;
 
 use super::{
     AuditConfig, Shared,
-    log::{Batch, Caller, Log, Refused, Spare},
+    log::{Batch, Caller, Log, Refused, Serialized, Spare},
     spare,
 };
 use crate::audit::{
     AuditError,
-    index::Prepared,
     indexer::{self, Indexer},
     journal::{self, Frames, Journal, Position},
     pindex,
     record::Entry,
-    store::{self, Durability, IndexRow},
+    store::{self, Durability},
 };
 
 /// The least time between two "slow commit" warnings; the ones in between are counted.
@@ -60,7 +59,7 @@ pub(super) struct Flusher {
     /// The index connection retention uses.
     pub conn: Connection,
     /// Durable rows for the indexer.
-    pub rows: std_mpsc::SyncSender<Vec<IndexRow>>,
+    pub feed: indexer::Feed,
     pub indexer: Indexer,
     /// Keeps the patient index copy up to date (`pindex.rs`); stopped with the flusher.
     pub patients: pindex::Indexer,
@@ -167,7 +166,7 @@ impl Flusher {
                         self.periodic_sync(&mut pace);
                     }
                     let Self {
-                        rows,
+                        feed,
                         indexer,
                         patients,
                         spare_threads,
@@ -175,7 +174,7 @@ impl Flusher {
                     } = self;
                     // The indexer sees the end of its rows, then it and the patient copy finish
                     // what they were given.
-                    drop(rows);
+                    drop(feed);
                     drop((indexer, patients));
                     // They see `stop` and leave between two chunks of zeros.
                     for thread in spare_threads {
@@ -298,7 +297,7 @@ impl Flusher {
                         until: Instant::now() + took.min(MAX_GATHER),
                     });
                 }
-                batch.durable(&self.rows);
+                batch.durable(&self.feed);
             }
             Err(err) => self.fail(batch, err),
         }
@@ -388,7 +387,7 @@ impl Flusher {
             else {
                 return Ok(pruned);
             };
-            let entry = Prepared::new(&Entry::Pruned(marker.clone()))?;
+            let entry = Serialized::new(Entry::Pruned(marker.clone()))?;
             // Behind whatever is open, like any entry.
             let appended = match self.log.push(entry, Caller::GoesOn) {
                 Ok(appended) => appended,

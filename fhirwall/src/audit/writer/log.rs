@@ -1,10 +1,11 @@
 //! The open batch: where callers append, on their own thread, under one short lock.
 //!
-//! Appending is encoding: the caller's entry gets the next seq, its frame (CRC32C) and its chain
-//! hash, and joins the batch the flusher will write next. No thread hop and no system call: the
-//! flusher is woken only when it sleeps and the batch now holds what it waits for (or a caller
-//! that waits joined it), and a caller hears of durability through its batch's [`watch`]
-//! channel (one wake-up per batch, not per record).
+//! Appending is encoding: the caller's entry, serialized, gets the next seq, its frame (CRC32C)
+//! and its chain hash, and joins the batch the flusher will write next (the entry itself goes
+//! along for the indexer, which takes its columns off the request's thread). No thread hop and
+//! no system call: the flusher is woken (once the lock is released) only when it sleeps and the
+//! batch now holds what it waits for, or a caller that waits joined it; a caller hears of
+//! durability through its batch's [`watch`] channel (one wake-up per batch, not per record).
 
 use std::{
     mem,
@@ -15,11 +16,26 @@ use tokio::sync::{Notify, oneshot, watch};
 
 use super::{Appended, CommittedSeq};
 use crate::audit::{
-    AuditError,
-    index::Prepared,
+    AuditError, indexer,
     journal::{FRAME_HEADER, Frames, JournalOptions},
+    record::Entry,
     store::{Head, IndexRow},
 };
+
+/// An entry serialized by its caller, for [`Log::push`].
+#[derive(Debug)]
+pub(super) struct Serialized {
+    pub body: String,
+    pub entry: Entry,
+}
+
+impl Serialized {
+    pub fn new(entry: Entry) -> Result<Self, AuditError> {
+        let body =
+            serde_json::to_string(&entry).map_err(|source| AuditError::Serialize { source })?;
+        Ok(Self { body, entry })
+    }
+}
 
 /// Bytes of encoded frames the open batch holds at most; an `append` beyond waits for the
 /// flusher to take it, a `complete` fails (the bound on memory while the disk stalls).
@@ -66,10 +82,9 @@ impl Batch {
         self.frames.len()
     }
 
-    pub fn durable(self, rows: &std::sync::mpsc::SyncSender<Vec<IndexRow>>) {
+    pub fn durable(self, feed: &indexer::Feed) {
         self.signal.send_replace(BatchState::Durable);
-        // A full backlog is read back from the journal by the indexer.
-        let _ = rows.try_send(self.rows);
+        feed.send(self.rows);
     }
 
     pub fn failed(self, err: &Arc<AuditError>) {
@@ -124,7 +139,7 @@ pub(super) struct Log {
 pub(super) enum Refused {
     /// The open batch is full, or the entry needs the next segment while it is being prepared
     /// (the entry is handed back): wait for the flusher, or fail.
-    Full(Box<Prepared>),
+    Full(Box<Serialized>),
     Err(AuditError),
 }
 
@@ -152,7 +167,7 @@ impl Log {
     }
 
     /// Appends `entry` to the open batch and returns how to wait for its durability.
-    pub fn push(&self, mut entry: Prepared, caller: Caller) -> Result<Appended, Refused> {
+    pub fn push(&self, entry: Serialized, caller: Caller) -> Result<Appended, Refused> {
         let mut state = self.lock();
         if let Some(err) = &state.refused {
             return Err(Refused::Err(AuditError::Unavailable {
@@ -184,7 +199,7 @@ impl Log {
             .map_err(|e| Refused::Err(AuditError::journal(e)))?;
         state.head = head;
         // The index reads the body from the journal; the flusher fills in where it lands.
-        let body = mem::take(&mut entry.body);
+        let Serialized { body, entry } = entry;
         state.open.rows.push(IndexRow {
             seq: head.seq,
             prev_hash: prev.hash,
@@ -200,15 +215,19 @@ impl Log {
             state.open.waiting += 1;
         }
         // A waiting caller ends a gathering: the batch is written for it at once.
-        if state
+        let wake = state
             .wake_at
-            .is_some_and(|n| state.open.len() >= n || caller == Caller::Waits)
-        {
+            .is_some_and(|n| state.open.len() >= n || caller == Caller::Waits);
+        if wake {
             state.wake_at = None;
+        }
+        drop(state);
+        // Woken once the lock is released: a flusher woken under it would only wake to wait for
+        // the lock (and its release would cost this thread a second wake-up call).
+        if wake {
             self.wake.notify_one();
         }
         // Freed outside the lock.
-        drop(state);
         drop(body);
         Ok(appended)
     }
@@ -216,7 +235,7 @@ impl Log {
     /// Appends, waiting for room while the open batch is full.
     pub async fn push_waiting(
         &self,
-        mut entry: Prepared,
+        mut entry: Serialized,
         caller: Caller,
     ) -> Result<Appended, AuditError> {
         loop {
@@ -251,10 +270,10 @@ impl Log {
 #[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests {
     use super::*;
-    use crate::audit::{record::Entry, tests_support::record};
+    use crate::audit::tests_support::record;
 
-    fn entry(n: u64) -> Prepared {
-        Prepared::new(&Entry::Request(record(n, jiff::Timestamp::now()))).unwrap()
+    fn entry(n: u64) -> Serialized {
+        Serialized::new(Entry::Request(record(n, jiff::Timestamp::now()))).unwrap()
     }
 
     /// Room for `frames` entries like `entry(0)` in the segment being written.
