@@ -218,7 +218,7 @@ fn insert_rows(
     let mut workloads = Workloads::new(conn, &format!("{db}.{prefix}workloads"))?;
     for row in rows {
         let seq = seq_i64(row.seq);
-        let c = &IndexCols::of(&row.entry);
+        let c = IndexCols::of(&row.entry);
         insert.execute(params![
             seq,
             c.kind,
