@@ -30,7 +30,7 @@ use tracing::{info, warn};
 use crate::{
     admin::{AdminState, AuditQueries},
     attribution::{AttributionSettings, Attributor},
-    audit::{AuditConfig, AuditError, AuditSink},
+    audit::{AuditConfig, AuditError, AuditSink, Producers},
     config::AgentConfig,
     kernel::{CgroupRoot, Kernel, KernelError, KernelSettings},
     metrics::Metrics,
@@ -78,8 +78,14 @@ pub enum AppError {
 pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     state_dir(&config.state_dir)?;
     let (policy, overrides) = load_policy(config)?;
-    let data_rt = runtime(config.sidecar.worker_threads, "fhirwall-data")?;
-    let control_rt = runtime(1, "fhirwall-control")?;
+    // The audit flusher holds a batch for more entries while the data plane still runs.
+    let producers = Arc::new(Producers::default());
+    let data_rt = runtime(
+        config.sidecar.worker_threads,
+        "fhirwall-data",
+        Some(&producers),
+    )?;
+    let control_rt = runtime(1, "fhirwall-control", None)?;
     let listeners = {
         // Registered with the data-plane runtime's reactor, where they are served.
         let _entered = data_rt.enter();
@@ -97,6 +103,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     audit_config.store.durability = config.audit.durability();
     audit_config.journal.segment_bytes = config.audit.segment_mb * 1024 * 1024;
     audit_config.commit_seconds = Some(metrics.audit_commit_seconds.clone());
+    audit_config.producers = Some(producers);
     let (audit, audit_writer) = AuditSink::start(audit_config)?;
     let attributor = Attributor::new(
         kernel.conns(),
@@ -303,7 +310,13 @@ fn connector(config: &AgentConfig) -> UpstreamConnector {
     UpstreamConnector::new(settings, tls::provider(), UpstreamTable::default())
 }
 
-fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime, AppError> {
+/// A runtime of `threads` threads named `name`; with `producers`, they report when they run
+/// and when they park.
+fn runtime(
+    threads: usize,
+    name: &str,
+    producers: Option<&Arc<Producers>>,
+) -> Result<tokio::runtime::Runtime, AppError> {
     let mut builder = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
     } else {
@@ -311,6 +324,12 @@ fn runtime(threads: usize, name: &str) -> Result<tokio::runtime::Runtime, AppErr
         b.worker_threads(threads);
         b
     };
+    if let Some(p) = producers {
+        let (unparked, parked) = (Arc::clone(p), Arc::clone(p));
+        builder
+            .on_thread_unpark(move || unparked.unparked())
+            .on_thread_park(move || parked.parked());
+    }
     builder
         .enable_all()
         .thread_name(name)

@@ -89,6 +89,7 @@ pub use verify::{Anchor, Finding, Problem, Verification, verify};
 pub(crate) use writer::error_chain;
 pub use writer::{
     Appended, AuditConfig, AuditMonitor, AuditSink, AuditStats, AuditWriter, CommittedSeq, Health,
+    Producers,
 };
 
 /// Everything that can go wrong in the audit subsystem.

@@ -26,6 +26,7 @@ use prometheus::Histogram;
 use serde::Serialize;
 use tokio::sync::{oneshot, watch};
 
+pub use self::log::Producers;
 use self::{
     flusher::Flusher,
     log::{BatchState, Caller, Log, Refused, Serialized, Spare},
@@ -60,6 +61,9 @@ pub struct AuditConfig {
     /// A commit slower than this is logged (at most once per `SLOW_COMMIT_LOG_EVERY`): every
     /// request waiting for durability waited for it.
     pub slow_commit: Duration,
+    /// The data plane's threads, when they report parking (see [`Producers`]): with `fsync`,
+    /// a batch is held for more entries while one of them runs.
+    pub producers: Option<Arc<Producers>>,
 }
 
 impl AuditConfig {
@@ -75,6 +79,7 @@ impl AuditConfig {
             retention_interval: Duration::from_mins(1),
             commit_seconds: None,
             slow_commit: Duration::from_millis(100),
+            producers: None,
         }
     }
 }
@@ -244,12 +249,13 @@ impl AuditSink {
             Spare::Preparing
         };
         let preparing = matches!(spare, Spare::Preparing);
-        let log = Arc::new(Log::new(
+        let log = Log::new(
             position.head,
             journal.room(),
             spare,
             config.journal,
-        ));
+            config.producers.clone(),
+        );
         let spare_threads = if preparing {
             spare::spawn(&log, &shared, dir.clone(), config.journal)
         } else {

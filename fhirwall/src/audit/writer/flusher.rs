@@ -29,7 +29,8 @@ use crate::audit::{
 const SLOW_COMMIT_LOG_EVERY: Duration = Duration::from_mins(1);
 
 /// With `fsync` durability, the batch after a commit of several entries is held, while none of
-/// its callers waits for it, until it holds as many (at most this many)...
+/// its callers waits for it, until it holds as many (at most this many), or this many while a
+/// data-plane thread still runs (its last thread parking ends the hold: no more entries soon)...
 const GATHER_ENTRIES: usize = 64;
 /// ...or for as long as that commit took, at most this long after it ended. Entries whose
 /// callers go on meanwhile (a read forwarded at once, its response held until durability; a
@@ -100,6 +101,8 @@ struct Open {
     entries: usize,
     /// Some caller waits for it to be durable.
     waited_on: bool,
+    /// A data-plane thread is running: more entries are on their way.
+    producers_busy: bool,
 }
 
 /// Retention and the interval's sync when they are due come before the open batch, which under
@@ -113,9 +116,18 @@ fn choose(now: Instant, pace: &Pace, prune_asked: bool, open: Open, stop: bool) 
     } else if pace.unsynced && now >= pace.next_sync {
         Next::Sync
     } else if open.entries > 0 {
+        // Until it holds as many as the last commit; and beyond, up to `GATHER_ENTRIES`,
+        // while the data plane is still producing.
+        let wanted = |g: Gather| {
+            if open.producers_busy {
+                GATHER_ENTRIES
+            } else {
+                g.entries
+            }
+        };
         let gathering = pace
             .gather
-            .is_some_and(|g| open.entries < g.entries && now < g.until);
+            .is_some_and(|g| open.entries < wanted(g) && now < g.until);
         if gathering && !open.waited_on && !stop {
             Next::Gather
         } else {
@@ -195,30 +207,39 @@ impl Flusher {
             let open = Open {
                 entries: state.open.len(),
                 waited_on: state.open.waiting > 0,
+                producers_busy: pace.gather.is_some() && self.log.producers_busy(),
             };
+            let next = choose(now, pace, !state.prune.is_empty(), open, state.stop);
+            if next != Next::Gather {
+                self.log.not_gathering();
+            }
             // Sleep until the open batch holds `wake_at` entries, or the gathering ends.
-            let (wake_at, gather_until) =
-                match choose(now, pace, !state.prune.is_empty(), open, state.stop) {
-                    Next::Prune => return Work::Prune(mem::take(&mut state.prune)),
-                    Next::Sync => return Work::Sync,
-                    Next::Write => {
-                        let batch = Log::take(&mut state, mem::take(&mut self.spare));
-                        drop(state);
-                        pace.gather = None;
-                        if gathered {
-                            self.shared.gathered.fetch_add(1, Ordering::Relaxed);
-                        }
-                        self.log.room.notify_waiters();
-                        return Work::Write(batch);
+            let (wake_at, gather_until) = match next {
+                Next::Prune => return Work::Prune(mem::take(&mut state.prune)),
+                Next::Sync => return Work::Sync,
+                Next::Write => {
+                    let batch = Log::take(&mut state, mem::take(&mut self.spare));
+                    drop(state);
+                    pace.gather = None;
+                    if gathered {
+                        self.shared.gathered.fetch_add(1, Ordering::Relaxed);
                     }
-                    Next::Stop => return Work::Stop,
-                    Next::Gather => {
-                        gathered = true;
-                        pace.gather
-                            .map_or((1, None), |g| (g.entries, Some(g.until)))
-                    }
-                    Next::Wait => (1, None),
-                };
+                    self.log.room.notify_waiters();
+                    return Work::Write(batch);
+                }
+                Next::Stop => return Work::Stop,
+                Next::Gather => {
+                    gathered = true;
+                    let wanted = if open.producers_busy {
+                        GATHER_ENTRIES
+                    } else {
+                        1
+                    };
+                    pace.gather
+                        .map_or((1, None), |g| (g.entries.max(wanted), Some(g.until)))
+                }
+                Next::Wait => (1, None),
+            };
             let deadline = [
                 pace.next_prune,
                 pace.unsynced.then_some(pace.next_sync),
@@ -499,10 +520,22 @@ mod tests {
         let n = |entries| Open {
             entries,
             waited_on: false,
+            producers_busy: false,
+        };
+        // The data plane still running.
+        let busy = |entries| Open {
+            producers_busy: true,
+            ..n(entries)
         };
         let waited = Open {
             entries: 1,
             waited_on: true,
+            producers_busy: true,
+        };
+        // After a commit of four entries.
+        let after_4 = |until| Pace {
+            gather: Some(Gather { entries: 4, until }),
+            ..pace(None, f, now, None)
         };
         // (pace, prune asked, open batch, stop) -> next
         let cases = [
@@ -523,7 +556,15 @@ mod tests {
             (pace(None, f, now, Some(now)), f, n(1), f, Next::Write),
             (pace(None, f, now, soon), f, waited, f, Next::Write),
             (pace(None, f, now, soon), f, n(1), t, Next::Write),
-            // ...and what is due comes first; an empty batch is waited for, not gathered.
+            // ...and while the data plane runs, beyond that commit's size, up to the most a
+            // gathering waits for, within the same time.
+            (after_4(later), f, n(4), f, Next::Write),
+            (after_4(later), f, busy(4), f, Next::Gather),
+            (after_4(later), f, busy(full - 1), f, Next::Gather),
+            (after_4(later), f, busy(full), f, Next::Write),
+            (after_4(now), f, busy(4), f, Next::Write),
+            (after_4(later), f, busy(1), t, Next::Write),
+            // What is due comes first; an empty batch is waited for, not gathered.
             (pace(None, t, now, soon), f, n(1), f, Next::Sync),
             (pace(None, f, now, soon), t, n(1), f, Next::Prune),
             (pace(None, f, now, soon), f, n(0), f, Next::Wait),

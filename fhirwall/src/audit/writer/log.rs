@@ -8,8 +8,12 @@
 //! durability through its batch's [`watch`] channel (one wake-up per batch, not per record).
 
 use std::{
+    cell::Cell,
     mem,
-    sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard, OnceLock, PoisonError, Weak,
+        atomic::{AtomicBool, AtomicIsize, Ordering},
+    },
 };
 
 use tokio::sync::{Notify, oneshot, watch};
@@ -125,11 +129,53 @@ pub(super) struct State {
     pub prune: Vec<oneshot::Sender<Result<u64, AuditError>>>,
 }
 
+/// The data plane's threads as the flusher sees them: while one of them runs, more entries are
+/// on their way, and a held batch is worth holding; once all of them wait for work (parked),
+/// nothing more comes soon, and the flusher writes at once.
+#[derive(Debug, Default)]
+pub struct Producers {
+    /// Threads running: woken and not parked since (a thread counts from its first wake-up).
+    running: AtomicIsize,
+    log: OnceLock<Weak<Log>>,
+}
+
+thread_local! {
+    /// Whether this thread counts as running in its [`Producers`].
+    static RUNNING: Cell<bool> = const { Cell::new(false) };
+}
+
+impl Producers {
+    /// A data-plane thread woke up (tokio's `on_thread_unpark`).
+    pub fn unparked(&self) {
+        if !RUNNING.replace(true) {
+            self.running.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// A data-plane thread has nothing to do (tokio's `on_thread_park`).
+    pub fn parked(&self) {
+        if RUNNING.replace(false)
+            && self.running.fetch_sub(1, Ordering::SeqCst) == 1
+            && let Some(log) = self.log.get().and_then(Weak::upgrade)
+        {
+            log.producers_idle();
+        }
+    }
+
+    fn busy(&self) -> bool {
+        self.running.load(Ordering::SeqCst) > 0
+    }
+}
+
 #[derive(Debug)]
 pub(super) struct Log {
     state: Mutex<State>,
     /// Wakes the flusher.
     pub wake: Condvar,
+    /// The flusher holds a batch while producers run: their last one parking wakes it.
+    producers: Option<Arc<Producers>>,
+    /// Set by the flusher before it reads whether producers run, while it may hold a batch.
+    gathering: AtomicBool,
     /// Wakes appenders waiting for room.
     pub room: Notify,
     opts: JournalOptions,
@@ -144,8 +190,14 @@ pub(super) enum Refused {
 }
 
 impl Log {
-    pub fn new(head: Head, room: u64, spare: Spare, opts: JournalOptions) -> Self {
-        Self {
+    pub fn new(
+        head: Head,
+        room: u64,
+        spare: Spare,
+        opts: JournalOptions,
+        producers: Option<Arc<Producers>>,
+    ) -> Arc<Self> {
+        let log = Arc::new(Self {
             state: Mutex::new(State {
                 head,
                 open: Batch::new(Frames::default()),
@@ -157,8 +209,37 @@ impl Log {
                 prune: Vec::new(),
             }),
             wake: Condvar::new(),
+            producers,
+            gathering: AtomicBool::new(false),
             room: Notify::new(),
             opts,
+        });
+        if let Some(p) = &log.producers {
+            // A sink started again with the same producers (tests) keeps the first log's link.
+            let _ = p.log.set(Arc::downgrade(&log));
+        }
+        log
+    }
+
+    /// Whether producers run (more entries are coming), asked by a flusher that may hold a
+    /// batch: either it sees the last producer park, or that producer sees it gathering and
+    /// wakes it.
+    pub fn producers_busy(&self) -> bool {
+        self.gathering.store(true, Ordering::SeqCst);
+        self.producers.as_ref().is_some_and(|p| p.busy())
+    }
+
+    /// The flusher holds no batch (any more).
+    pub fn not_gathering(&self) {
+        self.gathering.store(false, Ordering::SeqCst);
+    }
+
+    fn producers_idle(&self) {
+        if self.gathering.load(Ordering::SeqCst) {
+            // Through the lock: a flusher deciding to wait is then either waiting (woken here)
+            // or has yet to look (and sees no producer running).
+            drop(self.lock());
+            self.wake.notify_one();
         }
     }
 
@@ -269,6 +350,8 @@ impl Log {
 #[cfg(test)]
 #[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
 mod tests {
+    use std::{thread::JoinHandle, time::Duration};
+
     use super::*;
     use crate::audit::tests_support::record;
 
@@ -279,12 +362,14 @@ mod tests {
     /// Room for `frames` entries like `entry(0)` in the segment being written.
     fn log_with_room_for(frames: u64, spare: Spare) -> Log {
         let frame = (FRAME_HEADER + entry(0).body.len()) as u64;
-        Log::new(
+        let log = Log::new(
             Head::default(),
             frames * frame + frame / 2,
             spare,
             JournalOptions::default(),
-        )
+            None,
+        );
+        Arc::into_inner(log).unwrap()
     }
 
     #[test]
@@ -324,5 +409,59 @@ mod tests {
         ));
         log.lock().spare = Spare::Ready;
         assert!(log.push(entry(2), Caller::GoesOn).is_ok());
+    }
+
+    /// Waits on the flusher's condition as the flusher does (having asked whether producers
+    /// run, if `gathering`) and says whether it was woken before `timeout`.
+    fn flusher_wait(log: &Arc<Log>, gathering: bool, timeout: Duration) -> JoinHandle<bool> {
+        let log = Arc::clone(log);
+        let (asked, ready) = std::sync::mpsc::channel();
+        let waiter = std::thread::spawn(move || {
+            let state = log.lock();
+            if gathering {
+                assert!(
+                    log.producers_busy(),
+                    "the producer runs while the flusher asks"
+                );
+            } else {
+                log.not_gathering();
+            }
+            asked.send(()).unwrap();
+            let (_state, waited) = log.wake.wait_timeout(state, timeout).unwrap();
+            !waited.timed_out()
+        });
+        ready.recv().unwrap();
+        waiter
+    }
+
+    #[test]
+    fn the_last_producer_parking_wakes_a_gathering_flusher_and_no_other() {
+        let producers = Arc::new(Producers::default());
+        let log = Log::new(
+            Head::default(),
+            u64::MAX,
+            Spare::Ready,
+            JournalOptions::default(),
+            Some(Arc::clone(&producers)),
+        );
+        assert!(!log.producers_busy(), "no producer has run yet");
+        producers.unparked();
+        // Counted once per thread, however often it is woken.
+        producers.unparked();
+        assert!(log.producers_busy());
+
+        let waiter = flusher_wait(&log, true, Duration::from_secs(30));
+        producers.parked();
+        assert!(waiter.join().unwrap(), "parking woke the gathering flusher");
+        assert!(!log.producers_busy());
+
+        // A flusher that holds nothing is not woken by producers coming and going.
+        producers.unparked();
+        let waiter = flusher_wait(&log, false, Duration::from_millis(300));
+        producers.parked();
+        assert!(
+            !waiter.join().unwrap(),
+            "a flusher that is not gathering slept on"
+        );
     }
 }
