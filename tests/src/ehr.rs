@@ -16,6 +16,7 @@ use std::{
     os::unix::{fs::PermissionsExt as _, process::CommandExt as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
+    sync::atomic::{AtomicU8, Ordering},
     time::Duration,
 };
 
@@ -64,6 +65,24 @@ pub struct EhrServer {
     pub dir: PathBuf,
     hfs: Option<Child>,
     nginx: Option<Child>,
+}
+
+/// A free port on a loopback address no other caller gets (`127.3.<pid>.<n>`): EHRs that tests
+/// start side by side cannot end up on one address, where a readiness check would find another
+/// test's server (a port found free on a shared address can be taken again before use).
+///
+/// # Panics
+/// When no port is free there, or after 254 calls in one process.
+#[must_use]
+pub fn unique_loopback() -> SocketAddr {
+    static NEXT: AtomicU8 = AtomicU8::new(1);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    assert!(n < 255, "out of unique loopback addresses");
+    let pid = std::process::id().to_be_bytes();
+    let ip = std::net::Ipv4Addr::new(127, 3, pid[3], n);
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .unwrap_or_else(|e| panic!("a free port on {ip}: {e}"))
 }
 
 impl EhrServer {

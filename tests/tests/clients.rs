@@ -15,7 +15,6 @@
 
 use std::{
     fs,
-    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::{Command, Stdio},
 };
@@ -24,7 +23,7 @@ use fhirwall_tests::{
     PinDir, TestCgroup,
     agent::{Agent, AgentFiles},
     client_libs, confined,
-    ehr::{EhrServer, ehr_available},
+    ehr::{EhrServer, ehr_available, unique_loopback},
     kernel_available, unique,
 };
 use serde_json::{Value, json};
@@ -68,7 +67,8 @@ impl Stack {
         fs::create_dir_all(&dir.0).expect("scratch dir");
         let cgroup = TestCgroup::new().expect("cgroup");
         let pins = PinDir::new();
-        let ehr = EhrServer::start(&dir.0.join("ehr"), loopback(), loopback()).expect("EHR");
+        let ehr = EhrServer::start(&dir.0.join("ehr"), unique_loopback(), unique_loopback())
+            .expect("EHR");
         let files =
             AgentFiles::new(&dir.0.join("agent"), &cgroup, &pins.path, MARK).expect("agent files");
         files
@@ -128,13 +128,6 @@ impl Stack {
             .audit(&["--limit", "0", "--pid", &pid.to_string()])
             .expect("fhirwall audit query")
     }
-}
-
-/// A free port on 127.0.0.3, the test EHR's address.
-fn loopback() -> SocketAddr {
-    TcpListener::bind("127.0.0.3:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.3")
 }
 
 fn policy(ehr: &EhrServer, exe: &Path) -> String {

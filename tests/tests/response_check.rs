@@ -14,7 +14,6 @@
 use std::{
     collections::HashMap,
     fs,
-    net::{SocketAddr, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
 };
@@ -23,7 +22,7 @@ use fhirwall_tests::{
     PinDir, TestCgroup,
     agent::{Agent, AgentFiles},
     client_libs, confined,
-    ehr::{EhrServer, ehr_available},
+    ehr::{EhrServer, ehr_available, unique_loopback},
     kernel_available, unique,
 };
 use serde_json::{Value, json};
@@ -116,7 +115,8 @@ impl Stack {
         fs::create_dir_all(&dir.0).expect("scratch dir");
         let cgroup = TestCgroup::new().expect("cgroup");
         let pins = PinDir::new();
-        let ehr = EhrServer::start(&dir.0.join("ehr"), loopback(), loopback()).expect("EHR");
+        let ehr = EhrServer::start(&dir.0.join("ehr"), unique_loopback(), unique_loopback())
+            .expect("EHR");
         seed(&ehr);
         let files =
             AgentFiles::new(&dir.0.join("agent"), &cgroup, &pins.path, MARK).expect("agent files");
@@ -191,12 +191,6 @@ impl Stack {
             .filter_map(|r| Some((r["correlationId"].as_str()?.to_owned(), r)))
             .collect()
     }
-}
-
-fn loopback() -> SocketAddr {
-    TcpListener::bind("127.0.0.3:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port on 127.0.0.3")
 }
 
 /// Patients A and B with data that reaches across: B links to A, B has an Observation A
