@@ -215,7 +215,8 @@ impl Log {
             opts,
         });
         if let Some(p) = &log.producers {
-            // A sink started again with the same producers (tests) keeps the first log's link.
+            // Producers serve the first log started with them; a later one is not woken by
+            // them, and its holds end at their time limit.
             let _ = p.log.set(Arc::downgrade(&log));
         }
         log
