@@ -24,6 +24,7 @@ use rusqlite::Connection;
 
 use super::{
     AuditError, journal,
+    record::Entry,
     store::{self, IndexRow, StoreOptions},
 };
 
@@ -97,8 +98,7 @@ fn rows_of(frames: Vec<journal::Frame>) -> Result<Vec<IndexRow>, AuditError> {
                 prev_hash: f.prev_hash,
                 hash: f.hash,
                 offset: f.offset,
-                entry: serde_json::from_str(&f.body)
-                    .map_err(|source| AuditError::Corrupt { seq: f.seq, source })?,
+                entry: Entry::from_body(f.seq, &f.body)?,
             })
         })
         .collect()
@@ -132,9 +132,8 @@ pub struct Indexer {
 }
 
 impl Indexer {
-    /// `durable` is the journal's head when the writer opened it: indexed first.
-    /// Starts the indexer of `db`, whose journal was durable through `durable`; the writer
-    /// hands it durable rows through the [`Feed`].
+    /// Starts the indexer of `db`; `durable` is the journal's head when the writer opened it
+    /// (indexed first). The writer hands it durable rows through the [`Feed`].
     pub fn start(db: &Path, durable: u64) -> Result<(Self, Feed), AuditError> {
         let (tx, rx) = mpsc::sync_channel(MAX_BACKLOG_BATCHES);
         let backlog = Arc::new(AtomicUsize::new(0));
@@ -145,16 +144,7 @@ impl Indexer {
         let db = db.to_owned();
         let thread = thread::Builder::new()
             .name("fw-audit-index".into())
-            .spawn(move || {
-                run(
-                    &db,
-                    &Taken {
-                        rx,
-                        backlog: &backlog,
-                    },
-                    durable,
-                );
-            })
+            .spawn(move || run(&db, &Taken { rx, backlog }, durable))
             .map_err(|source| AuditError::Thread { source })?;
         let indexer = Self {
             thread: Some(thread),
@@ -184,12 +174,12 @@ impl Feed {
 }
 
 /// The indexer's end: every batch it takes leaves the backlog.
-struct Taken<'a> {
+struct Taken {
     rx: mpsc::Receiver<Vec<IndexRow>>,
-    backlog: &'a AtomicUsize,
+    backlog: Arc<AtomicUsize>,
 }
 
-impl Taken<'_> {
+impl Taken {
     fn took(&self, rows: Vec<IndexRow>) -> Vec<IndexRow> {
         self.backlog.fetch_sub(rows.len(), Ordering::Relaxed);
         rows
@@ -247,7 +237,7 @@ pub(crate) fn idle_priority(what: &str) {
     }
 }
 
-fn run(db: &Path, rows: &Taken<'_>, durable: u64) {
+fn run(db: &Path, rows: &Taken, durable: u64) {
     idle_priority("the audit indexer");
     let dir = journal_dir(db);
     let mut conn = None;
@@ -364,7 +354,7 @@ mod tests {
         };
         let taken = Taken {
             rx,
-            backlog: &backlog,
+            backlog: Arc::clone(&backlog),
         };
         let per_batch = 1000;
         let batches = MAX_BACKLOG_ROWS / per_batch;

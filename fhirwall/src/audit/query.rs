@@ -167,8 +167,7 @@ pub fn since(span: &str, now: Timestamp) -> Result<Timestamp, String> {
 }
 
 fn parse(seq: u64, body: Option<String>) -> Result<Option<Entry>, AuditError> {
-    body.map(|b| serde_json::from_str(&b).map_err(|source| AuditError::Corrupt { seq, source }))
-        .transpose()
+    body.map(|b| Entry::from_body(seq, &b)).transpose()
 }
 
 /// The SQL and its parameters for `filter`. Values are always bound, never spliced into the SQL.

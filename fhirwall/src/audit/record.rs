@@ -27,6 +27,11 @@ pub enum Entry {
 }
 
 impl Entry {
+    /// The entry a journal frame's body holds (`seq` names it in the error).
+    pub(crate) fn from_body(seq: u64, body: &str) -> Result<Self, super::AuditError> {
+        serde_json::from_str(body).map_err(|source| super::AuditError::Corrupt { seq, source })
+    }
+
     pub(crate) fn kind(&self) -> &'static str {
         match self {
             Self::Request(_) => "request",

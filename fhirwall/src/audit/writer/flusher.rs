@@ -48,6 +48,18 @@ struct Gather {
     until: Instant,
 }
 
+impl Gather {
+    /// The entries the held batch waits for: as many as the last commit, and while the data
+    /// plane still produces, up to [`GATHER_ENTRIES`].
+    fn wanted(self, producers_busy: bool) -> usize {
+        if producers_busy {
+            GATHER_ENTRIES
+        } else {
+            self.entries
+        }
+    }
+}
+
 /// Bytes of a written batch's buffer kept for the next one, at most.
 const KEEP_BUFFER: usize = 4 * 1024 * 1024;
 
@@ -116,18 +128,9 @@ fn choose(now: Instant, pace: &Pace, prune_asked: bool, open: Open, stop: bool) 
     } else if pace.unsynced && now >= pace.next_sync {
         Next::Sync
     } else if open.entries > 0 {
-        // Until it holds as many as the last commit; and beyond, up to `GATHER_ENTRIES`,
-        // while the data plane is still producing.
-        let wanted = |g: Gather| {
-            if open.producers_busy {
-                GATHER_ENTRIES
-            } else {
-                g.entries
-            }
-        };
         let gathering = pace
             .gather
-            .is_some_and(|g| open.entries < wanted(g) && now < g.until);
+            .is_some_and(|g| open.entries < g.wanted(open.producers_busy) && now < g.until);
         if gathering && !open.waited_on && !stop {
             Next::Gather
         } else {
@@ -230,13 +233,9 @@ impl Flusher {
                 Next::Stop => return Work::Stop,
                 Next::Gather => {
                     gathered = true;
-                    let wanted = if open.producers_busy {
-                        GATHER_ENTRIES
-                    } else {
-                        1
-                    };
-                    pace.gather
-                        .map_or((1, None), |g| (g.entries.max(wanted), Some(g.until)))
+                    pace.gather.map_or((1, None), |g| {
+                        (g.wanted(open.producers_busy), Some(g.until))
+                    })
                 }
                 Next::Wait => (1, None),
             };
