@@ -34,6 +34,7 @@ use crate::{
     config::AgentConfig,
     kernel::{CgroupRoot, Kernel, KernelError, KernelSettings},
     metrics::Metrics,
+    private_files,
     proxy::{
         listener::{Listener, Routes, first_connection_id},
         live::LiveConnections,
@@ -66,6 +67,8 @@ pub enum AppError {
     Audit(#[from] AuditError),
     #[error("operator overrides")]
     Overrides(#[from] control::OverrideError),
+    #[error("the state directory")]
+    State(#[from] private_files::PrivateFileError),
     #[error("starting {what}")]
     Io {
         what: &'static str,
@@ -97,7 +100,6 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     let metrics = Arc::new(Metrics::new());
     // The loaded policy (operator revocations applied); reloads go through `Control::publish`.
     metrics.set_policy(policy.expiries(), &policy.integrations_by_status());
-    state_dir(&config.state_dir)?;
     let audit_db = config.state_dir.join("audit.db");
     let mut audit_config = AuditConfig::new(&audit_db);
     audit_config.store.durability = config.audit.durability();
@@ -262,17 +264,18 @@ async fn serve_data_plane(
     }
 }
 
-/// The state directory (audit store, CA): created root-only when missing.
+/// The state directory (audit store, CA, overrides): created private to the agent's user, or
+/// narrowed to it when it was left readable (a `hostPath`, an older version, a hand-made one).
 fn state_dir(dir: &std::path::Path) -> Result<(), AppError> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| AppError::Io {
-            what: "the state directory",
-            source,
-        })
+    let narrowed = private_files::secure_state_dir(dir)?;
+    if !narrowed.is_empty() {
+        warn!(
+            dir = %dir.display(),
+            entries = narrowed.len(),
+            "the state directory was readable by other users; narrowed to the agent's user"
+        );
+    }
+    Ok(())
 }
 
 /// TLS termination with leaves from the node CA (created on first start, kept afterwards).

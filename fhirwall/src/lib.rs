@@ -39,6 +39,8 @@ pub mod admin;
 
 pub mod enforce;
 
+pub mod private_files;
+
 // Wiring and the command line.
 pub mod app;
 pub mod cli;

@@ -52,6 +52,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Audit files, exports and keys hold patient references and secrets: whatever this process
+    // creates is its user's alone, whatever umask the service manager or shell left.
+    fhirwall::private_files::restrict_umask();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { config } => run(config),

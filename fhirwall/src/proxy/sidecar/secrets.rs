@@ -4,13 +4,15 @@
 
 use std::{
     collections::HashMap,
-    fs, io,
+    io::{self, Read as _},
     path::{Path, PathBuf},
     sync::Mutex,
     time::{Duration, Instant, SystemTime},
 };
 
 use bytes::Bytes;
+
+use crate::private_files::{self, PrivateFileError};
 
 /// How long a cached value is used before the file's modification time is checked again.
 const RECHECK: Duration = Duration::from_secs(5);
@@ -25,8 +27,11 @@ pub enum SecretError {
         #[source]
         source: io::Error,
     },
-    #[error("the secret file {path} is empty, too large or has group/other permissions")]
+    #[error("the secret file {path} is empty or too large")]
     Unusable { path: PathBuf },
+    /// Another user could read it, owns it, or could swap it (a symlink).
+    #[error(transparent)]
+    Unsafe(#[from] PrivateFileError),
 }
 
 struct Cached {
@@ -56,7 +61,9 @@ impl Secrets {
             path: path.to_owned(),
             source,
         };
-        let meta = fs::metadata(path).map_err(err)?;
+        // Checked on every re-read, cached or not: a secret whose file turned readable by others
+        // or was replaced by another user's is refused at once.
+        let (file, meta) = private_files::open_private(path)?;
         let modified = meta.modified().map_err(err)?;
         if let Some(c) = cache.get_mut(path)
             && c.modified == modified
@@ -67,12 +74,13 @@ impl Secrets {
         let unusable = || SecretError::Unusable {
             path: path.to_owned(),
         };
-        if std::os::unix::fs::PermissionsExt::mode(&meta.permissions()) & 0o077 != 0
-            || meta.len() > MAX_SECRET
-        {
+        if meta.len() > MAX_SECRET {
             return Err(unusable());
         }
-        let text = fs::read(path).map_err(err)?;
+        let mut text = Vec::new();
+        file.take(MAX_SECRET + 1)
+            .read_to_end(&mut text)
+            .map_err(err)?;
         let value = Bytes::from(text.trim_ascii_end().to_vec());
         if value.is_empty() {
             return Err(unusable());
@@ -91,12 +99,12 @@ impl Secrets {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt as _;
+    use std::{fs, os::unix::fs::PermissionsExt as _};
 
     use super::*;
 
     #[test]
-    fn reads_trims_and_refuses_readable_by_others() {
+    fn reads_trims_and_refuses_readable_by_others_symlinks_and_missing_files() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("token");
         fs::write(&path, "Bearer abc\n").expect("write");
@@ -111,11 +119,46 @@ mod tests {
         fs::set_permissions(&other, fs::Permissions::from_mode(0o644)).expect("chmod");
         assert!(matches!(
             secrets.read(&other),
-            Err(SecretError::Unusable { .. })
+            Err(SecretError::Unsafe(PrivateFileError::Mode {
+                mode: 0o644,
+                ..
+            }))
+        ));
+        let link = dir.path().join("link");
+        std::os::unix::fs::symlink(&path, &link).expect("symlink");
+        assert!(matches!(
+            secrets.read(&link),
+            Err(SecretError::Unsafe(PrivateFileError::Symlink { .. }))
         ));
         assert!(matches!(
             secrets.read(&dir.path().join("missing")),
-            Err(SecretError::Read { .. })
+            Err(SecretError::Unsafe(PrivateFileError::Io { .. }))
+        ));
+        let large = dir.path().join("large");
+        fs::write(&large, vec![b'a'; 16 * 1024 + 1]).expect("write");
+        fs::set_permissions(&large, fs::Permissions::from_mode(0o600)).expect("chmod");
+        assert!(matches!(
+            secrets.read(&large),
+            Err(SecretError::Unusable { .. })
+        ));
+    }
+
+    #[test]
+    fn a_cached_secret_whose_file_turns_readable_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("token");
+        fs::write(&path, "abc").expect("write");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod");
+        let secrets = Secrets::default();
+        secrets.read(&path).expect("readable");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).expect("chmod");
+        // Past the recheck interval, as a request a few seconds later would be.
+        if let Some(c) = secrets.cache.lock().expect("lock").get_mut(path.as_path()) {
+            c.checked = Instant::now().checked_sub(RECHECK).expect("uptime");
+        }
+        assert!(matches!(
+            secrets.read(&path),
+            Err(SecretError::Unsafe(PrivateFileError::Mode { .. }))
         ));
     }
 }

@@ -47,12 +47,10 @@ pub enum TlsError {
     /// reverse): keeping it would be wrong, replacing it silently too.
     #[error("{dir}: incomplete CA ({missing} is missing); re-create it with --force")]
     CaIncomplete { dir: PathBuf, missing: &'static str },
-    /// A private key file that group or others may read or write: it may already be leaked, and
-    /// loading it would hide that.
-    #[error(
-        "{path}: private key has mode {mode:04o}; it must be readable by its owner only (0600)"
-    )]
-    KeyPermissions { path: PathBuf, mode: u32 },
+    /// A private key file that group or others may access (it may already be leaked, and loading
+    /// it would hide that), that another user owns, or that is reached through a symlink.
+    #[error(transparent)]
+    KeyFile(#[from] crate::private_files::PrivateFileError),
     /// A certificate or key file that does not hold what it should.
     #[error("{path}: {reason}")]
     BadPem { path: PathBuf, reason: &'static str },
@@ -151,7 +149,7 @@ impl TlsError {
         match self {
             Self::File { .. }
             | Self::CaIncomplete { .. }
-            | Self::KeyPermissions { .. }
+            | Self::KeyFile(_)
             | Self::BadPem { .. }
             | Self::BadCa { .. }
             | Self::CaMismatch { .. }

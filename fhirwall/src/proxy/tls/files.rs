@@ -1,11 +1,12 @@
 //! Certificate and key files: written so that a private key is never readable by anyone but its
-//! owner, not even for the instant between creating a file and restricting it; read with a
-//! permission check on keys and PEM parsing (rustls-pki-types) for certificates.
+//! owner, not even for the instant between creating a file and restricting it; keys read only
+//! from owner-only regular files of the agent's user (never through a symlink), certificates with
+//! PEM parsing (rustls-pki-types).
 
 use std::{
     fs::{self, File, OpenOptions, Permissions},
     io::{Read, Write},
-    os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
     path::Path,
 };
 
@@ -13,20 +14,21 @@ use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use super::TlsError;
+use crate::private_files;
 
 /// Mode of the private key: owner read/write only.
 pub(super) const KEY_MODE: u32 = 0o600;
-/// Mode of the certificate: it is public, and `ca export` may run as another user.
-pub(super) const CERT_MODE: u32 = 0o644;
+/// Mode of the node CA's certificate. It is public (`fhirwall ca export` prints it), but it lives
+/// in the state directory, where every file is the agent's user's alone.
+pub(super) const CERT_MODE: u32 = 0o600;
 /// Certificates and keys are small; anything bigger is not one of ours.
 const MAX_FILE: u64 = 1 << 20;
 
-/// Creates `dir` (and parents) if missing. 0755: the directory only has to keep others from
-/// replacing files, which its ownership does; the key's own mode keeps it secret.
+/// Creates `dir` (and parents) if missing, private to the agent's user like the rest of its state.
 pub(super) fn create_dir(dir: &Path) -> Result<(), TlsError> {
     fs::DirBuilder::new()
         .recursive(true)
-        .mode(0o755)
+        .mode(0o700)
         .create(dir)
         .map_err(|source| TlsError::File {
             path: dir.to_owned(),
@@ -79,22 +81,10 @@ pub(super) fn write_atomic(
         })
 }
 
-/// Reads a private key file, refusing one that group or others can read or write (checked on
-/// the opened file, so a swap between check and read cannot slip past).
+/// Reads a private key file: a regular file of the agent's user that group and others cannot
+/// access, not reached through a symlink (see [`private_files::open_private`]).
 pub(super) fn read_private(path: &Path) -> Result<String, TlsError> {
-    let file = open(path)?;
-    let meta = file.metadata().map_err(|source| TlsError::File {
-        path: path.to_owned(),
-        action: "stat",
-        source,
-    })?;
-    let mode = meta.mode() & 0o7777;
-    if mode & 0o077 != 0 {
-        return Err(TlsError::KeyPermissions {
-            path: path.to_owned(),
-            mode,
-        });
-    }
+    let (file, _) = private_files::open_private(path)?;
     read_text(path, file)
 }
 
@@ -162,6 +152,8 @@ fn random_suffix() -> Result<String, TlsError> {
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::MetadataExt as _;
+
     use super::*;
 
     #[test]
@@ -171,7 +163,7 @@ mod tests {
         write_atomic(dir.path(), "c", b"public", CERT_MODE).expect("write");
         let mode = |n| fs::metadata(dir.path().join(n)).expect("stat").mode() & 0o7777;
         assert_eq!(mode("k"), 0o600);
-        assert_eq!(mode("c"), 0o644);
+        assert_eq!(mode("c"), 0o600);
         assert_eq!(read_private(&dir.path().join("k")).expect("read"), "secret");
         // Rewriting replaces the content; no temporary file is left behind.
         write_atomic(dir.path(), "k", b"other", KEY_MODE).expect("rewrite");
@@ -191,8 +183,12 @@ mod tests {
             fs::write(&path, "key").expect("write");
             fs::set_permissions(&path, Permissions::from_mode(mode)).expect("chmod");
             match read_private(&path) {
-                Err(TlsError::KeyPermissions { mode: got, .. }) => assert_eq!(got, mode),
-                other => panic!("mode {mode:o}: expected KeyPermissions, got {other:?}"),
+                Err(TlsError::KeyFile(private_files::PrivateFileError::Mode {
+                    mode: got, ..
+                })) => {
+                    assert_eq!(got, mode);
+                }
+                other => panic!("mode {mode:o}: expected a mode refusal, got {other:?}"),
             }
         }
         for mode in [0o600, 0o400] {

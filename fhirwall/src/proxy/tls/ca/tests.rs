@@ -19,7 +19,8 @@ fn init_creates_load_round_trips_and_init_is_idempotent() {
     let (ca, outcome) = LocalCa::init(&ca_dir, &CaSpec::new("ehr-node-1")).expect("init");
     assert_eq!(outcome, InitOutcome::Created);
     assert_eq!(mode(&ca_dir.join(CA_KEY_FILE)), 0o600);
-    assert_eq!(mode(&ca_dir.join(CA_CERT_FILE)), 0o644);
+    assert_eq!(mode(&ca_dir.join(CA_CERT_FILE)), 0o600);
+    assert_eq!(mode(&ca_dir), 0o700);
 
     let loaded = LocalCa::load(&ca_dir).expect("load");
     assert_eq!(loaded.cert_der(), ca.cert_der());
@@ -53,10 +54,15 @@ fn a_key_others_can_read_is_refused() {
         LocalCa::init(dir.path(), &CaSpec::new("n")).map(|_| ()),
     ] {
         match result {
-            Err(e @ TlsError::KeyPermissions { mode: 0o644, .. }) => {
+            Err(
+                e @ TlsError::KeyFile(crate::private_files::PrivateFileError::Mode {
+                    mode: 0o644,
+                    ..
+                }),
+            ) => {
                 assert_eq!(e.error_source(), crate::proxy::tls::TlsErrorSource::CaStore);
             }
-            other => panic!("expected KeyPermissions, got {other:?}"),
+            other => panic!("expected a mode refusal, got {other:?}"),
         }
     }
 }

@@ -306,10 +306,10 @@ async fn mtls_presents_the_integration_certificate_and_fails_without() {
         HashMap::from([("lab".to_owned(), identity)]),
     );
     match c.connect_upstream(&key(Some("lab"))).await {
-        Err(e @ TlsError::KeyPermissions { .. }) => {
+        Err(e @ TlsError::KeyFile(crate::private_files::PrivateFileError::Mode { .. })) => {
             assert_eq!(e.error_source(), TlsErrorSource::CaStore);
         }
-        other => panic!("expected KeyPermissions, got {other:?}"),
+        other => panic!("expected a mode refusal, got {other:?}"),
     }
 }
 
