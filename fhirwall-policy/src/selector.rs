@@ -42,11 +42,28 @@ impl WorkloadSelector {
         *self == Self::default()
     }
 
+    /// Whether the selector names something only root controls: the user (`user`, `uid`), the
+    /// executable's digest, or its root-owned path in the host's view (`exe`, checked per
+    /// process). Units, containers, pods, cgroups and groups alone are not: a load error.
+    #[must_use]
+    pub fn has_anchor(&self) -> bool {
+        self.user.is_some() || self.uid.is_some() || self.sha256.is_some() || self.exe.is_some()
+    }
+
     /// Whether `workload` is selected. A field the workload does not know (a partial identity)
-    /// never matches.
+    /// never matches, nor does one it cannot vouch for: an executable path not verified in the
+    /// host's view, names from a cgroup subtree a user controls.
     #[must_use]
     pub fn matches(&self, w: &Workload) -> bool {
-        let exe = w.exe.as_deref().and_then(std::path::Path::to_str);
+        let exe = w
+            .exe
+            .as_deref()
+            .filter(|_| w.exe_verified)
+            .and_then(std::path::Path::to_str);
+        let trusted = !w.cgroup_delegated;
+        let unit = w.systemd_unit.as_deref().filter(|_| trusted);
+        let container = w.container_id.as_deref().filter(|_| trusted);
+        let pod = w.pod_uid.as_deref().filter(|_| trusted);
         opt(self.exe.as_ref(), exe, Glob::matches)
             && opt(self.sha256.as_ref(), w.exe_sha256.as_deref(), |s, v| {
                 s.0 == v
@@ -58,17 +75,9 @@ impl WorkloadSelector {
             && opt(self.cgroup.as_ref(), w.cgroup_path.as_deref(), |g, v| {
                 g.matches(v)
             })
-            && opt(
-                self.systemd_unit.as_deref(),
-                w.systemd_unit.as_deref(),
-                |a, b| a == b,
-            )
-            && opt(
-                self.container_id.as_deref(),
-                w.container_id.as_deref(),
-                |a, b| a == b,
-            )
-            && opt(self.pod_uid.as_deref(), w.pod_uid.as_deref(), |a, b| a == b)
+            && opt(self.systemd_unit.as_deref(), unit, |a, b| a == b)
+            && opt(self.container_id.as_deref(), container, |a, b| a == b)
+            && opt(self.pod_uid.as_deref(), pod, |a, b| a == b)
     }
 
     /// Whether some workload could match both selectors. Conservative: two selectors are only
@@ -217,6 +226,7 @@ mod tests {
             uid: 1001,
             user: Some("labsvc".into()),
             exe: Some("/opt/lab/bin/lab-iface".into()),
+            exe_verified: true,
             cgroup_path: Some("/system.slice/lab-iface.service".into()),
             systemd_unit: Some("lab-iface.service".into()),
             ..Workload::default()
@@ -260,6 +270,89 @@ mod tests {
             ..Default::default()
         };
         assert!(!sha.matches(&workload()));
+    }
+
+    /// Sets one name field of a selector.
+    type SetName = fn(&mut WorkloadSelector);
+
+    #[test]
+    fn an_unverified_path_and_names_from_a_user_subtree_never_match() {
+        let by_exe = WorkloadSelector {
+            exe: Some(glob("/opt/lab/bin/*")),
+            uid: Some(1001),
+            ..Default::default()
+        };
+        let elsewhere = Workload {
+            exe_verified: false,
+            ..workload()
+        };
+        assert!(by_exe.matches(&workload()));
+        assert!(
+            !by_exe.matches(&elsewhere),
+            "a bind mount or a user-replaceable file"
+        );
+        let by_names: [(&str, SetName); 3] = [
+            ("unit", |s| {
+                s.systemd_unit = Some("lab-iface.service".into());
+            }),
+            ("container", |s| {
+                s.container_id = Some("c0ffee".into());
+            }),
+            ("pod", |s| {
+                s.pod_uid = Some("pod-1".into());
+            }),
+        ];
+        let named = Workload {
+            container_id: Some("c0ffee".into()),
+            pod_uid: Some("pod-1".into()),
+            ..workload()
+        };
+        for (what, set) in by_names {
+            let mut selector = WorkloadSelector {
+                uid: Some(1001),
+                ..Default::default()
+            };
+            set(&mut selector);
+            assert!(selector.matches(&named), "{what}");
+            let delegated = Workload {
+                cgroup_delegated: true,
+                ..named.clone()
+            };
+            assert!(!selector.matches(&delegated), "{what} from a user subtree");
+        }
+    }
+
+    #[test]
+    fn only_user_digest_and_path_anchor_a_selector() {
+        let anchored = [
+            WorkloadSelector {
+                user: Some("lab".into()),
+                ..Default::default()
+            },
+            WorkloadSelector {
+                uid: Some(0),
+                ..Default::default()
+            },
+            WorkloadSelector {
+                sha256: Some(Sha256::try_from("a".repeat(64)).expect("hex")),
+                ..Default::default()
+            },
+            WorkloadSelector {
+                exe: Some(glob("/opt/lab/bin/lab")),
+                ..Default::default()
+            },
+        ];
+        assert!(anchored.iter().all(WorkloadSelector::has_anchor));
+        let forgeable = WorkloadSelector {
+            systemd_unit: Some("lab.service".into()),
+            container_id: Some("c0ffee".into()),
+            pod_uid: Some("pod-1".into()),
+            cgroup: Some(glob("/system.slice/*")),
+            group: Some("lab".into()),
+            gid: Some(5),
+            ..Default::default()
+        };
+        assert!(!forgeable.has_anchor());
     }
 
     #[test]

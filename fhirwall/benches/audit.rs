@@ -29,6 +29,7 @@ fn sample(n: u64) -> Record {
         exe_sha256: Some(
             "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned(),
         ),
+        exe_verified: true,
         uid: 998,
         gid: 998,
         user: Some("mirth".to_owned()),
@@ -37,6 +38,7 @@ fn sample(n: u64) -> Record {
         container_id: None,
         pod_uid: None,
         systemd_unit: Some("mirth.service".to_owned()),
+        cgroup_delegated: false,
     };
     let mut r = Record::new(
         format!("req-{n}"),

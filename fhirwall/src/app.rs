@@ -150,7 +150,6 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         sidecar: Arc::clone(&sidecar),
         metrics,
         audit,
-        cgroups,
         resolved: BTreeMap::default(),
         processes: BTreeMap::default(),
         policy_stamp: control::stamp(&config.policies),

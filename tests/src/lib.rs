@@ -108,21 +108,21 @@ impl TestCgroup {
 
 impl Drop for TestCgroup {
     fn drop(&mut self) {
-        let mut dirs: Vec<PathBuf> = fs::read_dir(&self.dir)
-            .map(|rd| {
-                rd.filter_map(Result::ok)
-                    .map(|e| e.path())
-                    .filter(|p| p.is_dir())
-                    .collect()
-            })
-            .unwrap_or_default();
-        dirs.push(self.dir.clone());
-        for dir in &dirs {
-            // cgroup.kill (Linux 5.14) kills everything still inside.
-            let _ = fs::write(dir.join("cgroup.kill"), "1");
+        // Every cgroup below, nested ones included (a test may build a hierarchy), parents
+        // before children; removed children first.
+        let mut dirs = vec![self.dir.clone()];
+        let mut i = 0;
+        while i < dirs.len() {
+            if let Ok(rd) = fs::read_dir(&dirs[i]) {
+                let children = rd.filter_map(Result::ok).map(|e| e.path());
+                dirs.extend(children.filter(|p| p.is_dir()).collect::<Vec<_>>());
+            }
+            i += 1;
         }
+        // cgroup.kill (Linux 5.14) kills everything still inside, descendants included.
+        let _ = fs::write(self.dir.join("cgroup.kill"), "1");
         let deadline = Instant::now() + Duration::from_secs(5);
-        for dir in &dirs {
+        for dir in dirs.iter().rev() {
             while fs::remove_dir(dir).is_err() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
             }

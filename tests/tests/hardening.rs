@@ -2,6 +2,11 @@
 //! cannot do to a running agent. Needs root and BTF; skipped with a reason on a laptop, failing in
 //! CI.
 //!
+//! - Identities a user cannot forge: an executable bind-mounted over a registered path in a
+//!   private mount namespace, a registered path in a directory the user can write, a look-alike
+//!   systemd unit in the user's own service manager and a look-alike pod cgroup in a subtree the
+//!   user owns are all attributed as unregistered, while the same programs and names from where
+//!   only root can put them are recognised.
 //! - The state directory (audit journal and index, node CA, overrides) is readable by the agent's
 //!   user only, also when it was left readable before the agent started, and the agent refuses
 //!   one that another user owns or planted a file in.
@@ -15,9 +20,10 @@ use std::{
 
 use fhirwall_tests::{
     agent::Agent,
-    kernel_available,
+    in_cgroup, kernel_available, target_binary,
     world::{World, status},
 };
+use serde_json::Value;
 
 const READ: &str = "GET /Patient/1 HTTP/1.1\r\nHost: ehr.test\r\nConnection: close\r\n\r\n";
 /// The unprivileged user the attacks run as.
@@ -53,6 +59,181 @@ fn tree(dir: &Path) -> Vec<PathBuf> {
         i += 1;
     }
     all
+}
+
+const POD: &str = "7c6b3f4e-2a1d-4b8e-9f0a-1234567890ab";
+const CONTAINER: &str = "3f5e1b0c9a7d4e2f8b6a1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f";
+
+/// An integration of the test policy, allowed to read Patients.
+fn integration(name: &str, selector: &str) -> String {
+    format!(
+        "kind: Integration\nname: {name}\nowner: Test <test@example.test>\n\
+         purpose: hardening tests\ndata_classes: [test]\nexpected_resources: [Patient]\n\
+         status: active\nworkload:\n{selector}upstreams: [ehr]\nscopes: [system/Patient.rs]\n\
+         purposes_of_use: [TREAT]\ndefault_purpose: TREAT\npatient:\n  mode: any\n"
+    )
+}
+
+/// Runs `program ARGS --send READ <destination>` as `uid` (no groups) in `cgroup`, and returns
+/// the HTTP status the probe got through the kernel redirect and the sidecar.
+fn status_as(world: &World, uid: u32, cgroup: &Path, program: &[&str]) -> Option<u16> {
+    let out = in_cgroup(cgroup, "setpriv")
+        .args([
+            format!("--reuid={uid}"),
+            format!("--regid={uid}"),
+            "--clear-groups".to_owned(),
+            "--".to_owned(),
+        ])
+        .args(program)
+        .args(["--send", READ, &world.destination.addr.to_string()])
+        .output()
+        .expect("setpriv");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let report: Value = stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "{program:?} as uid {uid}: no report\n{stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    status(&report)
+}
+
+/// `dir` and its parents below `base`, created and handed to `uid`, as systemd delegates a
+/// subtree to a user.
+fn give_away(base: &Path, rel: &str, uid: u32) -> PathBuf {
+    let dir = base.join(rel);
+    fs::create_dir_all(&dir).expect("mkdir");
+    let mut at = base.to_owned();
+    for part in Path::new(rel) {
+        at.push(part);
+        std::os::unix::fs::chown(&at, Some(uid), Some(uid)).expect("chown");
+    }
+    dir
+}
+
+/// Copies of `fw-probe`: the registered one root installed, the attacker's own (another file
+/// that runs the same), and one root put in a directory a user can write.
+fn install_programs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let probe = target_binary("fw-probe").expect("fw-probe");
+    // The registered program, installed by root.
+    let registered = dir.join("registered/fw-probe");
+    fs::create_dir_all(registered.parent().expect("parent")).expect("mkdir");
+    fs::copy(&probe, &registered).expect("copy");
+    // The attacker's own program (the same code, so it runs, but another file).
+    let evil = give_away(dir, "evil", NOBODY).join("fw-probe");
+    fs::copy(&probe, &evil).expect("copy");
+    fs::OpenOptions::new()
+        .append(true)
+        .open(&evil)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"evil"))
+        .expect("append");
+    std::os::unix::fs::chown(&evil, Some(NOBODY), Some(NOBODY)).expect("chown");
+    // A registered path in a directory a user can write: root's file, but the user's to swap.
+    let swappable = give_away(dir, "user-writable", 65_531).join("fw-probe");
+    fs::copy(&probe, &swappable).expect("copy");
+    for path in [&registered, &swappable] {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o755)).expect("chmod");
+    }
+
+    (registered, evil, swappable)
+}
+
+#[test]
+fn identities_a_local_user_could_forge_are_unregistered() {
+    if !kernel_available("identities_a_local_user_could_forge_are_unregistered") {
+        return;
+    }
+    let world = World::new("active");
+    let (registered, evil, swappable) = install_programs(&world.files.dir);
+
+    let unit = "/system.slice/lab.service";
+    let user_unit = "/user.slice/user-65533.slice/user@65533.service/app.slice/lab.service";
+    let pod = format!("/kubepods/burstable/pod{POD}/{CONTAINER}");
+    let policy = format!(
+        "kind: Upstream\nname: ehr\naddresses: [\"{dst}\"]\nbase_path: /\ntls:\n  mode: plain\n---\n{}---\n{}---\n{}---\n{}",
+        integration(
+            "registered-exe",
+            &format!("  exe: {}\n  uid: {NOBODY}\n", registered.display())
+        ),
+        integration(
+            "swappable-exe",
+            &format!("  exe: {}\n  uid: 65531\n", swappable.display())
+        ),
+        integration("unit", "  systemd_unit: lab.service\n  uid: 65533\n"),
+        integration("pod", &format!("  pod_uid: {POD}\n  uid: 65532\n")),
+        dst = world.destination.addr,
+    );
+    world
+        .files
+        .write_policy("policy.yaml", &policy)
+        .expect("policy");
+    let agent = world.start();
+    let work = &world.work;
+    let registered_text = registered.display().to_string();
+    let evil_text = evil.display().to_string();
+
+    // Recognised: root's program run by its user; root's cgroups named like the selectors.
+    assert_eq!(
+        status_as(&world, NOBODY, work, &[&registered_text]),
+        Some(200),
+        "the registered program itself; agent log:\n{}",
+        agent.log_text()
+    );
+    let root_unit = world.cgroup.dir.join(format!("work{unit}"));
+    fs::create_dir_all(&root_unit).expect("mkdir");
+    assert_eq!(
+        status_as(&world, 65_533, &root_unit, &[&evil_text]),
+        Some(200),
+        "a system unit's cgroup"
+    );
+    let root_pod = world.cgroup.dir.join(format!("work{pod}"));
+    fs::create_dir_all(&root_pod).expect("mkdir");
+    assert_eq!(
+        status_as(&world, 65_532, &root_pod, &[&evil_text]),
+        Some(200),
+        "a pod cgroup the runtime made"
+    );
+
+    // Forged: each is unregistered (403), and nothing reaches the EHR.
+    let before = world.destination.accepted();
+    let bind_mount =
+        format!("mount --bind {evil_text} {registered_text} && exec {registered_text} \"$@\"");
+    assert_eq!(
+        status_as(
+            &world,
+            NOBODY,
+            work,
+            &["unshare", "-rm", "sh", "-c", &bind_mount, "sh"]
+        ),
+        Some(403),
+        "another program bind-mounted over the registered path in a private mount namespace"
+    );
+    assert_eq!(
+        status_as(&world, 65_531, work, &[&swappable.display().to_string()]),
+        Some(403),
+        "a registered path its user could replace"
+    );
+    let user_unit = give_away(&world.work, user_unit.trim_start_matches('/'), 65_533);
+    assert_eq!(
+        status_as(&world, 65_533, &user_unit, &[&evil_text]),
+        Some(403),
+        "`systemd-run --user --unit=lab.service`: a unit in the user's own manager"
+    );
+    let user_pod = give_away(&world.work, &format!("delegated{pod}"), 65_532);
+    assert_eq!(
+        status_as(&world, 65_532, &user_pod, &[&evil_text]),
+        Some(403),
+        "a pod cgroup in a subtree the user owns"
+    );
+    assert_eq!(
+        world.destination.accepted(),
+        before,
+        "no forged identity reached the EHR"
+    );
 }
 
 /// The value of `key=` in the shipped systemd unit.

@@ -260,7 +260,7 @@ fn policy(ehr: &EhrServer, cgroup: &str) -> String {
              purpose: a patient app backend bound to the signed-in patient\n\
              data_classes: [test]\n\
              expected_resources: [Patient, Observation, Encounter, Group]\nstatus: active\n\
-             workload:\n  cgroup: /{cgroup}/{name}\nupstreams: [ehr]\n\
+             workload:\n  cgroup: /{cgroup}/{name}\n  uid: 0\nupstreams: [ehr]\n\
              scopes: [system/Patient.rs, system/Observation.cruds, system/Encounter.rs, system/Group.rs]\n\
              operations: [\"Patient/[id]/$everything\"]\n\
              purposes_of_use: [TREAT]\ndefault_purpose: TREAT\n\
@@ -274,7 +274,7 @@ fn policy(ehr: &EhrServer, cgroup: &str) -> String {
          kind: Integration\nname: analytics\nowner: Tests <tests@example.test>\n\
          purpose: population reporting without a patient constraint\ndata_classes: [test]\n\
          expected_resources: [Observation, Claim, Patient]\nstatus: active\n\
-         workload:\n  cgroup: /{cgroup}/analytics\nupstreams: [ehr]\n\
+         workload:\n  cgroup: /{cgroup}/analytics\n  uid: 0\nupstreams: [ehr]\n\
          scopes: [system/Observation.rs, system/Claim.rs, system/Patient.rs]\n\
          operations: [$export]\n\
          purposes_of_use: [TREAT]\ndefault_purpose: TREAT\npatient:\n  mode: any\n",

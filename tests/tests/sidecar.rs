@@ -137,7 +137,7 @@ fn policy(upstream: SocketAddr, ca_file: &Path, work_cgroup: &str) -> String {
          kind: Integration\nname: test-clients\nowner: Test <test@example.test>\n\
          purpose: sidecar end-to-end tests\ndata_classes: [test]\n\
          expected_resources: [Patient, Binary]\nstatus: active\n\
-         workload:\n  cgroup: {work_cgroup}\nupstreams: [ehr]\n\
+         workload:\n  cgroup: {work_cgroup}\n  uid: 0\nupstreams: [ehr]\n\
          scopes: [system/Patient.cruds, system/Binary.rs]\n\
          purposes_of_use: [TREAT]\ndefault_purpose: TREAT\npatient:\n  mode: any\n",
         ca = ca_file.display(),

@@ -169,6 +169,13 @@ fn integration(
         "an empty selector would match every process",
     );
     require(
+        !i.workload.is_empty() && !i.workload.has_anchor(),
+        "workload",
+        "any local user could satisfy this selector (a `systemd-run --user` unit, a look-alike \
+         container or pod cgroup in their own subtree): add what only root controls, `user` or \
+         `uid`, `sha256`, or a root-owned `exe`",
+    );
+    require(
         i.upstreams.is_empty(),
         "upstreams",
         "name at least one upstream",

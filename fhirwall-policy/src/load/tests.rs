@@ -501,3 +501,30 @@ fn line_numbers_survive_many_separators() {
         "{problems:?}"
     );
 }
+
+#[test]
+fn a_selector_any_local_user_could_satisfy_is_refused_with_the_reason() {
+    for forgeable in [
+        "systemd_unit: lab.service",
+        "container_id: c0ffee",
+        "pod_uid: 1234-abcd",
+        "cgroup: /system.slice/lab.service",
+        "group: lab",
+    ] {
+        let text = format!(
+            "{UPSTREAM}---\n{}",
+            integration("lab", "/opt/lab").replace("  exe: /opt/lab", &format!("  {forgeable}"))
+        );
+        let problems = load(&[("p.yaml", &text)]).expect_err(forgeable);
+        assert_eq!(problems.len(), 1, "{forgeable}: {problems:?}");
+        assert!(
+            problems[0].contains("workload:") && problems[0].contains("any local user could"),
+            "{forgeable}: {problems:?}"
+        );
+        let anchored = text.replace(
+            &format!("  {forgeable}"),
+            &format!("  {forgeable}\n  user: lab"),
+        );
+        load(&[("p.yaml", &anchored)]).expect("with a user it is anchored");
+    }
+}

@@ -23,9 +23,7 @@ use crate::{
     audit::AuditSink,
     config::{AdminConfig, AgentConfig},
     enforce,
-    kernel::{
-        Caller, CgroupRoot, EventReader, Kernel, KernelEvent, Refusal, destroy_connections_to,
-    },
+    kernel::{Caller, EventReader, Kernel, KernelEvent, Refusal, destroy_connections_to},
     metrics::{Metrics, NO_INTEGRATION},
     proxy::{
         listener::{Listener, Routes},
@@ -41,8 +39,6 @@ pub use overrides::{OverrideError, Overrides};
 
 /// How often policy files are checked for changes (SIGHUP reloads at once).
 const POLICY_POLL: Duration = Duration::from_secs(2);
-/// Cgroups walked at most per verdict refresh.
-const CGROUP_LIMIT: usize = 100_000;
 
 pub struct Control {
     pub config: AgentConfig,
@@ -53,7 +49,6 @@ pub struct Control {
     pub sidecar: Arc<Listener>,
     pub metrics: Arc<Metrics>,
     pub audit: AuditSink,
-    pub cgroups: CgroupRoot,
     pub resolved: BTreeMap<HostPort, BTreeSet<SocketAddr>>,
     pub processes: BTreeMap<u32, Arc<Workload>>,
     pub policy_stamp: Vec<(std::path::PathBuf, SystemTime)>,
@@ -249,16 +244,10 @@ impl Control {
 
     fn apply_verdicts(&mut self) -> Result<(), AppError> {
         let policy = Arc::clone(&self.policy.borrow().policy);
-        let cgroups = if enforce::needs_cgroups(&policy) {
-            enforce::host_cgroups(&self.cgroups.mount, CGROUP_LIMIT)
-        } else {
-            Vec::new()
-        };
         let processes: Vec<Workload> = self.processes.values().map(|w| (**w).clone()).collect();
         let verdicts = enforce::verdicts(
             &policy,
             &processes,
-            &cgroups,
             self.config.enforcement,
             jiff::Timestamp::now(),
         );

@@ -144,6 +144,26 @@ struct Inner {
     handles: bool,
 }
 
+/// A connection's cgroup, resolved.
+struct Cgroup {
+    path: String,
+    /// See [`CgroupPaths::owned_by_user`].
+    owned_by_user: bool,
+}
+
+impl Inner {
+    /// The path of cgroup `id` (see [`CgroupPaths::resolve`]) and whether a user owns it.
+    /// Blocking.
+    fn cgroup(&self, id: u64, candidate: Option<&str>) -> Option<Cgroup> {
+        let path = self.cgroups.resolve(id, candidate)?;
+        let owned_by_user = self.cgroups.owned_by_user(&path);
+        Some(Cgroup {
+            path,
+            owned_by_user,
+        })
+    }
+}
+
 impl Attributor {
     #[must_use]
     pub fn new(conns: impl ConnLookup + 'static, settings: AttributionSettings) -> Self {

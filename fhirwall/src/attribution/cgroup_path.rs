@@ -26,6 +26,9 @@ pub struct CgroupIdentity {
     pub pod_uid: Option<String>,
     /// The systemd unit, when the process is not in a container.
     pub systemd_unit: Option<String>,
+    /// The path runs through a user's own service manager (`user@UID.service`): the user names
+    /// everything below it (`systemd-run --user --unit=...`, rootless containers).
+    pub in_user_manager: bool,
 }
 
 /// Container scope prefixes (systemd driver) and cgroupfs directory prefixes, by runtime.
@@ -46,6 +49,7 @@ pub fn parse_cgroup_path(path: &str) -> CgroupIdentity {
     let mut parent: Option<&str> = None;
     let mut in_kubepods = false;
     for component in path.split('/').filter(|c| !c.is_empty()) {
+        identity.in_user_manager |= user_manager(component);
         if let Some(uid) = pod_uid(component, in_kubepods) {
             identity.pod_uid = Some(uid);
         }
@@ -62,6 +66,14 @@ pub fn parse_cgroup_path(path: &str) -> CgroupIdentity {
     }
     identity.systemd_unit = units.unit.map(str::to_owned);
     identity
+}
+
+/// `user@<uid>.service`: the unit systemd runs a user's own service manager in.
+fn user_manager(component: &str) -> bool {
+    component
+        .strip_prefix("user@")
+        .and_then(|rest| rest.strip_suffix(".service"))
+        .is_some_and(|uid| !uid.is_empty() && uid.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// A container id in one path component, with the runtime its naming shows.

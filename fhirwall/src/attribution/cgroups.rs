@@ -64,6 +64,26 @@ impl CgroupPaths {
         lock(&self.known).get(&id).cloned()
     }
 
+    /// Whether the cgroup at `path`, or a directory above it, belongs to a user other than
+    /// root: a subtree delegated to that user (systemd's `Delegate=`, a user manager's
+    /// `user@UID.service`), where the user names cgroups as they like. A cgroup that is gone
+    /// counts as delegated: nothing vouches for its names. Blocking (a stat per level).
+    #[must_use]
+    pub fn owned_by_user(&self, path: &str) -> bool {
+        let mut dir = self.mount.clone();
+        let levels = path.split('/').filter(|c| !c.is_empty());
+        for level in std::iter::once("").chain(levels) {
+            if !level.is_empty() {
+                dir.push(level);
+            }
+            match fs::symlink_metadata(&dir) {
+                Ok(meta) if meta.uid() == 0 => {}
+                _ => return true,
+            }
+        }
+        false
+    }
+
     /// The id of the cgroup at `path` (relative to the root), if it exists.
     #[must_use]
     pub fn id_of(&self, path: &str) -> Option<u64> {
@@ -171,5 +191,33 @@ mod tests {
         assert_eq!(paths.resolve(late, None), None);
         *lock(&paths.last_walk) = None;
         assert_eq!(paths.resolve(late, None), Some("/late".into()));
+    }
+
+    /// Needs root to give a directory away; the unit tests run as root in CI.
+    #[test]
+    fn a_subtree_a_user_owns_is_theirs_all_the_way_down() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs the unit tests as root"
+            );
+            eprintln!("SKIPPED: needs root (chown)");
+            return;
+        }
+        let (dir, paths) = tree();
+        assert!(!paths.owned_by_user("/system.slice/lab.service"));
+        assert!(!paths.owned_by_user("/"));
+        std::os::unix::fs::chown(dir.path().join("kubepods/burstable"), Some(65_534), None)
+            .expect("chown");
+        assert!(paths.owned_by_user("/kubepods/burstable"));
+        assert!(
+            paths.owned_by_user("/kubepods/burstable/podx/ctr"),
+            "below it"
+        );
+        assert!(!paths.owned_by_user("/kubepods"), "above it");
+        assert!(
+            paths.owned_by_user("/gone"),
+            "nothing vouches for a cgroup that is gone"
+        );
     }
 }

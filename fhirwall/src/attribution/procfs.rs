@@ -146,6 +146,8 @@ pub struct ProcFs {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     pub exe: Option<(PathBuf, bool)>,
+    /// See [`fhirwall_policy::Workload::exe_verified`].
+    pub exe_verified: bool,
     /// The running image, opened through `/proc/<tgid>/exe` so a replaced file is hashed as what
     /// actually runs.
     pub exe_file: Option<File>,
@@ -202,23 +204,74 @@ impl ProcFs {
     /// which a hostile process can hold for long, so call this off the async threads.
     pub fn snapshot(&self, tgid: u32, cmdline_max: usize) -> Snapshot {
         let exe_file = File::open(self.path(tgid, "exe")).ok();
-        let nlink = exe_file
-            .as_ref()
-            .and_then(|f| f.metadata().ok())
-            .map(|m| m.nlink());
-        let exe = fs::read_link(self.path(tgid, "exe"))
-            .ok()
-            .map(|link| strip_deleted(link, nlink));
+        let running = exe_file.as_ref().and_then(|f| f.metadata().ok());
+        let exe = fs::read_link(self.path(tgid, "exe")).ok().map(|link| {
+            strip_deleted(
+                link,
+                running.as_ref().map(std::os::unix::fs::MetadataExt::nlink),
+            )
+        });
+        let exe_verified = match (&exe, &running) {
+            (Some((path, false)), Some(running)) => self.root_installed(path, running),
+            _ => false,
+        };
         let cmdline = read_capped(&self.path(tgid, "cmdline"), cmdline_max)
             .map(|bytes| split_cmdline(&bytes))
             .unwrap_or_default();
         let cgroup_path = self.cgroup_path(tgid).ok().flatten();
         Snapshot {
             exe,
+            exe_verified,
             exe_file,
             cmdline,
             cgroup_path,
         }
+    }
+
+    /// Whether `path` (as the process sees its executable) names, from the host's root, the very
+    /// file that runs (same device and inode), and only root could have put it there: it and
+    /// every directory above it are root's and not writable by group or others (a sticky
+    /// directory, like `/tmp`, aside: others cannot replace root's entries in it). The host's
+    /// root is PID 1's (`/proc/1/root`), so the answer is the same from a DaemonSet's own mount
+    /// namespace; where PID 1 cannot be looked into (a sandbox's init), the agent's own root.
+    /// Either way the file found must be the one that runs, so a process that bind-mounted
+    /// another file over a registered path in a mount namespace of its own, or runs a file a
+    /// user could swap, fails this.
+    pub(super) fn root_installed(&self, path: &Path, running: &fs::Metadata) -> bool {
+        let Ok(relative) = path.strip_prefix("/") else {
+            return false;
+        };
+        let safe = |meta: &fs::Metadata| {
+            meta.uid() == 0 && (meta.mode() & 0o022 == 0 || meta.mode() & 0o1000 != 0)
+        };
+        // The root is reached through a `root` link; nothing below it may be a link.
+        let Some(mut at) = ["1/root", "self/root"]
+            .into_iter()
+            .map(|link| self.root.join(link))
+            .find(|root| fs::metadata(root).is_ok())
+        else {
+            return false;
+        };
+        if !fs::metadata(&at).is_ok_and(|root| root.is_dir() && safe(&root)) {
+            return false;
+        }
+        let mut parts = relative.components().peekable();
+        while let Some(part) = parts.next() {
+            at.push(part);
+            let Ok(meta) = fs::symlink_metadata(&at) else {
+                return false;
+            };
+            if parts.peek().is_none() {
+                return meta.is_file()
+                    && (meta.dev(), meta.ino()) == (running.dev(), running.ino())
+                    && meta.uid() == 0
+                    && meta.mode() & 0o022 == 0;
+            }
+            if !meta.is_dir() || !safe(&meta) {
+                return false;
+            }
+        }
+        false
     }
 
     /// The cgroup v2 path from the `0::` line of `cgroup`.

@@ -287,6 +287,10 @@ pub struct WorkloadRecord {
     pub exe: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exe_sha256: Option<String>,
+    /// `exe` is the root-installed file that runs, as the host sees the path (see
+    /// [`Workload::exe_verified`]); only then can an `exe` selector have matched.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub exe_verified: bool,
     pub uid: u32,
     pub gid: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -300,6 +304,10 @@ pub struct WorkloadRecord {
     pub pod_uid: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub systemd_unit: Option<String>,
+    /// The unit, container and pod names came from a cgroup subtree a user controls (see
+    /// [`Workload::cgroup_delegated`]): no selector trusted them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub cgroup_delegated: bool,
 }
 
 impl From<&Workload> for WorkloadRecord {
@@ -310,6 +318,7 @@ impl From<&Workload> for WorkloadRecord {
             start_time: w.start_time,
             exe: w.exe.as_ref().map(|p| p.to_string_lossy().into_owned()),
             exe_sha256: w.exe_sha256.clone(),
+            exe_verified: w.exe_verified,
             uid: w.uid,
             gid: w.gid,
             user: w.user.clone(),
@@ -318,6 +327,7 @@ impl From<&Workload> for WorkloadRecord {
             container_id: w.container_id.clone(),
             pod_uid: w.pod_uid.clone(),
             systemd_unit: w.systemd_unit.clone(),
+            cgroup_delegated: w.cgroup_delegated,
         }
     }
 }

@@ -21,18 +21,8 @@ fn process(tgid: u32, exe: &str, uid: u32) -> Workload {
         tgid,
         uid,
         exe: Some(exe.into()),
+        exe_verified: true,
         ..Workload::default()
-    }
-}
-
-fn cgroup(id: u64, path: &str, unit: Option<&str>) -> HostCgroup {
-    HostCgroup {
-        id,
-        identity: Workload {
-            cgroup_path: Some(path.into()),
-            systemd_unit: unit.map(Into::into),
-            ..Workload::default()
-        },
     }
 }
 
@@ -50,13 +40,7 @@ fn sidecar_mode_only_refuses_what_is_not_live() {
         process(11, "/opt/old", 0),
         process(12, "/usr/bin/curl", 0),
     ];
-    let v = verdicts(
-        &p,
-        &procs,
-        &[],
-        Enforcement::Sidecar,
-        NOW.parse().expect("ts"),
-    );
+    let v = verdicts(&p, &procs, Enforcement::Sidecar, NOW.parse().expect("ts"));
     assert_eq!(
         v,
         BTreeMap::from([(WorkloadEntry::Process(11), Verdict::Deny)])
@@ -75,13 +59,7 @@ fn kernel_mode_allows_registered_processes_only() {
         process(11, "/opt/paused", 0),
         process(12, "/usr/bin/curl", 0),
     ];
-    let v = verdicts(
-        &p,
-        &procs,
-        &[],
-        Enforcement::Kernel,
-        NOW.parse().expect("ts"),
-    );
+    let v = verdicts(&p, &procs, Enforcement::Kernel, NOW.parse().expect("ts"));
     assert_eq!(
         v,
         BTreeMap::from([
@@ -98,7 +76,6 @@ fn expired_integrations_are_refused_like_revoked_ones() {
     let v = verdicts(
         &p,
         &[process(10, "/opt/lab", 0)],
-        &[],
         Enforcement::Sidecar,
         NOW.parse().expect("ts"),
     );
@@ -106,28 +83,18 @@ fn expired_integrations_are_refused_like_revoked_ones() {
 }
 
 #[test]
-fn unit_and_uid_selectors_get_entries_before_any_process_is_seen() {
+fn uid_selectors_get_entries_before_any_process_is_seen() {
     use IntegrationStatus::{Active, Revoked};
     let p = policy(&[
-        ("lab", Active, "systemd_unit: lab.service"),
+        ("lab", Active, "uid: 1400"),
         ("batch", Revoked, "uid: 1500"),
         ("mixed", Revoked, "uid: 1600\nexe: /opt/mixed"),
     ]);
-    let cgroups = [
-        cgroup(100, "/system.slice/lab.service", Some("lab.service")),
-        cgroup(101, "/system.slice/other.service", Some("other.service")),
-    ];
-    let v = verdicts(
-        &p,
-        &[],
-        &cgroups,
-        Enforcement::Kernel,
-        NOW.parse().expect("ts"),
-    );
+    let v = verdicts(&p, &[], Enforcement::Kernel, NOW.parse().expect("ts"));
     assert_eq!(
         v,
         BTreeMap::from([
-            (WorkloadEntry::Cgroup(100), Verdict::Allow),
+            (WorkloadEntry::User(1400), Verdict::Allow),
             (WorkloadEntry::User(1500), Verdict::Deny)
         ]),
         "a uid+exe selector cannot be decided by uid alone"

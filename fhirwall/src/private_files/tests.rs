@@ -40,10 +40,10 @@ fn a_readable_state_directory_is_narrowed_to_its_owner_throughout() {
     ];
     for (name, before, _) in table {
         let path = dir.join(name);
-        if !name.contains('.') {
-            fs::create_dir_all(&path).expect("mkdir");
-        } else {
+        if name.contains('.') {
             fs::write(&path, "x").expect("write");
+        } else {
+            fs::create_dir_all(&path).expect("mkdir");
         }
         chmod(&path, before);
     }

@@ -274,7 +274,7 @@ fn policy(upstream: SocketAddr, ca_file: &Path, work_cgroup: &str) -> String {
          tls:\n  mode: tls\n  ca_file: {ca}\n  server_name: {NAME}\n---\n\
          kind: Integration\nname: bench-clients\nowner: Bench <bench@example.test>\n\
          purpose: proxy benchmark\ndata_classes: [test]\nexpected_resources: [Patient]\n\
-         status: active\nworkload:\n  cgroup: {work_cgroup}\nupstreams: [ehr]\n\
+         status: active\nworkload:\n  cgroup: {work_cgroup}\n  uid: 0\nupstreams: [ehr]\n\
          scopes: [system/Patient.rs]\npurposes_of_use: [TREAT]\ndefault_purpose: TREAT\n\
          patient:\n  mode: any\n",
         ca = ca_file.display(),

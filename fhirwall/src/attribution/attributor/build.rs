@@ -8,8 +8,8 @@ use fhirwall_policy::Workload;
 use super::{Attributor, Hashing};
 use crate::{
     attribution::{
-        AttributionError, ExeDigest, ProcessKey, parse_cgroup_path, pidfd::ProcessHandle,
-        process_cache::Cached,
+        AttributionError, ExeDigest, ProcessKey, attributor::Cgroup, parse_cgroup_path,
+        pidfd::ProcessHandle, process_cache::Cached,
     },
     kernel::Caller,
 };
@@ -36,12 +36,10 @@ impl Attributor {
         let epoch = self.inner.processes.epoch();
         let inner = Arc::clone(&self.inner);
         let (tgid, cgroup_id) = (caller.tgid, caller.cgroup_id);
-        let (snapshot, cgroup_path) = tokio::task::spawn_blocking(move || {
+        let (snapshot, cgroup) = tokio::task::spawn_blocking(move || {
             let snapshot = inner.proc.snapshot(tgid, inner.settings.cmdline_max_bytes);
-            let path = inner
-                .cgroups
-                .resolve(cgroup_id, snapshot.cgroup_path.as_deref());
-            (snapshot, path)
+            let cgroup = inner.cgroup(cgroup_id, snapshot.cgroup_path.as_deref());
+            (snapshot, cgroup)
         })
         .await
         .map_err(|source| AttributionError::Blocking { source })?;
@@ -73,12 +71,13 @@ impl Attributor {
             partial: exe.is_none(),
             exe,
             exe_deleted,
+            exe_verified: snapshot.exe_verified,
             exe_sha256,
             cmdline: snapshot.cmdline,
             ..Workload::default()
         };
         self.apply_caller(&mut workload, &caller).await?;
-        set_cgroup(&mut workload, cgroup_path);
+        set_cgroup(&mut workload, cgroup);
         let workload = Arc::new(workload);
         if !workload.partial {
             let cached = Cached {
@@ -105,12 +104,12 @@ impl Attributor {
     pub(super) async fn partial(&self, caller: Caller) -> Result<Arc<Workload>, AttributionError> {
         let inner = Arc::clone(&self.inner);
         let id = caller.cgroup_id;
-        let cgroup_path = tokio::task::spawn_blocking(move || inner.cgroups.resolve(id, None))
+        let cgroup = tokio::task::spawn_blocking(move || inner.cgroup(id, None))
             .await
             .map_err(|source| AttributionError::Blocking { source })?;
         let mut workload = super::super::kernel_workload(&caller);
         self.apply_caller(&mut workload, &caller).await?;
-        set_cgroup(&mut workload, cgroup_path);
+        set_cgroup(&mut workload, cgroup);
         tracing::debug!(tgid = caller.tgid, "process gone: partial workload");
         Ok(Arc::new(workload))
     }
@@ -142,13 +141,13 @@ impl Attributor {
         if workload.cgroup_id != caller.cgroup_id {
             let inner = Arc::clone(&self.inner);
             let (tgid, id) = (caller.tgid, caller.cgroup_id);
-            let path = tokio::task::spawn_blocking(move || {
+            let cgroup = tokio::task::spawn_blocking(move || {
                 let candidate = inner.proc.cgroup_path(tgid).ok().flatten();
-                inner.cgroups.resolve(id, candidate.as_deref())
+                inner.cgroup(id, candidate.as_deref())
             })
             .await
             .map_err(|source| AttributionError::Blocking { source })?;
-            set_cgroup(&mut workload, path);
+            set_cgroup(&mut workload, cgroup);
         }
         self.apply_caller(&mut workload, &caller).await?;
         let workload = Arc::new(workload);
@@ -195,12 +194,14 @@ impl Attributor {
     }
 }
 
-/// Sets the cgroup path and what it names.
-fn set_cgroup(workload: &mut Workload, path: Option<String>) {
+/// Sets the cgroup path, what it names, and whether a user could have named it.
+fn set_cgroup(workload: &mut Workload, cgroup: Option<Cgroup>) {
+    let (path, owned_by_user) = cgroup.map_or((None, false), |c| (Some(c.path), c.owned_by_user));
     let identity = path.as_deref().map(parse_cgroup_path).unwrap_or_default();
     workload.container_id = identity.container_id;
     workload.container_runtime = identity.runtime;
     workload.pod_uid = identity.pod_uid;
     workload.systemd_unit = identity.systemd_unit;
+    workload.cgroup_delegated = owned_by_user || identity.in_user_manager;
     workload.cgroup_path = path;
 }

@@ -14,6 +14,7 @@ struct Case {
     runtime: Option<ContainerRuntime>,
     pod: Option<&'static str>,
     unit: Option<String>,
+    in_user_manager: bool,
 }
 
 fn case(name: &'static str, path: String) -> Case {
@@ -24,6 +25,7 @@ fn case(name: &'static str, path: String) -> Case {
         runtime: None,
         pod: None,
         unit: None,
+        in_user_manager: false,
     }
 }
 
@@ -39,6 +41,11 @@ impl Case {
     }
     fn unit(mut self, unit: impl Into<String>) -> Self {
         self.unit = Some(unit.into());
+        self
+    }
+    /// Named by a user: below `user@UID.service`.
+    fn users(mut self) -> Self {
+        self.in_user_manager = true;
         self
     }
 }
@@ -111,7 +118,8 @@ fn cases() -> Vec<Case> {
             "podman, rootless inside the user manager",
             format!("/user.slice/user-1000.slice/user@1000.service/user.slice/libpod-{ID}.scope"),
         )
-        .container(ID, Some(Podman)),
+        .container(ID, Some(Podman))
+        .users(),
         case(
             "podman conmon",
             format!("/machine.slice/libpod-conmon-{ID}.scope"),
@@ -133,17 +141,31 @@ fn cases() -> Vec<Case> {
             "user manager unit in app.slice",
             r"/user.slice/user-1000.slice/user@1000.service/app.slice/app-report\x2dwriter-4711.scope".into(),
         )
-        .unit(r"app-report\x2dwriter-4711.scope"),
+        .unit(r"app-report\x2dwriter-4711.scope")
+        .users(),
         case(
             "legacy user unit directly under the user manager",
             "/user.slice/user-1000.slice/user@1000.service/dbus.service".into(),
         )
-        .unit("dbus.service"),
+        .unit("dbus.service")
+        .users(),
         case(
             "the user manager itself",
             "/user.slice/user-1000.slice/user@1000.service/init.scope".into(),
         )
-        .unit("user@1000.service"),
+        .unit("user@1000.service")
+        .users(),
+        case(
+            "a look-alike system unit a user started (`systemd-run --user --unit`)",
+            "/user.slice/user-1000.slice/user@1000.service/app.slice/mirth-connect.service".into(),
+        )
+        .unit("mirth-connect.service")
+        .users(),
+        case(
+            "not a user manager: a template instance named like one",
+            "/system.slice/user@x.service".into(),
+        )
+        .unit("user@x.service"),
         case(
             "login session",
             "/user.slice/user-1000.slice/session-4.scope".into(),
@@ -192,6 +214,7 @@ fn parses_real_world_cgroup_paths() {
             runtime: c.runtime,
             pod_uid: c.pod.map(str::to_owned),
             systemd_unit: c.unit,
+            in_user_manager: c.in_user_manager,
         };
         assert_eq!(got, want, "{}: {}", c.name, c.path);
     }

@@ -157,3 +157,71 @@ fn caps_the_command_line() {
     assert!(first.len() > 4, "cargo runs tests by absolute path");
     assert_eq!(snapshot.cmdline, vec![first[..4].to_owned()]);
 }
+
+/// Needs root: files are checked for root's ownership. The unit tests run as root in CI.
+#[test]
+fn a_path_is_verified_only_as_the_same_root_installed_file_in_the_hosts_view() {
+    use std::os::unix::fs::PermissionsExt as _;
+    if !nix::unistd::geteuid().is_root() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs the unit tests as root"
+        );
+        eprintln!("SKIPPED: needs root (files owned by uid 0)");
+        return;
+    }
+    let host = tempfile::tempdir().expect("tempdir");
+    let proc = tempfile::tempdir().expect("tempdir");
+    fs::create_dir(proc.path().join("1")).expect("mkdir");
+    std::os::unix::fs::symlink(host.path(), proc.path().join("1/root")).expect("symlink");
+    let procfs = ProcFs::new(proc.path().to_owned());
+    let chmod = |path: &Path, mode: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).expect("chmod");
+    };
+    let bin = host.path().join("opt/lab/bin");
+    fs::create_dir_all(&bin).expect("mkdir");
+    for dir in ["opt", "opt/lab", "opt/lab/bin"] {
+        chmod(&host.path().join(dir), 0o755);
+    }
+    fs::write(bin.join("tool"), "registered").expect("write");
+    fs::write(bin.join("copy"), "registered").expect("write");
+    chmod(&bin.join("tool"), 0o755);
+    let tool = Path::new("/opt/lab/bin/tool");
+    let running = fs::metadata(bin.join("tool")).expect("stat");
+    assert!(procfs.root_installed(tool, &running));
+
+    let other = fs::metadata(bin.join("copy")).expect("stat");
+    assert!(
+        !procfs.root_installed(tool, &other),
+        "another file (a bind mount over the path) is not the registered one"
+    );
+    let cases: [(&str, u32, bool); 4] = [
+        ("opt/lab", 0o777, false),
+        ("opt/lab", 0o1777, true),
+        ("opt/lab/bin/tool", 0o775, false),
+        ("opt", 0o757, false),
+    ];
+    for (path, mode, verified) in cases {
+        let at = host.path().join(path);
+        let before = fs::metadata(&at).expect("stat").permissions().mode() & 0o7777;
+        chmod(&at, mode);
+        assert_eq!(
+            procfs.root_installed(tool, &running),
+            verified,
+            "{path} {mode:o}"
+        );
+        chmod(&at, before);
+    }
+    std::os::unix::fs::chown(bin.join("tool"), Some(65_534), None).expect("chown");
+    assert!(
+        !procfs.root_installed(tool, &fs::metadata(bin.join("tool")).expect("stat")),
+        "a user's file"
+    );
+    std::os::unix::fs::chown(bin.join("tool"), Some(0), None).expect("chown");
+    fs::rename(host.path().join("opt/lab"), host.path().join("opt/real")).expect("mv");
+    std::os::unix::fs::symlink("real", host.path().join("opt/lab")).expect("symlink");
+    assert!(
+        !procfs.root_installed(tool, &running),
+        "a path through a symlink is not the path that runs"
+    );
+}

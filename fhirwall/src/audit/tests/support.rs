@@ -24,6 +24,7 @@ pub fn workload(n: u64) -> WorkloadRecord {
         start_time: 42,
         exe: Some(exe.to_owned()),
         exe_sha256: Some(format!("{:064x}", n % 3)),
+        exe_verified: n % 3 != 2,
         uid: 998,
         gid: 998,
         user: Some(format!("svc{}", n % 3)),
@@ -32,6 +33,7 @@ pub fn workload(n: u64) -> WorkloadRecord {
         container_id: container.map(str::to_owned),
         pod_uid: container.map(|_| "pod-1234".to_owned()),
         systemd_unit: unit.map(str::to_owned),
+        cgroup_delegated: false,
     }
 }
 
