@@ -86,8 +86,11 @@ impl AdminState {
         let healthy = matches!(self.audit.health(), audit::Health::Healthy);
         self.metrics.audit_healthy.set(i64::from(healthy));
         if let Some(leaves) = &self.leaves {
-            self.metrics
-                .set_leaf_mints(leaves.mints(), leaves.refused_mints());
+            self.metrics.set_leaf_mints(
+                leaves.mints(),
+                leaves.refused_mints(),
+                leaves.unserved_names(),
+            );
         }
         self.metrics.render()
     }

@@ -17,6 +17,7 @@ mod listen;
 
 use std::{
     collections::BTreeMap,
+    net::ToSocketAddrs as _,
     path::PathBuf,
     sync::{Arc, atomic::AtomicU64},
     time::{Duration, Instant},
@@ -41,7 +42,7 @@ use crate::{
         sidecar::{Bindings, BreakGlassSessions, CredentialSharing, PolicyState, Secrets, Shared},
         tls::{
             self, CaSpec, ConnectorConfig, LeafCache, LeafPolicy, LocalCa, TerminatorConfig,
-            TlsError, TlsTerminator, UpstreamConnector, UpstreamTable,
+            TlsError, TlsTerminator, UpstreamConnector, UpstreamTable, rotation,
         },
     },
 };
@@ -215,6 +216,7 @@ fn sidecar(
     metrics: &Arc<Metrics>,
     live: &Arc<LiveConnections>,
 ) -> Result<Arc<Listener>, AppError> {
+    let terminator = terminator(config, &policy.borrow().policy)?;
     let shared = Arc::new(Shared {
         node: config.node_name.clone(),
         policy,
@@ -229,7 +231,7 @@ fn sidecar(
     Ok(Arc::new(Listener {
         attributor: attributor.clone(),
         exchange: shared,
-        terminator: terminator(config)?,
+        terminator,
         pool: Pool::new(connector(config), PoolConfig::default()),
         routes,
         live: Arc::clone(live),
@@ -277,13 +279,50 @@ fn state_dir(dir: &std::path::Path) -> Result<(), AppError> {
     Ok(())
 }
 
-/// TLS termination with leaves from the node CA (created on first start, kept afterwards).
-fn terminator(config: &AgentConfig) -> Result<TlsTerminator, AppError> {
-    let (ca, created) = LocalCa::init(
-        &config.state_dir.join("ca"),
-        &CaSpec::new(&config.node_name),
-    )?;
+/// What a new node CA for `policy` looks like: permitted to sign for the protected upstreams'
+/// names and the addresses they resolve to now (resolved here, blocking; the control plane keeps
+/// resolving on its own).
+#[must_use]
+pub fn ca_spec(config: &AgentConfig, policy: &Policy) -> CaSpec {
+    let resolved = policy
+        .upstreams
+        .iter()
+        .flat_map(|u| &u.addresses)
+        .map(|hp| {
+            let addrs = (hp.host.as_str(), hp.port).to_socket_addrs();
+            (hp.clone(), addrs.map(Iterator::collect).unwrap_or_default())
+        })
+        .collect();
+    CaSpec {
+        permitted: control::served_names(policy, &resolved)
+            .into_iter()
+            .collect(),
+        ..CaSpec::new(&config.node_name)
+    }
+}
+
+/// The node CA's directory.
+#[must_use]
+pub fn ca_dir(config: &AgentConfig) -> PathBuf {
+    config.state_dir.join("ca")
+}
+
+/// TLS termination with leaves from the node CA: created on first start (see [`ca_spec`]),
+/// kept afterwards, replaced by a rotated one whose time has come.
+fn terminator(config: &AgentConfig, policy: &Policy) -> Result<TlsTerminator, AppError> {
+    let dir = ca_dir(config);
+    if rotation::switch_if_due(&dir, jiff::Timestamp::now())? {
+        info!("switched to the rotated node CA");
+    }
+    let (ca, created) = LocalCa::init(&dir, &ca_spec(config, policy))?;
     info!(created = ?created, "node CA ready; trust it on EHR hosts with `fhirwall ca export`");
+    if !ca.scope().is_constrained() {
+        warn!(
+            "the node CA has no name constraints (made by an older version or by hand): a copy of \
+             its key could impersonate any server to the hosts that trust it; replace it with \
+             `fhirwall ca rotate`"
+        );
+    }
     let provider = tls::provider();
     let leaves = Arc::new(LeafCache::new(
         Arc::new(ca),

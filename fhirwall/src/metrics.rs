@@ -29,9 +29,13 @@ pub struct Metrics {
     kernel: IntGaugeVec,
     /// Kernel events received, by kind.
     pub kernel_events: IntCounterVec,
-    /// Leaf certificates minted for TLS server names, and mints refused by the rate limit, as
+    /// Leaf certificates minted for TLS server names, mints refused by the rate limit, and
+    /// handshakes refused for a name no protected upstream has (`unserved`, nothing minted), as
     /// of the last scrape.
     tls_leaf_mints: IntGaugeVec,
+    /// Protected upstream names and addresses the node CA's name constraints do not cover
+    /// (served no certificate until the CA is rotated).
+    pub tls_ca_uncovered_names: IntGauge,
     /// Policy reloads, by result (`ok`, `error`).
     pub policy_reloads: IntCounterVec,
     /// 1 while the last policy reload failed and an older policy is in force.
@@ -103,6 +107,10 @@ impl Metrics {
                 "tls_leaf_mints",
                 "Leaf certificates minted for client server names, by result",
                 &["result"],
+            ),
+            tls_ca_uncovered_names: gauge(
+                "tls_ca_uncovered_names",
+                "Protected upstream names the node CA's name constraints do not cover",
             ),
             kernel_events: counter_vec(
                 "kernel_events_total",
@@ -207,7 +215,7 @@ impl Metrics {
         m
     }
 
-    fn collectors(&self) -> [Box<dyn Collector>; 27] {
+    fn collectors(&self) -> [Box<dyn Collector>; 28] {
         [
             Box::new(self.break_glass_sessions.clone()),
             Box::new(self.requests.clone()),
@@ -224,6 +232,7 @@ impl Metrics {
             Box::new(self.kernel.clone()),
             Box::new(self.kernel_events.clone()),
             Box::new(self.tls_leaf_mints.clone()),
+            Box::new(self.tls_ca_uncovered_names.clone()),
             Box::new(self.policy_reloads.clone()),
             Box::new(self.policy_stale.clone()),
             Box::new(self.protected_destinations.clone()),
@@ -294,8 +303,12 @@ impl Metrics {
     }
 
     /// Copies the leaf cache's counters (minted, refused by the rate limit).
-    pub fn set_leaf_mints(&self, minted: u64, refused: u64) {
-        for (result, value) in [("minted", minted), ("refused", refused)] {
+    pub fn set_leaf_mints(&self, minted: u64, refused: u64, unserved: u64) {
+        for (result, value) in [
+            ("minted", minted),
+            ("refused", refused),
+            ("unserved", unserved),
+        ] {
             self.tls_leaf_mints
                 .with_label_values(&[result])
                 .set(i64::try_from(value).unwrap_or(i64::MAX));
@@ -361,7 +374,7 @@ mod tests {
             }
             .named(),
         );
-        metrics.set_leaf_mints(3, 2);
+        metrics.set_leaf_mints(3, 2, 1);
         let text = metrics.render();
         assert!(
             text.contains("fhirwall_tls_leaf_mints{result=\"refused\"} 2"),

@@ -7,6 +7,9 @@
 //!   systemd unit in the user's own service manager and a look-alike pod cgroup in a subtree the
 //!   user owns are all attributed as unregistered, while the same programs and names from where
 //!   only root can put them are recognised.
+//! - The node CA signs only for the protected upstreams (name constraints, and no leaf for any
+//!   other server name), and `fhirwall ca rotate` replaces it without breaking clients that
+//!   installed the exported pair during the overlap.
 //! - The state directory (audit journal and index, node CA, overrides) is readable by the agent's
 //!   user only, also when it was left readable before the agent started, and the agent refuses
 //!   one that another user owns or planted a file in.
@@ -16,11 +19,12 @@ use std::{
     os::unix::fs::{MetadataExt as _, PermissionsExt as _},
     path::{Path, PathBuf},
     process::Command,
+    time::Duration,
 };
 
 use fhirwall_tests::{
     agent::Agent,
-    in_cgroup, kernel_available, target_binary,
+    eventually, in_cgroup, kernel_available, target_binary,
     world::{World, status},
 };
 use serde_json::Value;
@@ -351,4 +355,114 @@ fn the_agent_refuses_a_state_directory_another_user_owns_or_planted_a_file_in() 
 
     fs::remove_file(&planted).expect("rm");
     let _agent = world.start();
+}
+
+/// `openssl s_client` through the kernel redirect from the `work` cgroup: whether the handshake
+/// with the sidecar completed and verified against `ca_file`.
+fn handshake(world: &World, server_name: Option<&str>, ca_file: &Path) -> bool {
+    let mut command = in_cgroup(&world.work, "openssl");
+    command
+        .args(["s_client", "-connect", &world.destination.addr.to_string()])
+        .args(["-verify_return_error", "-CAfile"])
+        .arg(ca_file);
+    match server_name {
+        Some(name) => command.args(["-servername", name]),
+        None => command.arg("-noservername"),
+    };
+    let out = command
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("openssl s_client");
+    out.status.success()
+}
+
+#[test]
+fn the_node_ca_signs_only_for_protected_upstreams() {
+    if !kernel_available("the_node_ca_signs_only_for_protected_upstreams") {
+        return;
+    }
+    let world = World::new("active");
+    let agent = world.start();
+    let ca = world.files.node_ca();
+    let text = Command::new("openssl")
+        .args(["x509", "-noout", "-text", "-in"])
+        .arg(&ca)
+        .output()
+        .expect("openssl x509");
+    let text = String::from_utf8_lossy(&text.stdout);
+    let ip = world.destination.addr.ip();
+    assert!(
+        text.contains("X509v3 Name Constraints: critical")
+            && text.contains(&format!("IP:{ip}/255.255.255.255")),
+        "the CA permits the protected address only:\n{text}"
+    );
+    let minted = |result: &str| {
+        world
+            .metric(&format!("fhirwall_tls_leaf_mints{{result=\"{result}\"}}"))
+            .unwrap_or(-1.0)
+    };
+    assert!(
+        !handshake(&world, Some("evil.example"), &ca),
+        "a server name no upstream has"
+    );
+    assert_eq!(
+        (minted("minted"), minted("unserved")),
+        (0.0, 1.0),
+        "refused at once, counted, nothing minted; agent log:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        handshake(&world, None, &ca),
+        "the protected address itself verifies against the constrained CA"
+    );
+    assert!((minted("minted") - 1.0).abs() < f64::EPSILON, "one leaf");
+}
+
+#[test]
+fn ca_rotate_keeps_clients_working_across_the_switch() {
+    if !kernel_available("ca_rotate_keeps_clients_working_across_the_switch") {
+        return;
+    }
+    let world = World::new("active");
+    let agent = world.start();
+    let old_only = world.files.dir.join("old-ca.pem");
+    fs::copy(world.files.node_ca(), &old_only).expect("copy");
+    let rotated = world.fhirwall(&[
+        "ca",
+        "rotate",
+        "--config",
+        world.files.config.to_str().expect("utf-8"),
+        "--overlap",
+        "4s",
+    ]);
+    assert!(
+        rotated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    // What a host is given during the overlap: both certificates.
+    let ca_dir = world.state_dir().join("ca");
+    let exported = world.fhirwall(&["ca", "export", "--dir", ca_dir.to_str().expect("utf-8")]);
+    assert!(exported.status.success());
+    let bundle = world.files.dir.join("bundle.pem");
+    fs::write(&bundle, &exported.stdout).expect("write");
+    let pem = String::from_utf8_lossy(&exported.stdout);
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "{pem}");
+
+    assert!(handshake(&world, None, &bundle), "before the switch");
+    assert!(handshake(&world, None, &old_only), "the old CA still signs");
+    let switched = eventually(Duration::from_secs(20), || {
+        (!handshake(&world, None, &old_only)).then_some(())
+    });
+    assert!(
+        switched.is_some(),
+        "the agent switched to the next CA; log:\n{}",
+        agent.log_text()
+    );
+    assert!(
+        handshake(&world, None, &bundle),
+        "a host that installed the export during the overlap keeps working"
+    );
+    assert!(world.state_dir().join("ca.previous/ca.pem").exists());
+    assert!(agent.log_text().contains("switched to the rotated node CA"));
 }

@@ -28,6 +28,7 @@ use crate::{
     proxy::{
         listener::{Listener, Routes},
         sidecar::PolicyState,
+        tls::{LocalCa, rotation},
     },
 };
 
@@ -36,6 +37,7 @@ mod overrides;
 mod routes;
 
 pub use overrides::{OverrideError, Overrides};
+pub use routes::served_names;
 
 /// How often policy files are checked for changes (SIGHUP reloads at once).
 const POLICY_POLL: Duration = Duration::from_secs(2);
@@ -106,7 +108,10 @@ impl Control {
             tokio::select! {
                 _ = heartbeat.tick() => self.beat(),
                 _ = resolve.tick() => self.periodic().await,
-                _ = poll.tick() => if stamp(&self.config.policies) != self.policy_stamp { self.reload().await },
+                _ = poll.tick() => {
+                    self.rotate_ca();
+                    if stamp(&self.config.policies) != self.policy_stamp { self.reload().await }
+                },
                 _ = hup.recv() => self.reload().await,
                 Some(envelope) = self.commands.recv() => {
                     let answer = self.command(envelope.command).await;
@@ -204,6 +209,28 @@ impl Control {
         }
     }
 
+    /// Switches the sidecar to the rotated node CA once its time has come (`fhirwall ca
+    /// rotate`). On failure the current CA keeps signing and the next look tries again.
+    fn rotate_ca(&self) {
+        let dir = crate::app::ca_dir(&self.config);
+        let switched = rotation::switch_if_due(&dir, jiff::Timestamp::now())
+            .and_then(|switched| switched.then(|| LocalCa::load(&dir)).transpose());
+        match switched {
+            Ok(None) => {}
+            Ok(Some(ca)) => {
+                let uncovered = self.sidecar.terminator.leaves().replace_ca(ca);
+                info!(
+                    uncovered = uncovered.len(),
+                    "switched to the rotated node CA; the previous one is kept beside it"
+                );
+                self.metrics
+                    .tls_ca_uncovered_names
+                    .set(i64::try_from(uncovered.len()).unwrap_or(i64::MAX));
+            }
+            Err(e) => error!(error = %e, "rotating the node CA failed; the current one stays"),
+        }
+    }
+
     async fn refresh_destinations(&mut self) -> Result<(), AppError> {
         let policy = Arc::clone(&self.policy.borrow().policy);
         let (resolved, failures) = enforce::resolve(&policy, &self.resolved).await;
@@ -229,6 +256,21 @@ impl Control {
         self.metrics
             .protected_destinations
             .set(i64::try_from(destinations.len()).unwrap_or(i64::MAX));
+        let uncovered = self
+            .sidecar
+            .terminator
+            .leaves()
+            .serve(routes::served_names(&policy, &self.resolved));
+        for name in &uncovered {
+            warn!(
+                %name,
+                "the node CA's name constraints do not cover this upstream name: clients get no \
+                 certificate for it until `fhirwall ca rotate`"
+            );
+        }
+        self.metrics
+            .tls_ca_uncovered_names
+            .set(i64::try_from(uncovered.len()).unwrap_or(i64::MAX));
         Ok(())
     }
 

@@ -1,7 +1,9 @@
-//! `fhirwall ca init` and `fhirwall ca export`: create the node-local CA the sidecar mints leaf
-//! certificates from, and print the certificate EHR hosts must trust.
+//! `fhirwall ca init`, `fhirwall ca rotate` and `fhirwall ca export`: create the node-local CA
+//! the sidecar mints leaf certificates from, replace it with an overlap, and print the
+//! certificates EHR hosts must trust.
 
 use std::{
+    fmt::Write as _,
     io::{IsTerminal, Write},
     path::{Path, PathBuf},
     process::ExitCode,
@@ -10,14 +12,35 @@ use std::{
 use anyhow::Context;
 use clap::{Args, Subcommand, ValueEnum};
 
-use crate::proxy::tls::{CaCertificate, CaSpec, DEFAULT_CA_DIR, InitOutcome, LocalCa};
+use crate::proxy::tls::{
+    CaCertificate, CaSpec, DEFAULT_CA_DIR, InitOutcome, LeafName, LocalCa, rotation,
+};
 
 #[derive(Subcommand)]
 pub enum CaCommand {
-    /// Create the node CA (ca.pem 0644, ca.key 0600). An existing CA is kept unless --force.
+    /// Create the node CA (ca.pem and ca.key, 0600). An existing CA is kept unless --force.
     Init(InitArgs),
-    /// Print the CA certificate to stdout, and on stderr how EHR hosts trust it.
+    /// Print the CA certificate to stdout (and, while a rotation is pending, the next one after
+    /// it), and on stderr how EHR hosts trust it.
     Export(ExportArgs),
+    /// Create the next node CA, for the protected upstreams of the agent's current policy; the
+    /// running agent switches to it after the overlap. Export and install both before then.
+    Rotate(RotateArgs),
+}
+
+#[derive(Args)]
+pub struct RotateArgs {
+    /// The agent's configuration: its state directory holds the CA, its policies name what the
+    /// new CA may sign for.
+    #[arg(long, default_value = "/etc/fhirwall/agent.yaml")]
+    pub config: PathBuf,
+    /// How long EHR hosts are given to trust the next CA before the agent switches to it
+    /// (e.g. `168h`, `30m`).
+    #[arg(long, default_value = "168h")]
+    pub overlap: jiff::SignedDuration,
+    /// Validity of the new CA certificate, in days.
+    #[arg(long, default_value_t = 182)]
+    pub days: u64,
 }
 
 #[derive(Args)]
@@ -31,12 +54,13 @@ pub struct InitArgs {
     /// Replace an existing CA. Every host that trusted the old one must be given the new one.
     #[arg(long)]
     pub force: bool,
-    /// Limit the CA to these DNS subtrees (X.509 name constraints), e.g. `ehr.example`. Clients
-    /// connecting to other names, or by IP address, then fail verification.
-    #[arg(long = "permit-dns", value_name = "DOMAIN")]
-    pub permit_dns: Vec<String>,
+    /// Limit the CA to these names and addresses (X.509 name constraints): a DNS name permits
+    /// itself and its subdomains, an address itself. The agent creates its CA with the
+    /// protected upstreams' names and addresses; use this to create one by hand.
+    #[arg(long = "permit", value_name = "NAME|ADDRESS")]
+    pub permit: Vec<String>,
     /// Validity of the CA certificate, in days.
-    #[arg(long, default_value_t = 3650)]
+    #[arg(long, default_value_t = 182)]
     pub days: u64,
 }
 
@@ -71,8 +95,34 @@ pub fn run(command: &CaCommand) -> anyhow::Result<ExitCode> {
             stdout.flush()?;
             eprint!("{advice}");
         }
+        CaCommand::Rotate(args) => println!("{}", rotate(args)?),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Writes the next CA beside the current one; returns what to do next, for people.
+fn rotate(args: &RotateArgs) -> anyhow::Result<String> {
+    let config = crate::config::AgentConfig::load(&args.config)?;
+    let policy = fhirwall_policy::Policy::load(&config.policies)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| format!("loading the policies in {}", config.policies.display()))?;
+    let dir = crate::app::ca_dir(&config);
+    let spec = CaSpec {
+        validity: std::time::Duration::from_hours(args.days.saturating_mul(24)),
+        ..crate::app::ca_spec(&config, &policy)
+    };
+    let switch_at = jiff::Timestamp::now()
+        .checked_add(args.overlap)
+        .context("the overlap is too long")?;
+    rotation::prepare(&dir, &spec, switch_at)?;
+    let next = CaCertificate::read(&rotation::next_dir(&dir))?;
+    Ok(format!(
+        "next node CA in {}\n{}\nthe running agent switches to it at {switch_at}; before then, \
+         `fhirwall ca export --dir {}` (both certificates) and install it on every EHR host",
+        rotation::next_dir(&dir).display(),
+        describe(&next),
+        dir.display(),
+    ))
 }
 
 /// Creates or keeps the CA; returns what happened, for people.
@@ -81,7 +131,11 @@ fn init(args: &InitArgs) -> anyhow::Result<String> {
     let spec = CaSpec {
         node,
         validity: std::time::Duration::from_hours(args.days.saturating_mul(24)),
-        permitted_dns: args.permit_dns.clone(),
+        permitted: args
+            .permit
+            .iter()
+            .map(|name| LeafName::parse(name))
+            .collect::<Result<_, _>>()?,
     };
     let (what, ca) = if args.force {
         (
@@ -111,11 +165,27 @@ fn export(args: &ExportArgs) -> anyhow::Result<(Vec<u8>, String)> {
             args.dir.display()
         )
     })?;
-    let bytes = match args.format {
-        Format::Pem => cert.pem.clone().into_bytes(),
-        Format::Der => cert.der.to_vec(),
+    let next = rotation::pending(&args.dir)?
+        .map(|_| CaCertificate::read(&rotation::next_dir(&args.dir)))
+        .transpose()?;
+    let bytes = match (args.format, &next) {
+        (Format::Pem, None) => cert.pem.clone().into_bytes(),
+        // Both, so hosts keep trusting the sidecar across the switch.
+        (Format::Pem, Some(next)) => format!("{}{}", cert.pem, next.pem).into_bytes(),
+        (Format::Der, None) => cert.der.to_vec(),
+        (Format::Der, Some(_)) => {
+            anyhow::bail!("a rotation is pending: two certificates need --format pem")
+        }
     };
-    Ok((bytes, advice(&cert, &args.dir.join("ca.pem"))))
+    let mut advice = advice(&cert, &args.dir.join("ca.pem"));
+    if let Some(next) = &next {
+        let _ = writeln!(
+            advice,
+            "and the next node CA ({}), which the agent switches to after the overlap: install both",
+            describe(next).replace('\n', ", ")
+        );
+    }
+    Ok((bytes, advice))
 }
 
 fn describe(cert: &CaCertificate) -> String {
@@ -156,7 +226,7 @@ mod tests {
             dir: dir.to_owned(),
             node: Some("ehr-7".into()),
             force,
-            permit_dns: Vec::new(),
+            permit: Vec::new(),
             days: 3650,
         }
     }
@@ -206,6 +276,35 @@ mod tests {
         // Export needs no key: it works even when ca.key is unreadable or gone.
         std::fs::remove_file(dir.path().join("ca.key")).expect("rm");
         assert_eq!(export_as(Format::Pem).0, pem);
+    }
+
+    #[test]
+    fn while_a_rotation_is_pending_export_prints_both_certificates() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ca = dir.path().join("ca");
+        init(&init_args(&ca, false)).expect("init");
+        let overlap: jiff::SignedDuration = "168h".parse().expect("the default overlap");
+        let at = jiff::Timestamp::now() + overlap;
+        let next = rotation::prepare(&ca, &CaSpec::new("ehr-7"), at).expect("prepare");
+        let args = |format| ExportArgs {
+            dir: ca.clone(),
+            format,
+        };
+        let (pem, advice) = export(&args(Format::Pem)).expect("export");
+        let certs: Vec<CertificateDer<'_>> = CertificateDer::pem_slice_iter(&pem)
+            .collect::<Result<_, _>>()
+            .expect("PEM");
+        let current = LocalCa::load(&ca).expect("load");
+        assert_eq!(
+            certs,
+            vec![current.cert_der().clone(), next.cert_der().clone()]
+        );
+        assert!(advice.contains("install both"), "{advice}");
+        assert!(
+            export(&args(Format::Der)).is_err(),
+            "DER holds one certificate"
+        );
+        assert!("30m".parse::<jiff::SignedDuration>().is_ok());
     }
 
     #[test]

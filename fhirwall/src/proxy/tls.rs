@@ -33,6 +33,7 @@ use std::sync::Arc;
 
 pub use ca::{
     CA_CERT_FILE, CA_KEY_FILE, CaCertificate, CaSpec, DEFAULT_CA_DIR, InitOutcome, Leaf, LocalCa,
+    rotation,
 };
 pub use error::{TlsError, TlsErrorSource};
 pub use leaf::{LeafCache, LeafPolicy, SniResolver};

@@ -44,6 +44,27 @@ pub fn routes(
     routes
 }
 
+/// The names the sidecar answers TLS as: every protected upstream's host names (and
+/// `tls.server_name`) and the addresses they resolved to. Any other server name gets no leaf.
+#[must_use]
+pub fn served_names(
+    policy: &Policy,
+    resolved: &BTreeMap<HostPort, BTreeSet<SocketAddr>>,
+) -> BTreeSet<LeafName> {
+    let mut names = BTreeSet::new();
+    for upstream in &policy.upstreams {
+        let hosts = upstream.addresses.iter().map(|a| a.host.as_str());
+        let certified = hosts.chain(upstream.tls.server_name.as_deref());
+        names.extend(certified.filter_map(|h| LeafName::parse(h).ok()));
+        names.extend(
+            addresses(upstream, resolved)
+                .into_iter()
+                .map(|a| LeafName::Ip(a.ip())),
+        );
+    }
+    names
+}
+
 /// How to connect to a policy upstream whose addresses resolved to `addresses`: the server name
 /// is `tls.server_name`, else the host of its first address. (The TLS layer knows connection
 /// specs, not the policy's upstreams.)

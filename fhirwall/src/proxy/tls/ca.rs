@@ -1,14 +1,13 @@
-//! The node-local CA: `ca.pem` (the certificate EHR hosts trust, 0644) and `ca.key` (its private
-//! key, 0600) in one directory, and the short-lived leaf certificates it signs for the names the
-//! sidecar answers as.
+//! The node-local CA: `ca.pem` (the certificate EHR hosts trust) and `ca.key` (its private key)
+//! in one directory, both 0600 in the agent's private state directory, and the short-lived leaf
+//! certificates it signs for the names the sidecar answers as.
 //!
 //! The CA is ECDSA P-256, `basicConstraints CA:TRUE, pathlen:0` (it signs leaves only, never
-//! another CA: RFC 5280 4.2.1.9), `keyUsage keyCertSign, cRLSign`. Name constraints (RFC 5280
-//! 4.2.1.10) are off by default: the names the sidecar must answer as are the protected
-//! upstreams', which change with policy while the CA stays trusted for years, and a constraint
-//! that misses one breaks that integration with a certificate error. An operator who knows the
-//! FHIR domains up front can set them with `--permit-dns` to bound what a stolen CA key can
-//! impersonate.
+//! another CA: RFC 5280 4.2.1.9), `keyUsage keyCertSign, cRLSign`, valid for months, not years.
+//! Its name constraints (RFC 5280 4.2.1.10, [`Scope`]) permit the protected upstreams' names and
+//! addresses as the policy had them when it was created, so a stolen CA key cannot impersonate
+//! anything else to a client that checks them. An upstream added later that the constraints do
+//! not cover gets no leaf until the CA is rotated (`fhirwall ca rotate`).
 
 use std::{
     path::{Path, PathBuf},
@@ -16,16 +15,20 @@ use std::{
 };
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, GeneralSubtree, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, NameConstraints, PKCS_ECDSA_P256_SHA256,
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
 };
 use rustls::pki_types::{CertificateDer, PrivatePkcs8KeyDer, pem::PemObject};
 use time::OffsetDateTime;
 
+pub use self::scope::Scope;
+pub mod rotation;
 use super::{
     LeafName, TlsError,
     files::{self, CERT_MODE, KEY_MODE},
 };
+
+mod scope;
 
 /// File name of the CA certificate inside the CA directory.
 pub const CA_CERT_FILE: &str = "ca.pem";
@@ -46,13 +49,16 @@ pub struct CaSpec {
     pub node: String,
     /// How long the CA certificate is valid.
     pub validity: Duration,
-    /// DNS subtrees the CA may sign for (name constraints); empty for none.
-    pub permitted_dns: Vec<String>,
+    /// Names and addresses the CA may sign for (name constraints, see [`Scope`]); empty for
+    /// none.
+    pub permitted: Vec<LeafName>,
 }
 
 impl CaSpec {
-    /// Ten years: replacing the CA means re-distributing it to every EHR host.
-    pub const DEFAULT_VALIDITY: Duration = Duration::from_hours(10 * 365 * 24);
+    /// About six months: short enough that a copied key soon stops working, long enough that
+    /// rotating (`fhirwall ca rotate`, with an overlap in which hosts trust both) is a
+    /// twice-yearly task.
+    pub const DEFAULT_VALIDITY: Duration = Duration::from_hours(182 * 24);
 
     /// A spec for `node` with the default validity and no name constraints.
     #[must_use]
@@ -60,7 +66,7 @@ impl CaSpec {
         Self {
             node: node.to_owned(),
             validity: Self::DEFAULT_VALIDITY,
-            permitted_dns: Vec::new(),
+            permitted: Vec::new(),
         }
     }
 }
@@ -89,6 +95,7 @@ pub struct CaCertificate {
     /// The certificate block only, newline-terminated.
     pub pem: String,
     pub not_after: SystemTime,
+    pub scope: Scope,
 }
 
 impl CaCertificate {
@@ -101,12 +108,13 @@ impl CaCertificate {
                 path: path.clone(),
                 reason: "no PEM CERTIFICATE block",
             })?;
-        let not_after =
+        let (not_after, scope) =
             check_ca(&der, None).map_err(|reason| TlsError::CaMismatch { path, reason })?;
         Ok(Self {
             pem: first_certificate_block(&text),
             der,
             not_after,
+            scope,
         })
     }
 
@@ -126,6 +134,7 @@ pub struct LocalCa {
     cert: CertificateDer<'static>,
     cert_pem: String,
     not_after: SystemTime,
+    scope: Scope,
     issuer: Issuer<'static, KeyPair>,
 }
 
@@ -168,7 +177,7 @@ impl LocalCa {
                 source,
             }
         })?;
-        let params = ca_params(spec, now)?;
+        let params = ca_params(spec, now);
         let cert = params
             .self_signed(&key)
             .map_err(|source| TlsError::Generate {
@@ -198,10 +207,11 @@ impl LocalCa {
                 path: cert_path.clone(),
                 reason: "no PEM CERTIFICATE block",
             })?;
-        let not_after = check_ca(&cert, Some(&key)).map_err(|reason| TlsError::CaMismatch {
-            path: cert_path.clone(),
-            reason,
-        })?;
+        let (not_after, scope) =
+            check_ca(&cert, Some(&key)).map_err(|reason| TlsError::CaMismatch {
+                path: cert_path.clone(),
+                reason,
+            })?;
         let issuer = Issuer::from_ca_cert_der(&cert, key).map_err(|source| TlsError::BadCa {
             path: cert_path,
             source,
@@ -211,8 +221,15 @@ impl LocalCa {
             cert_pem: first_certificate_block(&cert_pem),
             cert,
             not_after,
+            scope,
             issuer,
         })
+    }
+
+    /// What the CA may sign for.
+    #[must_use]
+    pub fn scope(&self) -> &Scope {
+        &self.scope
     }
 
     /// The CA certificate (DER), as hosts must trust it.
@@ -283,7 +300,7 @@ impl LocalCa {
     }
 }
 
-fn ca_params(spec: &CaSpec, now: SystemTime) -> Result<CertificateParams, TlsError> {
+fn ca_params(spec: &CaSpec, now: SystemTime) -> CertificateParams {
     let mut params = CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
     params
@@ -300,23 +317,8 @@ fn ca_params(spec: &CaSpec, now: SystemTime) -> Result<CertificateParams, TlsErr
     ];
     params.not_before = OffsetDateTime::from(now - BACKDATE);
     params.not_after = OffsetDateTime::from(now + spec.validity);
-    if !spec.permitted_dns.is_empty() {
-        let permitted = spec
-            .permitted_dns
-            .iter()
-            .map(|d| match LeafName::parse(d)? {
-                LeafName::Dns(d) => Ok(GeneralSubtree::DnsName(d)),
-                LeafName::Ip(_) | LeafName::IpWithHost(..) => {
-                    Err(TlsError::BadServerName { name: d.clone() })
-                }
-            })
-            .collect::<Result<_, _>>()?;
-        params.name_constraints = Some(NameConstraints {
-            permitted_subtrees: permitted,
-            excluded_subtrees: Vec::new(),
-        });
-    }
-    Ok(params)
+    params.name_constraints = Scope::constraints(&spec.permitted);
+    params
 }
 
 /// `fhirwall node CA <node>`, cut to the 64 characters X.509 allows, printable ASCII only.
@@ -331,8 +333,12 @@ fn common_name(node: &str) -> String {
     name.trim_end().to_owned()
 }
 
-/// Checks the stored certificate is a CA certificate (for `key`, if given); returns its expiry.
-fn check_ca(cert: &CertificateDer<'_>, key: Option<&KeyPair>) -> Result<SystemTime, &'static str> {
+/// Checks the stored certificate is a CA certificate (for `key`, if given); returns its expiry
+/// and what it may sign for.
+fn check_ca(
+    cert: &CertificateDer<'_>,
+    key: Option<&KeyPair>,
+) -> Result<(SystemTime, Scope), &'static str> {
     use rcgen::PublicKeyData;
 
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref())
@@ -350,7 +356,8 @@ fn check_ca(cert: &CertificateDer<'_>, key: Option<&KeyPair>) -> Result<SystemTi
     }
     let secs = u64::try_from(parsed.validity().not_after.timestamp())
         .map_err(|_| "certificate expires before 1970")?;
-    Ok(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    let scope = Scope::of(&parsed)?;
+    Ok((SystemTime::UNIX_EPOCH + Duration::from_secs(secs), scope))
 }
 
 /// The first `CERTIFICATE` block of a PEM file that already parsed, without any text around it

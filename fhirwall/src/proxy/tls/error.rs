@@ -140,6 +140,10 @@ pub enum TlsError {
     /// (random SNI values would otherwise keep the data plane busy signing).
     #[error("leaf minting rate exceeded; handshake for a new server name refused")]
     MintRateExceeded,
+    /// A client asked for a server name (or reached an address) that no protected upstream has,
+    /// or that the node CA's name constraints do not cover: no leaf is minted for it.
+    #[error("no protected upstream is named {name}; handshake refused")]
+    NotServed { name: super::LeafName },
 }
 
 impl TlsError {
@@ -158,7 +162,8 @@ impl TlsError {
             | Self::ClosedBeforeData
             | Self::NoCommonProtocol
             | Self::DownstreamHandshake { .. }
-            | Self::MintRateExceeded => TlsErrorSource::DownstreamHandshake,
+            | Self::MintRateExceeded
+            | Self::NotServed { .. } => TlsErrorSource::DownstreamHandshake,
             Self::UnknownUpstream { .. }
             | Self::NoAddress { .. }
             | Self::UpstreamConnect { .. }

@@ -1,12 +1,15 @@
 //! Leaf certificates per server name, minted by the [`LocalCa`] on first use and kept in a bounded
 //! LRU until shortly before they expire, so a handshake normally finds its certificate in the
-//! cache. Concurrent first requests for one name wait for a single mint.
+//! cache. Concurrent first requests for one name wait for a single mint. Only the protected
+//! upstreams' names and addresses get a leaf ([`LeafCache::serve`]): any other server name fails
+//! its handshake at once, without minting, and is counted.
 
 use std::{
+    collections::HashSet,
     fmt,
     num::NonZeroUsize,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant, SystemTime},
@@ -85,13 +88,20 @@ struct Slot(Mutex<Option<Minted>>);
 
 /// Leaves per name, minted on demand.
 pub struct LeafCache {
-    ca: Arc<LocalCa>,
+    /// Replaced whole when the CA is rotated.
+    ca: RwLock<Arc<LocalCa>>,
     provider: Arc<CryptoProvider>,
     policy: LeafPolicy,
     slots: Mutex<LruCache<LeafName, Arc<Slot>>>,
     mints: AtomicU64,
     budget: Mutex<MintBudget>,
     refused: AtomicU64,
+    /// The names asked to be served, kept to apply again to a rotated CA's constraints.
+    wanted: Mutex<Vec<LeafName>>,
+    /// The names a leaf may be minted for: the wanted ones the CA covers.
+    served: RwLock<HashSet<LeafName>>,
+    /// Handshakes refused because they asked for another name.
+    unserved: AtomicU64,
 }
 
 impl fmt::Debug for LeafCache {
@@ -108,7 +118,7 @@ impl LeafCache {
     #[must_use]
     pub fn new(ca: Arc<LocalCa>, provider: Arc<CryptoProvider>, policy: LeafPolicy) -> Self {
         Self {
-            ca,
+            ca: RwLock::new(ca),
             provider,
             slots: Mutex::new(LruCache::new(policy.capacity)),
             budget: Mutex::new(MintBudget {
@@ -118,6 +128,50 @@ impl LeafCache {
             policy,
             mints: AtomicU64::new(0),
             refused: AtomicU64::new(0),
+            wanted: Mutex::new(Vec::new()),
+            served: RwLock::new(HashSet::new()),
+            unserved: AtomicU64::new(0),
+        }
+    }
+
+    /// Mints from `ca` from now on (a rotated node CA), dropping every leaf of the old one, and
+    /// serves the names it covers of those last asked for; returns the rest, as
+    /// [`serve`](Self::serve) does.
+    pub fn replace_ca(&self, ca: LocalCa) -> Vec<LeafName> {
+        *self.ca.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(ca);
+        lock(&self.slots).clear();
+        let wanted = lock(&self.wanted).clone();
+        self.serve(wanted)
+    }
+
+    /// Serves exactly `names` from now on (the protected upstreams' DNS names and addresses);
+    /// until the first call, none. Returns those the CA's name constraints do not cover: they
+    /// are left out (a client checking the constraints would refuse their leaf anyway) until
+    /// the CA is rotated.
+    pub fn serve(&self, names: impl IntoIterator<Item = LeafName>) -> Vec<LeafName> {
+        let names: Vec<LeafName> = names.into_iter().collect();
+        lock(&self.wanted).clone_from(&names);
+        let ca = self.ca();
+        let (covered, uncovered): (Vec<_>, Vec<_>) =
+            names.into_iter().partition(|name| ca.scope().covers(name));
+        *self.served.write().unwrap_or_else(PoisonError::into_inner) =
+            covered.into_iter().collect();
+        uncovered
+    }
+
+    /// Handshakes refused for a server name no protected upstream has.
+    #[must_use]
+    pub fn unserved_names(&self) -> u64 {
+        self.unserved.load(Ordering::Relaxed)
+    }
+
+    fn serves(&self, name: &LeafName) -> bool {
+        let served = self.served.read().unwrap_or_else(PoisonError::into_inner);
+        match name {
+            LeafName::IpWithHost(ip, host) => {
+                served.contains(&LeafName::Ip(*ip)) && served.contains(&LeafName::Dns(host.clone()))
+            }
+            name => served.contains(name),
         }
     }
 
@@ -138,10 +192,10 @@ impl LeafCache {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// The CA the leaves come from.
+    /// The CA the leaves come from now.
     #[must_use]
-    pub fn ca(&self) -> &Arc<LocalCa> {
-        &self.ca
+    pub fn ca(&self) -> Arc<LocalCa> {
+        Arc::clone(&self.ca.read().unwrap_or_else(PoisonError::into_inner))
     }
 
     /// [`get`](Self::get) as of `now`: tests move the clock to see renewal.
@@ -150,6 +204,10 @@ impl LeafCache {
         name: &LeafName,
         now: SystemTime,
     ) -> Result<Arc<CertifiedKey>, TlsError> {
+        if !self.serves(name) {
+            self.unserved.fetch_add(1, Ordering::Relaxed);
+            return Err(TlsError::NotServed { name: name.clone() });
+        }
         let slot = self.slot(name);
         let mut minted = lock(&slot.0);
         if let Some(m) = minted.as_ref().filter(|m| now < m.renew_at) {
@@ -180,7 +238,7 @@ impl LeafCache {
     }
 
     fn mint(&self, name: &LeafName, now: SystemTime) -> Result<Minted, TlsError> {
-        let leaf = self.ca.mint(name, self.policy.validity, now)?;
+        let leaf = self.ca().mint(name, self.policy.validity, now)?;
         self.mints.fetch_add(1, Ordering::Relaxed);
         let signing_key = self
             .provider
@@ -234,7 +292,7 @@ impl ResolvesServerCert for SniResolver {
         match self.leaves.get(&name) {
             Ok(key) => Some(key),
             // Counted by the cache; a flood of these must not flood the log too.
-            Err(TlsError::MintRateExceeded) => None,
+            Err(TlsError::MintRateExceeded | TlsError::NotServed { .. }) => None,
             Err(e) => {
                 // No certificate: rustls aborts the handshake with an alert.
                 warn!(error = %e, %name, "no leaf certificate for the client");
@@ -251,10 +309,69 @@ mod tests {
     use super::*;
     use crate::proxy::tls::CaSpec;
 
+    /// A cache serving the names these tests ask for.
     fn cache(dir: &std::path::Path, policy: LeafPolicy) -> LeafCache {
         let (ca, _) = LocalCa::init(dir, &CaSpec::new("test")).expect("init");
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        LeafCache::new(Arc::new(ca), provider, policy)
+        let leaves = LeafCache::new(Arc::new(ca), provider, policy);
+        let names = ["fhir.ehr.example", "10.0.0.1", "flood.example", "a.example"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(["b", "c", "n0", "n1", "n2", "n3", "n4"].map(|n| format!("{n}.example")));
+        leaves.serve(names.map(|n| LeafName::parse(&n).expect("name")));
+        leaves
+    }
+
+    #[test]
+    fn only_served_names_get_a_leaf_and_others_are_refused_without_minting() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let leaves = cache(dir.path(), LeafPolicy::default());
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+        for unserved in [
+            LeafName::parse("evil.example").expect("name"),
+            LeafName::parse("sub.fhir.ehr.example").expect("name"),
+            LeafName::Ip(ip("10.0.0.2")),
+            LeafName::IpWithHost(ip("10.0.0.1"), "evil.example".into()),
+            LeafName::IpWithHost(ip("10.0.0.2"), "fhir.ehr.example".into()),
+        ] {
+            assert!(
+                matches!(leaves.get(&unserved), Err(TlsError::NotServed { .. })),
+                "{unserved}"
+            );
+        }
+        assert_eq!((leaves.mints(), leaves.unserved_names()), (0, 5));
+        leaves
+            .get(&LeafName::IpWithHost(
+                ip("10.0.0.1"),
+                "fhir.ehr.example".into(),
+            ))
+            .expect("an address and name of a protected upstream");
+        assert_eq!(leaves.mints(), 1);
+        // A reload that drops a name stops serving it.
+        leaves.serve([LeafName::Ip(ip("10.0.0.1"))]);
+        assert!(matches!(
+            leaves.get(&LeafName::parse("fhir.ehr.example").expect("name")),
+            Err(TlsError::NotServed { .. })
+        ));
+    }
+
+    #[test]
+    fn names_the_ca_does_not_cover_are_not_served_and_said() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let spec = CaSpec {
+            permitted: vec![LeafName::parse("ehr.example").expect("name")],
+            ..CaSpec::new("test")
+        };
+        let (ca, _) = LocalCa::init(dir.path(), &spec).expect("init");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let leaves = LeafCache::new(Arc::new(ca), provider, LeafPolicy::default());
+        let names = ["fhir.ehr.example", "other.example"].map(|n| LeafName::parse(n).expect("n"));
+        assert_eq!(leaves.serve(names.clone()), vec![names[1].clone()]);
+        leaves.get(&names[0]).expect("covered");
+        assert!(matches!(
+            leaves.get(&names[1]),
+            Err(TlsError::NotServed { .. })
+        ));
     }
 
     #[test]

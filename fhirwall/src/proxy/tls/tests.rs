@@ -34,6 +34,15 @@ fn terminator(dir: &Path, config: TerminatorConfig) -> Arc<TlsTerminator> {
         provider(),
         LeafPolicy::default(),
     ));
+    // The upstreams the tests pretend to protect, by name and by address.
+    let uncovered = leaves.serve(
+        ["fhir.test", "fhir.ehr.example", "127.0.0.1", "::1"]
+            .map(|n| LeafName::parse(n).expect("name")),
+    );
+    assert!(
+        uncovered.is_empty(),
+        "an unconstrained CA covers every name"
+    );
     Arc::new(TlsTerminator::new(leaves, provider(), config).expect("terminator"))
 }
 

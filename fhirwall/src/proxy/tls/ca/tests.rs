@@ -154,15 +154,20 @@ fn ca_certificate_is_a_leaf_only_p256_ca_named_for_the_node() {
         "P-256"
     );
     let lifetime = cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp();
-    assert!(lifetime > 9 * 365 * 24 * 3600, "lifetime {lifetime}s");
+    assert!(
+        (150 * 24 * 3600..=200 * 24 * 3600).contains(&lifetime),
+        "months, not years: {lifetime}s"
+    );
     assert!(cert.name_constraints().expect("ext").is_none());
 }
 
 #[test]
-fn permitted_dns_becomes_name_constraints() {
+fn permitted_names_become_name_constraints_and_the_scope_read_back_covers_exactly_them() {
     let dir = tempfile::tempdir().expect("tempdir");
+    let names =
+        ["fhir.ehr.example", "10.0.0.1", "fd00::5"].map(|n| LeafName::parse(n).expect("name"));
     let spec = CaSpec {
-        permitted_dns: vec!["ehr.example".into()],
+        permitted: names.to_vec(),
         ..CaSpec::new("n")
     };
     let (ca, _) = LocalCa::init(dir.path(), &spec).expect("init");
@@ -173,20 +178,44 @@ fn permitted_dns_becomes_name_constraints() {
         .expect("nameConstraints")
         .value;
     let permitted = nc.permitted_subtrees.as_ref().expect("permitted");
-    assert!(matches!(
-        permitted[0].base,
-        GeneralName::DNSName("ehr.example")
-    ));
-
-    let ip_spec = CaSpec {
-        permitted_dns: vec!["10.0.0.1".into()],
-        ..CaSpec::new("n")
-    };
-    let other = tempfile::tempdir().expect("tempdir");
-    assert!(matches!(
-        LocalCa::create(other.path(), &ip_spec),
-        Err(TlsError::BadServerName { .. })
-    ));
+    assert_eq!(
+        permitted.iter().map(|s| s.base.clone()).collect::<Vec<_>>(),
+        vec![
+            GeneralName::DNSName("fhir.ehr.example"),
+            GeneralName::IPAddress(&[10, 0, 0, 1, 255, 255, 255, 255]),
+            GeneralName::IPAddress(&[
+                0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 5, 255, 255, 255, 255, 255, 255,
+                255, 255, 255, 255, 255, 255, 255, 255, 255, 255
+            ]),
+        ]
+    );
+    let loaded = LocalCa::load(dir.path()).expect("load");
+    let scope = loaded.scope();
+    assert!(scope.is_constrained());
+    for (name, covered) in [
+        ("fhir.ehr.example", true),
+        ("api.fhir.ehr.example", true),
+        ("evilfhir.ehr.example", false),
+        ("ehr.example", false),
+        ("10.0.0.1", true),
+        ("10.0.0.2", false),
+        ("fd00::5", true),
+        ("fd00::6", false),
+    ] {
+        let name = LeafName::parse(name).expect("name");
+        assert_eq!(scope.covers(&name), covered, "{name}");
+    }
+    assert!(!scope.covers(&LeafName::IpWithHost(
+        "10.0.0.1".parse().expect("ip"),
+        "other.example".into()
+    )));
+    let unconstrained = tempfile::tempdir().expect("tempdir");
+    let (open, _) = LocalCa::init(unconstrained.path(), &CaSpec::new("n")).expect("init");
+    assert!(!open.scope().is_constrained());
+    assert!(
+        open.scope()
+            .covers(&LeafName::parse("anything.example").expect("name"))
+    );
 }
 
 #[test]
