@@ -284,7 +284,7 @@ fn state_dir(dir: &std::path::Path) -> Result<(), AppError> {
 /// resolving on its own).
 #[must_use]
 pub fn ca_spec(config: &AgentConfig, policy: &Policy) -> CaSpec {
-    let resolved = policy
+    let mut resolved = policy
         .upstreams
         .iter()
         .flat_map(|u| &u.addresses)
@@ -293,6 +293,7 @@ pub fn ca_spec(config: &AgentConfig, policy: &Policy) -> CaSpec {
             (hp.clone(), addrs.map(Iterator::collect).unwrap_or_default())
         })
         .collect();
+    crate::enforce::with_local_aliases(&mut resolved, &crate::enforce::local_addresses());
     CaSpec {
         permitted: control::served_names(policy, &resolved)
             .into_iter()

@@ -110,6 +110,46 @@ pub async fn resolve(
     (resolved, failures)
 }
 
+/// For every upstream address that is this host's own (`local`: its interfaces' addresses,
+/// loopback included), adds all of this host's addresses with the same port. A server on this
+/// host listening on all addresses answers on each of them, so protecting only the configured
+/// one would leave the others as a way around the sidecar. (Loopback addresses other than the
+/// interfaces' own, `127.0.0.2` and up, are not covered: see ARCHITECTURE.md.)
+pub fn with_local_aliases(
+    resolved: &mut BTreeMap<HostPort, BTreeSet<SocketAddr>>,
+    local: &BTreeSet<std::net::IpAddr>,
+) {
+    for addrs in resolved.values_mut() {
+        let ports: BTreeSet<u16> = addrs
+            .iter()
+            .filter(|a| local.contains(&a.ip()))
+            .map(SocketAddr::port)
+            .collect();
+        for port in ports {
+            addrs.extend(local.iter().map(|ip| SocketAddr::new(*ip, port)));
+        }
+    }
+}
+
+/// This host's addresses: every interface's, loopback included. Empty when they cannot be
+/// listed (then only the configured addresses are protected, as before).
+#[must_use]
+pub fn local_addresses() -> BTreeSet<std::net::IpAddr> {
+    let Ok(interfaces) = nix::ifaddrs::getifaddrs() else {
+        return BTreeSet::new();
+    };
+    interfaces
+        .filter_map(|i| i.address)
+        .filter_map(|a| {
+            a.as_sockaddr_in()
+                .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+        })
+        // A link-local IPv6 address needs its interface to be reached: not one a client names.
+        .filter(|ip| !matches!(ip, std::net::IpAddr::V6(v6) if v6.is_unicast_link_local()))
+        .collect()
+}
+
 /// Every protected destination. IPv4 addresses need no IPv4-mapped twin: the kernel programs map
 /// what they see themselves.
 #[must_use]

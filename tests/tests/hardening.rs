@@ -7,6 +7,8 @@
 //!   systemd unit in the user's own service manager and a look-alike pod cgroup in a subtree the
 //!   user owns are all attributed as unregistered, while the same programs and names from where
 //!   only root can put them are recognised.
+//! - An upstream on this host listening on all addresses is protected at every address of the
+//!   host, not only the one the policy names.
 //! - The node CA signs only for the protected upstreams (name constraints, and no leaf for any
 //!   other server name), and `fhirwall ca rotate` replaces it without breaking clients that
 //!   installed the exported pair during the overlap.
@@ -24,6 +26,7 @@ use std::{
 
 use fhirwall_tests::{
     agent::Agent,
+    destination::Destination,
     eventually, in_cgroup, kernel_available, target_binary,
     world::{World, status},
 };
@@ -81,6 +84,11 @@ fn integration(name: &str, selector: &str) -> String {
 /// Runs `program ARGS --send READ <destination>` as `uid` (no groups) in `cgroup`, and returns
 /// the HTTP status the probe got through the kernel redirect and the sidecar.
 fn status_as(world: &World, uid: u32, cgroup: &Path, program: &[&str]) -> Option<u16> {
+    status_at(world.destination.addr, uid, cgroup, program)
+}
+
+/// [`status_as`], connecting to `to`.
+fn status_at(to: std::net::SocketAddr, uid: u32, cgroup: &Path, program: &[&str]) -> Option<u16> {
     let out = in_cgroup(cgroup, "setpriv")
         .args([
             format!("--reuid={uid}"),
@@ -89,7 +97,7 @@ fn status_as(world: &World, uid: u32, cgroup: &Path, program: &[&str]) -> Option
             "--".to_owned(),
         ])
         .args(program)
-        .args(["--send", READ, &world.destination.addr.to_string()])
+        .args(["--send", READ, &to.to_string()])
         .output()
         .expect("setpriv");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -465,4 +473,61 @@ fn ca_rotate_keeps_clients_working_across_the_switch() {
     );
     assert!(world.state_dir().join("ca.previous/ca.pem").exists());
     assert!(agent.log_text().contains("switched to the rotated node CA"));
+}
+
+#[test]
+fn an_upstream_on_this_host_is_protected_at_every_address_of_the_host() {
+    if !kernel_available("an_upstream_on_this_host_is_protected_at_every_address_of_the_host") {
+        return;
+    }
+    let world = World::new("active");
+    // A local EHR listening on all addresses, registered by its loopback address.
+    let ehr = Destination::start([0, 0, 0, 0]);
+    let port = ehr.addr.port();
+    let policy = format!(
+        "kind: Upstream\nname: ehr\naddresses: [\"127.0.0.1:{port}\"]\nbase_path: /\ntls:\n  mode: plain\n---\n{}",
+        integration(
+            "registered-exe",
+            &format!("  exe: {}\n", fhirwall_tests::world::probe_exe())
+        ),
+    );
+    world
+        .files
+        .write_policy("policy.yaml", &policy)
+        .expect("policy");
+    let agent = world.start();
+    let lan = fhirwall::enforce::local_addresses()
+        .into_iter()
+        .find(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .expect("a host with a network interface besides loopback");
+    let evil = install_programs(&world.files.dir).1;
+    let evil = evil.display().to_string();
+    for to in [
+        std::net::SocketAddr::new(lan, port),
+        std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+    ] {
+        assert_eq!(
+            status_at(to, NOBODY, &world.work, &[&evil]),
+            Some(403),
+            "{to}: an unregistered process is stopped by the sidecar; agent log:\n{}",
+            agent.log_text()
+        );
+    }
+    assert_eq!(
+        ehr.accepted(),
+        0,
+        "nothing reached the EHR around the sidecar"
+    );
+    let probe = fhirwall_tests::world::probe_exe();
+    assert_eq!(
+        status_at(
+            std::net::SocketAddr::new(lan, port),
+            0,
+            &world.work,
+            &[&probe]
+        ),
+        Some(200),
+        "the registered program reaches it, through the sidecar"
+    );
+    assert_eq!(ehr.accepted(), 1);
 }

@@ -100,3 +100,36 @@ fn uid_selectors_get_entries_before_any_process_is_seen() {
         "a uid+exe selector cannot be decided by uid alone"
     );
 }
+
+#[test]
+fn an_upstream_on_this_host_is_protected_at_every_address_of_the_host() {
+    let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+    let local = BTreeSet::from([ip("127.0.0.1"), ip("192.0.2.2"), ip("::1")]);
+    let hp = |s: &str| s.parse::<HostPort>().expect("host:port");
+    let mut resolved = BTreeMap::from([
+        (
+            hp("127.0.0.1:8080"),
+            BTreeSet::from([addr("127.0.0.1:8080")]),
+        ),
+        (hp("ehr.remote:443"), BTreeSet::from([addr("10.1.2.3:443")])),
+    ]);
+    with_local_aliases(&mut resolved, &local);
+    assert_eq!(
+        resolved[&hp("127.0.0.1:8080")],
+        BTreeSet::from([
+            addr("127.0.0.1:8080"),
+            addr("192.0.2.2:8080"),
+            addr("[::1]:8080")
+        ])
+    );
+    assert_eq!(
+        resolved[&hp("ehr.remote:443")],
+        BTreeSet::from([addr("10.1.2.3:443")]),
+        "a remote upstream is left as it resolved"
+    );
+    assert!(
+        local_addresses().iter().any(std::net::IpAddr::is_loopback),
+        "this host's own addresses include loopback"
+    );
+}
