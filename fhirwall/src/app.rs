@@ -16,7 +16,7 @@ mod control;
 mod listen;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::ToSocketAddrs as _,
     path::PathBuf,
     sync::{Arc, atomic::AtomicU64},
@@ -152,6 +152,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         metrics,
         audit,
         resolved: BTreeMap::default(),
+        ca_uncovered: BTreeSet::default(),
         processes: BTreeMap::default(),
         policy_stamp: control::stamp(&config.policies),
         events: None,

@@ -28,7 +28,7 @@ use crate::{
     proxy::{
         listener::{Listener, Routes},
         sidecar::PolicyState,
-        tls::{LocalCa, rotation},
+        tls::{LeafName, LocalCa, rotation},
     },
 };
 
@@ -52,6 +52,8 @@ pub struct Control {
     pub metrics: Arc<Metrics>,
     pub audit: AuditSink,
     pub resolved: BTreeMap<HostPort, BTreeSet<SocketAddr>>,
+    /// Upstream names the node CA's constraints do not cover, as last told.
+    pub ca_uncovered: BTreeSet<LeafName>,
     pub processes: BTreeMap<u32, Arc<Workload>>,
     pub policy_stamp: Vec<(std::path::PathBuf, SystemTime)>,
     pub events: Option<EventReader>,
@@ -211,7 +213,7 @@ impl Control {
 
     /// Switches the sidecar to the rotated node CA once its time has come (`fhirwall ca
     /// rotate`). On failure the current CA keeps signing and the next look tries again.
-    fn rotate_ca(&self) {
+    fn rotate_ca(&mut self) {
         let dir = crate::app::ca_dir(&self.config);
         let switched = rotation::switch_if_due(&dir, jiff::Timestamp::now())
             .and_then(|switched| switched.then(|| LocalCa::load(&dir)).transpose());
@@ -219,13 +221,8 @@ impl Control {
             Ok(None) => {}
             Ok(Some(ca)) => {
                 let uncovered = self.sidecar.terminator.leaves().replace_ca(ca);
-                info!(
-                    uncovered = uncovered.len(),
-                    "switched to the rotated node CA; the previous one is kept beside it"
-                );
-                self.metrics
-                    .tls_ca_uncovered_names
-                    .set(i64::try_from(uncovered.len()).unwrap_or(i64::MAX));
+                info!("switched to the rotated node CA; the previous one is kept beside it");
+                self.uncovered(uncovered);
             }
             Err(e) => error!(error = %e, "rotating the node CA failed; the current one stays"),
         }
@@ -262,7 +259,15 @@ impl Control {
             .terminator
             .leaves()
             .serve(routes::served_names(&policy, &self.resolved));
-        for name in &uncovered {
+        self.uncovered(uncovered);
+        Ok(())
+    }
+
+    /// Says which upstream names the node CA does not cover, once per change (this runs at
+    /// every re-resolution).
+    fn uncovered(&mut self, names: Vec<LeafName>) {
+        let names: BTreeSet<LeafName> = names.into_iter().collect();
+        for name in names.difference(&self.ca_uncovered) {
             warn!(
                 %name,
                 "the node CA's name constraints do not cover this upstream name: clients get no \
@@ -271,8 +276,8 @@ impl Control {
         }
         self.metrics
             .tls_ca_uncovered_names
-            .set(i64::try_from(uncovered.len()).unwrap_or(i64::MAX));
-        Ok(())
+            .set(i64::try_from(names.len()).unwrap_or(i64::MAX));
+        self.ca_uncovered = names;
     }
 
     /// Classifies every running process and rewrites the verdict map.
