@@ -390,8 +390,12 @@ fn share_dir() -> anyhow::Result<ShareDir> {
 /// The node CA the agent created at first start, where the workloads can read it: EHR hosts
 /// trust it (README: "trusting the node CA").
 fn trust_node_ca(state: &Path, share: &Path) -> anyhow::Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt as _;
     let target = share.join("fhirwall-node-ca.pem");
     fs::copy(state.join("ca/ca.pem"), &target).context("copying the node CA")?;
+    // The certificate is public, as a trust store holds it; in the state directory it is
+    // root's alone like everything there, and the copy keeps that mode.
+    fs::set_permissions(&target, fs::Permissions::from_mode(0o644))?;
     Ok(target)
 }
 
