@@ -6,13 +6,15 @@
 //!   test    setup if needed, then run every test, kernel tests included (root)
 //!   demo    setup if needed, then run the end-to-end demo
 //!   bench   run the criterion benchmarks
+//!   fuzz    replay the regression inputs of the fuzz targets, then fuzz them
+//!   fmt     format with nightly rustfmt
 
 mod demo;
+mod fuzz;
 mod setup;
 mod sh;
 mod test;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -55,7 +57,8 @@ enum Command {
         check: bool,
     },
     /// Run the fuzz targets (all in turn, or one) for a time each, with libFuzzer through
-    /// cargo-fuzz (installed if missing). A crash fails the command and leaves its input in
+    /// cargo-fuzz (installed if missing), after building every target and replaying each one's
+    /// inputs in fuzz/regressions/TARGET/. A crash fails the command and leaves its input in
     /// fuzz/artifacts/TARGET/.
     Fuzz {
         target: Option<String>,
@@ -85,7 +88,7 @@ fn main() -> anyhow::Result<()> {
             kernel_enforcement,
         } => demo::run(once, kernel_enforcement),
         Command::Bench { which } => bench(which.as_deref()),
-        Command::Fuzz { target, seconds } => fuzz(target.as_deref(), seconds),
+        Command::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
         Command::Fmt { check } => fmt(check),
     }
 }
@@ -145,35 +148,6 @@ fn fmt(check: bool) -> anyhow::Result<()> {
             .copied()
             .collect();
         sh::run("cargo", &args)?;
-    }
-    Ok(())
-}
-
-fn fuzz(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {
-    setup::fuzzer()?;
-    let targets = match target {
-        Some(t) => vec![t.to_owned()],
-        None => sh::output("cargo", &["fuzz", "list", "--fuzz-dir", "fuzz"])
-            .context("listing the fuzz targets")?
-            .lines()
-            .map(str::to_owned)
-            .collect(),
-    };
-    let time = format!("-max_total_time={seconds}");
-    for t in &targets {
-        sh::run(
-            "cargo",
-            &[
-                "+nightly",
-                "fuzz",
-                "run",
-                "--fuzz-dir",
-                "fuzz",
-                t,
-                "--",
-                &time,
-            ],
-        )?;
     }
     Ok(())
 }
