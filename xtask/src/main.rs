@@ -3,7 +3,8 @@
 //!
 //!   setup   install the toolchain pieces and test peers that are missing
 //!   build   setup if needed, then build the workspace (release)
-//!   test    setup if needed, then run every test, kernel tests included (root)
+//!   test    setup if needed, then run every test, kernel tests included (root), then every
+//!           fuzz target briefly
 //!   demo    setup if needed, then run the end-to-end demo
 //!   bench   run the criterion benchmarks
 //!   fuzz    replay the regression inputs of the fuzz targets, then fuzz them
@@ -26,12 +27,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker, the FHIR server, test peers.
+    /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker, the FHIR server, test peers,
+    /// cargo-fuzz.
     Setup,
     /// Build the workspace in release mode.
     Build,
-    /// Run the whole test suite, kernel tests included (needs root).
+    /// Run the whole test suite, kernel tests included (needs root), then every fuzz target for
+    /// a short time after replaying its regression inputs.
     Test {
+        /// Leave out the fuzz step (local runs only: refused when CI is set).
+        #[arg(long)]
+        skip_fuzz: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -82,7 +88,7 @@ fn main() -> anyhow::Result<()> {
                 "fhirwall-ebpf",
             ])
         }
-        Command::Test { args } => test::run(&args),
+        Command::Test { skip_fuzz, args } => test::run(&args, skip_fuzz),
         Command::Demo {
             once,
             kernel_enforcement,
