@@ -27,7 +27,9 @@ const DIR: &str = "fuzz";
 /// seconds instead of outlasting it.
 const INPUT_TIMEOUT: &str = "-timeout=30";
 
-pub fn run(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {
+/// Returns how many targets were replayed and fuzzed without a failure (all that were chosen:
+/// the first failure is an error).
+pub fn run(target: Option<&str>, seconds: u32) -> anyhow::Result<usize> {
     setup::fuzzer()?;
     let all = targets()?;
     let chosen = match target {
@@ -44,7 +46,7 @@ pub fn run(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {
     for t in &chosen {
         fuzz(t, seconds)?;
     }
-    Ok(())
+    Ok(chosen.len())
 }
 
 /// The targets `cargo fuzz list` reads from fuzz/Cargo.toml, checked against the sources in

@@ -94,7 +94,7 @@ fn main() -> anyhow::Result<()> {
             kernel_enforcement,
         } => demo::run(once, kernel_enforcement),
         Command::Bench { which } => bench(which.as_deref()),
-        Command::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds),
+        Command::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds).map(drop),
         Command::Fmt { check } => fmt(check),
     }
 }
