@@ -3,16 +3,19 @@
 //!
 //!   setup   install the toolchain pieces and test peers that are missing
 //!   build   setup if needed, then build the workspace (release)
-//!   test    setup if needed, then run every test, kernel tests included (root)
+//!   test    setup if needed, then run every test, kernel tests included (root), then every
+//!           fuzz target briefly
 //!   demo    setup if needed, then run the end-to-end demo
 //!   bench   run the criterion benchmarks
+//!   fuzz    replay the regression inputs of the fuzz targets, then fuzz them
+//!   fmt     format with nightly rustfmt
 
 mod demo;
+mod fuzz;
 mod setup;
 mod sh;
 mod test;
 
-use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -24,12 +27,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker, the FHIR server, test peers.
+    /// Install what is missing: nightly rust-src, LLVM 22, bpf-linker, the FHIR server, test peers,
+    /// cargo-fuzz.
     Setup,
     /// Build the workspace in release mode.
     Build,
-    /// Run the whole test suite, kernel tests included (needs root).
+    /// Run the whole test suite, kernel tests included (needs root), then every fuzz target for
+    /// a short time after replaying its regression inputs.
     Test {
+        /// Leave out the fuzz step (local runs only: refused when CI is set).
+        #[arg(long)]
+        skip_fuzz: bool,
         /// Extra arguments passed to `cargo test` (e.g. a test name filter).
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
@@ -55,7 +63,8 @@ enum Command {
         check: bool,
     },
     /// Run the fuzz targets (all in turn, or one) for a time each, with libFuzzer through
-    /// cargo-fuzz (installed if missing). A crash fails the command and leaves its input in
+    /// cargo-fuzz (installed if missing), after building every target and replaying each one's
+    /// inputs in fuzz/regressions/TARGET/. A crash fails the command and leaves its input in
     /// fuzz/artifacts/TARGET/.
     Fuzz {
         target: Option<String>,
@@ -79,13 +88,13 @@ fn main() -> anyhow::Result<()> {
                 "fhirwall-ebpf",
             ])
         }
-        Command::Test { args } => test::run(&args),
+        Command::Test { skip_fuzz, args } => test::run(&args, skip_fuzz),
         Command::Demo {
             once,
             kernel_enforcement,
         } => demo::run(once, kernel_enforcement),
         Command::Bench { which } => bench(which.as_deref()),
-        Command::Fuzz { target, seconds } => fuzz(target.as_deref(), seconds),
+        Command::Fuzz { target, seconds } => fuzz::run(target.as_deref(), seconds).map(drop),
         Command::Fmt { check } => fmt(check),
     }
 }
@@ -145,35 +154,6 @@ fn fmt(check: bool) -> anyhow::Result<()> {
             .copied()
             .collect();
         sh::run("cargo", &args)?;
-    }
-    Ok(())
-}
-
-fn fuzz(target: Option<&str>, seconds: u32) -> anyhow::Result<()> {
-    setup::fuzzer()?;
-    let targets = match target {
-        Some(t) => vec![t.to_owned()],
-        None => sh::output("cargo", &["fuzz", "list", "--fuzz-dir", "fuzz"])
-            .context("listing the fuzz targets")?
-            .lines()
-            .map(str::to_owned)
-            .collect(),
-    };
-    let time = format!("-max_total_time={seconds}");
-    for t in &targets {
-        sh::run(
-            "cargo",
-            &[
-                "+nightly",
-                "fuzz",
-                "run",
-                "--fuzz-dir",
-                "fuzz",
-                t,
-                "--",
-                &time,
-            ],
-        )?;
     }
     Ok(())
 }

@@ -10,7 +10,7 @@ use crate::sh;
 pub enum Scope {
     /// What building the agent needs (kernel programs included).
     Build,
-    /// Also the real FHIR server and the peers the tests and the demo use.
+    /// Also the real FHIR server and the peers the tests and the demo use, and cargo-fuzz.
     Everything,
 }
 
@@ -23,6 +23,8 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
         // nginx: the TLS upstream of the client tests; prometheus: its `promtool` tests the
         // shipped alert rules and dashboard queries.
         debian_packages(&["nginx", "prometheus"])?;
+        // `cargo xtask test` ends by running the fuzz targets.
+        fuzzer()?;
     }
     Ok(())
 }
