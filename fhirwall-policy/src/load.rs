@@ -220,7 +220,7 @@ fn parse_file(file: &Path, text: &str, docs: &mut Documents) {
             field: field.map(str::to_owned),
             message,
         };
-        let kind = match serde_saphyr::from_str::<Header>(&doc) {
+        let kind = match serde_saphyr::from_str_with_options::<Header>(&doc, yaml_options()) {
             Ok(Header { kind: Some(kind) }) => kind,
             Ok(Header { kind: None }) => {
                 docs.problems.push(problem(
@@ -298,7 +298,7 @@ fn parse_as<T: DeserializeOwned>(
         .map(|l| if l.starts_with("kind:") { "" } else { l })
         .collect::<Vec<_>>()
         .join("\n");
-    match serde_saphyr::from_str::<T>(&stripped) {
+    match serde_saphyr::from_str_with_options::<T>(&stripped, yaml_options()) {
         Ok(value) => out.push(Located {
             value,
             file: file.to_owned(),
@@ -308,6 +308,21 @@ fn parse_as<T: DeserializeOwned>(
         Err(e) => problems.push(yaml_problem(file, line, &text, &e)),
     }
 }
+
+/// How policy YAML is parsed: an alias may replay at most `MAX_ALIAS_EVENTS` events per
+/// document. The parser's default (a million) let a 269-byte alias bomb cost 0.3 s per
+/// document in a release build (found by the `policy_load` fuzz target): a file of such
+/// documents stalled every load and reload. No policy needs more than a few aliases.
+fn yaml_options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        alias_limits: serde_saphyr::alias_limits! {
+            max_total_replayed_events: MAX_ALIAS_EVENTS,
+        },
+    }
+}
+
+/// Events aliases may replay in one policy document.
+const MAX_ALIAS_EVENTS: usize = 10_000;
 
 /// A parser error, on the file's line, with the field named from the keys enclosing it.
 fn yaml_problem(file: &Path, doc_line: u64, text: &str, e: &serde_saphyr::Error) -> Problem {

@@ -528,3 +528,26 @@ fn a_selector_any_local_user_could_satisfy_is_refused_with_the_reason() {
         load(&[("p.yaml", &anchored)]).expect("with a user it is anchored");
     }
 }
+
+#[test]
+fn aliases_replaying_more_than_a_policy_needs_are_refused() {
+    // 12 references to an anchored list of 1000 items: 12,000 replayed events.
+    let items = vec!["x"; 1000].join(", ");
+    let refs = vec!["*big"; 12].join(", ");
+    let text = format!("{UPSTREAM}---\nkind: Settings\nbig: &big [{items}]\nmore: [{refs}]\n");
+    let problems = load(&[("bomb.yaml", &text)]).expect_err("alias replay over the limit");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("alias") || p.contains("replay")),
+        "{problems:?}"
+    );
+    let few = format!("{UPSTREAM}---\nkind: Settings\nbig: &big [{items}]\nmore: [*big]\n");
+    let others = load(&[("few.yaml", &few)]).expect_err("unknown fields");
+    assert!(
+        others
+            .iter()
+            .all(|p| !p.contains("alias") && !p.contains("replay")),
+        "one reference is well within the limit: {others:?}"
+    );
+}
