@@ -533,7 +533,7 @@ fn a_selector_any_local_user_could_satisfy_is_refused_with_the_reason() {
 fn aliases_replaying_more_than_a_policy_needs_are_refused() {
     // 12 references to an anchored list of 1000 items: 12,000 replayed events.
     let items = vec!["x"; 1000].join(", ");
-    let refs = vec!["*big"; 12].join(", ");
+    let refs = ["*big"; 12].join(", ");
     let text = format!("{UPSTREAM}---\nkind: Settings\nbig: &big [{items}]\nmore: [{refs}]\n");
     let problems = load(&[("bomb.yaml", &text)]).expect_err("alias replay over the limit");
     assert!(
