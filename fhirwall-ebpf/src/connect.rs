@@ -240,8 +240,22 @@ fn refuse(event: &mut Event, reason: u32, stat: u32) -> Refused {
     Refused
 }
 
-/// `PROTECTED_*` of a destination, `None` when it is not protected.
+/// `PROTECTED_*` of a destination, `None` when it is not protected. Any IPv4 loopback address
+/// counts as 127.0.0.1 when it is not protected itself: a server on this host listening on all
+/// addresses answers on every one of 127.0.0.0/8, and the agent protects 127.0.0.1 (with the
+/// host's other addresses) for an upstream that runs on this host.
 fn protection(addr: &Addr, port: u16) -> Option<u32> {
+    lookup(addr, port).or_else(|| {
+        let loopback = is_v4_mapped(addr) && u32::from_be(addr[3]) >> 24 == 127;
+        if loopback {
+            lookup(&v4_mapped(u32::to_be(0x7f00_0001)), port)
+        } else {
+            None
+        }
+    })
+}
+
+fn lookup(addr: &Addr, port: u16) -> Option<u32> {
     let key = ProtectedKey {
         addr: *addr,
         port,

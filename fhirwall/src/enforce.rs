@@ -113,8 +113,8 @@ pub async fn resolve(
 /// For every upstream address that is this host's own (`local`: its interfaces' addresses,
 /// loopback included), adds all of this host's addresses with the same port. A server on this
 /// host listening on all addresses answers on each of them, so protecting only the configured
-/// one would leave the others as a way around the sidecar. (Loopback addresses other than the
-/// interfaces' own, `127.0.0.2` and up, are not covered: see ARCHITECTURE.md.)
+/// one would leave the others as a way around the sidecar. The rest of 127.0.0.0/8 is covered
+/// by the kernel programs, which treat any IPv4 loopback address as 127.0.0.1.
 pub fn with_local_aliases(
     resolved: &mut BTreeMap<HostPort, BTreeSet<SocketAddr>>,
     local: &BTreeSet<std::net::IpAddr>,

@@ -513,6 +513,14 @@ fn an_upstream_on_this_host_is_protected_at_every_address_of_the_host() {
             agent.log_text()
         );
     }
+    // Any other loopback address leads to the sidecar too, which has no route for it.
+    let other_loopback = std::net::SocketAddr::from(([127, 0, 0, 7], port));
+    let answer = status_at(other_loopback, NOBODY, &world.work, &[&evil]);
+    assert_ne!(
+        answer,
+        Some(200),
+        "{other_loopback}: not answered by the EHR"
+    );
     assert_eq!(
         ehr.accepted(),
         0,

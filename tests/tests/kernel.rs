@@ -235,6 +235,37 @@ fn redirects_ipv6_and_ipv4_mapped_connects() {
 }
 
 #[test]
+fn every_loopback_address_counts_as_127_0_0_1_when_that_is_protected() {
+    if !kernel_available("every_loopback_address_counts_as_127_0_0_1_when_that_is_protected") {
+        return;
+    }
+    let mut fx = Fixture::new(false);
+    // A server on this host listening on all addresses, protected at 127.0.0.1 (as the agent
+    // protects an upstream on this host).
+    let local = echo_server(Ipv4Addr::UNSPECIFIED.into());
+    let registered = SocketAddr::from(([127, 0, 0, 1], local.port()));
+    fx.kernel
+        .set_protected(&BTreeSet::from([
+            fx.protected_v4,
+            fx.protected_v6,
+            registered,
+        ]))
+        .expect("protected set");
+    let other = SocketAddr::from(([127, 0, 0, 9], local.port()));
+    let answer = sidecar_answer(&Fixture::probe(&fx.work, &[], other));
+    assert_eq!(answer["found"], true, "{answer}");
+    assert_eq!(
+        answer["dst"],
+        other.to_string(),
+        "redirected, the address kept"
+    );
+    // A loopback address of an unprotected port stays untouched.
+    let free = echo_server(Ipv4Addr::new(127, 0, 0, 9).into());
+    let direct = Fixture::probe(&fx.work, &[], free);
+    assert_eq!(direct["reply"], "direct", "{direct}");
+}
+
+#[test]
 fn leaves_unprotected_destinations_and_the_agents_own_sockets_alone() {
     if !kernel_available("leaves_unprotected_destinations_and_the_agents_own_sockets_alone") {
         return;
