@@ -199,6 +199,7 @@ fn load_policy(config: &AgentConfig) -> Result<(Policy, control::Overrides), App
     }
     let overrides = control::Overrides::load(&config.state_dir.join("overrides.json"))?;
     overrides.apply(&mut policy);
+    control::warn_unverifiable_exes(&policy);
     info!(
         upstreams = policy.upstreams.len(),
         integrations = policy.integrations.len(),

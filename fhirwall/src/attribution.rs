@@ -117,3 +117,60 @@ pub fn kernel_workload(caller: &Caller) -> Workload {
         ..Workload::default()
     }
 }
+
+/// The integrations whose `exe` selector names a literal path that no process on this host
+/// could match today: missing, or not installed by root alone (see
+/// [`fhirwall_policy::Workload::exe_verified`]). Their processes are attributed as
+/// unregistered until the program is installed root-owned or the selector uses `sha256`.
+/// Returns (integration, path) pairs, for warnings at load and in `fhirwall policy check`.
+#[must_use]
+pub fn unverifiable_exes(policy: &fhirwall_policy::Policy) -> Vec<(String, String)> {
+    let procfs = procfs::ProcFs::new("/proc".into());
+    policy
+        .integrations
+        .iter()
+        .filter_map(|i| {
+            let path = String::from(i.workload.exe.clone()?);
+            let literal = !path.contains(['*', '?', '[']);
+            let verified = std::fs::metadata(&path)
+                .is_ok_and(|meta| procfs.root_installed(std::path::Path::new(&path), &meta));
+            (literal && !verified).then(|| (i.name.clone(), path))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use fhirwall_policy::{Integration, IntegrationStatus, Policy, WorkloadSelector};
+
+    /// Needs root (the test binary must be root's); the unit tests run as root in CI.
+    #[test]
+    fn exe_selectors_no_process_here_can_match_are_named() {
+        if !nix::unistd::geteuid().is_root() {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "CI runs the unit tests as root"
+            );
+            eprintln!("SKIPPED: needs root");
+            return;
+        }
+        let this = std::env::current_exe().expect("test binary");
+        let this = this.to_str().expect("utf-8");
+        let integrations = [
+            ("here", this),
+            ("missing", "/nonexistent/tool"),
+            ("glob", "/opt/*/tool"),
+        ]
+        .map(|(name, exe)| {
+            let mut i = Integration::minimal(name, IntegrationStatus::Active);
+            i.workload = serde_saphyr::from_str::<WorkloadSelector>(&format!("exe: {exe}"))
+                .expect("selector");
+            i
+        });
+        let policy = Policy::of_integrations(integrations.to_vec());
+        assert_eq!(
+            super::unverifiable_exes(&policy),
+            vec![("missing".to_owned(), "/nonexistent/tool".to_owned())]
+        );
+    }
+}

@@ -188,6 +188,7 @@ impl Control {
         match Policy::load(&self.config.policies) {
             Ok(policy) => {
                 info!(integrations = policy.integrations.len(), "policy reloaded");
+                warn_unverifiable_exes(&policy);
                 // Operator revocations stay in force over whatever the files say.
                 self.publish(policy);
                 self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
@@ -473,4 +474,17 @@ pub fn stamp(dir: &std::path::Path) -> Vec<(std::path::PathBuf, SystemTime)> {
         .unwrap_or_default();
     files.sort();
     files
+}
+
+/// Warns about integrations whose `exe` no process on this host can match today.
+pub fn warn_unverifiable_exes(policy: &Policy) {
+    for (integration, exe) in crate::attribution::unverifiable_exes(policy) {
+        warn!(
+            %integration,
+            %exe,
+            "no process on this host can match this executable: the path is missing, goes through \
+             a symlink, or is not installed by root alone; the integration's processes will be \
+             unregistered"
+        );
+    }
 }

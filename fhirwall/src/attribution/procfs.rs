@@ -237,7 +237,7 @@ impl ProcFs {
     /// Either way the file found must be the one that runs, so a process that bind-mounted
     /// another file over a registered path in a mount namespace of its own, or runs a file a
     /// user could swap, fails this.
-    pub(super) fn root_installed(&self, path: &Path, running: &fs::Metadata) -> bool {
+    pub(crate) fn root_installed(&self, path: &Path, running: &fs::Metadata) -> bool {
         let Ok(relative) = path.strip_prefix("/") else {
             return false;
         };

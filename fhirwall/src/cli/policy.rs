@@ -67,6 +67,14 @@ pub fn run(command: &PolicyCommand) -> anyhow::Result<ExitCode> {
 fn check(dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     match Policy::load(dir) {
         Ok(policy) => {
+            for (integration, exe) in crate::attribution::unverifiable_exes(&policy) {
+                eprintln!(
+                    "warning: integration {integration}: no process on this host can match \
+                     `exe: {exe}` (the path is missing, goes through a symlink, or is not \
+                     installed by root alone): its processes will be unregistered; install it \
+                     root-owned at its real path, or select it by sha256"
+                );
+            }
             println!(
                 "{}: ok ({} upstreams, {} integrations, {} exceptions, {} break-glass policies)",
                 dir.display(),
