@@ -143,15 +143,10 @@ pub fn unverifiable_exes(policy: &fhirwall_policy::Policy) -> Vec<(String, Strin
 mod tests {
     use fhirwall_policy::{Integration, IntegrationStatus, Policy, WorkloadSelector};
 
-    /// Needs root (the test binary must be root's); the unit tests run as root in CI.
+    /// Needs root (the test binary must be root's).
     #[test]
     fn exe_selectors_no_process_here_can_match_are_named() {
-        if !nix::unistd::geteuid().is_root() {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "CI runs the unit tests as root"
-            );
-            eprintln!("SKIPPED: needs root");
+        if !crate::test_support::root_or_skip("exe_selectors_no_process_here_can_match_are_named") {
             return;
         }
         let this = std::env::current_exe().expect("test binary");

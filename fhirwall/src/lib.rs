@@ -45,3 +45,21 @@ pub mod private_files;
 pub mod app;
 pub mod cli;
 pub mod config;
+
+/// What unit tests share.
+#[cfg(test)]
+pub(crate) mod test_support {
+    /// Whether the test can run as root (file ownership, chown); prints why not on a laptop,
+    /// and fails when `CI` is set: CI runs the unit tests as root.
+    pub fn root_or_skip(test: &str) -> bool {
+        if nix::unistd::geteuid().is_root() {
+            return true;
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test}: CI runs the unit tests as root"
+        );
+        eprintln!("SKIPPED {test}: needs root");
+        false
+    }
+}

@@ -158,16 +158,13 @@ fn caps_the_command_line() {
     assert_eq!(snapshot.cmdline, vec![first[..4].to_owned()]);
 }
 
-/// Needs root: files are checked for root's ownership. The unit tests run as root in CI.
+/// Needs root: files are checked for root's ownership.
 #[test]
 fn a_path_is_verified_only_as_the_same_root_installed_file_in_the_hosts_view() {
     use std::os::unix::fs::PermissionsExt as _;
-    if !nix::unistd::geteuid().is_root() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI runs the unit tests as root"
-        );
-        eprintln!("SKIPPED: needs root (files owned by uid 0)");
+    if !crate::test_support::root_or_skip(
+        "a_path_is_verified_only_as_the_same_root_installed_file_in_the_hosts_view",
+    ) {
         return;
     }
     let host = tempfile::tempdir().expect("tempdir");
