@@ -17,7 +17,6 @@ mod listen;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::ToSocketAddrs as _,
     path::PathBuf,
     sync::{Arc, atomic::AtomicU64},
     time::{Duration, Instant},
@@ -286,16 +285,7 @@ fn state_dir(dir: &std::path::Path) -> Result<(), AppError> {
 /// resolving on its own).
 #[must_use]
 pub fn ca_spec(config: &AgentConfig, policy: &Policy) -> CaSpec {
-    let mut resolved = policy
-        .upstreams
-        .iter()
-        .flat_map(|u| &u.addresses)
-        .map(|hp| {
-            let addrs = (hp.host.as_str(), hp.port).to_socket_addrs();
-            (hp.clone(), addrs.map(Iterator::collect).unwrap_or_default())
-        })
-        .collect();
-    crate::enforce::with_local_aliases(&mut resolved, &crate::enforce::local_addresses());
+    let resolved = crate::enforce::resolve_now(policy);
     CaSpec {
         permitted: control::served_names(policy, &resolved)
             .into_iter()

@@ -82,7 +82,8 @@ fn uid_only(s: &WorkloadSelector) -> Option<u32> {
     (s.uid.is_some() && *s == only).then_some(s.uid).flatten()
 }
 
-/// Resolves every upstream address. A name that does not resolve now keeps the addresses it
+/// Resolves every upstream address, this host's other addresses added for an upstream on this
+/// host ([`with_local_aliases`]). A name that does not resolve now keeps the addresses it
 /// had (`previous`): a DNS outage must not lift protection. Returns the addresses per name and
 /// the names that failed.
 pub async fn resolve(
@@ -107,7 +108,26 @@ pub async fn resolve(
             }
         }
     }
+    with_local_aliases(&mut resolved, &local_addresses());
     (resolved, failures)
+}
+
+/// [`resolve`], blocking and without earlier answers to fall back on (a name that does not
+/// resolve has no addresses): for the node CA's name constraints, when it is created.
+#[must_use]
+pub fn resolve_now(policy: &Policy) -> BTreeMap<HostPort, BTreeSet<SocketAddr>> {
+    use std::net::ToSocketAddrs as _;
+    let mut resolved = policy
+        .upstreams
+        .iter()
+        .flat_map(|u| &u.addresses)
+        .map(|hp| {
+            let addrs = (hp.host.as_str(), hp.port).to_socket_addrs();
+            (hp.clone(), addrs.map(Iterator::collect).unwrap_or_default())
+        })
+        .collect();
+    with_local_aliases(&mut resolved, &local_addresses());
+    resolved
 }
 
 /// For every upstream address that is this host's own (`local`: its interfaces' addresses,
@@ -115,7 +135,7 @@ pub async fn resolve(
 /// host listening on all addresses answers on each of them, so protecting only the configured
 /// one would leave the others as a way around the sidecar. The rest of 127.0.0.0/8 is covered
 /// by the kernel programs, which treat any IPv4 loopback address as 127.0.0.1.
-pub fn with_local_aliases(
+fn with_local_aliases(
     resolved: &mut BTreeMap<HostPort, BTreeSet<SocketAddr>>,
     local: &BTreeSet<std::net::IpAddr>,
 ) {

@@ -99,27 +99,24 @@ pub fn secure_state_dir(dir: &Path) -> Result<Vec<PathBuf>, PrivateFileError> {
             .create(dir)
             .map_err(|source| io_error(dir, "create", source))?,
         Err(source) => return Err(io_error(dir, "stat", source)),
+        // A symlink is refused below, with its own error.
+        Ok(meta) if !meta.is_dir() && !meta.is_symlink() => {
+            return Err(PrivateFileError::NotDirectory {
+                path: dir.to_owned(),
+            });
+        }
         Ok(_) => {}
     }
     let mut narrowed = Vec::new();
-    secure_entry(dir, 0, &mut narrowed)?;
+    secure_entry(dir, &mut narrowed)?;
     Ok(narrowed)
 }
 
-fn secure_entry(
-    path: &Path,
-    depth: usize,
-    narrowed: &mut Vec<PathBuf>,
-) -> Result<(), PrivateFileError> {
+fn secure_entry(path: &Path, narrowed: &mut Vec<PathBuf>) -> Result<(), PrivateFileError> {
     let meta = fs::symlink_metadata(path).map_err(|source| io_error(path, "stat", source))?;
     let kind = meta.file_type();
     if kind.is_symlink() {
         return Err(PrivateFileError::Symlink {
-            path: path.to_owned(),
-        });
-    }
-    if depth == 0 && !kind.is_dir() {
-        return Err(PrivateFileError::NotDirectory {
             path: path.to_owned(),
         });
     }
@@ -141,7 +138,7 @@ fn secure_entry(
         let entries = fs::read_dir(path).map_err(|source| io_error(path, "list", source))?;
         for entry in entries {
             let entry = entry.map_err(|source| io_error(path, "list", source))?;
-            secure_entry(&entry.path(), depth + 1, narrowed)?;
+            secure_entry(&entry.path(), narrowed)?;
         }
     }
     Ok(())

@@ -231,8 +231,7 @@ impl Control {
 
     async fn refresh_destinations(&mut self) -> Result<(), AppError> {
         let policy = Arc::clone(&self.policy.borrow().policy);
-        let (mut resolved, failures) = enforce::resolve(&policy, &self.resolved).await;
-        enforce::with_local_aliases(&mut resolved, &enforce::local_addresses());
+        let (resolved, failures) = enforce::resolve(&policy, &self.resolved).await;
         for (host, e) in failures {
             warn!(%host, error = %e, "upstream name did not resolve; keeping its last addresses");
         }

@@ -72,6 +72,11 @@ pub(super) fn write_atomic(
         let _ = fs::remove_file(&temp);
     }
     written?;
+    sync_dir(dir)
+}
+
+/// Syncs `dir`, so renames and new entries in it survive a crash.
+pub(super) fn sync_dir(dir: &Path) -> Result<(), TlsError> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|source| TlsError::File {

@@ -75,6 +75,13 @@ impl MintBudget {
     }
 }
 
+/// The names served, addresses and DNS names apart.
+#[derive(Default)]
+struct Served {
+    ips: HashSet<std::net::IpAddr>,
+    dns: HashSet<String>,
+}
+
 /// A minted leaf ready for rustls, and when to replace it.
 struct Minted {
     key: Arc<CertifiedKey>,
@@ -99,7 +106,7 @@ pub struct LeafCache {
     /// The names asked to be served, kept to apply again to a rotated CA's constraints.
     wanted: Mutex<Vec<LeafName>>,
     /// The names a leaf may be minted for: the wanted ones the CA covers.
-    served: RwLock<HashSet<LeafName>>,
+    served: RwLock<Served>,
     /// Handshakes refused because they asked for another name.
     unserved: AtomicU64,
 }
@@ -129,7 +136,7 @@ impl LeafCache {
             mints: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             wanted: Mutex::new(Vec::new()),
-            served: RwLock::new(HashSet::new()),
+            served: RwLock::new(Served::default()),
             unserved: AtomicU64::new(0),
         }
     }
@@ -154,8 +161,15 @@ impl LeafCache {
         let ca = self.ca();
         let (covered, uncovered): (Vec<_>, Vec<_>) =
             names.into_iter().partition(|name| ca.scope().covers(name));
-        *self.served.write().unwrap_or_else(PoisonError::into_inner) =
-            covered.into_iter().collect();
+        let mut served = Served::default();
+        for name in covered {
+            match name {
+                LeafName::Dns(dns) => served.dns.insert(dns),
+                LeafName::Ip(ip) => served.ips.insert(ip),
+                LeafName::IpWithHost(ip, dns) => served.ips.insert(ip) | served.dns.insert(dns),
+            };
+        }
+        *self.served.write().unwrap_or_else(PoisonError::into_inner) = served;
         uncovered
     }
 
@@ -165,13 +179,15 @@ impl LeafCache {
         self.unserved.load(Ordering::Relaxed)
     }
 
+    /// Checked at every handshake: lookups only, nothing allocated.
     fn serves(&self, name: &LeafName) -> bool {
         let served = self.served.read().unwrap_or_else(PoisonError::into_inner);
         match name {
-            LeafName::IpWithHost(ip, host) => {
-                served.contains(&LeafName::Ip(*ip)) && served.contains(&LeafName::Dns(host.clone()))
+            LeafName::Dns(dns) => served.dns.contains(dns.as_str()),
+            LeafName::Ip(ip) => served.ips.contains(ip),
+            LeafName::IpWithHost(ip, dns) => {
+                served.ips.contains(ip) && served.dns.contains(dns.as_str())
             }
-            name => served.contains(name),
         }
     }
 

@@ -98,13 +98,7 @@ pub fn switch_if_due(dir: &Path, now: Timestamp) -> Result<bool, TlsError> {
     // Gone with the switch; a leftover would say nothing (only `<dir>.next` is read).
     let _ = fs::remove_file(dir.join(SWITCH_AT));
     if let Some(parent) = dir.parent() {
-        fs::File::open(parent)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| TlsError::File {
-                path: parent.to_owned(),
-                action: "sync directory",
-                source,
-            })?;
+        files::sync_dir(parent)?;
     }
     Ok(true)
 }
