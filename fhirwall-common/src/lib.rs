@@ -9,7 +9,7 @@
 use core::mem::size_of;
 
 /// Bumped whenever a pinned map's layout changes, so a new agent never reuses an old map.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 // Map names (the `.maps` symbol names, also the pin file names under the bpffs directory).
 pub const MAP_CONFIG: &str = "FW_CONFIG";
@@ -20,10 +20,12 @@ pub const MAP_SOCKETS: &str = "FW_SOCKETS";
 pub const MAP_CONNS: &str = "FW_CONNS";
 pub const MAP_EVENTS: &str = "FW_EVENTS";
 pub const MAP_STATS: &str = "FW_STATS";
+pub const MAP_LSM: &str = "FW_LSM";
 
 /// Every map the agent pins, in the order `fhirwall uninstall` removes them.
-pub const PINNED_MAPS: [&str; 8] = [
+pub const PINNED_MAPS: [&str; 9] = [
     MAP_CONFIG,
+    MAP_LSM,
     MAP_HEARTBEAT,
     MAP_PROTECTED,
     MAP_WORKLOADS,
@@ -43,6 +45,9 @@ pub const PROG_GETPEERNAME6: &str = "fw_getpeername6";
 pub const PROG_SOCK_OPS: &str = "fw_sock_ops";
 pub const PROG_EXEC: &str = "fw_sched_exec";
 pub const PROG_EXIT: &str = "fw_sched_exit";
+pub const PROG_LSM_CONNECT: &str = "fw_lsm_connect";
+pub const PROG_LSM_SENDMSG: &str = "fw_lsm_sendmsg";
+pub const PROG_LSM_RECVMSG: &str = "fw_lsm_recvmsg";
 
 /// Capacity of the maps whose size bounds what the node can do at once.
 pub const PROTECTED_CAPACITY: u32 = 4096;
@@ -69,6 +74,9 @@ pub const PROTECTED_REDIRECT: u32 = 1;
 /// `FW_PROTECTED` value: the sidecar's own explicit listener. Connects are recorded (so the
 /// sidecar can attribute them) but keep their destination.
 pub const PROTECTED_RECORD_ONLY: u32 = 2;
+/// `FW_PROTECTED` value under port 0: every other port of this address is refused
+/// (`protect_all_ports`).
+pub const PROTECTED_REFUSE: u32 = 3;
 
 /// A protected destination: a FHIR endpoint whose connections must go through the sidecar.
 #[repr(C)]
@@ -113,6 +121,36 @@ pub const CONFIG_F_READY: u32 = 1 << 1;
 pub const CONFIG_F_HAS_TGID: u32 = 1 << 2;
 pub const CONFIG_F_HAS_CGROUP: u32 = 1 << 3;
 pub const CONFIG_F_HAS_UID: u32 = 1 << 4;
+/// The agent has checked that its `cgroup/connect*` programs are attached (it checks again at
+/// every heartbeat). Without it the LSM layer refuses every protected connect itself.
+pub const CONFIG_F_REDIRECT_VERIFIED: u32 = 1 << 5;
+/// `FW_PROTECTED` holds port-0 entries: every port of those addresses is refused.
+pub const CONFIG_F_ANY_PORT: u32 = 1 << 6;
+
+/// `FW_LSM[0]`: what the LSM programs need besides `Config`. Kernel structures are read at
+/// the offsets the agent found in the running kernel's BTF (Rust kernel programs get no CO-RE
+/// relocations), so one build works on every kernel.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LsmConfig {
+    /// The LSM hooks are global: they act only for tasks under this cgroup (id, and its level
+    /// below the hierarchy root; level 0 is the whole host).
+    pub scope_cgroup: u64,
+    pub scope_level: u32,
+    /// Byte offsets: `struct socket` `sk` and `type`, `struct sock` `sk_mark`, `struct
+    /// sock_common` (at the start of `struct sock`) `skc_family`, `skc_daddr`, `skc_dport`,
+    /// `skc_v6_daddr`, and `struct msghdr` `msg_name`, `msg_namelen`.
+    pub socket_sk: u32,
+    pub socket_type: u32,
+    pub sock_mark: u32,
+    pub sk_family: u32,
+    pub sk_daddr: u32,
+    pub sk_dport: u32,
+    pub sk_v6_daddr: u32,
+    pub msg_name: u32,
+    pub msg_namelen: u32,
+}
+const _: () = assert!(size_of::<LsmConfig>() == 48);
 
 /// What a workload key names: the kernel checks them in this order, most specific first.
 pub const KEY_TGID: u32 = 1;
@@ -215,6 +253,11 @@ pub const REASON_AGENT_DOWN: u32 = 3;
 pub const REASON_STORE_FULL: u32 = 4;
 /// Not TCP (UDP / QUIC, MPTCP, SCTP) to a protected destination: only TCP goes through the sidecar.
 pub const REASON_NOT_TCP: u32 = 5;
+/// The LSM layer: a connect the redirect is not verified to catch, or data on a socket whose
+/// peer is a protected destination (it did not come through the redirect).
+pub const REASON_NO_REDIRECT: u32 = 6;
+/// Another port of an address whose every port is protected.
+pub const REASON_OTHER_PORT: u32 = 7;
 
 /// One ring-buffer event. `record` is filled as far as the event kind allows.
 #[repr(C)]
@@ -238,7 +281,13 @@ pub const STAT_REFUSED_NOT_TCP: u32 = 5;
 pub const STAT_CONNS_FULL: u32 = 6;
 pub const STAT_EVENTS_DROPPED: u32 = 7;
 pub const STAT_AGENT_PASSED: u32 = 8;
-pub const STAT_COUNT: u32 = 9;
+/// Refused by the LSM layer at connect, and on send/receive.
+pub const STAT_LSM_REFUSED_CONNECT: u32 = 9;
+pub const STAT_LSM_REFUSED_DATA: u32 = 10;
+/// Every run of the LSM connect hook, in scope or not: the agent's proof that the hook fires.
+pub const STAT_LSM_CALLS: u32 = 11;
+pub const STAT_REFUSED_OTHER_PORT: u32 = 12;
+pub const STAT_COUNT: u32 = 13;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -246,6 +295,7 @@ mod pod {
     // (asserted sizes above), so any byte pattern is a valid value.
     unsafe impl aya::Pod for super::ProtectedKey {}
     unsafe impl aya::Pod for super::Config {}
+    unsafe impl aya::Pod for super::LsmConfig {}
     unsafe impl aya::Pod for super::WorkloadKey {}
     unsafe impl aya::Pod for super::WorkloadVerdict {}
     unsafe impl aya::Pod for super::ConnRecord {}

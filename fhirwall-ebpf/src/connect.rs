@@ -17,19 +17,20 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use fhirwall_common::{
-    Addr, CONFIG_F_HAS_CGROUP, CONFIG_F_HAS_TGID, CONFIG_F_HAS_UID, CONFIG_F_KERNEL_ENFORCEMENT,
-    CONFIG_F_READY, Config, ConnRecord, EVENT_EXEC, EVENT_REFUSED, Event, KEY_CGROUP, KEY_TGID,
-    KEY_UID, PROTECTED_RECORD_ONLY, ProtectedKey, REASON_AGENT_DOWN, REASON_NONE, REASON_NOT_TCP,
-    REASON_STORE_FULL, REASON_UNREGISTERED, STAT_AGENT_PASSED, STAT_REDIRECTED,
-    STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED, STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL,
+    Addr, CONFIG_F_ANY_PORT, CONFIG_F_HAS_CGROUP, CONFIG_F_HAS_TGID, CONFIG_F_HAS_UID,
+    CONFIG_F_KERNEL_ENFORCEMENT, CONFIG_F_READY, Config, ConnRecord, EVENT_EXEC, EVENT_REFUSED,
+    Event, KEY_CGROUP, KEY_TGID, KEY_UID, PROTECTED_RECORD_ONLY, PROTECTED_REFUSE, ProtectedKey,
+    REASON_AGENT_DOWN, REASON_NONE, REASON_NOT_TCP, REASON_OTHER_PORT, REASON_STORE_FULL,
+    REASON_UNREGISTERED, STAT_AGENT_PASSED, STAT_REDIRECTED, STAT_REFUSED_AGENT_DOWN,
+    STAT_REFUSED_DENIED, STAT_REFUSED_NOT_TCP, STAT_REFUSED_OTHER_PORT, STAT_REFUSED_STORE_FULL,
     STAT_REFUSED_UNREGISTERED, VERDICT_DENY, VERDICT_PENDING, WorkloadKey, WorkloadVerdict,
     exec_token, v4_mapped,
 };
 
 use crate::maps::{FW_CONFIG, FW_HEARTBEAT, FW_PROTECTED, FW_SOCKETS, FW_WORKLOADS, count, emit};
 
-const AF_INET: u16 = 2;
-const AF_INET6: u16 = 10;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
 
@@ -173,6 +174,13 @@ fn on_connect(
         count(STAT_AGENT_PASSED);
         return Ok(None);
     }
+    if protection == PROTECTED_REFUSE {
+        return Err(refuse(
+            &mut event,
+            REASON_OTHER_PORT,
+            STAT_REFUSED_OTHER_PORT,
+        ));
+    }
     check_caller(sa, &cfg, &mut event)?;
     if !store_record(&event.record) {
         return Err(refuse(
@@ -243,12 +251,31 @@ fn refuse(event: &mut Event, reason: u32, stat: u32) -> Refused {
 /// `PROTECTED_*` of a destination, `None` when it is not protected. Any IPv4 loopback address
 /// counts as 127.0.0.1 when it is not protected itself: a server on this host listening on all
 /// addresses answers on every one of 127.0.0.0/8, and the agent protects 127.0.0.1 (with the
-/// host's other addresses) for an upstream that runs on this host.
-fn protection(addr: &Addr, port: u16) -> Option<u32> {
-    lookup(addr, port).or_else(|| {
-        let loopback = is_v4_mapped(addr) && u32::from_be(addr[3]) >> 24 == 127;
+/// host's other addresses) for an upstream that runs on this host. Port 0 entries
+/// (`PROTECTED_REFUSE`) cover every other port of an address, looked up only while the agent
+/// holds any.
+pub fn protection(addr: &Addr, port: u16) -> Option<u32> {
+    let loopback = is_v4_mapped(addr) && u32::from_be(addr[3]) >> 24 == 127;
+    let localhost = v4_mapped(u32::to_be(0x7f00_0001));
+    let exact = lookup(addr, port).or_else(|| {
         if loopback {
-            lookup(&v4_mapped(u32::to_be(0x7f00_0001)), port)
+            lookup(&localhost, port)
+        } else {
+            None
+        }
+    });
+    if exact.is_some() {
+        return exact;
+    }
+    if FW_CONFIG
+        .get(0)
+        .is_none_or(|cfg| cfg.flags & CONFIG_F_ANY_PORT == 0)
+    {
+        return None;
+    }
+    lookup(addr, 0).or_else(|| {
+        if loopback {
+            lookup(&localhost, 0)
         } else {
             None
         }
@@ -277,7 +304,7 @@ fn is_agent(sa: &bpf_sock_addr, cfg: &Config, cgroup_id: u64) -> bool {
 }
 
 /// `now` is the record's timestamp: one clock read per connect (clock reads are not free in a VM).
-fn agent_alive(cfg: &Config, now: u64) -> bool {
+pub fn agent_alive(cfg: &Config, now: u64) -> bool {
     if cfg.flags & CONFIG_F_READY == 0 {
         return false;
     }
@@ -326,7 +353,7 @@ fn stored_record(ctx: &SockAddrContext) -> Option<ConnRecord> {
 }
 
 /// Who is calling, as far as the kernel knows it without reading task memory.
-fn current(cookie: u64) -> ConnRecord {
+pub fn current(cookie: u64) -> ConnRecord {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
     ConnRecord {

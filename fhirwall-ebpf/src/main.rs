@@ -8,6 +8,8 @@
 //! destinations are refused (`sendmsg4|6`), so HTTP/3 cannot bypass the sidecar, and
 //! `sched_process_exec` tells the agent about new processes so it can classify them quickly.
 //!
+//! Where the kernel has BPF LSM, `lsm/socket_*` hooks are a second layer (see `lsm`).
+//!
 //! Every program is a thin wrapper that maps `Err` to its fail-closed default.
 #![no_std]
 #![no_main]
@@ -25,12 +27,13 @@
 )]
 
 mod connect;
+mod lsm;
 mod maps;
 mod sockops;
 
 use aya_ebpf::{
-    macros::{cgroup_sock_addr, raw_tracepoint, sock_ops},
-    programs::{RawTracePointContext, SockAddrContext, SockOpsContext},
+    macros::{cgroup_sock_addr, lsm, raw_tracepoint, sock_ops},
+    programs::{LsmContext, RawTracePointContext, SockAddrContext, SockOpsContext},
 };
 
 /// `cgroup/*` sock_addr return values. The wrappers return these constants from a `match` so
@@ -96,6 +99,35 @@ pub fn fw_sched_exec(_ctx: RawTracePointContext) -> i32 {
 pub fn fw_sched_exit(_ctx: RawTracePointContext) -> i32 {
     connect::exit_event();
     0
+}
+
+/// LSM return values: 0 lets the call through, `-EPERM` refuses it. A refusal by an LSM that
+/// ran before this one stands (its value is the hook's last argument).
+const EPERM: i32 = 1;
+
+fn lsm_verdict(previous: i32, result: &Result<(), connect::Refused>) -> i32 {
+    if previous != 0 {
+        return previous;
+    }
+    match result {
+        Ok(()) => 0,
+        Err(connect::Refused) => -EPERM,
+    }
+}
+
+#[lsm(hook = "socket_connect")]
+pub fn fw_lsm_connect(ctx: LsmContext) -> i32 {
+    lsm_verdict(ctx.arg(3), &lsm::connect(&ctx))
+}
+
+#[lsm(hook = "socket_sendmsg")]
+pub fn fw_lsm_sendmsg(ctx: LsmContext) -> i32 {
+    lsm_verdict(ctx.arg(3), &lsm::data(&ctx, true))
+}
+
+#[lsm(hook = "socket_recvmsg")]
+pub fn fw_lsm_recvmsg(ctx: LsmContext) -> i32 {
+    lsm_verdict(ctx.arg(4), &lsm::data(&ctx, false))
 }
 
 #[cfg(not(test))]

@@ -6,12 +6,15 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use fhirwall_common::{
-    CONNS_CAPACITY, Config, ConnKey, ConnRecord, EVENTS_BYTES, Event, PROTECTED_CAPACITY,
-    ProtectedKey, STAT_COUNT, WORKLOADS_CAPACITY, WorkloadKey, WorkloadVerdict,
+    CONNS_CAPACITY, Config, ConnKey, ConnRecord, EVENTS_BYTES, Event, LsmConfig,
+    PROTECTED_CAPACITY, ProtectedKey, STAT_COUNT, WORKLOADS_CAPACITY, WorkloadKey, WorkloadVerdict,
 };
 
 #[btf_map]
 pub static FW_CONFIG: Array<Config, 1> = Array::new();
+
+#[btf_map]
+pub static FW_LSM: Array<LsmConfig, 1> = Array::new();
 
 /// `CLOCK_MONOTONIC` nanoseconds of the agent's last heartbeat.
 #[btf_map]

@@ -117,6 +117,11 @@ pub struct Upstream {
     /// Where this server reads requests differently from the conservative default.
     #[serde(default)]
     pub server: ServerProfile,
+    /// Refuse every other port of this upstream's addresses to the host's workloads (a second
+    /// API listener, an admin console, SSH), not only the FHIR port. Not applied to this host's
+    /// own addresses, where it would close every local service.
+    #[serde(default)]
+    pub protect_all_ports: bool,
 }
 
 /// How a server reads what R4 leaves open. Every default is the conservative reading: the one

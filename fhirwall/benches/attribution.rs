@@ -108,6 +108,7 @@ fn kernel_table() -> Option<(Kernel, PathBuf)> {
         kernel_enforcement: false,
         heartbeat_timeout: Duration::from_secs(30),
         conns_capacity: None,
+        lsm_layer: false,
     };
     match Kernel::load(settings) {
         Ok(kernel) => Some((kernel, pin_dir)),

@@ -20,7 +20,7 @@ pub use server::{serve_metrics, serve_unix};
 
 use crate::{
     audit::{self, AuditMonitor},
-    kernel::{KernelStats, StatsReader},
+    kernel::{KernelStats, Layers, StatsReader},
     metrics::Metrics,
     proxy::{live::LiveConnections, tls::LeafCache},
 };
@@ -39,21 +39,27 @@ pub struct AdminState {
     pub audit_queries: AuditQueries,
     /// The sidecar's leaf certificates, for their counters.
     pub leaves: Option<Arc<LeafCache>>,
+    /// The enforcement layers as the control loop last verified them.
+    pub layers: Option<tokio::sync::watch::Receiver<Option<Layers>>>,
 }
 
 /// `GET /v1/health` and `/healthz`. Answered 200 whatever the status: a restart frees no disk
-/// and would only interrupt service, so liveness probes must not act on it; `status`, `audit`
-/// and the `fhirwall_audit_store_healthy` metric carry the alert.
+/// and would only interrupt service, so liveness probes must not act on it; `status`, `audit`,
+/// `layers` and the `fhirwall_audit_store_healthy` and `fhirwall_kernel_layer_active` metrics
+/// carry the alert.
 #[derive(Debug, Serialize)]
 pub struct Health {
     pub node: String,
     /// `ok`; `degraded` while an older policy is in force; `failing` while the audit store
-    /// cannot write and every request is refused.
+    /// cannot write and every request is refused, or while the redirect into the sidecar is
+    /// not in place.
     pub status: &'static str,
     pub policy_stale: bool,
     pub audit: audit::Health,
     pub connections_live: usize,
     pub kernel: Option<KernelStats>,
+    /// Which enforcement layers are in place (`redirect`, `lsm`), and why one is not.
+    pub layers: Option<Layers>,
 }
 
 impl AdminState {
@@ -64,8 +70,11 @@ impl AdminState {
     fn health(&self) -> Health {
         let policy_stale = self.metrics.policy_stale.get() != 0;
         let audit = self.audit.health();
+        let layers = self.layers.as_ref().and_then(|l| l.borrow().clone());
+        let redirect_down = layers.as_ref().is_some_and(|l| !l.redirect.is_active());
         let status = match (&audit, policy_stale) {
             (audit::Health::Failing { .. }, _) => "failing",
+            _ if redirect_down => "failing",
             (audit::Health::Healthy, true) => "degraded",
             (audit::Health::Healthy, false) => "ok",
         };
@@ -76,6 +85,7 @@ impl AdminState {
             audit,
             connections_live: self.live.len(),
             kernel: self.kernel(),
+            layers,
         }
     }
 

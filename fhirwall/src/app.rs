@@ -131,6 +131,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         &live,
     )?;
     let (commands_tx, commands_rx) = tokio::sync::mpsc::channel(16);
+    let (layers_tx, layers_rx) = watch::channel(None);
     let admin = Arc::new(AdminState {
         node: config.node_name.clone(),
         metrics: Arc::clone(&metrics),
@@ -140,6 +141,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         audit: audit.monitor(),
         audit_queries: AuditQueries::new(audit_db),
         leaves: Some(Arc::clone(sidecar.terminator.leaves())),
+        layers: Some(layers_rx),
     });
     let mut control = control::Control {
         config: config.clone(),
@@ -158,6 +160,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         overrides,
         commands: commands_rx,
         refusals: tokio::task::JoinSet::new(),
+        layers: layers_tx,
     };
     control_rt.block_on(control.start())?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -395,5 +398,6 @@ fn kernel_settings(
         kernel_enforcement: config.enforcement == fhirwall_policy::Enforcement::Kernel,
         heartbeat_timeout: Duration::from_millis(config.kernel.heartbeat_timeout_ms),
         conns_capacity: config.kernel.conns_capacity,
+        lsm_layer: config.kernel.lsm_layer,
     }
 }

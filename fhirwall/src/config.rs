@@ -140,6 +140,9 @@ pub struct KernelConfig {
     pub teardown_existing: bool,
     /// Size of the established-connection table.
     pub conns_capacity: Option<u32>,
+    /// Load the BPF LSM programs as a second layer (needs BPF LSM active and a kernel that
+    /// loads BTF trampoline programs). Off by default: see README, "Enforcement layers".
+    pub lsm_layer: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,6 +198,7 @@ impl Default for KernelConfig {
             resolve_interval_s: 30,
             teardown_existing: true,
             conns_capacity: None,
+            lsm_layer: false,
         }
     }
 }

@@ -171,10 +171,26 @@ pub fn local_addresses() -> BTreeSet<std::net::IpAddr> {
 }
 
 /// Every protected destination. IPv4 addresses need no IPv4-mapped twin: the kernel programs map
-/// what they see themselves.
+/// what they see themselves. An upstream with `protect_all_ports` adds its addresses with port
+/// 0 (every other port refused), except this host's own (`local`).
 #[must_use]
-pub fn destinations(resolved: &BTreeMap<HostPort, BTreeSet<SocketAddr>>) -> BTreeSet<SocketAddr> {
-    resolved.values().flatten().copied().collect()
+pub fn destinations(
+    policy: &Policy,
+    resolved: &BTreeMap<HostPort, BTreeSet<SocketAddr>>,
+    local: &BTreeSet<std::net::IpAddr>,
+) -> BTreeSet<SocketAddr> {
+    let mut out: BTreeSet<SocketAddr> = resolved.values().flatten().copied().collect();
+    let all_ports = policy
+        .upstreams
+        .iter()
+        .filter(|u| u.protect_all_ports)
+        .flat_map(|u| &u.addresses)
+        .filter_map(|hp| resolved.get(hp))
+        .flatten()
+        .filter(|a| !local.contains(&a.ip()))
+        .map(|a| SocketAddr::new(a.ip(), 0));
+    out.extend(all_ports);
+    out
 }
 
 #[cfg(test)]

@@ -9,10 +9,13 @@
 
 mod addr;
 mod bpffs;
+mod btf;
 mod cgroup;
 mod events;
+mod layers;
 mod load;
 mod maps;
+mod query;
 mod teardown;
 
 use std::{io, path::PathBuf};
@@ -20,6 +23,7 @@ use std::{io, path::PathBuf};
 pub use addr::{from_addr, to_addr};
 pub use cgroup::{CgroupRoot, cgroup_id, own_cgroup_path};
 pub use events::{Caller, EventReader, KernelEvent, Refusal, comm, wall_time};
+pub use layers::{LayerState, Layers};
 pub use load::{Kernel, KernelSettings, ProgramStats, uninstall};
 pub use maps::{ConnTable, KernelStats, StatsReader, Verdict, WorkloadEntry};
 pub use teardown::destroy_connections_to;

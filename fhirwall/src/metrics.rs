@@ -46,6 +46,10 @@ pub struct Metrics {
     pub kernel_workloads: IntGaugeVec,
     /// Heartbeats the agent failed to write.
     pub heartbeat_failures: IntCounter,
+    /// 1 while an enforcement layer (redirect, lsm) is verified in place.
+    pub kernel_layer_active: IntGaugeVec,
+    /// Times the agent found its redirect detached and attached it again.
+    pub kernel_redirect_repairs: IntCounter,
     /// Requests decided by the sidecar, by decision (allow, deny, would-deny, malformed).
     pub requests: IntCounterVec,
     /// Time from the first byte of a request to the end of its response.
@@ -133,6 +137,15 @@ impl Metrics {
                 &["verdict"],
             ),
             heartbeat_failures: counter("heartbeat_failures_total", "Failed kernel heartbeats"),
+            kernel_layer_active: gauge_vec(
+                "kernel_layer_active",
+                "1 while the enforcement layer is verified in place",
+                &["layer"],
+            ),
+            kernel_redirect_repairs: counter(
+                "kernel_redirect_repairs_total",
+                "Times the redirect programs were found detached and attached again",
+            ),
             requests: counter_vec(
                 "requests_total",
                 "Requests decided by the sidecar",
@@ -215,7 +228,7 @@ impl Metrics {
         m
     }
 
-    fn collectors(&self) -> [Box<dyn Collector>; 28] {
+    fn collectors(&self) -> [Box<dyn Collector>; 30] {
         [
             Box::new(self.break_glass_sessions.clone()),
             Box::new(self.requests.clone()),
@@ -238,6 +251,8 @@ impl Metrics {
             Box::new(self.protected_destinations.clone()),
             Box::new(self.kernel_workloads.clone()),
             Box::new(self.heartbeat_failures.clone()),
+            Box::new(self.kernel_layer_active.clone()),
+            Box::new(self.kernel_redirect_repairs.clone()),
             Box::new(self.policy_denials.clone()),
             Box::new(self.shared_credential_requests.clone()),
             Box::new(self.shared_credentials.clone()),
@@ -294,6 +309,14 @@ impl Metrics {
     }
 
     /// Copies the kernel's counters, by name, into the exported gauges.
+    pub fn set_layers(&self, layers: &crate::kernel::Layers) {
+        for (name, state) in layers.named() {
+            self.kernel_layer_active
+                .with_label_values(&[name])
+                .set(i64::from(state.is_active()));
+        }
+    }
+
     pub fn set_kernel(&self, counters: &[(&'static str, u64)]) {
         for (name, value) in counters {
             self.kernel

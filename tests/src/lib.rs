@@ -215,6 +215,62 @@ impl Drop for PinDir {
     }
 }
 
+/// Detaches the pinned bpf link at `pin` while leaving the pin in place, as an administrator's
+/// `bpftool link detach` would (`BPF_OBJ_GET`, then `BPF_LINK_DETACH`; include/uapi/linux/bpf.h).
+pub fn detach_link(pin: &Path) -> std::io::Result<()> {
+    use std::os::unix::ffi::OsStrExt as _;
+    const BPF_OBJ_GET: libc::c_long = 7;
+    const BPF_LINK_DETACH: libc::c_long = 34;
+    #[repr(C)]
+    struct ObjGet {
+        pathname: u64,
+        bpf_fd: u32,
+        file_flags: u32,
+        path_fd: i32,
+        pad: u32,
+    }
+    let path = std::ffi::CString::new(pin.as_os_str().as_bytes())?;
+    let mut get = ObjGet {
+        pathname: path.as_ptr() as u64,
+        bpf_fd: 0,
+        file_flags: 0,
+        path_fd: 0,
+        pad: 0,
+    };
+    // SAFETY: a valid BPF_OBJ_GET attribute whose path outlives the call.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET,
+            std::ptr::addr_of_mut!(get),
+            std::mem::size_of::<ObjGet>(),
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us.
+    let fd = unsafe {
+        <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(
+            i32::try_from(fd).map_err(std::io::Error::other)?,
+        )
+    };
+    let mut link_fd = [std::os::fd::AsRawFd::as_raw_fd(&fd).cast_unsigned(), 0];
+    // SAFETY: BPF_LINK_DETACH reads one u32 link fd.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_DETACH,
+            link_fd.as_mut_ptr(),
+            std::mem::size_of_val(&link_fd),
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A running `fw-probe`: a workload process in a test cgroup. Killed on drop.
 pub struct Probe {
     child: Child,

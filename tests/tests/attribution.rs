@@ -61,6 +61,7 @@ impl Fixture {
             kernel_enforcement: false,
             heartbeat_timeout: Duration::from_secs(30),
             conns_capacity: None,
+            lsm_layer: false,
         };
         let mut kernel = Kernel::load(settings).expect("loading the kernel programs");
         kernel

@@ -539,3 +539,71 @@ fn an_upstream_on_this_host_is_protected_at_every_address_of_the_host() {
     );
     assert_eq!(ehr.accepted(), 1);
 }
+
+fn layers(world: &World) -> Value {
+    let (status, body) =
+        fhirwall_tests::agent::admin_get(&world.files.socket, "/v1/health").expect("health");
+    assert_eq!(status, 200, "{body}");
+    let health: Value = serde_json::from_str(&body).expect("health json");
+    health["layers"].clone()
+}
+
+#[test]
+fn the_agent_reports_its_layers_and_attaches_a_detached_redirect_again() {
+    if !kernel_available("the_agent_reports_its_layers_and_attaches_a_detached_redirect_again") {
+        return;
+    }
+    let world = World::new("active");
+    let agent = world.start();
+    let before = layers(&world);
+    assert_eq!(before["redirect"]["state"], "active", "{before}");
+    assert_eq!(before["lsm"]["state"], "missing", "{before}");
+    assert_eq!(
+        world
+            .files
+            .metric("fhirwall_kernel_layer_active{layer=\"redirect\"}"),
+        Some(1.0)
+    );
+    // Someone with root detaches the connect programs behind the agent's back.
+    let links = world
+        .pins
+        .path
+        .join(format!("v{}/links", fhirwall_common::LAYOUT_VERSION));
+    let mut detached = 0;
+    for entry in fs::read_dir(&links).expect("links").flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("fw_connect4-") || name.starts_with("fw_connect6-") {
+            fhirwall_tests::detach_link(&entry.path()).expect("detach");
+            detached += 1;
+        }
+    }
+    assert_eq!(detached, 2);
+    // The agent notices within a heartbeat or two and attaches them again.
+    let repaired = eventually(Duration::from_secs(10), || {
+        world
+            .files
+            .metric("fhirwall_kernel_redirect_repairs_total")
+            .filter(|n| *n >= 1.0)
+    });
+    assert!(repaired.is_some(), "agent log:\n{}", agent.log_text());
+    assert!(
+        agent
+            .log_text()
+            .contains("the redirect into the sidecar is not in place"),
+        "{}",
+        agent.log_text()
+    );
+    let after = layers(&world);
+    assert_eq!(after["redirect"]["state"], "active", "{after}");
+    let probe = fhirwall_tests::world::probe_exe();
+    assert_eq!(
+        status_as(&world, 0, &world.work, &[&probe]),
+        Some(200),
+        "the registered program goes through the sidecar again"
+    );
+    assert_eq!(
+        world.destination.accepted(),
+        1,
+        "only the sidecar's forward reached the destination"
+    );
+}

@@ -12,7 +12,7 @@ use std::{
 };
 
 use fhirwall::kernel::{
-    ConnTable, Kernel, KernelEvent, KernelSettings, Refusal, Verdict, WorkloadEntry,
+    ConnTable, Kernel, KernelEvent, KernelSettings, LayerState, Refusal, Verdict, WorkloadEntry,
     destroy_connections_to,
 };
 use fhirwall_tests::{PinDir, Probe, TestCgroup, eventually, kernel_available};
@@ -38,7 +38,15 @@ impl Fixture {
         Self::with_capacity(kernel_enforcement, None)
     }
 
+    fn with_lsm() -> Self {
+        Self::build(false, None, true)
+    }
+
     fn with_capacity(kernel_enforcement: bool, conns_capacity: Option<u32>) -> Self {
+        Self::build(kernel_enforcement, conns_capacity, false)
+    }
+
+    fn build(kernel_enforcement: bool, conns_capacity: Option<u32>, lsm_layer: bool) -> Self {
         let cgroup = TestCgroup::new().expect("test cgroup");
         let work = cgroup.child("work").expect("work cgroup");
         let agent = cgroup.child("agent").expect("agent cgroup");
@@ -58,6 +66,7 @@ impl Fixture {
             kernel_enforcement,
             heartbeat_timeout: Duration::from_secs(30),
             conns_capacity,
+            lsm_layer,
         };
         let mut kernel = Kernel::load(settings).expect("loading the kernel programs");
         kernel
@@ -589,6 +598,7 @@ fn a_failed_connect_leaves_no_record() {
         kernel_enforcement: false,
         heartbeat_timeout: Duration::from_secs(30),
         conns_capacity: None,
+        lsm_layer: false,
     })
     .expect("load");
     kernel
@@ -698,4 +708,191 @@ fn a_late_verdict_for_an_earlier_image_does_not_replace_a_newer_exec() {
     probe.go().expect("go");
     let report = probe.report().expect("report");
     assert_eq!(report["errno"], EPERM, "{report}");
+}
+
+/// The pinned links of the programs whose names start with `prefix` (e.g. `fw_connect4-`).
+fn pinned_links(kernel: &Kernel, prefix: &str) -> Vec<PathBuf> {
+    let dir = kernel
+        .settings()
+        .pin_dir
+        .join(format!("v{}/links", fhirwall_common::LAYOUT_VERSION));
+    std::fs::read_dir(dir)
+        .expect("links")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(prefix))
+        })
+        .collect()
+}
+
+#[test]
+fn a_detached_redirect_is_found_and_attached_again() {
+    if !kernel_available("a_detached_redirect_is_found_and_attached_again") {
+        return;
+    }
+    let mut fx = Fixture::new(false);
+    let layers = fx.kernel.layers().clone();
+    assert!(layers.redirect.is_active(), "{layers:?}");
+    assert!(
+        matches!(&layers.lsm, LayerState::Missing { reason } if reason.contains("lsm_layer: false")),
+        "{layers:?}"
+    );
+    // Someone detaches the connect programs (the pins stay, as after `bpftool link detach`).
+    detach_connect_links(&fx.kernel);
+    let mut bypass = Probe::spawn(&[
+        "--cgroup",
+        fx.work.to_str().expect("utf-8"),
+        "--hold",
+        &fx.protected_v4.to_string(),
+    ])
+    .expect("probe");
+    let connected = bypass.report().expect("report");
+    assert_eq!(
+        connected["peer"],
+        fx.protected_v4.to_string(),
+        "{connected}"
+    );
+
+    // The agent's check at its next heartbeat finds them gone and attaches them again.
+    let layers = fx.kernel.verify_layers().expect("verify").clone();
+    assert!(
+        matches!(&layers.redirect, LayerState::Missing { reason } if reason.contains("no longer attached")),
+        "{layers:?}"
+    );
+    let repaired = fx.kernel.repair_redirect().expect("repair");
+    assert_eq!(repaired, ["fw_connect4", "fw_connect6"]);
+    assert!(fx.kernel.layers().redirect.is_active());
+    assert!(
+        fx.kernel
+            .repair_redirect()
+            .expect("nothing to repair")
+            .is_empty()
+    );
+    for dst in [fx.protected_v4, fx.protected_v6] {
+        assert_eq!(
+            sidecar_answer(&Fixture::probe(&fx.work, &[], dst))["found"],
+            true
+        );
+    }
+    // ... and resets what went around it meanwhile.
+    let destroyed = destroy_connections_to(
+        &BTreeSet::from([fx.protected_v4]),
+        MARK,
+        TestCgroup::id(&fx.agent),
+    )
+    .expect("destroy");
+    assert_eq!(destroyed, 1);
+    bypass.go().expect("go");
+    let after = bypass.report().expect("after");
+    assert!(
+        after["after"]
+            .as_str()
+            .is_some_and(|a| a.starts_with("error:")),
+        "{after}"
+    );
+}
+
+#[test]
+fn the_lsm_layer_refuses_what_the_redirect_misses_or_says_why_it_cannot() {
+    if !kernel_available("the_lsm_layer_refuses_what_the_redirect_misses_or_says_why_it_cannot") {
+        return;
+    }
+    let mut fx = Fixture::with_lsm();
+    let layers = fx.kernel.layers().clone();
+    assert!(layers.redirect.is_active(), "{layers:?}");
+    if let LayerState::Missing { reason } = &layers.lsm {
+        // Kernels that refuse every BTF trampoline program (LSM, fentry) answer the load with
+        // EPERM before verifying it. That is the only acceptable reason here: a verifier
+        // rejection of our programs (EACCES/EINVAL with a log) fails the test.
+        assert!(
+            reason.contains("loading fw_lsm_connect failed")
+                && reason.contains("Operation not permitted")
+                && reason.ends_with("Verifier output: : Operation not permitted (os error 1)"),
+            "{reason}"
+        );
+        eprintln!(
+            "NOT EXERCISED: the LSM layer's enforcement; this kernel refuses BPF LSM programs: {reason}"
+        );
+        return;
+    }
+    let through = Fixture::probe(&fx.work, &[], fx.protected_v4);
+    assert_eq!(sidecar_answer(&through)["found"], true);
+    assert_eq!(through["send_errno"], Value::Null, "{through}");
+    detach_connect_links(&fx.kernel);
+    // Before the agent's next check the connect goes straight out, but no byte passes.
+    let direct = Fixture::probe(&fx.work, &[], fx.protected_v4);
+    assert_eq!(direct["peer"], fx.protected_v4.to_string(), "{direct}");
+    assert_eq!(direct["send_errno"], EPERM, "{direct}");
+    assert_eq!(direct["reply"], "", "{direct}");
+    // Once the agent has seen the redirect gone, the LSM refuses the connect itself.
+    fx.kernel.verify_layers().expect("verify");
+    for dst in [fx.protected_v4, fx.protected_v6] {
+        assert_eq!(Fixture::probe(&fx.work, &[], dst)["errno"], EPERM, "{dst}");
+    }
+    let stats = fx.kernel.stats().expect("stats");
+    assert_eq!(
+        (stats.lsm_refused_connect, stats.lsm_refused_data >= 1),
+        (2, true),
+        "{stats:?}"
+    );
+    let events = fx.events();
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            KernelEvent::Refused {
+                refusal: Refusal::NoRedirect,
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    // Outside the test cgroup (this test process) nothing changes: the hooks are scoped.
+    let mut outside = TcpStream::connect(fx.protected_v4).expect("connect from outside the scope");
+    outside
+        .write_all(b"x")
+        .expect("send from outside the scope");
+}
+
+/// Detaches the redirect's connect programs behind the agent's back.
+fn detach_connect_links(kernel: &Kernel) {
+    for prefix in ["fw_connect4-", "fw_connect6-"] {
+        let links = pinned_links(kernel, prefix);
+        assert_eq!(links.len(), 1, "{prefix}: {links:?}");
+        fhirwall_tests::detach_link(&links[0]).expect("detach");
+    }
+}
+
+#[test]
+fn every_port_of_a_protected_address_can_be_closed() {
+    if !kernel_available("every_port_of_a_protected_address_can_be_closed") {
+        return;
+    }
+    let mut fx = Fixture::new(false);
+    let other_port = echo_server(fx.protected_v4.ip());
+    let before = Fixture::probe(&fx.work, &[], other_port);
+    assert_eq!(before["reply"], "direct", "{before}");
+    let any_port = SocketAddr::new(fx.protected_v4.ip(), 0);
+    fx.kernel
+        .set_protected(&BTreeSet::from([
+            fx.protected_v4,
+            fx.protected_v6,
+            any_port,
+        ]))
+        .expect("protected");
+    let refused = Fixture::probe(&fx.work, &[], other_port);
+    assert_eq!(refused["errno"], EPERM, "{refused}");
+    // The FHIR port itself is still redirected.
+    assert_eq!(
+        sidecar_answer(&Fixture::probe(&fx.work, &[], fx.protected_v4))["found"],
+        true
+    );
+    assert_eq!(fx.kernel.stats().expect("stats").refused_other_port, 1);
+    fx.kernel
+        .set_protected(&BTreeSet::from([fx.protected_v4, fx.protected_v6]))
+        .expect("protected");
+    let after = Fixture::probe(&fx.work, &[], other_port);
+    assert_eq!(after["reply"], "direct", "{after}");
 }

@@ -30,6 +30,7 @@ fn state(db: &Path) -> (AdminState, AuditSink, AuditWriter) {
         audit_queries: AuditQueries::new(db.to_owned()),
         commands: None,
         leaves: None,
+        layers: None,
     };
     (state, sink, writer)
 }

@@ -23,7 +23,10 @@ use crate::{
     audit::AuditSink,
     config::{AdminConfig, AgentConfig},
     enforce,
-    kernel::{Caller, EventReader, Kernel, KernelEvent, Refusal, destroy_connections_to},
+    kernel::{
+        Caller, EventReader, Kernel, KernelEvent, LayerState, Layers, Refusal,
+        destroy_connections_to,
+    },
     metrics::{Metrics, NO_INTEGRATION},
     proxy::{
         listener::{Listener, Routes},
@@ -61,6 +64,8 @@ pub struct Control {
     pub commands: tokio::sync::mpsc::Receiver<crate::admin::Envelope>,
     /// Audit commits of kernel refusals in flight; awaited before the agent exits.
     pub refusals: tokio::task::JoinSet<()>,
+    /// The enforcement layers as last verified, for `/v1/health`.
+    pub layers: watch::Sender<Option<Layers>>,
 }
 
 impl Control {
@@ -72,17 +77,12 @@ impl Control {
         self.refresh_destinations().await?;
         self.rescan().await?;
         self.kernel.activate()?;
+        self.publish_layers();
+        if let LayerState::Missing { reason } = &self.kernel.layers().lsm {
+            info!(%reason, "the LSM layer is not in place; the redirect alone enforces");
+        }
         if self.config.kernel.teardown_existing {
-            let destinations = enforce::destinations(&self.resolved);
-            let s = self.kernel.settings();
-            match destroy_connections_to(&destinations, s.agent_mark, s.agent_cgroup) {
-                Ok(0) => {}
-                Ok(n) => info!(
-                    connections = n,
-                    "reset connections that bypassed the sidecar before it started"
-                ),
-                Err(e) => warn!(error = %e, "could not reset pre-existing connections"),
-            }
+            self.reset_bypassing_connections("before it started");
         }
         self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
         Ok(())
@@ -156,6 +156,58 @@ impl Control {
         if let Err(e) = self.kernel.heartbeat() {
             self.metrics.heartbeat_failures.inc();
             error!(error = %e, "heartbeat failed");
+        }
+        self.check_redirect();
+    }
+
+    /// The redirect's programs must stay attached: when one is found detached, the kernel
+    /// (LSM layer, where active) refuses protected connects until it is attached again here,
+    /// and connections that reached a protected destination meanwhile are reset.
+    fn check_redirect(&mut self) {
+        let missing = match self.kernel.verify_layers() {
+            Ok(layers) => match &layers.redirect {
+                LayerState::Active => None,
+                LayerState::Missing { reason } => Some(reason.clone()),
+            },
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(reason) = missing {
+            error!(%reason, "the redirect into the sidecar is not in place; attaching it again");
+            match self.kernel.repair_redirect() {
+                Ok(programs) => {
+                    self.metrics.kernel_redirect_repairs.inc();
+                    warn!(?programs, "attached the redirect programs again");
+                    self.reset_bypassing_connections("while the redirect was detached");
+                }
+                Err(e) => error!(error = %e, "attaching the redirect again failed"),
+            }
+        }
+        self.publish_layers();
+    }
+
+    fn publish_layers(&self) {
+        let layers = self.kernel.layers().clone();
+        self.metrics.set_layers(&layers);
+        self.layers.send_if_modified(|old| {
+            let changed = old.as_ref() != Some(&layers);
+            *old = Some(layers);
+            changed
+        });
+    }
+
+    /// Resets the connections to protected destinations that did not come through the sidecar.
+    fn reset_bypassing_connections(&self, when: &str) {
+        let policy = Arc::clone(&self.policy.borrow().policy);
+        let destinations =
+            enforce::destinations(&policy, &self.resolved, &enforce::local_addresses());
+        let s = self.kernel.settings();
+        match destroy_connections_to(&destinations, s.agent_mark, s.agent_cgroup) {
+            Ok(0) => {}
+            Ok(n) => warn!(
+                connections = n,
+                "reset connections that bypassed the sidecar {when}"
+            ),
+            Err(e) => warn!(error = %e, "could not reset connections that bypassed the sidecar"),
         }
     }
 
@@ -236,7 +288,8 @@ impl Control {
             warn!(%host, error = %e, "upstream name did not resolve; keeping its last addresses");
         }
         self.resolved = resolved;
-        let destinations = enforce::destinations(&self.resolved);
+        let destinations =
+            enforce::destinations(&policy, &self.resolved, &enforce::local_addresses());
         // Routes and upstream configs first: a connection the kernel redirects must find them.
         let explicit = self
             .config

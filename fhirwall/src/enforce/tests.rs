@@ -133,3 +133,44 @@ fn an_upstream_on_this_host_is_protected_at_every_address_of_the_host() {
         "this host's own addresses include loopback"
     );
 }
+
+#[test]
+fn protect_all_ports_adds_every_port_of_remote_addresses_only() {
+    let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+    let hp = |s: &str| s.parse::<HostPort>().expect("host:port");
+    let upstream = |name: &str, address: &str, all: bool| -> fhirwall_policy::Upstream {
+        serde_saphyr::from_str(&format!(
+            "name: {name}\naddresses: [\"{address}\"]\nprotect_all_ports: {all}\n"
+        ))
+        .expect("test upstream")
+    };
+    let mut policy = Policy::of_integrations(Vec::new());
+    policy.upstreams = vec![
+        upstream("remote", "ehr.remote:443", true),
+        upstream("local", "127.0.0.1:8080", true),
+        upstream("other", "lab.remote:443", false),
+    ];
+    let resolved = BTreeMap::from([
+        (
+            hp("ehr.remote:443"),
+            BTreeSet::from([addr("10.1.2.3:443"), addr("[2001:db8::3]:443")]),
+        ),
+        (
+            hp("127.0.0.1:8080"),
+            BTreeSet::from([addr("127.0.0.1:8080")]),
+        ),
+        (hp("lab.remote:443"), BTreeSet::from([addr("10.9.9.9:443")])),
+    ]);
+    let local = BTreeSet::from(["127.0.0.1".parse().expect("ip")]);
+    assert_eq!(
+        destinations(&policy, &resolved, &local),
+        BTreeSet::from([
+            addr("10.1.2.3:443"),
+            addr("10.1.2.3:0"),
+            addr("[2001:db8::3]:443"),
+            addr("[2001:db8::3]:0"),
+            addr("127.0.0.1:8080"),
+            addr("10.9.9.9:443"),
+        ])
+    );
+}

@@ -9,7 +9,8 @@ use std::{
 use aya::maps::{MapData, RingBuf};
 use fhirwall_common::{
     ConnRecord, EVENT_CONNS_FULL, EVENT_EXEC, EVENT_REFUSED, Event, REASON_AGENT_DOWN,
-    REASON_DENIED, REASON_NOT_TCP, REASON_STORE_FULL, REASON_UNREGISTERED,
+    REASON_DENIED, REASON_NO_REDIRECT, REASON_NOT_TCP, REASON_OTHER_PORT, REASON_STORE_FULL,
+    REASON_UNREGISTERED,
 };
 use serde::Serialize;
 use tokio::io::unix::AsyncFd;
@@ -30,6 +31,11 @@ pub enum Refusal {
     StoreFull,
     /// Not TCP (UDP/QUIC, MPTCP, SCTP) to a protected destination.
     NotTcp,
+    /// The LSM layer: a connect the redirect was not verified to catch, or data on a socket
+    /// that bypassed it.
+    NoRedirect,
+    /// Another port of an address whose every port is protected.
+    OtherPort,
     /// A reason this agent does not know (newer kernel programs).
     Other(u32),
 }
@@ -42,6 +48,8 @@ impl Refusal {
             REASON_AGENT_DOWN => Self::AgentDown,
             REASON_STORE_FULL => Self::StoreFull,
             REASON_NOT_TCP => Self::NotTcp,
+            REASON_NO_REDIRECT => Self::NoRedirect,
+            REASON_OTHER_PORT => Self::OtherPort,
             other => Self::Other(other),
         }
     }

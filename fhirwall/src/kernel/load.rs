@@ -9,22 +9,26 @@ use std::{
 };
 
 use aya::{
-    Ebpf, EbpfLoader,
+    Btf, Ebpf, EbpfLoader,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, RawTracePoint, SockOps,
+        CgroupAttachMode, CgroupSockAddr, Lsm, RawTracePoint, SockOps,
         links::{FdLink, PinnedLink},
     },
 };
 use fhirwall_common::{
-    CONFIG_F_HAS_CGROUP, CONFIG_F_HAS_TGID, CONFIG_F_HAS_UID, CONFIG_F_KERNEL_ENFORCEMENT,
-    CONFIG_F_READY, Config, LAYOUT_VERSION, PINNED_MAPS, PROG_CONNECT4, PROG_CONNECT6, PROG_EXEC,
-    PROG_EXIT, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS,
+    CONFIG_F_ANY_PORT, CONFIG_F_HAS_CGROUP, CONFIG_F_HAS_TGID, CONFIG_F_HAS_UID,
+    CONFIG_F_KERNEL_ENFORCEMENT, CONFIG_F_READY, CONFIG_F_REDIRECT_VERIFIED, Config,
+    LAYOUT_VERSION, LsmConfig, PINNED_MAPS, PROG_CONNECT4, PROG_CONNECT6, PROG_EXEC, PROG_EXIT,
+    PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_LSM_CONNECT, PROG_LSM_RECVMSG, PROG_LSM_SENDMSG,
+    PROG_SENDMSG4, PROG_SENDMSG6, PROG_SOCK_OPS,
 };
 
 use super::{
     KernelError, addr,
     events::EventReader,
+    layers::{self, LayerState, Layers},
     maps::{ConnTable, ControlMaps},
+    query,
 };
 
 /// The kernel programs, built by agent/build.rs.
@@ -39,6 +43,23 @@ const SOCK_ADDR_PROGRAMS: [&str; 6] = [
     PROG_SENDMSG6,
     PROG_GETPEERNAME4,
     PROG_GETPEERNAME6,
+];
+
+/// The programs whose attachment the redirect layer depends on, with their attach types
+/// (the peer-name restore is cosmetic and not checked).
+const REDIRECT_PROGRAMS: [(&str, u32); 5] = [
+    (PROG_CONNECT4, query::ATTACH_INET4_CONNECT),
+    (PROG_CONNECT6, query::ATTACH_INET6_CONNECT),
+    (PROG_SENDMSG4, query::ATTACH_UDP4_SENDMSG),
+    (PROG_SENDMSG6, query::ATTACH_UDP6_SENDMSG),
+    (PROG_SOCK_OPS, query::ATTACH_SOCK_OPS),
+];
+
+/// The LSM programs and their hooks.
+const LSM_PROGRAMS: [(&str, &str); 3] = [
+    (PROG_LSM_CONNECT, "socket_connect"),
+    (PROG_LSM_SENDMSG, "socket_sendmsg"),
+    (PROG_LSM_RECVMSG, "socket_recvmsg"),
 ];
 
 /// What the kernel programs need to know, from the agent configuration.
@@ -62,6 +83,8 @@ pub struct KernelSettings {
     /// Size of the established-connection table (`FW_CONNS`); `None` keeps the built-in size.
     /// Takes effect when the map is created, not when a pinned one is reused.
     pub conns_capacity: Option<u32>,
+    /// Load and attach the LSM programs (`kernel.lsm_layer`).
+    pub lsm_layer: bool,
 }
 
 /// Kernel accounting of one program (`bpf_prog_info.run_cnt`, `run_time_ns`).
@@ -82,13 +105,21 @@ pub struct Kernel {
     maps: ControlMaps,
     conns: ConnTable,
     events: Option<aya::maps::RingBuf<aya::maps::MapData>>,
-    links: Vec<PinnedLink>,
+    /// This agent's pinned links, with their pin paths.
+    links: Vec<(PathBuf, PinnedLink)>,
     /// `CONFIG_F_READY` once activated.
     ready: bool,
     /// `CONFIG_F_HAS_*` for the kinds of workload entries the kernel map may hold.
     kinds: u32,
     protected: std::collections::BTreeSet<std::net::SocketAddr>,
     explicit: Option<std::net::SocketAddr>,
+    /// (attach type, program id) of the redirect programs once attached.
+    redirect_ids: Vec<(u32, u32)>,
+    /// Whether the redirect is verified attached (`CONFIG_F_REDIRECT_VERIFIED`), and the LSM
+    /// programs run.
+    layers: Layers,
+    /// The LSM programs loaded and configured, ready to attach.
+    lsm_loaded: bool,
 }
 
 impl Kernel {
@@ -119,6 +150,11 @@ impl Kernel {
             source: Box::new(e),
         })?;
         load_programs(&mut ebpf)?;
+        let lsm = if settings.lsm_layer {
+            prepare_lsm(&mut ebpf, &settings.attach_cgroup)
+        } else {
+            Err("off (kernel.lsm_layer: false)".to_owned())
+        };
         let (maps, conns, events) = ControlMaps::take(&mut ebpf)?;
         let generation = generation();
         let mut kernel = Self {
@@ -135,7 +171,17 @@ impl Kernel {
             kinds: CONFIG_F_HAS_TGID | CONFIG_F_HAS_CGROUP | CONFIG_F_HAS_UID,
             protected: std::collections::BTreeSet::new(),
             explicit: None,
+            redirect_ids: Vec::new(),
+            layers: Layers {
+                redirect: LayerState::missing("not attached yet"),
+                lsm: LayerState::missing("not attached yet"),
+            },
+            lsm_loaded: lsm.is_ok(),
         };
+        match lsm {
+            Ok(config) => kernel.maps.set_lsm(&config)?,
+            Err(reason) => kernel.layers.lsm = LayerState::missing(reason),
+        }
         kernel.write_config()?;
         Ok(kernel)
     }
@@ -148,7 +194,25 @@ impl Kernel {
         self.write_config()?;
         self.heartbeat()?;
         self.attach()?;
+        self.verify_layers()?;
         self.remove_foreign_links()
+    }
+
+    /// Checks that the redirect programs are still attached and tells the LSM layer: while
+    /// they are not, it refuses every protected connect itself. Call at every heartbeat.
+    pub fn verify_layers(&mut self) -> Result<&Layers, KernelError> {
+        let redirect = layers::redirect_state(&self.settings.attach_cgroup, &self.redirect_ids);
+        if redirect != self.layers.redirect {
+            self.layers.redirect = redirect;
+            self.write_config()?;
+        }
+        Ok(&self.layers)
+    }
+
+    /// The layers as last verified.
+    #[must_use]
+    pub fn layers(&self) -> &Layers {
+        &self.layers
     }
 
     /// Tells the kernel programs the agent is alive; call every heartbeat interval.
@@ -166,8 +230,22 @@ impl Kernel {
         &mut self,
         destinations: &std::collections::BTreeSet<std::net::SocketAddr>,
     ) -> Result<(), KernelError> {
+        // Port-0 entries (every port of an address) are looked up only under CONFIG_F_ANY_PORT:
+        // on before such entries arrive, off after they left.
+        let was_any_port = self.any_port();
         self.protected.clone_from(destinations);
-        self.sync_protected()
+        if self.any_port() && !was_any_port {
+            self.write_config()?;
+        }
+        self.sync_protected()?;
+        if was_any_port && !self.any_port() {
+            self.write_config()?;
+        }
+        Ok(())
+    }
+
+    fn any_port(&self) -> bool {
+        self.protected.iter().any(|d| d.port() == 0)
     }
 
     /// The sidecar's explicit listener, whose connects are recorded for attribution but not
@@ -186,7 +264,14 @@ impl Kernel {
         let mut all: std::collections::BTreeMap<_, _> = self
             .protected
             .iter()
-            .map(|d| (*d, fhirwall_common::PROTECTED_REDIRECT))
+            .map(|d| {
+                let value = if d.port() == 0 {
+                    fhirwall_common::PROTECTED_REFUSE
+                } else {
+                    fhirwall_common::PROTECTED_REDIRECT
+                };
+                (*d, value)
+            })
             .collect();
         if let Some(listener) = self.explicit {
             all.insert(listener, fhirwall_common::PROTECTED_RECORD_ONLY);
@@ -340,6 +425,12 @@ impl Kernel {
         if self.ready {
             flags |= CONFIG_F_READY;
         }
+        if self.layers.redirect.is_active() {
+            flags |= CONFIG_F_REDIRECT_VERIFIED;
+        }
+        if self.any_port() {
+            flags |= CONFIG_F_ANY_PORT;
+        }
         let config = Config {
             agent_cgroup: s.agent_cgroup,
             sidecar_v4: addr::ipv4_word(s.sidecar_v4),
@@ -359,25 +450,16 @@ impl Kernel {
     /// on the same cgroup (multi-attach semantics) and the kernel rejects any flag on
     /// `BPF_LINK_CREATE` for cgroups, hence [`CgroupAttachMode::Single`] (no flags) below.
     fn attach(&mut self) -> Result<(), KernelError> {
-        let cgroup =
-            File::open(&self.settings.attach_cgroup).map_err(|source| KernelError::Io {
-                path: self.settings.attach_cgroup.clone(),
-                source,
-            })?;
-        for name in SOCK_ADDR_PROGRAMS {
-            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
-            let id = prog.attach(&cgroup, LINK_MODE).map_err(prog_err(name))?;
-            let link = FdLink::try_from(prog.take_link(id).map_err(prog_err(name))?)
-                .map_err(link_err(name))?;
-            self.pin_link(name, link)?;
+        for (name, _) in REDIRECT_PROGRAMS {
+            self.attach_to_cgroup(name)?;
         }
-        let prog: &mut SockOps = program(&mut self.ebpf, PROG_SOCK_OPS)?;
-        let id = prog
-            .attach(&cgroup, LINK_MODE)
-            .map_err(prog_err(PROG_SOCK_OPS))?;
-        let link = FdLink::try_from(prog.take_link(id).map_err(prog_err(PROG_SOCK_OPS))?)
-            .map_err(link_err(PROG_SOCK_OPS))?;
-        self.pin_link(PROG_SOCK_OPS, link)?;
+        for name in [PROG_GETPEERNAME4, PROG_GETPEERNAME6] {
+            self.attach_to_cgroup(name)?;
+        }
+        self.redirect_ids = self.redirect_program_ids()?;
+        if self.lsm_loaded {
+            self.attach_lsm()?;
+        }
         // Exec and exit hooks only matter to a running agent (while it is down, protected
         // connects are refused anyway, and at start it sweeps the verdicts): these links live
         // and die with it.
@@ -391,16 +473,109 @@ impl Kernel {
         Ok(())
     }
 
-    fn pin_link(&mut self, name: &str, link: FdLink) -> Result<(), KernelError> {
-        let path = self
-            .dir
+    /// Attaches one cgroup program with a pinned link.
+    fn attach_to_cgroup(&mut self, name: &'static str) -> Result<(), KernelError> {
+        let cgroup =
+            File::open(&self.settings.attach_cgroup).map_err(|source| KernelError::Io {
+                path: self.settings.attach_cgroup.clone(),
+                source,
+            })?;
+        let link = if name == PROG_SOCK_OPS {
+            let prog: &mut SockOps = program(&mut self.ebpf, name)?;
+            let id = prog.attach(&cgroup, LINK_MODE).map_err(prog_err(name))?;
+            FdLink::try_from(prog.take_link(id).map_err(prog_err(name))?).map_err(link_err(name))?
+        } else {
+            let prog: &mut CgroupSockAddr = program(&mut self.ebpf, name)?;
+            let id = prog.attach(&cgroup, LINK_MODE).map_err(prog_err(name))?;
+            FdLink::try_from(prog.take_link(id).map_err(prog_err(name))?).map_err(link_err(name))?
+        };
+        self.pin_link(name, link)
+    }
+
+    /// Attaches again every redirect program that is no longer attached (someone detached its
+    /// link, or removed and recreated the cgroup's attachments), replacing its stale pin.
+    /// Returns the programs it attached again.
+    pub fn repair_redirect(&mut self) -> Result<Vec<&'static str>, KernelError> {
+        let mut repaired = Vec::new();
+        for (name, attach_type) in REDIRECT_PROGRAMS {
+            let id = self.program_id(name)?;
+            let attached =
+                query::attached(&self.settings.attach_cgroup, attach_type).map_err(|source| {
+                    KernelError::Io {
+                        path: self.settings.attach_cgroup.clone(),
+                        source,
+                    }
+                })?;
+            if attached.contains(&id) {
+                continue;
+            }
+            let stale = self.link_path(name);
+            self.links.retain(|(path, _)| *path != stale);
+            if stale.exists() {
+                fs::remove_file(&stale).map_err(|source| KernelError::Pin {
+                    path: stale.clone(),
+                    source,
+                })?;
+            }
+            self.attach_to_cgroup(name)?;
+            repaired.push(name);
+        }
+        self.verify_layers()?;
+        Ok(repaired)
+    }
+
+    fn redirect_program_ids(&self) -> Result<Vec<(u32, u32)>, KernelError> {
+        REDIRECT_PROGRAMS
+            .iter()
+            .map(|(name, attach_type)| Ok((*attach_type, self.program_id(name)?)))
+            .collect()
+    }
+
+    fn program_id(&self, name: &'static str) -> Result<u32, KernelError> {
+        let prog = self.ebpf.program(name).ok_or(KernelError::Program {
+            program: name,
+            source: Box::new(aya::programs::ProgramError::UnexpectedProgramType),
+        })?;
+        Ok(prog.info().map_err(prog_err(name))?.id())
+    }
+
+    /// Attaches and pins the LSM programs, then checks that the connect hook fires: a kernel
+    /// with BPF LSM compiled in but not active (`lsm=` without `bpf`) accepts the attachment
+    /// and never runs it.
+    fn attach_lsm(&mut self) -> Result<(), KernelError> {
+        for (name, _) in LSM_PROGRAMS {
+            let prog: &mut Lsm = program(&mut self.ebpf, name)?;
+            let id = prog.attach().map_err(prog_err(name))?;
+            let link: FdLink = prog.take_link(id).map_err(prog_err(name))?.into();
+            self.pin_link(name, link)?;
+        }
+        let before = self.maps.stats()?.lsm_calls;
+        let touched = layers::touch_connect_hook();
+        let after = self.maps.stats()?.lsm_calls;
+        self.layers.lsm = match touched {
+            Ok(()) if after > before => LayerState::Active,
+            Ok(()) => LayerState::missing(
+                "the LSM programs are attached but never run: BPF LSM is not active in this \
+                 kernel (boot with lsm=...,bpf)",
+            ),
+            Err(e) => LayerState::missing(format!("the LSM self-check could not connect: {e}")),
+        };
+        Ok(())
+    }
+
+    fn link_path(&self, name: &str) -> PathBuf {
+        self.dir
             .join("links")
-            .join(format!("{name}-{}", self.generation));
+            .join(format!("{name}-{}", self.generation))
+    }
+
+    fn pin_link(&mut self, name: &str, link: FdLink) -> Result<(), KernelError> {
+        let path = self.link_path(name);
         let pinned = link.pin(&path).map_err(|e| KernelError::Pin {
-            path,
+            path: path.clone(),
             source: io::Error::other(e),
         })?;
-        self.links.push(pinned);
+        self.links.push((path, pinned));
         Ok(())
     }
 
@@ -463,6 +638,44 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), KernelError> {
             .map_err(prog_err(name))?;
     }
     Ok(())
+}
+
+/// Writes nothing yet: loads the LSM programs against the kernel's BTF and computes their
+/// configuration. Any failure leaves the LSM layer missing, with the reason, and the agent
+/// running on the redirect alone (BPF LSM is optional in the kernel).
+fn prepare_lsm(ebpf: &mut Ebpf, attach_cgroup: &Path) -> Result<LsmConfig, String> {
+    if layers::bpf_lsm_listed() == Some(false) {
+        return Err("BPF LSM is not active in this kernel (boot with lsm=...,bpf)".into());
+    }
+    let root = super::CgroupRoot::discover().map_err(|e| e.to_string())?;
+    let level = layers::level(&root.mount, attach_cgroup).ok_or_else(|| {
+        format!(
+            "the attach cgroup {} is not under the cgroup2 mount {}",
+            attach_cgroup.display(),
+            root.mount.display()
+        )
+    })?;
+    let scope = super::cgroup_id(attach_cgroup).map_err(|e| e.to_string())?;
+    let config = layers::lsm_config(scope, level)
+        .map_err(|e| format!("reading the kernel's structure layout failed: {e}"))?;
+    let btf = Btf::from_sys_fs().map_err(|e| format!("the kernel has no BTF: {e}"))?;
+    for (name, hook) in LSM_PROGRAMS {
+        let prog: &mut Lsm = program(ebpf, name).map_err(|e| e.to_string())?;
+        prog.load(hook, &btf)
+            .map_err(|e| format!("loading {name} failed: {}", error_chain(&e)))?;
+    }
+    Ok(config)
+}
+
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        text.push_str(": ");
+        text.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    text
 }
 
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>

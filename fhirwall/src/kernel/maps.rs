@@ -7,12 +7,14 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use fhirwall_common::{
-    CONN_F_ESTABLISHED, Config, ConnKey, ConnRecord, KEY_CGROUP, KEY_TGID, KEY_UID, MAP_CONFIG,
-    MAP_CONNS, MAP_EVENTS, MAP_HEARTBEAT, MAP_PROTECTED, MAP_SOCKETS, MAP_STATS, MAP_WORKLOADS,
-    PROTECTED_CAPACITY, ProtectedKey, REASON_DENIED, STAT_AGENT_PASSED, STAT_CONNS_FULL,
-    STAT_EVENTS_DROPPED, STAT_REDIRECTED, STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED,
-    STAT_REFUSED_NOT_TCP, STAT_REFUSED_STORE_FULL, STAT_REFUSED_UNREGISTERED, VERDICT_ALLOW,
-    VERDICT_DENY, WORKLOADS_CAPACITY, WorkloadKey, WorkloadVerdict,
+    CONN_F_ESTABLISHED, Config, ConnKey, ConnRecord, KEY_CGROUP, KEY_TGID, KEY_UID, LsmConfig,
+    MAP_CONFIG, MAP_CONNS, MAP_EVENTS, MAP_HEARTBEAT, MAP_LSM, MAP_PROTECTED, MAP_SOCKETS,
+    MAP_STATS, MAP_WORKLOADS, PROTECTED_CAPACITY, ProtectedKey, REASON_DENIED, STAT_AGENT_PASSED,
+    STAT_CONNS_FULL, STAT_EVENTS_DROPPED, STAT_LSM_CALLS, STAT_LSM_REFUSED_CONNECT,
+    STAT_LSM_REFUSED_DATA, STAT_REDIRECTED, STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED,
+    STAT_REFUSED_NOT_TCP, STAT_REFUSED_OTHER_PORT, STAT_REFUSED_STORE_FULL,
+    STAT_REFUSED_UNREGISTERED, VERDICT_ALLOW, VERDICT_DENY, WORKLOADS_CAPACITY, WorkloadKey,
+    WorkloadVerdict,
 };
 use serde::Serialize;
 
@@ -84,12 +86,19 @@ pub struct KernelStats {
     pub conns_full: u64,
     pub events_dropped: u64,
     pub agent_passed: u64,
+    /// Refused by the LSM layer: connects the redirect was not verified to catch, and sends or
+    /// receives on sockets that bypassed it.
+    pub lsm_refused_connect: u64,
+    pub lsm_refused_data: u64,
+    /// Runs of the LSM connect hook (host-wide): shows the hook fires.
+    pub lsm_calls: u64,
+    pub refused_other_port: u64,
 }
 
 impl KernelStats {
     /// Each counter with its name, as metrics and reports show them.
     #[must_use]
-    pub fn named(&self) -> [(&'static str, u64); 9] {
+    pub fn named(&self) -> [(&'static str, u64); 12] {
         [
             ("redirected", self.redirected),
             ("refused_denied", self.refused_denied),
@@ -100,6 +109,9 @@ impl KernelStats {
             ("conns_full", self.conns_full),
             ("events_dropped", self.events_dropped),
             ("agent_passed", self.agent_passed),
+            ("lsm_refused_connect", self.lsm_refused_connect),
+            ("lsm_refused_data", self.lsm_refused_data),
+            ("refused_other_port", self.refused_other_port),
         ]
     }
 }
@@ -161,6 +173,7 @@ impl StatsReader {
 /// first sync, so later syncs touch only what changed instead of walking the kernel map.
 pub struct ControlMaps {
     config: Array<MapData, Config>,
+    lsm: Array<MapData, LsmConfig>,
     heartbeat: Array<MapData, u64>,
     protected: HashMap<MapData, ProtectedKey, u32>,
     workloads: HashMap<MapData, WorkloadKey, WorkloadVerdict>,
@@ -174,6 +187,7 @@ impl ControlMaps {
     pub fn take(ebpf: &mut Ebpf) -> Result<(Self, ConnTable, RingBuf<MapData>), KernelError> {
         let maps = Self {
             config: take(ebpf, MAP_CONFIG)?,
+            lsm: take(ebpf, MAP_LSM)?,
             heartbeat: take(ebpf, MAP_HEARTBEAT)?,
             protected: take(ebpf, MAP_PROTECTED)?,
             workloads: take(ebpf, MAP_WORKLOADS)?,
@@ -191,12 +205,16 @@ impl ControlMaps {
         self.config.set(0, config, 0).map_err(map_err(MAP_CONFIG))
     }
 
+    pub fn set_lsm(&mut self, lsm: &LsmConfig) -> Result<(), KernelError> {
+        self.lsm.set(0, lsm, 0).map_err(map_err(MAP_LSM))
+    }
+
     pub fn set_heartbeat(&mut self, ns: u64) -> Result<(), KernelError> {
         self.heartbeat.set(0, ns, 0).map_err(map_err(MAP_HEARTBEAT))
     }
 
-    /// Replaces the protected destinations: each with `PROTECTED_REDIRECT` or
-    /// `PROTECTED_RECORD_ONLY`.
+    /// Replaces the protected destinations: each with `PROTECTED_REDIRECT`,
+    /// `PROTECTED_RECORD_ONLY`, or (port 0) `PROTECTED_REFUSE`.
     pub fn sync_protected(
         &mut self,
         destinations: &BTreeMap<SocketAddr, u32>,
@@ -396,6 +414,10 @@ fn read_stats(stats: &PerCpuArray<MapData, u64>) -> Result<KernelStats, KernelEr
         conns_full: sum(STAT_CONNS_FULL)?,
         events_dropped: sum(STAT_EVENTS_DROPPED)?,
         agent_passed: sum(STAT_AGENT_PASSED)?,
+        lsm_refused_connect: sum(STAT_LSM_REFUSED_CONNECT)?,
+        lsm_refused_data: sum(STAT_LSM_REFUSED_DATA)?,
+        lsm_calls: sum(STAT_LSM_CALLS)?,
+        refused_other_port: sum(STAT_REFUSED_OTHER_PORT)?,
     })
 }
 

@@ -43,6 +43,7 @@ fn main() -> anyhow::Result<()> {
         kernel_enforcement: false,
         heartbeat_timeout: Duration::from_mins(10),
         conns_capacity: None,
+        lsm_layer: false,
     })?;
     kernel.set_protected(&BTreeSet::from([protected]))?;
     // As the agent does at start: no workload entries, so the hook skips those lookups.

@@ -256,12 +256,16 @@ fn tcp(args: &Args, addr: SocketAddr) -> String {
         .map(|p| p.to_string())
         .unwrap_or_default();
     let mut reply = String::new();
+    let mut send_errno = None;
     if let Some(text) = &args.send {
-        let _ = stream.write_all(text.as_bytes());
+        if let Err(e) = stream.write_all(text.as_bytes()) {
+            send_errno = e.raw_os_error();
+        }
         let _ = stream.shutdown(std::net::Shutdown::Write);
         let _ = stream.read_to_string(&mut reply);
     }
-    let connected = json!({"ok": true, "peer": peer, "local": local, "reply": reply});
+    let connected =
+        json!({"ok": true, "peer": peer, "local": local, "reply": reply, "send_errno": send_errno});
     if !args.hold {
         return connected.to_string();
     }

@@ -158,6 +158,11 @@ pub fn kernel_refusal(
             Refusal::AgentDown => "the agent was down or not yet configured",
             Refusal::StoreFull => "the kernel's socket table was full",
             Refusal::NotTcp => "only TCP to a protected destination is allowed",
+            Refusal::NoRedirect => {
+                "the LSM layer refused a path around the redirect (its programs were detached, \
+                 or the socket was connected without it)"
+            }
+            Refusal::OtherPort => "every port of this protected address is closed but the FHIR one",
             Refusal::Other(_) => "refused by the kernel",
         }
         .into(),
@@ -185,7 +190,12 @@ pub fn charged_to(
                 None => (None, "denied"),
             })
         }
-        Refusal::AgentDown | Refusal::StoreFull | Refusal::NotTcp | Refusal::Other(_) => None,
+        Refusal::AgentDown
+        | Refusal::StoreFull
+        | Refusal::NotTcp
+        | Refusal::NoRedirect
+        | Refusal::OtherPort
+        | Refusal::Other(_) => None,
     }
 }
 
