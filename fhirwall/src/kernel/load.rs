@@ -392,9 +392,16 @@ impl Kernel {
     pub fn program_stats(&self) -> Result<Vec<ProgramStats>, KernelError> {
         let mut out = Vec::new();
         for (name, program) in self.ebpf.programs() {
-            let info = program.info().map_err(|e| KernelError::Load {
-                source: Box::new(e.into()),
-            })?;
+            let info = match program.info() {
+                Ok(info) => info,
+                // The LSM programs while the layer is off or could not load.
+                Err(aya::programs::ProgramError::NotLoaded) => continue,
+                Err(e) => {
+                    return Err(KernelError::Load {
+                        source: Box::new(e.into()),
+                    });
+                }
+            };
             out.push(ProgramStats {
                 name: name.to_owned(),
                 run_count: info.run_count(),
