@@ -241,6 +241,7 @@ fn sidecar(
         live: Arc::clone(live),
         metrics: Arc::clone(metrics),
         limits: config.http_limits(),
+        agent_mark: config.sidecar.agent_mark,
         next_id: AtomicU64::new(first_connection_id()),
     }))
 }

@@ -114,6 +114,10 @@ pub struct SidecarConfig {
     /// patient-bound integration's response is refused (403); any other's is released and
     /// checked as it streams.
     pub max_response_hold_bytes: usize,
+    /// HTTP proxies on this host's way out (`host:port`, names re-resolved like upstreams'):
+    /// workloads' connections to them come to the sidecar, which relays `CONNECT` tunnels to
+    /// anything but a protected upstream and refuses the rest.
+    pub egress_proxies: Vec<fhirwall_policy::HostPort>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +188,7 @@ impl Default for SidecarConfig {
             idle_timeout_ms: 60_000,
             response_timeout_ms: 60_000,
             max_response_hold_bytes: 8 << 20,
+            egress_proxies: Vec::new(),
         }
     }
 }

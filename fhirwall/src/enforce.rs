@@ -82,12 +82,13 @@ fn uid_only(s: &WorkloadSelector) -> Option<u32> {
     (s.uid.is_some() && *s == only).then_some(s.uid).flatten()
 }
 
-/// Resolves every upstream address, this host's other addresses added for an upstream on this
-/// host ([`with_local_aliases`]). A name that does not resolve now keeps the addresses it
-/// had (`previous`): a DNS outage must not lift protection. Returns the addresses per name and
-/// the names that failed.
+/// Resolves every upstream and egress proxy address, this host's other addresses added for one
+/// on this host ([`with_local_aliases`]). A name that does not resolve now keeps the addresses
+/// it had (`previous`): a DNS outage must not lift protection. Returns the addresses per name
+/// and the names that failed.
 pub async fn resolve(
     policy: &Policy,
+    proxies: &[HostPort],
     previous: &BTreeMap<HostPort, BTreeSet<SocketAddr>>,
 ) -> (
     BTreeMap<HostPort, BTreeSet<SocketAddr>>,
@@ -95,7 +96,12 @@ pub async fn resolve(
 ) {
     let mut resolved = BTreeMap::new();
     let mut failures = Vec::new();
-    for hp in policy.upstreams.iter().flat_map(|u| &u.addresses) {
+    for hp in policy
+        .upstreams
+        .iter()
+        .flat_map(|u| &u.addresses)
+        .chain(proxies)
+    {
         match tokio::net::lookup_host((hp.host.as_str(), hp.port)).await {
             Ok(addrs) => {
                 resolved.insert(hp.clone(), addrs.collect());

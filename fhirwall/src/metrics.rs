@@ -50,6 +50,8 @@ pub struct Metrics {
     pub kernel_layer_active: IntGaugeVec,
     /// Times the agent found its redirect detached and attached it again.
     pub kernel_redirect_repairs: IntCounter,
+    /// Connections to egress proxies, by what became of them.
+    pub egress_proxy_tunnels: IntCounterVec,
     /// Requests decided by the sidecar, by decision (allow, deny, would-deny, malformed).
     pub requests: IntCounterVec,
     /// Time from the first byte of a request to the end of its response.
@@ -146,6 +148,11 @@ impl Metrics {
                 "kernel_redirect_repairs_total",
                 "Times the redirect programs were found detached and attached again",
             ),
+            egress_proxy_tunnels: counter_vec(
+                "egress_proxy_tunnels_total",
+                "Workload connections to egress proxies, by result",
+                &["result"],
+            ),
             requests: counter_vec(
                 "requests_total",
                 "Requests decided by the sidecar",
@@ -228,7 +235,7 @@ impl Metrics {
         m
     }
 
-    fn collectors(&self) -> [Box<dyn Collector>; 30] {
+    fn collectors(&self) -> [Box<dyn Collector>; 31] {
         [
             Box::new(self.break_glass_sessions.clone()),
             Box::new(self.requests.clone()),
@@ -253,6 +260,7 @@ impl Metrics {
             Box::new(self.heartbeat_failures.clone()),
             Box::new(self.kernel_layer_active.clone()),
             Box::new(self.kernel_redirect_repairs.clone()),
+            Box::new(self.egress_proxy_tunnels.clone()),
             Box::new(self.policy_denials.clone()),
             Box::new(self.shared_credential_requests.clone()),
             Box::new(self.shared_credentials.clone()),

@@ -40,6 +40,8 @@ pub struct AgentOptions {
     pub header_timeout_ms: Option<u64>,
     /// `audit.segment_mb`, when not the default.
     pub segment_mb: Option<u64>,
+    /// `sidecar.egress_proxies`.
+    pub egress_proxies: Vec<SocketAddr>,
 }
 
 impl AgentFiles {
@@ -81,6 +83,16 @@ impl AgentFiles {
             .background_fsync_ms
             .map(|ms| format!("  durability: background\n  fsync_interval_ms: {ms}\n"))
             .unwrap_or_default();
+        let egress = if options.egress_proxies.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = options
+                .egress_proxies
+                .iter()
+                .map(|p| format!("\"{p}\""))
+                .collect();
+            format!("  egress_proxies: [{}]\n", list.join(", "))
+        };
         let segment = options
             .segment_mb
             .map(|mb| format!("  segment_mb: {mb}\n"))
@@ -92,7 +104,7 @@ impl AgentFiles {
         };
         let text = format!(
             "node_name: test-node\npolicies: {policies}\nstate_dir: {state}\n{audit}\
-             sidecar:\n  listen_v4: 127.0.0.1\n  listen_v6: \"::1\"\n  transparent_port: {transparent_port}\n  agent_mark: {mark}\n{header_timeout}{explicit}\
+             sidecar:\n  listen_v4: 127.0.0.1\n  listen_v6: \"::1\"\n  transparent_port: {transparent_port}\n  agent_mark: {mark}\n{header_timeout}{egress}{explicit}\
              kernel:\n  pin_dir: {pins}\n  cgroup: {cgroup}\n  heartbeat_interval_ms: 200\n  heartbeat_timeout_ms: 1000\n\
              admin:\n  socket: {socket}\n  metrics: {metrics}\n",
             policies = policies.display(),

@@ -22,6 +22,7 @@ pub mod fhir;
 pub mod http1;
 pub mod pki;
 pub mod synthetic;
+pub mod tinyproxy;
 pub mod upstream;
 pub mod world;
 

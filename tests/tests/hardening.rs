@@ -25,9 +25,10 @@ use std::{
 };
 
 use fhirwall_tests::{
-    agent::Agent,
+    agent::{Agent, AgentOptions},
     destination::Destination,
     eventually, in_cgroup, kernel_available, target_binary,
+    tinyproxy::TinyProxy,
     world::{World, status},
 };
 use serde_json::Value;
@@ -606,4 +607,92 @@ fn the_agent_reports_its_layers_and_attaches_a_detached_redirect_again() {
         1,
         "only the sidecar's forward reached the destination"
     );
+}
+
+/// `curl` in `cgroup`, through the HTTP proxy `proxy` with a CONNECT tunnel, fetching a Patient
+/// from `target`: the CONNECT's status, the request's status (`000` when none), and curl's errors.
+fn curl_through(
+    cgroup: &Path,
+    proxy: std::net::SocketAddr,
+    target: std::net::SocketAddr,
+) -> String {
+    let out = in_cgroup(cgroup, "curl")
+        .args(["-sS", "-o", "/dev/null", "--max-time", "10", "-p", "-x"])
+        .arg(format!("http://{proxy}"))
+        .args(["-w", "%{http_connect} %{http_code}"])
+        .arg(format!("http://{target}/Patient/1"))
+        .output()
+        .expect("curl");
+    format!(
+        "{} {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}
+
+#[test]
+fn a_tunnel_through_an_egress_proxy_reaches_anything_but_the_ehr() {
+    if !kernel_available("a_tunnel_through_an_egress_proxy_reaches_anything_but_the_ehr") {
+        return;
+    }
+    let proxy = TinyProxy::start([127, 0, 0, 9]).expect("tinyproxy");
+    let elsewhere = Destination::start([127, 0, 0, 10]);
+    let world = World::with_options(
+        "active",
+        &AgentOptions {
+            egress_proxies: vec![proxy.addr],
+            ..AgentOptions::default()
+        },
+    );
+    // Unredirected (this test process is outside the test cgroup), the proxy is a way to the EHR.
+    let (status, reply) = proxy
+        .connect_through(
+            &world.destination.addr.to_string(),
+            b"GET /Patient/1 HTTP/1.1\r\nHost: ehr\r\nConnection: close\r\n\r\n",
+        )
+        .expect("connect through tinyproxy");
+    assert!(status.contains(" 200 "), "{status}");
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply:?}");
+    let before = world.destination.accepted();
+    let agent = world.start();
+
+    // A workload tunnelling to the EHR through the proxy: refused by the sidecar, audited.
+    let refused = curl_through(&world.work, proxy.addr, world.destination.addr);
+    assert!(
+        refused.starts_with("403 000"),
+        "{refused}\n{}",
+        agent.log_text()
+    );
+    assert_eq!(
+        world.destination.accepted(),
+        before,
+        "nothing reached the EHR through the proxy"
+    );
+    // Anywhere else, the tunnel goes through the real proxy.
+    let relayed = curl_through(&world.work, proxy.addr, elsewhere.addr);
+    assert!(
+        relayed.starts_with("200 200"),
+        "{relayed}\n{}",
+        agent.log_text()
+    );
+    assert_eq!(elsewhere.accepted(), 1);
+
+    let metric = |result: &str| {
+        world.files.metric(&format!(
+            "fhirwall_egress_proxy_tunnels_total{{result=\"{result}\"}}"
+        ))
+    };
+    assert_eq!(
+        (metric("refused"), metric("relayed")),
+        (Some(1.0), Some(1.0))
+    );
+    let records = world.files.audit(&[]).expect("audit");
+    let refusal = records
+        .iter()
+        .find(|r| r["rule"] == "egress-proxy/connect")
+        .unwrap_or_else(|| panic!("no refusal record in {records:#?}"));
+    assert_eq!(refusal["decision"], "deny", "{refusal}");
+    assert_eq!(refusal["method"], "CONNECT", "{refusal}");
+    assert_eq!(refusal["upstream"], "ehr", "{refusal}");
 }

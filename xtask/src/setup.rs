@@ -21,8 +21,9 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     if scope == Scope::Everything {
         fhir_server()?;
         // nginx: the TLS upstream of the client tests; prometheus: its `promtool` tests the
-        // shipped alert rules and dashboard queries.
-        debian_packages(&["nginx", "prometheus"])?;
+        // shipped alert rules and dashboard queries; tinyproxy: the egress proxy of the
+        // hardening tests.
+        debian_packages(&["nginx", "prometheus", "tinyproxy"])?;
         // `cargo xtask test` ends by running the fuzz targets.
         fuzzer()?;
     }

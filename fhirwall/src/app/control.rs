@@ -283,13 +283,14 @@ impl Control {
 
     async fn refresh_destinations(&mut self) -> Result<(), AppError> {
         let policy = Arc::clone(&self.policy.borrow().policy);
-        let (resolved, failures) = enforce::resolve(&policy, &self.resolved).await;
+        let proxies = &self.config.sidecar.egress_proxies;
+        let (resolved, failures) = enforce::resolve(&policy, proxies, &self.resolved).await;
         for (host, e) in failures {
             warn!(%host, error = %e, "upstream name did not resolve; keeping its last addresses");
         }
         self.resolved = resolved;
-        let destinations =
-            enforce::destinations(&policy, &self.resolved, &enforce::local_addresses());
+        let local = enforce::local_addresses();
+        let destinations = enforce::destinations(&policy, &self.resolved, &local);
         // Routes and upstream configs first: a connection the kernel redirects must find them.
         let explicit = self
             .config
@@ -297,8 +298,13 @@ impl Control {
             .explicit
             .as_ref()
             .map(|e| (e.listen, e.upstream.as_str()));
-        self.routes
-            .send_replace(Arc::new(routes::routes(&policy, &self.resolved, explicit)));
+        self.routes.send_replace(Arc::new(routes::routes(
+            &policy,
+            &self.resolved,
+            explicit,
+            &self.config.sidecar.egress_proxies,
+            &destinations,
+        )));
         self.sidecar
             .pool
             .connector()

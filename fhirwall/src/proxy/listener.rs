@@ -35,6 +35,8 @@ pub struct Routes {
     pub leaf_names: HashMap<Arc<str>, LeafName>,
     /// The upstream of the explicit listener (applications that talk plain HTTP to the sidecar).
     pub explicit: Option<(SocketAddr, Arc<str>)>,
+    /// The egress proxies, and what a tunnel through them must not reach.
+    pub egress: super::egress::Guard,
 }
 
 impl Routes {
@@ -56,6 +58,8 @@ pub struct Listener {
     pub live: Arc<LiveConnections>,
     pub metrics: Arc<Metrics>,
     pub limits: Limits,
+    /// `SO_MARK` of the agent's own sockets (tunnels to egress proxies).
+    pub agent_mark: u32,
     /// The next connection id; start it at [`first_connection_id`].
     pub next_id: AtomicU64,
 }
@@ -117,6 +121,9 @@ impl Listener {
             Err(e) => return self.refuse("unattributed", &e),
         };
         let routes = Arc::clone(&self.routes.borrow());
+        if routes.egress.proxies.contains(&attribution.destination) {
+            return self.tunnel(tcp, &routes, attribution).await;
+        }
         let Some(upstream) = routes.upstream_for(attribution.destination).cloned() else {
             return self.refuse(
                 "unknown-destination",
@@ -163,6 +170,33 @@ impl Listener {
         .await;
         self.metrics.connections_live.dec();
         debug!(connection = id, requests = summary.requests, end = ?summary.end, "connection closed");
+    }
+
+    /// A connection to an egress proxy: only `CONNECT` tunnels to unprotected destinations go on.
+    async fn tunnel(
+        &self,
+        tcp: TcpStream,
+        routes: &Routes,
+        attribution: crate::attribution::Attribution,
+    ) {
+        let _live = self.live.register(
+            (*attribution.workload).clone(),
+            None,
+            attribution.destination,
+        );
+        let tunnel = super::egress::Tunnel {
+            guard: &routes.egress,
+            audit: &self.exchange.audit,
+            metrics: &self.metrics,
+            node: &self.exchange.node,
+            mark: self.agent_mark,
+            header_timeout: self.limits.header_timeout,
+            connect_timeout: self.limits.connect_timeout,
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        tunnel
+            .serve(tcp, attribution.destination, &attribution.workload, id)
+            .await;
     }
 
     /// Closes a connection before any HTTP: fail closed, counted and logged (no PHI here).

@@ -24,12 +24,33 @@ pub fn routes(
     policy: &Policy,
     resolved: &BTreeMap<HostPort, BTreeSet<SocketAddr>>,
     explicit: Option<(SocketAddr, &str)>,
+    proxies: &[HostPort],
+    destinations: &BTreeSet<SocketAddr>,
 ) -> Routes {
     let mut routes = Routes::default();
+    let guard = &mut routes.egress;
+    guard.proxies = proxies
+        .iter()
+        .filter_map(|hp| resolved.get(hp))
+        .flatten()
+        .copied()
+        .collect();
     for upstream in &policy.upstreams {
         let name: Arc<str> = Arc::from(upstream.name.as_str());
         for addr in addresses(upstream, resolved) {
             routes.by_destination.insert(addr, Arc::clone(&name));
+            if destinations.contains(&SocketAddr::new(addr.ip(), 0)) {
+                routes.egress.all_ports.insert(addr.ip(), Arc::clone(&name));
+            }
+        }
+        let hosts = upstream.addresses.iter().map(|a| a.host.as_str());
+        for host in hosts.chain(upstream.tls.server_name.as_deref()) {
+            if host.parse::<std::net::IpAddr>().is_err() {
+                routes
+                    .egress
+                    .names
+                    .insert(host.to_ascii_lowercase(), Arc::clone(&name));
+            }
         }
         let host = upstream
             .tls
@@ -41,6 +62,7 @@ pub fn routes(
         }
     }
     routes.explicit = explicit.map(|(listen, upstream)| (listen, Arc::from(upstream)));
+    routes.egress.protected.clone_from(&routes.by_destination);
     routes
 }
 
