@@ -317,11 +317,12 @@ impl Metrics {
     }
 
     /// Copies the kernel's counters, by name, into the exported gauges.
-    pub fn set_layers(&self, layers: &crate::kernel::Layers) {
-        for (name, state) in layers.named() {
+    /// Each enforcement layer by name, and whether it is in place.
+    pub fn set_layers(&self, layers: &[(&'static str, bool)]) {
+        for (name, active) in layers {
             self.kernel_layer_active
                 .with_label_values(&[name])
-                .set(i64::from(state.is_active()));
+                .set(i64::from(*active));
         }
     }
 

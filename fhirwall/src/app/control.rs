@@ -187,7 +187,7 @@ impl Control {
 
     fn publish_layers(&self) {
         let layers = self.kernel.layers().clone();
-        self.metrics.set_layers(&layers);
+        self.metrics.set_layers(&layers.named());
         self.layers.send_if_modified(|old| {
             let changed = old.as_ref() != Some(&layers);
             *old = Some(layers);

@@ -44,9 +44,13 @@ pub struct Layers {
 }
 
 impl Layers {
+    /// Each layer by name, and whether it is in place (for the metrics).
     #[must_use]
-    pub fn named(&self) -> [(&'static str, &LayerState); 2] {
-        [("redirect", &self.redirect), ("lsm", &self.lsm)]
+    pub fn named(&self) -> [(&'static str, bool); 2] {
+        [
+            ("redirect", self.redirect.is_active()),
+            ("lsm", self.lsm.is_active()),
+        ]
     }
 }
 
