@@ -52,9 +52,11 @@ pub const PROG_LSM_RECVMSG: &str = "fw_lsm_recvmsg";
 /// Capacity of the maps whose size bounds what the node can do at once.
 pub const PROTECTED_CAPACITY: u32 = 4096;
 pub const WORKLOADS_CAPACITY: u32 = 65_536;
-/// Redirected connections open at once, per node. Both per-connection maps are preallocated
-/// (an update is then a free-list pop, not an allocation on the connect path): about 9 MiB each.
+/// Redirected connections open at once, per node: the size of the established-connection table
+/// (a preallocated hash: an update is a free-list pop, not an allocation) and of the socket
+/// table (an array of slots by cookie): about 9 and 5 MiB. A power of two.
 pub const CONNS_CAPACITY: u32 = 65_536;
+const _: () = assert!(CONNS_CAPACITY.is_power_of_two());
 pub const EVENTS_BYTES: u32 = 1 << 22;
 
 /// The word that prefixes an IPv4 address in its IPv4-mapped IPv6 form, as it sits in memory.

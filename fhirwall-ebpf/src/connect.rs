@@ -11,8 +11,11 @@ use aya_ebpf::{
     EbpfContext as _,
     bindings::bpf_sock_addr,
     helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
+        bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            self, bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns,
+            bpf_ktime_get_ns,
+        },
     },
     programs::SockAddrContext,
 };
@@ -27,7 +30,9 @@ use fhirwall_common::{
     exec_token, v4_mapped,
 };
 
-use crate::maps::{FW_CONFIG, FW_HEARTBEAT, FW_PROTECTED, FW_SOCKETS, FW_WORKLOADS, count, emit};
+use crate::maps::{
+    FW_CONFIG, FW_HEARTBEAT, FW_PROTECTED, FW_WORKLOADS, count, emit, socket_record, store_socket,
+};
 
 pub const AF_INET: u16 = 2;
 pub const AF_INET6: u16 = 10;
@@ -102,9 +107,11 @@ pub fn exec_event() {
     let mut event = Event {
         kind: EVENT_EXEC,
         reason: REASON_NONE,
-        record: current(0),
+        // The exec's token comes from this time: two execs of one process must not share it,
+        // so the fine clock (tracing programs may not read the coarse one anyway).
+        // SAFETY: helper without arguments.
+        record: current(0, unsafe { bpf_ktime_get_ns() }, &[0; 4], 0, 0),
     };
-    event.record.family = 0;
     // With `enforcement: kernel`, a new image is unknown until the agent classifies it: until
     // then its connects go to the sidecar (which decides) instead of being refused outright.
     if let Some(cfg) = FW_CONFIG.get(0)
@@ -155,39 +162,22 @@ fn on_connect(
     let Some(protection) = protection(dst, port) else {
         return Ok(None);
     };
-    let mut event = Event {
-        kind: EVENT_REFUSED,
-        reason: REASON_NONE,
-        record: current(cookie(ctx)),
-    };
-    event.record.orig_addr = *dst;
-    event.record.orig_port = port;
-    event.record.family = family;
+    // One record, built once and stored in place: the event around it exists only on the
+    // refusal paths.
+    let mut record = current(cookie(ctx), coarse_now(), dst, port, family);
     let Some(cfg) = FW_CONFIG.get(0).copied() else {
-        return Err(refuse(
-            &mut event,
-            REASON_AGENT_DOWN,
-            STAT_REFUSED_AGENT_DOWN,
-        ));
+        return Err(refuse(&record, REASON_AGENT_DOWN, STAT_REFUSED_AGENT_DOWN));
     };
-    if is_agent(sa, &cfg, event.record.cgroup_id) {
+    if is_agent(sa, &cfg, record.cgroup_id) {
         count(STAT_AGENT_PASSED);
         return Ok(None);
     }
     if protection == PROTECTED_REFUSE {
-        return Err(refuse(
-            &mut event,
-            REASON_OTHER_PORT,
-            STAT_REFUSED_OTHER_PORT,
-        ));
+        return Err(refuse(&record, REASON_OTHER_PORT, STAT_REFUSED_OTHER_PORT));
     }
-    check_caller(sa, &cfg, &mut event)?;
-    if !store_record(&event.record) {
-        return Err(refuse(
-            &mut event,
-            REASON_STORE_FULL,
-            STAT_REFUSED_STORE_FULL,
-        ));
+    check_caller(sa, &cfg, &record)?;
+    if !store_record(&mut record) {
+        return Err(refuse(&record, REASON_STORE_FULL, STAT_REFUSED_STORE_FULL));
     }
     count(STAT_REDIRECTED);
     // The explicit listener: recorded for attribution, destination kept.
@@ -195,21 +185,21 @@ fn on_connect(
 }
 
 /// Refuses what must not reach the sidecar or must not leave at all.
-fn check_caller(sa: &bpf_sock_addr, cfg: &Config, event: &mut Event) -> Result<(), Refused> {
+fn check_caller(sa: &bpf_sock_addr, cfg: &Config, record: &ConnRecord) -> Result<(), Refused> {
     // MPTCP, SCTP and datagram sockets cannot be relayed: refusing keeps them from bypassing.
     if sa.type_ != SOCK_STREAM || sa.protocol != IPPROTO_TCP {
-        return Err(refuse(event, REASON_NOT_TCP, STAT_REFUSED_NOT_TCP));
+        return Err(refuse(record, REASON_NOT_TCP, STAT_REFUSED_NOT_TCP));
     }
-    if !agent_alive(cfg, event.record.time_ns) {
-        return Err(refuse(event, REASON_AGENT_DOWN, STAT_REFUSED_AGENT_DOWN));
+    if !agent_alive(cfg, record.time_ns) {
+        return Err(refuse(record, REASON_AGENT_DOWN, STAT_REFUSED_AGENT_DOWN));
     }
-    if let Some(reason) = workload_refusal(cfg, &event.record) {
+    if let Some(reason) = workload_refusal(cfg, record) {
         let stat = if reason == REASON_UNREGISTERED {
             STAT_REFUSED_UNREGISTERED
         } else {
             STAT_REFUSED_DENIED
         };
-        return Err(refuse(event, reason, stat));
+        return Err(refuse(record, reason, stat));
     }
     Ok(())
 }
@@ -224,26 +214,21 @@ fn on_datagram(
     if protection(dst, port).is_none() {
         return Ok(());
     }
-    let mut event = Event {
-        kind: EVENT_REFUSED,
-        reason: REASON_NONE,
-        record: current(cookie(ctx)),
-    };
+    let record = current(cookie(ctx), coarse_now(), dst, port, family);
     if let Some(cfg) = FW_CONFIG.get(0)
-        && is_agent(sa, cfg, event.record.cgroup_id)
+        && is_agent(sa, cfg, record.cgroup_id)
     {
         return Ok(());
     }
-    event.record.orig_addr = *dst;
-    event.record.orig_port = port;
-    event.record.family = family;
-    Err(refuse(&mut event, REASON_NOT_TCP, STAT_REFUSED_NOT_TCP))
+    Err(refuse(&record, REASON_NOT_TCP, STAT_REFUSED_NOT_TCP))
 }
 
-fn refuse(event: &mut Event, reason: u32, stat: u32) -> Refused {
-    event.kind = EVENT_REFUSED;
-    event.reason = reason;
-    emit(event);
+fn refuse(record: &ConnRecord, reason: u32, stat: u32) -> Refused {
+    emit(&Event {
+        kind: EVENT_REFUSED,
+        reason,
+        record: *record,
+    });
     count(stat);
     Refused
 }
@@ -340,36 +325,57 @@ fn workload_refusal(cfg: &Config, record: &ConnRecord) -> Option<u32> {
     (!pending && cfg.flags & CONFIG_F_KERNEL_ENFORCEMENT != 0).then_some(REASON_UNREGISTERED)
 }
 
-fn store_record(record: &ConnRecord) -> bool {
+fn store_record(record: &mut ConnRecord) -> bool {
     // A socket may connect again after a failed attempt: the newest destination wins.
-    FW_SOCKETS.insert(record.cookie, *record, 0).is_ok()
+    store_socket(record)
 }
 
 fn stored_record(ctx: &SockAddrContext) -> Option<ConnRecord> {
-    FW_SOCKETS.get_ptr(cookie(ctx)).map(|slot| {
-        // SAFETY: pointer returned by a successful lookup, valid for this program run.
-        unsafe { *slot }
-    })
+    socket_record(cookie(ctx))
 }
 
-/// Who is calling, as far as the kernel knows it without reading task memory.
-pub fn current(cookie: u64) -> ConnRecord {
+/// `CLOCK_MONOTONIC` at a jiffy's resolution, for connects: the heartbeat check and the
+/// record's time need no more. (Not available to tracing and LSM programs.)
+#[inline(always)]
+fn coarse_now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_coarse_ns() }
+}
+
+/// Who is calling, as far as the kernel knows it without reading task memory, at `time_ns`,
+/// connecting to `dst` (`[0; 4]`, port 0 and family 0 for events that have no destination).
+///
+/// Every field is written once, as a whole word: zero-filling the arrays first would go
+/// through a byte-at-a-time `memset` loop (what LLVM emits for BPF), the largest cost of the
+/// connect hook after its helpers.
+pub fn current(cookie: u64, time_ns: u64, dst: &Addr, port: u16, family: u16) -> ConnRecord {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uid_gid = bpf_get_current_uid_gid();
+    let mut comm = core::mem::MaybeUninit::<[u64; 2]>::uninit();
+    let words = comm.as_mut_ptr().cast::<u64>();
+    // SAFETY: `comm` is 16 writable bytes, zeroed word by word (volatile, so not merged into a
+    // `memset` call) before the helper fills them; on failure it leaves them zeroed.
+    let comm = unsafe {
+        ptr::write_volatile(words, 0);
+        ptr::write_volatile(words.add(1), 0);
+        generated::bpf_get_current_comm(words.cast(), 16);
+        comm.assume_init()
+    };
     ConnRecord {
         cookie,
         // SAFETY: helpers without arguments.
         cgroup_id: unsafe { bpf_get_current_cgroup_id() },
-        time_ns: unsafe { bpf_ktime_get_ns() },
+        time_ns,
         tgid: (pid_tgid >> 32) as u32,
         pid: pid_tgid as u32,
         uid: uid_gid as u32,
         gid: (uid_gid >> 32) as u32,
-        orig_addr: [0; 4],
-        orig_port: 0,
-        family: 0,
+        orig_addr: *dst,
+        orig_port: port,
+        family,
         flags: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        // SAFETY: two u64 words are sixteen bytes, any pattern valid.
+        comm: unsafe { core::mem::transmute::<[u64; 2], [u8; 16]>(comm) },
     }
 }
 

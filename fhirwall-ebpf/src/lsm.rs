@@ -18,7 +18,9 @@
 use aya_ebpf::{
     helpers::{
         bpf_probe_read_kernel,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_ktime_get_ns,
+        },
     },
     programs::LsmContext,
 };
@@ -131,15 +133,12 @@ fn is_agent(lsm: &LsmConfig, cfg: Option<&Config>, sock: *const u8) -> bool {
 }
 
 fn refusal(dst: &Addr, port: u16, family: u16) -> Event {
-    let mut event = Event {
+    Event {
         kind: EVENT_REFUSED,
         reason: REASON_NO_REDIRECT,
-        record: current(0),
-    };
-    event.record.orig_addr = *dst;
-    event.record.orig_port = port;
-    event.record.family = family;
-    event
+        // SAFETY: helper without arguments.
+        record: current(0, unsafe { bpf_ktime_get_ns() }, dst, port, family),
+    }
 }
 
 /// A connected socket's peer: address (mapped form), port and family.

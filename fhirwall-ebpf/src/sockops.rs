@@ -12,11 +12,11 @@ use aya_ebpf::{
     helpers::generated::bpf_get_socket_cookie,
     programs::SockOpsContext,
 };
-use fhirwall_common::{
-    CONN_F_ESTABLISHED, ConnKey, EVENT_CONNS_FULL, Event, REASON_NONE, STAT_CONNS_FULL, v4_mapped,
-};
+use fhirwall_common::{ConnKey, EVENT_CONNS_FULL, Event, REASON_NONE, STAT_CONNS_FULL, v4_mapped};
 
-use crate::maps::{FW_CONFIG, FW_CONNS, FW_SOCKETS, count, emit};
+use crate::maps::{
+    FW_CONFIG, FW_CONNS, count, emit, establish_socket, forget_socket, socket_record,
+};
 
 const AF_INET: u32 = 2;
 /// `TCP_CLOSE` from include/net/tcp_states.h.
@@ -50,7 +50,7 @@ fn to_sidecar(ctx: &SockOpsContext) -> bool {
 fn connecting(ctx: &SockOpsContext) {
     // SAFETY: sock_ops contexts are valid arguments for this helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    if FW_SOCKETS.get_ptr(cookie).is_some() {
+    if socket_record(cookie).is_some() {
         let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG).cast_signed());
     }
 }
@@ -58,13 +58,8 @@ fn connecting(ctx: &SockOpsContext) {
 fn established(ctx: &SockOpsContext) {
     // SAFETY: sock_ops contexts are valid arguments for this helper.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.ops.cast()) };
-    let Some(slot) = FW_SOCKETS.get_ptr_mut(cookie) else {
+    let Some(record) = establish_socket(cookie) else {
         return; // not a redirected connection
-    };
-    // SAFETY: pointer returned by a successful lookup, valid for this program run.
-    let record = unsafe {
-        (*slot).flags |= CONN_F_ESTABLISHED;
-        *slot
     };
     // Close events are needed for every established redirected socket, also when the table is
     // full below: they delete the socket's entry.
@@ -83,7 +78,7 @@ fn established(ctx: &SockOpsContext) {
 fn closed(ctx: &SockOpsContext) {
     let _ = FW_CONNS.remove(conn_key(ctx));
     // SAFETY: sock_ops contexts are valid arguments for this helper.
-    let _ = FW_SOCKETS.remove(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
+    forget_socket(unsafe { bpf_get_socket_cookie(ctx.ops.cast()) });
 }
 
 /// The key as the sidecar sees the accepted connection: (client, sidecar) in mapped form.

@@ -216,15 +216,6 @@ impl Control {
             error!(error = %e, "updating protected destinations failed");
         }
         let _ = self.attributor.sweep().await;
-        // TCP gives up on a handshake after about two minutes with default settings.
-        match self.kernel.collect_stale_sockets(Duration::from_mins(5)) {
-            Ok(0) => {}
-            Ok(n) => info!(
-                records = n,
-                "removed socket records of connects that never completed"
-            ),
-            Err(e) => warn!(error = %e, "collecting stale socket records failed"),
-        }
         self.processes.retain(|tgid, _| {
             std::path::Path::new("/proc")
                 .join(tgid.to_string())

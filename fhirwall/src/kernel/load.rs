@@ -336,12 +336,6 @@ impl Kernel {
         self.maps.set_process_after_exec(tgid, token, verdict)
     }
 
-    /// Drops socket records of connects that never completed, older than `max_age`.
-    pub fn collect_stale_sockets(&mut self, max_age: Duration) -> Result<usize, KernelError> {
-        let max_age = u64::try_from(max_age.as_nanos()).unwrap_or(u64::MAX);
-        self.maps.collect_stale_sockets(monotonic_ns(), max_age)
-    }
-
     /// The `VERDICT_*` the kernel holds for `entry` now, if any (reads the map: tests and
     /// diagnostics).
     #[must_use]

@@ -7,14 +7,13 @@ use aya::{
     maps::{Array, HashMap, MapData, MapError, PerCpuArray, RingBuf},
 };
 use fhirwall_common::{
-    CONN_F_ESTABLISHED, Config, ConnKey, ConnRecord, KEY_CGROUP, KEY_TGID, KEY_UID, LsmConfig,
-    MAP_CONFIG, MAP_CONNS, MAP_EVENTS, MAP_HEARTBEAT, MAP_LSM, MAP_PROTECTED, MAP_SOCKETS,
-    MAP_STATS, MAP_WORKLOADS, PROTECTED_CAPACITY, ProtectedKey, REASON_DENIED, STAT_AGENT_PASSED,
-    STAT_CONNS_FULL, STAT_EVENTS_DROPPED, STAT_LSM_CALLS, STAT_LSM_REFUSED_CONNECT,
-    STAT_LSM_REFUSED_DATA, STAT_REDIRECTED, STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED,
-    STAT_REFUSED_NOT_TCP, STAT_REFUSED_OTHER_PORT, STAT_REFUSED_STORE_FULL,
-    STAT_REFUSED_UNREGISTERED, VERDICT_ALLOW, VERDICT_DENY, WORKLOADS_CAPACITY, WorkloadKey,
-    WorkloadVerdict,
+    Config, ConnKey, ConnRecord, KEY_CGROUP, KEY_TGID, KEY_UID, LsmConfig, MAP_CONFIG, MAP_CONNS,
+    MAP_EVENTS, MAP_HEARTBEAT, MAP_LSM, MAP_PROTECTED, MAP_SOCKETS, MAP_STATS, MAP_WORKLOADS,
+    PROTECTED_CAPACITY, ProtectedKey, REASON_DENIED, STAT_AGENT_PASSED, STAT_CONNS_FULL,
+    STAT_EVENTS_DROPPED, STAT_LSM_CALLS, STAT_LSM_REFUSED_CONNECT, STAT_LSM_REFUSED_DATA,
+    STAT_REDIRECTED, STAT_REFUSED_AGENT_DOWN, STAT_REFUSED_DENIED, STAT_REFUSED_NOT_TCP,
+    STAT_REFUSED_OTHER_PORT, STAT_REFUSED_STORE_FULL, STAT_REFUSED_UNREGISTERED, VERDICT_ALLOW,
+    VERDICT_DENY, WORKLOADS_CAPACITY, WorkloadKey, WorkloadVerdict,
 };
 use serde::Serialize;
 
@@ -178,7 +177,7 @@ pub struct ControlMaps {
     protected: HashMap<MapData, ProtectedKey, u32>,
     workloads: HashMap<MapData, WorkloadKey, WorkloadVerdict>,
     stats: PerCpuArray<MapData, u64>,
-    sockets: HashMap<MapData, u64, ConnRecord>,
+    sockets: Array<MapData, ConnRecord>,
     protected_mirror: Option<std::collections::HashMap<ProtectedKey, u32>>,
     workloads_mirror: Option<std::collections::HashMap<WorkloadKey, WorkloadVerdict>>,
 }
@@ -351,33 +350,15 @@ impl ControlMaps {
         }
     }
 
-    /// Removes socket records of connects that never got established and are older than
-    /// `max_age_ns` (a connect that failed before its handshake leaves one behind; sock_ops
-    /// deletes all others at close). Returns how many were removed.
-    pub fn collect_stale_sockets(
-        &mut self,
-        now_ns: u64,
-        max_age_ns: u64,
-    ) -> Result<usize, KernelError> {
-        let stale: Vec<u64> = self
-            .sockets
-            .iter()
-            .filter_map(Result::ok)
-            .filter(|(_, r)| {
-                r.flags & CONN_F_ESTABLISHED == 0 && now_ns.saturating_sub(r.time_ns) > max_age_ns
-            })
-            .map(|(cookie, _)| cookie)
-            .collect();
-        for cookie in &stale {
-            remove_if_present(&mut self.sockets, cookie, MAP_SOCKETS)?;
-        }
-        Ok(stale.len())
-    }
-
-    /// Socket records in the kernel (walks the map: tests and metrics only).
+    /// Slots of the socket table holding a record (walks all 65,536: tests only). Slots of
+    /// connects that never completed count until a later connect takes them.
     #[must_use]
     pub fn sockets_len(&self) -> usize {
-        self.sockets.keys().flatten().count()
+        self.sockets
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|r| r.cookie != 0)
+            .count()
     }
 
     /// The verdict the kernel holds for `entry` now (reads the map: tests and diagnostics).
