@@ -139,11 +139,11 @@ pub struct LsmConfig {
     /// below the hierarchy root; level 0 is the whole host).
     pub scope_cgroup: u64,
     pub scope_level: u32,
-    /// Byte offsets: `struct socket` `sk` and `type`, `struct sock` `sk_mark`, `struct
-    /// sock_common` (at the start of `struct sock`) `skc_family`, `skc_daddr`, `skc_dport`,
-    /// `skc_v6_daddr`, and `struct msghdr` `msg_name`, `msg_namelen`.
+    /// Byte offsets: `struct socket` `sk`, `struct sock` `sk_mark`, `struct sock_common` (at
+    /// the start of `struct sock`) `skc_family`, `skc_daddr`, `skc_dport`, `skc_v6_daddr`, and
+    /// `struct msghdr` `msg_name`, `msg_namelen`.
     pub socket_sk: u32,
-    pub socket_type: u32,
+    pub pad: u32,
     pub sock_mark: u32,
     pub sk_family: u32,
     pub sk_daddr: u32,

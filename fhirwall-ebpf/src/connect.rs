@@ -104,7 +104,7 @@ pub fn getpeername6(ctx: &SockAddrContext) {
 
 /// Tells the agent a process image changed, so it can (re)classify the process before it connects.
 pub fn exec_event() {
-    let mut event = Event {
+    let event = Event {
         kind: EVENT_EXEC,
         reason: REASON_NONE,
         // The exec's token comes from this time: two execs of one process must not share it,

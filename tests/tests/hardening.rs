@@ -541,10 +541,10 @@ fn an_upstream_on_this_host_is_protected_at_every_address_of_the_host() {
     assert_eq!(ehr.accepted(), 1);
 }
 
+/// The `layers` of the agent's health, from the metrics listener (the one `Agent::start` waits
+/// for; the admin socket may come a moment later).
 fn layers(world: &World) -> Value {
-    let (status, body) =
-        fhirwall_tests::agent::admin_get(&world.files.socket, "/v1/health").expect("health");
-    assert_eq!(status, 200, "{body}");
+    let body = fhirwall_tests::agent::http_get(world.files.metrics, "/healthz").expect("health");
     let health: Value = serde_json::from_str(&body).expect("health json");
     health["layers"].clone()
 }

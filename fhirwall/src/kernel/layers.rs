@@ -62,7 +62,7 @@ pub(super) fn lsm_config(scope_cgroup: u64, level: u32) -> Result<LsmConfig, Btf
         scope_cgroup,
         scope_level: level,
         socket_sk: types.offset("socket", &["sk"])?,
-        socket_type: types.offset("socket", &["type"])?,
+        pad: 0,
         sock_mark: types.offset("sock", &["sk_mark"])?,
         sk_family: sock("skc_family")?,
         sk_daddr: sock("skc_daddr")?,

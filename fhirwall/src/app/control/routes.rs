@@ -28,8 +28,7 @@ pub fn routes(
     destinations: &BTreeSet<SocketAddr>,
 ) -> Routes {
     let mut routes = Routes::default();
-    let guard = &mut routes.egress;
-    guard.proxies = proxies
+    routes.egress.proxies = proxies
         .iter()
         .filter_map(|hp| resolved.get(hp))
         .flatten()
