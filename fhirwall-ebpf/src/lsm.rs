@@ -78,16 +78,19 @@ pub fn data(ctx: &LsmContext, send: bool) -> Result<(), Refused> {
         return Ok(());
     };
     let sock: *const u8 = ctx.arg(0);
-    let Some((dst, port, family)) = peer(&lsm, sock).or_else(|| {
+    // The peer, and for a send also the explicit destination: a connected datagram socket
+    // can still name another one.
+    let is_guarded = |(dst, port, _): &(Addr, u16, u16)| guarded(dst, *port);
+    let Some((dst, port, family)) = peer(&lsm, sock).filter(is_guarded).or_else(|| {
         if send {
-            explicit_destination(&lsm, ctx.arg(1))
+            explicit_destination(&lsm, ctx.arg(1)).filter(is_guarded)
         } else {
             None
         }
     }) else {
         return Ok(());
     };
-    if !guarded(&dst, port) || is_agent(&lsm, FW_CONFIG.get(0), sock) {
+    if is_agent(&lsm, FW_CONFIG.get(0), sock) {
         return Ok(());
     }
     emit(&refusal(&dst, port, family));
