@@ -10,7 +10,8 @@
 //!                    rewrite -> sidecar; sock_ops: re-key by 4-tuple, delete at close
 //!   attribution/     accept(): peer 4-tuple -> kernel record -> Workload (exe + sha256, start
 //!                    time, cgroup -> container / pod / systemd unit), cached per process
-//!   proxy/           TLS termination (local CA) or plain HTTP
+//!   proxy/           TLS termination (local CA) or plain HTTP (a connection to an egress
+//!                    proxy instead: its CONNECT target checked, relayed or refused)
 //!   fhirwall-http    strict HTTP/1.1 framing; the sidecar is its Handler
 //!   fhirwall-fhir    classify: interaction, type, id, compartment, params, bundle entries
 //!   fhirwall-policy  workload -> integration; decide() -> Allow | Deny { reason }
