@@ -12,10 +12,7 @@ use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{
-            self, bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_coarse_ns,
-            bpf_ktime_get_ns,
-        },
+        generated::{self, bpf_get_current_cgroup_id, bpf_get_socket_cookie, bpf_ktime_get_ns},
     },
     programs::SockAddrContext,
 };
@@ -107,10 +104,7 @@ pub fn exec_event() {
     let event = Event {
         kind: EVENT_EXEC,
         reason: REASON_NONE,
-        // The exec's token comes from this time: two execs of one process must not share it,
-        // so the fine clock (tracing programs may not read the coarse one anyway).
-        // SAFETY: helper without arguments.
-        record: current(0, unsafe { bpf_ktime_get_ns() }, &[0; 4], 0, 0),
+        record: current(0, now(), &[0; 4], 0, 0),
     };
     // With `enforcement: kernel`, a new image is unknown until the agent classifies it: until
     // then its connects go to the sidecar (which decides) instead of being refused outright.
@@ -164,7 +158,7 @@ fn on_connect(
     };
     // One record, built once and stored in place: the event around it exists only on the
     // refusal paths.
-    let mut record = current(cookie(ctx), coarse_now(), dst, port, family);
+    let mut record = current(cookie(ctx), now(), dst, port, family);
     let Some(cfg) = FW_CONFIG.get(0).copied() else {
         return Err(refuse(&record, REASON_AGENT_DOWN, STAT_REFUSED_AGENT_DOWN));
     };
@@ -214,7 +208,7 @@ fn on_datagram(
     if protection(dst, port).is_none() {
         return Ok(());
     }
-    let record = current(cookie(ctx), coarse_now(), dst, port, family);
+    let record = current(cookie(ctx), now(), dst, port, family);
     if let Some(cfg) = FW_CONFIG.get(0)
         && is_agent(sa, cfg, record.cgroup_id)
     {
@@ -334,12 +328,13 @@ fn stored_record(ctx: &SockAddrContext) -> Option<ConnRecord> {
     socket_record(cookie(ctx))
 }
 
-/// `CLOCK_MONOTONIC` at a jiffy's resolution, for connects: the heartbeat check and the
-/// record's time need no more. (Not available to tracing and LSM programs.)
+/// `CLOCK_MONOTONIC`, fine-grained: the agent holds a connect's time against the start time of
+/// the process it attributes it to (a later start means a reused pid), and a jiffy-grained
+/// clock can lag behind a process that started and connected within one tick.
 #[inline(always)]
-fn coarse_now() -> u64 {
+fn now() -> u64 {
     // SAFETY: helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// Who is calling, as far as the kernel knows it without reading task memory, at `time_ns`,
