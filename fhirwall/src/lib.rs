@@ -47,6 +47,18 @@ pub mod app;
 pub mod cli;
 pub mod config;
 
+/// An error and its sources on one line, for logs and health reasons.
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
 /// What unit tests share.
 #[cfg(test)]
 pub(crate) mod test_support {

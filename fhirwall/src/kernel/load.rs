@@ -663,20 +663,9 @@ fn prepare_lsm(ebpf: &mut Ebpf, attach_cgroup: &Path) -> Result<LsmConfig, Strin
     for (name, hook) in LSM_PROGRAMS {
         let prog: &mut Lsm = program(ebpf, name).map_err(|e| e.to_string())?;
         prog.load(hook, &btf)
-            .map_err(|e| format!("loading {name} failed: {}", error_chain(&e)))?;
+            .map_err(|e| format!("loading {name} failed: {}", crate::error_chain(&e)))?;
     }
     Ok(config)
-}
-
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(inner) = source {
-        text.push_str(": ");
-        text.push_str(&inner.to_string());
-        source = inner.source();
-    }
-    text
 }
 
 fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>

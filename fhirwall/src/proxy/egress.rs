@@ -24,6 +24,7 @@ use tokio::{
 };
 use tracing::warn;
 
+use super::listener::Routes;
 use crate::{
     audit::{AuditSink, Disposition, Record, WorkloadRecord},
     metrics::Metrics,
@@ -34,23 +35,22 @@ const MAX_HEAD: usize = 8192;
 /// Time to resolve a tunnel's target name.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// What a tunnel must not reach: the protected upstreams as the routes know them.
+/// The egress proxies, and what a tunnel must not reach beyond the routes' protected
+/// destinations (`Routes::by_destination`).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Guard {
     /// Addresses of the egress proxies (what the kernel redirects here).
     pub proxies: HashSet<SocketAddr>,
-    /// Protected destinations and their upstream's name.
-    pub protected: std::collections::HashMap<SocketAddr, Arc<str>>,
     /// Addresses whose every port is protected (`protect_all_ports`), with the upstream's name.
     pub all_ports: std::collections::HashMap<IpAddr, Arc<str>>,
     /// Upstream host names (lowercase), refused by name whatever they resolve to here.
     pub names: std::collections::HashMap<String, Arc<str>>,
 }
 
-impl Guard {
+impl Routes {
     /// The upstream a tunnel to `target` would reach, if any.
     #[must_use]
-    pub fn protected_by(&self, target: SocketAddr) -> Option<&Arc<str>> {
+    pub fn tunnel_reaches(&self, target: SocketAddr) -> Option<&Arc<str>> {
         let ip = match target.ip() {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
             v4 @ IpAddr::V4(_) => v4,
@@ -61,9 +61,9 @@ impl Guard {
             loopback.then_some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
         ];
         candidates.into_iter().flatten().find_map(|ip| {
-            self.protected
+            self.by_destination
                 .get(&SocketAddr::new(ip, target.port()))
-                .or_else(|| self.all_ports.get(&ip))
+                .or_else(|| self.egress.all_ports.get(&ip))
         })
     }
 }
@@ -81,7 +81,7 @@ enum Refusal {
 
 /// Everything a tunnel needs from the sidecar.
 pub struct Tunnel<'a> {
-    pub guard: &'a Guard,
+    pub routes: &'a Routes,
     pub audit: &'a AuditSink,
     pub metrics: &'a Metrics,
     pub node: &'a str,
@@ -125,7 +125,7 @@ impl Tunnel<'_> {
     /// The checked address to tunnel to.
     async fn target(&self, head: &Head) -> Result<SocketAddr, Refusal> {
         let (host, port) = head.authority.as_ref().ok_or(Refusal::NotConnect)?;
-        if let Some(upstream) = self.guard.names.get(&host.to_ascii_lowercase()) {
+        if let Some(upstream) = self.routes.egress.names.get(&host.to_ascii_lowercase()) {
             return Err(Refusal::Protected {
                 upstream: Arc::clone(upstream),
                 target: format!("{host}:{port}"),
@@ -141,7 +141,7 @@ impl Tunnel<'_> {
             }
         };
         // Every address the name has here must be unprotected, not only the one used.
-        if let Some(upstream) = addrs.iter().find_map(|a| self.guard.protected_by(*a)) {
+        if let Some(upstream) = addrs.iter().find_map(|a| self.routes.tunnel_reaches(*a)) {
             return Err(Refusal::Protected {
                 upstream: Arc::clone(upstream),
                 target: format!("{host}:{port}"),
@@ -291,23 +291,26 @@ fn answer(status: u16, text: &str) -> String {
 mod tests {
     use super::*;
 
-    fn guard() -> Guard {
+    fn routes() -> Routes {
         let ehr: Arc<str> = Arc::from("ehr");
-        Guard {
-            proxies: HashSet::new(),
-            protected: [
+        Routes {
+            by_destination: [
                 ("10.1.2.3:443".parse().unwrap(), Arc::clone(&ehr)),
                 ("127.0.0.1:8080".parse().unwrap(), Arc::clone(&ehr)),
             ]
             .into(),
-            all_ports: [("10.1.2.3".parse().unwrap(), Arc::clone(&ehr))].into(),
-            names: [("ehr.example".to_owned(), ehr)].into(),
+            egress: Guard {
+                proxies: HashSet::new(),
+                all_ports: [("10.1.2.3".parse().unwrap(), Arc::clone(&ehr))].into(),
+                names: [("ehr.example".to_owned(), ehr)].into(),
+            },
+            ..Routes::default()
         }
     }
 
     #[test]
     fn protected_targets_are_found_whatever_their_spelling() {
-        let g = guard();
+        let r = routes();
         for target in [
             "10.1.2.3:443",
             "10.1.2.3:22", // every port of a protect_all_ports address
@@ -317,11 +320,11 @@ mod tests {
             "[::ffff:10.1.2.3]:443",
         ] {
             let t: SocketAddr = target.parse().unwrap();
-            assert!(g.protected_by(t).is_some(), "{target}");
+            assert!(r.tunnel_reaches(t).is_some(), "{target}");
         }
         for target in ["10.1.2.4:443", "127.0.0.1:8081", "[::1]:8080"] {
             let t: SocketAddr = target.parse().unwrap();
-            assert!(g.protected_by(t).is_none(), "{target}");
+            assert!(r.tunnel_reaches(t).is_none(), "{target}");
         }
     }
 

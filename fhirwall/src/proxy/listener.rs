@@ -185,7 +185,7 @@ impl Listener {
             attribution.destination,
         );
         let tunnel = super::egress::Tunnel {
-            guard: &routes.egress,
+            routes,
             audit: &self.exchange.audit,
             metrics: &self.metrics,
             node: &self.exchange.node,

@@ -61,7 +61,6 @@ pub fn routes(
         }
     }
     routes.explicit = explicit.map(|(listen, upstream)| (listen, Arc::from(upstream)));
-    routes.egress.protected.clone_from(&routes.by_destination);
     routes
 }
 
