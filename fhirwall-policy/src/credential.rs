@@ -183,6 +183,10 @@ pub struct Credentials {
     pub accepted: Vec<Fingerprint>,
     #[serde(default)]
     pub inject: Option<InjectCredential>,
+    /// A short-lived token the agent obtains for the integration (SMART Backend Services) and
+    /// sends as `Authorization: Bearer` in place of whatever the workload sent.
+    #[serde(default)]
+    pub broker: Option<super::broker::TokenBroker>,
     #[serde(default)]
     pub client_certificate: Option<ClientCertificate>,
 }

@@ -19,11 +19,12 @@
 //! ```text
 //! load.rs        files -> documents -> typed values -> cross-document checks -> Policy
 //! scope.rs       SMART v1/v2 scopes;  grants.rs  scopes compiled into per-type tables
-//! integration.rs, credential.rs, operation.rs, purpose.rs, exception.rs: the model
+//! integration.rs, credential.rs, broker.rs, operation.rs, purpose.rs, exception.rs: the model
 //! decide.rs      Subject + FhirRequest -> Decision (pure); rate.rs: token buckets (not pure)
 //! response.rs    Decision -> how the response is checked (fhirwall_fhir::response rules)
 //! ```
 
+mod broker;
 mod credential;
 mod decide;
 mod exception;
@@ -45,6 +46,7 @@ use fhirwall_fhir::ClassifyConfig;
 use serde::{Deserialize, Serialize};
 
 pub use self::{
+    broker::{Endpoint, TokenBroker},
     credential::{
         ClientCertificate, Credentials, Fingerprint, HeaderName, InjectCredential, SecretPath,
     },

@@ -245,6 +245,7 @@ fn integration_access(
             "none of this integration's upstreams has tenants".into(),
         ));
     }
+    broker(doc, p);
     if let PatientMode::Header(h) = &i.patient.mode {
         let purpose_header = settings.map_or_else(
             || Settings::default().purpose_header,
@@ -256,6 +257,41 @@ fn integration_access(
                 format!("`{h}` already carries something else"),
             ));
         }
+    }
+}
+
+/// A brokered token is the integration's only upstream credential, and never broader than
+/// its scopes.
+fn broker(doc: &Located<Integration>, p: &mut Vec<Problem>) {
+    let i = &doc.value;
+    let Some(broker) = &i.credentials.broker else {
+        return;
+    };
+    if i.credentials.inject.is_some() {
+        p.push(doc.problem(
+            "credentials.broker",
+            "an integration has one upstream credential: `inject` or `broker`, not both".into(),
+        ));
+    }
+    if broker.client_id.trim().is_empty() {
+        p.push(doc.problem(
+            "credentials.broker.client_id",
+            "the client id the authorization server registered is required".into(),
+        ));
+    }
+    for (n, scope) in broker.scopes.iter().flatten().enumerate() {
+        if !i.scopes.list().contains(scope) {
+            p.push(doc.problem(
+                &format!("credentials.broker.scopes[{n}]"),
+                format!("`{scope}` is not one of the integration's scopes"),
+            ));
+        }
+    }
+    if broker.scopes.as_ref().is_some_and(Vec::is_empty) {
+        p.push(doc.problem(
+            "credentials.broker.scopes",
+            "leave it out to request the integration's scopes; an empty list requests none".into(),
+        ));
     }
 }
 

@@ -273,6 +273,27 @@ fn integration_field_errors_name_line_and_field() {
             "unknown field `value`",
         ),
         (
+            "a brokered token broader than the scopes",
+            base.clone()
+                + "credentials:\n  broker:\n    token_endpoint: https://auth/token\n    client_id: lab\n    scopes: [system/Patient.rs]\n",
+            "21:credentials.broker.scopes[0]:",
+            "not one of the integration's scopes",
+        ),
+        (
+            "two upstream credentials",
+            base.clone()
+                + "credentials:\n  inject:\n    header: Authorization\n    value_file: /x\n  broker:\n    token_endpoint: https://auth/token\n    client_id: lab\n",
+            "21:credentials.broker:",
+            "`inject` or `broker`, not both",
+        ),
+        (
+            "a token endpoint in clear text",
+            base.clone()
+                + "credentials:\n  broker:\n    token_endpoint: http://auth.example/token\n    client_id: lab\n",
+            "19:credentials.broker.token_endpoint:",
+            "only to a loopback address",
+        ),
+        (
             "relative client key",
             base.clone()
                 + "credentials:\n  client_certificate:\n    cert_file: /etc/x.crt\n    key_file: x.key\n",
