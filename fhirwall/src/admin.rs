@@ -41,6 +41,8 @@ pub struct AdminState {
     pub leaves: Option<Arc<LeafCache>>,
     /// The enforcement layers as the control loop last verified them.
     pub layers: Option<tokio::sync::watch::Receiver<Option<Layers>>>,
+    /// The token broker, for the seconds each brokered token has left.
+    pub broker: Option<Arc<crate::broker::Broker>>,
 }
 
 /// `GET /v1/health` and `/healthz`. Answered 200 whatever the status: a restart frees no disk
@@ -95,6 +97,9 @@ impl AdminState {
         }
         let healthy = matches!(self.audit.health(), audit::Health::Healthy);
         self.metrics.audit_healthy.set(i64::from(healthy));
+        if let Some(broker) = &self.broker {
+            self.metrics.set_token_expiries(&broker.expiries());
+        }
         if let Some(leaves) = &self.leaves {
             self.metrics.set_leaf_mints(
                 leaves.mints(),

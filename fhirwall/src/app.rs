@@ -31,6 +31,7 @@ use crate::{
     admin::{AdminState, AuditQueries},
     attribution::{AttributionSettings, Attributor},
     audit::{AuditConfig, AuditError, AuditSink, Producers},
+    broker::{Broker, keys::KeyStore},
     config::AgentConfig,
     kernel::{CgroupRoot, Kernel, KernelError, KernelSettings},
     metrics::Metrics,
@@ -101,12 +102,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     // The loaded policy (operator revocations applied); reloads go through `Control::publish`.
     metrics.set_policy(policy.expiries(), &policy.integrations_by_status());
     let audit_db = config.state_dir.join("audit.db");
-    let mut audit_config = AuditConfig::new(&audit_db);
-    audit_config.store.durability = config.audit.durability();
-    audit_config.journal.segment_bytes = config.audit.segment_mb * 1024 * 1024;
-    audit_config.commit_seconds = Some(metrics.audit_commit_seconds.clone());
-    audit_config.producers = Some(producers);
-    let (audit, audit_writer) = AuditSink::start(audit_config)?;
+    let (audit, audit_writer) = AuditSink::start(audit_config(config, &metrics, producers))?;
     let attributor = Attributor::new(
         kernel.conns(),
         AttributionSettings {
@@ -142,6 +138,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         audit_queries: AuditQueries::new(audit_db),
         leaves: Some(Arc::clone(sidecar.terminator.leaves())),
         layers: Some(layers_rx),
+        broker: Some(Arc::clone(&sidecar.exchange.broker)),
     });
     let mut control = control::Control {
         config: config.clone(),
@@ -183,6 +180,16 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     // Every sink is gone now: the writer commits what is queued and stops.
     audit_writer.join();
     outcome
+}
+
+/// The audit store's settings from the agent config.
+fn audit_config(config: &AgentConfig, metrics: &Metrics, producers: Arc<Producers>) -> AuditConfig {
+    let mut audit = AuditConfig::new(config.state_dir.join("audit.db"));
+    audit.store.durability = config.audit.durability();
+    audit.journal.segment_bytes = config.audit.segment_mb * 1024 * 1024;
+    audit.commit_seconds = Some(metrics.audit_commit_seconds.clone());
+    audit.producers = Some(producers);
+    audit
 }
 
 /// The policy as enforced at start: the files, checked against the agent config, with the
@@ -231,6 +238,12 @@ fn sidecar(
         sharing: CredentialSharing::default(),
         bindings: Bindings::default(),
         max_response_hold: config.sidecar.max_response_hold_bytes,
+        broker: Arc::new(Broker::new(
+            KeyStore::new(keys_dir(config)),
+            config.node_name.clone(),
+            Arc::clone(metrics),
+            audit.clone(),
+        )),
     });
     Ok(Arc::new(Listener {
         attributor: attributor.clone(),
@@ -296,6 +309,12 @@ pub fn ca_spec(config: &AgentConfig, policy: &Policy) -> CaSpec {
             .collect(),
         ..CaSpec::new(&config.node_name)
     }
+}
+
+/// The integrations' signing keys for brokered tokens (`fhirwall credentials keygen`).
+#[must_use]
+pub fn keys_dir(config: &AgentConfig) -> PathBuf {
+    config.state_dir.join("keys")
 }
 
 /// The node CA's directory.

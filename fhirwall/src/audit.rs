@@ -52,7 +52,6 @@ mod balp;
 mod bodies;
 mod chain;
 mod export;
-mod http;
 mod index;
 mod indexer;
 mod journal;
@@ -77,8 +76,8 @@ pub use export::{
 };
 pub use query::{Filter, Order, QueryRow, UNREGISTERED, presenters, query, since};
 pub use record::{
-    BreakGlassUse, Completion, Disposition, Entry, Fate, PruneMarker, Record, ResponseCheckRecord,
-    WorkloadRecord, now, strip_query_values,
+    BreakGlassUse, Completion, CredentialEvent, Disposition, Entry, Fate, PruneMarker, Record,
+    ResponseCheckRecord, WorkloadRecord, now, strip_query_values,
 };
 pub use render::{jsonl_line, report_text, table};
 pub use report::{BusinessHours, Report, WorkloadSeen, report, report_from};
@@ -148,22 +147,10 @@ pub enum AuditError {
         #[source]
         source: std::io::Error,
     },
-    #[error("bad export target {url:?}: {reason}")]
-    BadUrl { url: String, reason: &'static str },
-    #[error("TLS setup for {host} failed")]
-    Tls {
-        host: String,
-        #[source]
-        source: rustls::Error,
-    },
+    #[error("exporting")]
+    Outbound(#[from] crate::outbound::OutboundError),
     #[error("{url} answered HTTP {status}")]
     HttpStatus { url: String, status: u16 },
-    #[error("HTTP with {url} failed")]
-    Http {
-        url: String,
-        #[source]
-        source: hyper::Error,
-    },
     #[error("reading audit entry seq {seq} from the journal failed")]
     JournalRead {
         seq: u64,

@@ -3,6 +3,7 @@
 
 pub mod audit;
 pub mod ca;
+pub mod credentials;
 pub mod operator;
 pub mod policy;
 pub mod workloads;

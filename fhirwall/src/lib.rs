@@ -38,8 +38,11 @@ pub mod metrics;
 
 pub mod admin;
 
+pub mod broker;
+
 pub mod enforce;
 
+pub mod outbound;
 pub mod private_files;
 
 // Wiring and the command line.

@@ -33,8 +33,12 @@ enum Command {
     /// Create or export the node CA the sidecar mints its TLS certificates from.
     #[command(subcommand)]
     Ca(cli::ca::CaCommand),
-    /// Revoke an integration now: its requests are denied and its processes' connects refused
-    /// in the kernel, until `reinstate` (survives reloads and restarts).
+    /// Signing keys of brokered integrations (SMART Backend Services) and their JWKS.
+    #[command(subcommand)]
+    Credentials(cli::credentials::CredentialsCommand),
+    /// Revoke an integration now: its requests are denied, its processes' connects refused in
+    /// the kernel, and its brokered token dropped and revoked at the authorization server, until
+    /// `reinstate` (survives reloads and restarts).
     Revoke(cli::operator::RevokeArgs),
     /// Undo an operator revocation.
     Reinstate(cli::operator::ReinstateArgs),
@@ -67,6 +71,7 @@ fn main() -> ExitCode {
             });
         }
         Command::Ca(command) => cli::ca::run(&command),
+        Command::Credentials(command) => cli::credentials::run(&command),
         Command::Workloads(args) => cli::workloads::run(&args),
         Command::Revoke(args) => cli::operator::revoke(&args),
         Command::Reinstate(args) => cli::operator::reinstate(&args),

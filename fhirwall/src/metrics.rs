@@ -3,8 +3,8 @@
 
 use fhirwall_policy::IntegrationStatus;
 use prometheus::{
-    Encoder as _, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder, core::Collector,
+    Encoder as _, GaugeVec, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder, core::Collector,
 };
 
 /// What every metric name starts with (and `_`).
@@ -52,6 +52,11 @@ pub struct Metrics {
     pub kernel_redirect_repairs: IntCounter,
     /// Connections to egress proxies, by what became of them.
     pub egress_proxy_tunnels: IntCounterVec,
+    /// Token requests to authorization servers, by integration and result (`issued`,
+    /// `refused`, `unreachable`, `bad_answer`, `no_key`).
+    pub broker_token_fetches: IntCounterVec,
+    /// Seconds each brokered integration's token has left (0 without one), as of the scrape.
+    broker_token_expiry: GaugeVec,
     /// Requests decided by the sidecar, by decision (allow, deny, would-deny, malformed).
     pub requests: IntCounterVec,
     /// Time from the first byte of a request to the end of its response.
@@ -153,6 +158,19 @@ impl Metrics {
                 "Workload connections to egress proxies, by result",
                 &["result"],
             ),
+            broker_token_fetches: counter_vec(
+                "broker_token_fetches_total",
+                "Token requests to authorization servers, by integration and result",
+                &["integration", "result"],
+            ),
+            broker_token_expiry: GaugeVec::new(
+                Opts::new(
+                    "broker_token_expiry_seconds",
+                    "Seconds the brokered token of each integration has left (0 without one)",
+                ),
+                &["integration"],
+            )
+            .expect("valid static metric"),
             requests: counter_vec(
                 "requests_total",
                 "Requests decided by the sidecar",
@@ -235,8 +253,10 @@ impl Metrics {
         m
     }
 
-    fn collectors(&self) -> [Box<dyn Collector>; 31] {
+    fn collectors(&self) -> [Box<dyn Collector>; 33] {
         [
+            Box::new(self.broker_token_fetches.clone()),
+            Box::new(self.broker_token_expiry.clone()),
             Box::new(self.break_glass_sessions.clone()),
             Box::new(self.requests.clone()),
             Box::new(self.request_seconds.clone()),
@@ -331,6 +351,17 @@ impl Metrics {
             self.kernel
                 .with_label_values(&[name])
                 .set(i64::try_from(*value).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The seconds each brokered integration's token has left; series of integrations no
+    /// longer brokered go.
+    pub fn set_token_expiries(&self, expiries: &[(String, f64)]) {
+        self.broker_token_expiry.reset();
+        for (integration, left) in expiries {
+            self.broker_token_expiry
+                .with_label_values(&[integration.as_str()])
+                .set(*left);
         }
     }
 

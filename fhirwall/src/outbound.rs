@@ -1,21 +1,59 @@
-//! The `AuditEvent` exporter's HTTP client: hyper over a kept-alive connection, one POST at a
-//! time, TLS via rustls (ring provider) with the system's trust roots. The response body is read
-//! (to keep the connection usable, up to a bound) and discarded.
+//! The agent's own HTTP client, for what it sends on its own behalf: AuditEvents to a collector
+//! (`audit export --fhir`) and token requests to authorization servers (`broker`). hyper over a
+//! kept-alive connection, one request at a time, TLS via rustls (ring provider) with the
+//! system's trust roots and optionally a private CA. Response bodies are read up to a bound.
 
-use std::{sync::Arc, time::Duration};
+use std::{path::Path, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Uri, client::conn::http1::SendRequest, header};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
 };
 use tokio_rustls::TlsConnector;
 
-use super::AuditError;
+#[derive(Debug, thiserror::Error)]
+pub enum OutboundError {
+    #[error("bad URL {url:?}: {reason}")]
+    BadUrl { url: String, reason: &'static str },
+    #[error("TLS setup for {host} failed")]
+    Tls {
+        host: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("cannot read the CA file {path}")]
+    CaFile {
+        path: String,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP with {url} failed")]
+    Http {
+        url: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the response of {url} is larger than {limit} bytes")]
+    TooLarge { url: String, limit: usize },
+}
+
+/// What came back.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub body: Bytes,
+}
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 /// The largest response body read to keep the connection; a larger one closes it.
@@ -34,8 +72,8 @@ pub struct Target {
 
 impl Target {
     /// Parses `http://host[:port]/path` or `https://...`; IPv6 hosts in brackets.
-    pub fn parse(url: &str) -> Result<Self, AuditError> {
-        let bad = |reason| AuditError::BadUrl {
+    pub fn parse(url: &str) -> Result<Self, OutboundError> {
+        let bad = |reason| OutboundError::BadUrl {
             url: url.to_owned(),
             reason,
         };
@@ -90,10 +128,16 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(target: Target) -> Result<Self, AuditError> {
+    /// A client trusting the system's roots.
+    pub fn new(target: Target) -> Result<Self, OutboundError> {
+        Self::with_ca(target, None)
+    }
+
+    /// A client trusting the system's roots and the certificates in `ca_file` (PEM).
+    pub fn with_ca(target: Target, ca_file: Option<&Path>) -> Result<Self, OutboundError> {
         let tls = target
             .tls
-            .then(|| tls_connector(&target.host))
+            .then(|| tls_connector(&target.host, ca_file))
             .transpose()?;
         Ok(Self {
             target,
@@ -102,9 +146,28 @@ impl Client {
         })
     }
 
-    /// POSTs `body` and returns the response status. The connection is dropped after any error.
-    pub async fn post(&mut self, content_type: &str, body: Bytes) -> Result<u16, AuditError> {
-        let result = tokio::time::timeout(TIMEOUT, self.try_post(content_type, body))
+    #[must_use]
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// POSTs `body` and returns the response status (the body is read and dropped).
+    pub async fn post(&mut self, content_type: &str, body: Bytes) -> Result<u16, OutboundError> {
+        let accept = [("Accept", "application/fhir+json")];
+        self.send(content_type, &accept, body)
+            .await
+            .map(|r| r.status)
+    }
+
+    /// POSTs `body` with `headers` added, and returns the response with its body. The
+    /// connection is dropped after any error.
+    pub async fn send(
+        &mut self,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Response, OutboundError> {
+        let result = tokio::time::timeout(TIMEOUT, self.try_send(content_type, headers, body))
             .await
             .unwrap_or_else(|_| {
                 Err(self.io_error("timed out", std::io::ErrorKind::TimedOut.into()))
@@ -115,19 +178,27 @@ impl Client {
         result
     }
 
-    async fn try_post(&mut self, content_type: &str, body: Bytes) -> Result<u16, AuditError> {
+    async fn try_send(
+        &mut self,
+        content_type: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Response, OutboundError> {
         let mut sender = match self.connection.take() {
             Some(sender) if !sender.is_closed() => sender,
             _ => self.connect().await?,
         };
         sender.ready().await.map_err(|e| self.http_error(e))?;
-        let request = hyper::Request::post(&self.target.path)
+        let mut request = hyper::Request::post(&self.target.path)
             .header(header::HOST, self.target.authority())
             .header(header::CONTENT_TYPE, content_type)
-            .header(header::ACCEPT, "application/fhir+json")
-            .header(header::USER_AGENT, "fhirwall")
+            .header(header::USER_AGENT, "fhirwall");
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
             .body(Full::new(body))
-            .map_err(|_| AuditError::BadUrl {
+            .map_err(|_| OutboundError::BadUrl {
                 url: self.target.url.clone(),
                 reason: "not a request target",
             })?;
@@ -137,17 +208,25 @@ impl Client {
             .map_err(|e| self.http_error(e))?;
         let status = response.status().as_u16();
         // The connection is kept only when the whole (bounded) body was read.
-        if Limited::new(response.into_body(), MAX_RESPONSE_BODY)
+        match Limited::new(response.into_body(), MAX_RESPONSE_BODY)
             .collect()
             .await
-            .is_ok()
         {
-            self.connection = Some(sender);
+            Ok(body) => {
+                self.connection = Some(sender);
+                Ok(Response {
+                    status,
+                    body: body.to_bytes(),
+                })
+            }
+            Err(_) => Err(OutboundError::TooLarge {
+                url: self.target.url.clone(),
+                limit: MAX_RESPONSE_BODY,
+            }),
         }
-        Ok(status)
     }
 
-    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, AuditError> {
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, OutboundError> {
         let t = &self.target;
         let tcp = TcpStream::connect((t.host.as_str(), t.port))
             .await
@@ -156,7 +235,7 @@ impl Client {
         let Some(tls) = &self.tls else {
             return self.handshake(tcp).await;
         };
-        let name = ServerName::try_from(t.host.clone()).map_err(|_| AuditError::BadUrl {
+        let name = ServerName::try_from(t.host.clone()).map_err(|_| OutboundError::BadUrl {
             url: t.url.clone(),
             reason: "host is not a valid TLS server name",
         })?;
@@ -168,7 +247,7 @@ impl Client {
     }
 
     /// HTTP/1.1 on an open stream; the connection task ends when the sender is dropped.
-    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<Full<Bytes>>, AuditError>
+    async fn handshake<S>(&self, stream: S) -> Result<SendRequest<Full<Bytes>>, OutboundError>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
@@ -179,38 +258,83 @@ impl Client {
         Ok(sender)
     }
 
-    fn io_error(&self, what: &str, source: std::io::Error) -> AuditError {
-        AuditError::Io {
+    fn io_error(&self, what: &str, source: std::io::Error) -> OutboundError {
+        OutboundError::Io {
             what: format!("{what} with {}", self.target.url),
             source,
         }
     }
 
-    fn http_error(&self, source: hyper::Error) -> AuditError {
-        AuditError::Http {
+    fn http_error(&self, source: hyper::Error) -> OutboundError {
+        OutboundError::Http {
             url: self.target.url.clone(),
             source,
         }
     }
 }
 
-fn tls_connector(host: &str) -> Result<TlsConnector, AuditError> {
+fn tls_connector(host: &str, ca_file: Option<&Path>) -> Result<TlsConnector, OutboundError> {
     let mut roots = rustls::RootCertStore::empty();
     // Unreadable individual system certificates are skipped; an empty store fails every
     // handshake with a clear certificate error rather than silently trusting anything.
     for cert in rustls_native_certs::load_native_certs().certs {
         let _ = roots.add(cert);
     }
+    if let Some(path) = ca_file {
+        let ca_error = |source| OutboundError::CaFile {
+            path: path.display().to_string(),
+            source,
+        };
+        for cert in CertificateDer::pem_file_iter(path).map_err(ca_error)? {
+            roots
+                .add(cert.map_err(ca_error)?)
+                .map_err(|source| OutboundError::Tls {
+                    host: host.to_owned(),
+                    source,
+                })?;
+        }
+    }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|source| AuditError::Tls {
+        .map_err(|source| OutboundError::Tls {
             host: host.to_owned(),
             source,
         })?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// Reads one request (its head and its Content-Length body) from `stream` for the servers of
+/// tests, `buf` keeping what arrived after it: the head, lower-cased, and the body; `None` once
+/// the peer closed.
+#[cfg(test)]
+pub(crate) async fn read_request(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+) -> Option<(String, Vec<u8>)> {
+    use tokio::io::AsyncReadExt as _;
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                let body = buf[end + 4..end + 4 + length].to_vec();
+                buf.drain(..end + 4 + length);
+                return Some((head, body));
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -265,7 +389,7 @@ mod tests {
     ) -> (String, Arc<std::sync::atomic::AtomicUsize>) {
         use std::sync::atomic::{AtomicUsize, Ordering};
 
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        use tokio::io::AsyncWriteExt as _;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/AuditEvent", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
@@ -276,28 +400,8 @@ mod tests {
                 let (mut stream, _) = listener.accept().await.unwrap();
                 counted.fetch_add(1, Ordering::SeqCst);
                 let mut buf = Vec::new();
-                'requests: loop {
-                    // Read one request: its head and its Content-Length body.
-                    loop {
-                        let mut chunk = [0u8; 4096];
-                        let n = stream.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            break 'requests;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                            continue;
-                        };
-                        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                        let length: usize = head
-                            .lines()
-                            .find_map(|l| l.strip_prefix("content-length:"))
-                            .map_or(0, |v| v.trim().parse().unwrap());
-                        if buf.len() >= end + 4 + length {
-                            buf.drain(..end + 4 + length);
-                            break;
-                        }
-                    }
+                // Answer each request read with the next canned response.
+                while read_request(&mut stream, &mut buf).await.is_some() {
                     let Some(answer) = next.next() else { return };
                     stream.write_all(answer).await.unwrap();
                     if answer.ends_with(b"rest of body") {
@@ -344,6 +448,6 @@ mod tests {
             .post("application/fhir+json", Bytes::from_static(b"{}"))
             .await
             .unwrap_err();
-        assert!(matches!(err, AuditError::Http { .. }), "{err:?}");
+        assert!(matches!(err, OutboundError::Http { .. }), "{err:?}");
     }
 }

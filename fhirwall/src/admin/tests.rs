@@ -31,6 +31,7 @@ fn state(db: &Path) -> (AdminState, AuditSink, AuditWriter) {
         commands: None,
         leaves: None,
         layers: None,
+        broker: None,
     };
     (state, sink, writer)
 }

@@ -85,6 +85,11 @@ impl Control {
             self.reset_bypassing_connections("before it started");
         }
         self.metrics.policy_reloads.with_label_values(&["ok"]).inc();
+        // The brokered integrations' first tokens are fetched from now on.
+        self.sidecar
+            .exchange
+            .broker
+            .reconfigure(&self.current_policy());
         Ok(())
     }
 

@@ -26,10 +26,10 @@ use super::{
     AuditError, balp,
     bodies::Bodies,
     chain,
-    http::{Client, Target},
     query::{Filter, query},
     record, store,
 };
+use crate::outbound::{Client, Target};
 
 /// Entries read per round.
 const BATCH: u32 = 500;
@@ -310,7 +310,7 @@ async fn deliver(
                 url: cfg.url.clone(),
                 status,
             },
-            Err(e) => e,
+            Err(e) => e.into(),
         };
         if cfg.max_attempts.is_some_and(|max| attempts >= max) {
             return Err(err);

@@ -75,6 +75,10 @@ impl IndexCols {
                 ..base
             },
             Entry::Pruned(_) => base,
+            Entry::Credential(c) => Self {
+                integration: Some(c.integration.clone()),
+                ..base
+            },
         }
     }
 

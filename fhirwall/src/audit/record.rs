@@ -24,6 +24,8 @@ pub enum Entry {
     Completion(Completion),
     /// Retention removed a prefix of the chain; this marker keeps `verify` able to start after it.
     Pruned(PruneMarker),
+    /// The agent obtained or gave up an integration's brokered token.
+    Credential(CredentialEvent),
 }
 
 impl Entry {
@@ -37,6 +39,7 @@ impl Entry {
             Self::Request(_) => "request",
             Self::Completion(_) => "completion",
             Self::Pruned(_) => "pruned",
+            Self::Credential(_) => "credential",
         }
     }
 
@@ -45,6 +48,7 @@ impl Entry {
             Self::Request(r) => r.time,
             Self::Completion(c) => c.time,
             Self::Pruned(p) => p.time,
+            Self::Credential(c) => c.time,
         }
     }
 
@@ -54,7 +58,7 @@ impl Entry {
         match self {
             Self::Request(r) => &r.patients,
             Self::Completion(c) => &c.patients,
-            Self::Pruned(_) => &[],
+            Self::Pruned(_) | Self::Credential(_) => &[],
         }
     }
 }
@@ -129,6 +133,33 @@ pub struct Record {
     /// Request headers (names only) the sidecar did not forward: outside its positive list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stripped_headers: Vec<String>,
+}
+
+/// A brokered token issued to an integration, or given up. Names the token by the `jti` of the
+/// assertion it was issued for and says what it grants; never holds the token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialEvent {
+    #[serde(with = "rfc3339")]
+    pub time: Timestamp,
+    pub node: String,
+    pub integration: String,
+    /// `token-issued` or `token-revoked`.
+    pub event: String,
+    /// The client id at the authorization server.
+    pub client_id: String,
+    /// The token endpoint that issued it.
+    pub server: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<Timestamp>,
+    /// The scopes granted, space-separated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope: Option<String>,
+    /// What became of a revoked token at the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
 }
 
 /// What the sidecar did with a request.

@@ -36,7 +36,7 @@ use super::{
     indexer::{self, Indexer},
     journal::{Frames, Journal, JournalOptions},
     pindex,
-    record::{self, Completion, Entry, Record},
+    record::{self, Completion, CredentialEvent, Entry, Record},
     store::{self, Retention, StoreOptions},
 };
 
@@ -316,7 +316,17 @@ impl AuditSink {
     /// counted in [`AuditStats::failed_records`] and logged.
     pub fn complete(&self, mut completion: Completion) -> Result<(), AuditError> {
         completion.sanitize();
-        let entry = Serialized::new(Entry::Completion(completion))?;
+        self.push_now(Entry::Completion(completion))
+    }
+
+    /// Appends an event that is not a request (a brokered token issued or given up) without
+    /// waiting for durability.
+    pub fn note(&self, event: CredentialEvent) -> Result<(), AuditError> {
+        self.push_now(Entry::Credential(event))
+    }
+
+    fn push_now(&self, entry: Entry) -> Result<(), AuditError> {
+        let entry = Serialized::new(entry)?;
         let refused = match self.log.push(entry, Caller::GoesOn) {
             Ok(_) => return Ok(()),
             Err(Refused::Full(_)) => AuditError::QueueFull,

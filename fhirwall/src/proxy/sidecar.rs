@@ -51,6 +51,7 @@ use self::{
 use super::{operation_outcome, tls::UpstreamKey};
 use crate::{
     audit::{self, AuditSink, CommittedSeq},
+    broker::Broker,
     metrics::Metrics,
 };
 
@@ -74,6 +75,8 @@ pub struct Shared {
     pub bindings: Bindings,
     /// `sidecar.max_response_hold_bytes`.
     pub max_response_hold: usize,
+    /// Short-lived tokens of the integrations with `credentials.broker`.
+    pub broker: Arc<Broker>,
 }
 
 /// The handler of one connection.
@@ -206,17 +209,9 @@ impl ConnectionHandler {
             };
             return self.refuse(record, &refusal, id).await;
         }
-        let credential = match integration.and_then(|i| i.credentials.inject.as_ref()) {
-            Some(inject) => match self.shared.secrets.read(inject.value_file.path()) {
-                Ok(value) => Some((inject.header.as_str().to_owned(), value)),
-                Err(e) => {
-                    warn!(error = %e, "credential to inject is unreadable: refusing the request");
-                    return self
-                        .refuse(record, &Refusal::CredentialUnavailable, id)
-                        .await;
-                }
-            },
-            None => None,
+        let credential = match self.upstream_credential(integration).await {
+            Ok(credential) => credential,
+            Err(refusal) => return self.refuse(record, &refusal, id).await,
         };
         self.shared
             .metrics
@@ -257,6 +252,34 @@ impl ConnectionHandler {
 }
 
 impl ConnectionHandler {
+    /// What the integration presents upstream in place of the workload's credential: its
+    /// brokered token, or the secret the policy names, or nothing (the workload's own header
+    /// goes through). Never a fallback from one to another.
+    async fn upstream_credential(
+        &self,
+        integration: Option<&Integration>,
+    ) -> Result<Option<(String, Bytes)>, Refusal<'static>> {
+        let Some(i) = integration else {
+            return Ok(None);
+        };
+        if i.credentials.broker.is_some() {
+            return match self.shared.broker.authorization(&i.name).await {
+                Ok(header) => Ok(Some(("Authorization".to_owned(), header))),
+                Err(e) => Err(Refusal::TokenUnavailable(e.to_string())),
+            };
+        }
+        let Some(inject) = &i.credentials.inject else {
+            return Ok(None);
+        };
+        match self.shared.secrets.read(inject.value_file.path()) {
+            Ok(value) => Ok(Some((inject.header.as_str().to_owned(), value))),
+            Err(e) => {
+                warn!(error = %e, "credential to inject is unreadable: refusing the request");
+                Err(Refusal::CredentialUnavailable)
+            }
+        }
+    }
+
     /// Reads and decides one request: `Err` answers it at once (it cannot be classified).
     fn plan(
         &self,
@@ -475,6 +498,8 @@ enum Refusal<'a> {
     },
     /// The credential to inject cannot be read.
     CredentialUnavailable,
+    /// The integration's brokered token cannot be had, and why.
+    TokenUnavailable(String),
     /// The upstream's configured authority is not a valid `Host`.
     UpstreamUnnamed,
 }
@@ -486,6 +511,7 @@ impl Refusal<'_> {
             Refusal::CredentialUnavailable => {
                 record::internal_failure(record, "the credential to inject is unavailable");
             }
+            Refusal::TokenUnavailable(reason) => record::token_unavailable(record, reason),
             Refusal::UpstreamUnnamed => {
                 record::internal_failure(record, "the upstream has no valid name");
             }
@@ -508,6 +534,9 @@ impl Refusal<'_> {
                 "the integration's upstream credential is unavailable",
                 id,
             ),
+            Refusal::TokenUnavailable(reason) => {
+                operation_outcome::unavailable(&format!("{reason}; nothing was forwarded"), id)
+            }
             Refusal::UpstreamUnnamed => {
                 operation_outcome::unavailable("the upstream has no valid name", id)
             }

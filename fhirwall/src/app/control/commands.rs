@@ -20,6 +20,8 @@ impl Control {
             .borrow()
             .limiter
             .updated(&policy, std::time::Instant::now());
+        // Tokens follow the policy: a revoked or removed integration's is dropped now.
+        self.sidecar.exchange.broker.reconfigure(&policy);
         self.policy.send_replace(Arc::new(PolicyState {
             policy: Arc::new(policy),
             limiter,

@@ -58,6 +58,12 @@ pub fn internal_failure(record: &mut Record, reason: &str) {
     record.status = Some(503);
 }
 
+/// Allowed by policy, refused because the integration's brokered token cannot be had.
+pub fn token_unavailable(record: &mut Record, reason: &str) {
+    internal_failure(record, reason);
+    record.rule = Some("credential/broker".into());
+}
+
 /// Fills in the FHIR meaning and the decision.
 pub fn decided(
     record: &mut Record,
