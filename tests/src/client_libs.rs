@@ -1,6 +1,7 @@
 //! The real FHIR client libraries the end-to-end tests drive, installed on first use with their
 //! ordinary package managers into directories under target/ (never system-wide): python
-//! `fhirclient` and `fhirpy` in a venv (pip), `fhir-kit-client` in a node_modules (npm).
+//! `fhirclient` and `fhirpy` in a venv (pip), `fhir-kit-client` in a node_modules (npm), and
+//! there too the EHR's authorization server of the token broker tests (`oidc-provider`).
 //! Installed once, then reused by later runs.
 
 use std::{
@@ -12,6 +13,8 @@ use std::{
 /// Versions the tests were written against.
 pub const PYTHON_PACKAGES: [&str; 2] = ["fhirclient==4.4.0", "fhirpy==2.3.1"];
 pub const NPM_PACKAGE: &str = "fhir-kit-client@2.0.3";
+/// The authorization server of the token broker tests and the demo.
+pub const OIDC_PROVIDER: &str = "oidc-provider@9.13.3";
 
 /// One install at a time within a test binary (the tests run in parallel threads).
 static INSTALL: Mutex<()> = Mutex::new(());
@@ -62,6 +65,17 @@ pub fn python() -> Result<PathBuf, String> {
 
 /// Node (18 or newer, for its fetch) and the node_modules directory holding fhir-kit-client.
 pub fn node() -> Result<(PathBuf, PathBuf), String> {
+    node_with(NPM_PACKAGE)
+}
+
+/// Node and the node_modules directory holding oidc-provider.
+pub fn oidc_provider() -> Result<(PathBuf, PathBuf), String> {
+    node_with(OIDC_PROVIDER)
+}
+
+/// Node and the node_modules directory holding `package` (`name@version`), installed there
+/// when missing.
+fn node_with(package: &str) -> Result<(PathBuf, PathBuf), String> {
     let _one = INSTALL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -81,12 +95,13 @@ pub fn node() -> Result<(PathBuf, PathBuf), String> {
     }
     let prefix = install_dir().join("node");
     let modules = prefix.join("node_modules");
-    if !modules.join("fhir-kit-client/package.json").exists() {
+    let name = package.rsplit_once('@').map_or(package, |(name, _)| name);
+    if !modules.join(name).join("package.json").exists() {
         std::fs::create_dir_all(&prefix).map_err(|e| e.to_string())?;
         run(Command::new("npm")
             .args(["install", "--no-audit", "--no-fund", "--silent", "--prefix"])
             .arg(&prefix)
-            .arg(NPM_PACKAGE))?;
+            .arg(package))?;
     }
     Ok((node, modules))
 }

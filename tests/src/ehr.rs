@@ -21,6 +21,7 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
+use base64::Engine as _;
 use serde_json::Value;
 
 use self::certs::EhrCa;
@@ -54,6 +55,18 @@ pub fn ehr_available(test: &str) -> bool {
     false
 }
 
+/// Where the EHR's nginx checks bearer tokens (RFC 7662 introspection), and as whom.
+#[derive(Clone, Debug)]
+pub struct Introspection {
+    /// The authorization server's address (plain HTTP on loopback).
+    pub server: SocketAddr,
+    pub client_id: String,
+    pub client_secret: String,
+    /// `Authorization` values let through without introspection: the static credentials an
+    /// EHR still honours while it migrates (the demo's other integrations).
+    pub legacy: Vec<String>,
+}
+
 /// A running hfs + nginx pair.
 pub struct EhrServer {
     /// hfs itself, plain HTTP (not protected: only the TLS address is).
@@ -63,6 +76,7 @@ pub struct EhrServer {
     /// The EHR CA: trusted by the sidecar for this upstream; signs client certificates.
     pub ca: EhrCa,
     pub dir: PathBuf,
+    introspection: Option<Introspection>,
     hfs: Option<Child>,
     nginx: Option<Child>,
 }
@@ -88,6 +102,18 @@ pub fn unique_loopback() -> SocketAddr {
 impl EhrServer {
     /// Starts hfs on `http` and nginx on `tls` (both on loopback), everything under `dir`.
     pub fn start(dir: &Path, http: SocketAddr, tls: SocketAddr) -> anyhow::Result<Self> {
+        Self::start_with(dir, http, tls, None)
+    }
+
+    /// Like [`EhrServer::start`]; with `introspection`, nginx lets a request through only when
+    /// its bearer token is active at the authorization server (`auth_request` with njs), and
+    /// logs the token and its client.
+    pub fn start_with(
+        dir: &Path,
+        http: SocketAddr,
+        tls: SocketAddr,
+        introspection: Option<Introspection>,
+    ) -> anyhow::Result<Self> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let ca = EhrCa::create(&dir.join("pki"))?;
         let mut server = Self {
@@ -95,6 +121,7 @@ impl EhrServer {
             tls,
             ca,
             dir: dir.to_owned(),
+            introspection,
             hfs: None,
             nginx: None,
         };
@@ -227,6 +254,10 @@ impl EhrServer {
         // nginx's workers run as nobody: they may have to spill a large body to a temp file.
         fs::set_permissions(&temp, fs::Permissions::from_mode(0o1777))?;
         let server = self.ca.server(&prefix, "ehr-fhir", self.tls.ip())?;
+        if let Some(i) = &self.introspection {
+            let legacy = format!("const LEGACY = {};\n", serde_json::to_string(&i.legacy)?);
+            fs::write(prefix.join("introspect.js"), legacy + INTROSPECT_JS)?;
+        }
         let config = nginx_config(&NginxSettings {
             prefix: &prefix,
             listen: self.tls,
@@ -234,6 +265,7 @@ impl EhrServer {
             cert: &server.cert,
             key: &server.key,
             client_ca: &self.ca.cert,
+            introspection: self.introspection.as_ref(),
         });
         let conf = prefix.join("nginx.conf");
         fs::write(&conf, config)?;
@@ -310,6 +342,73 @@ struct NginxSettings<'a> {
     cert: &'a Path,
     key: &'a Path,
     client_ca: &'a Path,
+    introspection: Option<&'a Introspection>,
+}
+
+/// nginx's token check (njs): `Authorization: Bearer <token>` is introspected at the
+/// authorization server; 204 (with the token's client in `X-Token-Client`) when it is active,
+/// 401 otherwise, which `auth_request` turns into the answer. A `LEGACY` value (defined before
+/// this) passes as it is.
+const INTROSPECT_JS: &str = r"
+async function introspect(r) {
+    if (LEGACY.includes(r.headersIn.Authorization)) {
+        r.headersOut['X-Token-Client'] = 'legacy';
+        r.return(204);
+        return;
+    }
+    const m = /^Bearer ([A-Za-z0-9._~+\/=-]+)$/.exec(r.headersIn.Authorization || '');
+    if (!m) {
+        r.return(401);
+        return;
+    }
+    const reply = await r.subrequest('/_introspect', {
+        method: 'POST',
+        body: 'token=' + encodeURIComponent(m[1]),
+    });
+    let info = {};
+    try {
+        info = JSON.parse(reply.responseText);
+    } catch (e) {
+        info = {};
+    }
+    if (reply.status != 200 || info.active !== true) {
+        r.return(401);
+        return;
+    }
+    r.headersOut['X-Token-Client'] = info.client_id;
+    r.return(204);
+}
+export default { introspect };
+";
+
+/// The `load_module`, `js_import` and locations of the token check, when there is one.
+fn introspection_config(prefix: &Path, i: Option<&Introspection>) -> (String, String, String) {
+    let Some(i) = i else {
+        return (String::new(), String::new(), String::new());
+    };
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", i.client_id, i.client_secret));
+    let load = "load_module /usr/lib/nginx/modules/ngx_http_js_module.so;\n".to_owned();
+    let import = format!(
+        "    js_import ehr from {}/introspect.js;\n",
+        prefix.display()
+    );
+    let locations = format!(
+        r#"        location = /_auth {{
+            internal;
+            js_content ehr.introspect;
+        }}
+        location = /_introspect {{
+            internal;
+            proxy_method POST;
+            proxy_set_header Authorization "Basic {basic}";
+            proxy_set_header Content-Type application/x-www-form-urlencoded;
+            proxy_pass http://{server}/token/introspection;
+        }}
+"#,
+        server = i.server,
+    );
+    (load, import, locations)
 }
 
 /// A TLS terminator in front of hfs: HTTP/1.1 keep-alive to hfs, bodies streamed both ways, the
@@ -320,9 +419,18 @@ fn nginx_config(s: &NginxSettings<'_>) -> String {
         IpAddr::V4(ip) => format!("{ip}:{}", s.listen.port()),
         IpAddr::V6(ip) => format!("[{ip}]:{}", s.listen.port()),
     };
+    let (load, import, check_locations) = introspection_config(s.prefix, s.introspection);
+    let (check, token_fields) = if s.introspection.is_some() {
+        (
+            "            auth_request /_auth;\n            auth_request_set $token_client $sent_http_x_token_client;\n",
+            r#" token_client="$token_client" authorization="$http_authorization""#,
+        )
+    } else {
+        ("", "")
+    };
     format!(
         r#"# Generated by fhirwall's demo/tests: a private nginx, nothing under /etc/nginx is used.
-daemon off;
+{load}daemon off;
 worker_processes 1;
 pid {p}/nginx.pid;
 error_log {p}/error.log warn;
@@ -333,7 +441,8 @@ http {{
     fastcgi_temp_path {p}/tmp/fastcgi;
     uwsgi_temp_path {p}/tmp/uwsgi;
     scgi_temp_path {p}/tmp/scgi;
-    log_format ehr '$time_iso8601 $request_method $uri $status client_cert="$ssl_client_s_dn"';
+    log_format ehr '$time_iso8601 $request_method $uri $status client_cert="$ssl_client_s_dn"{token_fields}';
+{import}
     access_log {p}/access.log ehr;
     client_max_body_size 64m;
     upstream hfs {{
@@ -346,8 +455,8 @@ http {{
         ssl_certificate_key {key};
         ssl_client_certificate {ca};
         ssl_verify_client optional;
-        location / {{
-            proxy_pass http://hfs;
+{check_locations}        location / {{
+{check}            proxy_pass http://hfs;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
             proxy_set_header Host $http_host;

@@ -14,6 +14,7 @@ use anyhow::{Context as _, bail};
 use serde_json::Value;
 
 pub mod agent;
+pub mod auth;
 pub mod client_libs;
 pub mod confined;
 pub mod destination;

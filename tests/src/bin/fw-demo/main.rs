@@ -2,7 +2,10 @@
 //! real workloads that share one credential.
 //!
 //! 1. The EHR: helios-hfs (FHIR R4) behind nginx TLS on 127.0.0.2:8443, the address the
-//!    `ehr-fhir` upstream of policies/ protects, seeded with synthetic patients.
+//!    `ehr-fhir` upstream of policies/ protects, seeded with synthetic patients. nginx checks
+//!    bearer tokens at the EHR's authorization server (npm oidc-provider on 127.0.0.2:9000),
+//!    which issues the claims job's integration its short-lived tokens; the static credentials
+//!    of the other integrations are still accepted as they are.
 //! 2. The agent: `fhirwall run` with (a copy of) policies/, attached to a dedicated demo cgroup,
 //!    never the host's root cgroup; state, audit store and admin socket under target/demo.
 //! 3. Four workloads in the demo cgroup (see scenario.rs), each matching its integration's
@@ -42,6 +45,8 @@ use crate::{host::HostChanges, scenario::Share};
 
 const EHR_HTTP: &str = "127.0.0.2:8080";
 const EHR_TLS: &str = "127.0.0.2:8443";
+/// The EHR's authorization server (plain HTTP on loopback, as the broker allows it there).
+const EHR_AUTH: &str = "127.0.0.2:9000";
 const PATIENTS: usize = 8;
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -137,20 +142,27 @@ fn run(args: &Args) -> anyhow::Result<bool> {
     fs::create_dir_all(&demo.path)?;
     let share_dir = share_dir()?;
 
-    say("starting the EHR: helios-hfs (FHIR R4) behind nginx TLS");
-    let ehr = EhrServer::start(&demo.path.join("ehr"), parse(EHR_HTTP)?, parse(EHR_TLS)?)?;
+    let fhirwall = target_binary("fhirwall")?;
+    let state = demo.path.join("state");
+    say("starting the EHR's authorization server (oidc-provider, SMART Backend Services)");
+    let auth = setup::authorization_server(&fhirwall, &demo.path, &state, parse(EHR_AUTH)?)?;
+    say("starting the EHR: helios-hfs (FHIR R4) behind nginx TLS, checking bearer tokens");
+    let ehr = EhrServer::start_with(
+        &demo.path.join("ehr"),
+        parse(EHR_HTTP)?,
+        parse(EHR_TLS)?,
+        Some(auth.introspection(&setup::LEGACY_CREDENTIALS)),
+    )?;
     seed(&ehr)?;
     interrupted()?;
 
     let python = python()?;
-    let policies = setup::policies(&root.join("policies"), &demo.path, &ehr, &python)?;
-    let fhirwall = target_binary("fhirwall")?;
+    let policies = setup::policies(&root.join("policies"), &demo.path, &ehr, &auth, &python)?;
     policy_check(&fhirwall, &policies)?;
 
     let cgroup = TestCgroup::with_prefix("fhirwall-demo")?;
     let pins = PinDir::with_prefix("fhirwall-demo");
     let files = agent_files(&demo.path, policies)?;
-    let state = demo.path.join("state");
     setup::agent_config(
         &files,
         &state,
@@ -205,7 +217,7 @@ fn run(args: &Args) -> anyhow::Result<bool> {
         started.elapsed().as_secs_f64()
     );
     demo.keep = !ok;
-    drop((host, pins, cgroup, ehr));
+    drop((host, pins, cgroup, ehr, auth));
     Ok(ok)
 }
 

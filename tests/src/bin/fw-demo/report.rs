@@ -230,6 +230,7 @@ pub fn metrics_excerpt(text: &str) -> String {
                     "fhirwall_shared_credential",
                     "fhirwall_response_checks_total",
                     "fhirwall_response_withheld_total",
+                    "fhirwall_broker_token",
                 ]
                 .iter()
                 .any(|p| l.starts_with(p))
@@ -317,7 +318,43 @@ pub fn upstream_checks(
             "nginx saw {with_cert} requests with the lab interface's client certificate, expected {lab}"
         ));
     }
+    failures.extend(brokered_checks(workloads, &log));
     Ok(failures)
+}
+
+/// The claims job sends the shared credential, and reached the EHR only with tokens of its own
+/// integration, each of which the EHR's nginx checked at the authorization server.
+fn brokered_checks(workloads: &[scenario::Workload], log: &str) -> Vec<String> {
+    let (integration, _) = crate::setup::BROKERED;
+    let expected = workloads
+        .iter()
+        .find(|w| w.integration == Some(integration))
+        .map_or(0, |w| {
+            w.expect
+                .iter()
+                .filter(|(_, s)| (200..300).contains(s))
+                .count()
+        });
+    let tag = format!("token_client=\"{integration}\"");
+    let brokered: Vec<&str> = log.lines().filter(|l| l.contains(&tag)).collect();
+    let tokens: std::collections::BTreeSet<&str> = brokered
+        .iter()
+        .filter_map(|l| l.split("authorization=\"").nth(1))
+        .collect();
+    println!(
+        "   {} of them with a short-lived token of {integration}, issued to the agent by the \
+         EHR's authorization server ({} token(s)), though the claims job sent the shared credential",
+        brokered.len(),
+        tokens.len()
+    );
+    if brokered.len() == expected {
+        Vec::new()
+    } else {
+        vec![format!(
+            "nginx saw {} requests with {integration}'s brokered token, expected {expected}",
+            brokered.len()
+        )]
+    }
 }
 
 pub fn total(ehr: &EhrServer, kind: &str) -> anyhow::Result<u64> {

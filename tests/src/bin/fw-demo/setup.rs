@@ -5,7 +5,8 @@
 //! - `/etc/fhirwall/...` (credentials to inject, mTLS client certificates) become paths under
 //!   the demo directory, where the demo writes those files;
 //! - only if this host has no `/usr/bin/python3.11`: the Python selectors name the host's
-//!   Python instead.
+//!   Python instead;
+//! - the brokered integration's authorization server is the demo's (oidc-provider on loopback).
 
 use std::{
     fs,
@@ -14,16 +15,71 @@ use std::{
 };
 
 use anyhow::{Context as _, bail};
-use fhirwall_tests::{agent::AgentFiles, ehr::EhrServer};
+use fhirwall_tests::{
+    agent::AgentFiles,
+    auth::{AuthClient, AuthServer},
+    ehr::EhrServer,
+};
+
+use crate::scenario::SHARED_CREDENTIAL;
 
 /// The interpreter policies/ names for the Python integrations.
 pub const POLICY_PYTHON: &str = "/usr/bin/python3.11";
+
+/// The integration that runs on brokered tokens in the demo, and the scopes it is registered
+/// for at the authorization server (those of policies/payer-claims.yaml).
+pub const BROKERED: (&str, &str) = (
+    "payer-claims-batch",
+    "system/Claim.rs system/Coverage.rs system/ExplanationOfBenefit.rs",
+);
+
+/// What the demo EHR still accepts without a token check: the secrets the sidecar injects for
+/// two integrations, and the shared credential the reporting script's requests carry.
+pub const LEGACY_CREDENTIALS: [&str; 3] = [
+    "Bearer lab-results-interface-own-demo-token",
+    "Bearer patient-portal-backend-own-demo-token",
+    SHARED_CREDENTIAL,
+];
+
+/// The brokered integration's key (`fhirwall credentials keygen`, in the agent's state) and the
+/// authorization server that registers its JWKS, issuing tokens for five minutes.
+pub fn authorization_server(
+    fhirwall: &Path,
+    demo: &Path,
+    state: &Path,
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<AuthServer> {
+    let keys = state.join("keys");
+    let run = |args: &[&str]| -> anyhow::Result<Vec<u8>> {
+        let out = std::process::Command::new(fhirwall)
+            .args(args)
+            .arg("--keys-dir")
+            .arg(&keys)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "fhirwall {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out.stdout)
+    };
+    run(&["credentials", "keygen", "--integration", BROKERED.0])?;
+    let jwks = run(&["credentials", "jwks", "--integration", BROKERED.0])?;
+    let client = AuthClient {
+        client_id: BROKERED.0.into(),
+        scope: BROKERED.1.into(),
+        jwks: serde_json::from_slice(&jwks)?,
+    };
+    AuthServer::start(&demo.join("auth"), addr, 300, &[client])
+}
 
 /// Writes `demo/policies` from `source`, and the secrets and certificates it refers to.
 pub fn policies(
     source: &Path,
     demo: &Path,
     ehr: &EhrServer,
+    auth: &AuthServer,
     python: &Path,
 ) -> anyhow::Result<PathBuf> {
     let target = demo.join("policies");
@@ -45,6 +101,15 @@ pub fn policies(
         if text.contains("kind: Upstream") {
             text = with_ca_file(&text, &ehr.ca.cert)?;
         }
+        text = text
+            .replace(
+                "https://auth.stmarys.example.org/oauth2/token",
+                &auth.token_endpoint(),
+            )
+            .replace(
+                "https://auth.stmarys.example.org/oauth2/revoke",
+                &auth.revocation_endpoint(),
+            );
         let name = file.file_name().context("a file name")?;
         fs::write(target.join(name), text)?;
     }
