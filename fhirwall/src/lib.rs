@@ -18,8 +18,10 @@
 //!   audit/           record appended to the journal (group commit, hash chain); a read goes
 //!                    out at once, its response held until the record is durable; anything
 //!                    else waits for durability before it is forwarded
-//!   proxy/           forward upstream over TLS/mTLS, or answer 403 OperationOutcome
+//!   proxy/           forward upstream over TLS/mTLS with the integration's own credential
+//!                    (broker/: its short-lived token), or answer 403 OperationOutcome
 //!   metrics, admin   Prometheus and the admin API, on their own runtime
+//!   broker/, outbound  token refreshers and the agent's own HTTP client, on that runtime
 //! ```
 //!
 //! `app` wires it together; `main.rs` is only the command line.
