@@ -30,7 +30,7 @@ use std::{
 };
 
 use bytes::Bytes;
-use fhirwall_policy::{Policy, TokenBroker};
+use fhirwall_policy::{Integration, Policy, TokenBroker};
 use jiff::Timestamp;
 use tokio::{sync::watch, task::AbortHandle};
 use tracing::{info, warn};
@@ -95,6 +95,25 @@ struct Current {
     issued_at: Instant,
     lifetime: Duration,
     refresh_at: Instant,
+}
+
+impl Slot {
+    fn new(integration: &Integration, config: &TokenBroker) -> Self {
+        Self {
+            integration: integration.name.clone(),
+            config: config.clone(),
+            scope: config.scope_parameter(integration.scopes.list()),
+            expires: integration.expires,
+            state: watch::Sender::new(TokenState::default()),
+            wake: tokio::sync::Notify::new(),
+            task: std::sync::Mutex::default(),
+        }
+    }
+
+    /// Whether both ask the same server for the same grant until the same expiry.
+    fn same_grant(&self, other: &Slot) -> bool {
+        self.config == other.config && self.scope == other.scope && self.expires == other.expires
+    }
 }
 
 impl Current {
@@ -185,11 +204,17 @@ impl Broker {
     /// run inside the control runtime, where the refreshers are spawned.
     pub fn reconfigure(self: &Arc<Self>, policy: &Policy) {
         let now = Timestamp::now();
-        let wanted: HashMap<&str, &TokenBroker> = policy
+        // What each live brokered integration's slot must be; one that differs in anything
+        // (the server, the client, the scopes it asks for, the expiry) is replaced, so a token
+        // never outlives a narrowing of the policy.
+        let wanted: HashMap<&str, Slot> = policy
             .integrations
             .iter()
             .filter(|i| i.is_live(now))
-            .filter_map(|i| Some((i.name.as_str(), i.credentials.broker.as_ref()?)))
+            .filter_map(|i| {
+                let config = i.credentials.broker.as_ref()?;
+                Some((i.name.as_str(), Slot::new(i, config)))
+            })
             .collect();
         let mut slots = self
             .slots
@@ -197,7 +222,11 @@ impl Broker {
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let stale: Vec<String> = slots
             .iter()
-            .filter(|(name, slot)| wanted.get(name.as_str()).is_none_or(|c| **c != slot.config))
+            .filter(|(name, slot)| {
+                wanted
+                    .get(name.as_str())
+                    .is_none_or(|w| !w.same_grant(slot))
+            })
             .map(|(name, _)| name.clone())
             .collect();
         for name in stale {
@@ -205,26 +234,17 @@ impl Broker {
                 self.retire(&slot);
             }
         }
-        for i in &policy.integrations {
-            let (Some(config), false) = (wanted.get(i.name.as_str()), slots.contains_key(&i.name))
-            else {
+        for (name, slot) in wanted {
+            if slots.contains_key(name) {
                 continue;
-            };
-            let slot = Arc::new(Slot {
-                integration: i.name.clone(),
-                config: (*config).clone(),
-                scope: config.scope_parameter(i.scopes.list()),
-                expires: i.expires,
-                state: watch::Sender::new(TokenState::default()),
-                wake: tokio::sync::Notify::new(),
-                task: std::sync::Mutex::default(),
-            });
+            }
+            let slot = Arc::new(slot);
             let task = tokio::spawn(Arc::clone(self).refresh(Arc::clone(&slot)));
             *slot
                 .task
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(task.abort_handle());
-            slots.insert(i.name.clone(), slot);
+            slots.insert(name.to_owned(), slot);
         }
     }
 

@@ -22,8 +22,8 @@ use crate::{
     outbound::read_request,
 };
 
-/// A token server: `/token` answers `t<n>` valid for `lifetime` seconds (or 503 while
-/// `down`), `/revoke` records the tokens revoked. Every form it receives is kept.
+/// A token server: `/token` answers `t<n>` valid for `lifetime` seconds with the scope asked
+/// for (or 503 while `down`), `/revoke` answers 200. Every form it receives is kept.
 struct TokenServer {
     url: String,
     down: AtomicBool,
@@ -56,7 +56,10 @@ impl TokenServer {
         let mut buf = Vec::new();
         while let Some((head, body)) = read_request(&mut stream, &mut buf).await {
             let path = head.split(' ').nth(1).unwrap_or_default().to_owned();
-            let form = form_urlencoded::parse(&body).into_owned().collect();
+            let form: HashMap<String, String> =
+                form_urlencoded::parse(&body).into_owned().collect();
+            // Grants what was asked for.
+            let scope = form.get("scope").cloned().unwrap_or_default();
             self.forms.lock().unwrap().push((path.clone(), form));
             let (status, body) = if path == "/revoke" {
                 ("200 OK", String::new())
@@ -67,10 +70,13 @@ impl TokenServer {
                 )
             } else {
                 let n = self.issued.fetch_add(1, Ordering::SeqCst) + 1;
-                let body = format!(
-                    r#"{{"access_token":"t{n}","token_type":"Bearer","expires_in":{},"scope":"system/Observation.rs"}}"#,
-                    self.lifetime
-                );
+                let body = serde_json::json!({
+                    "access_token": format!("t{n}"),
+                    "token_type": "Bearer",
+                    "expires_in": self.lifetime,
+                    "scope": scope,
+                })
+                .to_string();
                 ("200 OK", body)
             };
             let answer = format!(
@@ -226,4 +232,27 @@ async fn eventually<T>(mut probe: impl FnMut() -> Option<T>) -> T {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     panic!("nothing within five seconds")
+}
+
+#[tokio::test]
+async fn a_narrower_policy_replaces_the_token() {
+    let s = setup(60, false).await;
+    assert_eq!(s.broker.authorization("lab").await.unwrap(), "Bearer t1");
+    // Reloaded unchanged: the same token goes on.
+    s.broker
+        .reconfigure(&policy(&s.server.url, IntegrationStatus::Active));
+    assert_eq!(s.broker.authorization("lab").await.unwrap(), "Bearer t1");
+    // The integration's scopes narrowed: a new token asked for with the new scopes.
+    let mut narrower = policy(&s.server.url, IntegrationStatus::Active);
+    let lab = &mut narrower.integrations[0];
+    lab.scopes =
+        vec![fhirwall_policy::Scope::try_from("system/Observation.r".to_owned()).unwrap()].into();
+    s.broker.reconfigure(&narrower);
+    assert_eq!(s.broker.authorization("lab").await.unwrap(), "Bearer t2");
+    let forms = s.server.forms("/token");
+    assert_eq!(forms.last().unwrap()["scope"], "system/Observation.r");
+    assert_eq!(
+        eventually(|| s.server.forms("/revoke").pop()).await["token"],
+        "t1"
+    );
 }
