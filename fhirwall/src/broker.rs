@@ -88,6 +88,20 @@ struct TokenState {
     failure: Option<Failure>,
 }
 
+impl TokenState {
+    /// No token, and none coming: what a request waiting for one is told.
+    fn withdrawn(reason: &str) -> Self {
+        Self {
+            token: None,
+            failure: Some(Failure {
+                at: Instant::now(),
+                reason: reason.to_owned(),
+                backoff: MAX_BACKOFF,
+            }),
+        }
+    }
+}
+
 struct Current {
     /// `Bearer <token>`.
     header: Bytes,
@@ -258,7 +272,12 @@ impl Broker {
         {
             task.abort();
         }
-        let token = slot.state.send_replace(TokenState::default()).token;
+        let token = slot
+            .state
+            .send_replace(TokenState::withdrawn(
+                "the integration's token was withdrawn",
+            ))
+            .token;
         info!(integration = slot.integration, "brokered token dropped");
         if let Some(token) = token {
             tokio::spawn(Arc::clone(self).revoke_at_server(Arc::clone(slot), token));
@@ -305,7 +324,8 @@ impl Broker {
             }
             if slot.expires.is_some_and(|e| e <= Timestamp::now()) {
                 // Expired while running: the policy decision refuses its requests already.
-                slot.state.send_replace(TokenState::default());
+                slot.state
+                    .send_replace(TokenState::withdrawn("the integration has expired"));
                 return;
             }
             let previous = slot.state.borrow().failure.clone();
