@@ -65,7 +65,8 @@ pub struct Broker {
     keys: KeyStore,
     node: String,
     metrics: Arc<Metrics>,
-    audit: AuditSink,
+    /// Taken at [`Broker::stop`]: the audit writer finishes only once every sink is gone.
+    audit: std::sync::Mutex<Option<AuditSink>>,
     slots: RwLock<HashMap<String, Arc<Slot>>>,
 }
 
@@ -124,6 +125,18 @@ impl Slot {
         }
     }
 
+    /// Stops the refresher.
+    fn abort(&self) {
+        if let Some(task) = self
+            .task
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
+            task.abort();
+        }
+    }
+
     /// Whether both ask the same server for the same grant until the same expiry.
     fn same_grant(&self, other: &Slot) -> bool {
         self.config == other.config && self.scope == other.scope && self.expires == other.expires
@@ -155,8 +168,45 @@ impl Broker {
             keys,
             node,
             metrics,
-            audit,
+            audit: std::sync::Mutex::new(Some(audit)),
             slots: RwLock::default(),
+        }
+    }
+
+    /// At shutdown: every refresher stops, every token is dropped (not revoked: the tokens
+    /// expire on their own, and a restart should not revoke what it will fetch again), and the
+    /// broker lets go of the audit writer.
+    pub fn stop(&self) {
+        let slots = std::mem::take(
+            &mut *self
+                .slots
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for slot in slots.values() {
+            slot.abort();
+            slot.state
+                .send_replace(TokenState::withdrawn("the agent is stopping"));
+        }
+        self.audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+    }
+
+    /// Appends an audit entry; one that cannot be written is counted and logged.
+    fn note(&self, event: CredentialEvent) {
+        let audit = self
+            .audit
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let result = match audit.as_ref() {
+            Some(sink) => sink.note(event),
+            None => Err(crate::audit::AuditError::WriterGone),
+        };
+        if let Err(e) = result {
+            self.metrics.audit_failures.inc();
+            warn!(error = %crate::error_chain(&e), "audit record of a brokered token lost");
         }
     }
 
@@ -264,14 +314,7 @@ impl Broker {
 
     /// Stops a slot's refresher, drops its token, and revokes it at the server.
     fn retire(self: &Arc<Self>, slot: &Arc<Slot>) {
-        if let Some(task) = slot
-            .task
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .take()
-        {
-            task.abort();
-        }
+        slot.abort();
         let token = slot
             .state
             .send_replace(TokenState::withdrawn(
@@ -376,10 +419,7 @@ impl Broker {
             scope: Some(issued.scope),
             ..self.event(slot, "token-issued")
         };
-        if let Err(e) = self.audit.note(event) {
-            self.metrics.audit_failures.inc();
-            warn!(error = %crate::error_chain(&e), "audit record of a token issuance lost");
-        }
+        self.note(event);
     }
 
     fn failed(&self, slot: &Slot, e: &GrantError, previous: Option<&Failure>) {
@@ -453,10 +493,7 @@ impl Broker {
             outcome: Some(outcome),
             ..self.event(&slot, "token-revoked")
         };
-        if let Err(e) = self.audit.note(event) {
-            self.metrics.audit_failures.inc();
-            warn!(error = %crate::error_chain(&e), "audit record of a token revocation lost");
-        }
+        self.note(event);
     }
 }
 

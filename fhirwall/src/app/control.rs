@@ -155,6 +155,8 @@ impl Control {
         if let Err(e) = self.kernel.mark_down() {
             error!(error = %e, "could not mark the agent down; connects are refused after the heartbeat timeout");
         }
+        // Its refreshers stop and it lets go of the audit writer, which then can finish.
+        self.sidecar.exchange.broker.stop();
     }
 
     fn beat(&mut self) {

@@ -256,3 +256,30 @@ async fn a_narrower_policy_replaces_the_token() {
         "t1"
     );
 }
+
+#[tokio::test]
+async fn a_stopped_broker_lets_the_audit_writer_finish() {
+    let server = TokenServer::start(60).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keys = KeyStore::new(dir.path().join("keys"));
+    keys.generate("lab", jiff::Timestamp::now()).unwrap();
+    let (sink, writer) = AuditSink::start(AuditConfig::new(dir.path().join("audit.db"))).unwrap();
+    let broker = Arc::new(Broker::new(
+        keys,
+        "node-1".into(),
+        Arc::new(Metrics::new()),
+        sink,
+    ));
+    broker.reconfigure(&policy(&server.url, IntegrationStatus::Active));
+    assert!(broker.authorization("lab").await.is_ok());
+    broker.stop();
+    assert!(broker.authorization("lab").await.is_err());
+    // The broker is still referenced (as the admin API holds it), yet the writer stops.
+    let joined = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || writer.join()),
+    )
+    .await;
+    assert!(joined.is_ok(), "the audit writer is still held open");
+    drop(broker);
+}
