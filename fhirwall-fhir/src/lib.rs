@@ -32,6 +32,7 @@ mod path;
 mod patient;
 mod query;
 mod reference_targets;
+pub mod replay;
 mod request;
 mod resource_type;
 pub mod response;

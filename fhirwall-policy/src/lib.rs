@@ -35,6 +35,7 @@ mod model;
 mod operation;
 mod purpose;
 mod rate;
+mod replay;
 mod response;
 mod scope;
 mod selector;
@@ -69,6 +70,7 @@ pub use self::{
     operation::OperationRule,
     purpose::{ACT_REASON_SYSTEM, PurposeOfUse, PurposeSet, RequestedPurpose},
     rate::{RateLimiter, RateOutcome},
+    replay::{RecordedSubject, ReplayInput, Replayed},
     response::response_rules,
     scope::{Perm, Perms, Scope, ScopeContext, ScopeParam},
     selector::WorkloadSelector,

@@ -256,7 +256,10 @@ fn legacy_workloads_reach_the_ehr_with_short_lived_tokens_of_their_own() {
     issuances_are_audited_without_tokens(&s, &seen, &lab_token);
     revocation_reaches_the_token(&s);
     a_provider_outage_refuses_closed_and_recovers(&mut s);
-    assert!(s.agent.stop(), "the agent stops cleanly with brokered integrations");
+    assert!(
+        s.agent.stop(),
+        "the agent stops cleanly with brokered integrations"
+    );
 }
 
 /// The EHR really checks: the shared credential, sent to it directly (this test process is

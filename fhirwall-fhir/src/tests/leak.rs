@@ -423,3 +423,37 @@ fn policy_files_can_name_types_interactions_and_methods() {
         None
     );
 }
+
+#[test]
+fn what_is_kept_for_replay_names_no_one() {
+    use crate::replay::Recorded;
+    let target = "/fhir/R4/Observation?patient=Patient/9&name:contains=Smith&date=1970-01-01\
+                  &category=laboratory&code=http://loinc.org|2345-7\
+                  &subject:Patient.identifier=urn:mrn|445566&_has:Encounter:patient:reason=Smith";
+    let r = ok("GET", target, &[], None);
+    let stored = serde_json::to_string(&Recorded::of(&r)).expect("serializes");
+    for secret in ["Smith", "1970", "445566"] {
+        assert!(!stored.contains(secret), "{secret} in {stored}");
+    }
+    // Codes a granular scope constrains and the patient reference that confines the search.
+    for kept in ["laboratory", "2345-7", "Patient/9"] {
+        assert!(stored.contains(kept), "{kept} missing from {stored}");
+    }
+    let back: Recorded = serde_json::from_str(&stored).expect("reads back");
+    let request = back.request();
+    assert_eq!(request.query.params.len(), r.query.params.len());
+    assert_eq!(request.query.reached_types(), r.query.reached_types());
+    assert_eq!(request.patient_refs, r.patient_refs);
+    // A Bundle's entries are kept, each the same way.
+    let body = r#"{"resourceType":"Bundle","type":"batch","entry":[
+        {"request":{"method":"GET","url":"Patient?name=Smith"}},
+        {"request":{"method":"GET","url":"Observation?category=vital-signs"}}]}"#;
+    let batch = ok("POST", "/fhir/R4", JSON, Some(body));
+    let stored = serde_json::to_string(&Recorded::of(&batch)).expect("serializes");
+    assert!(
+        !stored.contains("Smith") && stored.contains("vital-signs"),
+        "{stored}"
+    );
+    let back: Recorded = serde_json::from_str(&stored).expect("reads back");
+    assert_eq!(back.request().entries.len(), 2);
+}

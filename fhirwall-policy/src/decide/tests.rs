@@ -215,6 +215,7 @@ pub(super) fn run(case: &Case) -> Outcome {
     subject.user = case.user;
     subject.break_glass = case.session.as_ref();
     let decision = decide(policy, &subject, &fhir);
+    replays_the_same(case, policy, &subject, &fhir, &decision);
     Outcome {
         label: decision.label(),
         rule: decision.rule().to_string(),
@@ -228,6 +229,47 @@ pub(super) fn run(case: &Case) -> Outcome {
         },
         slug: decision.reason().map(Reason::slug),
     }
+}
+
+/// The request and its subject as the audit store keeps them for `fhirwall policy replay`
+/// (through their JSON, as stored) are decided exactly like the request itself: every row of
+/// every table checks it. Break-glass sessions are operator acts, not replayed.
+fn replays_the_same(
+    case: &Case,
+    policy: &Policy,
+    subject: &Subject<'_>,
+    fhir: &fhirwall_fhir::FhirRequest,
+    decision: &Decision<'_>,
+) {
+    if subject.break_glass.is_some() {
+        return;
+    }
+    let stored = serde_json::to_string(&crate::ReplayInput::of(subject, fhir))
+        .unwrap_or_else(|e| panic!("{}: {e}", case.what));
+    let input: crate::ReplayInput =
+        serde_json::from_str(&stored).unwrap_or_else(|e| panic!("{}: {e}: {stored}", case.what));
+    let credential = match subject.credential {
+        Presented::Credential(f) => Some(f.to_string()),
+        Presented::Absent | Presented::Repeated => None,
+    };
+    let recorded = crate::RecordedSubject {
+        integration: subject.integration.map_or("", |i| i.name.as_str()),
+        upstream: subject.upstream,
+        credential: credential.as_deref(),
+        time: subject.now,
+    };
+    let again = input.decide(policy, &recorded);
+    let original = (
+        matches!(decision, Decision::Allow { .. }),
+        decision.rule().to_string(),
+        decision.reason().map(ToString::to_string),
+    );
+    assert_eq!(
+        (again.allowed, again.rule, again.reason),
+        original,
+        "{}: replayed from {stored}",
+        case.what
+    );
 }
 
 /// The metrics word a refusal must carry, from the rule that decided it (`None`: any of the

@@ -133,6 +133,11 @@ pub struct Record {
     /// Request headers (names only) the sidecar did not forward: outside its positive list.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stripped_headers: Vec<String>,
+    /// The classified request and what the decision read of its headers, for `fhirwall policy
+    /// replay` and `suggest`: no value that could identify a person but patient references
+    /// (`fhirwall_fhir::replay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replay: Option<Box<fhirwall_policy::ReplayInput>>,
 }
 
 /// A brokered token issued to an integration, or given up. Names the token by the `jti` of the
@@ -401,6 +406,7 @@ impl Record {
             break_glass: None,
             exception: None,
             stripped_headers: Vec::new(),
+            replay: None,
         }
     }
 

@@ -80,6 +80,7 @@ pub fn decided(
     record.resource_type = fhir.resource_type.map(|t| t.as_str().to_owned());
     record.resource_id.clone_from(&fhir.id);
     record.patients = patient_references(fhir);
+    record.replay = Some(Box::new(policy::ReplayInput::of(subject, fhir)));
     if let Presented::Credential(fingerprint) = subject.credential {
         record.credential_fingerprint = Some(fingerprint.to_string());
     }
