@@ -60,6 +60,7 @@ mod query;
 mod record;
 mod render;
 mod report;
+mod scan;
 mod store;
 mod verify;
 mod writer;
@@ -81,6 +82,7 @@ pub use record::{
 };
 pub use render::{jsonl_line, report_text, table};
 pub use report::{BusinessHours, Report, WorkloadSeen, report, report_from};
+pub use scan::{Scan, scan_requests};
 pub use store::{Checkpoints, Durability, Head, Retention, StoreOptions, open, open_read_only};
 #[cfg(test)]
 pub(crate) use tests::support as tests_support;

@@ -44,6 +44,8 @@ pub mod broker;
 
 pub mod enforce;
 
+pub mod least_privilege;
+
 pub mod outbound;
 pub mod private_files;
 

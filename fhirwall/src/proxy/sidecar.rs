@@ -15,7 +15,7 @@
 mod bindings;
 mod inspect;
 mod plan;
-mod record;
+pub(crate) mod record;
 mod respond;
 mod secrets;
 mod sessions;

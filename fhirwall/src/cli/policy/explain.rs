@@ -9,7 +9,7 @@ use fhirwall_fhir::{
     response::{BodyFormat, CheckMode, ResponseCheck, ResponseRules},
 };
 use fhirwall_policy::{
-    Decision, Integration, LoadError, Policy, PurposeOfUse, Rule, Subject, decide, response_rules,
+    Decision, Integration, Policy, PurposeOfUse, Rule, Subject, decide, response_rules,
 };
 use serde_json::{Value, json};
 
@@ -26,15 +26,9 @@ pub(super) fn run(args: &ExplainArgs) -> anyhow::Result<ExitCode> {
     // The policy is validated as of now, as the agent would load it; the decision is made as
     // of --at, to ask what happens when an exception or an integration expires.
     let now = args.at.unwrap_or_else(jiff::Timestamp::now);
-    let policy = match Policy::load(&args.dir) {
-        Ok(policy) => policy,
-        Err(LoadError::Invalid { problems }) => {
-            for problem in &problems {
-                eprintln!("{problem}");
-            }
-            eprintln!("{}: {} problem(s)", args.dir.display(), problems.len());
-            return Ok(ExitCode::from(USAGE));
-        }
+    let policy = match super::load_reporting(&args.dir) {
+        Ok(Some(policy)) => policy,
+        Ok(None) => return Ok(ExitCode::from(USAGE)),
         Err(e) => {
             eprintln!("{e:#}");
             return Ok(ExitCode::from(USAGE));

@@ -1,0 +1,12 @@
+//! Least privilege from evidence: what the audit trail says each integration really does,
+//! turned into decisions about its policy.
+//!
+//! ```text
+//! replay.rs   a candidate policy decides every recorded request again: what would change
+//! ```
+//!
+//! Both read request records as `fhirwall_policy::ReplayInput` left them (no value that could
+//! identify a person but patient references), and both are pure over the records, so the CLI,
+//! the tests and the benchmark run the same code.
+
+pub mod replay;
