@@ -149,7 +149,7 @@ impl Serialize for Compartment {
 }
 
 /// The level an operation is invoked at (<http://hl7.org/fhir/R4/operations.html>).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum OperationLevel {
     /// `[base]/$op`

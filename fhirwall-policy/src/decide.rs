@@ -27,6 +27,7 @@ use fhirwall_fhir::{FhirRequest, Interaction};
 use self::check::{Checker, Granted};
 pub(crate) use self::patient::{Confined, confine};
 pub use self::{
+    patient::confined_by_request,
     reason::{Confinement, Need, Reach, Reason, Why},
     subject::{HeaderValue, Presented, Subject},
 };

@@ -53,7 +53,7 @@ pub use self::{
     },
     decide::{
         Confinement, Decision, HeaderValue, Need, Part, Presented, Reach, Reason, Rule, Subject,
-        Why, decide, decide_bound,
+        Why, confined_by_request, decide, decide_bound,
     },
     exception::{
         BreakGlass, BreakGlassError, BreakGlassSession, Exception, Invokers, SessionTarget,

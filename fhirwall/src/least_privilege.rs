@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! replay.rs   a candidate policy decides every recorded request again: what would change
+//! suggest.rs  the narrowest version of an integration that allows what it really did
 //! ```
 //!
 //! Both read request records as `fhirwall_policy::ReplayInput` left them (no value that could
@@ -10,3 +11,7 @@
 //! the tests and the benchmark run the same code.
 
 pub mod replay;
+pub mod suggest;
+
+#[cfg(test)]
+mod test_support;

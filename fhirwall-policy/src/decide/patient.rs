@@ -63,6 +63,21 @@ const CLINICAL_PATIENT: &[ResourceType] = &[
     ResourceType::VisionPrescription,
 ];
 
+/// Whether `req` and each of its entries is confined to one patient by the request itself
+/// (or touches no patient data): what `patient.mode: compartment` holds every request to,
+/// without leaving any to the response check.
+#[must_use]
+pub fn confined_by_request(req: &FhirRequest, exempt: &[ResourceType]) -> bool {
+    req.with_entries()
+        .filter(|r| !matches!(r.interaction, Interaction::Batch | Interaction::Transaction))
+        .all(|r| {
+            matches!(
+                confine(r, exempt),
+                Ok(Confined::Patient(_) | Confined::Exempt)
+            )
+        })
+}
+
 /// The patient `req` is confined to, or why it is not.
 pub(crate) fn confine<'a>(
     req: &'a FhirRequest,

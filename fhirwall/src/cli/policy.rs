@@ -23,6 +23,27 @@ pub enum PolicyCommand {
     ///
     /// Exit status: 0 when no allowed request would be denied, 1 when some would, 2 on errors.
     Replay(ReplayArgs),
+    /// The narrowest version of an integration that would have allowed what it really did in
+    /// the window: the scopes with only the letters used (granular where every search carried
+    /// one of a few codes), the operations invoked, the purposes stated, `compartment` when
+    /// every request was confined, a rate limit from the peak. Checked by replaying the window
+    /// under it. Prints a policy document with its evidence in comments and how it differs.
+    Suggest(SuggestArgs),
+}
+
+#[derive(Args)]
+pub struct SuggestArgs {
+    /// The integration.
+    #[arg(long)]
+    pub integration: String,
+    /// The policy directory in force.
+    #[arg(long, default_value = "/etc/fhirwall/policies")]
+    pub policies: PathBuf,
+    #[command(flatten)]
+    pub db: crate::cli::audit::DbArg,
+    /// The window of evidence, e.g. `30d`.
+    #[arg(long, value_parser = parse_since, default_value = "30d")]
+    pub since: jiff::Timestamp,
 }
 
 #[derive(Args)]
@@ -92,7 +113,40 @@ pub fn run(command: &PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Check { dir } => check(dir),
         PolicyCommand::Explain(args) => explain::run(args),
         PolicyCommand::Replay(args) => replay(args),
+        PolicyCommand::Suggest(args) => suggest(args),
     }
+}
+
+fn suggest(args: &SuggestArgs) -> anyhow::Result<ExitCode> {
+    let Some(policy) = load_reporting(&args.policies)? else {
+        return Ok(ExitCode::from(2));
+    };
+    let Some(in_force) = policy.integration(&args.integration) else {
+        anyhow::bail!(
+            "{} has no integration `{}`",
+            args.policies.display(),
+            args.integration
+        );
+    };
+    let conn = crate::audit::open_read_only(&args.db.db)?;
+    let scan = crate::audit::Scan {
+        since: Some(args.since),
+        integration: Some(&args.integration),
+    };
+    let suggestion =
+        crate::least_privilege::suggest::suggest(&policy, &args.integration, |each| {
+            crate::audit::scan_requests(&conn, &scan, |_, record| each(&record)).map(drop)
+        })?;
+    let Some(suggestion) = suggestion else {
+        eprintln!(
+            "no allowed request of {} recorded since {}: nothing to suggest from",
+            args.integration, args.since
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    let window = format!("since {}", args.since.strftime("%Y-%m-%dT%H:%M:%SZ"));
+    print!("{}", suggestion.yaml(in_force, &window));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Loads a policy directory; an invalid one has every problem printed (file:line) and gives

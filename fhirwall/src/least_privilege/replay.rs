@@ -167,7 +167,7 @@ impl<'p> Replay<'p> {
 /// Whether the policy in force allowed the request: `None` for records no policy decided
 /// (malformed requests, kernel refusals). A request the policy allowed and the sidecar then
 /// refused (rate limit, no credential to inject, no token) was allowed by the policy.
-fn policy_allowed(record: &Record) -> Option<bool> {
+pub(super) fn policy_allowed(record: &Record) -> Option<bool> {
     let rule = record.rule.as_deref().unwrap_or_default();
     match record.decision {
         Disposition::Allow => Some(true),
