@@ -115,6 +115,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
         policy: Arc::new(policy),
     };
     let (policy_tx, policy_rx) = watch::channel(Arc::new(state));
+    usage_metrics(config, policy_rx.clone(), &metrics)?;
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let live = Arc::new(LiveConnections::default());
     let sidecar = sidecar(
@@ -180,6 +181,29 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     // Every sink is gone now: the writer commits what is queued and stops.
     audit_writer.join();
     outcome
+}
+
+/// The unused-grant and last-request metrics, read from the trail every
+/// `audit.usage_interval_s` against the policy in force.
+fn usage_metrics(
+    config: &AgentConfig,
+    policy: watch::Receiver<Arc<PolicyState>>,
+    metrics: &Arc<Metrics>,
+) -> Result<(), AppError> {
+    if config.audit.usage_interval_s == 0 {
+        return Ok(());
+    }
+    crate::least_privilege::usage::spawn_metrics(
+        config.state_dir.join("audit.db"),
+        Duration::from_secs(config.audit.usage_interval_s),
+        config.audit.usage_window_days,
+        move || Arc::clone(&policy.borrow().policy),
+        Arc::clone(metrics),
+    )
+    .map_err(|source| AppError::Io {
+        what: "the usage metrics thread",
+        source,
+    })
 }
 
 /// The audit store's settings from the agent config.

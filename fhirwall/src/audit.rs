@@ -151,6 +151,13 @@ pub enum AuditError {
     },
     #[error("exporting")]
     Outbound(#[from] crate::outbound::OutboundError),
+    /// The policy a report weighs the trail against is not valid.
+    #[error("the policies in {dir}")]
+    Policy {
+        dir: std::path::PathBuf,
+        #[source]
+        source: fhirwall_policy::LoadError,
+    },
     #[error("{url} answered HTTP {status}")]
     HttpStatus { url: String, status: u16 },
     #[error("reading audit entry seq {seq} from the journal failed")]

@@ -48,6 +48,11 @@ pub struct AuditSettings {
     /// Size of each journal segment file, in MiB, written in full before use (so a full disk
     /// shows at a rotation, not in the middle of a segment).
     pub segment_mb: u64,
+    /// How often the agent reads the trail for its unused-grant and last-request metrics
+    /// (`fhirwall_integration_unused_grants`, `..._last_request_timestamp_seconds`); 0: never.
+    pub usage_interval_s: u64,
+    /// The window of those metrics, in days.
+    pub usage_window_days: u64,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,6 +69,8 @@ impl Default for AuditSettings {
             durability: DurabilityMode::Fsync,
             fsync_interval_ms: 100,
             segment_mb: 64,
+            usage_interval_s: 600,
+            usage_window_days: 30,
         }
     }
 }
@@ -272,6 +279,9 @@ impl AgentConfig {
                 "audit.fsync_interval_ms must be between 1 and 10000 (the records a power loss may take)"
                     .into(),
             );
+        }
+        if !(1..=3650).contains(&self.audit.usage_window_days) {
+            return Err("audit.usage_window_days must be between 1 and 3650".into());
         }
         if !(1..=1024).contains(&self.audit.segment_mb) {
             return Err("audit.segment_mb must be between 1 and 1024".into());

@@ -4,6 +4,7 @@
 //! ```text
 //! replay.rs   a candidate policy decides every recorded request again: what would change
 //! suggest.rs  the narrowest version of an integration that allows what it really did
+//! usage.rs    grants no request needed, and integrations that went quiet
 //! ```
 //!
 //! Both read request records as `fhirwall_policy::ReplayInput` left them (no value that could
@@ -12,6 +13,7 @@
 
 pub mod replay;
 pub mod suggest;
+pub mod usage;
 
 #[cfg(test)]
 mod test_support;

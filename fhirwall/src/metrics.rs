@@ -57,6 +57,11 @@ pub struct Metrics {
     pub broker_token_fetches: IntCounterVec,
     /// Seconds each brokered integration's token has left (0 without one), as of the scrape.
     broker_token_expiry: GaugeVec,
+    /// Grants of each integration no request needed in the usage window, by kind (`scope`,
+    /// `operation`, `purpose`), as of the last reading of the trail.
+    integration_unused_grants: IntGaugeVec,
+    /// When each integration last made a request in the usage window (absent: none).
+    integration_last_request: IntGaugeVec,
     /// Requests decided by the sidecar, by decision (allow, deny, would-deny, malformed).
     pub requests: IntCounterVec,
     /// Time from the first byte of a request to the end of its response.
@@ -171,6 +176,16 @@ impl Metrics {
                 &["integration"],
             )
             .expect("valid static metric"),
+            integration_unused_grants: gauge_vec(
+                "integration_unused_grants",
+                "Grants no request of the integration needed in the usage window, by kind",
+                &["integration", "kind"],
+            ),
+            integration_last_request: gauge_vec(
+                "integration_last_request_timestamp_seconds",
+                "When the integration last made a request in the usage window",
+                &["integration"],
+            ),
             requests: counter_vec(
                 "requests_total",
                 "Requests decided by the sidecar",
@@ -253,8 +268,10 @@ impl Metrics {
         m
     }
 
-    fn collectors(&self) -> [Box<dyn Collector>; 33] {
+    fn collectors(&self) -> [Box<dyn Collector>; 35] {
         [
+            Box::new(self.integration_unused_grants.clone()),
+            Box::new(self.integration_last_request.clone()),
             Box::new(self.broker_token_fetches.clone()),
             Box::new(self.broker_token_expiry.clone()),
             Box::new(self.break_glass_sessions.clone()),
@@ -362,6 +379,28 @@ impl Metrics {
             self.broker_token_expiry
                 .with_label_values(&[integration.as_str()])
                 .set(*left);
+        }
+    }
+
+    /// What the last reading of the trail found unused, and each integration's last request.
+    pub fn set_usage(&self, unused: &[crate::least_privilege::usage::Unused]) {
+        self.integration_unused_grants.reset();
+        self.integration_last_request.reset();
+        for u in unused {
+            for (kind, n) in [
+                ("scope", u.scopes.len()),
+                ("operation", u.operations.len()),
+                ("purpose", u.purposes_of_use.len()),
+            ] {
+                self.integration_unused_grants
+                    .with_label_values(&[u.integration.as_str(), kind])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+            if let Some(at) = u.last_request {
+                self.integration_last_request
+                    .with_label_values(&[u.integration.as_str()])
+                    .set(at.as_second());
+            }
         }
     }
 

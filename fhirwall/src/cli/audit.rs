@@ -28,7 +28,9 @@ pub struct AuditArgs {
 pub enum AuditCommand {
     /// List decisions by workload, integration, patient, credential and time.
     Query(QueryArgs),
-    /// Summarize what one integration accessed over a time window.
+    /// Summarize what one integration accessed over a time window; with --policies, the
+    /// grants it never used and, without --integration, every integration's (idle ones
+    /// flagged).
     Report(ReportArgs),
     /// Check the hash chain; exit 1 and say where if anything was tampered with.
     Verify(VerifyArgs),
@@ -125,8 +127,17 @@ pub struct QueryArgs {
 pub struct ReportArgs {
     #[command(flatten)]
     pub db: DbArg,
+    /// The integration reported on; without it (and with --policies), every integration's
+    /// unused grants and last request.
+    #[arg(long, required_unless_present = "policies")]
+    pub integration: Option<String>,
+    /// The policy directory in force: adds the grants (scopes, operations, purposes of use)
+    /// that no request of the window needed, and flags integrations idle since --idle-after.
     #[arg(long)]
-    pub integration: String,
+    pub policies: Option<PathBuf>,
+    /// An integration with no request for this long is reported idle (with --policies).
+    #[arg(long, value_parser = parse_since, default_value = "30d")]
+    pub idle_after: Timestamp,
     #[command(flatten)]
     pub window: WindowArgs,
     /// Working hours in the host's time zone, Monday to Friday; other requests count as off-hours.
@@ -229,8 +240,21 @@ fn print_rows(
 }
 
 fn run_report(a: &ReportArgs, w: &mut dyn std::io::Write) -> Result<ExitCode, AuditError> {
+    let usage = match &a.policies {
+        Some(dir) => Some(unused_grants(a, dir)?),
+        None => None,
+    };
+    let Some(integration) = &a.integration else {
+        let unused = usage.unwrap_or_default();
+        let text = match a.format {
+            Format::Json => pretty(&unused)?,
+            _ => crate::least_privilege::usage::text(&unused, a.idle_after),
+        };
+        out(w, &text)?;
+        return Ok(ExitCode::SUCCESS);
+    };
     let filter = Filter {
-        integration: Some(a.integration.clone()),
+        integration: Some(integration.clone()),
         from: a.window.since.or(a.window.from),
         to: a.window.to,
         ..Filter::default()
@@ -245,16 +269,47 @@ fn run_report(a: &ReportArgs, w: &mut dyn std::io::Write) -> Result<ExitCode, Au
             let to = filter
                 .to
                 .map_or_else(|| "now".to_owned(), |t| format!("{t:.0}"));
-            audit::report_text(
-                &format!("integration {} from {from} to {to}", a.integration),
+            let mut text = audit::report_text(
+                &format!("integration {integration} from {from} to {to}"),
                 &report,
-            )
+            );
+            if let Some(unused) = &usage {
+                text.push_str("\nunused grants:\n");
+                text.push_str(&crate::least_privilege::usage::text(unused, a.idle_after));
+            }
+            text
         }
-        Format::Json => pretty(&report)?,
+        Format::Json => match &usage {
+            Some(unused) => pretty(&serde_json::json!({ "report": report, "unused": unused }))?,
+            None => pretty(&report)?,
+        },
         Format::Fhir => pretty(&audit::bundle(&rows))?,
     };
     out(w, &text)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The unused grants of the report's integration (or of every one) in the report's window.
+fn unused_grants(
+    a: &ReportArgs,
+    dir: &std::path::Path,
+) -> Result<Vec<crate::least_privilege::usage::Unused>, AuditError> {
+    let policy = fhirwall_policy::Policy::load(dir).map_err(|source| AuditError::Policy {
+        dir: dir.to_owned(),
+        source,
+    })?;
+    let conn = audit::open_read_only(&a.db.db)?;
+    let scan = audit::Scan {
+        since: a.window.since.or(a.window.from),
+        integration: a.integration.as_deref(),
+    };
+    let mut usage = crate::least_privilege::usage::Usage::default();
+    audit::scan_requests(&conn, &scan, |_, record| usage.record(&record))?;
+    let mut unused = usage.unused(&policy);
+    if let Some(name) = &a.integration {
+        unused.retain(|u| &u.integration == name);
+    }
+    Ok(unused)
 }
 
 fn run_verify(a: &VerifyArgs, w: &mut dyn std::io::Write) -> Result<ExitCode, AuditError> {

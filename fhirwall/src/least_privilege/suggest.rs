@@ -16,8 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use fhirwall_fhir::{Interaction, OperationLevel, ResourceType, replay::Recorded};
 use fhirwall_policy::{
-    Integration, OperationRule, PatientConstraint, PatientMode, Policy, PurposeOfUse, PurposeSet,
-    RateLimit, Scope, Scopes,
+    Integration, OperationRule, PatientConstraint, PatientMode, Perm, Policy, PurposeOfUse,
+    PurposeSet, RateLimit, Scope, Scopes,
 };
 
 use crate::audit::{Disposition, Record};
@@ -77,6 +77,9 @@ pub struct Evidence {
     pub purposes: BTreeMap<String, Seen>,
     /// Most requests in one second.
     pub peak_per_second: u32,
+    /// Per type and coded parameter, every single code searches carried (for unused granular
+    /// scopes).
+    codes: BTreeMap<(ResourceType, String), BTreeSet<String>>,
     /// Requests not confined to one patient by the request itself (the compartment mode would
     /// leave them to the response check, or refuse them).
     pub unconfined: u64,
@@ -151,6 +154,14 @@ impl Evidence {
     }
 
     fn search(&mut self, r: &Recorded, t: ResourceType, time: jiff::Timestamp) {
+        for (name, values) in r.params() {
+            if let ([value], true) = (values, fhirwall_fhir::replay::CODED.contains(&name)) {
+                self.codes
+                    .entry((t, name.to_owned()))
+                    .or_default()
+                    .insert(value.clone());
+            }
+        }
         let (count, by_param) = self.searches.entry(t).or_insert_with(|| {
             (
                 0,
@@ -174,6 +185,28 @@ impl Evidence {
                 _ => *codes = None,
             }
         }
+    }
+
+    /// Whether any recorded request needed what `scope` grants: a permission letter on a type
+    /// it covers, and for a granular scope a search of its type with its codes.
+    #[must_use]
+    pub fn uses_scope(&self, scope: &Scope) -> bool {
+        let perm = |letter| match letter {
+            'c' => Perm::Create,
+            'r' => Perm::Read,
+            'u' => Perm::Update,
+            'd' => Perm::Delete,
+            _ => Perm::Search,
+        };
+        self.needs.keys().any(|(t, letter)| {
+            scope.covers(*t)
+                && scope.perms.contains(perm(*letter))
+                && scope.params.iter().all(|p| {
+                    self.codes
+                        .get(&(*t, p.name.clone()))
+                        .is_some_and(|codes| codes.contains(&p.value))
+                })
+        })
     }
 
     /// The granular parameter and codes every search of `t` carried, if few enough.
