@@ -42,6 +42,8 @@ pub struct AgentOptions {
     pub segment_mb: Option<u64>,
     /// `sidecar.egress_proxies`.
     pub egress_proxies: Vec<SocketAddr>,
+    /// `audit.usage_interval_s`, when not the default.
+    pub usage_interval_s: Option<u64>,
 }
 
 impl AgentFiles {
@@ -97,10 +99,14 @@ impl AgentFiles {
             .segment_mb
             .map(|mb| format!("  segment_mb: {mb}\n"))
             .unwrap_or_default();
-        let audit = if background.is_empty() && segment.is_empty() {
+        let usage = options
+            .usage_interval_s
+            .map(|s| format!("  usage_interval_s: {s}\n"))
+            .unwrap_or_default();
+        let audit = if background.is_empty() && segment.is_empty() && usage.is_empty() {
             String::new()
         } else {
-            format!("audit:\n{background}{segment}")
+            format!("audit:\n{background}{segment}{usage}")
         };
         let text = format!(
             "node_name: test-node\npolicies: {policies}\nstate_dir: {state}\n{audit}\
