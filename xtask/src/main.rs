@@ -52,9 +52,9 @@ enum Command {
         #[arg(long)]
         kernel_enforcement: bool,
     },
-    /// Run benchmarks: all, or one of kernel, proxy, classify, attribution, http, audit, tls,
-    /// policy, response; `ebpf` is kernel and attribution (the hooks' cost and the lookup at
-    /// accept).
+    /// Run benchmarks: all, or one of kernel, proxy, privilege, classify, attribution, http,
+    /// audit, tls, policy, response; `ebpf` is kernel and attribution (the hooks' cost and the
+    /// lookup at accept).
     Bench { which: Option<String> },
     /// Format the workspace and the fuzz crate with nightly rustfmt, which applies the import
     /// grouping of rustfmt.toml (`--check`: only report what differs).
@@ -124,8 +124,12 @@ fn bench(which: Option<&str>) -> anyhow::Result<()> {
         binaries()?;
         sh::run("target/release/fw-proxy-bench", &[])?;
     }
+    if which.is_none_or(|w| w == "privilege") {
+        binaries()?;
+        sh::run("target/release/fw-privilege-bench", &[])?;
+    }
     match which {
-        Some("kernel" | "proxy") => Ok(()),
+        Some("kernel" | "proxy" | "privilege") => Ok(()),
         Some("ebpf") => sh::cargo(&["bench", "-p", "fhirwall", "--bench", "attribution"]),
         Some(name) => sh::cargo(&["bench", "-p", bench_crate(name), "--bench", name]),
         None => sh::cargo(&[

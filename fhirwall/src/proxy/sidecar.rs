@@ -15,7 +15,7 @@
 mod bindings;
 mod inspect;
 mod plan;
-pub(crate) mod record;
+pub mod record;
 mod respond;
 mod secrets;
 mod sessions;
