@@ -20,7 +20,7 @@ use std::{
 use cedar_policy::{Authorizer, Context, Entities, EntityUid, PolicySet, Request};
 use criterion::{Criterion, SamplingMode};
 use fhirwall_fhir::{FhirRequest, HttpRequest, classify};
-use fhirwall_policy::{Policy, Subject, Workload, decide};
+use fhirwall_policy::{Policy, ReplayInput, Subject, Workload, decide};
 use serde_json::json;
 
 /// Counts allocations, to show that `decide()` makes none.
@@ -369,9 +369,31 @@ fn bench(c: &mut Criterion, policy: &Policy) {
         });
     }
     group.finish();
+    // What each audit record now also pays: the request kept for replay, made and serialized.
+    let mut group = c.benchmark_group("replay_input");
+    for p in &prepared {
+        let headers: [(&str, &[u8]); 1] = [(header, p.purpose.as_bytes())];
+        let integration = p.caller.map(|i| &policy.integrations[i]);
+        let subject = Subject::from_headers(
+            policy,
+            integration,
+            "ehr-fhir",
+            &headers,
+            jiff::Timestamp::now(),
+        );
+        group.bench_function(p.name, |b| {
+            b.iter(|| {
+                let input = ReplayInput::of(black_box(&subject), black_box(&p.request));
+                serde_json::to_string(&input).map(|s| s.len())
+            });
+        });
+    }
+    group.finish();
     // Not per request: the proxy matches a connection's workload once and keeps the result.
+    // As attribution hands it over: the executable verified root-installed at that path.
     let workload = Workload {
         exe: Some(format!("/opt/app-{CALLER}/bin/run").into()),
+        exe_verified: true,
         ..Workload::default()
     };
     assert!(policy.integration_for(&workload).is_some());
@@ -426,6 +448,13 @@ fn main() {
     bench(&mut criterion, &policy);
     criterion.final_summary();
 
+    println!("\nmedians: the request kept for replay (made and serialized) | decide");
+    for case in cases() {
+        let m = |group: &str| median(&format!("{group}/{}", case.name), started);
+        if let (Some(r), Some(d)) = (m("replay_input"), m("decide")) {
+            println!("  {:<24} {:>8.1} ns | {:>8.1} ns", case.name, r, d);
+        }
+    }
     println!(
         "\nmedians, {INTEGRATIONS} integrations: decide | cedar (all policies) | cedar (caller's only)"
     );
