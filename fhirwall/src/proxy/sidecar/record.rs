@@ -153,6 +153,7 @@ fn patient_references(fhir: &FhirRequest) -> Vec<String> {
 }
 
 /// How a request the sidecar committed ended; `checked`: what the response check saw.
+#[must_use]
 pub fn completion(
     seq: CommittedSeq,
     correlation: String,
@@ -214,6 +215,7 @@ pub struct Checked {
 
 /// The issue type a classification error is answered with: a missing element or a path fhirwall
 /// does not protect is answered as `invalid`, like any other request it will not pass.
+#[must_use]
 pub fn issue_type(t: IssueType) -> IssueType {
     match t {
         IssueType::Required | IssueType::NotFound => IssueType::Invalid,
