@@ -216,18 +216,13 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-fn du(dir: &Path) -> u64 {
-    walk(dir)
-}
-
-fn walk(path: &Path) -> u64 {
+/// Bytes under `path`.
+fn du(path: &Path) -> u64 {
     let Ok(meta) = std::fs::metadata(path) else {
         return 0;
     };
     if meta.is_file() {
         return meta.len();
     }
-    std::fs::read_dir(path)
-        .map(|entries| entries.flatten().map(|e| walk(&e.path())).sum())
-        .unwrap_or(0)
+    std::fs::read_dir(path).map_or(0, |entries| entries.flatten().map(|e| du(&e.path())).sum())
 }
