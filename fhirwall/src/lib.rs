@@ -22,6 +22,7 @@
 //!                    (broker/: its short-lived token), or answer 403 OperationOutcome
 //!   metrics, admin   Prometheus and the admin API, on their own runtime
 //!   broker/, outbound  token refreshers and the agent's own HTTP client, on that runtime
+//!   least_privilege/   replay, suggest and unused grants over the recorded requests
 //! ```
 //!
 //! `app` wires it together; `main.rs` is only the command line.
