@@ -242,7 +242,7 @@ impl Evidence {
     /// credentials. `None` when there is no evidence at all.
     #[must_use]
     pub fn narrowest(&self, current: &Integration) -> Option<Suggestion> {
-        let requests = self.requests?;
+        self.requests?;
         let scopes = self.scopes(current);
         let mut integration = current.clone();
         integration.scopes = scopes
@@ -272,12 +272,16 @@ impl Evidence {
         integration.default_purpose = current
             .default_purpose
             .filter(|d| integration.purposes_of_use.contains(*d));
+        // Half again the peak second, never above a limit already in force.
         let per_second = (self.peak_per_second.max(1) * 3).div_ceil(2);
-        integration.rate_limit = Some(RateLimit {
+        let observed = RateLimit {
             per_second,
             burst: per_second * 2,
+        };
+        integration.rate_limit = Some(match current.rate_limit {
+            Some(limit) if limit.per_second <= observed.per_second => limit,
+            _ => observed,
         });
-        let _ = requests;
         Some(Suggestion {
             integration,
             scopes,

@@ -120,7 +120,8 @@ pub(super) fn document(s: &Suggestion, current: &Integration, window: &str) -> S
     if let Some(rate) = &i.rate_limit {
         let _ = writeln!(
             out,
-            "# peak {} request(s) in one second; half again as much, and twice that as burst\n\
+            "# peak {} request(s) in one second: half again as much and twice that as burst, or \
+             the limit in force if lower\n\
              rate_limit: {{ per_second: {}, burst: {} }}",
             s.evidence.peak_per_second, rate.per_second, rate.burst
         );
