@@ -86,7 +86,7 @@ pub use scan::{Scan, scan_requests};
 pub use store::{Checkpoints, Durability, Head, Retention, StoreOptions, open, open_read_only};
 #[cfg(test)]
 pub(crate) use tests::support as tests_support;
-pub use verify::{Anchor, Finding, Problem, Verification, verify};
+pub use verify::{Anchor, Finding, Problem, Verification, verify, verify_against};
 pub(crate) use writer::error_chain;
 pub use writer::{
     Appended, AuditConfig, AuditMonitor, AuditSink, AuditStats, AuditWriter, CommittedSeq, Health,

@@ -14,6 +14,8 @@
 //! back with `--anchor`), or the exported stream, whose lines carry seq and hash. An export
 //! cursor in the store that is ahead of the head is reported as truncation too.
 
+mod against;
+
 use std::fmt;
 
 use rusqlite::{Connection, OptionalExtension as _};
@@ -115,6 +117,16 @@ pub enum Problem {
     IndexDiffers,
     /// The journal's entries `from..=to` have no index row.
     NotIndexed { from: u64, to: u64 },
+    /// The collector's copy is not a chain of its own (edited on its way or at the collector).
+    CopyBroken { detail: String },
+    /// A collector received this entry; the host no longer has it.
+    RemovedAfterExport,
+    /// The host holds other content at this position than the collector received.
+    ChangedAfterExport,
+    /// The host holds here what the collector received at seq `from`.
+    MovedAfterExport { from: u64 },
+    /// Same content, another hash: the chain before it was rewritten.
+    RewrittenAfterExport,
 }
 
 impl fmt::Display for Finding {
@@ -175,6 +187,25 @@ impl fmt::Display for Finding {
                 f,
                 "seq {from}..={to}: in the journal but missing from the index (deleted)"
             ),
+            Problem::CopyBroken { detail } => {
+                write!(f, "seq {seq} of the collector's copy: {detail}")
+            }
+            Problem::RemovedAfterExport => write!(
+                f,
+                "seq {seq}: removed from the host after the collector received it"
+            ),
+            Problem::ChangedAfterExport => write!(
+                f,
+                "seq {seq}: changed on the host after the collector received it"
+            ),
+            Problem::MovedAfterExport { from } => write!(
+                f,
+                "seq {seq}: holds what the collector received as seq {from} (reordered on the host)"
+            ),
+            Problem::RewrittenAfterExport => write!(
+                f,
+                "seq {seq}: content as received but another hash (history before it rewritten on the host)"
+            ),
             Problem::Truncated { head, known } => {
                 write!(
                     f,
@@ -193,6 +224,24 @@ struct Stored {
     body: Option<String>,
     prev_hash: Vec<u8>,
     hash: Vec<u8>,
+}
+
+/// Walks the whole chain, then checks it against a collector's copy of it (`fhirwall audit
+/// export --jsonl` lines): every entry the collector received must still be on the host, at
+/// its position, as received. `received` in the result counts the copy's entries.
+pub fn verify_against(
+    conn: &Connection,
+    anchors: &[Anchor],
+    copy: &std::path::Path,
+) -> Result<(Verification, u64), AuditError> {
+    let mut verification = verify(conn, anchors)?;
+    let pruned = verification.pruned_through.unwrap_or(0);
+    let (findings, received) = against::against(conn, copy, pruned)?;
+    let room = MAX_FINDINGS.saturating_sub(verification.findings.len());
+    verification
+        .findings
+        .extend(findings.into_iter().take(room));
+    Ok((verification, received))
 }
 
 /// Walks the whole chain. `anchors` are positions known from outside the store.

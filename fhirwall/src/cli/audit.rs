@@ -155,6 +155,11 @@ pub struct VerifyArgs {
     /// and rewritten history. Repeatable.
     #[arg(long)]
     pub anchor: Vec<Anchor>,
+    /// What a collector received (`fhirwall audit export --jsonl` lines, as it stored them):
+    /// every entry in it must still be on the host, at its position, as received. Names each
+    /// entry changed, removed or reordered after export, even in a consistently rewritten chain.
+    #[arg(long, value_name = "FILE")]
+    pub against: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -313,7 +318,14 @@ fn unused_grants(
 }
 
 fn run_verify(a: &VerifyArgs, w: &mut dyn std::io::Write) -> Result<ExitCode, AuditError> {
-    let v = audit::verify(&audit::open_read_only(&a.db.db)?, &a.anchor)?;
+    let conn = audit::open_read_only(&a.db.db)?;
+    let (v, received) = match &a.against {
+        Some(copy) => {
+            let (v, n) = audit::verify_against(&conn, &a.anchor, copy)?;
+            (v, Some(n))
+        }
+        None => (audit::verify(&conn, &a.anchor)?, None),
+    };
     let mut text = String::new();
     for f in &v.findings {
         let _ = writeln!(text, "TAMPERED: {f}");
@@ -325,10 +337,13 @@ fn run_verify(a: &VerifyArgs, w: &mut dyn std::io::Write) -> Result<ExitCode, Au
     let pruned = v.pruned_through.map_or_else(String::new, |p| {
         format!(", seq 1..={p} pruned by retention")
     });
+    let against = received.map_or_else(String::new, |n| {
+        format!(", and as the collector received its {n} entries")
+    });
     if v.is_intact() {
         let _ = writeln!(
             text,
-            "ok: {} entries ({span}{pruned}), chain intact",
+            "ok: {} entries ({span}{pruned}), chain intact{against}",
             v.entries
         );
     } else {

@@ -322,3 +322,125 @@ fn anchor_parses_what_verify_prints() {
         assert!(bad.parse::<Anchor>().is_err(), "{bad:?}");
     }
 }
+
+/// The collector's copy of a store: `fhirwall audit export --jsonl` into a file.
+fn exported(path: &std::path::Path) -> std::path::PathBuf {
+    let copy = path.with_extension("collector.jsonl");
+    crate::audit::export_jsonl(&crate::audit::JsonlExport {
+        db: path.to_owned(),
+        cursor: "collector".into(),
+        target: crate::audit::JsonlTarget::File(copy.clone()),
+        follow: false,
+        poll: std::time::Duration::from_millis(10),
+    })
+    .unwrap();
+    copy
+}
+
+fn against(path: &std::path::Path, copy: &std::path::Path) -> (Verification, u64) {
+    crate::audit::verify_against(&open_read_only(path).unwrap(), &[], copy).unwrap()
+}
+
+/// Tampering after export, even a consistently rewritten chain that a walk of the host's chain
+/// alone finds intact, is named against the collector's copy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collectors_copy_names_what_changed_after_export() {
+    let cases: [(&str, Tamper, Expect, u64); 2] = [
+        (
+            "rewrite seq 5 and re-chain after it",
+            rewrite_from_5,
+            |p| *p == Problem::ChangedAfterExport,
+            5,
+        ),
+        (
+            "delete seq 7 from the index",
+            |path| {
+                rw(path)
+                    .execute("DELETE FROM entry_rows WHERE seq = 7", [])
+                    .unwrap();
+            },
+            |p| *p == Problem::RemovedAfterExport,
+            7,
+        ),
+    ];
+    for (what, tamper, expect, seq) in cases {
+        let (_dir, path) = temp_store();
+        seed(&path, N).await;
+        let copy = exported(&path);
+        let (intact, received) = against(&path, &copy);
+        assert!(intact.is_intact(), "{what}: before: {:?}", intact.findings);
+        assert_eq!(received, N);
+        tamper(&path);
+        let (v, _) = against(&path, &copy);
+        assert!(
+            v.findings
+                .iter()
+                .any(|f| f.seq == seq && expect(&f.problem)),
+            "{what}: {:?}",
+            v.findings
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consistent_rewrite_passes_alone_and_fails_against_the_copy() {
+    let (_dir, path) = temp_store();
+    seed(&path, N).await;
+    let copy = exported(&path);
+    rewrite_from_5(&path);
+    assert!(
+        check(&path, &[]).is_intact(),
+        "a rewritten chain walks clean"
+    );
+    let (v, _) = against(&path, &copy);
+    let named: Vec<(u64, &Problem)> = v.findings.iter().map(|f| (f.seq, &f.problem)).collect();
+    assert_eq!(named[0], (5, &Problem::ChangedAfterExport), "{named:?}");
+    assert!(
+        named[1..]
+            .iter()
+            .all(|(_, p)| **p == Problem::RewrittenAfterExport),
+        "after it, the content as received under new hashes: {named:?}"
+    );
+    // A copy edited on its way fails as a copy.
+    let text = std::fs::read_to_string(&copy).unwrap();
+    std::fs::write(&copy, text.replacen("\"epic\"", "\"evil\"", 1)).unwrap();
+    let (v, _) = against(&path, &copy);
+    assert!(
+        v.findings
+            .iter()
+            .any(|f| matches!(f.problem, Problem::CopyBroken { .. })),
+        "{:?}",
+        v.findings
+    );
+}
+
+/// Two entries swapped on the host (bodies of equal length, so the frames stay in place, and
+/// the chain re-linked): each is named as holding what the collector received at the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_entries_are_named_as_moved() {
+    let (_dir, path) = temp_store();
+    seed(&path, N).await;
+    let copy = exported(&path);
+    let bodies: Vec<String> = (1..=N).map(|s| body_of(&path, s)).collect();
+    let (a, b) = (1..=N)
+        .flat_map(|a| (a + 1..=N).map(move |b| (a, b)))
+        .find(|(a, b)| {
+            let len = |s: u64| bodies[usize::try_from(s - 1).unwrap()].len();
+            len(*a) == len(*b)
+        })
+        .expect("two entries of equal length");
+    let body = |s: u64| bodies[usize::try_from(s - 1).unwrap()].clone();
+    let (body_a, body_b) = (body(a), body(b));
+    edit_journal(&path, a, |_| body_b.clone(), true);
+    edit_journal(&path, b, |_| body_a.clone(), true);
+    let (v, _) = against(&path, &copy);
+    let named: Vec<(u64, &Problem)> = v.findings.iter().map(|f| (f.seq, &f.problem)).collect();
+    assert!(
+        named.contains(&(a, &Problem::MovedAfterExport { from: b })),
+        "{named:?}"
+    );
+    assert!(
+        named.contains(&(b, &Problem::MovedAfterExport { from: a })),
+        "{named:?}"
+    );
+}
