@@ -160,6 +160,13 @@ pub enum AuditError {
     },
     #[error("{url} answered HTTP {status}")]
     HttpStatus { url: String, status: u16 },
+    /// The server answers that it takes no AuditEvent writes there: not an outage, retrying
+    /// cannot help.
+    #[error(
+        "{url} answered HTTP {status}: it does not accept AuditEvent writes there (a FHIR server \
+         that stores AuditEvents, or a collector's AuditEvent endpoint, is needed)"
+    )]
+    NotAccepted { url: String, status: u16 },
     #[error("reading audit entry seq {seq} from the journal failed")]
     JournalRead {
         seq: u64,

@@ -306,6 +306,13 @@ async fn deliver(
         attempts += 1;
         let err = match client.post("application/fhir+json", body.clone()).await {
             Ok(status) if (200..300).contains(&status) => return Ok(()),
+            // Method not allowed, not implemented, no such endpoint: a refusal, at once.
+            Ok(status @ (404 | 405 | 501)) => {
+                return Err(AuditError::NotAccepted {
+                    url: cfg.url.clone(),
+                    status,
+                });
+            }
             Ok(status) => AuditError::HttpStatus {
                 url: cfg.url.clone(),
                 status,

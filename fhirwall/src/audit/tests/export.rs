@@ -210,3 +210,54 @@ async fn fhir_export_gives_up_after_max_attempts_and_keeps_its_place() {
         .unwrap();
     assert_eq!(cursor, 0, "nothing delivered, nothing skipped");
 }
+
+/// A server that takes no AuditEvent writes (helios-hfs answers 405) is a refusal, said at
+/// once, not an outage retried for half a minute.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_refusing_audit_events_is_said_at_once() {
+    let (_dir, path) = temp_store();
+    seed_fixed(&path, 2).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/AuditEvent", listener.local_addr().unwrap());
+    let asked = Arc::new(Mutex::new(0usize));
+    let counted = Arc::clone(&asked);
+    tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            let counted = Arc::clone(&counted);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                while read_request(&mut sock, &mut buf).await.is_some() {
+                    *counted.lock().unwrap() += 1;
+                    let reply = b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n";
+                    if sock.write_all(reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let cfg = FhirExport {
+        db: path.clone(),
+        cursor: "hfs".to_owned(),
+        url,
+        follow: false,
+        poll: Duration::from_millis(10),
+        settle: Duration::from_secs(0),
+        max_backoff: Duration::from_millis(5),
+        max_attempts: Some(8),
+    };
+    let err = export_fhir(&cfg).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            crate::audit::AuditError::NotAccepted { status: 405, .. }
+        ),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string()
+            .contains("does not accept AuditEvent writes"),
+        "{err}"
+    );
+    assert_eq!(*asked.lock().unwrap(), 1, "asked once, not retried");
+}
