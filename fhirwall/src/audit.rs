@@ -62,6 +62,7 @@ mod render;
 mod report;
 mod scan;
 mod store;
+mod syslog;
 mod verify;
 mod writer;
 
@@ -84,6 +85,7 @@ pub use render::{jsonl_line, report_text, table};
 pub use report::{BusinessHours, Report, WorkloadSeen, report, report_from};
 pub use scan::{Scan, scan_requests};
 pub use store::{Checkpoints, Durability, Head, Retention, StoreOptions, open, open_read_only};
+pub use syslog::{SyslogExport, export_syslog};
 #[cfg(test)]
 pub(crate) use tests::support as tests_support;
 pub use verify::{Anchor, Finding, Problem, Verification, verify, verify_against};

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::{Uri, client::conn::http1::SendRequest, header};
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, ServerName, pem::PemObject as _};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject as _};
 use tokio::{
     io::{AsyncRead, AsyncWrite},
     net::TcpStream,
@@ -26,7 +26,7 @@ pub enum OutboundError {
         #[source]
         source: rustls::Error,
     },
-    #[error("cannot read the CA file {path}")]
+    #[error("cannot read the PEM file {path}")]
     CaFile {
         path: String,
         #[source]
@@ -274,6 +274,27 @@ impl Client {
 }
 
 fn tls_connector(host: &str, ca_file: Option<&Path>) -> Result<TlsConnector, OutboundError> {
+    tls_client(host, ca_file, None)
+}
+
+/// A TLS client trusting the system's roots and the certificates in `ca_file` (PEM), presenting
+/// `client` (certificate chain and key files, PEM) when given.
+pub fn tls_client(
+    host: &str,
+    ca_file: Option<&Path>,
+    client: Option<(&Path, &Path)>,
+) -> Result<TlsConnector, OutboundError> {
+    let tls = |source| OutboundError::Tls {
+        host: host.to_owned(),
+        source,
+    };
+    let pem = |path: &Path| {
+        let path = path.display().to_string();
+        move |source| OutboundError::CaFile {
+            path: path.clone(),
+            source,
+        }
+    };
     let mut roots = rustls::RootCertStore::empty();
     // Unreadable individual system certificates are skipped; an empty store fails every
     // handshake with a clear certificate error rather than silently trusting anything.
@@ -281,28 +302,26 @@ fn tls_connector(host: &str, ca_file: Option<&Path>) -> Result<TlsConnector, Out
         let _ = roots.add(cert);
     }
     if let Some(path) = ca_file {
-        let ca_error = |source| OutboundError::CaFile {
-            path: path.display().to_string(),
-            source,
-        };
-        for cert in CertificateDer::pem_file_iter(path).map_err(ca_error)? {
-            roots
-                .add(cert.map_err(ca_error)?)
-                .map_err(|source| OutboundError::Tls {
-                    host: host.to_owned(),
-                    source,
-                })?;
+        for cert in CertificateDer::pem_file_iter(path).map_err(pem(path))? {
+            roots.add(cert.map_err(pem(path))?).map_err(tls)?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|source| OutboundError::Tls {
-            host: host.to_owned(),
-            source,
-        })?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .map_err(tls)?
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(pem(cert))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(pem(cert))?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(pem(key))?;
+            builder.with_client_auth_cert(chain, key).map_err(tls)?
+        }
+    };
     Ok(TlsConnector::from(Arc::new(config)))
 }
 

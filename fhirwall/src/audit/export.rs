@@ -78,7 +78,7 @@ impl Cursor {
 }
 
 /// Opens an existing store for an exporter (see the module doc for `synchronous=NORMAL`).
-fn open_for_export(db: &Path) -> Result<Connection, AuditError> {
+pub(super) fn open_for_export(db: &Path) -> Result<Connection, AuditError> {
     if !db.exists() {
         return Err(AuditError::Io {
             what: format!("no audit store at {}", db.display()),
@@ -199,6 +199,23 @@ fn last_seq_in(f: &mut File) -> std::io::Result<u64> {
 
 /// Up to `BATCH` entries after `after` as export lines.
 fn entries_after(conn: &Connection, after: u64) -> Result<Vec<(u64, String)>, AuditError> {
+    Ok(links_after(conn, after)?
+        .into_iter()
+        .map(|l| {
+            let line = format!(
+                r#"{{"seq":{},"prevHash":"{}","hash":"{}","entry":{}}}"#,
+                l.seq, l.prev_hash, l.hash, l.body
+            );
+            (l.seq, line)
+        })
+        .collect())
+}
+
+/// Up to `BATCH` entries after `after`, each with its links and its body as hashed.
+pub(super) fn links_after(
+    conn: &Connection,
+    after: u64,
+) -> Result<Vec<super::syslog::Link>, AuditError> {
     let read = |source| AuditError::Read { source };
     let mut stmt = conn
         .prepare_cached(
@@ -220,15 +237,17 @@ fn entries_after(conn: &Connection, after: u64) -> Result<Vec<(u64, String)>, Au
     let mut bodies = Bodies::of(conn);
     let mut out = Vec::new();
     for row in rows {
-        let (seq, body, frame_at, prev, hash) = row.map_err(read)?;
+        let (seq, body, frame_at, prev_hash, hash) = row.map_err(read)?;
         // Gone meanwhile: retention removed it; the export goes on after it.
         let Some(body) = bodies.get(seq, body, frame_at)? else {
             continue;
         };
-        out.push((
+        out.push(super::syslog::Link {
             seq,
-            format!(r#"{{"seq":{seq},"prevHash":"{prev}","hash":"{hash}","entry":{body}}}"#),
-        ));
+            prev_hash,
+            hash,
+            body,
+        });
     }
     Ok(out)
 }

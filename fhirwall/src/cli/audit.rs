@@ -173,6 +173,20 @@ pub struct ExportArgs {
     /// POST BALP `AuditEvents` to this FHIR `AuditEvent` endpoint (http:// or https://).
     #[arg(long, group = "target", value_name = "URL")]
     pub fhir: Option<String>,
+    /// Stream every entry as IHE ATNA syslog (RFC 5424 over TLS, RFC 5425 framing) to an
+    /// Audit Record Repository: `tls://HOST:PORT`.
+    #[arg(long, group = "target", value_name = "tls://HOST:PORT")]
+    pub syslog: Option<String>,
+    /// With --syslog: CA certificates (PEM) the repository's certificate is checked against,
+    /// beside the system's roots.
+    #[arg(long, value_name = "FILE", requires = "syslog")]
+    pub syslog_ca: Option<PathBuf>,
+    /// With --syslog: a client certificate (PEM) for repositories that authenticate nodes.
+    #[arg(long, value_name = "FILE", requires_all = ["syslog", "syslog_key"])]
+    pub syslog_cert: Option<PathBuf>,
+    /// The key of --syslog-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "syslog_cert")]
+    pub syslog_key: Option<PathBuf>,
     /// Keep running and export new entries as they are committed.
     #[arg(long)]
     pub follow: bool,
@@ -392,6 +406,30 @@ fn run_export(a: ExportArgs) -> Result<ExitCode, AuditError> {
         }
         return Ok(ExitCode::SUCCESS);
     }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|source| AuditError::Io {
+            what: "starting the export runtime".to_owned(),
+            source,
+        })?;
+    if let Some(target) = a.syslog {
+        let cfg = audit::SyslogExport {
+            db: a.db.db,
+            cursor: a.cursor.unwrap_or_else(|| format!("syslog:{target}")),
+            target,
+            ca_file: a.syslog_ca,
+            client: a.syslog_cert.zip(a.syslog_key),
+            hostname: crate::config::hostname(),
+            follow: a.follow,
+            poll,
+            max_backoff: Duration::from_secs(30),
+            max_attempts: (!a.follow).then_some(a.max_attempts.max(1)),
+        };
+        let n = rt.block_on(audit::export_syslog(&cfg))?;
+        eprintln!("delivered {n} entries as syslog messages");
+        return Ok(ExitCode::SUCCESS);
+    }
     let Some(url) = a.fhir else {
         return Ok(ExitCode::FAILURE);
     };
@@ -405,13 +443,6 @@ fn run_export(a: ExportArgs) -> Result<ExitCode, AuditError> {
         max_backoff: Duration::from_mins(1),
         max_attempts: (!a.follow).then_some(a.max_attempts.max(1)),
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| AuditError::Io {
-            what: "starting the export runtime".to_owned(),
-            source,
-        })?;
     let n = rt.block_on(audit::export_fhir(&cfg))?;
     eprintln!("delivered {n} requests as AuditEvents");
     Ok(ExitCode::SUCCESS)

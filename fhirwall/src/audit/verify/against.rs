@@ -1,5 +1,7 @@
 //! `fhirwall audit verify --against FILE`: the host's chain checked against what a collector
-//! received (the JSON lines of `fhirwall audit export --jsonl`). A root attacker on the host can
+//! received: the JSON lines of `fhirwall audit export --jsonl`, or the file a syslog repository
+//! wrote from `--syslog` (one RFC 5424 message per line, as rsyslog's
+//! `RSYSLOG_SyslogProtocol23Format` writes them). A root attacker on the host can
 //! rewrite its whole chain consistently, which no walk of the chain alone can see; the
 //! collector's copy, out of their reach, is the anchor: every entry it holds must still be on
 //! the host, at the same position, with the same content.
@@ -138,15 +140,25 @@ fn read_copy(file: &Path) -> Result<Copy, AuditError> {
         if line.trim().is_empty() {
             continue;
         }
-        match parse_line(&line) {
+        match parse_line(&line).or_else(|| parse_syslog(&line)) {
             Some(r) => copy.entries.push(r),
             None => copy.unreadable.push((
                 n + 1,
-                "not a line of `fhirwall audit export --jsonl`".into(),
+                "neither an `audit export --jsonl` line nor a syslog message of `--syslog`".into(),
             )),
         }
     }
     Ok(copy)
+}
+
+fn parse_syslog(line: &str) -> Option<Received> {
+    let (seq, prev, hash, body) = crate::audit::syslog::parse_stored(line)?;
+    Some(Received {
+        seq,
+        prev: chain::from_hex(&prev)?,
+        hash: chain::from_hex(&hash)?,
+        body,
+    })
 }
 
 fn parse_line(line: &str) -> Option<Received> {
