@@ -6,9 +6,8 @@
 use std::{
     fs,
     net::SocketAddr,
-    os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Child, Command},
     time::Duration,
 };
 
@@ -130,17 +129,14 @@ impl AuthServer {
     /// Starts the server again (a fresh memory: earlier tokens are unknown to it).
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        let log = fs::File::create(self.dir.join("auth-server.log"))?;
-        let child = Command::new(&self.node)
-            .arg(crate::client_libs::script("auth_server.mjs"))
-            .arg(self.dir.join("config.json"))
-            .env("OIDC_PROVIDER_MODULES", &self.modules)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .spawn()
-            .context("starting the authorization server (node oidc-provider)")?;
+        let child = crate::spawn_server(
+            Command::new(&self.node)
+                .arg(crate::client_libs::script("auth_server.mjs"))
+                .arg(self.dir.join("config.json"))
+                .env("OIDC_PROVIDER_MODULES", &self.modules),
+            &self.dir.join("auth-server.log"),
+        )
+        .context("starting the authorization server (node oidc-provider)")?;
         self.child = Some(child);
         let ready = eventually(Duration::from_secs(30), || {
             if self

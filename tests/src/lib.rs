@@ -22,6 +22,7 @@ pub mod ehr;
 pub mod fhir;
 pub mod http1;
 pub mod pki;
+pub mod rsyslog;
 pub mod synthetic;
 pub mod tinyproxy;
 pub mod upstream;
@@ -429,4 +430,21 @@ pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+/// Spawns `cmd` as a test's server: stdin closed, stdout and stderr to the file `log`, in a
+/// process group of its own (a Ctrl-C meant for the test does not stop it before the test's
+/// guards do).
+pub fn spawn_server(
+    cmd: &mut std::process::Command,
+    log: &Path,
+) -> anyhow::Result<std::process::Child> {
+    use std::os::unix::process::CommandExt as _;
+    let log = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    Ok(cmd
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()?)
 }

@@ -22,8 +22,16 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
         fhir_server()?;
         // nginx: the TLS upstream of the client tests, and with njs the EHR that checks
         // brokered tokens by introspection; prometheus: its `promtool` tests the shipped alert
-        // rules and dashboard queries; tinyproxy: the egress proxy of the hardening tests.
-        debian_packages(&["nginx", "libnginx-mod-http-js", "prometheus", "tinyproxy"])?;
+        // rules and dashboard queries; tinyproxy: the egress proxy of the hardening tests;
+        // rsyslog with gnutls: the audit repository of the central audit tests.
+        debian_packages(&[
+            "nginx",
+            "libnginx-mod-http-js",
+            "prometheus",
+            "tinyproxy",
+            "rsyslog",
+            "rsyslog-gnutls",
+        ])?;
         oidc_provider()?;
         // `cargo xtask test` ends by running the fuzz targets.
         fuzzer()?;
