@@ -116,6 +116,7 @@ pub fn run(config: &AgentConfig) -> Result<(), AppError> {
     };
     let (policy_tx, policy_rx) = watch::channel(Arc::new(state));
     usage_metrics(config, policy_rx.clone(), &metrics)?;
+    stream_syslog(config)?;
     let (routes_tx, routes_rx) = watch::channel(Arc::new(Routes::default()));
     let live = Arc::new(LiveConnections::default());
     let sidecar = sidecar(
@@ -204,6 +205,46 @@ fn usage_metrics(
         what: "the usage metrics thread",
         source,
     })
+}
+
+/// `audit.syslog`: the trail streamed to the Audit Record Repository from a thread of its own
+/// (the exporter reads the store with blocking calls; nothing on the control runtime waits for
+/// it), from the same durable cursor `fhirwall audit export --syslog` uses. Detached: it
+/// resumes from the cursor at the next start.
+fn stream_syslog(config: &AgentConfig) -> Result<(), AppError> {
+    let Some(syslog) = &config.audit.syslog else {
+        return Ok(());
+    };
+    let cfg = crate::audit::SyslogExport {
+        db: config.state_dir.join("audit.db"),
+        cursor: format!("syslog:{}", syslog.target),
+        target: syslog.target.clone(),
+        ca_file: syslog.ca_file.clone(),
+        client: syslog.client_cert.clone().zip(syslog.client_key.clone()),
+        hostname: config.node_name.clone(),
+        follow: true,
+        poll: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(30),
+        max_attempts: None,
+    };
+    let io = |source| AppError::Io {
+        what: "the syslog export thread",
+        source,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io)?;
+    std::thread::Builder::new()
+        .name("fhirwall-syslog".into())
+        .spawn(move || {
+            // Follows for ever; it ends only on an error no retry can mend (a bad target).
+            if let Err(e) = rt.block_on(crate::audit::export_syslog(&cfg)) {
+                tracing::error!(error = %crate::error_chain(&e), "the syslog export stopped");
+            }
+        })
+        .map(drop)
+        .map_err(io)
 }
 
 /// The audit store's settings from the agent config.

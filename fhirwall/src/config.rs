@@ -53,6 +53,26 @@ pub struct AuditSettings {
     pub usage_interval_s: u64,
     /// The window of those metrics, in days.
     pub usage_window_days: u64,
+    /// Stream the trail as IHE ATNA syslog over TLS to an Audit Record Repository, from the
+    /// running agent (what `fhirwall audit export --syslog --follow` does on its own).
+    pub syslog: Option<SyslogSettings>,
+}
+
+/// `audit.syslog`: where the agent streams its trail.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogSettings {
+    /// `tls://HOST:PORT`.
+    pub target: String,
+    /// CA certificates (PEM) the repository's certificate is checked against, beside the
+    /// system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate and its key (PEM), for repositories that authenticate nodes.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,6 +91,7 @@ impl Default for AuditSettings {
             segment_mb: 64,
             usage_interval_s: 600,
             usage_window_days: 30,
+            syslog: None,
         }
     }
 }
@@ -279,6 +300,14 @@ impl AgentConfig {
                 "audit.fsync_interval_ms must be between 1 and 10000 (the records a power loss may take)"
                     .into(),
             );
+        }
+        if let Some(syslog) = &self.audit.syslog {
+            if !syslog.target.starts_with("tls://") {
+                return Err("audit.syslog.target must be tls://HOST:PORT".into());
+            }
+            if syslog.client_cert.is_some() != syslog.client_key.is_some() {
+                return Err("audit.syslog: client_cert and client_key go together".into());
+            }
         }
         if !(1..=3650).contains(&self.audit.usage_window_days) {
             return Err("audit.usage_window_days must be between 1 and 3650".into());

@@ -44,6 +44,8 @@ pub struct AgentOptions {
     pub egress_proxies: Vec<SocketAddr>,
     /// `audit.usage_interval_s`, when not the default.
     pub usage_interval_s: Option<u64>,
+    /// `audit.syslog`: the repository's `tls://HOST:PORT` and the CA its certificate is from.
+    pub syslog: Option<(String, PathBuf)>,
 }
 
 impl AgentFiles {
@@ -103,10 +105,21 @@ impl AgentFiles {
             .usage_interval_s
             .map(|s| format!("  usage_interval_s: {s}\n"))
             .unwrap_or_default();
-        let audit = if background.is_empty() && segment.is_empty() && usage.is_empty() {
+        let syslog = options
+            .syslog
+            .as_ref()
+            .map(|(target, ca)| {
+                format!(
+                    "  syslog:\n    target: {target}\n    ca_file: {}\n",
+                    ca.display()
+                )
+            })
+            .unwrap_or_default();
+        let extra = format!("{background}{segment}{usage}{syslog}");
+        let audit = if extra.is_empty() {
             String::new()
         } else {
-            format!("audit:\n{background}{segment}{usage}")
+            format!("audit:\n{extra}")
         };
         let text = format!(
             "node_name: test-node\npolicies: {policies}\nstate_dir: {state}\n{audit}\

@@ -12,8 +12,8 @@ use std::{
 };
 
 use fhirwall_tests::{
-    ehr::unique_loopback, eventually, kernel_available, rsyslog::Rsyslog, target_binary,
-    world::World,
+    TempDir, agent::AgentOptions, ehr::unique_loopback, eventually, kernel_available,
+    rsyslog::Rsyslog, target_binary, world::World,
 };
 
 const READ: &str = "GET /Patient/1 HTTP/1.1\r\nHost: ehr.test\r\nConnection: close\r\n\r\n";
@@ -144,5 +144,51 @@ fn the_trail_reaches_rsyslog_once_in_order_across_a_restart_and_anchors_verify()
     assert!(
         text.contains("seq 3: removed from the host after the collector received it"),
         "{text}"
+    );
+}
+
+/// `audit.syslog` in the agent's config: the agent streams its trail itself.
+#[test]
+fn the_agent_streams_its_trail_itself_when_configured() {
+    const TEST: &str = "the_agent_streams_its_trail_itself_when_configured";
+    if !kernel_available(TEST) || !fhirwall_tests::rsyslog::available(TEST) {
+        return;
+    }
+    let dir = TempDir::new("fhirwall-arr").expect("scratch dir");
+    let repository = Rsyslog::start(dir.path(), unique_loopback()).expect("rsyslog");
+    let world = World::with_options(
+        "active",
+        &AgentOptions {
+            syslog: Some((
+                format!("tls://{}", repository.addr),
+                repository.ca_file.clone(),
+            )),
+            ..AgentOptions::default()
+        },
+    );
+    let _agent = world.start();
+    for _ in 0..3 {
+        let report = world.probe(&["--send", READ]);
+        assert!(report["reply"].as_str().is_some(), "{report}");
+    }
+    let db = world.db().display().to_string();
+    let total = entries(&db);
+    let arrived = eventually(Duration::from_secs(30), || {
+        (seqs(&repository.received()) == (1..=total).collect::<Vec<_>>()).then_some(())
+    });
+    assert!(
+        arrived.is_some(),
+        "{:?} of {total}",
+        seqs(&repository.received())
+    );
+    let file = repository.file.display().to_string();
+    let out = fhirwall()
+        .args(["audit", "verify", "--db", &db, "--against", &file])
+        .output()
+        .expect("verify --against");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
     );
 }
