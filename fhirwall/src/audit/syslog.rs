@@ -76,14 +76,17 @@ pub struct Link {
     pub body: String,
 }
 
-/// The RFC 5424 message of one entry, `None` when its body is not an entry.
+/// The RFC 5424 message of one entry. A body that does not read as an entry (damaged) is
+/// still sent, as it is, under MSGID `unreadable`: the repository's copy must hold every link.
 #[must_use]
-pub fn message(link: &Link, hostname: &str) -> Option<String> {
-    let entry = Entry::from_body(link.seq, &link.body).ok()?;
-    let time = super::record::rfc3339::format(&entry.time());
-    let msgid = entry.kind();
+pub fn message(link: &Link, hostname: &str) -> String {
+    let entry = Entry::from_body(link.seq, &link.body).ok();
+    let time = super::record::rfc3339::format(
+        &entry.as_ref().map_or_else(super::record::now, Entry::time),
+    );
+    let msgid = entry.as_ref().map_or("unreadable", Entry::kind);
     let balp = match entry {
-        Entry::Request(record) => {
+        Some(Entry::Request(record)) => {
             let row = QueryRow {
                 seq: link.seq,
                 hash: link.hash.clone(),
@@ -107,7 +110,7 @@ pub fn message(link: &Link, hostname: &str) -> Option<String> {
         msg.push_str(" \u{feff}");
         msg.push_str(&balp);
     }
-    Some(msg)
+    msg
 }
 
 /// RFC 5425 section 4.3: `MSG-LEN SP SYSLOG-MSG`.
@@ -216,7 +219,7 @@ pub async fn export_syslog(cfg: &SyslogExport) -> Result<u64, AuditError> {
         }
         let frames: Vec<(u64, Vec<u8>)> = links
             .iter()
-            .filter_map(|l| Some((l.seq, frame(&message(l, &cfg.hostname)?))))
+            .map(|l| (l.seq, frame(&message(l, &cfg.hostname))))
             .collect();
         let result = match sender.as_mut() {
             Some(s) => s.send(&frames).await,

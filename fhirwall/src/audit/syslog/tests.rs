@@ -22,7 +22,7 @@ fn structured_data_carries_the_entry_exactly_and_reads_back() {
         hash: "cd".repeat(32),
         body: body.to_owned(),
     };
-    let msg = message(&link, "ehr host 1").unwrap();
+    let msg = message(&link, "ehr host 1");
     assert!(msg.starts_with("<85>1 2026-12-05T00:00:00.000000Z ehrhost1 fhirwall - completion [fhirwall@32473 seq=\"2\""), "{msg}");
     let (seq, prev, hash, entry) = parse_stored(&msg).unwrap();
     assert_eq!(
@@ -31,6 +31,22 @@ fn structured_data_carries_the_entry_exactly_and_reads_back() {
     );
     assert_eq!(entry, body, "the entry exactly as hashed");
     assert_eq!(sd_unescape(r#"a\]b\"c\\d\x"#), r#"a]b"c\d\x"#);
+    let damaged = message(
+        &Link {
+            body: "{not an entry".into(),
+            ..link
+        },
+        "h",
+    );
+    assert!(
+        damaged.contains(" unreadable [fhirwall@32473 "),
+        "{damaged}"
+    );
+    assert_eq!(
+        parse_stored(&damaged).unwrap().3,
+        "{not an entry",
+        "sent as it is"
+    );
     let framed = frame("<85>1 x");
     assert_eq!(framed, b"7 <85>1 x");
 }
