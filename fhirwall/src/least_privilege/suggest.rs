@@ -461,8 +461,9 @@ pub fn suggest<E>(
     let Some(mut suggestion) = evidence.narrowest(in_force) else {
         return Ok(None);
     };
-    // Widening adds back the scopes in force for what broke: a second round covers what the
-    // first widening still missed; a third takes every scope in force.
+    // What breaks is widened back: first the scopes in force for the types that broke, then
+    // every scope, operation and purpose in force; if even that breaks a recorded request,
+    // the integration in force is returned as it is (nothing narrower was found).
     for round in 0..3 {
         let confined = suggestion.confined();
         let candidates: Vec<Policy> = std::iter::once(&suggestion)
@@ -479,11 +480,18 @@ pub fn suggest<E>(
         let Some((types, operations)) = verify.broken[0].take() else {
             return Ok(Some(suggestion));
         };
-        if round == 1 {
-            let every: BTreeSet<ResourceType> = ResourceType::ALL.iter().copied().collect();
-            suggestion.widen(in_force, &every, true);
-        } else {
-            suggestion.widen(in_force, &types, operations);
+        match round {
+            0 => suggestion.widen(in_force, &types, operations),
+            1 => {
+                let every: BTreeSet<ResourceType> = ResourceType::ALL.iter().copied().collect();
+                suggestion.widen(in_force, &every, true);
+                suggestion.integration.purposes_of_use = in_force.purposes_of_use;
+                suggestion.integration.default_purpose = in_force.default_purpose;
+            }
+            _ => {
+                suggestion.integration = in_force.clone();
+                suggestion.kept_for_replay = vec!["everything in force".into()];
+            }
         }
     }
     Ok(Some(suggestion))
