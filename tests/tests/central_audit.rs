@@ -147,7 +147,8 @@ fn the_trail_reaches_rsyslog_once_in_order_across_a_restart_and_anchors_verify()
     );
 }
 
-/// `audit.syslog` in the agent's config: the agent streams its trail itself.
+/// `audit.syslog` in the agent's config: the agent streams its trail itself, also across a
+/// restart of the repository.
 #[test]
 fn the_agent_streams_its_trail_itself_when_configured() {
     const TEST: &str = "the_agent_streams_its_trail_itself_when_configured";
@@ -155,7 +156,7 @@ fn the_agent_streams_its_trail_itself_when_configured() {
         return;
     }
     let dir = TempDir::new("fhirwall-arr").expect("scratch dir");
-    let repository = Rsyslog::start(dir.path(), unique_loopback()).expect("rsyslog");
+    let mut repository = Rsyslog::start(dir.path(), unique_loopback()).expect("rsyslog");
     let world = World::with_options(
         "active",
         &AgentOptions {
@@ -167,18 +168,33 @@ fn the_agent_streams_its_trail_itself_when_configured() {
         },
     );
     let _agent = world.start();
-    for _ in 0..3 {
-        let report = world.probe(&["--send", READ]);
-        assert!(report["reply"].as_str().is_some(), "{report}");
-    }
+    let requests = |n: usize| {
+        for _ in 0..n {
+            let report = world.probe(&["--send", READ]);
+            assert!(report["reply"].as_str().is_some(), "{report}");
+        }
+    };
     let db = world.db().display().to_string();
-    let total = entries(&db);
-    let arrived = eventually(Duration::from_secs(30), || {
-        (seqs(&repository.received()) == (1..=total).collect::<Vec<_>>()).then_some(())
-    });
+    let all_arrived = |repository: &Rsyslog| {
+        let total = entries(&db);
+        eventually(Duration::from_secs(30), || {
+            (seqs(&repository.received()) == (1..=total).collect::<Vec<_>>()).then_some(())
+        })
+        .is_some()
+    };
+    requests(3);
     assert!(
-        arrived.is_some(),
-        "{:?} of {total}",
+        all_arrived(&repository),
+        "{:?}",
+        seqs(&repository.received())
+    );
+    repository.stop();
+    requests(2);
+    repository.restart().expect("rsyslog again");
+    requests(2);
+    assert!(
+        all_arrived(&repository),
+        "once each, in order, across the restart: {:?}",
         seqs(&repository.received())
     );
     let file = repository.file.display().to_string();
