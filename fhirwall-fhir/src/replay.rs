@@ -181,36 +181,6 @@ impl Recorded {
             stripped_headers: Vec::new(),
         }
     }
-
-    /// The recorded request and its entries.
-    pub fn with_entries(&self) -> impl Iterator<Item = &Recorded> {
-        std::iter::once(self).chain(&self.entries)
-    }
-
-    #[must_use]
-    pub fn interaction(&self) -> Interaction {
-        self.interaction
-    }
-
-    #[must_use]
-    pub fn resource_type(&self) -> Option<ResourceType> {
-        self.resource_type
-    }
-
-    /// The operation's name (`$export`), when it is one.
-    #[must_use]
-    pub fn operation(&self) -> Option<(&str, OperationLevel)> {
-        self.operation.as_ref().map(|(n, l)| (n.as_str(), *l))
-    }
-
-    /// The search parameters, as `(name, kept values)`; redacted values read [`REDACTED`].
-    pub fn params(&self) -> impl Iterator<Item = (&str, &[String])> {
-        self.query
-            .params
-            .iter()
-            .filter(|p| p.reverse_chain.is_empty() && p.chain.is_empty() && p.modifier.is_none())
-            .map(|p| (p.name.as_str(), p.values.as_slice()))
-    }
 }
 
 impl RecordedQuery {

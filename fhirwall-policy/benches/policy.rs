@@ -346,44 +346,39 @@ fn bench(c: &mut Criterion, policy: &Policy) {
     let authorizer = Authorizer::new();
     let prepared = prepare(policy, &all);
     let header = policy.settings.purpose_header.as_str();
+    let headers: Vec<[(&str, &[u8]); 1]> = prepared
+        .iter()
+        .map(|p| [(header, p.purpose.as_bytes())])
+        .collect();
+    let subjects: Vec<Subject<'_>> = prepared
+        .iter()
+        .zip(&headers)
+        .map(|(p, headers)| {
+            let integration = p.caller.map(|i| &policy.integrations[i]);
+            Subject::from_headers(
+                policy,
+                integration,
+                "ehr-fhir",
+                headers,
+                jiff::Timestamp::now(),
+            )
+        })
+        .collect();
     let mut group = c.benchmark_group("decide");
-    for p in &prepared {
-        let headers: [(&str, &[u8]); 1] = [(header, p.purpose.as_bytes())];
-        let integration = p.caller.map(|i| &policy.integrations[i]);
-        let subject = Subject::from_headers(
-            policy,
-            integration,
-            "ehr-fhir",
-            &headers,
-            jiff::Timestamp::now(),
-        );
+    for (p, subject) in prepared.iter().zip(&subjects) {
         group.bench_function(p.name, |b| {
             b.iter(|| {
-                decide(
-                    black_box(policy),
-                    black_box(&subject),
-                    black_box(&p.request),
-                )
-                .forwards()
+                decide(black_box(policy), black_box(subject), black_box(&p.request)).forwards()
             });
         });
     }
     group.finish();
     // What each audit record now also pays: the request kept for replay, made and serialized.
     let mut group = c.benchmark_group("replay_input");
-    for p in &prepared {
-        let headers: [(&str, &[u8]); 1] = [(header, p.purpose.as_bytes())];
-        let integration = p.caller.map(|i| &policy.integrations[i]);
-        let subject = Subject::from_headers(
-            policy,
-            integration,
-            "ehr-fhir",
-            &headers,
-            jiff::Timestamp::now(),
-        );
+    for (p, subject) in prepared.iter().zip(&subjects) {
         group.bench_function(p.name, |b| {
             b.iter(|| {
-                let input = ReplayInput::of(black_box(&subject), black_box(&p.request));
+                let input = ReplayInput::of(black_box(subject), black_box(&p.request));
                 serde_json::to_string(&input).map(|s| s.len())
             });
         });

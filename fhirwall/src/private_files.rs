@@ -43,6 +43,82 @@ pub enum PrivateFileError {
     Mode { path: PathBuf, mode: u32 },
 }
 
+/// Creates `dir` (and parents) if missing, private to the agent's user like the rest of its state.
+pub fn create_dir(dir: &Path) -> Result<(), PrivateFileError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| PrivateFileError::Io {
+            path: dir.to_owned(),
+            action: "create directory",
+            source,
+        })
+}
+
+/// Writes `dir/name` atomically with `mode` (keys, certificates). The temporary file is created
+/// with `O_EXCL` and `mode` in the same `open(2)`, so the umask can only narrow it and no
+/// wider-mode file ever exists; it is then set to exactly `mode` (fchmod), synced, and renamed
+/// over the target, and the directory is synced so the rename survives a crash.
+pub fn write_atomic(
+    dir: &Path,
+    name: &str,
+    contents: &[u8],
+    mode: u32,
+) -> Result<(), PrivateFileError> {
+    use std::io::Write as _;
+    let target = dir.join(name);
+    let temp = dir.join(format!(".{name}.{}.tmp", random_suffix()?));
+    let err = |action, source| PrivateFileError::Io {
+        path: temp.clone(),
+        action,
+        source,
+    };
+    let written = (|| {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&temp)
+            .map_err(|e| err("create", e))?;
+        file.set_permissions(Permissions::from_mode(mode))
+            .map_err(|e| err("chmod", e))?;
+        file.write_all(contents).map_err(|e| err("write", e))?;
+        file.sync_all().map_err(|e| err("sync", e))?;
+        fs::rename(&temp, &target).map_err(|e| err("rename", e))
+    })();
+    if written.is_err() {
+        // Best effort: a leftover temporary file holds nothing the target would not.
+        let _ = fs::remove_file(&temp);
+    }
+    written?;
+    sync_dir(dir)
+}
+
+/// Syncs `dir`, so renames and new entries in it survive a crash.
+pub fn sync_dir(dir: &Path) -> Result<(), PrivateFileError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|source| PrivateFileError::Io {
+            path: dir.to_owned(),
+            action: "sync directory",
+            source,
+        })
+}
+
+fn random_suffix() -> Result<String, PrivateFileError> {
+    use ring::rand::SecureRandom as _;
+    let mut bytes = [0u8; 8];
+    ring::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| PrivateFileError::Io {
+            path: "/dev/urandom".into(),
+            action: "read random bytes",
+            source: io::Error::other("system random generator failed"),
+        })?;
+    Ok(format!("{:016x}", u64::from_ne_bytes(bytes)))
+}
+
 /// Makes everything the process creates from now on private to its user (umask 077), whatever
 /// the service manager or shell set: the audit index's SQLite files, journal segments and export
 /// files are then created 0600 (directories 0700) without a window in which they were wider.

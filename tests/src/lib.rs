@@ -448,3 +448,30 @@ pub fn spawn_server(
         .process_group(0)
         .spawn()?)
 }
+
+/// `cmd` (curl, perhaps started in a cgroup) GETs `url` trusting `ca`, with `headers`
+/// (`Name: value`): the status, `000` when there was no HTTP answer.
+#[must_use]
+pub fn curl_status(
+    mut cmd: std::process::Command,
+    ca: &Path,
+    url: &str,
+    headers: &[&str],
+) -> String {
+    cmd.args([
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "--max-time",
+        "15",
+    ])
+    .arg("--cacert")
+    .arg(ca);
+    for header in headers {
+        cmd.args(["-H", header]);
+    }
+    let out = cmd.arg(url).output().expect("running curl");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -272,26 +272,9 @@ fn the_ehr_turns_the_shared_credential_away(s: &Stack) {
     );
 }
 
-/// `cmd` (curl) GETs `url` with the shared credential, trusting `ca`: the status, `000` when
-/// there was no HTTP answer.
-fn curl_status(mut cmd: Command, ca: &Path, url: &str) -> String {
-    let out = cmd
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "--max-time",
-            "15",
-        ])
-        .arg("--cacert")
-        .arg(ca)
-        .args(["-H", &format!("Authorization: {SHARED}")])
-        .arg(url)
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// `cmd` (curl) GETs `url` with the shared credential, trusting `ca`: the status.
+fn curl_status(cmd: Command, ca: &Path, url: &str) -> String {
+    fhirwall_tests::curl_status(cmd, ca, url, &[&format!("Authorization: {SHARED}")])
 }
 
 /// Two integrations, one shared credential on the host: each reaches the EHR with a token of

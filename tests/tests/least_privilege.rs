@@ -142,23 +142,9 @@ impl Stack {
 
     /// curl (chart-reader) GETs `path`: the status.
     fn curl(&self, path: &str) -> String {
-        let out = confined::command(&self.work, None, Path::new("/usr/bin/curl"))
-            .expect("command")
-            .args([
-                "-sS",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "15",
-            ])
-            .arg("--cacert")
-            .arg(self.files.node_ca())
-            .arg(format!("{}{path}", self.ehr.base_url()))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let cmd = confined::command(&self.work, None, Path::new("/usr/bin/curl")).expect("command");
+        let url = format!("{}{path}", self.ehr.base_url());
+        fhirwall_tests::curl_status(cmd, &self.files.node_ca(), &url, &[])
     }
 
     /// Python (report-writer) reads a Patient: the status.

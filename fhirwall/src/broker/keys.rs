@@ -49,8 +49,9 @@ pub enum KeyError {
         #[source]
         source: io::Error,
     },
+    /// Not the agent's own owner-only file, or writing one failed.
     #[error(transparent)]
-    Unsafe(#[from] PrivateFileError),
+    File(#[from] PrivateFileError),
     #[error(
         "{path}: not a usable signing key ({reason}); use a P-384 EC key (PKCS#8) or an RSA key \
          of 2048 bits or more (PKCS#1, `openssl rsa -traditional`)"
@@ -130,14 +131,10 @@ impl KeyStore {
         let not_before = Timestamp::from_second(not_before.as_second()).unwrap_or(not_before);
         let (algorithm, public) = public_jwk(pem, &dir)?;
         let kid = thumbprint(&public);
-        let path = dir.join(format!("{}-{kid}.pem", not_before.as_second()));
-        let io = |what, path: &Path| {
-            let path = path.to_owned();
-            move |source| KeyError::Io { what, path, source }
-        };
-        create_private_dir(&self.dir).map_err(io("creating", &self.dir))?;
-        create_private_dir(&dir).map_err(io("creating", &dir))?;
-        write_private(&path, pem).map_err(io("writing", &path))?;
+        let name = format!("{}-{kid}.pem", not_before.as_second());
+        private_files::create_dir(&dir)?;
+        private_files::write_atomic(&dir, &name, pem, 0o600)?;
+        let path = dir.join(name);
         Ok(stored(kid, algorithm, not_before, path, public))
     }
 
@@ -350,28 +347,6 @@ fn read_private(path: &Path) -> Result<Vec<u8>, KeyError> {
             source,
         })?;
     Ok(pem)
-}
-
-/// Creates `dir` and any missing parent (the state directory, before the agent first ran)
-/// owner-only.
-fn create_private_dir(dir: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-}
-
-/// Written whole to a new file (0600, never replacing one).
-fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    use std::{io::Write as _, os::unix::fs::OpenOptionsExt as _};
-    let mut file = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(bytes)?;
-    file.sync_all()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ use tokio::{io::AsyncWriteExt as _, net::TcpListener};
 
 use super::{Broker, keys::KeyStore};
 use crate::{
-    audit::{AuditConfig, AuditSink, tests_support},
+    audit::{AuditConfig, AuditSink, AuditWriter, tests_support},
     metrics::Metrics,
     outbound::read_request,
 };
@@ -103,6 +103,8 @@ struct Setup {
     broker: Arc<Broker>,
     server: Arc<TokenServer>,
     audit: std::path::PathBuf,
+    /// Stops once the broker (the last sink) lets go of the store.
+    writer: Option<AuditWriter>,
     _dir: tempfile::TempDir,
 }
 
@@ -116,8 +118,6 @@ async fn setup(lifetime: u64, down: bool) -> Setup {
     keys.generate("lab", jiff::Timestamp::now()).unwrap();
     let audit = dir.path().join("audit.db");
     let (sink, writer) = AuditSink::start(AuditConfig::new(&audit)).unwrap();
-    // The writer thread stops once the broker (the last sink) is dropped.
-    std::mem::forget(writer);
     let broker = Arc::new(Broker::new(
         keys,
         "node-1".into(),
@@ -129,6 +129,7 @@ async fn setup(lifetime: u64, down: bool) -> Setup {
         broker,
         server,
         audit,
+        writer: Some(writer),
         _dir: dir,
     }
 }
@@ -259,18 +260,8 @@ async fn a_narrower_policy_replaces_the_token() {
 
 #[tokio::test]
 async fn a_stopped_broker_lets_the_audit_writer_finish() {
-    let server = TokenServer::start(60).await;
-    let dir = tempfile::tempdir().unwrap();
-    let keys = KeyStore::new(dir.path().join("keys"));
-    keys.generate("lab", jiff::Timestamp::now()).unwrap();
-    let (sink, writer) = AuditSink::start(AuditConfig::new(dir.path().join("audit.db"))).unwrap();
-    let broker = Arc::new(Broker::new(
-        keys,
-        "node-1".into(),
-        Arc::new(Metrics::new()),
-        sink,
-    ));
-    broker.reconfigure(&policy(&server.url, IntegrationStatus::Active));
+    let mut s = setup(60, false).await;
+    let (broker, writer) = (Arc::clone(&s.broker), s.writer.take().unwrap());
     assert!(broker.authorization("lab").await.is_ok());
     broker.stop();
     assert!(broker.authorization("lab").await.is_err());

@@ -14,7 +14,10 @@ mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use fhirwall_fhir::{Interaction, OperationLevel, ResourceType, replay::Recorded};
+use fhirwall_fhir::{
+    FhirRequest, Interaction, OperationLevel, ResourceType,
+    replay::{CODED, REDACTED},
+};
 use fhirwall_policy::{
     Integration, OperationRule, PatientConstraint, PatientMode, Perm, Policy, PurposeOfUse,
     PurposeSet, RateLimit, Scope, Scopes,
@@ -57,9 +60,9 @@ fn note<K: Ord>(map: &mut BTreeMap<K, Seen>, key: K, time: jiff::Timestamp) {
         .or_insert_with(|| Seen::at(time));
 }
 
-/// The searches of one type: how many, and per granular parameter the codes of those that
-/// carried exactly one (`None` once a search went without it or with several).
-type Searches = (u64, BTreeMap<&'static str, Option<BTreeMap<String, Seen>>>);
+/// Per granular parameter, the codes of a type's searches that carried exactly one (`None` once
+/// a search went without it or with several).
+type Searches = BTreeMap<&'static str, Option<BTreeMap<String, Seen>>>;
 
 /// What one integration's requests needed.
 #[derive(Clone, Debug, Default)]
@@ -68,8 +71,7 @@ pub struct Evidence {
     pub requests: Option<Seen>,
     /// `(type, permission letter)` -> when needed.
     pub needs: BTreeMap<(ResourceType, char), Seen>,
-    /// Per type: searches, and per granular parameter the codes of searches that carried
-    /// exactly one (`None` once a search of the type went without it or with several).
+    /// Per type, the codes its searches carried by granular parameter.
     searches: BTreeMap<ResourceType, Searches>,
     /// `(operation, level, type)` -> when invoked.
     pub operations: BTreeMap<(String, OperationLevel, Option<ResourceType>), Seen>,
@@ -114,14 +116,14 @@ impl Evidence {
         if !fhirwall_policy::confined_by_request(&request, &[]) {
             self.unconfined += 1;
         }
-        for request in input.request.with_entries() {
-            self.request(request, time);
+        for r in request.with_entries() {
+            self.request(r, time);
         }
     }
 
-    fn request(&mut self, r: &Recorded, time: jiff::Timestamp) {
-        let t = r.resource_type();
-        let letter = match r.interaction() {
+    fn request(&mut self, r: &FhirRequest, time: jiff::Timestamp) {
+        let t = r.resource_type;
+        let letter = match r.interaction {
             Interaction::Read | Interaction::Vread | Interaction::HistoryInstance => Some('r'),
             Interaction::SearchType
             | Interaction::SearchSystem
@@ -131,8 +133,8 @@ impl Evidence {
             Interaction::Update | Interaction::Patch => Some('u'),
             Interaction::Delete => Some('d'),
             Interaction::Operation => {
-                if let Some((name, level)) = r.operation() {
-                    note(&mut self.operations, (name.to_owned(), level, t), time);
+                if let Some(op) = &r.operation {
+                    note(&mut self.operations, (op.name.clone(), op.level, t), time);
                 }
                 None
             }
@@ -142,42 +144,43 @@ impl Evidence {
             return;
         };
         note(&mut self.needs, (t, letter), time);
-        if letter == 's' && r.interaction() == Interaction::SearchType {
+        if letter == 's' && r.interaction == Interaction::SearchType {
             self.search(r, t, time);
         }
         // Types reached by includes and chains are read too.
-        for reached in r.request().query.reached_types() {
+        for reached in r.query.reached_types() {
             if reached != t {
                 note(&mut self.needs, (reached, 'r'), time);
             }
         }
     }
 
-    fn search(&mut self, r: &Recorded, t: ResourceType, time: jiff::Timestamp) {
-        for (name, values) in r.params() {
-            if let ([value], true) = (values, fhirwall_fhir::replay::CODED.contains(&name)) {
+    fn search(&mut self, r: &FhirRequest, t: ResourceType, time: jiff::Timestamp) {
+        // Plain parameters: not chained, no modifier (what a granular scope constrains).
+        let plain = || {
+            r.query.params.iter().filter(|p| {
+                p.reverse_chain.is_empty() && p.chain.is_empty() && p.modifier.is_none()
+            })
+        };
+        for p in plain() {
+            if let ([value], true) = (&p.values[..], CODED.contains(&p.name.as_str())) {
                 self.codes
-                    .entry((t, name.to_owned()))
+                    .entry((t, p.name.clone()))
                     .or_default()
                     .insert(value.clone());
             }
         }
-        let (count, by_param) = self.searches.entry(t).or_insert_with(|| {
-            (
-                0,
-                GRANULAR
-                    .iter()
-                    .map(|p| (*p, Some(BTreeMap::new())))
-                    .collect(),
-            )
+        let by_param = self.searches.entry(t).or_insert_with(|| {
+            GRANULAR
+                .iter()
+                .map(|p| (*p, Some(BTreeMap::new())))
+                .collect()
         });
-        *count += 1;
         for (param, codes) in by_param.iter_mut() {
-            let single = r
-                .params()
-                .find(|(name, _)| name == param)
-                .and_then(|(_, values)| match values {
-                    [v] if v != fhirwall_fhir::replay::REDACTED => Some(v.clone()),
+            let single = plain()
+                .find(|p| p.name == *param)
+                .and_then(|p| match &p.values[..] {
+                    [v] if v != REDACTED => Some(v.clone()),
                     _ => None,
                 });
             match (single, codes.as_mut()) {
@@ -211,7 +214,7 @@ impl Evidence {
 
     /// The granular parameter and codes every search of `t` carried, if few enough.
     fn granular(&self, t: ResourceType) -> Option<(&'static str, &BTreeMap<String, Seen>)> {
-        let (_, by_param) = self.searches.get(&t)?;
+        let by_param = self.searches.get(&t)?;
         GRANULAR.iter().find_map(|p| {
             let codes = by_param.get(p)?.as_ref()?;
             (!codes.is_empty() && codes.len() <= MAX_CODES).then_some((*p, codes))
@@ -532,10 +535,11 @@ impl<'a> Verify<'a> {
                 continue;
             }
             let (types, operations) = broken.get_or_insert_with(Default::default);
-            for r in input.request.with_entries() {
-                types.extend(r.resource_type());
-                types.extend(r.request().query.reached_types());
-                *operations |= r.operation().is_some();
+            let request = input.request.request();
+            for r in request.with_entries() {
+                types.extend(r.resource_type);
+                types.extend(r.query.reached_types());
+                *operations |= r.operation.is_some();
             }
         }
     }

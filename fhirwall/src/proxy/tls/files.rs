@@ -3,14 +3,8 @@
 //! from owner-only regular files of the agent's user (never through a symlink), certificates with
 //! PEM parsing (rustls-pki-types).
 
-use std::{
-    fs::{self, File, OpenOptions, Permissions},
-    io::{Read, Write},
-    os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt},
-    path::Path,
-};
+use std::{fs::File, io::Read, path::Path};
 
-use ring::rand::{SecureRandom, SystemRandom};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use super::TlsError;
@@ -24,66 +18,40 @@ pub(super) const CERT_MODE: u32 = 0o600;
 /// Certificates and keys are small; anything bigger is not one of ours.
 const MAX_FILE: u64 = 1 << 20;
 
-/// Creates `dir` (and parents) if missing, private to the agent's user like the rest of its state.
+/// Creates `dir` (and parents) if missing (see [`private_files::create_dir`]).
 pub(super) fn create_dir(dir: &Path) -> Result<(), TlsError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| TlsError::File {
-            path: dir.to_owned(),
-            action: "create directory",
-            source,
-        })
+    private_files::create_dir(dir).map_err(file_error)
 }
 
-/// Writes `dir/name` atomically with `mode`. The temporary file is created with `O_EXCL` and
-/// `mode` in the same `open(2)`, so the umask can only narrow it and no wider-mode file ever
-/// exists; it is then set to exactly `mode` (fchmod), synced, and renamed over the target, and
-/// the directory is synced so the rename survives a crash.
+/// Writes `dir/name` atomically with `mode` (see [`private_files::write_atomic`]).
 pub(super) fn write_atomic(
     dir: &Path,
     name: &str,
     contents: &[u8],
     mode: u32,
 ) -> Result<(), TlsError> {
-    let target = dir.join(name);
-    let temp = dir.join(format!(".{name}.{}.tmp", random_suffix()?));
-    let err = |action, source| TlsError::File {
-        path: temp.clone(),
-        action,
-        source,
-    };
-    let written = (|| {
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(&temp)
-            .map_err(|e| err("create", e))?;
-        file.set_permissions(Permissions::from_mode(mode))
-            .map_err(|e| err("chmod", e))?;
-        file.write_all(contents).map_err(|e| err("write", e))?;
-        file.sync_all().map_err(|e| err("sync", e))?;
-        fs::rename(&temp, &target).map_err(|e| err("rename", e))
-    })();
-    if written.is_err() {
-        // Best effort: a leftover temporary file holds nothing the target would not.
-        let _ = fs::remove_file(&temp);
-    }
-    written?;
-    sync_dir(dir)
+    private_files::write_atomic(dir, name, contents, mode).map_err(file_error)
 }
 
 /// Syncs `dir`, so renames and new entries in it survive a crash.
 pub(super) fn sync_dir(dir: &Path) -> Result<(), TlsError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|source| TlsError::File {
-            path: dir.to_owned(),
-            action: "sync directory",
+    private_files::sync_dir(dir).map_err(file_error)
+}
+
+/// A write's failure, said as the CA store's other file errors are.
+fn file_error(e: private_files::PrivateFileError) -> TlsError {
+    match e {
+        private_files::PrivateFileError::Io {
+            path,
+            action,
             source,
-        })
+        } => TlsError::File {
+            path,
+            action,
+            source,
+        },
+        other => TlsError::KeyFile(other),
+    }
 }
 
 /// Reads a private key file: a regular file of the agent's user that group and others cannot
@@ -143,21 +111,12 @@ fn read_text(path: &Path, file: File) -> Result<String, TlsError> {
     Ok(text)
 }
 
-fn random_suffix() -> Result<String, TlsError> {
-    let mut bytes = [0u8; 8];
-    SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| TlsError::File {
-            path: "/dev/urandom".into(),
-            action: "read random bytes",
-            source: std::io::Error::other("system random generator failed"),
-        })?;
-    Ok(format!("{:016x}", u64::from_ne_bytes(bytes)))
-}
-
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::MetadataExt as _;
+    use std::{
+        fs::{self, Permissions},
+        os::unix::fs::{MetadataExt as _, PermissionsExt as _},
+    };
 
     use super::*;
 
